@@ -1,0 +1,214 @@
+"""The ``shallowdeep`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def _info_rows(model, costs, val_acc: list[float] | None) -> list[dict[str, Any]]:
+    from .sdn import SDN
+
+    n = model.num_outputs if isinstance(model, SDN) else 1
+    rows = []
+    for i in range(n):
+        row = {"output": f"IC {i + 1}" if i < n - 1 else "final", "gflops": costs.outputs[i] / 1e9,
+               "relative_cost": costs.relative[i]}
+        if val_acc is not None:
+            row["val_acc"] = val_acc[i]
+        rows.append(row)
+    return rows
+
+
+def _params(model) -> tuple[int, int]:
+    from .sdn import SDN
+
+    cnn = model.cnn if isinstance(model, SDN) else model
+    return sum(p.numel() for p in cnn.parameters()), sum(p.numel() for p in model.parameters())
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'output':<8} {'GFLOPs':>10} {'rel. cost':>10}" + (f" {'val acc':>8}" if rows and "val_acc" in rows[0] else "")]
+    for r in rows:
+        line = f"{r['output']:<8} {r['gflops']:>10.4f} {100 * r['relative_cost']:>9.1f}%"
+        if "val_acc" in r:
+            line += f" {100 * r['val_acc']:>7.2f}%"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import runs
+    from .costs import output_costs
+    from .data import load_dataset
+    from .sdn import build_sdn
+
+    if args.run:
+        if args.arch or args.data:
+            raise UserError("give either a RUN folder or --arch and --data, not both")
+        model = runs.load(args.run)
+        meta = runs.read_json(Path(args.run) / runs.RUN_JSON)
+        val_acc = meta["epochs"][-1]["val_acc"] if meta.get("epochs") else None
+        head = {"run": str(args.run), "arch": model.arch, "data": meta["config"]["data"], "kind": meta["model"]["kind"],
+                "mode": meta["config"]["mode"]}
+    else:
+        if not (args.arch and args.data):
+            raise UserError("give a RUN folder, or both --arch and --data")
+        from .data import parse_data_name
+
+        name, _ = parse_data_name(args.data)
+        classes, size = _KNOWN_SHAPES.get(name, (None, None))
+        if classes is None:  # a folder data set: read it to learn its classes and image size
+            d = load_dataset(args.data, args.data_root, args.image_size)
+            classes, size = d.num_classes, d.image_size
+        model = build_sdn(args.arch, classes, args.image_size or size)
+        val_acc = None
+        head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
+    costs = output_costs(model, args.flops)
+    p_cnn, p_sdn = _params(model)
+    rows = _info_rows(model, costs, val_acc)
+    obj = head | {"image_size": model.image_size, "num_classes": model.num_classes, "params_cnn": p_cnn,
+                  "params_sdn": p_sdn, "gflops_cnn": costs.cnn / 1e9, "flop_convention": args.flops, "outputs": rows}
+    if args.json:
+        print(json.dumps(obj, indent=2))
+    else:
+        print(f"{obj['arch']} on {obj['data']} ({model.num_classes} classes, {model.image_size} px)"
+              + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else ""))
+        print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
+        print(_table(rows))
+    return 0
+
+
+# classes and image size of the named data sets, so `info --arch --data` needs no files
+_KNOWN_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "tinyimagenet": (200, 64), "digits": (10, 32)}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .data import list_datasets
+    from .models import list_archs
+
+    print("architectures:")
+    for a in list_archs():
+        print(f"  {a}")
+    print("data sets:")
+    for name, doc in list_datasets().items():
+        print(f"  {name:<13} {doc}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train_run
+
+    cfg = TrainConfig(out=args.out, mode=args.mode, arch=args.arch, data=args.data, from_run=args.from_run,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      seed=args.seed, data_root=args.data_root, image_size=args.image_size, resume=args.resume,
+                      device=args.device)
+    out = train_run(cfg, progress=not args.quiet, log=None if args.quiet else print)
+    print(f"run written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a CNN on the embedded digits, make it an SDN (IC-only), train an SDN from scratch."""
+    from . import runs
+    from .costs import output_costs
+    from .train import TrainConfig, evaluate, train_run
+    from .data import load_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: remove it or pass --out to another folder")
+    t0 = time.perf_counter()
+    log = None if args.quiet else print
+    common = dict(arch="small", data="digits", seed=args.seed)
+    train_run(TrainConfig(out=str(out / "cnn"), mode="cnn", epochs=args.epochs, **common), progress=not args.quiet, log=log)
+    train_run(TrainConfig(out=str(out / "ic-only"), mode="ic-only", from_run=str(out / "cnn"), epochs=args.ic_epochs,
+                          seed=args.seed), progress=not args.quiet, log=log)
+    train_run(TrainConfig(out=str(out / "sdn"), mode="sdn", epochs=args.epochs, **common), progress=not args.quiet, log=log)
+    data = load_dataset("digits")
+    for name in ("ic-only", "sdn"):
+        model = runs.load(out / name)
+        acc = evaluate(model, data, "test")
+        costs = output_costs(model)
+        print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
+        print(_table([r | {"val_acc": a} for r, a in zip(_info_rows(model, costs, None), acc)]).replace("val acc", "test acc"))
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import list_datasets
+    from .models import list_archs
+    from .train import MODES
+
+    p = argparse.ArgumentParser(prog="shallowdeep", description="Shallow-Deep Networks: ICs, overthinking, early exits.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a CNN, an SDN from scratch, or the ICs of a trained CNN",
+                       description="Train into a run folder (safetensors + JSON). The paper's recipe is the default.")
+    t.add_argument("--arch", help=f"architecture: {', '.join(list_archs())}")
+    t.add_argument("--data", help=f"data set: {', '.join(list_datasets())} (imagefolder:PATH)")
+    t.add_argument("--mode", choices=MODES, help="cnn: plain CNN; ic-only: ICs on a frozen CNN run (--from); sdn: from scratch")
+    t.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    t.add_argument("--from", dest="from_run", metavar="RUN", help="the trained CNN run (for --mode ic-only)")
+    t.add_argument("--epochs", type=int, help="epochs (paper: 100, ic-only 25); LR milestones scale with it")
+    t.add_argument("--batch-size", type=int, help="batch size (paper: 128)")
+    t.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1 SGD, 1e-3 Adam for ic-only)")
+    t.add_argument("--weight-decay", type=float, help="weight decay (paper: 5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)")
+    t.add_argument("--seed", type=int, help="seed (default 1221, the reference's)")
+    t.add_argument("--data-root", help="folder holding (or receiving) the data set files")
+    t.add_argument("--image-size", type=int, help="resize images to this size (default: the data set's own)")
+    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="costs, parameters and accuracy of each output",
+                       description="For each output: cumulative GFLOPs and cost relative to the plain CNN; "
+                                   "parameters of the CNN and the SDN; a run's validation accuracy.")
+    i.add_argument("run", nargs="?", help="a run folder")
+    i.add_argument("--arch", help="architecture (instead of a run)")
+    i.add_argument("--data", help="data set (instead of a run): sets classes and image size")
+    i.add_argument("--data-root", help="data folder, for data sets whose shape must be read from files")
+    i.add_argument("--image-size", type=int, help="input size (default: the data set's)")
+    i.add_argument("--flops", choices=("torch", "reference"), default="torch",
+                   help="torch: true counts (default); reference: grouped convs counted as dense, like the paper's profiler")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_info)
+
+    ls = sub.add_parser("list", help="registered architectures and data sets", description="List architectures and data sets.")
+    ls.set_defaults(func=cmd_list)
+
+    d = sub.add_parser("demo", help="the main job on the embedded digits data (offline, CPU, about a minute)",
+                       description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "
+                                   "from scratch, and print every output's accuracy and relative cost.")
+    d.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
+    d.add_argument("--epochs", type=int, default=15, help="epochs of the CNN and SDN runs")
+    d.add_argument("--ic-epochs", type=int, default=10, help="epochs of the IC-only run")
+    d.add_argument("--seed", type=int, default=1221)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"shallowdeep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Data sets held in memory as uint8 tensors, a fixed validation split, and batched augmentation.
+
+Every data set is decoded once into ``[N, H, W, 3]`` uint8 tensors (as airbench does) so that an
+epoch is a handful of tensor operations rather than a worker pool decoding files. Augmentation (the
+paper's random crop with padding, horizontal flip, and for Tiny ImageNet colour jitter) runs on
+whole batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+VAL_FRACTION = 0.1
+VAL_SEED = 0  # fixed, independent of the training seed, so every run of a data set shares one split
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass
+class ImageSet:
+    """One split: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` int64 ``[N]``, ``ids`` int64 ``[N]``.
+
+    ``ids`` are positions in the split the images came from (the official training or test set),
+    so a record of the validation split can be traced back to its files.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.ids[index])
+
+
+@dataclass
+class Dataset:
+    """A data set ready to train on: train/val/test splits, class names, and its preprocessing."""
+
+    name: str
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    flip: bool = True
+    jitter: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def pad(self) -> int:
+        """Random-crop padding: 4 px at 32 px, 8 at 64 px (the paper's), proportional elsewhere."""
+        return max(1, self.image_size // 8)
+
+    def split(self, name: str) -> ImageSet:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}: choose train, val or test")
+        return getattr(self, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+
+Loader = Callable[[Path | None, str | None, int | None], Dataset]
+_DATASETS: dict[str, Loader] = {}
+_DOCS: dict[str, str] = {}
+
+
+def register_dataset(name: str, doc: str) -> Callable[[Loader], Loader]:
+    """Register ``loader(root, argument, image_size) -> Dataset`` under ``name``; duplicates raise."""
+
+    def wrap(fn: Loader) -> Loader:
+        if name in _DATASETS:
+            raise ValueError(f"data set {name!r} is registered twice")
+        _DATASETS[name] = fn
+        _DOCS[name] = doc
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> dict[str, str]:
+    """Registered data set names with a one-line description."""
+    return dict(sorted(_DOCS.items()))
+
+
+def parse_data_name(spec: str) -> tuple[str, str | None]:
+    """Split ``"imagefolder:PATH"`` into its name and argument; a plain name has no argument."""
+    name, sep, arg = spec.partition(":")
+    if name not in _DATASETS:
+        raise UserError(f"unknown data set {spec!r}: choose one of {', '.join(f'{n}' for n in _DATASETS)}"
+                        " (imagefolder as imagefolder:PATH)")
+    if name == "imagefolder" and not arg:
+        raise UserError("imagefolder needs a path: --data imagefolder:PATH (a folder with train/ and test/)")
+    if name != "imagefolder" and sep:
+        raise UserError(f"data set {name!r} takes no ':' argument (use --data-root for its location)")
+    return name, (arg or None)
+
+
+def default_root() -> Path:
+    """Where downloads and extracted data sets live unless ``--data-root`` says otherwise."""
+    return Path(os.environ.get("SHALLOWDEEP_DATA", Path.home() / ".cache" / "shallowdeep" / "data"))
+
+
+def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None) -> Dataset:
+    """Load a registered data set by name (``cifar10``, ``imagefolder:PATH``, …) with its splits."""
+    name, arg = parse_data_name(spec)
+    return _DATASETS[name](Path(root) if root else None, arg, image_size)
+
+
+def carve_validation(train: ImageSet, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[ImageSet, ImageSet]:
+    """Split a training set into (train, val) with a fixed seed; the test split is never touched."""
+    n = len(train)
+    n_val = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std in [0, 1] of uint8 ``[N, H, W, 3]`` images."""
+    x = images.reshape(-1, 3).double() / 255
+    return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())  # type: ignore[return-value]
+
+
+def _finish(name: str, classes: list[str], train: ImageSet, test: ImageSet, image_size: int | None,
+            mean=None, std=None, **kw) -> Dataset:
+    if image_size is not None and image_size != train.images.shape[1]:
+        train = ImageSet(resize(train.images, image_size), train.labels, train.ids)
+        test = ImageSet(resize(test.images, image_size), test.labels, test.ids)
+    train, val = carve_validation(train)
+    if mean is None:
+        mean, std = channel_stats(train.images)
+    return Dataset(name, classes, train, val, test, tuple(mean), tuple(std), **kw)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of uint8 ``[N, H, W, 3]`` images to ``size`` x ``size``."""
+    x = images.permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _as_set(images: np.ndarray, labels) -> ImageSet:
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), labels_t, torch.arange(len(labels_t)))
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR (torchvision)
+
+_CIFAR = {
+    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar100": ("CIFAR100", "cifar-100-python.tar.gz", "cifar-100-python",
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+}
+
+
+def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
+    import torchvision
+
+    cls_name, archive, folder, url, mean, std = _CIFAR[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    root = root or default_root()
+    have = (root / folder).is_dir() or (root / archive).is_file()
+    splits = []
+    for train in (True, False):
+        try:
+            # torchvision checks every file's MD5 before reading it, so only the official files
+            # (whose format is Python pickles) are ever opened
+            ds = cls(str(root), train=train, download=not have)
+        except RuntimeError as e:
+            raise UserError(f"{name} files in {root / folder} are missing or corrupted ({e}): remove them "
+                            f"and put {archive} ({url}) in {root}") from None
+        except OSError as e:  # URLError is an OSError: no network
+            raise UserError(f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
+                            f"{root} or pass --data-root to the folder holding it") from None
+        splits.append(_as_set(ds.data, ds.targets))
+    return _finish(name, list(ds.classes), splits[0], splits[1], image_size, mean, std)
+
+
+@register_dataset("cifar10", "CIFAR-10 (torchvision; downloads into --data-root when online)")
+def cifar10(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
+    return _cifar("cifar10", root, image_size)
+
+
+@register_dataset("cifar100", "CIFAR-100 (torchvision; downloads into --data-root when online)")
+def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
+    return _cifar("cifar100", root, image_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# image files: Tiny ImageNet and any train/ + test/ folder
+
+
+def _decode(paths: list[Path], size: int | None) -> np.ndarray:
+    """Decode image files to one uint8 ``[N, S, S, 3]`` array (RGB; resized when ``size`` differs)."""
+    from PIL import Image
+
+    if not paths:
+        return np.zeros((0, size or 1, size or 1, 3), np.uint8)
+
+    def one(p: Path) -> np.ndarray:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read image {p}: {e}; remove or replace the file") from None
+
+    if size is None:
+        try:
+            with Image.open(paths[0]) as im:
+                size = im.size[1]
+        except OSError as e:
+            raise UserError(f"cannot read image {paths[0]}: {e}") from None
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return np.stack(list(pool.map(one, paths, chunksize=256)))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SHALLOWDEEP_CACHE", Path.home() / ".cache" / "shallowdeep" / "decoded"))
+
+
+def _decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
+    """``_decode`` with a cache keyed by the files' paths, sizes and times (plain .npy, no pickle)."""
+    h = hashlib.sha256(str(size).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cache = _cache_dir() / f"{h.hexdigest()[:32]}.npy"
+    if cache.is_file():
+        try:
+            return np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    arr = _decode(paths, size)
+    try:
+        from .runs import atomic_write
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda f: np.save(f, arr, allow_pickle=False))
+    except OSError:
+        pass  # caching is an optimisation; a read-only home must not stop a run
+    return arr
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+@register_dataset("imagefolder", "any folder with train/<class>/* and test/<class>/* images: imagefolder:PATH")
+def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
+    base = Path(arg or "").expanduser()
+    for part in ("train", "test"):
+        if not (base / part).is_dir():
+            raise UserError(f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
+                            "PATH/test/<class>/ folders of images")
+    classes = _class_folders(base / "train")
+    if not classes:
+        raise UserError(f"{base / 'train'} has no class folders: put each class's images in train/<class>/")
+    missing = sorted(set(_class_folders(base / "test")) - set(classes))
+    if missing:
+        raise UserError(f"test/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class folders")
+    sets = []
+    size = image_size
+    for part in ("train", "test"):
+        paths, labels = [], []
+        for i, c in enumerate(classes):
+            folder = base / part / c
+            if folder.is_dir():
+                found = _images_in(folder)
+                paths += found
+                labels += [i] * len(found)
+        if not paths:
+            raise UserError(f"{base / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        arr = _decode_cached(paths, size)
+        size = arr.shape[1]  # the test images take the training images' size
+        sets.append(_as_set(arr, labels))
+    return _finish(f"imagefolder:{base}", classes, sets[0], sets[1], None, meta={"path": str(base.resolve())})
+
+
+def _tiny_root(root: Path | None) -> Path:
+    root = root or default_root()
+    for cand in (root, root / "tiny-imagenet-200"):
+        if (cand / "train").is_dir() and (cand / "val" / "val_annotations.txt").is_file():
+            return cand
+    raise UserError(f"no Tiny ImageNet in {root}: download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
+                    f"unzip it there (train/, val/val_annotations.txt) or pass --data-root")
+
+
+@register_dataset("tinyimagenet", "Tiny ImageNet-200 in its official layout (its validation set is the test set)")
+def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
+    base = _tiny_root(root)
+    wnids_file = base / "wnids.txt"
+    wnids = sorted(wnids_file.read_text().split()) if wnids_file.is_file() else _class_folders(base / "train")
+    index = {w: i for i, w in enumerate(wnids)}
+    paths, labels = [], []
+    for w in wnids:
+        found = _images_in(base / "train" / w / "images") if (base / "train" / w / "images").is_dir() else []
+        paths += found
+        labels += [index[w]] * len(found)
+    if not paths:
+        raise UserError(f"{base / 'train'} holds no images in <wnid>/images/: is this Tiny ImageNet?")
+    train = _as_set(_decode_cached(paths, 64), labels)
+    # validation labels come from val_annotations.txt; the user's files are read where they are
+    vpaths, vlabels = [], []
+    for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[1] in index:
+            vpaths.append(base / "val" / "images" / parts[0])
+            vlabels.append(index[parts[1]])
+    missing = [p for p in vpaths if not p.is_file()]
+    if missing:
+        raise UserError(f"val_annotations.txt names {len(missing)} missing files (first: {missing[0]})")
+    test = _as_set(_decode_cached(vpaths, 64), vlabels)
+    names = {}
+    words = base / "words.txt"
+    if words.is_file():
+        for line in words.read_text().splitlines():
+            w, _, text = line.partition("\t")
+            if w in index:
+                names[w] = text.split(",")[0].strip()
+    return _finish("tinyimagenet", wnids, train, test, image_size,
+                   (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), jitter=0.2,
+                   meta={"class_names": [names.get(w, w) for w in wnids]})
+
+
+# --------------------------------------------------------------------------------------------------
+# the embedded default
+
+
+@register_dataset("digits", "scikit-learn's bundled 8x8 digits, upscaled to 32 px RGB (offline default)")
+def digits(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32) * (255.0 / 16.0)  # [1797, 8, 8]
+    x = x.round().to(torch.uint8)[..., None].expand(-1, -1, -1, 3)
+    images = resize(x, image_size or 32)
+    labels = torch.as_tensor(d.target, dtype=torch.int64)
+    # digits has no official split: a fixed 20 % test split, then validation from the rest
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+    n_test = len(labels) // 5
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    whole = ImageSet(images, labels, torch.arange(len(labels)))
+    # mirrored digits are other shapes, so no flips here
+    return _finish("digits", [str(i) for i in range(10)], whole.subset(train_idx), whole.subset(test_idx),
+                   None, flip=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# batches
+
+
+def augment(images: torch.Tensor, pad: int, flip: bool, jitter: float, generator: torch.Generator) -> torch.Tensor:
+    """The paper's augmentation on a uint8 ``[B, H, W, 3]`` batch; returns float ``[B, H, W, 3]`` in [0, 1].
+
+    Random crop after zero padding by ``pad`` pixels, horizontal flip with probability 0.5, and when
+    ``jitter > 0`` brightness, contrast and saturation jitter by factors in [1 - jitter, 1 + jitter].
+    """
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # [B, H, 1]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # [B, 1, W]
+    if flip:
+        flipped = torch.rand(b, generator=generator) < 0.5
+        cols = torch.where(flipped[:, None, None], cols.flip(-1), cols)
+    x = padded[torch.arange(b)[:, None, None], rows, cols].float() / 255
+    if jitter > 0:
+        def factor() -> torch.Tensor:
+            return (1 + (torch.rand(b, generator=generator) * 2 - 1) * jitter)[:, None, None, None]
+
+        x = x * factor()
+        gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factor() + mean
+        gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+        x = (x - gray) * factor() + gray
+        x = x.clamp(0, 1)
+    return x
+
+
+def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
+            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised float ``[B, 3, H, W]`` batches and their labels.
+
+    With ``train=True`` the order is shuffled and the batch augmented, both driven by ``generator``
+    (so a seeded generator makes an epoch exactly repeatable); otherwise the order is fixed.
+    """
+    s = data.split(split) if isinstance(split, str) else split
+    n = len(s)
+    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
+    mean = torch.tensor(data.mean).view(1, 1, 1, 3)
+    std = torch.tensor(data.std).view(1, 1, 1, 3)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        imgs = s.images[idx]
+        if train:
+            x = augment(imgs, data.pad, data.flip, data.jitter, generator or torch.Generator())
+        else:
+            x = imgs.float() / 255
+        x = ((x - mean) / std).permute(0, 3, 1, 2)  # NHWC memory, NCHW view: channels_last for free
+        yield x.to(device, non_blocking=True), s.labels[idx].to(device, non_blocking=True)
