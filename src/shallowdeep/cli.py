@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MARKER = "DEMO"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a CNN on the embedded digits, make it an SDN (IC-only), train an SDN from scratch."""
     from . import runs
@@ -122,7 +126,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty: remove it or pass --out to another folder")
+        if not (out / DEMO_MARKER).is_file():
+            raise UserError(f"{out} exists, is not empty and holds no earlier demo: pass --out to another folder")
+        shutil.rmtree(out)  # only a folder this command made itself is replaced
+    out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("made by `shallowdeep demo`; the next demo run replaces this folder\n")
     t0 = time.perf_counter()
     log = None if args.quiet else print
     common = dict(arch="small", data="digits", seed=args.seed)

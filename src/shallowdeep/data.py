@@ -184,7 +184,7 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
     cls_name, archive, folder, url, mean, std = _CIFAR[name]
     cls = getattr(torchvision.datasets, cls_name)
     root = root or default_root()
-    have = (root / folder).is_dir() or (root / archive).is_file()
+    have = (root / folder).is_dir()  # else torchvision downloads, or extracts an archive already there
     splits = []
     for train in (True, False):
         try:

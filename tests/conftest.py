@@ -1,0 +1,120 @@
+"""Shared fixtures: small generated data, the real data slices in ../shared/data, isolated caches."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Decoded-image caches and default data roots go to a temporary folder, never the home."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("SHALLOWDEEP_CACHE", str(base / "cache"))
+    monkeypatch.setenv("SHALLOWDEEP_DATA", str(base / "default-data"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from shallowdeep.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def _extract(archive: Path, dest: Path, members: list[str] | None = None) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = ["tar", "-xJf", str(archive), "-C", str(dest)]
+    if members:
+        cmd += ["--wildcards", *members]
+    subprocess.run(cmd, check=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    archive = SHARED_DATA / "tiny-imagenet-200-subset.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"real Tiny ImageNet slice absent ({archive})")
+    return _extract(archive, tmp_path_factory.mktemp("tiny")) / "tiny-imagenet-200"
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg(tmp_path_factory) -> Path:
+    """A slice of the real CIFAR-10 JPEGs: the first 100 training and 20 test images per class."""
+    archive = SHARED_DATA / "cifar10-jpeg.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"real CIFAR-10 JPEGs absent ({archive})")
+    return _extract(archive, tmp_path_factory.mktemp("cifar10jpeg"), ["train/*/00[0-9][0-9].jpg", "test/*/00[01][0-9].jpg"])
+
+
+def write_fake_cifar(root: Path, kind: str, n_train: int = 50, n_test: int = 20, seed: int = 0) -> dict:
+    """Files in the official python-pickle CIFAR format, with their MD5s for torchvision's check."""
+    rng = np.random.default_rng(seed)
+    classes = 10 if kind == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
+
+    def dump(name, obj):
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f)
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    truth = {}
+    if kind == "cifar10":
+        names = ["data_batch_%d" % i for i in range(1, 6)]
+        per = n_train // 5
+        parts = [(n, per) for n in names]
+    else:
+        parts = [("train", n_train)]
+    train_list = []
+    all_data, all_labels = [], []
+    for name, n in parts:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, classes, n).tolist()
+        all_data.append(data)
+        all_labels += labels
+        train_list.append(dump(name, {"data": data, label_key: labels}))
+    tdata = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    tlabels = rng.integers(0, classes, n_test).tolist()
+    test_list = [dump("test_batch" if kind == "cifar10" else "test", {"data": tdata, label_key: tlabels})]
+    meta_name, meta_key = ("batches.meta", "label_names") if kind == "cifar10" else ("meta", "fine_label_names")
+    meta_entry = dump(meta_name, {meta_key: [f"class{i}" for i in range(classes)]})
+    truth.update(train=np.concatenate(all_data), train_labels=all_labels, test=tdata, test_labels=tlabels)
+    return {"train_list": train_list, "test_list": test_list,
+            "meta": {"filename": meta_name, "key": meta_key, "md5": meta_entry[1]}, "truth": truth}
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    """Make generated CIFAR files pass torchvision's MD5 check; returns a writer(kind) -> (root, truth)."""
+    import torchvision
+
+    def make(kind: str):
+        root = tmp_path / kind
+        info = write_fake_cifar(root, kind)
+        cls = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
+        for attr in ("train_list", "test_list", "meta"):
+            monkeypatch.setattr(cls, attr, info[attr])
+        return root, info["truth"]
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed command in a fresh process (exit status and stderr as a user sees them)."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "shallowdeep.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})

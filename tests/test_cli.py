@@ -1,0 +1,137 @@
+"""The command line: every subcommand, its JSON, and one-line errors with exit status 2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shallowdeep.cli import main
+from conftest import run_cli
+
+
+def test_every_subcommand_has_help(capsys):
+    for cmd in ("train", "info", "list", "demo"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: shallowdeep" in capsys.readouterr().out
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vgg16_bn", "resnet56", "wrn32_4", "mobilenet", "small", "cifar10", "cifar100", "tinyimagenet",
+                 "imagefolder", "digits"):
+        assert name in out
+
+
+def test_info_json_for_an_architecture(capsys):
+    assert main(["info", "--arch", "resnet56", "--data", "cifar100", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["params_cnn"] == 861_620 and obj["params_sdn"] == 1_220_626
+    assert len(obj["outputs"]) == 7 and obj["gflops_cnn"] == pytest.approx(0.2515, abs=1e-3)
+    assert [round(100 * o["relative_cost"]) for o in obj["outputs"]] == [15, 30, 45, 60, 74, 89, 100]
+    assert all("val_acc" not in o for o in obj["outputs"])
+
+
+def test_info_table_and_reference_convention(capsys):
+    assert main(["info", "--arch", "mobilenet", "--data", "cifar10", "--flops", "reference"]) == 0
+    out = capsys.readouterr().out
+    assert "3,217,226" in out and "3,483,520" in out and "IC 5" in out and "final" in out
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", str(root / "cnn"),
+                 "--epochs", "1", "--quiet"]) == 0
+    assert main(["train", "--mode", "ic-only", "--from", str(root / "cnn"), "--out", str(root / "ic"),
+                 "--epochs", "1", "--quiet"]) == 0
+    return root
+
+
+def test_info_json_for_a_run(cli_runs, capsys):
+    assert main(["info", str(cli_runs / "ic"), "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert {"params_cnn", "params_sdn", "gflops_cnn", "outputs"} <= obj.keys()
+    assert len(obj["outputs"]) == 5 and all({"gflops", "relative_cost", "val_acc"} <= o.keys() for o in obj["outputs"])
+    assert obj["outputs"][-1]["relative_cost"] > 1.0  # the final output pays for every IC on the way
+
+
+def _assert_one_line_error(proc, pattern: str):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and pattern in lines[0], lines[0]
+
+
+def test_bad_input_subprocess(tmp_path):
+    out = tmp_path / "never"
+    _assert_one_line_error(run_cli("train", "--arch", "resnet57", "--data", "digits", "--mode", "cnn", "--out", str(out)),
+                           "unknown architecture 'resnet57'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--arch", "nope", "--data", "digits", "--mode", "cnn"], "unknown architecture 'nope'"),
+    (["--arch", "small", "--data", "mnist", "--mode", "cnn"], "unknown data set 'mnist'"),
+    (["--arch", "small", "--data", "imagefolder:/no/such/dir", "--mode", "cnn"], "is not a folder"),
+    (["--arch", "small", "--data", "tinyimagenet", "--data-root", "/no/such/dir", "--mode", "cnn"], "no Tiny ImageNet"),
+    (["--arch", "resnet56", "--data", "digits", "--image-size", "48", "--mode", "cnn"], "takes 32 or 64 px"),
+    (["--mode", "ic-only"], "needs --from RUN"),
+    (["--mode", "ic-only", "--from", "/no/such/run"], "does not exist"),
+])
+def test_bad_train_input(tmp_path, capsys, args, pattern):
+    out = tmp_path / "out"
+    assert main(["train", *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and pattern in err[0], err
+    assert not out.exists(), "bad input must leave nothing behind"
+
+
+def test_ic_only_from_an_sdn_and_a_reused_folder(cli_runs, tmp_path, capsys):
+    assert main(["train", "--mode", "ic-only", "--from", str(cli_runs / "ic"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "is not a CNN run" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "sdn", "--out", str(cli_runs / "cnn"),
+                 "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_info_on_damaged_weights(cli_runs, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cli_runs / "cnn", bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated or foreign" in err[0]
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_demo_runs_the_three_modes_and_prints_tables(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--ic-epochs", "1", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "ic-only SDN" in text and "sdn SDN" in text and text.count("final") == 2 and "rel. cost" in text
+    for run in ("cnn", "ic-only", "sdn"):
+        assert (out / run / "model.safetensors").is_file()
+    # a second demo replaces its own folder, but never a folder it did not make
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--ic-epochs", "1", "--quiet"]) == 0
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert main(["demo", "--out", str(other), "--quiet"]) == 2
+    assert (other / "keep.txt").exists()
+
+
+def test_ci_runs_the_readme_test_command():
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash")[1:]]
+    assert len(blocks) >= 2
+    assert blocks[1] in (repo / ".ci" / "run").read_text()

@@ -1,0 +1,185 @@
+"""Data sets: CIFAR in the official format, Tiny ImageNet's layout, image folders, digits, splits, augmentation."""
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shallowdeep.data import augment, batches, carve_validation, list_datasets, load_dataset
+from shallowdeep.errors import UserError
+
+
+@pytest.mark.parametrize("kind,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_official_format(fake_cifar, kind, classes):
+    root, truth = fake_cifar(kind)
+    ds = load_dataset(kind, root)
+    assert ds.num_classes == classes and ds.image_size == 32
+    assert len(ds.train) + len(ds.val) == len(truth["train_labels"])
+    assert len(ds.test) == len(truth["test_labels"])
+    # images in HWC order, exactly the file's pixels; val ids point back into the training set
+    expect = torch.from_numpy(truth["train"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy())
+    assert torch.equal(ds.val.images, expect[ds.val.ids])
+    assert ds.val.labels.tolist() == [truth["train_labels"][i] for i in ds.val.ids.tolist()]
+    assert ds.test.labels.tolist() == truth["test_labels"]
+    mean = {"cifar10": (0.485, 0.456, 0.406), "cifar100": (0.507, 0.487, 0.441)}[kind]
+    assert ds.mean == mean
+
+
+@pytest.mark.parametrize("kind,archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")])
+def test_cifar_offline_error_names_file_and_place(tmp_path, monkeypatch, kind, archive):
+    import torchvision.datasets.utils as U
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(U, "urlopen", offline, raising=False)
+    monkeypatch.setattr(U.urllib.request, "urlopen", offline)
+    with pytest.raises(UserError) as e:
+        load_dataset(kind, tmp_path / "data")
+    msg = str(e.value)
+    assert archive in msg and str(tmp_path / "data") in msg and "\n" not in msg
+
+
+def test_tinyimagenet_real_slice(tiny_root):
+    before = sorted(str(p.relative_to(tiny_root)) for p in tiny_root.rglob("*"))
+    ds = load_dataset("tinyimagenet", tiny_root)
+    after = sorted(str(p.relative_to(tiny_root)) for p in tiny_root.rglob("*"))
+    assert before == after, "the user's files must not be moved or rewritten"
+    wnids = (tiny_root / "wnids.txt").read_text().split()
+    assert ds.classes == sorted(wnids) and ds.image_size == 64
+    assert len(ds.train) + len(ds.val) == 500 and len(ds.test) == 500
+    assert ds.train.images.shape[1:] == (64, 64, 3)  # grayscale files come out RGB
+    # every test label matches val_annotations.txt
+    ann = dict(line.split("\t")[:2] for line in (tiny_root / "val" / "val_annotations.txt").read_text().splitlines())
+    files = sorted(ann, key=lambda f: list(ann).index(f))
+    assert [ds.classes[i] for i in ds.test.labels.tolist()] == [ann[f] for f in files]
+    # pixels of one validation image equal the file's (converted to RGB)
+    first = np.asarray(Image.open(tiny_root / "val" / "images" / files[0]).convert("RGB"))
+    assert torch.equal(ds.test.images[0], torch.from_numpy(first.copy()))
+    assert ds.jitter == 0.2 and ds.pad == 8
+
+
+def test_tinyimagenet_missing_is_clear(tmp_path):
+    with pytest.raises(UserError, match="no Tiny ImageNet in"):
+        load_dataset("tinyimagenet", tmp_path)
+
+
+def test_imagefolder_real_cifar10_jpegs(cifar10_jpeg):
+    ds = load_dataset(f"imagefolder:{cifar10_jpeg}")
+    assert ds.classes == sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    assert len(ds.train) + len(ds.val) == 1000 and len(ds.test) == 200
+    assert ds.image_size == 32
+    # channel statistics of real CIFAR images, computed from the training split
+    assert 0.40 < ds.mean[0] < 0.55 and 0.18 < ds.std[0] < 0.30
+
+
+def _write_folder(root: Path, classes=("a", "b"), n=6, size=20, mode="RGB") -> Path:
+    rng = np.random.default_rng(0)
+    for part in ("train", "test"):
+        for c in classes:
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).convert(mode).save(root / part / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder_generated_and_resized(tmp_path):
+    root = _write_folder(tmp_path / "f", mode="L")
+    ds = load_dataset(f"imagefolder:{root}")
+    assert ds.image_size == 20 and ds.train.images.shape[-1] == 3
+    ds16 = load_dataset(f"imagefolder:{root}", image_size=16)
+    assert ds16.image_size == 16 and ds16.test.images.shape[1:] == (16, 16, 3)
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("imagefolder:/nonexistent/folder", "is not a folder"),
+    ("imagefolder", "needs a path"),
+    ("cifar11", "unknown data set 'cifar11'"),
+])
+def test_bad_data_names(spec, msg):
+    with pytest.raises(UserError, match=msg):
+        load_dataset(spec)
+
+
+def test_imagefolder_unreadable_image(tmp_path):
+    root = _write_folder(tmp_path / "f")
+    (root / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read image .*broken.png"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_digits_embedded_default(digits):
+    assert digits.num_classes == 10 and digits.image_size == 32 and not digits.flip
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    ids = [set(s.ids.tolist()) for s in (digits.train, digits.val, digits.test)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+
+
+def test_validation_split_fixed_and_disjoint(digits):
+    again = load_dataset("digits")
+    assert torch.equal(again.val.ids, digits.val.ids) and torch.equal(again.test.ids, digits.test.ids)
+    assert len(digits.val) == round(0.1 * (len(digits.train) + len(digits.val)))
+
+
+def test_carve_validation_never_touches_other_data(digits):
+    tr, va = carve_validation(digits.train, 0.25, seed=3)
+    assert len(tr) + len(va) == len(digits.train)
+    assert set(tr.ids.tolist()).isdisjoint(va.ids.tolist())
+
+
+def test_augment_crop_and_flip():
+    g = torch.Generator().manual_seed(0)
+    img = torch.arange(8 * 8 * 3, dtype=torch.int64).reshape(1, 8, 8, 3).remainder(256).to(torch.uint8)
+    imgs = img.expand(64, -1, -1, -1).contiguous()
+    out = augment(imgs, pad=2, flip=True, jitter=0.0, generator=g)
+    assert out.shape == (64, 8, 8, 3) and out.dtype == torch.float32
+    # every output is a shifted (possibly mirrored) window of the zero-padded input
+    padded = torch.nn.functional.pad(img[0].float() / 255, (0, 0, 2, 2, 2, 2))
+    windows = {(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)}
+    seen = set()
+    for o in out:
+        for dy, dx, f in windows:
+            w = padded[dy:dy + 8, dx:dx + 8]
+            if f:
+                w = w.flip(1)
+            if torch.equal(o, w):
+                seen.add((dy, dx, f))
+                break
+        else:
+            raise AssertionError("an augmented image is no crop of the padded input")
+    assert any(f for _, _, f in seen) and any(not f for _, _, f in seen)
+    no_flip = augment(imgs, pad=0, flip=False, jitter=0.0, generator=g)
+    assert torch.equal(no_flip, imgs.float() / 255)
+
+
+def test_jitter_changes_colours_within_range():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.full((16, 4, 4, 3), 128, dtype=torch.uint8)
+    imgs[:, :, :, 0] = 200
+    out = augment(imgs, pad=0, flip=False, jitter=0.2, generator=g)
+    assert not torch.allclose(out, imgs.float() / 255) and out.min() >= 0 and out.max() <= 1
+
+
+def test_batches_normalised_channels_last(digits):
+    x, y = next(batches(digits, "val", 16))
+    assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor(digits.mean).view(1, 3, 1, 1)
+    std = torch.tensor(digits.std).view(1, 3, 1, 1)
+    raw = digits.val.images[:16].permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(x, (raw - mean) / std)
+
+
+def test_shuffled_batches_repeat_with_the_same_seed(digits):
+    a = [y for _, y in batches(digits, "train", 64, train=True, generator=torch.Generator().manual_seed(5))]
+    b = [y for _, y in batches(digits, "train", 64, train=True, generator=torch.Generator().manual_seed(5))]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_registry_lists_every_data_set():
+    assert set(list_datasets()) == {"cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits"}

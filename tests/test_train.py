@@ -1,0 +1,181 @@
+"""The three training modes, recipes, and resumable run folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import shallowdeep
+from shallowdeep import runs
+from shallowdeep.errors import UserError
+from shallowdeep.sdn import SDN, build_sdn
+from shallowdeep.train import SDNMode, TrainConfig, default_recipe, evaluate, train_run
+
+QUIET = dict(progress=False, log=None)
+
+
+def test_paper_recipes():
+    r = default_recipe("cnn", "vgg16_bn")
+    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size, r.epochs, r.milestones) == \
+        ("sgd", 0.1, 0.9, 5e-4, 128, 100, (35, 60, 85))
+    assert default_recipe("sdn", "resnet56").weight_decay == 1e-4
+    assert default_recipe("cnn", "mobilenet").weight_decay == 1e-4
+    assert default_recipe("cnn", "wrn32_4").weight_decay == 5e-4
+    ic = default_recipe("ic-only", "resnet56")
+    assert (ic.optimizer, ic.lr, ic.epochs, ic.milestones, ic.weight_decay) == ("adam", 1e-3, 25, (15,), 1e-4)
+    assert r.lr_at(34) == 0.1 and r.lr_at(35) == pytest.approx(0.01) and r.lr_at(99) == pytest.approx(1e-4)
+    assert default_recipe("cnn", "resnet56", epochs=20).milestones == (7, 12, 17)
+
+
+def test_sdn_loss_weights_follow_reference_schedule():
+    m = SDNMode()
+    caps = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+    for epoch in (0, 10, 99):
+        w = m.weights(6, epoch, 100)
+        assert w == [min(c, 0.01 + (epoch + 1) * c / 100) for c in caps]
+    assert m.weights(6, 99, 100) == list(caps)
+    outs = [torch.zeros(2, 3) for _ in range(7)]
+    y = torch.tensor([0, 1])
+    ln3 = torch.log(torch.tensor(3.0))
+    assert m.loss(outs, y, 99, 100) == pytest.approx(float((sum(caps) + 1) * ln3), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    train_run(TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2, seed=3), **QUIET)
+    return out
+
+
+def test_cnn_run_folder_describes_itself(cnn_run):
+    meta = json.loads((cnn_run / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["model"]["kind"] == "cnn"
+    assert meta["config"]["arch"] == "small" and meta["config"]["data"] == "digits" and meta["config"]["seed"] == 3
+    assert meta["recipe"]["epochs"] == 2 and len(meta["epochs"]) == 2
+    assert len(meta["epochs"][-1]["val_acc"]) == 1
+    assert not (cnn_run / "checkpoint.safetensors").exists()
+    model = shallowdeep.load(cnn_run)
+    assert isinstance(model, shallowdeep.CNN) and not model.training
+
+
+def test_ic_only_keeps_the_cnn_bit_for_bit(cnn_run, tmp_path, digits):
+    out = tmp_path / "ic"
+    train_run(TrainConfig(out=str(out), mode="ic-only", from_run=str(cnn_run), epochs=2), **QUIET)
+    cnn = shallowdeep.load(cnn_run)
+    sdn = shallowdeep.load(out)
+    assert isinstance(sdn, SDN) and sdn.num_outputs == 5
+    before = cnn.state_dict()
+    after = sdn.cnn.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "backbone or BN statistics changed"
+    x = torch.cat([x for x, _ in shallowdeep.data.batches(digits, "test", 256)])
+    with torch.no_grad():
+        assert torch.equal(sdn(x)[-1], cnn(x))
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["arch"] == "small" and meta["config"]["from_run"] == str(cnn_run.resolve())
+    assert meta["from_run_weights_sha256"] == runs.sha256_file(cnn_run / "model.safetensors")
+
+
+def test_ic_only_refuses_a_run_that_is_not_a_cnn(cnn_run, tmp_path):
+    sdn_out = tmp_path / "sdn"
+    train_run(TrainConfig(out=str(sdn_out), mode="sdn", arch="small", data="digits", epochs=1), **QUIET)
+    with pytest.raises(UserError, match="is not a CNN run"):
+        train_run(TrainConfig(out=str(tmp_path / "x"), mode="ic-only", from_run=str(sdn_out), epochs=1), **QUIET)
+    assert not (tmp_path / "x").exists()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return runs.read_tensors(path / "model.safetensors")[0]
+
+
+def test_resume_ends_with_the_same_weights(tmp_path):
+    base = dict(mode="sdn", arch="small", data="digits", epochs=3, seed=7)
+    train_run(TrainConfig(out=str(tmp_path / "whole"), **base), **QUIET)
+    killed = tmp_path / "killed"
+    train_run(TrainConfig(out=str(killed), **base), stop_after=1, **QUIET)
+    assert (killed / "checkpoint.safetensors").is_file() and not (killed / "model.safetensors").exists()
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    with pytest.raises(UserError, match="did not finish"):
+        shallowdeep.load(killed)
+    train_run(TrainConfig(out=str(killed), resume=True), stop_after=1, **QUIET)  # a second kill
+    train_run(TrainConfig(out=str(killed), resume=True), **QUIET)
+    a, b = _weights(tmp_path / "whole"), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((tmp_path / "whole" / "run.json").read_text())
+    mb = json.loads((killed / "run.json").read_text())
+    assert [e["val_acc"] for e in ma["epochs"]] == [e["val_acc"] for e in mb["epochs"]]
+
+
+def test_out_folder_rules(cnn_run, tmp_path):
+    with pytest.raises(UserError, match="already holds a run"):
+        train_run(TrainConfig(out=str(cnn_run), mode="cnn", arch="small", data="digits", epochs=1), **QUIET)
+    with pytest.raises(UserError, match="finished run"):
+        train_run(TrainConfig(out=str(cnn_run), resume=True), **QUIET)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_run(TrainConfig(out=str(tmp_path / "none"), resume=True), **QUIET)
+    killed = tmp_path / "k"
+    train_run(TrainConfig(out=str(killed), mode="cnn", arch="small", data="digits", epochs=2), stop_after=1, **QUIET)
+    with pytest.raises(UserError, match="holds a different run"):
+        train_run(TrainConfig(out=str(killed), mode="cnn", arch="resnet56", data="digits", resume=True), **QUIET)
+    with pytest.raises(UserError, match="holds a different run"):
+        train_run(TrainConfig(out=str(killed), epochs=5, resume=True), **QUIET)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an empty folder"):
+        train_run(TrainConfig(out=str(other), mode="cnn", arch="small", data="digits", epochs=1), **QUIET)
+
+
+def test_hyperparameters_are_overridable(tmp_path):
+    out = tmp_path / "r"
+    train_run(TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=1, batch_size=64, lr=0.05,
+                          weight_decay=1e-3), **QUIET)
+    r = json.loads((out / "run.json").read_text())["recipe"]
+    assert (r["batch_size"], r["lr"], r["weight_decay"]) == (64, 0.05, 1e-3)
+
+
+def test_evaluate_reports_every_output(digits):
+    torch.manual_seed(0)
+    sdn = build_sdn("small", 10, 32)
+    acc = evaluate(sdn, digits, "val")
+    assert len(acc) == sdn.num_outputs and all(0 <= a <= 1 for a in acc)
+
+
+def test_truncated_and_foreign_weights_refused(cnn_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cnn_run, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        shallowdeep.load(bad)
+    (bad / "model.safetensors").write_bytes(b"\x80\x04\x95 a pickle, not safetensors")
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        shallowdeep.load(bad)
+    runs.save_weights(bad / "model.safetensors", build_sdn("small", 10, 32))
+    with pytest.raises(UserError, match="does not fit"):
+        shallowdeep.load(bad)
+
+
+def test_atomic_write_never_leaves_a_torn_file(tmp_path):
+    target = tmp_path / "f.json"
+    runs.write_json(target, {"a": 1})
+
+    def explode(f):
+        f.write(b'{"a": 2, "tor')
+        raise KeyboardInterrupt  # killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.atomic_write(target, explode)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_nothing_is_unpickled():
+    src = Path(shallowdeep.__file__).parent
+    for py in src.rglob("*.py"):
+        text = py.read_text()
+        assert "torch.load(" not in text and "import pickle" not in text and "allow_pickle=True" not in text, py
