@@ -11,7 +11,7 @@ from conftest import run_cli
 
 
 def test_every_subcommand_has_help(capsys):
-    for cmd in ("train", "info", "list", "demo"):
+    for cmd in ("train", "info", "list", "demo", "analyze"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

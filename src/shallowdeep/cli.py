@@ -145,7 +145,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         costs = output_costs(model)
         print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
         print(_table([r | {"val_acc": a} for r, a in zip(_info_rows(model, costs, None), acc)]).replace("val acc", "test acc"))
+    from .report import analyze_run
+
+    reports = [analyze_run(out / name, log=None)[0] for name in ("ic-only", "sdn")]
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
+    for r in reports:
+        print(f"report: {r}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .report import analyze_run
+    from .train import _pick_device
+
+    html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
+                                       fallback=args.fallback, device=str(_pick_device(args.device)),
+                                       log=None if args.quiet else print)
+    print(f"report: {html_path}\nfigures: {json_path}")
     return 0
 
 
@@ -191,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="registered architectures and data sets", description="List architectures and data sets.")
     ls.set_defaults(func=cmd_list)
+
+    a = sub.add_parser("analyze", help="overthinking, calibrated early exits and confusion of a run, as an HTML report",
+                       description="Collect every output's logits once per split (cached in RUN/records/), then write "
+                                   "a self-contained HTML report and a JSON of every figure.")
+    a.add_argument("run", help="an SDN run folder")
+    a.add_argument("--out", help="report folder (default RUN/report)")
+    a.add_argument("--max-drop", type=float, default=0.01,
+                   help="calibration: cheapest threshold within this accuracy drop of the final output (default 0.01)")
+    a.add_argument("--budget", type=float, help="also calibrate for the best accuracy under this relative cost")
+    a.add_argument("--fallback", choices=("most_confident", "final"), default="most_confident",
+                   help="prediction when no IC is confident (default: the most confident output, as the reference)")
+    a.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("demo", help="the main job on the embedded digits data (offline, CPU, about a minute)",
                        description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "

@@ -145,3 +145,53 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     logits = torch.cat(chunks) if chunks else torch.zeros(0, len(costs.outputs), data.num_classes)
     return ExitRecord.from_arrays(logits, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
                                   costs.outputs, costs.cnn, s.ids, {"split": split, **(meta or {})})
+
+
+RECORDS_DIR = "records"
+
+
+def load_run_data(run: str | Path) -> Dataset:
+    """The data set a run was trained on, from its ``run.json`` alone."""
+    from .data import load_dataset
+    from .runs import RUN_JSON, read_json
+
+    cfg = read_json(Path(run) / RUN_JSON).get("config", {})
+    return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"))
+
+
+def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *,
+                model: torch.nn.Module | None = None, data: Dataset | None = None,
+                device: torch.device | str = "cpu", log=None) -> dict[str, ExitRecord]:
+    """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
+    the same (the cache stores the weights' SHA-256)."""
+    from .runs import RUN_JSON, WEIGHTS, load, read_json, sha256_file
+
+    run = Path(run)
+    meta = read_json(run / RUN_JSON)
+    if not (run / WEIGHTS).is_file():
+        raise UserError(f"{run} has no {WEIGHTS}: training did not finish; continue it with --resume")
+    sha = sha256_file(run / WEIGHTS)
+    folder = run / RECORDS_DIR
+    out: dict[str, ExitRecord] = {}
+    for split in splits:
+        path = folder / f"{split}.safetensors"
+        if path.is_file():
+            try:
+                rec = ExitRecord.load(path)
+                if rec.meta.get("weights_sha256") == sha:
+                    out[split] = rec
+                    continue
+            except UserError:
+                pass  # a damaged cache entry is collected again
+        if model is None:
+            model = load(run, device)
+        if data is None:
+            data = load_run_data(run)
+        if log is not None:
+            log(f"collecting the {split} record ({len(data.split(split))} inputs)")
+        rec = collect(model, data, split, device=device,
+                      meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch")})
+        folder.mkdir(exist_ok=True)
+        rec.save(path)
+        out[split] = rec
+    return out

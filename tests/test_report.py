@@ -1,0 +1,102 @@
+"""``shallowdeep analyze``: cached records, a self-contained HTML report and a JSON of every figure."""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from shallowdeep import record as record_mod
+from shallowdeep.cli import main
+from shallowdeep.train import TrainConfig, train_run
+
+QUIET = dict(progress=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def sdn_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=2), **QUIET)
+    train_run(TrainConfig(out=str(root / "sdn"), mode="ic-only", from_run=str(root / "cnn"), epochs=2), **QUIET)
+    return root / "sdn"
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.imgs, self.links, self.scripts = set(), [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag in ("a", "link") and "href" in a:
+            self.links.append(a["href"])
+        if tag in ("script", "iframe", "source", "video", "audio"):
+            self.scripts.append(a)
+
+
+def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["analyze", str(sdn_run), "--out", str(out), "--quiet"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    text = (out / "report.html").read_text()
+    page = Page()
+    page.feed(text)
+    for section in ("outputs", "early-exit", "overthinking", "confusion"):
+        assert section in page.ids
+    for fig in ("accuracy_cost", "overthinking", "destructive", "confusion", "first_correct"):
+        assert f"fig-{fig}" in page.ids
+    assert page.imgs and all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in page.imgs)
+    assert not page.links and not page.scripts
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert "chosen on the test set" in text.lower()  # the reference protocol is labelled as such
+
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["outputs"]) == 5 and {"relative_cost", "val_accuracy", "test_accuracy"} <= data["outputs"][0].keys()
+    ee = data["early_exit"]
+    assert len(ee["curves"]["test"]["thresholds"]) >= 1000 and len(ee["curves"]["val"]["accuracy"]) >= 1000
+    assert {"threshold", "val", "test"} <= ee["calibrated"].keys()
+    assert len(ee["reference_protocol"]["rows"]) == 11
+    assert {"newly_correct", "destructive", "oracle_relative_cost", "examples_first_correct"} <= data["overthinking"].keys()
+    assert data["confusion"]["normalisation"]["from"] == "training split"
+    assert {"edges", "correct", "wrong"} <= data["confusion"]["confusion"]["histogram"].keys()
+    assert set(data["images"]["first_correct"]) == {"IC 1", "IC 2", "IC 3", "IC 4", "final"}
+
+
+def test_records_are_cached_until_the_weights_change(sdn_run, tmp_path, monkeypatch):
+    main(["analyze", str(sdn_run), "--out", str(tmp_path / "a"), "--quiet"])
+    for split in ("train", "val", "test"):
+        assert (sdn_run / "records" / f"{split}.safetensors").is_file()
+
+    def boom(*a, **k):
+        raise AssertionError("the network ran again although the weights did not change")
+
+    monkeypatch.setattr(record_mod, "collect", boom)
+    assert main(["analyze", str(sdn_run), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    # new weights (same architecture): the cache is stale and the records are collected again
+    monkeypatch.undo()
+    import shallowdeep
+    from shallowdeep import runs
+
+    model = shallowdeep.load(sdn_run)
+    import torch
+
+    with torch.no_grad():
+        model.heads[0].linear.bias.add_(1.0)
+    runs.save_weights(sdn_run / "model.safetensors", model)
+    calls = []
+    real = record_mod.collect
+    monkeypatch.setattr(record_mod, "collect", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    assert main(["analyze", str(sdn_run), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert sorted(calls) == ["test", "train", "val"]
+
+
+def test_analyze_refuses_a_cnn_run(sdn_run, capsys):
+    assert main(["analyze", str(sdn_run.parent / "cnn"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "plain CNN run" in err and "--mode ic-only" in err
+    assert not (sdn_run.parent / "cnn" / "report").exists()
