@@ -113,8 +113,7 @@ def random_record(seed, n=300, k=5, c=7, scale=2.0):
 def brute_early_exit(r: ExitRecord, q: float, fallback: str):
     correct, cost, counts = 0, 0.0, [0] * r.num_outputs
     for n in range(r.num_inputs):
-        p = np.exp(r.logits[n] - r.logits[n].max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+        p = r.probs[n]  # the decision logic is under test here; the softmax has its own test
         exit_at = None
         for i in range(r.num_outputs - 1):
             if p[i].max() >= q:
@@ -165,6 +164,14 @@ def test_overthinking_matches_brute_force(seed):
         first = next((j for j in range(k) if right[i, j]), None)
         oracle.append(r.relative_costs[first] if first is not None and first < k - 1 else 1.0)
     assert o["oracle_relative_cost"] == pytest.approx(np.mean(oracle))
+
+
+def test_record_softmax_and_derived_arrays():
+    r = random_record(0, n=50)
+    expect = torch.softmax(torch.from_numpy(r.logits).double(), dim=-1).numpy()
+    assert r.probs.dtype == np.float64 and np.allclose(r.probs, expect, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(r.preds, r.logits.argmax(-1)) and np.allclose(r.confidence, expect.max(-1))
+    assert np.array_equal(r.correct, r.logits.argmax(-1) == r.labels[:, None])
 
 
 def test_sweep_has_a_thousand_thresholds_including_the_reference_ones():

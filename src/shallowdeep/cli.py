@@ -165,6 +165,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_paths(paths: list[str]) -> list[Path]:
+    from .data import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise UserError(f"{p} does not exist: give image files or folders of images")
+    if not found:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(paths)}")
+    return found
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from .engine import EarlyExitEngine
+    from .runs import RUN_JSON, read_json
+    from .train import _pick_device
+
+    files = _image_paths(args.paths)
+    engine = EarlyExitEngine.from_run(args.run, args.threshold, args.fallback, str(_pick_device(args.device)))
+    meta = read_json(Path(args.run) / RUN_JSON)["data"]
+    size = engine.sdn.image_size
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    if not args.resize:
+                        raise UserError(f"{f} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
+                                        "pass --resize to resize it")
+                    im = im.resize((size, size), Image.BILINEAR)
+                arrays.append(torch.from_numpy(__import__("numpy").asarray(im, dtype="uint8").copy()))
+        except OSError as e:
+            raise UserError(f"cannot read image {f}: {e}") from None
+    x = torch.stack(arrays).float() / 255
+    x = ((x - torch.tensor(meta["mean"])) / torch.tensor(meta["std"])).permute(0, 3, 1, 2)
+    res = engine.classify(x, batch_size=args.batch_size)
+    names = meta.get("class_names", meta["classes"])
+    k = engine.num_outputs
+    rows = [{"file": str(f), "label": int(p), "class": names[int(p)], "exit": int(e),
+             "exit_name": f"IC {int(e) + 1}" if int(e) < k - 1 else "final (no IC exit)",
+             "confidence": float(c), "relative_cost": float(rc)}
+            for f, p, e, c, rc in zip(files, res.predictions, res.exits, res.confidence, res.relative_cost)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["file"]) for r in rows)
+        print(f"{'file':<{width}}  {'class':<14} {'exit':<18} {'conf.':>6} {'rel. cost':>9}")
+        for r in rows:
+            print(f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['exit_name']:<18} {r['confidence']:>6.3f} "
+                  f"{100 * r['relative_cost']:>8.1f}%")
+        print(f"threshold {engine.thresholds[0]:.6g}, fallback {engine.fallback}; average cost "
+              f"{100 * float(res.relative_cost.mean()):.1f}% of the CNN")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import list_datasets
     from .models import list_archs
@@ -221,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_analyze)
+
+    pr = sub.add_parser("predict", help="classify image files with early exits",
+                        description="Classify images with the run's SDN, each stopping at the first confident IC. "
+                                    "The threshold is the run's calibrated one (`shallowdeep analyze`) unless given.")
+    pr.add_argument("run", help="an SDN run folder")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    pr.add_argument("--threshold", type=float, help="confidence threshold (default: the run's calibration)")
+    pr.add_argument("--fallback", choices=("most_confident", "final"),
+                    help="prediction when no IC is confident (default: the calibration's)")
+    pr.add_argument("--batch-size", type=int, default=1, help="1: one image at a time (default); more: batched")
+    pr.add_argument("--resize", action="store_true", help="resize images whose size differs from the model's")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="the main job on the embedded digits data (offline, CPU, about a minute)",
                        description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "

@@ -78,8 +78,10 @@ class ExitRecord:
 
     @cached_property
     def probs(self) -> np.ndarray:
-        """Softmax of every output, ``[inputs, outputs, classes]``."""
-        z = self.logits - self.logits.max(-1, keepdims=True)
+        """Softmax of every output in double precision, ``[inputs, outputs, classes]`` (the early-exit
+        engine compares confidences with thresholds in double precision too)."""
+        z = self.logits.astype(np.float64)
+        z -= z.max(-1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(-1, keepdims=True)
         return z

@@ -323,6 +323,11 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         "note": "test-split ids (positions in the data set's test split)",
     }
     page = render_html(result, figures, f"shallowdeep report: {run.name}")
+    cal = result["early_exit"]["calibrated"]
+    # the engine's default threshold: chosen on the validation split, tied to these weights
+    write_json(run / "calibration.json", {"threshold": cal["threshold"], "fallback": cal["fallback"], "rule": cal["rule"],
+                                          "val": cal["val"], "test": cal["test"],
+                                          "weights_sha256": records["test"].meta.get("weights_sha256")})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", result)
     write_bytes(out / "report.html", page.encode())

@@ -1,0 +1,268 @@
+"""Real early-exit inference: every input stops at the first IC confident enough, in wall-clock time.
+
+Two paths, with the same answers:
+
+- ``batch-1``: one input at a time, Python control flow between blocks; the IC heads are folded
+  for inference (few ops, see :func:`_inference_head`) and conv+BN pairs of the backbone are folded
+  (on copies), so checking the ICs costs less than the folding saves.
+- ``batched``: a batch runs block by block; at each IC the inputs that exit leave the working
+  batch (compaction), later blocks run on the rest, and results come back in input order.
+
+An input that no IC lets out pays for the whole SDN and gets the fallback's prediction: the most
+confident output (``"most_confident"``, the reference's) or the final output (``"final"``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .costs import output_costs
+from .errors import UserError
+from .heads import ICHead
+from .sdn import SDN
+
+FALLBACKS = ("most_confident", "final")
+
+
+@dataclass
+class EngineResult:
+    """Per input: ``predictions``, ``exits`` (output index; ``num_outputs - 1`` = no IC exit),
+    ``confidence`` (max softmax of the output that answered) and ``relative_cost`` (cost / CNN)."""
+
+    predictions: torch.Tensor
+    exits: torch.Tensor
+    confidence: torch.Tensor
+    relative_cost: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+
+def _inference_head(head: ICHead) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An :class:`ICHead` as a plain function for inference, with as few ops as we found.
+
+    At batch 1 on a CPU each extra op costs far more between convolutions than alone (its code is
+    cold), so the mixed pooling is two contiguous reductions per statistic and the mixing weight and
+    the average's 1/r^2 are folded into two pre-transposed weight matrices:
+    ``logits = (a W) max_r(x) + ((1 - a) / r^2 W) sum_r(x) + b``.
+    """
+    w = head.linear.weight.detach()
+    b = head.linear.bias.detach().clone()
+    r = head.kernel
+    if head.alpha is None or r == 1:  # no pooling, or 1x1 pooling (max = avg = the input itself)
+        w_t = w.t().contiguous()
+        return lambda x: torch.addmm(b, x.flatten(1), w_t)
+    a = float(head.alpha.detach())
+    w_max = (a * w).t().contiguous()
+    w_sum = ((1 - a) / (r * r) * w).t().contiguous()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        n, c, hh, ww = x.shape
+        oh, ow = hh // r, ww // r
+        if oh * r != hh or ow * r != ww:
+            x = x[:, :, : oh * r, : ow * r].contiguous()
+        v = x.reshape(n * c, oh * r, ow, r)  # reduce the contiguous last axis first, then the rows
+        mx = v.amax(-1).view(n * c, oh, r, ow).amax(2)
+        sm = v.sum(-1).view(n * c, oh, r, ow).sum(2)
+        return torch.addmm(torch.addmm(b, sm.view(n, -1), w_sum), mx.view(n, -1), w_max)
+
+    return forward
+
+
+def _fold_bn(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every conv → BN pair folded into one conv (torch.fx's fuser), or
+    the module itself where it cannot be traced. Only for inference, in eval mode."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
+        return module
+    try:
+        return fuse(module, inplace=False)
+    except Exception:  # an untraceable custom block keeps its BN; results are the same either way
+        return module
+
+
+def _confidence(num_classes: int) -> Callable[[torch.Tensor], tuple[float, int]]:
+    """Max softmax and argmax of one logit row. For few classes plain Python on the row beats three
+    tensor ops; both compute in double precision, like the batched path."""
+    if num_classes <= 32:
+        def small(z: torch.Tensor) -> tuple[float, int]:
+            row = z.view(-1).tolist()
+            m = max(row)
+            return 1.0 / sum(math.exp(v - m) for v in row), row.index(m)
+
+        return small
+
+    def large(z: torch.Tensor) -> tuple[float, int]:
+        conf, pred = torch.softmax(z.double(), dim=1).max(dim=1)
+        return conf.item(), int(pred)
+
+    return large
+
+
+class EarlyExitEngine:
+    """Early-exit inference for an :class:`SDN` at a confidence ``threshold`` (one for every IC, or
+    one per IC). Build it once per model; the model is put in eval mode and must not change after."""
+
+    def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
+                 device: torch.device | str | None = None, fold_bn: bool = True) -> None:
+        if not isinstance(sdn, SDN):
+            raise UserError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
+        if fallback not in FALLBACKS:
+            raise UserError(f"unknown fallback {fallback!r}: choose one of {', '.join(FALLBACKS)}")
+        n_ics = len(sdn.positions)
+        qs = [float(threshold)] * n_ics if isinstance(threshold, (int, float)) else [float(q) for q in threshold]
+        if len(qs) != n_ics:
+            raise UserError(f"{len(qs)} thresholds for {n_ics} ICs")
+        self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
+        self.sdn = sdn.eval().to(self.device)
+        self.thresholds = qs
+        self.fallback = fallback
+        self.num_outputs = sdn.num_outputs
+        costs = output_costs(sdn)
+        self.relative_costs = torch.tensor(costs.relative, dtype=torch.float64)
+        cnn = sdn.cnn
+        # conv+BN folding is an inference-only rewrite of copies; the SDN itself is left untouched
+        fold = _fold_bn if fold_bn else (lambda m: m)
+        self._stem, self._blocks, self._final = fold(cnn.stem), [fold(b) for b in cnn.blocks], cnn.head
+        self._conf = _confidence(sdn.num_classes)
+        self._heads = [_inference_head(h) for h in sdn.heads]
+        # position -> (IC index, head, threshold); None between ICs
+        self._at: list[tuple[int, Callable[[torch.Tensor], torch.Tensor], float] | None] = [None] * len(self._blocks)
+        for k, (p, h) in enumerate(zip(sdn.positions, self._heads)):
+            self._at[p] = (k, h, qs[k])
+
+    @classmethod
+    def from_run(cls, run: str | Path, threshold: float | None = None, fallback: str | None = None,
+                 device: torch.device | str = "cpu") -> "EarlyExitEngine":
+        """The engine of a run, at its calibrated threshold (``shallowdeep analyze`` writes it)."""
+        from .runs import WEIGHTS, load, read_json, sha256_file
+
+        model = load(run, device)
+        path = Path(run) / "calibration.json"
+        if threshold is None:
+            if not path.is_file():
+                raise UserError(f"{run} has no calibrated threshold: run `shallowdeep analyze {run}` first "
+                                "or pass --threshold")
+            cal = read_json(path)
+            if cal.get("weights_sha256") != sha256_file(Path(run) / WEIGHTS):
+                raise UserError(f"{path} was calibrated for other weights: run `shallowdeep analyze {run}` again "
+                                "or pass --threshold")
+            threshold = float(cal["threshold"])
+            fallback = fallback or cal.get("fallback", "most_confident")
+        return cls(model, threshold, fallback or "most_confident", device)
+
+    # ------------------------------------------------------------------------------------ paths
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise UserError("the engine takes a float tensor of images shaped [N, 3, H, W]")
+        if x.dim() == 4 and x.shape[0] == 0:
+            return x
+        self.sdn.cnn.check_input(x)
+        return x.to(self.device, torch.float32)
+
+    @torch.inference_mode()
+    def classify_one(self, x: torch.Tensor) -> tuple[int, int, float]:
+        """Classify one image ``[1, 3, H, W]`` (or ``[3, H, W]``): (prediction, exit, confidence)."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        x = self._check(x)
+        if x.shape[0] != 1:
+            raise UserError(f"classify_one takes one image, got a batch of {x.shape[0]}")
+        h = self._stem(x)
+        most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
+        for block, at in zip(self._blocks, self._at):
+            h = block(h)
+            if at is not None:
+                k, head, q = at
+                c, pred = self._conf(head(h))
+                if c >= q:
+                    return pred, k, c
+                if c > most_confident[0]:
+                    most_confident = (c, pred, k)
+        c, pred = self._conf(self._final(h))
+        if self.fallback == "most_confident" and most_confident[0] >= c:
+            return most_confident[1], self.num_outputs - 1, most_confident[0]
+        return pred, self.num_outputs - 1, c
+
+    @torch.inference_mode()
+    def classify_batched(self, x: torch.Tensor) -> EngineResult:
+        """Classify a batch with compaction: inputs that exit leave the working batch."""
+        x = self._check(x)
+        n = x.shape[0]
+        dev = self.device
+        preds = torch.empty(n, dtype=torch.int64, device=dev)
+        exits = torch.full((n,), self.num_outputs - 1, dtype=torch.int64, device=dev)
+        confs = torch.empty(n, dtype=torch.float64, device=dev)
+        if n == 0:
+            return self._result(preds, exits, confs)
+        active = torch.arange(n, device=dev)
+        best_conf = torch.full((n,), -1.0, dtype=torch.float64, device=dev)
+        best_pred = torch.zeros(n, dtype=torch.int64, device=dev)
+        h = self._stem(x)
+        for block, at in zip(self._blocks, self._at):
+            h = block(h)
+            if at is None:
+                continue
+            k, head, q = at
+            conf, pred = torch.softmax(head(h).double(), dim=1).max(dim=1)
+            out = conf >= q
+            better = conf > best_conf
+            best_conf = torch.where(better, conf, best_conf)
+            best_pred = torch.where(better, pred, best_pred)
+            n_out = int(out.sum())  # the one host synchronisation per IC
+            if n_out:
+                idx = active[out]
+                preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
+                if n_out == len(active):
+                    return self._result(preds, exits, confs)
+                keep = ~out
+                h, active, best_conf, best_pred = h[keep], active[keep], best_conf[keep], best_pred[keep]
+        conf, pred = torch.softmax(self._final(h).double(), dim=1).max(dim=1)
+        if self.fallback == "most_confident":
+            use_ic = best_conf >= conf
+            pred = torch.where(use_ic, best_pred, pred)
+            conf = torch.where(use_ic, best_conf, conf)
+        preds[active], confs[active] = pred, conf
+        return self._result(preds, exits, confs)
+
+    @torch.inference_mode()
+    def ic_confidences(self, x: torch.Tensor) -> torch.Tensor:
+        """Every IC's max softmax for ``x`` ``[N, 3, H, W]``, as this engine computes it: ``[N, ICs]``
+        (float64). Useful to choose thresholds that produce a given exit pattern."""
+        x = self._check(x)
+        out = []
+        h = self._stem(x)
+        for block, at in zip(self._blocks, self._at):
+            h = block(h)
+            if at is not None:
+                out.append(torch.softmax(at[1](h).double(), dim=1).max(dim=1)[0])
+        return torch.stack(out, 1).cpu() if out else torch.zeros(x.shape[0], 0, dtype=torch.float64)
+
+    def _result(self, preds, exits, confs) -> EngineResult:
+        exits_cpu = exits.cpu()
+        return EngineResult(preds.cpu(), exits_cpu, confs.cpu(), self.relative_costs[exits_cpu])
+
+    def classify(self, x: torch.Tensor, batch_size: int = 256) -> EngineResult:
+        """Classify ``x`` ``[N, 3, H, W]``: one at a time when ``batch_size == 1``, else in batches of
+        ``batch_size`` with compaction. Results are in input order."""
+        x = self._check(x)
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if batch_size == 1:
+            rows = [self.classify_one(x[i : i + 1]) for i in range(x.shape[0])]
+            preds = torch.tensor([r[0] for r in rows], dtype=torch.int64)
+            exits = torch.tensor([r[1] for r in rows], dtype=torch.int64)
+            confs = torch.tensor([r[2] for r in rows], dtype=torch.float64)
+            return EngineResult(preds, exits, confs, self.relative_costs[exits])
+        parts = [self.classify_batched(x[i : i + batch_size]) for i in range(0, max(x.shape[0], 1), batch_size)]
+        return EngineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                              ("predictions", "exits", "confidence", "relative_cost")))

@@ -1,0 +1,151 @@
+"""The early-exit engine: exactness against the record simulation, order, edge cases, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shallowdeep.analysis import early_exit
+from shallowdeep.data import batches
+from shallowdeep.engine import EarlyExitEngine, _inference_head
+from shallowdeep.errors import UserError
+from shallowdeep.record import ExitRecord, collect
+from shallowdeep.sdn import build_sdn
+
+
+def safe_thresholds(record: ExitRecord, n: int, margin: float = 1e-4) -> list[float]:
+    """Thresholds spread over the ICs' confidences, none within ``margin`` of any of them, so the
+    float rounding of different kernels (conv algorithms, folded BN) cannot flip a decision."""
+    conf = np.sort(record.confidence[:, :-1].ravel())
+    qs = []
+    for p in np.linspace(0.05, 0.95, n):
+        i = int(p * (len(conf) - 1))
+        while i + 1 < len(conf) and conf[i + 1] - conf[i] < 2 * margin:
+            i += 1
+        if i + 1 < len(conf):
+            qs.append(float((conf[i] + conf[i + 1]) / 2))
+    return qs
+
+
+def images(data, split="test", limit=None):
+    x = torch.cat([x for x, _ in batches(data, split, 512)])
+    return x[:limit] if limit else x
+
+
+@pytest.fixture(scope="module")
+def random_sdn():
+    torch.manual_seed(0)
+    return build_sdn("small", 10, 32).eval()
+
+
+@pytest.fixture(scope="module")
+def trained_sdn(tmp_path_factory):
+    import shallowdeep
+    from shallowdeep.train import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("engine")
+    q = dict(progress=False, log=None)
+    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=3), **q)
+    train_run(TrainConfig(out=str(root / "sdn"), mode="ic-only", from_run=str(root / "cnn"), epochs=2), **q)
+    return shallowdeep.load(root / "sdn"), root / "sdn"
+
+
+@pytest.mark.parametrize("which", ["random", "trained"])
+@pytest.mark.parametrize("fallback", ["most_confident", "final"])
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_engine_matches_record_simulation(which, fallback, fold_bn, random_sdn, trained_sdn, digits):
+    sdn = random_sdn if which == "random" else trained_sdn[0]
+    record = collect(sdn, digits, "test")
+    x = images(digits)
+    for q in safe_thresholds(record, 5):
+        sim = early_exit(record, q, fallback)
+        eng = EarlyExitEngine(sdn, q, fallback, fold_bn=fold_bn)
+        batched = eng.classify(x, batch_size=64)
+        assert torch.equal(batched.exits, torch.from_numpy(sim["exits"]))
+        assert torch.equal(batched.predictions, torch.from_numpy(sim["predictions"]))
+        assert np.allclose(batched.relative_cost.numpy(), sim["costs"] / record.cnn_cost)
+        one = eng.classify(x[:80], batch_size=1)
+        assert torch.equal(one.exits, batched.exits[:80]) and torch.equal(one.predictions, batched.predictions[:80])
+        assert torch.allclose(one.confidence, batched.confidence[:80], atol=1e-5)
+
+
+def test_exit_counts_cover_every_output(trained_sdn, digits):
+    sdn, _ = trained_sdn
+    record = collect(sdn, digits, "test")
+    q = safe_thresholds(record, 3)[1]
+    res = EarlyExitEngine(sdn, q).classify(images(digits))
+    assert np.bincount(res.exits.numpy(), minlength=sdn.num_outputs).tolist() == early_exit(record, q)["exit_counts"]
+
+
+def test_order_is_preserved_under_compaction(trained_sdn, digits):
+    sdn, _ = trained_sdn
+    x = images(digits, limit=200)
+    q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
+    eng = EarlyExitEngine(sdn, q)
+    res = eng.classify(x, batch_size=200)
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    res_p = eng.classify(x[perm], batch_size=200)
+    assert torch.equal(res_p.predictions, res.predictions[perm]) and torch.equal(res_p.exits, res.exits[perm])
+    assert len(set(res.exits.tolist())) > 1, "the test needs inputs leaving at different outputs"
+
+
+def test_threshold_zero_everyone_exits_first_and_above_one_nobody(random_sdn, digits):
+    x = images(digits, limit=50)
+    first = EarlyExitEngine(random_sdn, 0.0).classify(x)
+    assert first.exits.eq(0).all() and torch.allclose(first.relative_cost, first.relative_cost[0])
+    none = EarlyExitEngine(random_sdn, 1.5).classify(x)
+    assert none.exits.eq(random_sdn.num_outputs - 1).all()
+    assert none.relative_cost[0] > 1.0  # every IC was paid for
+    with torch.no_grad():
+        final = random_sdn(x)[-1].argmax(1)
+    assert torch.equal(EarlyExitEngine(random_sdn, 1.5, "final").classify(x).predictions, final)
+    one = EarlyExitEngine(random_sdn, 1.5).classify(x[:5], batch_size=1)
+    assert one.exits.eq(random_sdn.num_outputs - 1).all()
+
+
+def test_empty_input(random_sdn):
+    res = EarlyExitEngine(random_sdn, 0.5).classify(torch.zeros(0, 3, 32, 32))
+    assert len(res) == 0 and res.exits.dtype == torch.int64
+
+
+def test_wrong_size_or_channels_is_clear(random_sdn):
+    eng = EarlyExitEngine(random_sdn, 0.5)
+    with pytest.raises(UserError, match=r"expects images shaped \[N, 3, 32, 32\]"):
+        eng.classify(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(UserError, match="expects images"):
+        eng.classify(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(UserError, match="SDN"):
+        EarlyExitEngine(random_sdn.cnn, 0.5)
+    with pytest.raises(UserError, match="fallback"):
+        EarlyExitEngine(random_sdn, 0.5, "best")
+
+
+@pytest.mark.parametrize("arch", ["resnet56", "vgg16_bn", "wrn32_4", "mobilenet"])
+def test_inference_heads_equal_training_heads(arch):
+    torch.manual_seed(0)
+    sdn = build_sdn(arch, 10, 32).eval()
+    feats = sdn.cnn.features(torch.randn(3, 3, 32, 32))
+    with torch.no_grad():
+        for p, head in zip(sdn.positions, sdn.heads):
+            ref = head(feats[p])
+            assert torch.allclose(_inference_head(head)(feats[p]), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_folding_leaves_the_model_untouched(random_sdn):
+    before = {k: v.clone() for k, v in random_sdn.state_dict().items()}
+    EarlyExitEngine(random_sdn, 0.5)
+    assert all(torch.equal(before[k], v) for k, v in random_sdn.state_dict().items())
+
+
+def test_from_run_uses_the_calibrated_threshold(trained_sdn, tmp_path):
+    from shallowdeep.report import analyze_run
+    from shallowdeep import runs
+
+    _, run = trained_sdn
+    with pytest.raises(UserError, match="no calibrated threshold"):
+        EarlyExitEngine.from_run(run)
+    analyze_run(run, tmp_path / "rep")
+    cal = runs.read_json(run / "calibration.json")
+    eng = EarlyExitEngine.from_run(run)
+    assert eng.thresholds[0] == cal["threshold"] and eng.fallback == cal["fallback"]
+    assert EarlyExitEngine.from_run(run, threshold=0.3).thresholds[0] == 0.3
