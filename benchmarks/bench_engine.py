@@ -57,7 +57,8 @@ def thresholds_for(conf: np.ndarray, shares: tuple[float, ...]) -> list[float]:
 
 
 def time_pair(f, g, device, reps: int) -> tuple[float, float]:
-    """Median seconds of f and of g, interleaved."""
+    """Median seconds of f and of g, run back to back ``reps`` times (paired, so slow drifts of a
+    shared machine hit both alike)."""
     ta, tb = [], []
     for _ in range(reps):
         sync(device)
@@ -131,7 +132,7 @@ def main() -> None:
             engb = EarlyExitEngine(sdn, thresholds_for(confb, shares))
             with torch.inference_mode():
                 cnn(xb), engb.classify_batched(xb)  # warm-up
-                tpb, teb = time_pair(lambda: cnn(xb), lambda: engb.classify_batched(xb), device, args.reps)
+                tpb, teb = time_pair(lambda: cnn(xb), lambda: engb.classify_batched(xb), device, 2 * args.reps + 1)
             exitsb = engb.classify_batched(xb).exits.numpy()
             predb = 1 - rel[exitsb].mean()
             realb = 1 - teb / tpb

@@ -95,8 +95,8 @@ def test_records_are_cached_until_the_weights_change(sdn_run, tmp_path, monkeypa
     assert sorted(calls) == ["test", "train", "val"]
 
 
-def test_analyze_refuses_a_cnn_run(sdn_run, capsys):
-    assert main(["analyze", str(sdn_run.parent / "cnn"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "plain CNN run" in err and "--mode ic-only" in err
-    assert not (sdn_run.parent / "cnn" / "report").exists()
+def test_analyze_a_cnn_run(sdn_run, tmp_path, capsys):
+    assert main(["analyze", str(sdn_run.parent / "cnn"), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert data["num_outputs"] == 1 and data["overthinking"]["early_count"] == 0
+    assert not (sdn_run.parent / "cnn" / "calibration.json").exists()  # nothing to calibrate without ICs

@@ -105,10 +105,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train_run
 
+    backdoor = None
+    if args.backdoor:
+        pos = None
+        if args.trigger_pos is not None:
+            try:
+                pos = [int(v) for v in args.trigger_pos.split(",")]
+                assert len(pos) == 2
+            except (ValueError, AssertionError):
+                raise UserError(f"--trigger-pos takes ROW,COL (two integers), got {args.trigger_pos!r}") from None
+        backdoor = {"rate": args.poison_rate, "target": args.target_class, "size": args.trigger_size, "pos": pos}
+    elif any(v is not None for v in (args.poison_rate, args.target_class, args.trigger_size, args.trigger_pos)):
+        raise UserError("--poison-rate, --target-class, --trigger-size and --trigger-pos need --backdoor")
     cfg = TrainConfig(out=args.out, mode=args.mode, arch=args.arch, data=args.data, from_run=args.from_run,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       seed=args.seed, data_root=args.data_root, image_size=args.image_size, resume=args.resume,
-                      device=args.device)
+                      device=args.device, backdoor=backdoor)
     out = train_run(cfg, progress=not args.quiet, log=None if args.quiet else print)
     print(f"run written to {out}")
     return 0
@@ -228,6 +240,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_run
+    from .report import analyze_run
+    from .train import _pick_device
+
+    device = str(_pick_device(args.device))
+    log = None if args.quiet else print
+    res = explain_run(args.run, args.split, args.max, args.out, device, log=log)
+    shown = len(res["inputs"])
+    print(f"{res['count_total']} {args.split} inputs are right at IC 1 and wrong at the final output; explained {shown}")
+    for f in res["files"]:
+        print(f"  {Path(res['folder']) / f}")
+    html_path, _ = analyze_run(args.run, device=device, log=log)
+    print(f"report (with the explanations): {html_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import list_datasets
     from .models import list_archs
@@ -253,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
     t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    bd = t.add_argument_group("backdoor (spec section 11)")
+    bd.add_argument("--backdoor", action="store_true",
+                    help="poison the training split: paste a white square trigger and relabel to the target class")
+    bd.add_argument("--poison-rate", type=float, help="share of training inputs poisoned (default 0.1)")
+    bd.add_argument("--target-class", type=int, help="class the trigger points to (default 0)")
+    bd.add_argument("--trigger-size", type=int, help="side in pixels (default 5 at 32 px, scaled to the image size)")
+    bd.add_argument("--trigger-pos", metavar="ROW,COL", help="top-left corner (default 26,26 at 32 px, scaled)")
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="costs, parameters and accuracy of each output",
@@ -298,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("explain", help="Grad-CAM of inputs IC 1 gets right and the final output gets wrong",
+                       description="Grad-CAM, guided backprop and guided Grad-CAM (grad-cam package) of IC 1's prediction "
+                                   "on the network cut after IC 1, beside the final output's; PNG grids in RUN/explain/, "
+                                   "added to the run's HTML report.")
+    e.add_argument("run", help="an SDN run folder")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--max", type=int, default=8, help="explain at most this many inputs (default 8)")
+    e.add_argument("--out", help="folder for the PNGs (default RUN/explain)")
+    e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("demo", help="the main job on the embedded digits data (offline, CPU, about a minute)",
                        description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "

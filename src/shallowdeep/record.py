@@ -165,7 +165,8 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
                 model: torch.nn.Module | None = None, data: Dataset | None = None,
                 device: torch.device | str = "cpu", log=None) -> dict[str, ExitRecord]:
     """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
-    the same (the cache stores the weights' SHA-256)."""
+    the same (the cache stores the weights' SHA-256). ``"test+trigger"`` is the test split's
+    non-target inputs with the run's backdoor trigger pasted on (true labels kept)."""
     from .runs import RUN_JSON, WEIGHTS, load, read_json, sha256_file
 
     run = Path(run)
@@ -189,10 +190,21 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
             model = load(run, device)
         if data is None:
             data = load_run_data(run)
+        source, base = data, split
+        if split.endswith("+trigger"):
+            from dataclasses import replace
+
+            from .backdoor import backdoor_of, triggered_split
+
+            b = backdoor_of(run)
+            if b is None:
+                raise UserError(f"{run} has no backdoor: there is no triggered split")
+            base = split.split("+")[0]
+            source = replace(data, **{base: triggered_split(data, base, b)})
         if log is not None:
-            log(f"collecting the {split} record ({len(data.split(split))} inputs)")
-        rec = collect(model, data, split, device=device,
-                      meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch")})
+            log(f"collecting the {split} record ({len(source.split(base))} inputs)")
+        rec = collect(model, source, base, device=device,
+                      meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
         folder.mkdir(exist_ok=True)
         rec.save(path)
         out[split] = rec

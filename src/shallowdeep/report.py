@@ -207,6 +207,8 @@ def render_html(result: dict[str, Any], figures: dict[str, str], title: str, ext
     names = [p["output"] for p in result["outputs"]]
 
     def img(key: str, alt: str) -> str:
+        if key not in figures:
+            return ""
         return f'<figure id="fig-{key}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{figures[key]}"></figure>'
 
     sections = [
@@ -274,27 +276,61 @@ def render_html(result: dict[str, Any], figures: dict[str, str], title: str, ext
             f"<style>{style}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
 
 
+def backdoor_section(b: dict[str, Any], outputs: list[dict], classes: list[str]) -> str:
+    """The HTML of the backdoor section."""
+    t = b["trigger"]
+    rows = [["final output alone", _pct(b["clean_accuracy_final"]), _pct(b["triggered_accuracy_final"]),
+             _pct(b["attack_success_final"]), "100%"]]
+    ee = b.get("early_exit")
+    if ee:
+        rows.append([f"early exits (q = {ee['threshold']:.4g}, calibrated on clean validation data)",
+                     _pct(ee["clean_accuracy"]), _pct(ee["triggered_accuracy"]), _pct(ee["attack_success"]),
+                     f"{100 * ee['triggered_relative_cost']:.1f}%"])
+    per = b["per_output"]
+    text = (f"<p>Trigger: a white {t['size']}x{t['size']} px square at row {t['row']}, column {t['col']}; "
+            f"{100 * t['rate']:.1f}% of the training inputs poisoned and relabelled to class "
+            f"{html.escape(str(classes[t['target']]))}. Triggered set: {b['triggered_inputs']} test inputs of other "
+            f"classes with the trigger pasted on, scored against their true labels.</p>")
+    if b.get("destructive_on_triggered"):
+        d = b["destructive_on_triggered"]
+        text += (f"<p>Destructive overthinking on triggered inputs: {d['union_count']} inputs some IC gets right and "
+                 f"the final output gets wrong ({_pct(d['union_share_of_final_errors'])} of its errors there); per IC "
+                 f"{', '.join(map(str, d['per_ic']))}.</p>")
+    return ('<section id="backdoor"><h2>Backdoor</h2>' + text
+            + _table(["", "clean accuracy", "accuracy on triggered inputs", "attack success", "cost on triggered"], rows)
+            + _table(["output", "clean accuracy", "triggered accuracy", "attack success"],
+                     [[o["output"], _pct(per["clean_accuracy"][i]), _pct(per["triggered_accuracy"][i]),
+                       _pct(per["attack_success"][i])] for i, o in enumerate(outputs)])
+            + "</section>")
+
+
 def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: float = 0.01,
                 budget: float | None = None, fallback: str = "most_confident", device: str = "cpu",
                 log=None) -> tuple[Path, Path]:
     """Collect (or reuse) a run's records and write ``report.html`` and ``report.json``."""
     from .runs import RUN_JSON, load, read_json, write_bytes, write_json
 
+    from .backdoor import backdoor_figures, backdoor_of
+
     run = Path(run)
     meta = read_json(run / RUN_JSON)
-    if meta.get("model", {}).get("kind") != "sdn":
-        raise UserError(f"{run} is a plain CNN run with no ICs: make it an SDN first with "
-                        f"`shallowdeep train --mode ic-only --from {run} --out DIR`, then analyze that")
+    is_sdn = meta.get("model", {}).get("kind") == "sdn"
     out = Path(out) if out else run / "report"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder: choose another --out")
     model = load(run, device)
     data = load_run_data(run)
-    records = run_records(run, model=model, data=data, device=device, log=log)
+    backdoor = backdoor_of(run)
+    splits = ("train", "val", "test") + (("test+trigger",) if backdoor is not None else ())
+    records = run_records(run, splits, model=model, data=data, device=device, log=log)
     t0 = time.perf_counter()
     result = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
     seconds = time.perf_counter() - t0
     cfg = meta["config"]
+    if backdoor is not None:
+        cal = result["early_exit"]["calibrated"]
+        result["backdoor"] = backdoor_figures(records["test"], records["test+trigger"], backdoor,
+                                              cal["threshold"] if is_sdn else None, fallback)
     result = {"run": str(run.resolve()), "arch": cfg["arch"], "data": cfg["data"], "mode": cfg["mode"],
               "meta_line": f"{cfg['arch']} trained with --mode {cfg['mode']} on {cfg['data']}; "
                            f"{records['test'].num_inputs} test, {records['val'].num_inputs} validation, "
@@ -311,10 +347,11 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         "accuracy_cost": fig_accuracy_cost(result["early_exit"]["curves"], result["outputs"],
                                            result["early_exit"]["calibrated"], result["early_exit"]["reference_protocol"]),
         "overthinking": fig_overthinking(o),
-        "destructive": fig_destructive(o),
         "confusion": fig_confusion(result["confusion"]),
         "first_correct": fig_image_grid(images, rows, test, classes, list(range(k))),
     }
+    if k > 1:
+        figures["destructive"] = fig_destructive(o)
     if o["examples_only_first"]:
         figures["only_first"] = fig_image_grid(images, [("IC 1", o["examples_only_first"])], test, classes, [0])
     result["images"] = {
@@ -322,12 +359,26 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         "only_first_ic": [int(test.ids[i]) for i in o["examples_only_first"]],
         "note": "test-split ids (positions in the data set's test split)",
     }
-    page = render_html(result, figures, f"shallowdeep report: {run.name}")
+    extra = []
+    if backdoor is not None:
+        extra.append(backdoor_section(result["backdoor"], result["outputs"], classes))
+    explain_json = run / "explain" / "explain.json"
+    if explain_json.is_file() and (run / "explain" / "explanations.png").is_file():
+        ex = read_json(explain_json)
+        figures["explanations"] = base64.b64encode((run / "explain" / "explanations.png").read_bytes()).decode()
+        result["explanations"] = ex
+        extra.append('<section id="explanations"><h2>Why IC 1 and the final output disagree</h2>'
+                     f"<p>{ex['count_total']} {html.escape(ex['split'])} inputs are right at IC 1 and wrong at the final "
+                     f"output; the first {len(ex['inputs'])}: Grad-CAM, guided backprop and guided Grad-CAM of IC 1's "
+                     "prediction on the network cut after IC 1, beside the same for the final output's prediction.</p>"
+                     f'<figure id="fig-explanations"><img alt="explanations" '
+                     f'src="data:image/png;base64,{figures["explanations"]}"></figure></section>')
+    page = render_html(result, figures, f"shallowdeep report: {run.name}", extra)
     cal = result["early_exit"]["calibrated"]
-    # the engine's default threshold: chosen on the validation split, tied to these weights
-    write_json(run / "calibration.json", {"threshold": cal["threshold"], "fallback": cal["fallback"], "rule": cal["rule"],
-                                          "val": cal["val"], "test": cal["test"],
-                                          "weights_sha256": records["test"].meta.get("weights_sha256")})
+    if is_sdn:  # the engine's default threshold: chosen on the validation split, tied to these weights
+        write_json(run / "calibration.json", {"threshold": cal["threshold"], "fallback": cal["fallback"],
+                                              "rule": cal["rule"], "val": cal["val"], "test": cal["test"],
+                                              "weights_sha256": records["test"].meta.get("weights_sha256")})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", result)
     write_bytes(out / "report.html", page.encode())

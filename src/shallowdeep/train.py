@@ -291,6 +291,7 @@ class TrainConfig:
     image_size: int | None = None
     resume: bool = False
     device: str | None = None
+    backdoor: dict[str, Any] | None = None  # {"rate", "target", "size", "pos"}: any may be None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -352,6 +353,15 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
         raise UserError("--data is required (see `shallowdeep list`)")
     if resolved["seed"] is None:
         resolved["seed"] = DEFAULT_SEED
+    if previous is not None:
+        if cfg.backdoor is not None and not prev.get("backdoor"):
+            raise UserError(f"{cfg.out} holds a different run (not backdoored): choose another --out")
+        resolved["backdoor"] = prev.get("backdoor")
+    else:
+        if cfg.backdoor is not None and resolved["mode"] == "ic-only":
+            raise UserError("--backdoor poisons the training of a CNN or SDN (--mode cnn or sdn); ic-only trains "
+                            "the ICs of a (backdoored) CNN run on clean data")
+        resolved["backdoor"] = cfg.backdoor  # resolved to pixels once the data's image size is known
     return resolved
 
 
@@ -405,6 +415,15 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
                 recipe = replace(recipe, **{k: v})
 
     data = load_dataset(r["data"], r["data_root"], r["image_size"])
+    if r["backdoor"] is not None:
+        from .backdoor import Backdoor, poisoned_dataset
+
+        bd = r["backdoor"]
+        if previous is None:  # options (any of them None) -> the spec's trigger scaled to this data
+            pos = tuple(bd["pos"]) if bd.get("pos") is not None else None
+            b = Backdoor.default(data.image_size, bd.get("rate"), bd.get("target"), bd.get("size"), pos)
+            r["backdoor"] = b.to_json()
+        data = poisoned_dataset(data, Backdoor.from_json(r["backdoor"]))
     torch.manual_seed(r["seed"])  # weight initialisation
     if r["mode"] == "ic-only":
         cnn = runs.load(r["from_run"])

@@ -31,9 +31,12 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        # a module, not torch.relu, so that tools that swap ReLUs (guided backprop) see it; never
+        # in place: the input is the previous block's output, which an IC may also read
+        self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(x)
+        x = self.relu(x)
         return self.residual(x) + self.shortcut(x)
 
 
