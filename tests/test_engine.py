@@ -149,3 +149,39 @@ def test_from_run_uses_the_calibrated_threshold(trained_sdn, tmp_path):
     eng = EarlyExitEngine.from_run(run)
     assert eng.thresholds[0] == cal["threshold"] and eng.fallback == cal["fallback"]
     assert EarlyExitEngine.from_run(run, threshold=0.3).thresholds[0] == 0.3
+
+
+def test_predict_command(trained_sdn, tmp_path, digits, capsys):
+    import json
+
+    from PIL import Image
+
+    from shallowdeep.cli import main
+
+    _, run = trained_sdn
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(digits.test.images[i].numpy()).save(folder / f"{i}.png")
+    Image.fromarray(digits.test.images[0].numpy()).resize((20, 20)).save(tmp_path / "small.png")
+    assert main(["predict", str(run), str(folder), "--threshold", "0.5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and {"label", "class", "exit", "confidence", "relative_cost"} <= rows[0].keys()
+    # the same answers as the engine on the same (normalised) images
+    eng = EarlyExitEngine(shallowdeep_load(run), 0.5)
+    res = eng.classify(images(digits, limit=4), batch_size=1)
+    assert [r["label"] for r in rows] == res.predictions.tolist() and [r["exit"] for r in rows] == res.exits.tolist()
+    assert main(["predict", str(run), str(folder / "0.png"), "--threshold", "0.5"]) == 0
+    assert "rel. cost" in capsys.readouterr().out
+    assert main(["predict", str(run), str(tmp_path / "small.png"), "--threshold", "0.5"]) == 2
+    assert "is 20x20 px" in capsys.readouterr().err
+    assert main(["predict", str(run), str(tmp_path / "small.png"), "--threshold", "0.5", "--resize"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(tmp_path / "nothing-here")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def shallowdeep_load(run):
+    import shallowdeep
+
+    return shallowdeep.load(run)
