@@ -159,10 +159,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_table([r | {"val_acc": a} for r, a in zip(_info_rows(model, costs, None), acc)]).replace("val acc", "test acc"))
     from .report import analyze_run
 
-    reports = [analyze_run(out / name, log=None)[0] for name in ("ic-only", "sdn")]
+    reports = [analyze_run(out / name, log=None) for name in ("ic-only", "sdn")]
+    print()
+    for name, (_, json_path) in zip(("ic-only", "sdn"), reports):
+        r = json.loads(json_path.read_text())
+        cal, o = r["early_exit"]["calibrated"], r["overthinking"]
+        print(f"{name}: early exits at q={cal['threshold']:.3g} (chosen on validation): test accuracy "
+              f"{100 * cal['test']['accuracy']:.1f}% (final output {100 * cal['test']['final_accuracy']:.1f}%) at "
+              f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; {100 * o['early_share']:.1f}% of test inputs "
+              f"are right at some IC; {o['destructive']['union_count']} of the final output's {o['final_errors']} errors "
+              "are right at some IC")
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
-    for r in reports:
-        print(f"report: {r}")
+    for html_path, _ in reports:
+        print(f"report: {html_path}")
     return 0
 
 
