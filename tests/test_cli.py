@@ -117,7 +117,9 @@ def test_demo_runs_the_three_modes_and_prints_tables(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1", "--ic-epochs", "1", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "ic-only SDN" in text and "sdn SDN" in text and text.count("final") == 2 and "rel. cost" in text
+    assert "ic-only SDN" in text and "sdn SDN" in text and "rel. cost" in text
+    assert sum(line.startswith("final ") for line in text.splitlines()) == 2  # one table row per SDN
+    assert text.count("early exits at q=") == 2 and text.count("report: ") == 2
     for run in ("cnn", "ic-only", "sdn"):
         assert (out / run / "model.safetensors").is_file()
     # a second demo replaces its own folder, but never a folder it did not make
@@ -135,3 +137,16 @@ def test_ci_runs_the_readme_test_command():
     blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash")[1:]]
     assert len(blocks) >= 2
     assert blocks[1] in (repo / ".ci" / "run").read_text()
+
+
+def test_info_on_an_image_folder_reads_its_shape(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for part in ("train", "test"):
+        for c in ("a", "b", "c"):
+            (tmp_path / part / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / part / c / "0.png")
+    assert main(["info", "--arch", "small", "--data", f"imagefolder:{tmp_path}", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["num_classes"] == 3 and obj["image_size"] == 16

@@ -60,10 +60,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         if not (args.arch and args.data):
             raise UserError("give a RUN folder, or both --arch and --data")
-        from .data import parse_data_name
+        from .data import dataset_shape
 
-        name, _ = parse_data_name(args.data)
-        classes, size = _KNOWN_SHAPES.get(name, (None, None))
+        classes, size = dataset_shape(args.data) or (None, None)
         if classes is None:  # a folder data set: read it to learn its classes and image size
             d = load_dataset(args.data, args.data_root, args.image_size)
             classes, size = d.num_classes, d.image_size
@@ -83,10 +82,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
         print(_table(rows))
     return 0
-
-
-# classes and image size of the named data sets, so `info --arch --data` needs no files
-_KNOWN_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "tinyimagenet": (200, 64), "digits": (10, 32)}
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -83,19 +83,29 @@ class Dataset:
 Loader = Callable[[Path | None, str | None, int | None], Dataset]
 _DATASETS: dict[str, Loader] = {}
 _DOCS: dict[str, str] = {}
+_SHAPES: dict[str, tuple[int, int]] = {}
 
 
-def register_dataset(name: str, doc: str) -> Callable[[Loader], Loader]:
-    """Register ``loader(root, argument, image_size) -> Dataset`` under ``name``; duplicates raise."""
+def register_dataset(name: str, doc: str, shape: tuple[int, int] | None = None) -> Callable[[Loader], Loader]:
+    """Register ``loader(root, argument, image_size) -> Dataset`` under ``name``; duplicates raise.
+    ``shape`` (classes, image size) lets tools size a model without reading any file."""
 
     def wrap(fn: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"data set {name!r} is registered twice")
         _DATASETS[name] = fn
         _DOCS[name] = doc
+        if shape is not None:
+            _SHAPES[name] = shape
         return fn
 
     return wrap
+
+
+def dataset_shape(spec: str) -> tuple[int, int] | None:
+    """(classes, image size) of a named data set known without its files, else ``None``."""
+    name, _ = parse_data_name(spec)
+    return _SHAPES.get(name)
 
 
 def list_datasets() -> dict[str, str]:
@@ -201,12 +211,12 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
     return _finish(name, list(ds.classes), splits[0], splits[1], image_size, mean, std)
 
 
-@register_dataset("cifar10", "CIFAR-10 (torchvision; downloads into --data-root when online)")
+@register_dataset("cifar10", "CIFAR-10 (torchvision; downloads into --data-root when online)", (10, 32))
 def cifar10(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     return _cifar("cifar10", root, image_size)
 
 
-@register_dataset("cifar100", "CIFAR-100 (torchvision; downloads into --data-root when online)")
+@register_dataset("cifar100", "CIFAR-100 (torchvision; downloads into --data-root when online)", (100, 32))
 def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     return _cifar("cifar100", root, image_size)
 
@@ -317,7 +327,8 @@ def _tiny_root(root: Path | None) -> Path:
                     f"unzip it there (train/, val/val_annotations.txt) or pass --data-root")
 
 
-@register_dataset("tinyimagenet", "Tiny ImageNet-200 in its official layout (its validation set is the test set)")
+@register_dataset("tinyimagenet", "Tiny ImageNet-200 in its official layout (its validation set is the test set)",
+                  (200, 64))
 def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     base = _tiny_root(root)
     wnids_file = base / "wnids.txt"
@@ -358,7 +369,7 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
 # the embedded default
 
 
-@register_dataset("digits", "scikit-learn's bundled 8x8 digits, upscaled to 32 px RGB (offline default)")
+@register_dataset("digits", "scikit-learn's bundled 8x8 digits, upscaled to 32 px RGB (offline default)", (10, 32))
 def digits(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     from sklearn.datasets import load_digits
 
