@@ -12,16 +12,15 @@ from typing import Any
 from .errors import UserError
 
 
-def _info_rows(model, costs, val_acc: list[float] | None) -> list[dict[str, Any]]:
-    from .sdn import SDN
+def _info_rows(costs, accuracy: list[float] | None, key: str = "val_acc") -> list[dict[str, Any]]:
+    """One row per output: cumulative GFLOPs, cost relative to the CNN and, when given, accuracy."""
+    from .sdn import output_names
 
-    n = model.num_outputs if isinstance(model, SDN) else 1
     rows = []
-    for i in range(n):
-        row = {"output": f"IC {i + 1}" if i < n - 1 else "final", "gflops": costs.outputs[i] / 1e9,
-               "relative_cost": costs.relative[i]}
-        if val_acc is not None:
-            row["val_acc"] = val_acc[i]
+    for i, name in enumerate(output_names(len(costs.outputs))):
+        row = {"output": name, "gflops": costs.outputs[i] / 1e9, "relative_cost": costs.relative[i]}
+        if accuracy is not None:
+            row[key] = accuracy[i]
         rows.append(row)
     return rows
 
@@ -33,12 +32,14 @@ def _params(model) -> tuple[int, int]:
     return sum(p.numel() for p in cnn.parameters()), sum(p.numel() for p in model.parameters())
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'output':<8} {'GFLOPs':>10} {'rel. cost':>10}" + (f" {'val acc':>8}" if rows and "val_acc" in rows[0] else "")]
+def _table(rows: list[dict[str, Any]], key: str = "val_acc") -> str:
+    """A text table of :func:`_info_rows` rows; the accuracy column is ``key`` ("val_acc" -> "val acc")."""
+    has_acc = bool(rows) and key in rows[0]
+    lines = [f"{'output':<8} {'GFLOPs':>10} {'rel. cost':>10}" + (f" {key.replace('_', ' '):>8}" if has_acc else "")]
     for r in rows:
         line = f"{r['output']:<8} {r['gflops']:>10.4f} {100 * r['relative_cost']:>9.1f}%"
-        if "val_acc" in r:
-            line += f" {100 * r['val_acc']:>7.2f}%"
+        if has_acc:
+            line += f" {100 * r[key]:>7.2f}%"
         lines.append(line)
     return "\n".join(lines)
 
@@ -71,7 +72,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
     costs = output_costs(model, args.flops)
     p_cnn, p_sdn = _params(model)
-    rows = _info_rows(model, costs, val_acc)
+    rows = _info_rows(costs, val_acc)
     obj = head | {"image_size": model.image_size, "num_classes": model.num_classes, "params_cnn": p_cnn,
                   "params_sdn": p_sdn, "gflops_cnn": costs.cnn / 1e9, "flop_convention": args.flops, "outputs": rows}
     if args.json:
@@ -126,10 +127,7 @@ DEMO_MARKER = "DEMO"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a CNN on the embedded digits, make it an SDN (IC-only), train an SDN from scratch."""
-    from . import runs
-    from .costs import output_costs
-    from .train import TrainConfig, evaluate, train_run
-    from .data import load_dataset
+    from .train import TrainConfig, train_run
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -145,25 +143,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_run(TrainConfig(out=str(out / "ic-only"), mode="ic-only", from_run=str(out / "cnn"), epochs=args.ic_epochs,
                           seed=args.seed), progress=not args.quiet, log=log)
     train_run(TrainConfig(out=str(out / "sdn"), mode="sdn", epochs=args.epochs, **common), progress=not args.quiet, log=log)
-    data = load_dataset("digits")
-    for name in ("ic-only", "sdn"):
-        model = runs.load(out / name)
-        acc = evaluate(model, data, "test")
-        costs = output_costs(model)
-        print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
-        print(_table([r | {"val_acc": a} for r, a in zip(_info_rows(model, costs, None), acc)]).replace("val acc", "test acc"))
     from .report import analyze_run
 
+    # the reports collect every output's logits once; the tables below read them from there
     reports = [analyze_run(out / name, log=None) for name in ("ic-only", "sdn")]
-    print()
+    summaries = []
     for name, (_, json_path) in zip(("ic-only", "sdn"), reports):
         r = json.loads(json_path.read_text())
+        rows = [{"output": o["output"], "gflops": o["gflops"], "relative_cost": o["relative_cost"],
+                 "test_acc": o["test_accuracy"]} for o in r["outputs"]]
+        print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
+        print(_table(rows, "test_acc"))
         cal, o = r["early_exit"]["calibrated"], r["overthinking"]
-        print(f"{name}: early exits at q={cal['threshold']:.3g} (chosen on validation): test accuracy "
-              f"{100 * cal['test']['accuracy']:.1f}% (final output {100 * cal['test']['final_accuracy']:.1f}%) at "
-              f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; {100 * o['early_share']:.1f}% of test inputs "
-              f"are right at some IC; {o['destructive']['union_count']} of the final output's {o['final_errors']} errors "
-              "are right at some IC")
+        summaries.append(
+            f"{name}: early exits at q={cal['threshold']:.3g} (chosen on validation): test accuracy "
+            f"{100 * cal['test']['accuracy']:.1f}% (final output {100 * cal['test']['final_accuracy']:.1f}%) at "
+            f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; {100 * o['early_share']:.1f}% of test inputs "
+            f"are right at some IC; {o['destructive']['union_count']} of the final output's {o['final_errors']} errors "
+            "are right at some IC")
+    print("\n" + "\n".join(summaries))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
     for html_path, _ in reports:
         print(f"report: {html_path}")
@@ -172,10 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .report import analyze_run
-    from .train import _pick_device
+    from .train import pick_device
 
     html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
-                                       fallback=args.fallback, device=str(_pick_device(args.device)),
+                                       fallback=args.fallback, device=str(pick_device(args.device)),
                                        log=None if args.quiet else print)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
@@ -203,10 +201,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .engine import EarlyExitEngine
     from .runs import RUN_JSON, read_json
-    from .train import _pick_device
+    from .train import pick_device
 
     files = _image_paths(args.paths)
-    engine = EarlyExitEngine.from_run(args.run, args.threshold, args.fallback, str(_pick_device(args.device)))
+    engine = EarlyExitEngine.from_run(args.run, args.threshold, args.fallback, str(pick_device(args.device)))
     meta = read_json(Path(args.run) / RUN_JSON)["data"]
     size = engine.sdn.image_size
     arrays = []
@@ -247,9 +245,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain_run
     from .report import analyze_run
-    from .train import _pick_device
+    from .train import pick_device
 
-    device = str(_pick_device(args.device))
+    device = str(pick_device(args.device))
     log = None if args.quiet else print
     res = explain_run(args.run, args.split, args.max, args.out, device, log=log)
     shown = len(res["inputs"])

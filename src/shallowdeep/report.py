@@ -19,6 +19,7 @@ from .analysis import calibrate, confusion, overthinking, sweep
 from .analysis.early_exit import reference_protocol
 from .errors import UserError
 from .record import ExitRecord, load_run_data, run_records
+from .sdn import output_names
 
 # --------------------------------------------------------------------------------------------------
 # figures
@@ -38,11 +39,6 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def output_names(k: int) -> list[str]:
-    """``IC 1`` … ``IC k-1``, ``final``."""
-    return [f"IC {i + 1}" for i in range(k - 1)] + ["final"]
 
 
 def fig_accuracy_cost(curves: dict[str, dict], per_output: list[dict], calibrated: dict, reference: dict) -> str:
@@ -308,7 +304,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                 budget: float | None = None, fallback: str = "most_confident", device: str = "cpu",
                 log=None) -> tuple[Path, Path]:
     """Collect (or reuse) a run's records and write ``report.html`` and ``report.json``."""
-    from .runs import RUN_JSON, load, read_json, write_bytes, write_json
+    from .runs import RUN_JSON, read_json, write_bytes, write_json
 
     from .backdoor import backdoor_figures, backdoor_of
 
@@ -318,11 +314,10 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     out = Path(out) if out else run / "report"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder: choose another --out")
-    model = load(run, device)
-    data = load_run_data(run)
+    data = load_run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ("train", "val", "test") + (("test+trigger",) if backdoor is not None else ())
-    records = run_records(run, splits, model=model, data=data, device=device, log=log)
+    records = run_records(run, splits, data=data, device=device, log=log)
     t0 = time.perf_counter()
     result = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
     seconds = time.perf_counter() - t0

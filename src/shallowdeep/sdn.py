@@ -114,6 +114,11 @@ def run_blocks(stem: nn.Module, blocks: Sequence[nn.Module], positions: Sequence
     return outputs, x
 
 
+def output_names(num_outputs: int) -> list[str]:
+    """``IC 1`` … ``IC k``, then ``final``: how every table and figure names the outputs."""
+    return [f"IC {i + 1}" for i in range(num_outputs - 1)] + ["final"]
+
+
 def to_sdn(cnn: CNN, positions: Sequence[int] | None = None) -> SDN:
     """Attach freshly initialised ICs to ``cnn`` (its weights are shared, not copied)."""
     return SDN(cnn, positions)

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,13 +292,13 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     backdoor: dict[str, Any] | None = None  # {"rate", "target", "size", "pos"}: any may be None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 DEFAULT_SEED = 1221  # the reference code's
 
 
-def _pick_device(name: str | None) -> torch.device:
+def pick_device(name: str | None) -> torch.device:
+    """``name`` as a device (``None``: CUDA when available, else CPU), or a one-line error."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -318,10 +318,8 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     resolved: dict[str, Any] = {}
     for key in ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size"):
         asked = getattr(cfg, key)
-        if key == "from_run" and asked is not None:
-            asked = str(Path(asked).resolve())
-        if key == "data_root" and asked is not None:
-            asked = str(Path(asked).resolve())
+        if key in ("from_run", "data_root") and asked is not None:
+            asked = str(Path(asked).resolve())  # the run must still find it from another folder
         if previous is not None and asked is not None and prev.get(key) != asked:
             raise UserError(f"{cfg.out} holds a different run ({key} {prev.get(key)!r}, not {asked!r}): "
                             "choose another --out")
@@ -396,7 +394,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     parse_data_name(r["data"])
     if r["arch"] not in list_archs():
         raise UserError(f"unknown architecture {r['arch']!r}: choose one of {', '.join(list_archs())}")
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     mode = make_mode(r["mode"])
 
     if previous is not None:
@@ -409,10 +407,12 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         recipe = default_recipe(r["mode"], r["arch"], cfg.epochs)
         for k in ("batch_size", "lr", "weight_decay"):
             v = getattr(cfg, k)
-            if v is not None:
-                if v <= 0 and k != "weight_decay" or v < 0:
-                    raise UserError(f"--{k.replace('_', '-')} must be positive, got {v}")
-                recipe = replace(recipe, **{k: v})
+            if v is None:
+                continue
+            if v < 0 or (v == 0 and k != "weight_decay"):
+                raise UserError(f"--{k.replace('_', '-')} must be {'non-negative' if k == 'weight_decay' else 'positive'}, "
+                                f"got {v}")
+            recipe = replace(recipe, **{k: v})
 
     data = load_dataset(r["data"], r["data_root"], r["image_size"])
     if r["backdoor"] is not None:
@@ -458,7 +458,6 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
                  "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
                  **data.meta},
         "epochs": history,
-        **cfg.extra,
     }
     if r["mode"] == "ic-only":
         meta["from_run_weights_sha256"] = runs.sha256_file(Path(r["from_run"]) / runs.WEIGHTS)
