@@ -179,3 +179,30 @@ def test_nothing_is_unpickled():
     for py in src.rglob("*.py"):
         text = py.read_text()
         assert "torch.load(" not in text and "import pickle" not in text and "allow_pickle=True" not in text, py
+
+
+def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a real training process after its first checkpoint, resume it, compare weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--arch", "small", "--data", "digits", "--mode", "cnn", "--epochs", "4", "--seed", "5", "--quiet"]
+    train_run(TrainConfig(out=str(tmp_path / "whole"), mode="cnn", arch="small", data="digits", epochs=4, seed=5), **QUIET)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "shallowdeep.cli", "train", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the process finished before it could be killed"
+    # as if the kill had landed inside a checkpoint write
+    (killed / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"torn")
+    train_run(TrainConfig(out=str(killed), resume=True), **QUIET)
+    assert not [p for p in killed.iterdir() if p.suffix == ".tmp"], "resuming removes torn temporary files"
+    a, b = _weights(tmp_path / "whole"), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -439,6 +439,8 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     history: list[dict[str, Any]] = []
     start_epoch = 0
     restore = None
+    if previous is not None:
+        runs.remove_stale_temps(out)  # a kill during a write leaves its temporary file behind
     if previous is not None and (out / runs.CHECKPOINT).is_file():
         tensors, ck = runs.read_tensors(out / runs.CHECKPOINT)
         runs.load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / runs.CHECKPOINT)
