@@ -156,7 +156,9 @@ class EarlyExitEngine:
                 raise UserError(f"{path} was calibrated for other weights: run `shallowdeep analyze {run}` again "
                                 "or pass --threshold")
             threshold = float(cal["threshold"])
-            fallback = fallback or cal.get("fallback", "most_confident")
+            fallback = fallback or cal.get("fallback")
+        elif fallback is None and path.is_file():
+            fallback = read_json(path).get("fallback")  # an explicit threshold keeps the calibrated fallback
         return cls(model, threshold, fallback or "most_confident", device)
 
     # ------------------------------------------------------------------------------------ paths
