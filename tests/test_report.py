@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from shallowdeep import record as record_mod
 from shallowdeep.cli import main
@@ -100,3 +101,15 @@ def test_analyze_a_cnn_run(sdn_run, tmp_path, capsys):
     data = json.loads((tmp_path / "c" / "report.json").read_text())
     assert data["num_outputs"] == 1 and data["overthinking"]["early_count"] == 0
     assert not (sdn_run.parent / "cnn" / "calibration.json").exists()  # nothing to calibrate without ICs
+
+
+def test_cached_records_are_refreshed_when_the_data_changed(sdn_run, tmp_path):
+    from dataclasses import replace
+
+    from shallowdeep.record import load_run_data, run_records
+
+    data = load_run_data(sdn_run)
+    first = run_records(sdn_run, ("val",), data=data)["val"]
+    shuffled = replace(data, val=data.val.subset(torch.arange(len(data.val)).flip(0)))
+    again = run_records(sdn_run, ("val",), data=shuffled)["val"]
+    assert list(again.ids) == list(reversed(first.ids.tolist()))

@@ -161,11 +161,21 @@ def load_run_data(run: str | Path) -> Dataset:
     return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"))
 
 
+def _same_inputs(rec: ExitRecord, data: Dataset | None, split: str) -> bool:
+    """Whether a cached record still describes ``data``'s split (same ids and labels); without the
+    data at hand, trust the cache (it is keyed by the weights)."""
+    if data is None or "+" in split:
+        return True
+    s = data.split(split)
+    return len(s) == rec.num_inputs and np.array_equal(s.ids.numpy(), rec.ids) and np.array_equal(s.labels.numpy(), rec.labels)
+
+
 def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *,
                 model: torch.nn.Module | None = None, data: Dataset | None = None,
                 device: torch.device | str = "cpu", log=None) -> dict[str, ExitRecord]:
     """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
-    the same (the cache stores the weights' SHA-256). ``"test+trigger"`` is the test split's
+    the same (the cache stores the weights' SHA-256) and, when ``data`` is given, the split's ids and
+    labels still match. ``"test+trigger"`` is the test split's
     non-target inputs with the run's backdoor trigger pasted on (true labels kept)."""
     from .runs import RUN_JSON, WEIGHTS, load, read_json, sha256_file
 
@@ -181,7 +191,7 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
         if path.is_file():
             try:
                 rec = ExitRecord.load(path)
-                if rec.meta.get("weights_sha256") == sha:
+                if rec.meta.get("weights_sha256") == sha and _same_inputs(rec, data, split):
                     out[split] = rec
                     continue
             except UserError:
