@@ -249,7 +249,7 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
         except OSError as e:
             raise UserError(f"cannot read image {paths[0]}: {e}") from None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return np.stack(list(pool.map(one, paths, chunksize=256)))
+        return np.stack(list(pool.map(one, paths)))  # PIL releases the GIL while decoding
 
 
 def _cache_dir() -> Path:
