@@ -199,6 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from .data import normalize
     from .engine import EarlyExitEngine
     from .runs import RUN_JSON, read_json
     from .train import pick_device
@@ -220,8 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 arrays.append(torch.from_numpy(__import__("numpy").asarray(im, dtype="uint8").copy()))
         except OSError as e:
             raise UserError(f"cannot read image {f}: {e}") from None
-    x = torch.stack(arrays).float() / 255
-    x = ((x - torch.tensor(meta["mean"])) / torch.tensor(meta["std"])).permute(0, 3, 1, 2)
+    x = normalize(torch.stack(arrays), tuple(meta["mean"]), tuple(meta["std"]))
     res = engine.classify(x, batch_size=args.batch_size)
     names = meta.get("class_names", meta["classes"])
     k = engine.num_outputs

@@ -422,6 +422,15 @@ def augment(images: torch.Tensor, pad: int, flip: bool, jitter: float, generator
     return x
 
 
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (or [0, 1] float) ``[N, H, W, 3]`` images -> normalised float ``[N, 3, H, W]``.
+
+    The result keeps NHWC memory under an NCHW view: channels-last for free.
+    """
+    x = images.float() / 255 if images.dtype == torch.uint8 else images
+    return ((x - torch.tensor(mean).view(1, 1, 1, 3)) / torch.tensor(std).view(1, 1, 1, 3)).permute(0, 3, 1, 2)
+
+
 def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
             generator: torch.Generator | None = None, device: torch.device | str = "cpu",
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -433,14 +442,10 @@ def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: boo
     s = data.split(split) if isinstance(split, str) else split
     n = len(s)
     order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-    mean = torch.tensor(data.mean).view(1, 1, 1, 3)
-    std = torch.tensor(data.std).view(1, 1, 1, 3)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         imgs = s.images[idx]
         if train:
-            x = augment(imgs, data.pad, data.flip, data.jitter, generator or torch.Generator())
-        else:
-            x = imgs.float() / 255
-        x = ((x - mean) / std).permute(0, 3, 1, 2)  # NHWC memory, NCHW view: channels_last for free
+            imgs = augment(imgs, data.pad, data.flip, data.jitter, generator or torch.Generator())
+        x = normalize(imgs, data.mean, data.std)
         yield x.to(device, non_blocking=True), s.labels[idx].to(device, non_blocking=True)

@@ -131,6 +131,7 @@ def explanation_grid(images: np.ndarray, first: Explanation, final: Explanation,
 def explain_run(run: str | Path, split: str = "test", limit: int = 8, out: str | Path | None = None,
                 device: str = "cpu", log=None) -> dict[str, Any]:
     """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json``."""
+    from .data import normalize
     from .record import load_run_data, run_records
     from .runs import RUN_JSON, load, read_json, write_bytes, write_json
 
@@ -154,9 +155,7 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, out: str |
                               "inputs": [], "files": []}
     if len(pick):
         s = data.split(split)
-        mean = torch.tensor(data.mean).view(1, 1, 1, 3)
-        std = torch.tensor(data.std).view(1, 1, 1, 3)
-        x = ((s.images[pick].float() / 255 - mean) / std).permute(0, 3, 1, 2).contiguous().to(device)
+        x = normalize(s.images[pick], data.mean, data.std).contiguous().to(device)
         first = explain_output(model, x, 0, record.preds[pick, 0])
         final = explain_output(model, x, model.num_outputs - 1, record.preds[pick, -1])
         images = s.images[pick].numpy()
