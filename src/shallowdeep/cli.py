@@ -123,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 DEMO_MARKER = "DEMO"
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -262,7 +263,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data import list_datasets
     from .models import list_archs
-    from .train import MODES
+    from .analysis.early_exit import FALLBACKS
+    from .train import DEFAULT_SEED, MODES
 
     p = argparse.ArgumentParser(prog="shallowdeep", description="Shallow-Deep Networks: ICs, overthinking, early exits.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -278,10 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="batch size (paper: 128)")
     t.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1 SGD, 1e-3 Adam for ic-only)")
     t.add_argument("--weight-decay", type=float, help="weight decay (paper: 5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)")
-    t.add_argument("--seed", type=int, help="seed (default 1221, the reference's)")
+    t.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED}, the reference's)")
     t.add_argument("--data-root", help="folder holding (or receiving) the data set files")
     t.add_argument("--image-size", type=int, help="resize images to this size (default: the data set's own)")
-    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
     t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     bd = t.add_argument_group("backdoor (spec section 11)")
@@ -317,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-drop", type=float, default=0.01,
                    help="calibration: cheapest threshold within this accuracy drop of the final output (default 0.01)")
     a.add_argument("--budget", type=float, help="also calibrate for the best accuracy under this relative cost")
-    a.add_argument("--fallback", choices=("most_confident", "final"), default="most_confident",
+    a.add_argument("--fallback", choices=FALLBACKS, default="most_confident",
                    help="prediction when no IC is confident (default: the most confident output, as the reference)")
-    a.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    a.add_argument("--device", help=DEVICE_HELP)
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_analyze)
 
@@ -329,11 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run", help="an SDN run folder")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     pr.add_argument("--threshold", type=float, help="confidence threshold (default: the run's calibration)")
-    pr.add_argument("--fallback", choices=("most_confident", "final"),
+    pr.add_argument("--fallback", choices=FALLBACKS,
                     help="prediction when no IC is confident (default: the calibration's)")
     pr.add_argument("--batch-size", type=int, default=1, help="1: one image at a time (default); more: batched")
     pr.add_argument("--resize", action="store_true", help="resize images whose size differs from the model's")
-    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    pr.add_argument("--device", help=DEVICE_HELP)
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)
 
@@ -345,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--max", type=int, default=8, help="explain at most this many inputs (default 8)")
     e.add_argument("--out", help="folder for the PNGs (default RUN/explain)")
-    e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    e.add_argument("--device", help=DEVICE_HELP)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_explain)
 
@@ -355,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
     d.add_argument("--epochs", type=int, default=15, help="epochs of the CNN and SDN runs")
     d.add_argument("--ic-epochs", type=int, default=10, help="epochs of the IC-only run")
-    d.add_argument("--seed", type=int, default=1221)
+    d.add_argument("--seed", type=int, default=DEFAULT_SEED)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .analysis.early_exit import FALLBACKS
 from .costs import output_costs
 from .errors import UserError
 from .heads import ICHead
 from .sdn import SDN
 
-FALLBACKS = ("most_confident", "final")
 
 
 @dataclass
