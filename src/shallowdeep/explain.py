@@ -98,7 +98,7 @@ def explanation_grid(images: np.ndarray, first: Explanation, final: Explanation,
     """A PNG: per input, the image and the three maps for IC 1 and for the final output."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from .report import _plt
+    from .report import _plt, png_bytes
 
     plt = _plt()
     n = len(true)
@@ -120,12 +120,7 @@ def explanation_grid(images: np.ndarray, first: Explanation, final: Explanation,
         axes[i][0].set_ylabel(f"true {names[true[i]]}\nIC 1: {names[first.classes[i]]}\nfinal: {names[final.classes[i]]}",
                               fontsize=6)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120)
 
 
 def explain_run(run: str | Path, split: str = "test", limit: int = 8, out: str | Path | None = None,

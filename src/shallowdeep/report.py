@@ -34,11 +34,16 @@ def _plt():
     return plt
 
 
-def _png(fig) -> str:
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     _plt().close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def _png(fig) -> str:
+    return base64.b64encode(png_bytes(fig)).decode()
 
 
 def fig_accuracy_cost(curves: dict[str, dict], per_output: list[dict], calibrated: dict, reference: dict) -> str:
@@ -159,11 +164,9 @@ def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: f
     val_acc, test_acc = val.accuracy(), test.accuracy()
     per_output = [{"output": names[i], "gflops": float(test.costs[i] / 1e9), "relative_cost": float(test.relative_costs[i]),
                    "val_accuracy": float(val_acc[i]), "test_accuracy": float(test_acc[i])} for i in range(k)]
-    curves = {}
-    for split, rec in (("val", val), ("test", test)):
-        s = sweep(rec, fallback=fallback)
-        curves[split] = {key: v.tolist() for key, v in s.items()}
-    calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback)
+    swept = {split: sweep(rec, fallback=fallback) for split, rec in (("val", val), ("test", test))}
+    curves = {split: {key: v.tolist() for key, v in s.items()} for split, s in swept.items()}
+    calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=swept["val"])
     result: dict[str, Any] = {
         "num_outputs": k,
         "cnn_gflops": float(test.cnn_cost / 1e9),
@@ -177,7 +180,8 @@ def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: f
         "overthinking": overthinking(test),
     }
     if budget is not None:
-        result["early_exit"]["calibrated_budget"] = calibrate(val, test, budget=budget, fallback=fallback)
+        result["early_exit"]["calibrated_budget"] = calibrate(val, test, budget=budget, fallback=fallback,
+                                                              swept=swept["val"])
     conf = confusion(test, stats=records.get("train"))
     conf.pop("scores")
     result["confusion"] = conf

@@ -103,14 +103,16 @@ def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confi
 
 
 def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: float | None = 0.01,
-              budget: float | None = None, fallback: str = "most_confident", thresholds=None) -> dict[str, Any]:
+              budget: float | None = None, fallback: str = "most_confident", thresholds=None,
+              swept: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Choose a threshold on the validation record and report it on the test record.
 
     With ``budget`` (a relative cost): the most accurate threshold whose cost is within it.
     Otherwise: the cheapest threshold whose accuracy is at least the final output's minus
-    ``max_drop``. Ties go to the higher accuracy, then the higher threshold.
+    ``max_drop``. Ties go to the higher accuracy, then the higher threshold. ``swept`` is
+    ``sweep(val, thresholds, fallback)`` when the caller already has it.
     """
-    s = sweep(val, thresholds, fallback)
+    s = sweep(val, thresholds, fallback) if swept is None else swept
     q, acc, cost = s["thresholds"], s["accuracy"], s["relative_cost"]
     final_acc = float(val.accuracy()[-1]) if val.num_inputs else 0.0
     if budget is not None:
@@ -144,7 +146,7 @@ def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str =
     """The reference's protocol, for comparison only: 11 thresholds evaluated *on the test set*,
     and the cheapest within ``max_drop`` of the final output chosen there (an optimistic figure)."""
     s = sweep(test, REFERENCE_THRESHOLDS, fallback)
-    chosen = calibrate(test, None, max_drop=max_drop, fallback=fallback, thresholds=REFERENCE_THRESHOLDS)
+    chosen = calibrate(test, None, max_drop=max_drop, fallback=fallback, swept=s)
     return {
         "label": "reference protocol: thresholds chosen on the test set (optimistic, not a fair estimate)",
         "rows": [{"threshold": float(q), "accuracy": float(a), "relative_cost": float(c)}
