@@ -7,8 +7,9 @@ import torch
 
 from shallowdeep.analysis import calibrate, confusion, early_exit, overthinking, sweep
 from shallowdeep.analysis.early_exit import REFERENCE_THRESHOLDS, reference_protocol
-from shallowdeep.errors import UserError
-from shallowdeep.record import ExitRecord, collect
+from shallowdeep.core.errors import UserError
+from shallowdeep.analysis import ExitRecord
+from shallowdeep.collect import collect
 from shallowdeep.sdn import build_sdn
 
 
@@ -34,16 +35,16 @@ def hand():
 
 def test_hand_worked_overthinking(hand):
     o = overthinking(hand)
-    assert o["correct"] == [2, 3, 2] and o["cumulative_correct"] == [2, 3, 3] and o["newly_correct"] == [2, 1, 0]
-    assert o["early_count"] == 3 and o["early_share"] == 1.0
+    assert o.correct == [2, 3, 2] and o.cumulative_correct == [2, 3, 3] and o.newly_correct == [2, 1, 0]
+    assert o.early_count == 3 and o.early_share == 1.0
     # input 0 first right at IC 1 (0.2), input 1 at IC 2 (0.5), input 2 at IC 1 (0.2)
-    assert o["oracle_relative_cost"] == pytest.approx((0.2 + 0.5 + 0.2) / 3)
-    d = o["destructive"]
-    assert o["final_errors"] == 1 and d["union_count"] == 1 and d["union_share_of_final_errors"] == 1.0
-    assert [x["count"] for x in d["per_ic"]] == [1, 1]
-    assert d["per_ic"][0]["mean_confidence_destructive"] == pytest.approx(0.6)
-    assert d["per_ic"][0]["mean_confidence_correct"] == pytest.approx(0.75)
-    assert o["examples_first_correct"] == [[0, 2], [1], []] and o["examples_only_first"] == []
+    assert o.oracle_relative_cost == pytest.approx((0.2 + 0.5 + 0.2) / 3)
+    d = o
+    assert o.final_errors == 1 and d.destructive_union_count == 1 and d.destructive_union_share_of_final_errors == 1.0
+    assert [x.count for x in d.destructive_per_ic] == [1, 1]
+    assert d.destructive_per_ic[0].mean_confidence_destructive == pytest.approx(0.6)
+    assert d.destructive_per_ic[0].mean_confidence_correct == pytest.approx(0.75)
+    assert o.examples_first_correct == [[0, 2], [1], []] and o.examples_only_first == []
 
 
 def test_hand_worked_early_exit_with_ties_at_the_threshold(hand):
@@ -52,56 +53,56 @@ def test_hand_worked_early_exit_with_ties_at_the_threshold(hand):
     q = float(hand.confidence[2, 0])
     assert q == pytest.approx(0.6)
     e = early_exit(hand, q)
-    assert e["exits"].tolist() == [0, 1, 0] and e["exit_counts"] == [2, 1, 0]
-    assert e["predictions"].tolist() == [0, 1, 2] and e["accuracy"] == 1.0
-    assert e["relative_cost"] == pytest.approx((2 + 5 + 2) / 3 / 10)
-    assert early_exit(hand, np.nextafter(q, 1))["exits"].tolist() == [0, 1, 2]  # just above: no exit for input 2
+    assert e.exits.tolist() == [0, 1, 0] and e.exit_counts == [2, 1, 0]
+    assert e.predictions.tolist() == [0, 1, 2] and e.accuracy == 1.0
+    assert e.relative_cost == pytest.approx((2 + 5 + 2) / 3 / 10)
+    assert early_exit(hand, np.nextafter(q, 1)).exits.tolist() == [0, 1, 2]  # just above: no exit for input 2
     # q = 0.95: nobody exits; most confident output: input0 final(0.95)->0, input1 final(0.9)->1, input2 final->0
     e = early_exit(hand, 0.95)
-    assert e["exit_counts"] == [0, 0, 3] and e["relative_cost"] == pytest.approx(1.1)
-    assert e["accuracy"] == pytest.approx(2 / 3)
+    assert e.exit_counts == [0, 0, 3] and e.relative_cost == pytest.approx(1.1)
+    assert e.accuracy == pytest.approx(2 / 3)
     # fallback "final" differs from "most_confident" when an IC is the most confident
     e = early_exit(hand, 0.91, "final")
-    assert e["predictions"].tolist() == [0, 1, 0]
+    assert e.predictions.tolist() == [0, 1, 0]
 
 
 def test_fallback_most_confident_picks_an_ic():
     r = ExitRecord.from_arrays(onehotish([[1, 0]], [[0.8, 0.6]]), [1], [1.0, 2.0], 2.0)
-    assert early_exit(r, 0.9)["predictions"].tolist() == [1]
-    assert early_exit(r, 0.9, "final")["predictions"].tolist() == [0]
+    assert early_exit(r, 0.9).predictions.tolist() == [1]
+    assert early_exit(r, 0.9, "final").predictions.tolist() == [0]
     with pytest.raises(UserError, match="unknown fallback"):
         early_exit(r, 0.9, "best")
 
 
 def test_thresholds_zero_and_above_one(hand):
-    assert early_exit(hand, 0.0)["exit_counts"] == [3, 0, 0]
-    assert early_exit(hand, 1.01)["exit_counts"] == [0, 0, 3]
+    assert early_exit(hand, 0.0).exit_counts == [3, 0, 0]
+    assert early_exit(hand, 1.01).exit_counts == [0, 0, 3]
 
 
 def test_all_correct_none_correct_single_output_one_class():
     k = 4
     all_right = ExitRecord.from_arrays(onehotish(np.zeros((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4)
     o = overthinking(all_right)
-    assert o["final_errors"] == 0 and o["destructive"]["union_share_of_final_errors"] is None
-    assert o["newly_correct"] == [5, 0, 0, 0] and o["oracle_relative_cost"] == pytest.approx(0.25)
+    assert o.final_errors == 0 and o.destructive_union_share_of_final_errors is None
+    assert o.newly_correct == [5, 0, 0, 0] and o.oracle_relative_cost == pytest.approx(0.25)
     none_right = ExitRecord.from_arrays(onehotish(np.ones((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4)
     o = overthinking(none_right)
-    assert o["early_count"] == 0 and o["never_correct"] == 5 and o["oracle_relative_cost"] == 1.0
-    assert early_exit(none_right, 0.5)["accuracy"] == 0.0
+    assert o.early_count == 0 and o.never_correct == 5 and o.oracle_relative_cost == 1.0
+    assert early_exit(none_right, 0.5).accuracy == 0.0
     single = ExitRecord.from_arrays(onehotish([[0], [1]], [[0.9], [0.4]]), [0, 0], [3.0], 3.0)
     e = early_exit(single, 0.5)
-    assert e["exit_counts"] == [2] and e["accuracy"] == 0.5 and e["relative_cost"] == 1.0
-    assert overthinking(single)["early_count"] == 0
+    assert e.exit_counts == [2] and e.accuracy == 0.5 and e.relative_cost == 1.0
+    assert overthinking(single).early_count == 0
     one_class = ExitRecord.from_arrays(np.zeros((4, 3, 1)), np.zeros(4), [1, 2, 3], 3)
-    assert early_exit(one_class, 0.99)["exit_counts"] == [4, 0, 0]
+    assert early_exit(one_class, 0.99).exit_counts == [4, 0, 0]
     c = confusion(one_class)
-    assert c["confusion"]["auroc"] is None and c["num_wrong"] == 0
+    assert c.confusion.auroc is None and c.num_wrong == 0
 
 
 def test_empty_record():
     r = ExitRecord.from_arrays(np.zeros((0, 3, 5)), np.zeros(0), [1, 2, 3], 3)
-    assert early_exit(r, 0.5)["exit_counts"] == [0, 0, 0]
-    assert overthinking(r)["num_inputs"] == 0
+    assert early_exit(r, 0.5).exit_counts == [0, 0, 0]
+    assert overthinking(r).num_inputs == 0
 
 
 def random_record(seed, n=300, k=5, c=7, scale=2.0):
@@ -141,10 +142,10 @@ def test_early_exit_and_sweep_match_brute_force(seed, fallback):
     for t, q in enumerate(qs):
         acc, cost, counts = brute_early_exit(r, q, fallback)
         e = early_exit(r, q, fallback)
-        assert e["accuracy"] == pytest.approx(acc) and e["relative_cost"] == pytest.approx(cost)
-        assert e["exit_counts"] == counts
-        assert s["accuracy"][t] == pytest.approx(acc) and s["relative_cost"][t] == pytest.approx(cost)
-        assert s["exit_counts"][t].tolist() == counts
+        assert e.accuracy == pytest.approx(acc) and e.relative_cost == pytest.approx(cost)
+        assert e.exit_counts == counts
+        assert s.accuracy[t] == pytest.approx(acc) and s.relative_cost[t] == pytest.approx(cost)
+        assert s.exit_counts[t].tolist() == counts
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -154,16 +155,16 @@ def test_overthinking_matches_brute_force(seed):
     n, k = r.num_inputs, r.num_outputs
     right = r.logits.argmax(-1) == r.labels[:, None]
     cum = [sum(any(right[i, : j + 1]) for i in range(n)) for j in range(k)]
-    assert o["cumulative_correct"] == cum
+    assert o.cumulative_correct == cum
     destructive = [sum(right[i, j] and not right[i, -1] for i in range(n)) for j in range(k - 1)]
-    assert [d["count"] for d in o["destructive"]["per_ic"]] == destructive
+    assert [d.count for d in o.destructive_per_ic] == destructive
     union = sum(any(right[i, :-1]) and not right[i, -1] for i in range(n))
-    assert o["destructive"]["union_count"] == union
+    assert o.destructive_union_count == union
     oracle = []
     for i in range(n):
         first = next((j for j in range(k) if right[i, j]), None)
         oracle.append(r.relative_costs[first] if first is not None and first < k - 1 else 1.0)
-    assert o["oracle_relative_cost"] == pytest.approx(np.mean(oracle))
+    assert o.oracle_relative_cost == pytest.approx(np.mean(oracle))
 
 
 def test_record_softmax_and_derived_arrays():
@@ -176,30 +177,30 @@ def test_record_softmax_and_derived_arrays():
 
 def test_sweep_has_a_thousand_thresholds_including_the_reference_ones():
     s = sweep(random_record(0))
-    assert len(s["thresholds"]) >= 1000
-    assert all(np.isclose(s["thresholds"], q).any() for q in REFERENCE_THRESHOLDS)
+    assert len(s.thresholds) >= 1000
+    assert all(np.isclose(s.thresholds, q).any() for q in REFERENCE_THRESHOLDS)
 
 
 def test_calibration_picks_on_validation_only():
     val, test = random_record(1, n=400), random_record(2, n=400)
     c = calibrate(val, test, max_drop=0.02)
     s = sweep(val)
-    ok = s["accuracy"] >= val.accuracy()[-1] - 0.02 - 1e-12
-    assert c["val"]["relative_cost"] == pytest.approx(s["relative_cost"][ok].min())
-    t = early_exit(test, c["threshold"])
-    assert c["test"]["accuracy"] == t["accuracy"] and c["test"]["relative_cost"] == t["relative_cost"]
+    ok = s.accuracy >= val.accuracy()[-1] - 0.02 - 1e-12
+    assert c.val.relative_cost == pytest.approx(s.relative_cost[ok].min())
+    t = early_exit(test, c.threshold)
+    assert c.test.accuracy == t.accuracy and c.test.relative_cost == t.relative_cost
     # the choice does not depend on the test record at all
-    assert calibrate(val, random_record(3, n=400), max_drop=0.02)["threshold"] == c["threshold"]
+    assert calibrate(val, random_record(3, n=400), max_drop=0.02).threshold == c.threshold
     b = calibrate(val, test, budget=0.6)
-    assert b["val"]["relative_cost"] <= 0.6 + 1e-12
-    assert b["val"]["accuracy"] == pytest.approx(s["accuracy"][s["relative_cost"] <= 0.6 + 1e-12].max())
+    assert b.val.relative_cost <= 0.6 + 1e-12
+    assert b.val.accuracy == pytest.approx(s.accuracy[s.relative_cost <= 0.6 + 1e-12].max())
     with pytest.raises(UserError, match="no threshold keeps the cost"):
         calibrate(val, test, budget=0.01)
 
 
 def test_reference_protocol_is_labelled_and_uses_eleven_thresholds():
     ref = reference_protocol(random_record(4))
-    assert "test set" in ref["label"] and [r["threshold"] for r in ref["rows"]] == list(REFERENCE_THRESHOLDS)
+    assert "test set" in ref.label and [r["threshold"] for r in ref.rows] == list(REFERENCE_THRESHOLDS)
 
 
 def test_confusion_hand_worked_and_normalised():
@@ -207,26 +208,26 @@ def test_confusion_hand_worked_and_normalised():
     logits = np.log(np.array([[[0.9, 0.1], [0.9, 0.1]], [[0.1, 0.9], [0.9, 0.1]]]))
     r = ExitRecord.from_arrays(logits, [0, 1], [1.0, 2.0], 2.0)
     c = confusion(r, stats=(0.0, 1.0))
-    assert c["scores"].tolist() == pytest.approx([0.0, 1.6])
-    assert c["num_wrong"] == 1 and c["confusion"]["auroc"] == 1.0
+    assert c.scores.tolist() == pytest.approx([0.0, 1.6])
+    assert c.num_wrong == 1 and c.confusion.auroc == 1.0
     c2 = confusion(r, stats=(0.8, 0.4))
-    assert c2["scores"].tolist() == pytest.approx([-2.0, 2.0])
+    assert c2.scores.tolist() == pytest.approx([-2.0, 2.0])
     c3 = confusion(r, stats=r)  # statistics from a "training" record
-    assert c3["normalisation"]["mean"] == pytest.approx(0.8)
-    assert sum(c["confusion"]["histogram"]["correct"]) == 1 and sum(c["confusion"]["histogram"]["wrong"]) == 1
+    assert c3.normalisation["mean"] == pytest.approx(0.8)
+    assert sum(c.confusion.histogram.correct) == 1 and sum(c.confusion.histogram.wrong) == 1
 
 
 def test_confusion_auroc_and_counts_match_brute_force():
     r = random_record(5, n=200, k=4, c=3, scale=1.5)
     c = confusion(r, stats=(0.0, 1.0))
-    s, wrong = c["scores"], ~r.correct[:, -1]
+    s, wrong = c.scores, ~r.correct[:, -1]
     pairs = [(a > b) + 0.5 * (a == b) for a in s[wrong] for b in s[~wrong]]
-    assert c["confusion"]["auroc"] == pytest.approx(np.mean(pairs))
+    assert c.confusion.auroc == pytest.approx(np.mean(pairs))
     conf = r.confidence[:, -1]
     pairs = [(a < b) + 0.5 * (a == b) for a in conf[wrong] for b in conf[~wrong]]
-    assert c["confidence"]["auroc"] == pytest.approx(np.mean(pairs))
-    assert c["confusion"]["wrong_beyond_correct_mean"] == int((s[wrong] > s[~wrong].mean()).sum())
-    assert c["confidence"]["correct_beyond_wrong_mean"] == int((conf[~wrong] > conf[wrong].mean()).sum())
+    assert c.confidence.auroc == pytest.approx(np.mean(pairs))
+    assert c.confusion.wrong_beyond_correct_mean == int((s[wrong] > s[~wrong].mean()).sum())
+    assert c.confidence.correct_beyond_wrong_mean == int((conf[~wrong] > conf[wrong].mean()).sum())
 
 
 def test_record_roundtrip_and_validation(tmp_path):

@@ -69,18 +69,18 @@ def _assert_one_line_error(proc, pattern: str):
 def test_bad_input_subprocess(tmp_path):
     out = tmp_path / "never"
     _assert_one_line_error(run_cli("train", "--arch", "resnet57", "--data", "digits", "--mode", "cnn", "--out", str(out)),
-                           "unknown architecture 'resnet57'")
+                           "unknown --arch 'resnet57'")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["--arch", "nope", "--data", "digits", "--mode", "cnn"], "unknown architecture 'nope'"),
-    (["--arch", "small", "--data", "mnist", "--mode", "cnn"], "unknown data set 'mnist'"),
+    (["--arch", "nope", "--data", "digits", "--mode", "cnn"], "unknown --arch 'nope'"),
+    (["--arch", "small", "--data", "mnist", "--mode", "cnn"], "unknown --data set 'mnist'"),
     (["--arch", "small", "--data", "imagefolder:/no/such/dir", "--mode", "cnn"], "is not a folder"),
     (["--arch", "small", "--data", "tinyimagenet", "--data-root", "/no/such/dir", "--mode", "cnn"], "no Tiny ImageNet"),
     (["--arch", "resnet56", "--data", "digits", "--image-size", "48", "--mode", "cnn"], "takes 32 or 64 px"),
-    (["--mode", "ic-only"], "needs --from RUN"),
-    (["--mode", "ic-only", "--from", "/no/such/run"], "does not exist"),
+    (["--mode", "ic-only"], "needs --from, a finished CNN run"),
+    (["--mode", "ic-only", "--from", "/no/such/run"], "is not a run folder"),
 ])
 def test_bad_train_input(tmp_path, capsys, args, pattern):
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from shallowdeep.data import augment, batches, carve_validation, list_datasets, load_dataset
-from shallowdeep.errors import UserError
+from shallowdeep.core.errors import UserError
 
 
 @pytest.mark.parametrize("kind,classes", [("cifar10", 10), ("cifar100", 100)])
@@ -166,7 +166,7 @@ def test_jitter_changes_colours_within_range():
 
 
 def test_batches_normalised_channels_last(digits):
-    x, y = next(batches(digits, "val", 16))
+    x, y = next(iter(batches(digits, "val", 16)))
     assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
     assert x.is_contiguous(memory_format=torch.channels_last)
     mean = torch.tensor(digits.mean).view(1, 3, 1, 1)

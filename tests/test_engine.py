@@ -5,11 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from shallowdeep.core import io
+
 from shallowdeep.analysis import early_exit
 from shallowdeep.data import batches
 from shallowdeep.engine import EarlyExitEngine, _inference_head
-from shallowdeep.errors import UserError
-from shallowdeep.record import ExitRecord, collect
+from shallowdeep.runs import engine_from_run
+from shallowdeep.core.errors import UserError
+from shallowdeep.analysis import ExitRecord
+from shallowdeep.collect import collect
 from shallowdeep.sdn import build_sdn
 
 
@@ -41,7 +45,7 @@ def random_sdn():
 @pytest.fixture(scope="module")
 def trained_sdn(tmp_path_factory):
     import shallowdeep
-    from shallowdeep.train import TrainConfig, train_run
+    from shallowdeep.runs import TrainConfig, train_run
 
     root = tmp_path_factory.mktemp("engine")
     q = dict(progress=False, log=None)
@@ -61,9 +65,9 @@ def test_engine_matches_record_simulation(which, fallback, fold_bn, random_sdn, 
         sim = early_exit(record, q, fallback)
         eng = EarlyExitEngine(sdn, q, fallback, fold_bn=fold_bn)
         batched = eng.classify(x, batch_size=64)
-        assert torch.equal(batched.exits, torch.from_numpy(sim["exits"]))
-        assert torch.equal(batched.predictions, torch.from_numpy(sim["predictions"]))
-        assert np.allclose(batched.relative_cost.numpy(), sim["costs"] / record.cnn_cost)
+        assert torch.equal(batched.exits, torch.from_numpy(sim.exits))
+        assert torch.equal(batched.predictions, torch.from_numpy(sim.predictions))
+        assert np.allclose(batched.relative_cost.numpy(), sim.costs / record.cnn_cost)
         one = eng.classify(x[:80], batch_size=1)
         assert torch.equal(one.exits, batched.exits[:80]) and torch.equal(one.predictions, batched.predictions[:80])
         assert torch.allclose(one.confidence, batched.confidence[:80], atol=1e-5)
@@ -74,7 +78,7 @@ def test_exit_counts_cover_every_output(trained_sdn, digits):
     record = collect(sdn, digits, "test")
     q = safe_thresholds(record, 3)[1]
     res = EarlyExitEngine(sdn, q).classify(images(digits))
-    assert np.bincount(res.exits.numpy(), minlength=sdn.num_outputs).tolist() == early_exit(record, q)["exit_counts"]
+    assert np.bincount(res.exits.numpy(), minlength=sdn.num_outputs).tolist() == early_exit(record, q).exit_counts
 
 
 def test_order_is_preserved_under_compaction(trained_sdn, digits):
@@ -93,13 +97,13 @@ def test_threshold_zero_everyone_exits_first_and_above_one_nobody(random_sdn, di
     x = images(digits, limit=50)
     first = EarlyExitEngine(random_sdn, 0.0).classify(x)
     assert first.exits.eq(0).all() and torch.allclose(first.relative_cost, first.relative_cost[0])
-    none = EarlyExitEngine(random_sdn, 1.5).classify(x)
+    none = EarlyExitEngine(random_sdn, 1.0).classify(x)
     assert none.exits.eq(random_sdn.num_outputs - 1).all()
     assert none.relative_cost[0] > 1.0  # every IC was paid for
     with torch.no_grad():
         final = random_sdn(x)[-1].argmax(1)
-    assert torch.equal(EarlyExitEngine(random_sdn, 1.5, "final").classify(x).predictions, final)
-    one = EarlyExitEngine(random_sdn, 1.5).classify(x[:5], batch_size=1)
+    assert torch.equal(EarlyExitEngine(random_sdn, 1.0, "final").classify(x).predictions, final)
+    one = EarlyExitEngine(random_sdn, 1.0).classify(x[:5], batch_size=1)
     assert one.exits.eq(random_sdn.num_outputs - 1).all()
 
 
@@ -138,17 +142,17 @@ def test_folding_leaves_the_model_untouched(random_sdn):
 
 
 def test_from_run_uses_the_calibrated_threshold(trained_sdn, tmp_path):
-    from shallowdeep.report import analyze_run
+    from shallowdeep.workflows import analyze_run
     from shallowdeep import runs
 
     _, run = trained_sdn
     with pytest.raises(UserError, match="no calibrated threshold"):
-        EarlyExitEngine.from_run(run)
+        engine_from_run(run)
     analyze_run(run, tmp_path / "rep")
-    cal = runs.read_json(run / "calibration.json")
-    eng = EarlyExitEngine.from_run(run)
+    cal = io.read_json(run / "calibration.json")
+    eng = engine_from_run(run)
     assert eng.thresholds[0] == cal["threshold"] and eng.fallback == cal["fallback"]
-    assert EarlyExitEngine.from_run(run, threshold=0.3).thresholds[0] == 0.3
+    assert engine_from_run(run, threshold=0.3).thresholds[0] == 0.3
 
 
 def test_predict_command(trained_sdn, tmp_path, digits, capsys):
@@ -166,11 +170,11 @@ def test_predict_command(trained_sdn, tmp_path, digits, capsys):
     Image.fromarray(digits.test.images[0].numpy()).resize((20, 20)).save(tmp_path / "small.png")
     assert main(["predict", str(run), str(folder), "--threshold", "0.5", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 4 and {"label", "class", "exit", "confidence", "relative_cost"} <= rows[0].keys()
+    assert len(rows) == 4 and {"class_index", "class", "exit", "confidence", "relative_cost"} <= rows[0].keys()
     # the same answers as the engine on the same (normalised) images
     eng = EarlyExitEngine(shallowdeep_load(run), 0.5)
     res = eng.classify(images(digits, limit=4), batch_size=1)
-    assert [r["label"] for r in rows] == res.predictions.tolist() and [r["exit"] for r in rows] == res.exits.tolist()
+    assert [r["class_index"] for r in rows] == res.predictions.tolist() and [r["exit"] for r in rows] == res.exits.tolist()
     assert main(["predict", str(run), str(folder / "0.png"), "--threshold", "0.5"]) == 0
     assert "rel. cost" in capsys.readouterr().out
     assert main(["predict", str(run), str(tmp_path / "small.png"), "--threshold", "0.5"]) == 2

@@ -11,10 +11,10 @@ import torch
 import shallowdeep
 from shallowdeep.backdoor import Backdoor, apply_trigger, poison, poisoned_dataset, triggered_split
 from shallowdeep.cli import main
-from shallowdeep.errors import UserError
+from shallowdeep.core.errors import UserError
 from shallowdeep.explain import OutputSelector, explain_output, target_block
 from shallowdeep.sdn import build_sdn
-from shallowdeep.train import TrainConfig, train_run
+from shallowdeep.runs import TrainConfig, train_run
 
 QUIET = dict(progress=False, log=None)
 
@@ -39,9 +39,9 @@ def test_trigger_options_and_bad_values():
     assert (b.size, b.row, b.col, b.rate, b.target) == (4, 0, 1, 0.2, 3)
     with pytest.raises(UserError, match="does not fit"):
         Backdoor.default(32, pos=(30, 30)).check(32, 10)
-    with pytest.raises(UserError, match="poison-rate"):
+    with pytest.raises(UserError, match="poison_rate"):
         Backdoor.default(32, rate=0.0).check(32, 10)
-    with pytest.raises(UserError, match="target-class"):
+    with pytest.raises(UserError, match="target_class"):
         Backdoor.default(32, target=10).check(32, 10)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shallowdeep import record as record_mod
+from shallowdeep.runs import records as record_mod
 from shallowdeep.cli import main
-from shallowdeep.train import TrainConfig, train_run
+from shallowdeep.runs import TrainConfig, train_run
 
 QUIET = dict(progress=False, log=None)
 
@@ -69,6 +69,9 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
 
 
 def test_records_are_cached_until_the_weights_change(sdn_run, tmp_path, monkeypatch):
+    import shutil
+
+    sdn_run = Path(shutil.copytree(sdn_run, tmp_path / "copy"))  # this test changes the weights: work on a copy
     main(["analyze", str(sdn_run), "--out", str(tmp_path / "a"), "--quiet"])
     for split in ("train", "val", "test"):
         assert (sdn_run / "records" / f"{split}.safetensors").is_file()
@@ -106,7 +109,7 @@ def test_analyze_a_cnn_run(sdn_run, tmp_path, capsys):
 def test_cached_records_are_refreshed_when_the_data_changed(sdn_run, tmp_path):
     from dataclasses import replace
 
-    from shallowdeep.record import load_run_data, run_records
+    from shallowdeep.runs import run_data as load_run_data, run_records
 
     data = load_run_data(sdn_run)
     first = run_records(sdn_run, ("val",), data=data)["val"]

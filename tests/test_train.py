@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from shallowdeep.core import io
+
 import shallowdeep
 from shallowdeep import runs
-from shallowdeep.errors import UserError
+from shallowdeep.core.errors import UserError
 from shallowdeep.sdn import SDN, build_sdn
-from shallowdeep.train import SDNMode, TrainConfig, default_recipe, evaluate, train_run
+from shallowdeep.runs import TrainConfig, train_run
+from shallowdeep.data import batches
+from shallowdeep.training import SDNMode, default_recipe, evaluate
 
 QUIET = dict(progress=False, log=None)
 
@@ -75,7 +79,7 @@ def test_ic_only_keeps_the_cnn_bit_for_bit(cnn_run, tmp_path, digits):
         assert torch.equal(sdn(x)[-1], cnn(x))
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["arch"] == "small" and meta["config"]["from_run"] == str(cnn_run.resolve())
-    assert meta["from_run_weights_sha256"] == runs.sha256_file(cnn_run / "model.safetensors")
+    assert meta["from_run_weights_sha256"] == io.sha256_file(cnn_run / "model.safetensors")
 
 
 def test_ic_only_refuses_a_run_that_is_not_a_cnn(cnn_run, tmp_path):
@@ -139,7 +143,7 @@ def test_hyperparameters_are_overridable(tmp_path):
 def test_evaluate_reports_every_output(digits):
     torch.manual_seed(0)
     sdn = build_sdn("small", 10, 32)
-    acc = evaluate(sdn, digits, "val")
+    acc = evaluate(sdn, batches(digits, "val", 512))
     assert len(acc) == sdn.num_outputs and all(0 <= a <= 1 for a in acc)
 
 
@@ -162,14 +166,14 @@ def test_truncated_and_foreign_weights_refused(cnn_run, tmp_path):
 
 def test_atomic_write_never_leaves_a_torn_file(tmp_path):
     target = tmp_path / "f.json"
-    runs.write_json(target, {"a": 1})
+    io.write_json(target, {"a": 1})
 
     def explode(f):
         f.write(b'{"a": 2, "tor')
         raise KeyboardInterrupt  # killed mid-write
 
     with pytest.raises(KeyboardInterrupt):
-        runs.atomic_write(target, explode)
+        io.atomic_write(target, explode)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 

@@ -1,14 +1,58 @@
-"""shallowdeep: Shallow-Deep Networks (Kaya, Hong, Dumitras, ICML 2019) as a library and a tool."""
-from .costs import Costs, output_costs
-from .data import Dataset, ImageSet, list_datasets, load_dataset
-from .errors import UserError
-from .models import CNN, build_cnn, list_archs
-from .runs import load
-from .sdn import SDN, build_sdn, to_sdn
+"""shallowdeep: Shallow-Deep Networks (Kaya, Hong, Dumitras, ICML 2019) as a library and a tool.
 
-__version__ = "0.1.0"
+The public API below is imported lazily (on first use), so ``import shallowdeep`` and the
+command line's ``--help`` stay fast; ``from shallowdeep import X`` works as usual.
+"""
+from __future__ import annotations
 
-__all__ = [
-    "CNN", "SDN", "Costs", "Dataset", "ImageSet", "UserError", "build_cnn", "build_sdn", "list_archs",
-    "list_datasets", "load", "load_dataset", "output_costs", "to_sdn",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_API = {
+    # models
+    "CNN": "models", "SDN": "sdn", "build_cnn": "models", "build_sdn": "sdn", "to_sdn": "sdn", "list_archs": "models",
+    "output_costs": "costs", "Costs": "costs",
+    # data
+    "Dataset": "data", "ImageSet": "data", "load_dataset": "data", "list_datasets": "data",
+    # training and run folders
+    "Recipe": "training", "Runtime": "training", "fit": "training", "TrainConfig": "runs", "train_run": "runs",
+    "RunFolder": "runs", "load": "runs", "save_weights": "runs",
+    # records and analyses
+    "ExitRecord": "analysis", "collect": "collect", "run_records": "runs", "analyze": "analysis",
+    "overthinking": "analysis", "early_exit": "analysis", "sweep": "analysis", "calibrate": "analysis",
+    "confusion": "analysis",
+    # inference
+    "EarlyExitEngine": "engine", "engine_from_run": "runs",
+    # errors
+    "UserError": "core.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'shallowdeep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .analysis import ExitRecord, analyze, calibrate, confusion, early_exit, overthinking, sweep
+    from .collect import collect
+    from .core.errors import UserError
+    from .costs import Costs, output_costs
+    from .data import Dataset, ImageSet, list_datasets, load_dataset
+    from .engine import EarlyExitEngine
+    from .models import CNN, build_cnn, list_archs
+    from .runs import RunFolder, TrainConfig, engine_from_run, load, run_records, save_weights, train_run
+    from .sdn import SDN, build_sdn, to_sdn
+    from .training import Recipe, Runtime, fit

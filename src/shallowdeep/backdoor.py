@@ -8,13 +8,12 @@ and early exits recover accuracy on triggered inputs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data import Dataset, ImageSet
-from .errors import UserError
+from .core.errors import ArgumentError
 
 POISON_SEED = 0  # fixed, so that a resumed run poisons exactly the same inputs
 DEFAULT_RATE = 0.1  # the spec gives none: a common BadNets-style share, recorded in run.json
@@ -46,12 +45,12 @@ class Backdoor:
         """Refuse a trigger off the image, a share outside (0, 1], or an unknown target class."""
         if self.size < 1 or self.row < 0 or self.col < 0 or self.row + self.size > image_size \
                 or self.col + self.size > image_size:
-            raise UserError(f"a {self.size} px trigger at ({self.row}, {self.col}) does not fit a {image_size} px image: "
-                            "change --trigger-size or --trigger-pos")
+            raise ArgumentError(f"a {self.size} px trigger at ({self.row}, {self.col}) does not fit a {image_size} px image: "
+                            "change `trigger_size` or `trigger_pos`")
         if not 0 < self.rate <= 1:
-            raise UserError(f"--poison-rate must lie in (0, 1], got {self.rate}")
+            raise ArgumentError(f"`poison_rate` must lie in (0, 1], got {self.rate}")
         if not 0 <= self.target < num_classes:
-            raise UserError(f"--target-class must lie in 0..{num_classes - 1}, got {self.target}")
+            raise ArgumentError(f"`target_class` must lie in 0..{num_classes - 1}, got {self.target}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,47 +92,3 @@ def triggered_split(data: Dataset, split: str, b: Backdoor) -> ImageSet:
     s = data.split(split)
     keep = torch.nonzero(s.labels != b.target).flatten()
     return ImageSet(apply_trigger(s.images[keep], b), s.labels[keep].clone(), s.ids[keep].clone())
-
-
-def backdoor_of(run: str | Path) -> Backdoor | None:
-    """The backdoor a run was trained with, or that the CNN an IC-only run came from was."""
-    from .runs import RUN_JSON, read_json
-
-    cfg = read_json(Path(run) / RUN_JSON).get("config", {})
-    if cfg.get("backdoor"):
-        return Backdoor.from_json(cfg["backdoor"])
-    if cfg.get("mode") == "ic-only" and cfg.get("from_run") and (Path(cfg["from_run"]) / RUN_JSON).is_file():
-        return backdoor_of(cfg["from_run"])
-    return None
-
-
-def backdoor_figures(clean, triggered, b: Backdoor, threshold: float | None, fallback: str) -> dict[str, Any]:
-    """Clean accuracy, attack success, accuracy on triggered inputs (final output, each output, and
-    with early exits at ``threshold``), and destructive overthinking on triggered inputs."""
-    from .analysis import early_exit, overthinking
-
-    k = triggered.num_outputs
-    hit_target = (triggered.preds == b.target).mean(0) if triggered.num_inputs else torch.zeros(k).numpy()
-    out: dict[str, Any] = {
-        "trigger": b.to_json(),
-        "triggered_inputs": triggered.num_inputs,
-        "clean_accuracy_final": float(clean.accuracy()[-1]),
-        "attack_success_final": float(hit_target[-1]),
-        "triggered_accuracy_final": float(triggered.accuracy()[-1]),
-        "per_output": {"attack_success": hit_target.tolist(), "triggered_accuracy": triggered.accuracy().tolist(),
-                       "clean_accuracy": clean.accuracy().tolist()},
-    }
-    if threshold is not None and k > 1:
-        e = early_exit(triggered, threshold, fallback)
-        ec = early_exit(clean, threshold, fallback)
-        out["early_exit"] = {"threshold": threshold, "fallback": fallback,
-                             "triggered_accuracy": e["accuracy"], "triggered_relative_cost": e["relative_cost"],
-                             "triggered_exit_counts": e["exit_counts"],
-                             "attack_success": float((e["predictions"] == b.target).mean()) if triggered.num_inputs else 0.0,
-                             "clean_accuracy": ec["accuracy"], "clean_relative_cost": ec["relative_cost"]}
-        o = overthinking(triggered)
-        out["destructive_on_triggered"] = {"union_count": o["destructive"]["union_count"],
-                                           "union_share_of_final_errors": o["destructive"]["union_share_of_final_errors"],
-                                           "per_ic": [d["count"] for d in o["destructive"]["per_ic"]],
-                                           "early_share": o["early_share"]}
-    return out

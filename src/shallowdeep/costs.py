@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from .core.errors import ArgumentError
 from .models.base import CNN
 from .sdn import SDN
 
@@ -65,7 +66,7 @@ def output_costs(model: SDN | CNN, convention: str = "torch") -> Costs:
     ``convention`` is ``"torch"`` (true counts) or ``"reference"`` (grouped convs counted as dense).
     """
     if convention not in CONVENTIONS:
-        raise ValueError(f"FLOP convention must be one of {CONVENTIONS}, got {convention!r}")
+        raise ArgumentError(f"unknown FLOP `convention` {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     cnn = model.cnn if isinstance(model, SDN) else model
     positions = model.positions if isinstance(model, SDN) else ()
     heads = list(model.heads) if isinstance(model, SDN) else []

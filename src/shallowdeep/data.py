@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .core.catalog import DATASETS
+from .core.errors import ArgumentError, DataError
 
 VAL_FRACTION = 0.1
 VAL_SEED = 0  # fixed, independent of the training seed, so every run of a data set shares one split
@@ -73,7 +74,7 @@ class Dataset:
 
     def split(self, name: str) -> ImageSet:
         if name not in ("train", "val", "test"):
-            raise UserError(f"unknown split {name!r}: choose train, val or test")
+            raise ArgumentError(f"unknown split {name!r}: choose train, val or test")
         return getattr(self, name)
 
 
@@ -117,17 +118,17 @@ def parse_data_name(spec: str) -> tuple[str, str | None]:
     """Split ``"imagefolder:PATH"`` into its name and argument; a plain name has no argument."""
     name, sep, arg = spec.partition(":")
     if name not in _DATASETS:
-        raise UserError(f"unknown data set {spec!r}: choose one of {', '.join(f'{n}' for n in _DATASETS)}"
+        raise ArgumentError(f"unknown `data` set {spec!r}: choose one of {', '.join(f'{n}' for n in _DATASETS)}"
                         " (imagefolder as imagefolder:PATH)")
     if name == "imagefolder" and not arg:
-        raise UserError("imagefolder needs a path: --data imagefolder:PATH (a folder with train/ and test/)")
+        raise ArgumentError("imagefolder needs a path: `data` imagefolder:PATH (a folder with train/ and test/)")
     if name != "imagefolder" and sep:
-        raise UserError(f"data set {name!r} takes no ':' argument (use --data-root for its location)")
+        raise ArgumentError(f"data set {name!r} takes no ':' argument (give its location as `data_root`)")
     return name, (arg or None)
 
 
 def default_root() -> Path:
-    """Where downloads and extracted data sets live unless ``--data-root`` says otherwise."""
+    """Where downloads and extracted data sets live unless a ``root`` is given."""
     return Path(os.environ.get("SHALLOWDEEP_DATA", Path.home() / ".cache" / "shallowdeep" / "data"))
 
 
@@ -202,21 +203,21 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
             # (whose format is Python pickles) are ever opened
             ds = cls(str(root), train=train, download=not have)
         except RuntimeError as e:
-            raise UserError(f"{name} files in {root / folder} are missing or corrupted ({e}): remove them "
+            raise DataError(f"{name} files in {root / folder} are missing or corrupted ({e}): remove them "
                             f"and put {archive} ({url}) in {root}") from None
         except OSError as e:  # URLError is an OSError: no network
-            raise UserError(f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
-                            f"{root} or pass --data-root to the folder holding it") from None
+            raise DataError(f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
+                            f"{root} or set `data_root` to the folder holding it") from None
         splits.append(_as_set(ds.data, ds.targets))
     return _finish(name, list(ds.classes), splits[0], splits[1], image_size, mean, std)
 
 
-@register_dataset("cifar10", "CIFAR-10 (torchvision; downloads into --data-root when online)", (10, 32))
+@register_dataset("cifar10", DATASETS["cifar10"], (10, 32))
 def cifar10(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     return _cifar("cifar10", root, image_size)
 
 
-@register_dataset("cifar100", "CIFAR-100 (torchvision; downloads into --data-root when online)", (100, 32))
+@register_dataset("cifar100", DATASETS["cifar100"], (100, 32))
 def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     return _cifar("cifar100", root, image_size)
 
@@ -225,31 +226,53 @@ def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Data
 # image files: Tiny ImageNet and any train/ + test/ folder
 
 
+def read_image(path: str | Path, size: int | None = None, resize: bool = True) -> np.ndarray:
+    """One image file as uint8 RGB ``[S, S, 3]``. With ``size``, an image of another size is resized
+    (bilinear) when ``resize``, else refused with a :class:`DataError` naming the sizes."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                if not resize:
+                    raise DataError(f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
+                                    "resize it (`resize`)")
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def image_paths(paths: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the folders named."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p} does not exist: give image files or folders of images")
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, paths))}")
+    return found
+
+
 def _decode(paths: list[Path], size: int | None) -> np.ndarray:
     """Decode image files to one uint8 ``[N, S, S, 3]`` array (RGB; resized when ``size`` differs)."""
     from PIL import Image
 
     if not paths:
         return np.zeros((0, size or 1, size or 1, 3), np.uint8)
-
-    def one(p: Path) -> np.ndarray:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                return np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read image {p}: {e}; remove or replace the file") from None
-
     if size is None:
         try:
             with Image.open(paths[0]) as im:
                 size = im.size[1]
         except OSError as e:
-            raise UserError(f"cannot read image {paths[0]}: {e}") from None
+            raise DataError(f"cannot read image {paths[0]}: {e}") from None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return np.stack(list(pool.map(one, paths)))  # PIL releases the GIL while decoding
+        return np.stack(list(pool.map(lambda p: read_image(p, size), paths)))  # PIL releases the GIL
 
 
 def _cache_dir() -> Path:
@@ -270,7 +293,7 @@ def _decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
             pass  # a damaged cache entry is rebuilt below
     arr = _decode(paths, size)
     try:
-        from .runs import atomic_write
+        from .core.io import atomic_write
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda f: np.save(f, arr, allow_pickle=False))
@@ -287,19 +310,19 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-@register_dataset("imagefolder", "any folder with train/<class>/* and test/<class>/* images: imagefolder:PATH")
+@register_dataset("imagefolder", DATASETS["imagefolder"])
 def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     base = Path(arg or "").expanduser()
     for part in ("train", "test"):
         if not (base / part).is_dir():
-            raise UserError(f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
+            raise DataError(f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
                             "PATH/test/<class>/ folders of images")
     classes = _class_folders(base / "train")
     if not classes:
-        raise UserError(f"{base / 'train'} has no class folders: put each class's images in train/<class>/")
+        raise DataError(f"{base / 'train'} has no class folders: put each class's images in train/<class>/")
     missing = sorted(set(_class_folders(base / "test")) - set(classes))
     if missing:
-        raise UserError(f"test/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class folders")
+        raise DataError(f"test/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class folders")
     sets = []
     size = image_size
     for part in ("train", "test"):
@@ -311,7 +334,7 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
                 paths += found
                 labels += [i] * len(found)
         if not paths:
-            raise UserError(f"{base / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"{base / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         arr = _decode_cached(paths, size)
         size = arr.shape[1]  # the test images take the training images' size
         sets.append(_as_set(arr, labels))
@@ -323,11 +346,11 @@ def _tiny_root(root: Path | None) -> Path:
     for cand in (root, root / "tiny-imagenet-200"):
         if (cand / "train").is_dir() and (cand / "val" / "val_annotations.txt").is_file():
             return cand
-    raise UserError(f"no Tiny ImageNet in {root}: download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
-                    f"unzip it there (train/, val/val_annotations.txt) or pass --data-root")
+    raise DataError(f"no Tiny ImageNet in {root}: download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
+                    f"unzip it there (train/, val/val_annotations.txt) or set `data_root`")
 
 
-@register_dataset("tinyimagenet", "Tiny ImageNet-200 in its official layout (its validation set is the test set)",
+@register_dataset("tinyimagenet", DATASETS["tinyimagenet"],
                   (200, 64))
 def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     base = _tiny_root(root)
@@ -340,7 +363,7 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
         paths += found
         labels += [index[w]] * len(found)
     if not paths:
-        raise UserError(f"{base / 'train'} holds no images in <wnid>/images/: is this Tiny ImageNet?")
+        raise DataError(f"{base / 'train'} holds no images in <wnid>/images/: is this Tiny ImageNet?")
     train = _as_set(_decode_cached(paths, 64), labels)
     # validation labels come from val_annotations.txt; the user's files are read where they are
     vpaths, vlabels = [], []
@@ -351,7 +374,7 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
             vlabels.append(index[parts[1]])
     missing = [p for p in vpaths if not p.is_file()]
     if missing:
-        raise UserError(f"val_annotations.txt names {len(missing)} missing files (first: {missing[0]})")
+        raise DataError(f"val_annotations.txt names {len(missing)} missing files (first: {missing[0]})")
     test = _as_set(_decode_cached(vpaths, 64), vlabels)
     names = {}
     words = base / "words.txt"
@@ -369,7 +392,7 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
 # the embedded default
 
 
-@register_dataset("digits", "scikit-learn's bundled 8x8 digits, upscaled to 32 px RGB (offline default)", (10, 32))
+@register_dataset("digits", DATASETS["digits"], (10, 32))
 def digits(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     from sklearn.datasets import load_digits
 
@@ -431,21 +454,40 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return ((x - torch.tensor(mean).view(1, 1, 1, 3)) / torch.tensor(std).view(1, 1, 1, 3)).permute(0, 3, 1, 2)
 
 
-def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
-            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised float ``[B, 3, H, W]`` batches and their labels.
+class Batches:
+    """The batches of one pass over a split: iterable, with ``len`` (the number of batches).
 
-    With ``train=True`` the order is shuffled and the batch augmented, both driven by ``generator``
-    (so a seeded generator makes an epoch exactly repeatable); otherwise the order is fixed.
+    With ``train=True`` the order is shuffled and every batch augmented, both driven by
+    ``generator`` (so a seeded generator makes an epoch exactly repeatable); otherwise the order is
+    fixed. Batches are normalised float ``[B, 3, H, W]`` (channels-last memory) on ``device``.
     """
-    s = data.split(split) if isinstance(split, str) else split
-    n = len(s)
-    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        imgs = s.images[idx]
-        if train:
-            imgs = augment(imgs, data.pad, data.flip, data.jitter, generator or torch.Generator())
-        x = normalize(imgs, data.mean, data.std)
-        yield x.to(device, non_blocking=True), s.labels[idx].to(device, non_blocking=True)
+
+    def __init__(self, data: "Dataset", split: "str | ImageSet", batch_size: int, *, train: bool = False,
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> None:
+        self.data = data
+        self.set = data.split(split) if isinstance(split, str) else split
+        self.batch_size = batch_size
+        self.train = train
+        self.generator = generator
+        self.device = device
+
+    def __len__(self) -> int:
+        return -(-len(self.set) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s, data = self.set, self.data
+        n = len(s)
+        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            imgs = s.images[idx]
+            if self.train:
+                imgs = augment(imgs, data.pad, data.flip, data.jitter, self.generator or torch.Generator())
+            x = normalize(imgs, data.mean, data.std)
+            yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
+
+
+def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
+            generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Batches:
+    """The :class:`Batches` of one pass over ``split`` (see there)."""
+    return Batches(data, split, batch_size, train=train, generator=generator, device=device)

@@ -13,23 +13,19 @@ confident output (``"most_confident"``, the reference's) or the final output (``
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .analysis.early_exit import FALLBACKS
+from .core.errors import ArgumentError
+from .core.exits import check_fallback
 from .costs import output_costs
-from .errors import UserError
 from .heads import ICHead
 from .sdn import SDN
-
-
 
 @dataclass
 class EngineResult:
@@ -114,13 +110,14 @@ class EarlyExitEngine:
     def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
                  device: torch.device | str | None = None, fold_bn: bool = True) -> None:
         if not isinstance(sdn, SDN):
-            raise UserError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
-        if fallback not in FALLBACKS:
-            raise UserError(f"unknown fallback {fallback!r}: choose one of {', '.join(FALLBACKS)}")
+            raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
+        check_fallback(fallback)
         n_ics = len(sdn.positions)
         qs = [float(threshold)] * n_ics if isinstance(threshold, (int, float)) else [float(q) for q in threshold]
         if len(qs) != n_ics:
-            raise UserError(f"{len(qs)} thresholds for {n_ics} ICs")
+            raise ArgumentError(f"{len(qs)} thresholds for {n_ics} ICs")
+        if not all(0.0 <= q <= 1.0 for q in qs):  # NaN fails too
+            raise ArgumentError(f"a `threshold` is a softmax confidence and must lie in [0, 1], got {qs}")
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
         self.sdn = sdn.eval().to(self.device)
         self.thresholds = qs
@@ -139,33 +136,11 @@ class EarlyExitEngine:
         for k, (p, h) in enumerate(zip(sdn.positions, self._heads)):
             self._at[p] = (k, h, qs[k])
 
-    @classmethod
-    def from_run(cls, run: str | Path, threshold: float | None = None, fallback: str | None = None,
-                 device: torch.device | str = "cpu") -> "EarlyExitEngine":
-        """The engine of a run, at its calibrated threshold (``shallowdeep analyze`` writes it)."""
-        from .runs import WEIGHTS, load, read_json, sha256_file
-
-        model = load(run, device)
-        path = Path(run) / "calibration.json"
-        if threshold is None:
-            if not path.is_file():
-                raise UserError(f"{run} has no calibrated threshold: run `shallowdeep analyze {run}` first "
-                                "or pass --threshold")
-            cal = read_json(path)
-            if cal.get("weights_sha256") != sha256_file(Path(run) / WEIGHTS):
-                raise UserError(f"{path} was calibrated for other weights: run `shallowdeep analyze {run}` again "
-                                "or pass --threshold")
-            threshold = float(cal["threshold"])
-            fallback = fallback or cal.get("fallback")
-        elif fallback is None and path.is_file():
-            fallback = read_json(path).get("fallback")  # an explicit threshold keeps the calibrated fallback
-        return cls(model, threshold, fallback or "most_confident", device)
-
     # ------------------------------------------------------------------------------------ paths
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise UserError("the engine takes a float tensor of images shaped [N, 3, H, W]")
+            raise ArgumentError("the engine takes a float tensor of images shaped [N, 3, H, W]")
         if x.dim() == 4 and x.shape[0] == 0:
             return x
         self.sdn.cnn.check_input(x)
@@ -178,7 +153,7 @@ class EarlyExitEngine:
             x = x.unsqueeze(0)
         x = self._check(x)
         if x.shape[0] != 1:
-            raise UserError(f"classify_one takes one image, got a batch of {x.shape[0]}")
+            raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
         h = self._stem(x)
         most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
         for block, at in zip(self._blocks, self._at):
@@ -258,7 +233,7 @@ class EarlyExitEngine:
         ``batch_size`` with compaction. Results are in input order."""
         x = self._check(x)
         if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+            raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
         if batch_size == 1:
             rows = [self.classify_one(x[i : i + 1]) for i in range(x.shape[0])]
             preds = torch.tensor([r[0] for r in rows], dtype=torch.int64)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .core.errors import ArgumentError, MissingExtraError
 from .sdn import SDN, feature_shapes
 
 
@@ -38,7 +36,7 @@ def target_block(sdn: SDN, output: int) -> nn.Module:
     for i in range(last, -1, -1):
         if len(shapes[i]) == 3:
             return sdn.cnn.blocks[i]
-    raise UserError(f"{sdn.arch} has no convolutional block before output {output}: Grad-CAM needs one")
+    raise ArgumentError(f"{sdn.arch} has no convolutional block before output {output}: Grad-CAM needs one")
 
 
 @dataclass
@@ -66,6 +64,7 @@ def explain_output(sdn: SDN, x: torch.Tensor, output: int, classes: np.ndarray) 
     the whole SDN. Hooks are registered and removed by the library's context manager; guided
     backprop swaps ReLUs on a private copy, so ``sdn`` is left exactly as it was.
     """
+    require_grad_cam()
     from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -93,82 +92,29 @@ def disagreements(record, limit: int) -> np.ndarray:
     return np.flatnonzero(c[:, 0] & ~c[:, -1])[:limit]
 
 
-def explanation_grid(images: np.ndarray, first: Explanation, final: Explanation, true: np.ndarray,
-                     names: list[str]) -> bytes:
-    """A PNG: per input, the image and the three maps for IC 1 and for the final output."""
+PANEL_TITLES = ("input", "IC 1 Grad-CAM", "IC 1 guided BP", "IC 1 guided Grad-CAM",
+                "final Grad-CAM", "final guided BP", "final guided Grad-CAM")
+
+
+def explanation_panels(images: np.ndarray, first: Explanation, final: Explanation) -> np.ndarray:
+    """Per input the seven RGB panels of :data:`PANEL_TITLES`: uint8 ``[N, 7, H, W, 3]``."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from .report import _plt, png_bytes
-
-    plt = _plt()
-    n = len(true)
-    cols = ["input", "IC 1 Grad-CAM", "IC 1 guided BP", "IC 1 guided Grad-CAM",
-            "final Grad-CAM", "final guided BP", "final guided Grad-CAM"]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.5 * len(cols), 1.7 * n + 0.4), squeeze=False)
-    for i in range(n):
+    rows = []
+    for i in range(len(images)):
         img = images[i].astype(np.float32) / 255
-        panels = [images[i],
-                  show_cam_on_image(img, first.cam[i], use_rgb=True), _deprocess(first.guided[i]), first.guided_cam[i],
-                  show_cam_on_image(img, final.cam[i], use_rgb=True), _deprocess(final.guided[i]), final.guided_cam[i]]
-        for j, panel in enumerate(panels):
-            ax = axes[i][j]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=6.5)
-        axes[i][0].set_ylabel(f"true {names[true[i]]}\nIC 1: {names[first.classes[i]]}\nfinal: {names[final.classes[i]]}",
-                              fontsize=6)
-    fig.tight_layout()
-    return png_bytes(fig, dpi=120)
+        rows.append(np.stack([
+            images[i],
+            show_cam_on_image(img, first.cam[i], use_rgb=True), _deprocess(first.guided[i]), first.guided_cam[i],
+            show_cam_on_image(img, final.cam[i], use_rgb=True), _deprocess(final.guided[i]), final.guided_cam[i],
+        ]))
+    return np.stack(rows) if rows else np.zeros((0, 7, *images.shape[1:]), np.uint8)
 
 
-def explain_run(run: str | Path, split: str = "test", limit: int = 8, out: str | Path | None = None,
-                device: str = "cpu", log=None) -> dict[str, Any]:
-    """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json``."""
-    from .data import normalize
-    from .record import load_run_data, run_records
-    from .runs import RUN_JSON, load, read_json, write_bytes, write_json
-
-    run = Path(run)
-    meta = read_json(run / RUN_JSON)
-    if meta.get("model", {}).get("kind") != "sdn":
-        raise UserError(f"{run} is a plain CNN run: explanations compare IC 1 with the final output; make it an SDN "
-                        f"with `shallowdeep train --mode ic-only --from {run} --out DIR`")
-    if limit < 1:
-        raise UserError(f"--max must be at least 1, got {limit}")
-    model = load(run, device)
-    data = load_run_data(run)
-    record = run_records(run, (split,), model=model, data=data, device=device, log=log)[split]
-    pick = disagreements(record, limit)
-    out = Path(out) if out else run / "explain"
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("input_*.png"):  # images of an earlier, possibly longer, explanation
-        old.unlink()
-    names = list(data.meta.get("class_names", data.classes))
-    result: dict[str, Any] = {"split": split, "count_total": int((record.correct[:, 0] & ~record.correct[:, -1]).sum()),
-                              "inputs": [], "files": []}
-    if len(pick):
-        s = data.split(split)
-        x = normalize(s.images[pick], data.mean, data.std).contiguous().to(device)
-        first = explain_output(model, x, 0, record.preds[pick, 0])
-        final = explain_output(model, x, model.num_outputs - 1, record.preds[pick, -1])
-        images = s.images[pick].numpy()
-        png = explanation_grid(images, first, final, record.labels[pick], names)
-        write_bytes(out / "explanations.png", png)
-        result["files"].append("explanations.png")
-        for j, i in enumerate(pick):
-            single = explanation_grid(images[j : j + 1], _take(first, j), _take(final, j), record.labels[pick][j : j + 1], names)
-            name = f"input_{int(record.ids[i])}.png"
-            write_bytes(out / name, single)
-            result["files"].append(name)
-            result["inputs"].append({"id": int(record.ids[i]), "true": names[record.labels[i]],
-                                     "ic1": names[record.preds[i, 0]], "final": names[record.preds[i, -1]],
-                                     "ic1_cam_mean": float(first.cam[j].mean()), "final_cam_mean": float(final.cam[j].mean()),
-                                     "file": name})
-    write_json(out / "explain.json", result)
-    return result | {"folder": str(out)}
-
-
-def _take(e: Explanation, j: int) -> Explanation:
-    return Explanation(e.output, e.classes[j : j + 1], e.cam[j : j + 1], e.guided[j : j + 1], e.guided_cam[j : j + 1])
+def require_grad_cam() -> None:
+    """Raise :class:`MissingExtraError` unless the optional ``grad-cam`` package is importable."""
+    try:
+        import pytorch_grad_cam  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("explanations need the optional grad-cam package, which is not installed",
+                                extra="explain") from None

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .errors import UserError
+from .core.errors import ArgumentError
+from .core.exits import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
 from .heads import ICHead
 from .models.base import CNN
 
@@ -35,7 +36,7 @@ class SDN(nn.Module):
         super().__init__()
         positions = tuple(cnn.ic_positions if positions is None else positions)
         if list(positions) != sorted(set(positions)) or any(p < 0 or p >= len(cnn.blocks) - 1 for p in positions):
-            raise UserError(
+            raise ArgumentError(
                 f"IC positions must be increasing block indices below {len(cnn.blocks) - 1} "
                 f"(the last block feeds the final classifier), got {list(positions)}"
             )
@@ -80,7 +81,7 @@ class SDN(nn.Module):
     def cut(self, k: int) -> "CutSDN":
         """The network up to IC ``k`` (0-based), whose last output is IC k; modules are shared."""
         if not 0 <= k < len(self.positions):
-            raise UserError(f"this SDN has ICs 0..{len(self.positions) - 1}, cannot cut after IC {k}")
+            raise ArgumentError(f"this SDN has ICs 0..{len(self.positions) - 1}, cannot cut after IC {k}")
         return CutSDN(self, k)
 
 
@@ -114,9 +115,10 @@ def run_blocks(stem: nn.Module, blocks: Sequence[nn.Module], positions: Sequence
     return outputs, x
 
 
-def output_names(num_outputs: int) -> list[str]:
-    """``IC 1`` … ``IC k``, then ``final``: how every table and figure names the outputs."""
-    return [f"IC {i + 1}" for i in range(num_outputs - 1)] + ["final"]
+def outputs_of(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every output of a CNN (one) or an SDN (ICs then final) as a list."""
+    out = model(x)
+    return out if isinstance(out, list) else [out]
 
 
 def to_sdn(cnn: CNN, positions: Sequence[int] | None = None) -> SDN:

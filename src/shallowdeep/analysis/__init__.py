@@ -1,6 +1,12 @@
-"""Analyses of exit records: pure, vectorised functions that never run the network."""
-from .confusion import confusion
-from .early_exit import REFERENCE_THRESHOLDS, calibrate, default_thresholds, early_exit, sweep
-from .overthinking import overthinking
+"""Analyses of exit records: pure, vectorised functions that never run the network (numpy only)."""
+from .backdoor import BackdoorResult, backdoor_figures
+from .confusion import Confusion, confusion
+from .early_exit import (FALLBACKS, REFERENCE_THRESHOLDS, Calibration, EarlyExit, OperatingPoint, ReferenceProtocol,
+                         Sweep, calibrate, default_thresholds, early_exit, reference_protocol, sweep)
+from .overthinking import Overthinking, overthinking
+from .record import ExitRecord
+from .summary import RunAnalysis, analyze
 
-__all__ = ["REFERENCE_THRESHOLDS", "calibrate", "confusion", "default_thresholds", "early_exit", "overthinking", "sweep"]
+__all__ = ["FALLBACKS", "REFERENCE_THRESHOLDS", "BackdoorResult", "Calibration", "Confusion", "EarlyExit", "ExitRecord",
+           "OperatingPoint", "Overthinking", "ReferenceProtocol", "RunAnalysis", "Sweep", "analyze", "backdoor_figures",
+           "calibrate", "confusion", "default_thresholds", "early_exit", "overthinking", "reference_protocol", "sweep"]

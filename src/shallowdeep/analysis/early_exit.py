@@ -1,15 +1,114 @@
 """Confidence-based early exits (paper section 5.1, spec section 7): simulation, sweep, calibration."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
-from ..record import ExitRecord
+from ..core.errors import ArgumentError
+from ..core.exits import FALLBACKS, check_fallback
+from .record import ExitRecord
 
 REFERENCE_THRESHOLDS = (0.1, 0.15, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
-FALLBACKS = ("most_confident", "final")
+
+__all__ = ["FALLBACKS", "REFERENCE_THRESHOLDS", "Calibration", "EarlyExit", "OperatingPoint", "ReferenceProtocol",
+           "Sweep", "calibrate", "default_thresholds", "early_exit", "reference_protocol", "sweep"]
+
+
+@dataclass(frozen=True)
+class EarlyExit:
+    """Early exits at one threshold. ``exits``, ``predictions`` and ``costs`` are per input;
+    ``exit_counts`` per output (the last: no IC exit)."""
+
+    threshold: float
+    fallback: str
+    accuracy: float
+    relative_cost: float
+    exit_counts: list[int]
+    exits: np.ndarray
+    predictions: np.ndarray
+    costs: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "fallback": self.fallback, "accuracy": self.accuracy,
+                "relative_cost": self.relative_cost, "exit_counts": self.exit_counts}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Early exits at many thresholds: ``thresholds``, ``accuracy``, ``relative_cost`` ``[T]`` and
+    ``exit_counts`` ``[T, outputs]``."""
+
+    thresholds: np.ndarray
+    accuracy: np.ndarray
+    relative_cost: np.ndarray
+    exit_counts: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.tolist() for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Early exits at the chosen threshold on one split, beside that split's final output."""
+
+    accuracy: float
+    relative_cost: float
+    final_accuracy: float
+    exit_counts: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold chosen on the validation record (``val``) and reported on the test record (``test``).
+
+    ``rule`` is ``{"max_drop": d}`` (cheapest within d of the final output) or ``{"budget": b}``
+    (most accurate at a relative cost within b).
+    """
+
+    rule: dict[str, float]
+    fallback: str
+    threshold: float
+    val: OperatingPoint
+    test: OperatingPoint | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"rule": dict(self.rule), "fallback": self.fallback, "threshold": self.threshold,
+                             "val": self.val.to_json()}
+        if self.test is not None:
+            d["test"] = self.test.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Calibration":
+        """Rebuild a calibration from :meth:`to_json`; a malformed one is an :class:`ArgumentError`."""
+        try:
+            threshold = float(d["threshold"])
+            if not 0.0 <= threshold <= 1.0:  # NaN fails too
+                raise ValueError(f"threshold {threshold} outside [0, 1]")
+            test = d.get("test")
+            return cls(dict(d.get("rule") or {}), check_fallback(str(d.get("fallback", "most_confident"))), threshold,
+                       OperatingPoint(**d["val"]), OperatingPoint(**test) if test else None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArgumentError(f"not a calibration ({e})") from None
+
+
+@dataclass(frozen=True)
+class ReferenceProtocol:
+    """The reference's protocol, for comparison only: its 11 thresholds chosen on the test set."""
+
+    label: str
+    rows: list[dict[str, float]]
+    chosen_threshold: float
+    chosen: OperatingPoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "rows": self.rows, "chosen_threshold": self.chosen_threshold,
+                "chosen": self.chosen.to_json()}
 
 
 def default_thresholds() -> np.ndarray:
@@ -19,13 +118,12 @@ def default_thresholds() -> np.ndarray:
 
 
 def _fallback_preds(record: ExitRecord, fallback: str) -> np.ndarray:
+    check_fallback(fallback)
     if fallback == "final":
         return record.preds[:, -1]
-    if fallback == "most_confident":
-        # the reference: the output (of all) with the highest maximum softmax; first one on ties
-        best = record.confidence.argmax(1)
-        return record.preds[np.arange(record.num_inputs), best]
-    raise UserError(f"unknown fallback {fallback!r}: choose one of {', '.join(FALLBACKS)}")
+    # the reference: the output (of all) with the highest maximum softmax; first one on ties
+    best = record.confidence.argmax(1)
+    return record.preds[np.arange(record.num_inputs), best]
 
 
 def _exits(record: ExitRecord, thresholds: np.ndarray) -> np.ndarray:
@@ -47,13 +145,12 @@ def _count_below(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.n
     return cum[np.searchsorted(values[order], q, side="left")]
 
 
-def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident") -> dict[str, np.ndarray]:
+def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident") -> Sweep:
     """Accuracy, relative cost and exit counts of early exits at every threshold.
 
-    Returns arrays ``thresholds [T]``, ``accuracy [T]``, ``relative_cost [T]``,
-    ``exit_counts [T, outputs]``. An input reaches output i (exits there or later) exactly when
-    the running maximum ``m`` of the ICs' confidences before i stays below q, so every figure is a
-    weighted count of ``m[:, i-1] < q``: one sort per output answers all thresholds at once.
+    An input reaches output i (exits there or later) exactly when the running maximum ``m`` of the
+    ICs' confidences before i stays below q, so every figure is a weighted count of ``m[:, i-1] < q``:
+    one sort per output answers all thresholds at once.
     """
     q = default_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64).reshape(-1)
     k, n = record.num_outputs, record.num_inputs
@@ -73,12 +170,11 @@ def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident")
         correct += arrive - leave
     cost = (counts * record.costs[None, :]).sum(1) / max(n, 1) / record.cnn_cost
     accuracy = correct / n if n else np.zeros(len(q))
-    return {"thresholds": q, "accuracy": accuracy, "relative_cost": cost, "exit_counts": counts}
+    return Sweep(q, accuracy, cost, counts)
 
 
-def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confident") -> dict[str, Any]:
-    """Early exits at one threshold: ``accuracy``, ``relative_cost`` (average cost / CNN cost),
-    ``exit_counts`` per output, and per input ``exits``, ``predictions`` and ``costs``.
+def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confident") -> EarlyExit:
+    """Early exits at one threshold.
 
     An input exits at the first IC whose maximum softmax is >= ``threshold``; one that exits at no
     IC pays for the whole SDN and gets the fallback's prediction: the most confident output
@@ -90,21 +186,24 @@ def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confi
     ic_preds = record.preds[np.arange(n), np.minimum(exits, k - 1)]
     preds = np.where(exits < k - 1, ic_preds, fb)
     costs = record.costs[exits]
-    return {
-        "threshold": float(threshold),
-        "fallback": fallback,
-        "accuracy": float((preds == record.labels).mean()) if n else 0.0,
-        "relative_cost": float(costs.mean() / record.cnn_cost) if n else 0.0,
-        "exit_counts": np.bincount(exits, minlength=k).tolist(),
-        "exits": exits,
-        "predictions": preds,
-        "costs": costs,
-    }
+    return EarlyExit(
+        threshold=float(threshold), fallback=fallback,
+        accuracy=float((preds == record.labels).mean()) if n else 0.0,
+        relative_cost=float(costs.mean() / record.cnn_cost) if n else 0.0,
+        exit_counts=np.bincount(exits, minlength=k).tolist(),
+        exits=exits, predictions=preds, costs=costs,
+    )
+
+
+def _point(record: ExitRecord, threshold: float, fallback: str) -> OperatingPoint:
+    e = early_exit(record, threshold, fallback)
+    return OperatingPoint(e.accuracy, e.relative_cost, float(record.accuracy()[-1]) if record.num_inputs else 0.0,
+                          e.exit_counts)
 
 
 def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: float | None = 0.01,
               budget: float | None = None, fallback: str = "most_confident", thresholds=None,
-              swept: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+              swept: Sweep | None = None) -> Calibration:
     """Choose a threshold on the validation record and report it on the test record.
 
     With ``budget`` (a relative cost): the most accurate threshold whose cost is within it.
@@ -112,45 +211,42 @@ def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: floa
     ``max_drop``. Ties go to the higher accuracy, then the higher threshold. ``swept`` is
     ``sweep(val, thresholds, fallback)`` when the caller already has it.
     """
+    if budget is not None and not budget > 0:
+        raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be positive, got {budget}")
+    if max_drop is not None and not 0 <= max_drop <= 1:
+        raise ArgumentError(f"`max_drop` is an accuracy drop and must lie in [0, 1], got {max_drop}")
     s = sweep(val, thresholds, fallback) if swept is None else swept
-    q, acc, cost = s["thresholds"], s["accuracy"], s["relative_cost"]
+    q, acc, cost = s.thresholds, s.accuracy, s.relative_cost
     final_acc = float(val.accuracy()[-1]) if val.num_inputs else 0.0
     if budget is not None:
         ok = cost <= budget + 1e-12
         if not ok.any():
-            raise UserError(f"no threshold keeps the cost within {budget:.3f} of the CNN's (cheapest: {cost.min():.3f})")
+            raise ArgumentError(f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
+                                f"(cheapest: {cost.min():.3f}): raise it")
         order = np.lexsort((-q, -acc))  # best accuracy first, then higher threshold
-        rule = {"budget": budget}
+        rule = {"budget": float(budget)}
     else:
         drop = 0.01 if max_drop is None else max_drop
         ok = acc >= final_acc - drop - 1e-12
         if not ok.any():  # cannot happen with a threshold above every confidence, but stay total
             ok = acc >= acc.max()
         order = np.lexsort((-q, -acc, cost))  # cheapest first, then more accurate, then higher threshold
-        rule = {"max_drop": drop}
+        rule = {"max_drop": float(drop)}
     best = next(i for i in order if ok[i])
     chosen = float(q[best])
-    out: dict[str, Any] = {
-        "rule": rule, "fallback": fallback, "threshold": chosen,
-        "val": {"accuracy": float(acc[best]), "relative_cost": float(cost[best]), "final_accuracy": final_acc,
-                "exit_counts": s["exit_counts"][best].tolist()},
-    }
-    if test is not None:
-        t = early_exit(test, chosen, fallback)
-        out["test"] = {"accuracy": t["accuracy"], "relative_cost": t["relative_cost"], "exit_counts": t["exit_counts"],
-                       "final_accuracy": float(test.accuracy()[-1]) if test.num_inputs else 0.0}
-    return out
+    val_point = OperatingPoint(float(acc[best]), float(cost[best]), final_acc, s.exit_counts[best].tolist())
+    return Calibration(rule, fallback, chosen, val_point, _point(test, chosen, fallback) if test is not None else None)
 
 
-def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str = "most_confident") -> dict[str, Any]:
+def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str = "most_confident") -> ReferenceProtocol:
     """The reference's protocol, for comparison only: 11 thresholds evaluated *on the test set*,
     and the cheapest within ``max_drop`` of the final output chosen there (an optimistic figure)."""
     s = sweep(test, REFERENCE_THRESHOLDS, fallback)
     chosen = calibrate(test, None, max_drop=max_drop, fallback=fallback, swept=s)
-    return {
-        "label": "reference protocol: thresholds chosen on the test set (optimistic, not a fair estimate)",
-        "rows": [{"threshold": float(q), "accuracy": float(a), "relative_cost": float(c)}
-                 for q, a, c in zip(s["thresholds"], s["accuracy"], s["relative_cost"])],
-        "chosen_threshold": chosen["threshold"],
-        "chosen": chosen["val"],
-    }
+    return ReferenceProtocol(
+        label="reference protocol: thresholds chosen on the test set (optimistic, not a fair estimate)",
+        rows=[{"threshold": float(q), "accuracy": float(a), "relative_cost": float(c)}
+              for q, a, c in zip(s.thresholds, s.accuracy, s.relative_cost)],
+        chosen_threshold=chosen.threshold,
+        chosen=chosen.val,
+    )

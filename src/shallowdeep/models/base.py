@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import ArgumentError
 
 
 class CNN(nn.Module):
@@ -38,7 +38,7 @@ class CNN(nn.Module):
         """Raise a clear error for a batch that this network cannot take."""
         expected = (3, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise UserError(
+            raise ArgumentError(
                 f"{self.arch} expects images shaped [N, {expected[0]}, {expected[1]}, {expected[2]}], "
                 f"got {list(x.shape)}: resize the images to {self.image_size}x{self.image_size} RGB"
             )
@@ -72,7 +72,7 @@ def require_size(arch: str, image_size: int, allowed: tuple[int, ...]) -> None:
     """Refuse an input size that a paper backbone was not defined for."""
     if image_size not in allowed:
         sizes = " or ".join(str(s) for s in allowed)
-        raise UserError(
-            f"{arch} takes {sizes} px images, not {image_size} px: resize the data (--image-size) "
+        raise ArgumentError(
+            f"{arch} takes {sizes} px images, not {image_size} px: resize the data (`image_size`) "
             f"or pick another architecture"
         )

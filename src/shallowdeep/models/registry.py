@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import UserError
+from ..core.errors import ArgumentError
 from .base import CNN
 
 Builder = Callable[[int, int], CNN]
@@ -30,7 +30,7 @@ def list_archs() -> list[str]:
 def build_cnn(arch: str, num_classes: int, image_size: int) -> CNN:
     """Build the plain CNN ``arch`` for ``num_classes`` classes and square ``image_size`` inputs."""
     if arch not in _BUILDERS:
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(list_archs())}")
+        raise ArgumentError(f"unknown architecture {arch!r}: choose one of {', '.join(list_archs())}")
     if num_classes < 1:
-        raise UserError(f"a classifier needs at least one class, got {num_classes}")
+        raise ArgumentError(f"a classifier needs at least one class, got {num_classes}")
     return _BUILDERS[arch](num_classes, image_size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import ArgumentError
 from .base import CNN
 from .registry import register
 
@@ -14,7 +14,7 @@ _CFG = ((16, False), (32, True), (32, False), (64, True), (64, False))
 def small(num_classes: int, image_size: int) -> CNN:
     """Five conv-BN-ReLU blocks (16-64 channels, two max-pools), an IC after each of the first four."""
     if image_size < 8 or image_size % 4:
-        raise UserError(f"small takes images of at least 8 px in multiples of 4, not {image_size} px")
+        raise ArgumentError(f"small takes images of at least 8 px in multiples of 4, not {image_size} px")
     stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
     blocks: list[nn.Module] = []
     cin = 16

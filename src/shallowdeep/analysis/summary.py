@@ -1,0 +1,74 @@
+"""Every analysis of one run's records at once: what the report shows and ``report.json`` holds."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..core.exits import output_names
+from .backdoor import BackdoorResult
+from .confusion import Confusion, confusion
+from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, reference_protocol, sweep
+from .overthinking import Overthinking, overthinking
+from .record import ExitRecord
+
+
+@dataclass(frozen=True)
+class OutputRow:
+    """One output's cumulative cost and accuracy on the validation and test splits."""
+
+    output: str
+    gflops: float
+    relative_cost: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """The analyses of a run's train/val/test records (validation chooses, test reports)."""
+
+    num_outputs: int
+    cnn_gflops: float
+    outputs: list[OutputRow]
+    fallback: str
+    calibrated: Calibration
+    calibrated_budget: Calibration | None
+    reference: ReferenceProtocol
+    curves: dict[str, Sweep]  # "val", "test"
+    overthinking: Overthinking
+    confusion: Confusion
+    backdoor: BackdoorResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        ee: dict[str, Any] = {"fallback": self.fallback, "calibrated": self.calibrated.to_json(),
+                              "reference_protocol": self.reference.to_json(),
+                              "curves": {k: v.to_json() for k, v in self.curves.items()}}
+        if self.calibrated_budget is not None:
+            ee["calibrated_budget"] = self.calibrated_budget.to_json()
+        d = {"num_outputs": self.num_outputs, "cnn_gflops": self.cnn_gflops,
+             "outputs": [asdict(o) for o in self.outputs], "early_exit": ee,
+             "overthinking": self.overthinking.to_json(), "confusion": self.confusion.to_json()}
+        if self.backdoor is not None:
+            d["backdoor"] = self.backdoor.to_json()
+        return d
+
+
+def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: float | None = None,
+            fallback: str = "most_confident") -> RunAnalysis:
+    """Every analysis from a run's ``"train"``, ``"val"`` and ``"test"`` records (train only
+    normalises confusion). The validation sweep is computed once and shared with calibration."""
+    val, test = records["val"], records["test"]
+    k = test.num_outputs
+    names = output_names(k)
+    val_acc, test_acc = val.accuracy(), test.accuracy()
+    rows = [OutputRow(names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]),
+                      float(test_acc[i])) for i in range(k)]
+    curves = {"val": sweep(val, fallback=fallback), "test": sweep(test, fallback=fallback)}
+    return RunAnalysis(
+        num_outputs=k, cnn_gflops=float(test.cnn_cost / 1e9), outputs=rows, fallback=fallback,
+        calibrated=calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"]),
+        calibrated_budget=(calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"])
+                           if budget is not None else None),
+        reference=reference_protocol(test, max_drop, fallback), curves=curves,
+        overthinking=overthinking(test), confusion=confusion(test, stats=records.get("train")),
+    )

@@ -1,0 +1,29 @@
+"""One inference pass of a model over a split -> an :class:`~shallowdeep.analysis.ExitRecord`."""
+from __future__ import annotations
+
+import torch
+
+from .analysis.record import ExitRecord
+from .costs import output_costs
+from .data import Dataset, batches
+from .sdn import outputs_of
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch_size: int = 256,
+            device: torch.device | str = "cpu", meta: dict | None = None) -> ExitRecord:
+    """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output."""
+    was_training = model.training
+    model.eval().to(device)
+    chunks, labels = [], []
+    try:
+        for x, y in batches(data, split, batch_size, device=device):
+            chunks.append(torch.stack(outputs_of(model, x), dim=1).float().cpu())
+            labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    s = data.split(split)
+    costs = output_costs(model)
+    logits = torch.cat(chunks) if chunks else torch.zeros(0, len(costs.outputs), data.num_classes)
+    return ExitRecord.from_arrays(logits, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+                                  costs.outputs, costs.cnn, s.ids, {"split": split, **(meta or {})})

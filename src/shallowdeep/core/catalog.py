@@ -1,0 +1,20 @@
+"""The names the command line offers before anything heavy is imported: the built-in architectures
+and data sets with one line each. The registries (``models``, ``data``) hold the builders; a test
+keeps the two in step."""
+from __future__ import annotations
+
+ARCHITECTURES = {
+    "mobilenet": "MobileNet (v1) at 32 or 64 px, 5 ICs (the paper's)",
+    "resnet56": "ResNet-56 at 32 or 64 px, 6 ICs (the paper's)",
+    "small": "a five-block CNN for the embedded digits and tests, 4 ICs",
+    "vgg16_bn": "VGG-16 with batch norm at 32 or 64 px, 6 ICs (the paper's)",
+    "wrn32_4": "Wide-ResNet-32-4 at 32 or 64 px, 6 ICs (the paper's)",
+}
+
+DATASETS = {
+    "cifar10": "CIFAR-10 (torchvision; downloads into the data root when online)",
+    "cifar100": "CIFAR-100 (torchvision; downloads into the data root when online)",
+    "digits": "scikit-learn's bundled 8x8 digits, upscaled to 32 px RGB (offline default)",
+    "imagefolder": "any folder with train/<class>/* and test/<class>/* images: imagefolder:PATH",
+    "tinyimagenet": "Tiny ImageNet-200 in its official layout (its validation set is the test set)",
+}

@@ -1,0 +1,128 @@
+"""Atomic writes, JSON and safetensors files. Nothing here unpickles anything.
+
+Tensors are passed as numpy arrays (``safetensors.numpy``), so this layer needs no torch; the
+layers above convert.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import RunFolderError
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file through ``write(f)`` into a temporary sibling, fsync it, then rename over ``path``.
+
+    A reader (or a killed process) sees the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``folder``; return them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write ``data``."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object, or raise a one-line :class:`RunFolderError`."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{path} is not readable JSON ({e}): the run folder is damaged") from None
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged")
+    return obj
+
+
+def arrays_to_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> bytes:
+    """Serialise numpy arrays as safetensors; ``metadata`` (JSON-able) goes into its header."""
+    from safetensors.numpy import save
+
+    meta = {"json": json.dumps(metadata)} if metadata is not None else None
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta)
+
+
+def read_safetensors(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of a safetensors file and the JSON metadata in its header, checked to parse.
+
+    Raises a one-line :class:`RunFolderError` for a missing, truncated or foreign file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        header_len = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_len > len(data) - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(data[8:8 + header_len])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} does not exist") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path} is not a valid safetensors file ({e}): it is truncated or foreign; "
+                             "retrain or restore it") from None
+    meta_json = (header.get("__metadata__") or {}).get("json")
+    try:
+        meta = json.loads(meta_json) if meta_json else {}
+    except ValueError:
+        raise RunFolderError(f"{path} has damaged metadata: retrain or restore it") from None
+    return data, meta
+
+
+def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a safetensors file as numpy arrays plus its JSON metadata."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    data, meta = read_safetensors(path)
+    try:
+        return load(data), meta
+    except (SafetensorError, ValueError) as e:
+        raise RunFolderError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated "
+                             "or foreign; retrain or restore it") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (used to tell whether weights changed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

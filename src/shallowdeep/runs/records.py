@@ -1,0 +1,88 @@
+"""A run's exit records, cached in ``RUN/records/`` and reused while the weights and inputs match."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.record import ExitRecord
+from ..backdoor import Backdoor, triggered_split
+from ..collect import collect
+from ..core.errors import RunFolderError, UserError
+from ..data import Dataset, load_dataset
+from .folder import RunFolder
+from .weights import load
+
+
+def run_data(run: str | Path) -> Dataset:
+    """The data set a run was trained on, from its ``run.json`` alone."""
+    cfg = RunFolder(run).meta().get("config", {})
+    try:
+        return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"))
+    except KeyError:
+        raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
+
+
+def backdoor_of(run: str | Path) -> Backdoor | None:
+    """The backdoor a run was trained with, or that the CNN an IC-only run came from was."""
+    folder = RunFolder(run)
+    cfg = folder.meta().get("config", {})
+    if cfg.get("backdoor"):
+        return Backdoor.from_json(cfg["backdoor"])
+    if cfg.get("mode") == "ic-only" and cfg.get("from_run") and RunFolder(cfg["from_run"]).exists():
+        return backdoor_of(cfg["from_run"])
+    return None
+
+
+def _same_inputs(rec: ExitRecord, data: Dataset | None, split: str) -> bool:
+    """Whether a cached record still describes ``data``'s split (same ids and labels); without the
+    data at hand, trust the cache (it is keyed by the weights)."""
+    if data is None or "+" in split:
+        return True
+    s = data.split(split)
+    return len(s) == rec.num_inputs and np.array_equal(s.ids.numpy(), rec.ids) and np.array_equal(s.labels.numpy(), rec.labels)
+
+
+def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *,
+                model: torch.nn.Module | None = None, data: Dataset | None = None,
+                device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, ExitRecord]:
+    """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
+    the same (the cache stores the weights' SHA-256) and, when ``data`` is given, the split's ids and
+    labels still match. ``"test+trigger"`` is the test split's non-target inputs with the run's
+    backdoor trigger pasted on (true labels kept)."""
+    folder = RunFolder(run)
+    meta = folder.meta()
+    sha = folder.weights_sha256()
+    out: dict[str, ExitRecord] = {}
+    for split in splits:
+        path = folder.record(split)
+        if path.is_file():
+            try:
+                rec = ExitRecord.load(path)
+                if rec.meta.get("weights_sha256") == sha and _same_inputs(rec, data, split):
+                    out[split] = rec
+                    continue
+            except UserError:
+                pass  # a damaged cache entry is collected again
+        if model is None:
+            model = load(run, device)
+        if data is None:
+            data = run_data(run)
+        source, base = data, split
+        if split.endswith("+trigger"):
+            b = backdoor_of(run)
+            if b is None:
+                raise RunFolderError(f"{run} has no backdoor: there is no triggered split")
+            base = split.split("+")[0]
+            source = replace(data, **{base: triggered_split(data, base, b)})
+        if log is not None:
+            log(f"collecting the {split} record ({len(source.split(base))} inputs)")
+        rec = collect(model, source, base, device=device,
+                      meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
+        folder.subfolder(folder.records)
+        rec.save(folder.inside(path))
+        out[split] = rec
+    return out

@@ -1,0 +1,122 @@
+"""Models and optimiser state <-> safetensors files and run metadata. Nothing here is unpickled."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..core.errors import ArgumentError, RunFolderError
+from ..core.io import read_safetensors, write_bytes
+from ..models import CNN, build_cnn
+from ..sdn import SDN
+from .folder import RunFolder
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> bytes:
+    """Serialise tensors as safetensors; ``metadata`` (JSON-able) goes into its header."""
+    meta = {"json": json.dumps(metadata)} if metadata is not None else None
+    return st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file and its JSON metadata, or raise a one-line :class:`RunFolderError`."""
+    data, meta = read_safetensors(path)
+    try:
+        return st_load(data), meta
+    except (SafetensorError, ValueError) as e:
+        raise RunFolderError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated or "
+                             "foreign; retrain or restore it") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# models <-> run metadata
+
+
+def describe(model: CNN | SDN) -> dict[str, Any]:
+    """The architecture part of ``run.json``: enough to rebuild ``model`` with no other input."""
+    cnn = model.cnn if isinstance(model, SDN) else model
+    return {
+        "kind": "sdn" if isinstance(model, SDN) else "cnn",
+        "arch": cnn.arch,
+        "num_classes": cnn.num_classes,
+        "image_size": cnn.image_size,
+        "ic_positions": list(model.positions) if isinstance(model, SDN) else [],
+    }
+
+
+def build_from(meta: dict[str, Any]) -> CNN | SDN:
+    """Rebuild an (untrained) model from ``run.json``'s architecture fields."""
+    try:
+        cnn = build_cnn(meta["arch"], int(meta["num_classes"]), int(meta["image_size"]))
+        if meta["kind"] == "cnn":
+            return cnn
+        if meta["kind"] != "sdn":
+            raise KeyError("kind")
+        return SDN(cnn, tuple(meta["ic_positions"]))
+    except (KeyError, TypeError, ValueError, ArgumentError) as e:
+        raise RunFolderError(f"run.json lacks a valid architecture description ({e}): the run folder is damaged") from None
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load a state dict strictly, refusing weights of another architecture with a clear message."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or extra or wrong:
+        first = (missing or extra or wrong)[0]
+        raise RunFolderError(f"{source} does not fit this {getattr(model, 'arch', 'model')} "
+                        f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} mis-shaped tensors, "
+                        f"e.g. {first!r}): it belongs to another architecture")
+    model.load_state_dict(tensors, strict=True)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> CNN | SDN:
+    """Rebuild the trained model of a finished run folder (CNN or SDN), in eval mode."""
+    run = RunFolder(path)
+    meta = run.meta()
+    weights = run.require_weights()
+    model = build_from(meta.get("model", {}))
+    tensors, _ = read_tensors(weights)
+    load_weights(model, tensors, weights)
+    return model.to(map_location).eval()
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Atomically write ``model``'s state dict as safetensors."""
+    write_bytes(path, tensors_to_bytes(model.state_dict()))
+
+
+# --------------------------------------------------------------------------------------------------
+# optimiser state as tensors + JSON
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser's state dict into tensors (for safetensors) and JSON."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                plain.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "plain": plain}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore what :func:`optimizer_to_tensors` wrote."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, d in meta.get("plain", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,138 @@
+"""One plain training loop (timm's ``train_one_epoch`` / ``validate`` shape).
+
+``fit`` trains over any per-epoch iterable of ``(images, labels)`` batches; what wraps a step
+(precision, memory format, compilation, distribution) is the :class:`~.runtime.Runtime`, so
+speed-ups never touch the loop body. The loss is accumulated on the device: one host
+synchronisation per epoch, not per step.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..sdn import outputs_of
+from .modes import Mode
+from .recipe import Recipe, make_optimizer, make_schedule
+from .runtime import Runtime
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class EpochResult:
+    """One epoch's learning rate, mean training loss, every output's validation accuracy and time."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    val_acc: list[float]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch draws its shuffling, augmentation and dropout from its own seed, so an epoch
+    replays identically after a resume without saving any random-number-generator state."""
+    return seed * 1_000_003 + epoch
+
+
+def _bar(total: int | None, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal, so redirected logs hold no \r frames
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True,
+                disable=None if enabled else True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None) -> list[float]:
+    """Accuracy of every output over ``batches`` (model in eval mode, restored afterwards)."""
+    runtime = runtime or Runtime(torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    correct: torch.Tensor | None = None
+    n = 0
+    try:
+        for x, y in batches:
+            with runtime.autocast():
+                preds = torch.stack([o.argmax(1) for o in outputs_of(model, x)])  # [outputs, B]
+            hits = (preds == y).sum(1)
+            correct = hits if correct is None else correct + hits
+            n += len(y)
+    finally:
+        model.train(was_training)
+    return [] if correct is None else (correct.double().cpu() / max(n, 1)).tolist()
+
+
+def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: Batches, opt: torch.optim.Optimizer,
+                    runtime: Runtime, epoch: int, epochs: int, progress: bool = True, desc: str = "") -> float:
+    """One pass over ``batches``; returns the mean loss. ``stepped`` is ``runtime.prepare(model)``."""
+    mode.set_train(model)
+    total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    count = 0
+    with _bar(len(batches) if hasattr(batches, "__len__") else None, desc, progress) as bar:
+        for x, y in batches:
+            with runtime.autocast():
+                loss = mode.loss(outputs_of(stepped, x), y, epoch, epochs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().double() * len(y)
+            count += len(y)
+            bar.update(1)
+    return float(total) / max(count, 1)
+
+
+def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[int], Batches],
+        val_batches: Callable[[], Batches], *, seed: int, runtime: Runtime | None = None, start_epoch: int = 0,
+        restore: Callable[[torch.optim.Optimizer], None] | None = None,
+        on_epoch: Callable[[EpochResult, torch.optim.Optimizer], None] | None = None,
+        stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+        ) -> list[EpochResult]:
+    """Train ``model`` from ``start_epoch`` to ``recipe.epochs``, validating every output each epoch.
+
+    ``train_batches(epoch)`` yields that epoch's batches; ``val_batches()`` the validation batches.
+    ``restore(opt)`` loads a resumed optimiser state; ``on_epoch(result, opt)`` runs after each
+    epoch (the run folder checkpoints there). ``stop_after`` ends after that many epochs of this
+    call, as a killed process would.
+    """
+    runtime = runtime or Runtime(torch.device("cpu"))
+    opt = make_optimizer(mode.parameters(model), recipe)
+    stepped = runtime.prepare(model)
+    schedule = make_schedule(opt, recipe)
+    with warnings.catch_warnings():  # replaying before any optimiser step is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):  # the schedule is a function of the epoch: replay it
+            schedule.step()
+    if restore is not None:
+        restore(opt)
+    results = []
+    for epoch in range(start_epoch, recipe.epochs):
+        t0 = time.perf_counter()
+        lr = float(opt.param_groups[0]["lr"])
+        torch.manual_seed(epoch_seed(seed, epoch))  # dropout
+        loss = train_one_epoch(model, stepped, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs,
+                               progress, f"epoch {epoch + 1}/{recipe.epochs}")
+        schedule.step()
+        acc = evaluate(model, val_batches(), runtime)
+        result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0)
+        results.append(result)
+        if log is not None:
+            n = len(acc)
+            names = [f"IC{i + 1}" for i in range(n - 1)] + ["final"]
+            log(f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
+                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s)")
+        if on_epoch is not None:
+            on_epoch(result, opt)
+        if stop_after is not None and len(results) >= stop_after:
+            break
+    return results

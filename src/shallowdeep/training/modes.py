@@ -1,0 +1,91 @@
+"""The paper's three training modes as small objects: which parameters learn, which modules stay in
+eval mode, and how the outputs' losses combine (spec section 5)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..core.errors import ArgumentError
+
+IC_CAPS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+MODES = ("cnn", "ic-only", "sdn")
+
+
+class Mode:
+    """What one training mode changes: which parameters learn, train/eval flags, and the loss."""
+
+    name = ""
+    label_smoothing = 0.0
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return list(model.parameters())
+
+    def set_train(self, model: nn.Module) -> None:
+        model.train()
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def loss(self, outputs: list[torch.Tensor], y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CNNMode(Mode):
+    """Plain CNN training: cross-entropy on the one output."""
+
+    name = "cnn"
+
+    def loss(self, outputs, y, epoch, epochs):
+        return self.ce(outputs[-1], y)
+
+
+class ICOnlyMode(Mode):
+    """Train only the ICs of an SDN made from a trained CNN; the CNN does not change at all.
+
+    Its parameters get no gradient and it stays in eval mode, so BN running statistics and dropout
+    are untouched and the final output predicts exactly as the CNN did.
+    """
+
+    name = "ic-only"
+
+    def parameters(self, model):
+        for p in model.cnn.parameters():
+            p.requires_grad_(False)
+        return model.ic_parameters()
+
+    def set_train(self, model):
+        model.train()
+        model.cnn.eval()
+
+    def loss(self, outputs, y, epoch, epochs):
+        return sum(self.ce(o, y) for o in outputs[:-1])
+
+
+class SDNMode(Mode):
+    """SDN training from scratch: ``sum_i tau_i * CE(IC_i) + CE(final)`` (spec section 5).
+
+    IC i's weight grows linearly from 0.01 to its cap C_i: ``tau_i = min(C_i, 0.01 + e * C_i / E)``
+    for epoch e counted from 1 of E.
+    """
+
+    name = "sdn"
+
+    def weights(self, n_ics: int, epoch: int, epochs: int) -> list[float]:
+        caps = [IC_CAPS[i] if i < len(IC_CAPS) else IC_CAPS[-1] for i in range(n_ics)]
+        e = epoch + 1
+        return [min(c, 0.01 + e * c / epochs) for c in caps]
+
+    def loss(self, outputs, y, epoch, epochs):
+        taus = self.weights(len(outputs) - 1, epoch, epochs)
+        return sum(t * self.ce(o, y) for t, o in zip(taus, outputs)) + self.ce(outputs[-1], y)
+
+
+def make_mode(name: str, label_smoothing: float = 0.0) -> Mode:
+    """The mode object for ``"cnn"``, ``"ic-only"`` or ``"sdn"``."""
+    modes = {"cnn": CNNMode, "ic-only": ICOnlyMode, "sdn": SDNMode}
+    if name not in modes:
+        raise ArgumentError(f"unknown `mode` {name!r}: choose one of {', '.join(MODES)}")
+    mode = modes[name]()
+    mode.label_smoothing = label_smoothing
+    return mode

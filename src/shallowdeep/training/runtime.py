@@ -1,0 +1,68 @@
+"""How a training step runs, kept out of the loop body: device, precision, memory format,
+compilation and distributed wrapping. The loop calls :meth:`Runtime.prepare` once and steps inside
+:meth:`Runtime.autocast`; everything that changes how fast a step runs lives here."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import ArgumentError
+from ..devices import pick_device  # noqa: F401  (re-exported)
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Runtime:
+    """Where and how steps run. ``precision`` ``"bf16"`` runs forward and loss under bfloat16
+    autocast (weights, gradients and optimiser state stay float32); ``channels_last`` stores
+    activations NHWC; ``compile`` wraps the stepped module in ``torch.compile``; ``ddp`` in
+    DistributedDataParallel (the process group must already be initialised)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    ddp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ArgumentError(f"unknown `precision` {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+    @classmethod
+    def default(cls, device: torch.device, precision: str | None = None, compile: bool | None = None,
+                ddp: bool = False) -> "Runtime":
+        """The defaults: bf16 and channels-last on CUDA, fp32 on the CPU; compile only when asked."""
+        cuda = device.type == "cuda"
+        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile), ddp=ddp)
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+                "compile": self.compile, "ddp": self.ddp}
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` here (in place) and return the module to call for training steps."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        stepped: nn.Module = model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # ic-only freezes the backbone: its parameters get no gradient, which DDP must be told
+            stepped = DistributedDataParallel(model, device_ids=ids,
+                                              find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
+        if self.compile:
+            stepped = torch.compile(stepped)
+        return stepped
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of a forward pass."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
