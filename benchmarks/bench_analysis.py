@@ -13,7 +13,7 @@ import torch
 
 from shallowdeep.analysis import calibrate, confusion, overthinking
 from shallowdeep.analysis.early_exit import reference_protocol
-from shallowdeep.record import ExitRecord
+from shallowdeep.analysis import ExitRecord
 
 
 def make(seed: int, n: int = 10_000, k: int = 7, c: int = 100) -> ExitRecord:

@@ -25,6 +25,38 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHALLOWDEEP_DATA", str(base / "default-data"))
 
 
+def _digest(root: Path) -> dict[str, str]:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Trained once per test session: ``cnn`` (small on digits, 3 epochs, seed 3) and ``ic`` (IC-only
+    from it, 2 epochs). Tests must not change them (checked at the end of the session): a test that
+    writes into a run, analyze included, works on ``copy_run(name)``."""
+    from shallowdeep.runs import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    q = dict(progress=False, log=None)
+    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=3, seed=3), **q)
+    train_run(TrainConfig(out=str(root / "ic"), mode="ic-only", from_run=str(root / "cnn"), epochs=2), **q)
+    before = _digest(root)
+    yield root
+    assert _digest(root) == before, "a test changed the shared tiny runs: copy them first (copy_run)"
+
+
+@pytest.fixture
+def copy_run(tiny_runs, tmp_path):
+    """``copy_run(name)``: a private copy of a shared tiny run, free to change."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_runs / name, tmp_path / f"copy-{name}"))
+
+    return copy
+
+
 @pytest.fixture(scope="session")
 def digits():
     from shallowdeep.data import load_dataset

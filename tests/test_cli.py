@@ -41,14 +41,9 @@ def test_info_table_and_reference_convention(capsys):
     assert "3,217,226" in out and "3,483,520" in out and "IC 5" in out and "final" in out
 
 
-@pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", str(root / "cnn"),
-                 "--epochs", "1", "--quiet"]) == 0
-    assert main(["train", "--mode", "ic-only", "--from", str(root / "cnn"), "--out", str(root / "ic"),
-                 "--epochs", "1", "--quiet"]) == 0
-    return root
+@pytest.fixture
+def cli_runs(tiny_runs) -> Path:
+    return tiny_runs
 
 
 def test_info_json_for_a_run(cli_runs, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shallowdeep import build_cnn, build_sdn, output_costs
+from shallowdeep import list_archs, build_cnn, build_sdn, output_costs
 
 # spec section 2: the reference profiler's cumulative GFLOPs per output, then the plain CNN's
 REFERENCE = {
@@ -23,6 +23,14 @@ def test_relative_costs_within_one_point_of_spec(arch):
     for ours, theirs in zip(costs.relative, ref):
         assert abs(100 * ours - 100 * theirs / ref_cnn) < 1.0
     assert costs.cnn / 1e9 == pytest.approx(ref_cnn, rel=0.01)
+
+
+@pytest.mark.parametrize("arch", list_archs())
+@pytest.mark.parametrize("convention", ["torch", "reference"])
+def test_costs_increase_with_depth(arch, convention):
+    costs = output_costs(build_sdn(arch, 10, 32), convention)
+    assert all(a < b for a, b in zip(costs.outputs, costs.outputs[1:]))
+    assert costs.relative[-2] < 1.0 < costs.relative[-1]  # the last IC is cheaper than the CNN; final pays every IC
 
 
 def test_mobilenet_reference_convention_matches_spec_and_true_count_differs():

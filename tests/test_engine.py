@@ -14,6 +14,7 @@ from shallowdeep.runs import engine_from_run
 from shallowdeep.core.errors import UserError
 from shallowdeep.analysis import ExitRecord
 from shallowdeep.collect import collect
+from shallowdeep.models import list_archs
 from shallowdeep.sdn import build_sdn
 
 
@@ -43,15 +44,10 @@ def random_sdn():
 
 
 @pytest.fixture(scope="module")
-def trained_sdn(tmp_path_factory):
+def trained_sdn(tiny_runs):
     import shallowdeep
-    from shallowdeep.runs import TrainConfig, train_run
 
-    root = tmp_path_factory.mktemp("engine")
-    q = dict(progress=False, log=None)
-    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=3), **q)
-    train_run(TrainConfig(out=str(root / "sdn"), mode="ic-only", from_run=str(root / "cnn"), epochs=2), **q)
-    return shallowdeep.load(root / "sdn"), root / "sdn"
+    return shallowdeep.load(tiny_runs / "ic"), tiny_runs / "ic"
 
 
 @pytest.mark.parametrize("which", ["random", "trained"])
@@ -124,7 +120,29 @@ def test_wrong_size_or_channels_is_clear(random_sdn):
         EarlyExitEngine(random_sdn, 0.5, "best")
 
 
-@pytest.mark.parametrize("arch", ["resnet56", "vgg16_bn", "wrn32_4", "mobilenet"])
+@pytest.mark.parametrize("arch", list_archs())
+def test_engine_agrees_with_records_for_every_registered_architecture(arch):
+    """Random weights, random inputs: the engine's exits and predictions (both paths) equal the
+    record simulation at thresholds spread over the ICs' confidences."""
+    torch.manual_seed(0)
+    sdn = build_sdn(arch, 10, 32).eval()
+    x = torch.randn(24, 3, 32, 32)
+    with torch.no_grad():
+        logits = torch.stack(sdn(x), dim=1)
+    from shallowdeep import output_costs
+
+    costs = output_costs(sdn)
+    record = ExitRecord.from_arrays(logits, torch.zeros(len(x), dtype=torch.int64), costs.outputs, costs.cnn)
+    for q in safe_thresholds(record, 3, margin=1e-5):
+        sim = early_exit(record, q)
+        engine = EarlyExitEngine(sdn, q)
+        for batch_size in (1, 8):
+            res = engine.classify(x, batch_size=batch_size)
+            assert res.exits.tolist() == sim.exits.tolist(), (arch, q, batch_size)
+            assert res.predictions.tolist() == sim.predictions.tolist(), (arch, q, batch_size)
+
+
+@pytest.mark.parametrize("arch", list_archs())
 def test_inference_heads_equal_training_heads(arch):
     torch.manual_seed(0)
     sdn = build_sdn(arch, 10, 32).eval()
@@ -141,11 +159,10 @@ def test_folding_leaves_the_model_untouched(random_sdn):
     assert all(torch.equal(before[k], v) for k, v in random_sdn.state_dict().items())
 
 
-def test_from_run_uses_the_calibrated_threshold(trained_sdn, tmp_path):
+def test_from_run_uses_the_calibrated_threshold(copy_run, tmp_path):
     from shallowdeep.workflows import analyze_run
-    from shallowdeep import runs
 
-    _, run = trained_sdn
+    run = copy_run("ic")  # analyze writes records and calibration.json into the run
     with pytest.raises(UserError, match="no calibrated threshold"):
         engine_from_run(run)
     analyze_run(run, tmp_path / "rep")

@@ -113,7 +113,7 @@ def test_conversion_shares_weights_and_yields_the_cnn():
     assert torch.equal(sdn.cnn.head[-1].weight, cnn.head[-1].weight)
 
 
-@pytest.mark.parametrize("arch", ["resnet56", "vgg16_bn", "small"])
+@pytest.mark.parametrize("arch", list_archs())
 def test_cut_returns_network_ending_at_ic_k(arch):
     torch.manual_seed(0)
     sdn = build_sdn(arch, 10, 32).eval()

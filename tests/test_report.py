@@ -16,11 +16,13 @@ QUIET = dict(progress=False, log=None)
 
 
 @pytest.fixture(scope="module")
-def sdn_run(tmp_path_factory) -> Path:
+def sdn_run(tiny_runs, tmp_path_factory) -> Path:
+    """This module's own copy of the shared IC-only run (analyze writes its records into it)."""
+    import shutil
+
     root = tmp_path_factory.mktemp("report")
-    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=2), **QUIET)
-    train_run(TrainConfig(out=str(root / "sdn"), mode="ic-only", from_run=str(root / "cnn"), epochs=2), **QUIET)
-    return root / "sdn"
+    shutil.copytree(tiny_runs / "cnn", root / "cnn")
+    return Path(shutil.copytree(tiny_runs / "ic", root / "sdn"))
 
 
 class Page(HTMLParser):

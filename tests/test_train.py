@@ -46,18 +46,16 @@ def test_sdn_loss_weights_follow_reference_schedule():
     assert m.loss(outs, y, 99, 100) == pytest.approx(float((sum(caps) + 1) * ln3), rel=1e-6)
 
 
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "cnn"
-    train_run(TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2, seed=3), **QUIET)
-    return out
+@pytest.fixture
+def cnn_run(tiny_runs) -> Path:
+    return tiny_runs / "cnn"
 
 
 def test_cnn_run_folder_describes_itself(cnn_run):
     meta = json.loads((cnn_run / "run.json").read_text())
     assert meta["status"] == "complete" and meta["model"]["kind"] == "cnn"
     assert meta["config"]["arch"] == "small" and meta["config"]["data"] == "digits" and meta["config"]["seed"] == 3
-    assert meta["recipe"]["epochs"] == 2 and len(meta["epochs"]) == 2
+    assert meta["recipe"]["epochs"] == 3 and len(meta["epochs"]) == 3
     assert len(meta["epochs"][-1]["val_acc"]) == 1
     assert not (cnn_run / "checkpoint.safetensors").exists()
     model = shallowdeep.load(cnn_run)

@@ -43,6 +43,10 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index], self.ids[index])
 
+    def to(self, device: torch.device | str) -> "ImageSet":
+        """The same split with images and labels on ``device`` (ids stay on the CPU)."""
+        return ImageSet(self.images.to(device), self.labels.to(device), self.ids)
+
 
 @dataclass
 class Dataset:
@@ -71,6 +75,13 @@ class Dataset:
     def pad(self) -> int:
         """Random-crop padding: 4 px at 32 px, 8 at 64 px (the paper's), proportional elsewhere."""
         return max(1, self.image_size // 8)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The data set resident on ``device`` as uint8: batches and their augmentation are then
+        made there, with no copy from the host per step."""
+        from dataclasses import replace
+
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def split(self, name: str) -> ImageSet:
         if name not in ("train", "val", "test"):
@@ -422,24 +433,27 @@ def augment(images: torch.Tensor, pad: int, flip: bool, jitter: float, generator
     ``jitter > 0`` brightness, contrast and saturation jitter by factors in [1 - jitter, 1 + jitter].
     """
     b, h, w, _ = images.shape
+    dev = images.device  # random numbers are drawn where the images are (``generator`` lives there too)
     padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # [B, H, 1]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # [B, 1, W]
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # [B, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # [B, 1, W]
     if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
+        flipped = torch.rand(b, generator=generator, device=dev) < 0.5
         cols = torch.where(flipped[:, None, None], cols.flip(-1), cols)
-    x = padded[torch.arange(b)[:, None, None], rows, cols].float() / 255
+    x = padded[torch.arange(b, device=dev)[:, None, None], rows, cols].float() / 255
     if jitter > 0:
+        luma = torch.tensor([0.299, 0.587, 0.114], device=dev)
+
         def factor() -> torch.Tensor:
-            return (1 + (torch.rand(b, generator=generator) * 2 - 1) * jitter)[:, None, None, None]
+            return (1 + (torch.rand(b, generator=generator, device=dev) * 2 - 1) * jitter)[:, None, None, None]
 
         x = x * factor()
-        gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+        gray = (x * luma).sum(-1, keepdim=True)
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * factor() + mean
-        gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+        gray = (x * luma).sum(-1, keepdim=True)
         x = (x - gray) * factor() + gray
         x = x.clamp(0, 1)
     return x
@@ -451,7 +465,9 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     The result keeps NHWC memory under an NCHW view: channels-last for free.
     """
     x = images.float() / 255 if images.dtype == torch.uint8 else images
-    return ((x - torch.tensor(mean).view(1, 1, 1, 3)) / torch.tensor(std).view(1, 1, 1, 3)).permute(0, 3, 1, 2)
+    m = mean if isinstance(mean, torch.Tensor) else torch.tensor(mean, device=x.device)
+    sd = std if isinstance(std, torch.Tensor) else torch.tensor(std, device=x.device)
+    return ((x - m.view(1, 1, 1, 3)) / sd.view(1, 1, 1, 3)).permute(0, 3, 1, 2)
 
 
 class Batches:
@@ -477,13 +493,15 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, data = self.set, self.data
         n = len(s)
-        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        dev = s.images.device  # a resident data set is shuffled and augmented where it lives
+        order = torch.randperm(n, generator=self.generator, device=dev) if self.train else torch.arange(n, device=dev)
+        mean, std = torch.tensor(data.mean, device=dev), torch.tensor(data.std, device=dev)  # once, not per batch
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             imgs = s.images[idx]
             if self.train:
-                imgs = augment(imgs, data.pad, data.flip, data.jitter, self.generator or torch.Generator())
-            x = normalize(imgs, data.mean, data.std)
+                imgs = augment(imgs, data.pad, data.flip, data.jitter, self.generator or torch.Generator(dev))
+            x = normalize(imgs, mean, std)
             yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
 
 

@@ -116,8 +116,8 @@ class EarlyExitEngine:
         qs = [float(threshold)] * n_ics if isinstance(threshold, (int, float)) else [float(q) for q in threshold]
         if len(qs) != n_ics:
             raise ArgumentError(f"{len(qs)} thresholds for {n_ics} ICs")
-        if not all(0.0 <= q <= 1.0 for q in qs):  # NaN fails too
-            raise ArgumentError(f"a `threshold` is a softmax confidence and must lie in [0, 1], got {qs}")
+        if not all(q >= 0.0 for q in qs):  # NaN fails too
+            raise ArgumentError(f"a `threshold` is a softmax confidence: a number >= 0 (above 1: no IC exits), got {qs}")
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
         self.sdn = sdn.eval().to(self.device)
         self.thresholds = qs

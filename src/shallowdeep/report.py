@@ -326,3 +326,75 @@ def explanations_section(count_total: int, split: str, shown: int, png_base64: s
             "IC 1, beside the same for the final output's prediction.</p>"
             f'<figure id="fig-explanations"><img alt="explanations" src="data:image/png;base64,{png_base64}"></figure>'
             "</section>")
+
+
+# --------------------------------------------------------------------------------------------------
+# the reproduction table
+
+
+def _p(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _auc(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def reproduction_markdown(result: dict[str, Any]) -> str:
+    """The reproduction table (``shallowdeep reproduce``) as markdown."""
+    lines = [f"# Reproduction on {result['data']} ({result['device']})", "",
+             f"Epochs: CNN {result['epochs']['cnn']}, IC-only {result['epochs']['ic-only']}, SDN {result['epochs']['sdn']}; "
+             f"{result['note']}.", "",
+             "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | reference protocol (q chosen on "
+             "test): acc. / cost | right at some IC | destructive share of final errors | AUROC confusion / confidence |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cal, ref = r["calibrated"], r["reference_protocol"]
+        lines.append(
+            f"| {r['arch']} | {r['kind']} | {_p(r['final_test_accuracy'], 2)} | {_p(cal['test_accuracy'], 2)} / "
+            f"{_p(cal['test_relative_cost'])} (q={cal['threshold']:.4g}) | {_p(ref['test_accuracy'], 2)} / "
+            f"{_p(ref['test_relative_cost'])} (q={ref['threshold']}) | {_p(r['early_share'])} | "
+            f"{_p(r['destructive_share'])} | "
+            f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])} |")
+    lines += ["", "Accuracy (test) and cost (relative to the CNN) of every output:", ""]
+    for r in result["rows"]:
+        lines.append(f"- {r['arch']} {r['kind']}: " + ", ".join(
+            f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"]))
+    lines += ["", "Wall time of the stages (training: sum of epoch times incl. validation; analysis: records + report):", ""]
+    seen = set()
+    for r in result["rows"]:
+        if r["arch"] in seen or "stage_seconds" not in r:
+            continue
+        seen.add(r["arch"])
+        lines.append(f"- {r['arch']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_seconds"].items()))
+    lines += ["", "Median epoch time: " + ", ".join(
+        f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s" for r in result["rows"]
+        if r.get("median_epoch_seconds") is not None), "", "The paper's claims (spec sections 7-9):", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def reproduction_html(result: dict[str, Any]) -> str:
+    """The reproduction table as one HTML page linking every run's report."""
+    rows = []
+    for r in result["rows"]:
+        cal, ref = r["calibrated"], r["reference_protocol"]
+        link = f'<a href="{html.escape(r["report"])}">report</a>'
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape(r["arch"]), html.escape(r["kind"]), _p(r["final_test_accuracy"], 2),
+            f"{_p(cal['test_accuracy'], 2)} / {_p(cal['test_relative_cost'])}",
+            f"{_p(ref['test_accuracy'], 2)} / {_p(ref['test_relative_cost'])}", _p(r["early_share"]),
+            _p(r["destructive_share"]),
+            f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])}", link)) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "network", "SDN", "final acc.", "early exit (val-calibrated): acc. / cost",
+        "reference protocol (test-chosen): acc. / cost", "right at some IC", "destructive share",
+        "AUROC confusion / confidence", ""))
+    claims = "".join(f"<li>{html.escape(k.replace('_', ' '))}: {html.escape(v)}</li>"
+                     for k, v in result["paper_claims"].items())
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>shallowdeep reproduction</title>"
+            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style></head><body>"
+            f"<h1>Reproduction on {html.escape(str(result['data']))} ({html.escape(str(result['device']))})</h1>"
+            f"<p>{html.escape(result['note'])}.</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+            f"</tbody></table><h2>The paper's claims</h2><ul>{claims}</ul></body></html>\n")

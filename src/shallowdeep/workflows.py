@@ -139,3 +139,119 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
                                      "final_cam_mean": float(np.mean(final.cam[j])), "file": name})
     folder.write_json(out / "explain.json", result)
     return result | {"folder": str(out)}
+
+
+# --------------------------------------------------------------------------------------------------
+# the paper's pipeline, end to end
+
+PAPER_EPOCHS = {"cnn": 100, "ic-only": 25, "sdn": 100}
+# what the paper claims (spec sections 7-9), printed beside the measured figures
+PAPER_CLAIMS = {
+    "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
+                  "with accuracy within a point of the final output",
+    "early_share": "up to about 95 % of inputs are right at some output before the final one",
+    "destructive_share": "about 50 % of the final output's errors are right at some IC",
+    "confusion": "confusion separates errors from correct answers better than the final output's confidence",
+}
+
+
+def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> float:
+    """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
+    stage's training seconds (the sum of its epochs' times, resumed epochs included)."""
+    from .runs import TrainConfig, train_run
+
+    folder = RunFolder(out)
+    if folder.exists():
+        meta = folder.meta()
+        if meta.get("status") != "complete":
+            train_run(TrainConfig(out=str(out), resume=True, device=cfg.get("device"), precision=cfg.get("precision"),
+                                  compile=cfg.get("compile")), progress=progress, log=log)
+        elif log is not None:
+            log(f"{out} is finished: kept")
+    else:
+        train_run(TrainConfig(out=str(out), **cfg), progress=progress, log=log)
+    return float(sum(e["seconds"] for e in folder.meta().get("epochs", [])))
+
+
+def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
+              image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
+              precision: str | None = None, compile: bool | None = None, seed: int | None = None,
+              log: Log = print, progress: bool = True) -> dict[str, Any]:
+    """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
+    analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
+    ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
+    run folder, so a killed reproduction resumes where it stopped."""
+    from . import report
+    from .devices import pick_device
+    from .models import list_archs
+
+    if not archs:
+        raise ArgumentError("`archs` names no architecture")
+    for a in archs:
+        if a not in list_archs():
+            raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
+    epochs = {**PAPER_EPOCHS, **(epochs or {})}
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    dev = str(pick_device(device))
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    times: dict[str, dict[str, float]] = {}
+    for arch in archs:
+        base = out / arch
+        common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
+                  "precision": precision, "compile": compile, "seed": seed}
+        t: dict[str, float] = {}
+        t["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress)
+        t["ic-only"] = _stage(base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
+                                                 "epochs": epochs["ic-only"], "device": device, "precision": precision,
+                                                 "compile": compile}, log, progress)
+        t["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress)
+        for kind in ("ic-only", "sdn"):
+            t0 = time.perf_counter()
+            _, json_path = analyze_run(base / kind, device=dev, log=log)
+            t[f"analyze {kind}"] = time.perf_counter() - t0
+            r = read_json(json_path)
+            meta = RunFolder(base / kind).meta()
+            epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+            rows.append(_reproduction_row(arch, kind, r, meta, epoch_s, json_path.parent / "report.html", out))
+        times[arch] = t
+        for row in rows:
+            if row["arch"] == arch:
+                row["stage_seconds"] = t
+    result = {"data": data, "device": dev, "epochs": epochs, "rows": rows, "paper_claims": PAPER_CLAIMS,
+              "note": "thresholds chosen on the validation split, reported on the test split"}
+    from .core.io import write_bytes, write_json
+
+    write_json(out / "reproduction.json", result)
+    write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
+    write_bytes(out / "index.html", report.reproduction_html(result).encode())
+    if log is not None:
+        log(report.reproduction_markdown(result))
+    return result
+
+
+def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],
+                      html_path: Path, out: Path) -> dict[str, Any]:
+    ee = r["early_exit"]
+    cal, ref = ee["calibrated"], ee["reference_protocol"]
+    ref_row = next((x for x in ref["rows"] if x["threshold"] == ref["chosen_threshold"]), None)
+    o, c = r["overthinking"], r["confusion"]
+    return {
+        "arch": arch, "kind": kind,
+        "outputs": [{"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
+                    for x in r["outputs"]],
+        "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
+        "calibrated": {"threshold": cal["threshold"], "test_accuracy": cal["test"]["accuracy"],
+                       "test_relative_cost": cal["test"]["relative_cost"]},
+        "reference_protocol": {"threshold": ref["chosen_threshold"],
+                               "test_accuracy": ref_row["accuracy"] if ref_row else None,
+                               "test_relative_cost": ref_row["relative_cost"] if ref_row else None},
+        "early_share": o["early_share"],
+        "destructive_share": o["destructive"]["union_share_of_final_errors"],
+        "confusion_auroc": c["confusion"]["auroc"], "confidence_auroc": c["confidence"]["auroc"],
+        "epochs": len(epoch_s), "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
+        "runtime": meta.get("runtime"),
+        "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
+    }

@@ -244,11 +244,16 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
             tensors, {"epoch": result.epoch, "history": history, "optimizer": opt_meta}))
         run.write_json(run.run_json, meta | {"epochs": history})
 
-    def train_batches(epoch: int):
-        gen = torch.Generator().manual_seed(epoch_seed(r["seed"], epoch))
-        return batches(data, "train", recipe.batch_size, train=True, generator=gen, device=device)
+    # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
+    # the same code runs where it is (and a resume there replays epochs bit for bit)
+    resident = data.to(device) if device.type == "cuda" else data
+    eval_batch = 1024 if device.type == "cuda" else 512
 
-    fit(model, mode, recipe, train_batches, lambda: batches(data, "val", 512, device=device), seed=r["seed"],
+    def train_batches(epoch: int):
+        gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(r["seed"], epoch))
+        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device)
+
+    fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device), seed=r["seed"],
         runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch, stop_after=stop_after,
         progress=progress, log=log)
     if len(history) < recipe.epochs:
