@@ -13,7 +13,7 @@ step, batch 128), then all of them together, at batch 128 and at batch 512 (rate
 The rows use the library's own loop (``training.train_one_epoch``, ``Runtime``), so what is
 measured is what ``shallowdeep train`` runs. On the CPU it runs a short version (few steps).
 
-    python benchmarks/bench_train.py [--device cuda] [--steps 60] [--epoch] [--skip-compile]
+    python benchmarks/bench_train.py [--device cuda] [--steps 60] [--epoch] [--compile-rows one] [--json F]
 """
 from __future__ import annotations
 
@@ -46,17 +46,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def rows(device: torch.device, skip_compile: bool) -> list[dict]:
+def rows(compile_rows: str) -> list[tuple[str, dict]]:
+    """(label, configuration) of every row; ``epoch`` marks the rows whose whole epoch is timed."""
     base = dict(precision="fp32", channels_last=False, compile=False, resident=False, batch=128)
-    out = [("baseline: fp32, eager, NCHW, host data, batch 128", base),
+    eager = {**base, "resident": True, "channels_last": True, "precision": "bf16"}
+    out = [("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
            ("data resident on the device (augmented there)", {**base, "resident": True}),
            ("channels-last", {**base, "channels_last": True}),
            ("bf16 autocast", {**base, "precision": "bf16"})]
-    if not skip_compile:
+    if compile_rows == "all":
         out.append(("torch.compile", {**base, "compile": True}))
-    every = {**base, "resident": True, "channels_last": True, "precision": "bf16", "compile": not skip_compile}
-    out.append(("all together, batch 128", every))
-    out.append(("all together, batch 512 (lr x4)", {**every, "batch": 512}))
+    out.append(("all but compile (train's CUDA default), batch 128", {**eager, "epoch": True}))
+    if compile_rows in ("all", "one"):
+        out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
+    out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
+    if compile_rows == "all":
+        out.append(("all together with compile, batch 512 (lr x4)", {**eager, "compile": True, "batch": 512,
+                                                                      "epoch": True}))
     out.append(("baseline again (drift check)", base))  # the first row also pays for cold caches
     return out
 
@@ -95,7 +101,7 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         sync(device)
         rates.append(args.steps * recipe.batch_size / (time.perf_counter() - t0))
     res = {"images_per_s": statistics.median(rates), "min": min(rates), "max": max(rates), "warmup_s": warm_s}
-    if args.epoch:
+    if args.epoch and cfg.get("epoch"):
         gen = torch.Generator(device=gen_device).manual_seed(99)
         sync(device)
         t0 = time.perf_counter()
@@ -117,8 +123,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 60 GPU, 4 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 15 GPU, 2 CPU)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--epoch", action="store_true", help="also time one whole epoch with validation per row")
-    ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile rows")
+    ap.add_argument("--epoch", action="store_true", help="also time one whole epoch with validation (main rows)")
+    ap.add_argument("--compile-rows", choices=("all", "one", "none"), default="one",
+                    help="torch.compile rows: all, one (all layers at batch 128; default) or none")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--only", help="comma-separated label fragments: run only the rows whose label holds one")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -131,7 +140,9 @@ def main() -> None:
     print("speed-ups are against the later baseline row (same process, caches warm)")
     print(f"{'configuration':<52} {'img/s (median)':>14} {'min-max':>17} {'warm-up s':>9} {'epoch s':>8} {'peak MiB':>9}")
     results = {}
-    for label, cfg in rows(device, args.skip_compile):
+    for label, cfg in rows(args.compile_rows):
+        if args.only and not any(o in label for o in args.only.split(",")):
+            continue
         try:
             r = run_row(cfg, data, device, args)
         except Exception as e:  # a layer that fails here (e.g. no compiler for inductor) is reported, not hidden
@@ -140,6 +151,11 @@ def main() -> None:
         results[label] = r
         print(f"{label:<52} {r['images_per_s']:>14.0f} {r['min']:>8.0f}-{r['max']:<8.0f} {r['warmup_s']:>9.1f} "
               f"{r.get('epoch_s', float('nan')):>8.2f} {r.get('peak_mib', float('nan')):>9.0f}", flush=True)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "name": name, "torch": torch.__version__, "rows": results}, f, indent=2)
     base = results.get("baseline again (drift check)") or results.get("baseline: fp32, eager, NCHW, host data, batch 128")
     if base:
         print("speed-up over the baseline (model steps): " + ", ".join(

@@ -34,7 +34,7 @@ FLAGS = {
     "precision": "--precision", "compile": "--compile", "backdoor": "--backdoor", "poison_rate": "--poison-rate",
     "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
-    "limit": "--max", "split": "--split", "resize": "--resize", "convention": "--flops", "config": "--config",
+    "limit": "--max", "split": "--split", "sync_bn": "--sync-bn", "resize": "--resize", "convention": "--flops", "config": "--config",
 }
 
 
@@ -186,14 +186,18 @@ def _train_config(args: argparse.Namespace):
             raise UserError(f"--milestones takes comma-separated epochs, got {settings['milestones']!r}") from None
     if settings.get("milestones") is not None:
         settings["milestones"] = tuple(settings["milestones"])
-    return TrainConfig(out=args.out, resume=args.resume, backdoor=backdoor, **settings)
+    return TrainConfig(out=args.out, resume=args.resume, backdoor=backdoor, sync_bn=args.sync_bn, **settings)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
 
     out = train_run(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
-    print(f"run written to {out}")
+    from .training.distributed import current, shutdown
+
+    if current().main:
+        print(f"run written to {out}")
+    shutdown()
     return 0
 
 
@@ -385,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
     s.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    s.add_argument("--sync-bn", action="store_true", help="under torchrun on CUDA: synchronise batch-norm statistics "
+                                                           "across processes")
     bd = t.add_argument_group("backdoor (spec section 11)")
     bd.add_argument("--backdoor", action="store_true",
                     help="poison the training split: paste a white square trigger and relabel to the target class")

@@ -479,13 +479,15 @@ class Batches:
     """
 
     def __init__(self, data: "Dataset", split: "str | ImageSet", batch_size: int, *, train: bool = False,
-                 generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> None:
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.data = data
         self.set = data.split(split) if isinstance(split, str) else split
         self.batch_size = batch_size
         self.train = train
         self.generator = generator
         self.device = device
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
         return -(-len(self.set) // self.batch_size)
@@ -496,16 +498,27 @@ class Batches:
         dev = s.images.device  # a resident data set is shuffled and augmented where it lives
         order = torch.randperm(n, generator=self.generator, device=dev) if self.train else torch.arange(n, device=dev)
         mean, std = torch.tensor(data.mean, device=dev), torch.tensor(data.std, device=dev)  # once, not per batch
+        aug = self.generator or torch.Generator(dev)
+        if self.world > 1 and self.train:
+            # every rank draws the same order (same seed); each augments its own share with its own stream
+            aug = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator,
+                                                                     device=dev)) + self.rank)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
+            if self.world > 1:  # rank r takes every world-th input of the global batch: disjoint shards
+                idx = idx[self.rank::self.world]
+                if not len(idx):
+                    continue
             imgs = s.images[idx]
             if self.train:
-                imgs = augment(imgs, data.pad, data.flip, data.jitter, self.generator or torch.Generator(dev))
+                imgs = augment(imgs, data.pad, data.flip, data.jitter, aug)
             x = normalize(imgs, mean, std)
             yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
 
 
 def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
-            generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Batches:
-    """The :class:`Batches` of one pass over ``split`` (see there)."""
-    return Batches(data, split, batch_size, train=train, generator=generator, device=device)
+            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+            shard: tuple[int, int] = (0, 1)) -> Batches:
+    """The :class:`Batches` of one pass over ``split`` (see there). With ``shard=(rank, world)``
+    the batches are of the *global* ``batch_size`` and this process gets its ``1/world`` of each."""
+    return Batches(data, split, batch_size, train=train, generator=generator, device=device, shard=shard)

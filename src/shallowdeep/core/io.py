@@ -26,6 +26,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is meant to be shared
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -37,6 +38,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

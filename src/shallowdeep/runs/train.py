@@ -20,6 +20,7 @@ from ..data import Dataset, batches, load_dataset, parse_data_name
 from ..models import build_cnn, list_archs
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
+from ..training import distributed
 from .folder import FORMAT, RunFolder
 from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
                       save_weights, tensors_to_bytes)
@@ -45,6 +46,7 @@ class TrainConfig:
     device: str | None = None
     precision: str | None = None
     compile: bool | None = None
+    sync_bn: bool = False
     backdoor: dict[str, Any] | None = None  # {"rate", "target", "size", "pos"}: any may be None
     # recipe: None keeps the paper's value for the mode
     epochs: int | None = None
@@ -164,7 +166,12 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     """Train into the run folder ``cfg.out`` (creating or resuming it) and return its path.
 
     Every input is checked before anything is written, so bad input leaves no partial folder.
+    Under torchrun every rank trains its shard; only rank 0 prints and writes the run folder.
     """
+    asked_device = pick_device(cfg.device)
+    place = distributed.setup(asked_device.type)
+    if not place.main:
+        log, progress = None, False
     out = Path(cfg.out)
     run = RunFolder(out)
     previous = _check_out(out, cfg.resume)
@@ -173,8 +180,11 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if r["arch"] not in list_archs():
         raise ArgumentError(f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}")
     recipe = _recipe(cfg, r, previous)
-    device = pick_device(cfg.device)
-    runtime = Runtime.default(device, cfg.precision, cfg.compile)
+    device = torch.device("cuda", place.local_rank) if place.enabled and asked_device.type == "cuda" else asked_device
+    if place.enabled and recipe.batch_size % place.world:
+        raise ArgumentError(f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
+                            f"{place.world} processes")
+    runtime = Runtime.default(device, cfg.precision, cfg.compile, ddp=place.enabled, sync_bn=cfg.sync_bn)
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
     data = load_dataset(r["data"], r["data_root"], r["image_size"])
@@ -206,7 +216,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     history: list[dict[str, Any]] = []
     start_epoch = 0
     restore = None
-    if previous is not None:
+    if previous is not None and place.main:
         remove_stale_temps(out)  # a kill during a write leaves its temporary file behind
     if previous is not None and run.checkpoint.is_file():
         tensors, ck = read_tensors(run.checkpoint)
@@ -222,15 +232,17 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         "model": describe(model),
         "config": r,
         "recipe": recipe.to_json(),
-        "runtime": runtime.describe(),
+        "runtime": runtime.describe() | ({"world_size": place.world} if place.enabled else {}),
         "data": _data_meta(r["data"], data),
         "epochs": history,
     }
     if r["mode"] == "ic-only":
         meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
             sha256_file(RunFolder(r["from_run"]).require_weights())
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.run_json, meta)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if place.main:
+        out.mkdir(parents=True, exist_ok=True)
+        run.write_json(run.run_json, meta)
     if log is not None:
         log(f"{'resuming' if start_epoch else 'training'} {r['arch']} ({r['mode']}) on {r['data']}: "
             f"{len(data.train)} train / {len(data.val)} val images, {recipe.epochs} epochs, {device} "
@@ -238,6 +250,8 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     def on_epoch(result: EpochResult, opt: torch.optim.Optimizer) -> None:
         history.append(result.to_json())
+        if not place.main:
+            return
         opt_tensors, opt_meta = optimizer_to_tensors(opt)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
         run.write_bytes(run.checkpoint, tensors_to_bytes(
@@ -249,22 +263,33 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     resident = data.to(device) if device.type == "cuda" else data
     eval_batch = 1024 if device.type == "cuda" else 512
 
+    shard = (place.rank, place.world)
+
     def train_batches(epoch: int):
         gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(r["seed"], epoch))
-        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device)
+        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard)
 
-    fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device), seed=r["seed"],
+    fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
+        seed=r["seed"],
         runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch, stop_after=stop_after,
         progress=progress, log=log)
     if len(history) < recipe.epochs:
         return out  # stopped early on request: the checkpoint lets a resume continue
     model.eval()
     model.to(memory_format=torch.contiguous_format)
-    save_weights(run.inside(run.weights), model)
-    meta |= {"epochs": history, "status": "complete", "costs": output_costs(model.cpu()).to_json(),
-             "weights_sha256": sha256_file(run.weights)}
-    run.write_json(run.run_json, meta)
-    run.checkpoint.unlink(missing_ok=True)
+    if place.enabled:  # DDP keeps replicas equal; check it rather than assume it
+        import hashlib
+
+        digest = hashlib.sha256(tensors_to_bytes(model.state_dict())).hexdigest()
+        per_rank = distributed.all_equal(digest)
+        meta["runtime"] |= {"weights_sha256_per_rank": per_rank, "ranks_agree": len(set(per_rank)) == 1}
+    if place.main:
+        save_weights(run.inside(run.weights), model)
+        meta |= {"epochs": history, "status": "complete", "costs": output_costs(model.cpu()).to_json(),
+                 "weights_sha256": sha256_file(run.weights)}
+        run.write_json(run.run_json, meta)
+        run.checkpoint.unlink(missing_ok=True)
+    distributed.barrier()
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..sdn import outputs_of
+from .distributed import all_reduce_sum
 from .modes import Mode
 from .recipe import Recipe, make_optimizer, make_schedule
 from .runtime import Runtime
@@ -70,7 +71,12 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None)
             n += len(y)
     finally:
         model.train(was_training)
-    return [] if correct is None else (correct.double().cpu() / max(n, 1)).tolist()
+    if correct is None:
+        return []
+    # sharded validation (torchrun): every rank saw its share; sum the counts over ranks
+    counts = all_reduce_sum(torch.cat([correct.double(), torch.tensor([float(n)], dtype=torch.float64,
+                                                                       device=correct.device)]))
+    return (counts[:-1].cpu() / max(float(counts[-1]), 1.0)).tolist()
 
 
 def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: Batches, opt: torch.optim.Optimizer,
@@ -89,7 +95,8 @@ def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: B
             total += loss.detach().double() * len(y)
             count += len(y)
             bar.update(1)
-    return float(total) / max(count, 1)
+    both = all_reduce_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)]))
+    return float(both[0]) / max(float(both[1]), 1.0)
 
 
 def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[int], Batches],
@@ -123,6 +130,7 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
         loss = train_one_epoch(model, stepped, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs,
                                progress, f"epoch {epoch + 1}/{recipe.epochs}")
         schedule.step()
+        runtime.end_epoch(model)
         acc = evaluate(model, val_batches(), runtime)
         result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0)
         results.append(result)

@@ -28,21 +28,25 @@ class Runtime:
     channels_last: bool = False
     compile: bool = False
     ddp: bool = False
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ArgumentError(f"unknown `precision` {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.sync_bn and (self.device.type != "cuda" or not self.ddp):
+            raise ArgumentError("`sync_bn` synchronises batch norm across CUDA processes: it needs torchrun and CUDA devices")
 
     @classmethod
     def default(cls, device: torch.device, precision: str | None = None, compile: bool | None = None,
-                ddp: bool = False) -> "Runtime":
+                ddp: bool = False, sync_bn: bool = False) -> "Runtime":
         """The defaults: bf16 and channels-last on CUDA, fp32 on the CPU; compile only when asked."""
         cuda = device.type == "cuda"
-        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile), ddp=ddp)
+        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile), ddp=ddp,
+                   sync_bn=sync_bn)
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile, "ddp": self.ddp}
+                "compile": self.compile, "ddp": self.ddp, "sync_bn": self.sync_bn}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move ``model`` here (in place) and return the module to call for training steps."""
@@ -50,6 +54,8 @@ class Runtime:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         stepped: nn.Module = model
+        if self.sync_bn:  # replaces the BN modules inside ``model`` (same parameters and buffers)
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -60,6 +66,13 @@ class Runtime:
         if self.compile:
             stepped = torch.compile(stepped)
         return stepped
+
+    def end_epoch(self, model: nn.Module) -> None:
+        """After an epoch's steps: replicas share rank 0's BN statistics (DDP only)."""
+        if self.ddp:
+            from .distributed import broadcast_buffers
+
+            broadcast_buffers(model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of a forward pass."""

@@ -1,0 +1,91 @@
+"""Distributed data parallelism under torchrun: process group, rank, and reductions.
+
+``torchrun --nproc_per_node N -m shallowdeep train ...`` starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`setup` joins them (NCCL on CUDA, gloo on the CPU).
+Each rank takes a disjoint shard of every epoch (:class:`~shallowdeep.data.Batches` ``shard``),
+DistributedDataParallel all-reduces the gradients, validation is sharded and its counts summed,
+and only rank 0 prints and writes the run folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place: ``rank`` of ``world`` processes, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process prints and writes (rank 0)."""
+        return self.rank == 0
+
+
+def from_env() -> Dist:
+    """The place torchrun gave this process (one process alone when it set nothing)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup(device_type: str) -> Dist:
+    """Join the process group torchrun set up (once); a single process needs none."""
+    d = from_env()
+    if d.enabled and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(d.local_rank)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return d
+
+
+def current() -> Dist:
+    """The place of this process in an initialised group (or alone)."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every rank (``t`` itself when alone)."""
+    if current().enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def all_equal(value: str) -> list[str]:
+    """Every rank's ``value`` (on every rank): to check that ranks agree."""
+    if not current().enabled:
+        return [value]
+    out: list[str] = [""] * current().world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN running statistics): each rank updated its own from its
+    shard during the epoch, so validation and the saved weights would otherwise differ by rank."""
+    if current().enabled:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
