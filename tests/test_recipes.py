@@ -1,0 +1,136 @@
+"""Recipes a user can set, configuration files, replay, precision/compile layers, and reproduce."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from shallowdeep.cli import main
+from shallowdeep.core.errors import UserError
+from shallowdeep.runs import TrainConfig, train_run
+from shallowdeep.training import Recipe, default_recipe
+
+QUIET = dict(progress=False, log=None)
+
+
+def _meta(path: Path) -> dict:
+    return json.loads((path / "run.json").read_text())
+
+
+def test_schedule_comes_from_lr_scheduler_with_warmup_and_milestones():
+    r = Recipe(epochs=8, lr=0.1, milestones=(4, 6), gamma=0.5, warmup_epochs=2).check()
+    lrs = [r.lr_at(e) for e in range(8)]
+    assert lrs[0] == pytest.approx(0.1 / 3) and lrs[1] == pytest.approx(0.2 / 3)  # linear warm-up
+    assert lrs[2:4] == pytest.approx([0.1, 0.1]) and lrs[4:6] == pytest.approx([0.05, 0.05])
+    assert lrs[6:] == pytest.approx([0.025, 0.025])
+    # the paper's default scales its milestones with the epochs; explicit milestones are kept
+    assert default_recipe("cnn", "resnet56", 4).milestones == (1, 2, 3)
+    assert Recipe(epochs=4, milestones=(3,)).check().lr_at(2) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("lr", float("nan"), "lr"), ("lr", float("inf"), "lr"), ("weight_decay", float("nan"), "weight_decay"),
+    ("momentum", 1.5, "momentum"), ("milestones", (5, 3), "milestones"), ("warmup_epochs", 10, "warmup_epochs"),
+    ("label_smoothing", -0.1, "label_smoothing"), ("optimizer", "lbfgs", "optimizer"), ("epochs", 0, "epochs"),
+])
+def test_bad_recipe_values_are_refused(field, value, pattern):
+    from dataclasses import replace
+
+    with pytest.raises(UserError, match=pattern):
+        replace(Recipe(epochs=10), **{field: value}).check()
+
+
+def test_recipe_flags_reach_run_json_and_the_history(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--epochs", "3", "--optimizer", "sgd",
+                 "--nesterov", "--momentum", "0.8", "--milestones", "2", "--gamma", "0.5", "--label-smoothing", "0.1",
+                 "--lr", "0.05", "--out", str(out), "--quiet"]) == 0
+    m = _meta(out)
+    assert m["recipe"]["milestones"] == [2] and m["recipe"]["nesterov"] is True
+    assert (m["recipe"]["gamma"], m["recipe"]["label_smoothing"], m["recipe"]["momentum"]) == (0.5, 0.1, 0.8)
+    assert [e["lr"] for e in m["epochs"]] == pytest.approx([0.05, 0.05, 0.025])
+
+
+def test_config_file_flags_override_and_run_json_replays(tmp_path, tiny_runs):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arch: small\ndata: digits\nmode: cnn\nepochs: 2\nbatch-size: 64\nlr: 0.07\n")
+    out = tmp_path / "y"
+    assert main(["train", "--config", str(cfg), "--lr", "0.03", "--out", str(out), "--quiet"]) == 0
+    m = _meta(out)
+    assert m["recipe"]["batch_size"] == 64 and m["recipe"]["lr"] == 0.03 and m["recipe"]["epochs"] == 2
+    # a finished run's run.json replays it: same configuration and recipe, same weights on the CPU
+    replay = tmp_path / "replay"
+    assert main(["train", "--config", str(tiny_runs / "cnn" / "run.json"), "--out", str(replay), "--quiet"]) == 0
+    a, b = _meta(tiny_runs / "cnn"), _meta(replay)
+    assert a["config"] == b["config"] and a["recipe"] == b["recipe"]
+    assert a["weights_sha256"] == b["weights_sha256"], "a replay on the CPU is bit-for-bit the original"
+
+
+def test_bad_config_files(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "odd.json").write_text('{"arch": "small", "colour": "red"}')
+    for f, pattern in (("bad.json", "is not valid JSON"), ("odd.json", "unknown settings: colour"),
+                       ("none.yaml", "does not exist")):
+        assert main(["train", "--config", str(tmp_path / f), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and pattern in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    train_run(TrainConfig(out=str(out), mode="sdn", arch="small", data="digits", epochs=1, precision="bf16"), **QUIET)
+    m = _meta(out)
+    assert m["runtime"]["precision"] == "bf16" and m["status"] == "complete"
+    assert all(0 <= a <= 1 for a in m["epochs"][0]["val_acc"]) and math.isfinite(m["epochs"][0]["train_loss"])
+    from shallowdeep.runs import read_tensors
+
+    tensors, _ = read_tensors(out / "model.safetensors")
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float32}  # fp32 master weights
+
+
+def test_compiled_step_matches_eager_on_the_cpu():
+    """torch.compile wraps the step only: a few compiled steps give the same loss as eager ones."""
+    from shallowdeep.data import batches, load_dataset
+    from shallowdeep.sdn import build_sdn
+    from shallowdeep.training import Runtime, make_mode, make_optimizer, train_one_epoch
+
+    data = load_dataset("digits")
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        sdn = build_sdn("small", 10, 32)
+        runtime = Runtime(torch.device("cpu"), compile=compiled)
+        mode = make_mode("sdn")
+        recipe = default_recipe("sdn", "small", 2)
+        opt = make_optimizer(mode.parameters(sdn), recipe)
+        stepped = runtime.prepare(sdn)
+        import itertools
+
+        steps = itertools.islice(iter(batches(data, "train", 64, train=True, generator=torch.Generator().manual_seed(1))), 3)
+        losses.append(train_one_epoch(sdn, stepped, mode, steps, opt, runtime, 0, 2, progress=False))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_reproduce_end_to_end_and_resume(tmp_path):
+    from shallowdeep.workflows import reproduce
+
+    out = tmp_path / "rep"
+    # a reproduction killed during its CNN stage: the stage holds a checkpoint after one epoch
+    train_run(TrainConfig(out=str(out / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=2),
+              stop_after=1, **QUIET)
+    assert _meta(out / "small" / "cnn")["status"] == "running"
+    result = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    assert _meta(out / "small" / "cnn")["status"] == "complete" and len(_meta(out / "small" / "cnn")["epochs"]) == 2
+    assert [(r["arch"], r["kind"]) for r in result["rows"]] == [("small", "ic-only"), ("small", "sdn")]
+    for f in ("reproduction.md", "reproduction.json", "index.html"):
+        assert (out / f).is_file()
+    page = (out / "index.html").read_text()
+    assert 'href="small/ic-only/report/report.html"' in page and (out / "small" / "sdn" / "report" / "report.html").is_file()
+    md = (out / "reproduction.md").read_text()
+    assert "| small | ic-only |" in md and "The paper's claims" in md
+    with pytest.raises(UserError, match="unknown architecture"):
+        reproduce("digits", out, ["nope"], log=None)
