@@ -50,16 +50,19 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
     """(label, configuration) of every row; ``epoch`` marks the rows whose whole epoch is timed."""
     base = dict(precision="fp32", channels_last=False, compile=False, resident=False, batch=128)
     eager = {**base, "resident": True, "channels_last": True, "precision": "bf16"}
+    default = {**base, "resident": True, "channels_last": True}  # what train runs on CUDA by default
     out = [("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
            ("data resident on the device (augmented there)", {**base, "resident": True}),
            ("channels-last", {**base, "channels_last": True}),
            ("bf16 autocast", {**base, "precision": "bf16"})]
     if compile_rows == "all":
         out.append(("torch.compile", {**base, "compile": True}))
-    out.append(("all but compile (train's CUDA default), batch 128", {**eager, "epoch": True}))
+    out.append(("resident + channels-last, fp32 (train's CUDA default)", {**default, "epoch": True}))
+    out.append(("all but compile, batch 128", {**eager, "epoch": True}))
     if compile_rows in ("all", "one"):
         out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
     out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
+    out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
     if compile_rows == "all":
         out.append(("all together with compile, batch 512 (lr x4)", {**eager, "compile": True, "batch": 512,
                                                                       "epoch": True}))

@@ -32,7 +32,7 @@ try:
 except Exception:
     print(""); sys.exit()
 budget = float(sys.argv[2])
-e = rows.get("all but compile (train's CUDA default), batch 128", {})
+e = rows.get("resident + channels-last, fp32 (train's CUDA default)", {})
 c = rows.get("all together with compile, batch 128", {})
 if "epoch_s" in e and "epoch_s" in c:
     eager_epochs = budget / e["epoch_s"]
