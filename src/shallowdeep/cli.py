@@ -34,7 +34,7 @@ FLAGS = {
     "precision": "--precision", "compile": "--compile", "backdoor": "--backdoor", "poison_rate": "--poison-rate",
     "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
-    "limit": "--max", "split": "--split", "sync_bn": "--sync-bn", "resize": "--resize", "convention": "--flops", "config": "--config",
+    "limit": "--max", "split": "--split", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
 }
 
 
@@ -84,7 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if classes is None:  # a folder data set: read it to learn its classes and image size
             d = load_dataset(args.data, args.data_root, args.image_size)
             classes, size = d.num_classes, d.image_size
-        model = build_sdn(args.arch, classes, args.image_size or size)
+        model = build_sdn(args.arch, classes, size if args.image_size is None else args.image_size)
         val_acc = None
         head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
     costs = output_costs(model, args.flops)
@@ -251,6 +251,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     epochs = {k: v for k, v in (("cnn", args.cnn_epochs), ("ic-only", args.ic_epochs), ("sdn", args.sdn_epochs))
               if v is not None}
+    for flag, v in (("--cnn-epochs", args.cnn_epochs), ("--ic-epochs", args.ic_epochs), ("--sdn-epochs", args.sdn_epochs)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} must be at least 1, got {v}")
     log = None if args.quiet else print
     reproduce(args.data, args.out, archs, data_root=args.data_root, image_size=args.image_size, epochs=epochs,
               device=args.device, precision=args.precision, compile=args.compile, seed=args.seed, log=log,
@@ -494,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status = args.func(args)
+        # `shallowdeep info --json | head`: a reader that left shows up at this flush as a
+        # BrokenPipeError, handled below with Python's documented recipe (stdout to devnull)
         sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
         return status
     except UserError as e:
@@ -502,10 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `shallowdeep info --json | head`: the reader left; end quietly
-        # Python's documented recipe: point stdout at devnull so the flush at exit cannot fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except MemoryError:
+        print(f"shallowdeep {args.command}: error: out of memory: use a smaller --batch-size or --image-size",
+              file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only or full disks, permissions: the file and the reason, not a traceback
+        if isinstance(e, BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"shallowdeep {args.command}: error: {where}{e.strerror or e}: check that the folder exists, is writable "
+              "and has space", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ whole batches.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -143,10 +144,26 @@ def default_root() -> Path:
     return Path(os.environ.get("SHALLOWDEEP_DATA", Path.home() / ".cache" / "shallowdeep" / "data"))
 
 
-def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None) -> Dataset:
-    """Load a registered data set by name (``cifar10``, ``imagefolder:PATH``, …) with its splits."""
+MIN_SIZE, MAX_SIZE = 8, 1024
+_DOWNLOAD: contextvars.ContextVar[bool] = contextvars.ContextVar("download", default=True)
+
+
+def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None,
+                 download: bool = True) -> Dataset:
+    """Load a registered data set by name (``cifar10``, ``imagefolder:PATH``, …) with its splits.
+
+    ``download=False`` never fetches or creates anything (what analyses of an existing run use).
+    """
     name, arg = parse_data_name(spec)
-    return _DATASETS[name](Path(root) if root else None, arg, image_size)
+    if image_size is not None and not (isinstance(image_size, int) and MIN_SIZE <= image_size <= MAX_SIZE):
+        raise ArgumentError(f"`image_size` must be an integer in {MIN_SIZE}..{MAX_SIZE} px, got {image_size}")
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        raise ArgumentError(f"`data_root` {root} is a file: give the folder that holds (or will hold) the data set")
+    token = _DOWNLOAD.set(download)
+    try:
+        return _DATASETS[name](Path(root) if root else None, arg, image_size)
+    finally:
+        _DOWNLOAD.reset(token)
 
 
 def carve_validation(train: ImageSet, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[ImageSet, ImageSet]:
@@ -207,16 +224,28 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
     cls = getattr(torchvision.datasets, cls_name)
     root = root or default_root()
     have = (root / folder).is_dir()  # else torchvision downloads, or extracts an archive already there
+    has_archive = (root / archive).is_file()
+    if not have and not _DOWNLOAD.get():
+        raise DataError(f"{name} is not in {root} (no {folder}/): put {archive} ({url}) there and extract it, or "
+                        "train once with the data set online")
+    created = not root.exists()
     splits = []
     for train in (True, False):
         try:
             # torchvision checks every file's MD5 before reading it, so only the official files
             # (whose format is Python pickles) are ever opened
             ds = cls(str(root), train=train, download=not have)
-        except RuntimeError as e:
-            raise DataError(f"{name} files in {root / folder} are missing or corrupted ({e}): remove them "
-                            f"and put {archive} ({url}) in {root}") from None
-        except OSError as e:  # URLError is an OSError: no network
+        except (RuntimeError, OSError, EOFError, ValueError) as e:
+            if created:  # leave no empty folder behind for a download that never happened
+                import shutil
+
+                shutil.rmtree(root, ignore_errors=True)
+            if have:
+                raise DataError(f"{name} files in {root / folder} are missing or corrupted ({e}): delete that folder "
+                                f"and put {archive} ({url}) in {root}") from None
+            if has_archive:
+                raise DataError(f"{root / archive} is damaged ({type(e).__name__}): delete it and download it again "
+                                f"from {url}") from None
             raise DataError(f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
                             f"{root} or set `data_root` to the folder holding it") from None
         splits.append(_as_set(ds.data, ds.targets))
@@ -244,6 +273,10 @@ def read_image(path: str | Path, size: int | None = None, resize: bool = True) -
 
     try:
         with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float: scale, don't clip
+                a = np.asarray(im, dtype=np.float64)
+                hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
             im = im.convert("RGB")
             if size is not None and im.size != (size, size):
                 if not resize:
@@ -251,7 +284,9 @@ def read_image(path: str | Path, size: int | None = None, resize: bool = True) -
                                     "resize it (`resize`)")
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path} claims to be too large to be a real image ({e}); remove or replace the file") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
 
 
@@ -280,8 +315,14 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
         try:
             with Image.open(paths[0]) as im:
                 size = im.size[1]
-        except OSError as e:
-            raise DataError(f"cannot read image {paths[0]}: {e}") from None
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{paths[0]} claims to be too large to be a real image ({e}); remove or replace the "
+                            "file") from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {paths[0]}: {e}; remove or replace the file") from None
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
+                        "data set (`image_size`)")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return np.stack(list(pool.map(lambda p: read_image(p, size), paths)))  # PIL releases the GIL
 
@@ -342,6 +383,9 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
             folder = base / part / c
             if folder.is_dir():
                 found = _images_in(folder)
+                if part == "train" and not found:
+                    raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
+                                    "or remove the folder")
                 paths += found
                 labels += [i] * len(found)
         if not paths:

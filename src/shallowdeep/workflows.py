@@ -27,7 +27,14 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     """Collect (or reuse) a run's records, analyze them, write the engine's ``calibration.json``
     (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths."""
     from . import report
+    from .core.exits import check_fallback
 
+    # every argument is checked before anything is collected or written
+    check_fallback(fallback)
+    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 1):  # NaN fails too
+        raise ArgumentError(f"`max_drop` is an accuracy drop in [0, 1], got {max_drop}")
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < float("inf")):
+        raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
     folder = RunFolder(run)
     meta = folder.meta()
     is_sdn = meta.get("model", {}).get("kind") == "sdn"
@@ -186,11 +193,17 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     from .models import list_archs
 
     if not archs:
-        raise ArgumentError("`archs` names no architecture")
+        raise ArgumentError("`archs` names no architecture: give at least one")
     for a in archs:
         if a not in list_archs():
             raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
     epochs = {**PAPER_EPOCHS, **(epochs or {})}
+    for stage, n in epochs.items():
+        if not (isinstance(n, int) and n >= 1):
+            raise ArgumentError(f"the {stage} stage needs at least one epoch, got {n}")
+    from .data import parse_data_name
+
+    parse_data_name(data)  # an unknown data set is refused before any folder is made
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")

@@ -72,9 +72,10 @@ def read_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path} does not exist") from None
     except (OSError, ValueError) as e:
-        raise RunFolderError(f"{path} is not readable JSON ({e}): the run folder is damaged") from None
+        raise RunFolderError(f"{path} is not readable JSON ({e}): the file is damaged; restore it or make it "
+                             "again") from None
     if not isinstance(obj, dict):
-        raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged")
+        raise RunFolderError(f"{path} does not hold a JSON object: the file is damaged; restore it or make it again")
     return obj
 
 

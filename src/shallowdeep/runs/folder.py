@@ -23,6 +23,51 @@ REPORT = "report"
 EXPLAIN = "explain"
 
 
+MAX_RUN_JSON = 64 << 20  # a run.json with every epoch of a long run is a few MB
+MAX_CLASSES = 100_000
+SIZES = (8, 1024)
+
+
+def check_meta(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a ``run.json`` (types and bounds of what the tool uses), or ``None``.
+
+    Bounded sizes keep a crafted file from making the tool allocate without limit."""
+    def is_int(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    model, cfg, data = meta.get("model"), meta.get("config"), meta.get("data")
+    if not isinstance(model, dict):
+        return "no model description"
+    if model.get("kind") not in ("cnn", "sdn") or not isinstance(model.get("arch"), str):
+        return "model kind or architecture missing"
+    if not is_int(model.get("num_classes"), 1, MAX_CLASSES):
+        return f"num_classes {model.get('num_classes')!r} is not an integer in 1..{MAX_CLASSES}"
+    if not is_int(model.get("image_size"), *SIZES):
+        return f"image_size {model.get('image_size')!r} is not an integer in {SIZES[0]}..{SIZES[1]}"
+    pos = model.get("ic_positions")
+    if not isinstance(pos, list) or not all(is_int(p, 0, 10_000) for p in pos):
+        return "ic_positions is not a list of block indices"
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), str) for k in ("mode", "arch", "data")):
+        return "the configuration (mode, arch, data) is missing"
+    if not isinstance(meta.get("recipe"), dict):
+        return "the recipe is missing"
+    if not isinstance(data, dict):
+        return "the data description is missing"
+    for key in ("mean", "std"):
+        v = data.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            return f"data {key} is not three numbers"
+    if any(x <= 0 for x in data["std"]):
+        return "data std has a value <= 0"
+    classes = data.get("class_names", data.get("classes"))
+    if not isinstance(classes, list) or len(classes) != model["num_classes"]:
+        return f"the data set names {len(classes) if isinstance(classes, list) else 'no'} classes for a model of " \
+               f"{model['num_classes']}"
+    if not isinstance(meta.get("epochs", []), list):
+        return "the epoch history is not a list"
+    return None
+
+
 class RunFolder:
     """A run folder at ``path`` (which may not exist yet)."""
 
@@ -72,15 +117,24 @@ class RunFolder:
 
     def meta(self) -> dict[str, Any]:
         """``run.json``, checked to be a shallowdeep run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a run folder: give the folder a training wrote")
         if not self.path.is_dir():
             raise RunFolderError(f"{self.path} is not a run folder (no such directory): give the folder a "
                                  "training wrote")
         if not self.run_json.is_file():
             raise RunFolderError(f"{self.path} is not a run folder (it has no {RUN_JSON}): give the folder a "
                                  "training wrote")
+        if self.run_json.stat().st_size > MAX_RUN_JSON:
+            raise RunFolderError(f"{self.run_json} is {self.run_json.stat().st_size} bytes, far more than a run's "
+                                 "description: it is not a shallowdeep run.json; restore it")
         meta = read_json(self.run_json)
         if meta.get("format") != FORMAT:
-            raise RunFolderError(f"{self.run_json} is not a shallowdeep run (format {meta.get('format')!r})")
+            raise RunFolderError(f"{self.run_json} is not a shallowdeep run (format {meta.get('format')!r}): give "
+                                 "the folder a training wrote")
+        problem = check_meta(meta)
+        if problem:
+            raise RunFolderError(f"{self.run_json} is damaged ({problem}): restore it or train the run again")
         return meta
 
     def kind(self) -> str:

@@ -21,7 +21,8 @@ def run_data(run: str | Path) -> Dataset:
     """The data set a run was trained on, from its ``run.json`` alone."""
     cfg = RunFolder(run).meta().get("config", {})
     try:
-        return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"))
+        # never download or create anything for an existing run (its data_root is not trusted to write to)
+        return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False)
     except KeyError:
         raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
 

@@ -23,7 +23,7 @@ from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed,
 from ..training import distributed
 from .folder import FORMAT, RunFolder
 from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
-                      save_weights, tensors_to_bytes)
+                      save_weights, state_bytes, tensors_to_bytes)
 
 DEFAULT_SEED = 1221  # the reference code's
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
@@ -105,9 +105,9 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     elif resolved["from_run"]:
         raise ArgumentError("`from_run` is only for the ic-only `mode`")
     if not resolved["arch"]:
-        raise ArgumentError("`arch` is required (the registered architectures are listed by `list_archs()`)")
+        raise ArgumentError(f"`arch` is required: choose one of {', '.join(list_archs())}")
     if not resolved["data"]:
-        raise ArgumentError("`data` is required (the registered data sets are listed by `list_datasets()`)")
+        raise ArgumentError("`data` is required: a registered data set (cifar10, cifar100, tinyimagenet, digits) or imagefolder:PATH")
     if resolved["seed"] is None:
         resolved["seed"] = DEFAULT_SEED
     if previous is not None:
@@ -219,7 +219,8 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if previous is not None and place.main:
         remove_stale_temps(out)  # a kill during a write leaves its temporary file behind
     if previous is not None and run.checkpoint.is_file():
-        tensors, ck = read_tensors(run.checkpoint)
+        # weights, optimiser state (up to two moments per parameter) and a JSON history: bounded
+        tensors, ck = read_tensors(run.checkpoint, max_bytes=4 * state_bytes(model) + (64 << 20))
         load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run.checkpoint)
         start_epoch, history = int(ck["epoch"]), list(ck["history"])
 

@@ -23,8 +23,13 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any] 
     return st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
 
 
-def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a safetensors file and its JSON metadata, or raise a one-line :class:`RunFolderError`."""
+def read_tensors(path: str | Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file and its JSON metadata, or raise a one-line :class:`RunFolderError`.
+    ``max_bytes`` refuses a file larger than what it should hold before reading it."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if max_bytes is not None and size > max_bytes:
+        raise RunFolderError(f"{path} is {size:,} bytes, more than the {max_bytes:,} its model can hold: it is "
+                             "foreign or damaged; retrain or restore it")
     data, meta = read_safetensors(path)
     try:
         return st_load(data), meta
@@ -62,6 +67,11 @@ def build_from(meta: dict[str, Any]) -> CNN | SDN:
         raise RunFolderError(f"run.json lacks a valid architecture description ({e}): the run folder is damaged") from None
 
 
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of ``model``'s state dict as stored (what a weights file of it holds, header aside)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load a state dict strictly, refusing weights of another architecture with a clear message."""
     expected = model.state_dict()
@@ -82,7 +92,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> CNN | SD
     meta = run.meta()
     weights = run.require_weights()
     model = build_from(meta.get("model", {}))
-    tensors, _ = read_tensors(weights)
+    tensors, _ = read_tensors(weights, max_bytes=state_bytes(model) * 2 + (1 << 20))
     load_weights(model, tensors, weights)
     return model.to(map_location).eval()
 
