@@ -256,3 +256,34 @@ def test_collect_records_every_output(digits):
     x = torch.cat([x for x, _ in __import__("shallowdeep").data.batches(digits, "val", 512)])
     with torch.no_grad():
         assert np.allclose(r.logits[:, 2], sdn(x)[2].numpy(), atol=1e-5)
+
+
+def test_reliability_and_ece_match_a_plain_loop():
+    from shallowdeep.analysis import reliability
+
+    r = random_record(5, n=300, k=4)
+    bins = 10
+    for rel in reliability(r, bins=bins):
+        k = rel.output
+        groups = [[] for _ in range(bins)]
+        for i in range(r.num_inputs):
+            c = float(r.confidence[i, k])
+            b = min(max(int(np.ceil(c * bins)) - 1, 0), bins - 1)  # (edge_b, edge_b+1]
+            groups[b].append((c, bool(r.correct[i, k])))
+        ece = sum(len(g) * abs(np.mean([x[1] for x in g]) - np.mean([x[0] for x in g])) for g in groups if g) / r.num_inputs
+        assert rel.counts == [len(g) for g in groups]
+        assert rel.ece == pytest.approx(ece, abs=1e-9)
+
+
+def test_per_class_accuracy_matches_a_plain_loop():
+    from shallowdeep.analysis import per_class
+
+    r = random_record(2, n=200, k=3)
+    e = early_exit(r, 0.3)
+    pc = per_class(r, e.predictions)
+    for c in range(r.num_classes):
+        idx = [i for i in range(r.num_inputs) if r.labels[i] == c]
+        assert pc.counts[c] == len(idx)
+        if idx:
+            assert pc.final[c] == pytest.approx(np.mean([r.preds[i, -1] == c for i in idx]))
+            assert pc.early_exit[c] == pytest.approx(np.mean([e.predictions[i] == c for i in idx]))

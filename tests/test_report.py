@@ -49,11 +49,17 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
     text = (out / "report.html").read_text()
     page = Page()
     page.feed(text)
-    for section in ("outputs", "early-exit", "overthinking", "confusion"):
+    for section in ("run", "training", "outputs", "early-exit", "overthinking", "confusion", "calibration", "classes"):
         assert section in page.ids
-    for fig in ("accuracy_cost", "overthinking", "destructive", "confusion", "first_correct"):
+    for fig in ("training", "exits", "accuracy_cost", "threshold", "overthinking", "destructive", "confusion",
+                "reliability", "first_correct"):
         assert f"fig-{fig}" in page.ids
-    assert page.imgs and all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in page.imgs)
+    assert page.imgs and all(src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) and len(src) > 1000
+                             for src in page.imgs)
+    import base64
+
+    svgs = [base64.b64decode(src.split(",", 1)[1]).decode() for src in page.imgs if src.startswith("data:image/svg")]
+    assert len(svgs) >= 6 and all("<svg" in v and 'href="http' not in v for v in svgs)  # vector charts, nothing fetched
     assert not page.links and not page.scripts
     assert "http://" not in text and "https://" not in text and "url(" not in text
     assert "chosen on the test set" in text.lower()  # the reference protocol is labelled as such

@@ -275,11 +275,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                        fallback=args.fallback, device=_device(args), log=None if args.quiet else print)
     r = json.loads(json_path.read_text())
     if not args.quiet:
-        cal = r["early_exit"]["calibrated"]
-        if "test" in cal:
-            print(f"early exits at q={cal['threshold']:.4g} (chosen on validation): test accuracy "
-                  f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) at "
-                  f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
+        ee = r["early_exit"]
+        for key, label in (("calibrated", f"within {100 * args.max_drop:g} points of the final output"),
+                           ("calibrated_budget", f"most accurate within a cost of {args.budget}")):
+            cal = ee.get(key)
+            if cal and "test" in cal and r["num_outputs"] > 1:
+                print(f"early exits, {label}: q={cal['threshold']:.4g} (chosen on validation): test accuracy "
+                      f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
+                      f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
+        if r["num_outputs"] > 1:
+            print(f"predict uses q={(ee.get('calibrated_budget') or ee['calibrated'])['threshold']:.4g} "
+                  f"({'the --budget point' if ee.get('calibrated_budget') else 'the --max-drop point'})")
         o = r["overthinking"]
         print(f"overthinking: {100 * o['early_share']:.1f}% of test inputs right at some IC; "
               f"{o['destructive']['union_count']} of the final output's {o['final_errors']} errors are right at some IC")

@@ -11,15 +11,24 @@ from .sdn import outputs_of
 
 @torch.no_grad()
 def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch_size: int = 256,
-            device: torch.device | str = "cpu", meta: dict | None = None) -> ExitRecord:
-    """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output."""
+            device: torch.device | str = "cpu", meta: dict | None = None, progress: bool = False) -> ExitRecord:
+    """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output.
+    ``progress`` shows a bar on a terminal (none when stderr is redirected)."""
+    import sys
+
+    from tqdm import tqdm
+
     was_training = model.training
     model.eval().to(device)
     chunks, labels = [], []
+    stream = batches(data, split, batch_size, device=device)
     try:
-        for x, y in batches(data, split, batch_size, device=device):
-            chunks.append(torch.stack(outputs_of(model, x), dim=1).float().cpu())
-            labels.append(y.cpu())
+        with tqdm(total=len(stream), desc=f"collecting {split}", leave=False, file=sys.stderr,
+                  disable=None if progress else True) as bar:
+            for x, y in stream:
+                chunks.append(torch.stack(outputs_of(model, x), dim=1).float().cpu())
+                labels.append(y.cpu())
+                bar.update(1)
     finally:
         model.train(was_training)
     s = data.split(split)

@@ -39,7 +39,22 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
 
 
 def _png(fig) -> str:
-    return base64.b64encode(png_bytes(fig)).decode()
+    """A photo-like figure (image grids): PNG at twice the usual resolution, for sharp laptop screens."""
+    return "png:" + base64.b64encode(png_bytes(fig, dpi=220)).decode()
+
+
+def _svg(fig) -> str:
+    """A chart as SVG: vector, sharp at any zoom; text stays text."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    _plt().close(fig)
+    return "svg:" + base64.b64encode(buf.getvalue()).decode()
+
+
+def _style() -> None:
+    plt = _plt()
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
+                         "xtick.labelsize": 8, "ytick.labelsize": 8, "svg.fonttype": "none"})
 
 
 def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
@@ -66,8 +81,8 @@ def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
     ax.set_xlabel("average cost / plain CNN cost")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _svg(fig)
 
 
 def fig_overthinking(o: Overthinking) -> str:
@@ -82,10 +97,11 @@ def fig_overthinking(o: Overthinking) -> str:
     ax.bar(x + w, o.newly_correct, w, label="first correct here")
     ax.set_xticks(x, names)
     ax.set_ylabel("test inputs")
-    ax.set_title(f"wasteful overthinking: {100 * o.early_share:.1f}% of inputs are right at some IC", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_xlabel("output")
+    ax.set_title(f"wasteful overthinking: {100 * o.early_share:.1f}% of inputs are right at some IC", pad=28)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return _svg(fig)
 
 
 def fig_destructive(o: Overthinking) -> str:
@@ -94,8 +110,9 @@ def fig_destructive(o: Overthinking) -> str:
     names = output_names(o.num_outputs)[:-1]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     a1.bar(names, [p.count for p in per], color="tab:red")
-    a1.set_title("IC right, final wrong (destructive)", fontsize=9)
+    a1.set_title("IC right, final wrong (destructive)")
     a1.set_ylabel("test inputs")
+    a1.set_xlabel("IC")
     x = np.arange(len(per))
     a2.bar(x - 0.2, [p.mean_confidence_destructive or 0 for p in per], 0.4, label="on destructive inputs",
            color="tab:red")
@@ -103,18 +120,21 @@ def fig_destructive(o: Overthinking) -> str:
            color="tab:blue")
     a2.set_xticks(x, names)
     a2.set_ylim(0, 1)
-    a2.set_title("mean IC confidence", fontsize=9)
-    a2.legend(fontsize=7)
+    a2.set_xlabel("IC")
+    a2.set_ylabel("mean max softmax")
+    a2.set_title("mean IC confidence", pad=22)
+    a2.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     for a in (a1, a2):
         a.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    fig.tight_layout()
+    return _svg(fig)
 
 
 def fig_confusion(c: Confusion) -> str:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    for ax, sep, title in ((axes[0], c.confusion, "SDN confusion (normalised)"),
-                           (axes[1], c.confidence, "final output's max softmax (the CNN's confidence)")):
+    for ax, sep, title, xlabel in ((axes[0], c.confusion, "SDN confusion (normalised)", "confusion score"),
+                                   (axes[1], c.confidence, "final output's max softmax", "confidence")):
         h = sep.histogram
         edges = np.asarray(h.edges)
         centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
@@ -122,10 +142,15 @@ def fig_confusion(c: Confusion) -> str:
             counts = np.asarray(counts, dtype=float)
             dens = counts / counts.sum() if counts.sum() else counts
             ax.bar(centers, dens, width, alpha=0.5, color=color, label=f"{group} ({int(counts.sum())})")
-        ax.set_title(f"{title}\nAUROC for errors: {'n/a' if sep.auroc is None else f'{sep.auroc:.3f}'}", fontsize=8)
+        ax.set_title(f"{title}\nAUROC for errors: {'n/a' if sep.auroc is None else f'{sep.auroc:.3f}'}")
         ax.set_ylabel("share of group")
-        ax.legend(fontsize=7)
-    return _png(fig)
+        ax.set_xlabel(xlabel)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+GRID_COLUMNS = 6
 
 
 def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record: ExitRecord, classes: list[str],
@@ -133,7 +158,9 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
     """Rows of example images; each titled with the row's output prediction and the true label."""
     plt = _plt()
     ncols = max([len(idx) for _, idx in rows] + [1])
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.25 * ncols + 1.2, 1.45 * len(rows)), squeeze=False)
+    rows = [(label, idx[:GRID_COLUMNS]) for label, idx in rows]  # few per row: captions stay readable
+    ncols = max([len(idx) for _, idx in rows] + [1])
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.5 * ncols + 1.2, 2.1 * len(rows)), squeeze=False)
     for r, ((label, idx), out) in enumerate(zip(rows, output_of_row)):
         for c in range(ncols):
             ax = axes[r][c]
@@ -143,10 +170,87 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
                 ax.imshow(images[i], interpolation="nearest")
                 pred, true = record.preds[i, out], record.labels[i]
                 final = record.preds[i, -1]
-                ax.set_title(f"{classes[pred]}\n(true {classes[true]}, final {classes[final]})", fontsize=5.5)
-        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+                ax.set_title(f"{classes[pred]}\n(true {classes[true]},\nfinal {classes[final]})", fontsize=10.5)
+        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=12)
     fig.tight_layout()
     return _png(fig)
+
+
+def fig_training(epochs: list[dict[str, Any]]) -> str:
+    """Validation accuracy of every output and the training loss, per epoch."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    x = [e["epoch"] for e in epochs]
+    k = len(epochs[0]["val_acc"])
+    for i, name in enumerate(output_names(k)):
+        a1.plot(x, [100 * e["val_acc"][i] for e in epochs], lw=1.4, label=name)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("validation accuracy (%)")
+    a1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    a2.plot(x, [e["train_loss"] for e in epochs], color="k", lw=1.4)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("training loss")
+    from matplotlib.ticker import MaxNLocator
+
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def fig_threshold(curves: dict[str, Sweep], chosen: float) -> str:
+    """Accuracy and average cost of early exits against the threshold, validation and test."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    for split, style in (("val", "--"), ("test", "-")):
+        c = curves[split]
+        a1.plot(c.thresholds, c.accuracy * 100, style, lw=1.3, label=split)
+        a2.plot(c.thresholds, c.relative_cost * 100, style, lw=1.3, label=split)
+    for a, label in ((a1, "accuracy (%)"), (a2, "average cost (% of the CNN)")):
+        a.axvline(chosen, color="tab:green", lw=1, label=f"calibrated q={chosen:.3g}")
+        a.set_xlabel("confidence threshold q")
+        a.set_ylabel(label)
+        a.grid(alpha=0.3)
+        a.legend(frameon=False)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def fig_exits(cal: Calibration, names: list[str]) -> str:
+    """Where inputs leave at the calibrated threshold, validation and test (share of inputs)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    x = np.arange(len(names))
+    for j, (split, point) in enumerate((("validation", cal.val), ("test", cal.test))):
+        if point is None:
+            continue
+        counts = np.asarray(point.exit_counts, dtype=float)
+        ax.bar(x + (j - 0.5) * 0.4, 100 * counts / max(counts.sum(), 1), 0.4, label=split)
+    ax.set_xticks(x, [n if n != "final" else "no IC exit" for n in names])
+    ax.set_xlabel("where inputs leave")
+    ax.set_ylabel("inputs (%)")
+    ax.legend(frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _svg(fig)
+
+
+def fig_reliability(rel: list, names: list[str]) -> str:
+    """Reliability diagrams of every output: accuracy against mean confidence per bin."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls=":", label="perfectly calibrated")
+    for r, name in zip(rel, names):
+        pts = [(c, a) for c, a in zip(r.mean_confidence, r.accuracy) if c is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=f"{name} (ECE {r.ece:.3f})")
+    ax.set_xlabel("mean confidence in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _svg(fig)
 
 
 def explanation_grid(panels: np.ndarray, titles: tuple[str, ...], row_labels: list[str]) -> bytes:
@@ -167,18 +271,26 @@ def explanation_grid(panels: np.ndarray, titles: tuple[str, ...], row_labels: li
     return png_bytes(fig, dpi=120)
 
 
-def figures(analysis: RunAnalysis, test: ExitRecord, images: np.ndarray, classes: list[str]) -> dict[str, str]:
-    """Every figure of the report, base64 PNGs by key."""
+def figures(analysis: RunAnalysis, test: ExitRecord, images: np.ndarray, classes: list[str],
+            epochs: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Every figure of the report by key: ``"svg:<base64>"`` charts, ``"png:<base64>"`` image grids."""
+    _style()
     o = analysis.overthinking
     k = test.num_outputs
-    rows = list(zip(output_names(k), o.examples_first_correct))
+    names = output_names(k)
+    rows = list(zip(names, o.examples_first_correct))
     figs = {
-        "accuracy_cost": fig_accuracy_cost(analysis.curves, analysis),
-        "overthinking": fig_overthinking(o),
         "confusion": fig_confusion(analysis.confusion),
+        "reliability": fig_reliability(analysis.reliability, names),
         "first_correct": fig_image_grid(images, rows, test, classes, list(range(k))),
     }
+    if epochs:
+        figs["training"] = fig_training(epochs)
     if k > 1:
+        figs["accuracy_cost"] = fig_accuracy_cost(analysis.curves, analysis)
+        figs["threshold"] = fig_threshold(analysis.curves, analysis.calibrated.threshold)
+        figs["exits"] = fig_exits(analysis.calibrated, names)
+        figs["overthinking"] = fig_overthinking(o)
         figs["destructive"] = fig_destructive(o)
     if o.examples_only_first:
         figs["only_first"] = fig_image_grid(images, [("IC 1", o.examples_only_first)], test, classes, [0])
@@ -208,66 +320,108 @@ def _calibration_rows(cal: Calibration) -> list[list[Any]]:
     return rows
 
 
+def _run_section(run_meta: dict[str, Any] | None) -> str:
+    if not run_meta:
+        return ""
+    cfg, recipe, data = run_meta.get("config", {}), run_meta.get("recipe", {}), run_meta.get("data", {})
+    rt = run_meta.get("runtime", {})
+    epochs = run_meta.get("epochs", [])
+    seconds = sum(e.get("seconds", 0) for e in epochs)
+    rows = [
+        ["architecture, mode", f"{cfg.get('arch')}, {cfg.get('mode')}" + (f" (from {cfg.get('from_run')})" if cfg.get("from_run") else "")],
+        ["data", f"{cfg.get('data')}: " + ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
+         + f"; {data.get('image_size')} px"],
+        ["recipe", ", ".join(f"{k} {v}" for k, v in recipe.items())],
+        ["seed", cfg.get("seed")],
+        ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items() if k != "weights_sha256_per_rank")],
+        ["training time", f"{seconds:.1f} s over {len(epochs)} epochs (validation included)"],
+    ]
+    body = "".join(f"<tr><th>{html.escape(str(a))}</th><td class=l>{html.escape(str(b))}</td></tr>" for a, b in rows)
+    return f'<section id="run"><h2>Run</h2><table class=kv><tbody>{body}</tbody></table></section>'
+
+
 def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta_line: str,
-                extra_sections: list[str] = ()) -> str:
-    """The report page: tables from ``analysis``, figures embedded as base64 PNGs."""
+                extra_sections: list[str] = (), run_meta: dict[str, Any] | None = None,
+                classes: list[str] | None = None) -> str:
+    """The report page: tables from ``analysis``; figures embedded (SVG charts, PNG image grids)."""
     cal = analysis.calibrated
     o = analysis.overthinking
     c = analysis.confusion
     ref: ReferenceProtocol = analysis.reference
     names = [p.output for p in analysis.outputs]
+    k = len(names)
 
     def img(key: str, alt: str) -> str:
         if key not in figures:
             return ""
-        return f'<figure id="fig-{key}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{figures[key]}"></figure>'
+        kind, _, data = figures[key].partition(":")
+        mime = "image/svg+xml" if kind == "svg" else "image/png"
+        return f'<figure id="fig-{key}"><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"></figure>'
 
     budget = ""
     if analysis.calibrated_budget is not None:
         b = analysis.calibrated_budget
-        budget = (f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>"
+        budget = (f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN "
+                  "(the threshold <code>predict</code> uses)</h3>"
                   + _table(["", "threshold", "accuracy", "final output alone", "cost / CNN", "exits per output"],
                            _calibration_rows(b)))
     per = o.destructive_per_ic
+    exit_head = "exits per output (" + ", ".join(names[:-1] + ["no IC exit"]) + ")"
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class=meta>{html.escape(meta_line)}</p>",
+        _run_section(run_meta),
+        ('<section id="training"><h2>Training</h2>' + img("training", "validation accuracy and loss per epoch")
+         + "</section>") if "training" in figures else "",
         '<section id="outputs"><h2>Outputs</h2>' + _table(
-            ["output", "GFLOPs (cumulative)", "cost / CNN", "val accuracy", "test accuracy"],
+            ["output", "GFLOPs (cumulative)", "cost / CNN", "val accuracy", "test accuracy", "ECE (test)"],
             [[p.output, f"{p.gflops:.4f}", f"{100 * p.relative_cost:.1f}%", _pct(p.val_accuracy),
-              _pct(p.test_accuracy)] for p in analysis.outputs]) + "</section>",
-        '<section id="early-exit"><h2>Early exits</h2>'
-        f"<p>Threshold calibrated on the <b>validation</b> split: the cheapest whose accuracy is within "
-        f"{100 * cal.rule.get('max_drop', 0):.1f} points of the final output's; fallback when no IC is confident: "
-        f"{html.escape(analysis.fallback)}. Exits per output: "
-        + html.escape(", ".join(names)) + ".</p>"
-        + _table(["", "threshold", "accuracy", "final output alone", "cost / CNN", "exits per output"],
-                 _calibration_rows(cal))
-        + budget
-        + img("accuracy_cost", "accuracy against cost")
-        + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
-        + _table(["threshold", "test accuracy", "cost / CNN"],
-                 [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows])
-        + f"<p>Chosen on the test set: q = {ref.chosen_threshold}.</p></section>",
-        '<section id="overthinking"><h2>Overthinking</h2>'
-        f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
-        f"by some IC before the final output (wasteful overthinking). An oracle that stops each input at the first "
-        f"output that gets it right would cost {_pct(o.oracle_relative_cost)} of the CNN. "
-        f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
-        f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
-        f"{o.final_errors} errors.</p>"
-        + _table(["output", "correct", "cumulatively correct", "first correct here", "destructive (IC right, final wrong)",
-                  "IC confidence: destructive / all correct"],
-                 [[names[i], o.correct[i], o.cumulative_correct[i], o.newly_correct[i],
-                   per[i].count if i < len(names) - 1 else "",
-                   (f"{per[i].mean_confidence_destructive or 0:.3f} / "
-                    f"{per[i].mean_confidence_correct or 0:.3f}") if i < len(names) - 1 else ""]
-                  for i in range(len(names))])
-        + img("overthinking", "correct per output") + img("destructive", "destructive overthinking")
-        + "<h3>Inputs first classified correctly at each output (simple to complex)</h3>" + img("first_correct", "first correct")
-        + "<h3>Inputs only the first IC gets right</h3>"
-        + (img("only_first", "only the first IC") if "only_first" in figures else "<p>None in the test split.</p>")
+              _pct(p.test_accuracy), f"{r.ece:.3f}"] for p, r in zip(analysis.outputs, analysis.reliability)])
         + "</section>",
+    ]
+    if k == 1:
+        sections.append('<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
+                        "so there is nothing to exit early from and no overthinking to measure. Train its ICs "
+                        "(<code>shallowdeep train --mode ic-only --from RUN --out DIR</code>) and analyze that "
+                        "run.</p></section>")
+    else:
+        sections += [
+            '<section id="early-exit"><h2>Early exits</h2>'
+            f"<p>Threshold calibrated on the <b>validation</b> split: the cheapest whose accuracy is within "
+            f"{100 * cal.rule.get('max_drop', 0):.1f} points of the final output's; fallback when no IC is confident: "
+            f"{html.escape(analysis.fallback)}.</p>"
+            + _table(["", "threshold", "accuracy", "final output alone", "cost / CNN", exit_head],
+                     _calibration_rows(cal))
+            + budget
+            + img("exits", "where inputs leave at the calibrated threshold")
+            + img("accuracy_cost", "accuracy against cost")
+            + img("threshold", "accuracy and cost against the threshold")
+            + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
+            + _table(["threshold", "test accuracy", "cost / CNN"],
+                     [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows])
+            + f"<p>Chosen on the test set: q = {ref.chosen_threshold}.</p></section>",
+            '<section id="overthinking"><h2>Overthinking</h2>'
+            f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
+            f"by some IC before the final output (wasteful overthinking). An oracle that stops each input at the first "
+            f"output that gets it right would cost {_pct(o.oracle_relative_cost)} of the CNN. "
+            f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
+            f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
+            f"{o.final_errors} errors.</p>"
+            + _table(["output", "correct", "cumulatively correct", "first correct here",
+                      "destructive (IC right, final wrong)", "IC confidence: destructive / all correct"],
+                     [[names[i], o.correct[i], o.cumulative_correct[i], o.newly_correct[i],
+                       per[i].count if i < k - 1 else "",
+                       (f"{per[i].mean_confidence_destructive or 0:.3f} / "
+                        f"{per[i].mean_confidence_correct or 0:.3f}") if i < k - 1 else ""]
+                      for i in range(k)])
+            + img("overthinking", "correct per output") + img("destructive", "destructive overthinking")
+            + "<h3>Inputs first classified correctly at each output (simple to complex)</h3>"
+            + img("first_correct", "first correct")
+            + "<h3>Inputs only the first IC gets right</h3>"
+            + (img("only_first", "only the first IC") if "only_first" in figures else "<p>None in the test split.</p>")
+            + "</section>",
+        ]
+    sections += [] if k == 1 else [
         '<section id="confusion"><h2>Confusion</h2>'
         f"<p>Confusion of an input: the sum over outputs of the L1 distance between its softmax and the final's, "
         f"normalised by the {html.escape(c.normalisation['from'])} (mean {c.normalisation['mean']:.4f}, "
@@ -279,15 +433,28 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
                    "n/a" if s.mean_wrong is None else f"{s.mean_wrong:.4f}",
                    s.wrong_beyond_correct_mean, s.correct_beyond_wrong_mean]
                   for name, s in (("SDN confusion", c.confusion), ("final max softmax", c.confidence))])
-        + img("confusion", "confusion histograms") + "</section>",
-        *extra_sections,
+        + img("confusion", "confusion histograms") + "</section>"]
+    sections += [
+        '<section id="calibration"><h2>Are the confidences calibrated?</h2><p>Reliability diagram of every output '
+        "on the test split (15 equal-width confidence bins) and its expected calibration error (ECE): early exits "
+        "trust these confidences.</p>" + img("reliability", "reliability diagrams") + "</section>",
     ]
-    style = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;"
-             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
-             "figure{margin:.8em 0}.meta{color:#666}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+    if classes is not None and len(classes) <= 200:
+        pc = analysis.per_class
+        sections.append('<section id="classes"><h2>Accuracy per class (test)</h2>' + _table(
+            ["class", "inputs", "final output", f"early exits (q={cal.threshold:.3g})" if k > 1 else "—"],
+            [[classes[i], pc.counts[i], _pct(pc.final[i]), _pct(pc.early_exit[i]) if k > 1 else ""]
+             for i in range(len(classes))]) + "</section>")
+    sections += list(extra_sections)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;"
+             "font-size:15px;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
+             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}"
+             "td:first-child{text-align:left}img{max-width:100%;height:auto}figure{margin:.8em 0}.meta{color:#666}"
+             "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5}"
+             "table.kv th{text-align:left;white-space:nowrap}td.l{text-align:left}")
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n")
 
 
 def backdoor_section(b: BackdoorResult, outputs: list[str], classes: list[str]) -> str:

@@ -45,6 +45,8 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     backdoor = backdoor_of(run)
     splits = ("train", "val", "test") + (("test+trigger",) if backdoor is not None else ())
     records = run_records(run, splits, data=data, device=device, log=log)
+    if log is not None:
+        log("analyzing the records and drawing the report")
     t0 = time.perf_counter()
     analysis = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
     if backdoor is not None:
@@ -60,7 +62,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                  f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
                  f"{seconds:.2f}s")
     classes = data.meta.get("class_names", data.classes)
-    figures = report.figures(analysis, test, data.test.images.numpy(), classes)
+    figures = report.figures(analysis, test, data.test.images.numpy(), classes, meta.get("epochs"))
     result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.get("arch"), "data": cfg.get("data"),
                               "mode": cfg.get("mode"), "meta_line": meta_line, **analysis.to_json()}
     o = analysis.overthinking
@@ -82,9 +84,12 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
             result["explanations"] = ex
         except (KeyError, TypeError, ValueError):
             raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
-    page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra)
-    if is_sdn:  # the engine's default threshold: chosen on the validation split, tied to these weights
-        save_calibration(run, analysis.calibrated, str(test.meta.get("weights_sha256")))
+    page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra,
+                              run_meta=meta, classes=list(classes))
+    if is_sdn:  # the engine's default threshold: chosen on the validation split, tied to these weights;
+        # with a budget, the operating point asked for is the budget's (the max-drop one stays in the report)
+        chosen = analysis.calibrated_budget or analysis.calibrated
+        save_calibration(run, chosen, str(test.meta.get("weights_sha256")))
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)

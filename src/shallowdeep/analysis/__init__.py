@@ -5,8 +5,9 @@ from .early_exit import (FALLBACKS, REFERENCE_THRESHOLDS, Calibration, EarlyExit
                          Sweep, calibrate, default_thresholds, early_exit, reference_protocol, sweep)
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
+from .reliability import ClassAccuracy, Reliability, per_class, reliability
 from .summary import RunAnalysis, analyze
 
-__all__ = ["FALLBACKS", "REFERENCE_THRESHOLDS", "BackdoorResult", "Calibration", "Confusion", "EarlyExit", "ExitRecord",
+__all__ = ["ClassAccuracy", "Reliability", "per_class", "reliability", "FALLBACKS", "REFERENCE_THRESHOLDS", "BackdoorResult", "Calibration", "Confusion", "EarlyExit", "ExitRecord",
            "OperatingPoint", "Overthinking", "ReferenceProtocol", "RunAnalysis", "Sweep", "analyze", "backdoor_figures",
            "calibrate", "confusion", "default_thresholds", "early_exit", "overthinking", "reference_protocol", "sweep"]

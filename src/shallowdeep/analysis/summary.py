@@ -7,9 +7,10 @@ from typing import Any
 from ..core.exits import output_names
 from .backdoor import BackdoorResult
 from .confusion import Confusion, confusion
-from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, reference_protocol, sweep
+from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, early_exit, reference_protocol, sweep
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
+from .reliability import ClassAccuracy, Reliability, per_class, reliability
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class RunAnalysis:
     curves: dict[str, Sweep]  # "val", "test"
     overthinking: Overthinking
     confusion: Confusion
+    reliability: list[Reliability]  # per output, on the test record
+    per_class: ClassAccuracy  # final output and early exits at the calibrated threshold, test record
     backdoor: BackdoorResult | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -47,7 +50,8 @@ class RunAnalysis:
             ee["calibrated_budget"] = self.calibrated_budget.to_json()
         d = {"num_outputs": self.num_outputs, "cnn_gflops": self.cnn_gflops,
              "outputs": [asdict(o) for o in self.outputs], "early_exit": ee,
-             "overthinking": self.overthinking.to_json(), "confusion": self.confusion.to_json()}
+             "overthinking": self.overthinking.to_json(), "confusion": self.confusion.to_json(),
+             "reliability": [r.to_json() for r in self.reliability], "per_class": self.per_class.to_json()}
         if self.backdoor is not None:
             d["backdoor"] = self.backdoor.to_json()
         return d
@@ -64,11 +68,14 @@ def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: f
     rows = [OutputRow(names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]),
                       float(test_acc[i])) for i in range(k)]
     curves = {"val": sweep(val, fallback=fallback), "test": sweep(test, fallback=fallback)}
+    calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"])
     return RunAnalysis(
         num_outputs=k, cnn_gflops=float(test.cnn_cost / 1e9), outputs=rows, fallback=fallback,
-        calibrated=calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"]),
+        calibrated=calibrated,
         calibrated_budget=(calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"])
                            if budget is not None else None),
         reference=reference_protocol(test, max_drop, fallback), curves=curves,
         overthinking=overthinking(test), confusion=confusion(test, stats=records.get("train")),
+        reliability=reliability(test),
+        per_class=per_class(test, early_exit(test, calibrated.threshold, fallback).predictions),
     )

@@ -81,7 +81,7 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
             source = replace(data, **{base: triggered_split(data, base, b)})
         if log is not None:
             log(f"collecting the {split} record ({len(source.split(base))} inputs)")
-        rec = collect(model, source, base, device=device,
+        rec = collect(model, source, base, device=device, progress=log is not None,
                       meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
         folder.subfolder(folder.records)
         rec.save(folder.inside(path))
