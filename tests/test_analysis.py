@@ -287,3 +287,55 @@ def test_per_class_accuracy_matches_a_plain_loop():
         if idx:
             assert pc.final[c] == pytest.approx(np.mean([r.preds[i, -1] == c for i in idx]))
             assert pc.early_exit[c] == pytest.approx(np.mean([e.predictions[i] == c for i in idx]))
+
+
+def test_rule_scores_match_plain_loops():
+    from shallowdeep.analysis.rules import parse_rule, rule_scores
+
+    r = random_record(7, n=80, k=5, c=6)
+    ent = rule_scores(r, parse_rule("entropy"))
+    pat = rule_scores(r, parse_rule("patience:2"))
+    for i in range(r.num_inputs):
+        run, prev = 0, None
+        for j in range(r.num_outputs - 1):
+            p = r.probs[i, j]
+            h = -sum(x * np.log(x) for x in p if x > 0)
+            assert ent[i, j] == pytest.approx(1 - h / np.log(r.num_classes))
+            run = run + 1 if r.preds[i, j] == prev else 1
+            prev = r.preds[i, j]
+            assert pat[i, j] == pytest.approx(run / (r.num_outputs - 1))
+
+
+def test_patience_exits_where_k_ics_first_agree():
+    from shallowdeep.analysis.rules import parse_rule, rule_exits
+
+    # input 0: ICs predict 1, 1, ... -> two agree at IC 2 (index 1); input 1: 0, 1, 2 -> never
+    logits = np.full((2, 4, 3), -5.0, np.float32)
+    for i, preds in enumerate([[1, 1, 2, 0], [0, 1, 2, 2]]):
+        for j, c in enumerate(preds):
+            logits[i, j, c] = 5.0
+    r = ExitRecord.from_arrays(logits, [1, 2], [1.0, 2.0, 3.0, 4.0], 4.0)
+    e = rule_exits(r, parse_rule("patience:2"), 2 / 3, "final")
+    assert e.exits.tolist() == [1, 3] and e.predictions.tolist() == [1, 2]
+
+
+def test_temperatures_minimise_the_validation_nll():
+    from shallowdeep.analysis.rules import _nll, fit_temperatures
+
+    r = random_record(3, n=400, k=3, c=5, scale=4.0)
+    temps = fit_temperatures(r)
+    for k in range(r.num_outputs):
+        grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+        best = min(grid, key=lambda t: _nll(r.logits[:, k, :], r.labels, t))
+        assert _nll(r.logits[:, k, :], r.labels, temps[k]) <= _nll(r.logits[:, k, :], r.labels, best) + 1e-6
+        assert _nll(r.logits[:, k, :], r.labels, temps[k]) <= _nll(r.logits[:, k, :], r.labels, 1.0) + 1e-9
+
+
+def test_bad_rules_are_refused():
+    from shallowdeep.analysis.rules import parse_rule
+
+    for text, pattern in (("softmin", "unknown exit rule"), ("patience", "count of agreeing ICs"),
+                          ("patience:0", "K >= 1"), ("entropy:3", "takes no ':' argument")):
+        with pytest.raises(UserError, match=pattern):
+            parse_rule(text)
+    assert parse_rule("entropy+T").temperature and parse_rule("patience:3").k == 3

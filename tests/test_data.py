@@ -183,3 +183,17 @@ def test_shuffled_batches_repeat_with_the_same_seed(digits):
 
 def test_registry_lists_every_data_set():
     assert set(list_datasets()) == {"cifar10", "cifar100", "tinyimagenet", "imagefolder", "digits"}
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG keeps its contrast (scaled to 8 bits), instead of 99 % of pixels clipping to 255."""
+    from PIL import Image
+
+    from shallowdeep.data import read_image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    img = read_image(tmp_path / "deep.png")
+    assert img.dtype == np.uint8 and img.shape == (32, 32, 3)
+    assert (img == 255).mean() < 0.01 and img.min() == 0 and img.max() >= 250
+    assert np.corrcoef(img[..., 0].ravel(), ramp.ravel())[0, 1] > 0.99

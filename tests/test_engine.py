@@ -206,3 +206,59 @@ def shallowdeep_load(run):
     import shallowdeep
 
     return shallowdeep.load(run)
+
+
+@pytest.mark.parametrize("rule_text,temperature", [
+    ("max_softmax", False), ("max_softmax", True), ("entropy", False), ("entropy", True), ("patience:1", False),
+    ("patience:2", False), ("patience:2", True), ("patience:3", False)])
+@pytest.mark.parametrize("which", ["random", "trained"])
+def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random_sdn, trained_sdn, digits):
+    """The engine carries out each rule for real (temperatures folded into the heads); its exits and
+    answers equal the record simulation of analysis.rules, batch 1 and batched."""
+    from shallowdeep import output_costs
+    from shallowdeep.analysis.rules import fit_temperatures, parse_rule, rule_exits, rule_scores, rule_thresholds, scaled
+
+    sdn = random_sdn if which == "random" else trained_sdn[0]
+    x = images(digits, limit=120)
+    with torch.no_grad():
+        logits = torch.stack(sdn(x), dim=1)
+    costs = output_costs(sdn)
+    record = ExitRecord.from_arrays(logits, digits.test.labels[:120], costs.outputs, costs.cnn)
+    rule = parse_rule(rule_text, temperature)
+    temps = fit_temperatures(collect(sdn, digits, "val")) if temperature else None
+    r = scaled(record, temps) if temps is not None else record
+    fixed = rule_thresholds(r, rule)
+    if fixed is not None:
+        qs = [float(fixed[0])]
+    else:  # thresholds spread over the rule's scores, away from every score (rounding cannot flip them)
+        sc = np.sort(rule_scores(r, rule).ravel())
+        qs = []
+        for frac in (0.3, 0.5, 0.7, 0.85, 0.95):
+            i = int(frac * (len(sc) - 1))
+            while i + 1 < len(sc) and sc[i + 1] - sc[i] < 2e-5 * sc[i] + 2e-7:  # relative + absolute margin
+                i += 1
+            if i + 1 < len(sc) and len(qs) < 2:
+                qs.append(float((sc[i] + sc[i + 1]) / 2))
+    assert qs
+    for q in qs:
+        sim = rule_exits(record, rule, q, "most_confident", temps)
+        eng = EarlyExitEngine(sdn, q, "most_confident", rule=rule.name, patience=rule.k,
+                              temperatures=None if temps is None else temps.tolist())
+        for batch_size in (1, 64):
+            res = eng.classify(x, batch_size=batch_size)
+            assert res.exits.tolist() == sim.exits.tolist(), (rule_text, q, batch_size)
+            assert res.predictions.tolist() == sim.predictions.tolist(), (rule_text, q, batch_size)
+
+
+def test_analyze_rule_choice_reaches_the_engine(copy_run):
+    from shallowdeep.workflows import analyze_run
+
+    run = copy_run("ic")
+    analyze_run(run, rules=["max_softmax", "patience:2"], rule="entropy+T")
+    cal = io.read_json(run / "calibration.json")
+    assert cal["exit_rule"] == {"name": "entropy", "k": 0, "temperature": True} and len(cal["temperatures"]) == 5
+    report = io.read_json(run / "report" / "report.json")
+    assert [r["label"] for r in report["rules"]["results"]] == ["max_softmax", "patience:2", "entropy+T"]
+    chosen = report["rules"]["results"][-1]["calibration"]
+    eng = engine_from_run(run)
+    assert (eng.rule, eng.thresholds[0], eng.temperatures) == ("entropy", chosen["threshold"], cal["temperatures"])

@@ -276,6 +276,9 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     ("analyze --budget inf", ["analyze", "{ic}", "--budget", "inf"], "--budget is a cost", None, None),
     ("analyze --fallback odd", ["analyze", "{ic}", "--fallback", "odd"], "invalid choice: 'odd'", None, None),
     ("analyze --out a file", ["analyze", "{ic}", "--out", "{tmp}/rep"], "exists and is not a folder", "report_file", None),
+    ("analyze --rules softmin", ["analyze", "{ic}", "--rules", "softmin"], "unknown exit rule 'softmin' in --rules", None, None),
+    ("analyze --rule patience without K", ["analyze", "{ic}", "--rule", "patience"], "patience needs a count of agreeing ICs", None, None),
+    ("analyze --rules patience:0", ["analyze", "{ic}", "--rules", "patience:0"], "patience:K needs K >= 1", None, None),
     ("analyze --device meta", ["analyze", "{ic}", "--device", "meta"], "--device 'meta' is not supported", None, None),
     # ---- analyze: damaged run folders
     ("weights deleted from a finished run", ["analyze", "{ic_copy}"], "finished training but its model.safetensors is gone", "weights_gone", None),

@@ -34,7 +34,7 @@ FLAGS = {
     "precision": "--precision", "compile": "--compile", "backdoor": "--backdoor", "poison_rate": "--poison-rate",
     "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
-    "limit": "--max", "split": "--split", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
+    "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
 }
 
 
@@ -271,8 +271,10 @@ def _device(args: argparse.Namespace) -> str:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .workflows import analyze_run
 
+    rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
     html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
-                                       fallback=args.fallback, device=_device(args), log=None if args.quiet else print)
+                                       fallback=args.fallback, device=_device(args), rules=rules, rule=args.rule,
+                                       log=None if args.quiet else print)
     r = json.loads(json_path.read_text())
     if not args.quiet:
         ee = r["early_exit"]
@@ -284,8 +286,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
                       f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
         if r["num_outputs"] > 1:
-            print(f"predict uses q={(ee.get('calibrated_budget') or ee['calibrated'])['threshold']:.4g} "
-                  f"({'the --budget point' if ee.get('calibrated_budget') else 'the --max-drop point'})")
+            cal_file = json.loads((Path(args.run) / "calibration.json").read_text())
+            print(f"predict uses the {args.rule} rule at q={cal_file['threshold']:.4g} "
+                  f"({'the --budget point' if ee.get('calibrated_budget') and args.rule == 'max_softmax' else 'the --max-drop point'})")
+        for res in (r.get("rules") or {}).get("results", []):
+            cal = res["calibration"]
+            print(f"  rule {res['label']:<15} q={cal['threshold']:.4g}: test accuracy {100 * cal['test']['accuracy']:.2f}% "
+                  f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
         o = r["overthinking"]
         print(f"overthinking: {100 * o['early_share']:.1f}% of test inputs right at some IC; "
               f"{o['destructive']['union_count']} of the final output's {o['final_errors']} errors are right at some IC")
@@ -435,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget", type=float, help="also calibrate for the best accuracy under this relative cost")
     a.add_argument("--fallback", choices=FALLBACKS, default="most_confident",
                    help="prediction when no IC is confident (default: the most confident output, as the reference)")
+    a.add_argument("--rules", help="exit rules to compare: max_softmax, entropy, patience:K, each optionally +T "
+                                   "(temperature-scaled) (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2)")
+    a.add_argument("--rule", default="max_softmax", help="the exit rule predict uses (default max_softmax)")
     a.set_defaults(func=cmd_analyze)
 
     pr = sub.add_parser("predict", parents=[shared["device"]], help="classify image files with early exits",

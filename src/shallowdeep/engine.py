@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .core.errors import ArgumentError
+from .core.exits import EXIT_RULES as RULES
 from .core.exits import check_fallback
 from .costs import output_costs
 from .heads import ICHead
@@ -41,16 +42,17 @@ class EngineResult:
         return len(self.predictions)
 
 
-def _inference_head(head: ICHead) -> Callable[[torch.Tensor], torch.Tensor]:
+def _inference_head(head: ICHead, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """An :class:`ICHead` as a plain function for inference, with as few ops as we found.
 
     At batch 1 on a CPU each extra op costs far more between convolutions than alone (its code is
     cold), so the mixed pooling is two contiguous reductions per statistic and the mixing weight and
     the average's 1/r^2 are folded into two pre-transposed weight matrices:
-    ``logits = (a W) max_r(x) + ((1 - a) / r^2 W) sum_r(x) + b``.
+    ``logits = (a W) max_r(x) + ((1 - a) / r^2 W) sum_r(x) + b``. ``scale`` (1 / temperature) is
+    folded into W and b as well.
     """
-    w = head.linear.weight.detach()
-    b = head.linear.bias.detach().clone()
+    w = head.linear.weight.detach() * scale
+    b = head.linear.bias.detach().clone() * scale
     r = head.kernel
     if head.alpha is None or r == 1:  # no pooling, or 1x1 pooling (max = avg = the input itself)
         w_t = w.t().contiguous()
@@ -108,7 +110,12 @@ class EarlyExitEngine:
     one per IC). Build it once per model; the model is put in eval mode and must not change after."""
 
     def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
-                 device: torch.device | str | None = None, fold_bn: bool = True) -> None:
+                 device: torch.device | str | None = None, fold_bn: bool = True, rule: str = "max_softmax",
+                 patience: int = 0, temperatures: Sequence[float] | None = None) -> None:
+        """``rule``: ``"max_softmax"`` (exit when an IC's max softmax >= q), ``"entropy"`` (when its
+        certainty ``1 - H / log C`` >= q) or ``"patience"`` (when ``patience`` consecutive ICs agree:
+        give q = patience / ICs). ``temperatures`` (one per output) divide the logits: folded into
+        the IC heads' weights, and applied to the final classifier's output."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         check_fallback(fallback)
@@ -118,6 +125,14 @@ class EarlyExitEngine:
             raise ArgumentError(f"{len(qs)} thresholds for {n_ics} ICs")
         if not all(q >= 0.0 for q in qs):  # NaN fails too
             raise ArgumentError(f"a `threshold` is a softmax confidence: a number >= 0 (above 1: no IC exits), got {qs}")
+        if rule not in RULES:
+            raise ArgumentError(f"unknown exit `rule` {rule!r}: choose one of {', '.join(RULES)}")
+        if rule == "patience" and patience < 1:
+            raise ArgumentError("the patience rule needs `patience` >= 1 agreeing ICs")
+        temps = [1.0] * sdn.num_outputs if temperatures is None else [float(t) for t in temperatures]
+        if len(temps) != sdn.num_outputs or not all(t > 0 for t in temps):
+            raise ArgumentError(f"`temperatures` must be {sdn.num_outputs} positive numbers, got {temps}")
+        self.rule, self.patience, self.temperatures = rule, int(patience), temps
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
         self.sdn = sdn.eval().to(self.device)
         self.thresholds = qs
@@ -129,8 +144,13 @@ class EarlyExitEngine:
         # conv+BN folding is an inference-only rewrite of copies; the SDN itself is left untouched
         fold = _fold_bn if fold_bn else (lambda m: m)
         self._stem, self._blocks, self._final = fold(cnn.stem), [fold(b) for b in cnn.blocks], cnn.head
+        if temps[-1] != 1.0:
+            head, t_final = cnn.head, temps[-1]
+            self._final = lambda x: head(x) / t_final
         self._conf = _confidence(sdn.num_classes)
-        self._heads = [_inference_head(h) for h in sdn.heads]
+        self._log_c = math.log(max(sdn.num_classes, 2))
+        self._n_ics = n_ics
+        self._heads = [_inference_head(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
         # position -> (IC index, head, threshold); None between ICs
         self._at: list[tuple[int, Callable[[torch.Tensor], torch.Tensor], float] | None] = [None] * len(self._blocks)
         for k, (p, h) in enumerate(zip(sdn.positions, self._heads)):
@@ -156,12 +176,23 @@ class EarlyExitEngine:
             raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
         h = self._stem(x)
         most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
+        prev, run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
         for block, at in zip(self._blocks, self._at):
             h = block(h)
             if at is not None:
                 k, head, q = at
-                c, pred = self._conf(head(h))
-                if c >= q:
+                z = head(h)
+                c, pred = self._conf(z)
+                if self.rule == "max_softmax":
+                    score = c
+                elif self.rule == "entropy":
+                    p = torch.softmax(z.double(), dim=1)
+                    score = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
+                else:
+                    run = run + 1 if pred == prev else 1
+                    prev = pred
+                    score = run / self._n_ics
+                if score >= q:
                     return pred, k, c
                 if c > most_confident[0]:
                     most_confident = (c, pred, k)
@@ -184,14 +215,25 @@ class EarlyExitEngine:
         active = torch.arange(n, device=dev)
         best_conf = torch.full((n,), -1.0, dtype=torch.float64, device=dev)
         best_pred = torch.zeros(n, dtype=torch.int64, device=dev)
+        prev = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        run = torch.zeros(n, dtype=torch.float64, device=dev)
         h = self._stem(x)
         for block, at in zip(self._blocks, self._at):
             h = block(h)
             if at is None:
                 continue
             k, head, q = at
-            conf, pred = torch.softmax(head(h).double(), dim=1).max(dim=1)
-            out = conf >= q
+            p = torch.softmax(head(h).double(), dim=1)
+            conf, pred = p.max(dim=1)
+            if self.rule == "max_softmax":
+                score = conf
+            elif self.rule == "entropy":
+                score = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c
+            else:
+                run = torch.where(pred == prev, run + 1, torch.ones_like(run))
+                prev = pred
+                score = run / self._n_ics
+            out = score >= q
             better = conf > best_conf
             best_conf = torch.where(better, conf, best_conf)
             best_pred = torch.where(better, pred, best_pred)
@@ -203,6 +245,7 @@ class EarlyExitEngine:
                     return self._result(preds, exits, confs)
                 keep = ~out
                 h, active, best_conf, best_pred = h[keep], active[keep], best_conf[keep], best_pred[keep]
+                prev, run = prev[keep], run[keep]
         conf, pred = torch.softmax(self._final(h).double(), dim=1).max(dim=1)
         if self.fallback == "most_confident":
             use_ic = best_conf >= conf

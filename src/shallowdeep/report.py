@@ -235,6 +235,25 @@ def fig_exits(cal: Calibration, names: list[str]) -> str:
     return _svg(fig)
 
 
+def fig_rules(comparison) -> str:
+    """Accuracy against cost of every exit rule on the test record, with its validation-chosen point."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, r in enumerate(comparison.results):
+        color = f"C{i}"
+        c = r.curve
+        if len(c.thresholds) > 1:
+            ax.plot(c.relative_cost, c.accuracy * 100, lw=1.2, color=color, label=r.rule.label)
+        t = r.calibration.test
+        ax.scatter([t.relative_cost], [t.accuracy * 100], marker="*", s=120, color=color, zorder=4,
+                   label=f"{r.rule.label}: chosen on val" if len(c.thresholds) > 1 else f"{r.rule.label} (one setting)")
+    ax.set_xlabel("average cost / plain CNN cost")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _svg(fig)
+
+
 def fig_reliability(rel: list, names: list[str]) -> str:
     """Reliability diagrams of every output: accuracy against mean confidence per bin."""
     plt = _plt()
@@ -292,6 +311,8 @@ def figures(analysis: RunAnalysis, test: ExitRecord, images: np.ndarray, classes
         figs["exits"] = fig_exits(analysis.calibrated, names)
         figs["overthinking"] = fig_overthinking(o)
         figs["destructive"] = fig_destructive(o)
+    if analysis.rules is not None:
+        figs["rules"] = fig_rules(analysis.rules)
     if o.examples_only_first:
         figs["only_first"] = fig_image_grid(images, [("IC 1", o.examples_only_first)], test, classes, [0])
     return figs
@@ -381,8 +402,8 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
     ]
     if k == 1:
         sections.append('<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
-                        "so there is nothing to exit early from and no overthinking to measure. Train its ICs "
-                        "(<code>shallowdeep train --mode ic-only --from RUN --out DIR</code>) and analyze that "
+                        "so there is nothing to exit early from and no overthinking to measure. Turn it into an SDN "
+                        "by training its ICs on this run (the <code>ic-only</code> training mode) and analyze that "
                         "run.</p></section>")
     else:
         sections += [
@@ -439,6 +460,26 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
         "on the test split (15 equal-width confidence bins) and its expected calibration error (ECE): early exits "
         "trust these confidences.</p>" + img("reliability", "reliability diagrams") + "</section>",
     ]
+    if analysis.rules is not None:
+        rc = analysis.rules
+        sections.append(
+            '<section id="rules"><h2>Exit rules compared</h2><p>Each rule exits at the first IC whose score reaches '
+            "the threshold: max softmax; certainty 1 - H/log C (entropy); patience:k, k consecutive ICs agreeing. "
+            "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). Each "
+            f"threshold is chosen on the validation split (cheapest within {100 * cal.rule.get('max_drop', 0):.1f} "
+            "points of the final output) and reported on the test split.</p>"
+            + _table(["rule", "threshold", "val accuracy", "val cost", "test accuracy", "test cost",
+                      exit_head.replace("exits per output", "test exits")],
+                     [[r.rule.label, f"{r.calibration.threshold:.4g}", _pct(r.calibration.val.accuracy),
+                       f"{100 * r.calibration.val.relative_cost:.1f}%", _pct(r.calibration.test.accuracy),
+                       f"{100 * r.calibration.test.relative_cost:.1f}%", " ".join(map(str, r.calibration.test.exit_counts))]
+                      for r in rc.results])
+            + img("rules", "accuracy against cost of every exit rule")
+            + "<h3>Temperature scaling</h3>"
+            + _table(["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"],
+                     [[names[i], f"{rc.temperatures[i]:.3f}", f"{rc.ece_before[i]:.4f}", f"{rc.ece_after[i]:.4f}"]
+                      for i in range(k)])
+            + "</section>")
     if classes is not None and len(classes) <= 200:
         pc = analysis.per_class
         sections.append('<section id="classes"><h2>Accuracy per class (test)</h2>' + _table(

@@ -23,7 +23,7 @@ Log = Callable[[str], None] | None
 
 def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: float = 0.01,
                 budget: float | None = None, fallback: str = "most_confident", device: str = "cpu",
-                log: Log = None) -> tuple[Path, Path]:
+                rules: list[str] | None = None, rule: str = "max_softmax", log: Log = None) -> tuple[Path, Path]:
     """Collect (or reuse) a run's records, analyze them, write the engine's ``calibration.json``
     (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths."""
     from . import report
@@ -35,6 +35,12 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         raise ArgumentError(f"`max_drop` is an accuracy drop in [0, 1], got {max_drop}")
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < float("inf")):
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
+    from .analysis import DEFAULT_RULES, compare_rules, parse_rule
+
+    chosen_rule = parse_rule(rule)
+    compared = [parse_rule(r) for r in (rules if rules is not None else DEFAULT_RULES)]
+    if chosen_rule.label not in [r.label for r in compared]:
+        compared.append(chosen_rule)  # the rule predict will use is always in the comparison
     folder = RunFolder(run)
     meta = folder.meta()
     is_sdn = meta.get("model", {}).get("kind") == "sdn"
@@ -49,9 +55,13 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         log("analyzing the records and drawing the report")
     t0 = time.perf_counter()
     analysis = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
-    if backdoor is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if is_sdn:
+        # the rules are compared at the max-drop operating point (a budget may be out of reach of patience)
+        analysis = replace(analysis, rules=compare_rules(records["val"], records["test"], compared, max_drop=max_drop,
+                                                         fallback=fallback))
+    if backdoor is not None:
         analysis = replace(analysis, backdoor=backdoor_figures(
             records["test"], records["test+trigger"], backdoor.target, backdoor.to_json(),
             analysis.calibrated.threshold if is_sdn else None, fallback))
@@ -89,7 +99,11 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     if is_sdn:  # the engine's default threshold: chosen on the validation split, tied to these weights;
         # with a budget, the operating point asked for is the budget's (the max-drop one stays in the report)
         chosen = analysis.calibrated_budget or analysis.calibrated
-        save_calibration(run, chosen, str(test.meta.get("weights_sha256")))
+        temps = None
+        if chosen_rule.label != "max_softmax":  # (with a budget: this rule's max-drop point)  # another rule: its own calibration (same max-drop or budget)
+            res = next(r for r in analysis.rules.results if r.rule.label == chosen_rule.label)
+            chosen, temps = res.calibration, res.temperatures
+        save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)

@@ -126,14 +126,25 @@ def _fallback_preds(record: ExitRecord, fallback: str) -> np.ndarray:
     return record.preds[np.arange(record.num_inputs), best]
 
 
-def _exits(record: ExitRecord, thresholds: np.ndarray) -> np.ndarray:
+def _ic_scores(record: ExitRecord, scores: np.ndarray | None) -> np.ndarray:
+    """What the exit decision compares with q: the ICs' max softmax, or a rule's scores ``[N, ICs]``."""
+    if scores is None:
+        return record.confidence[:, : record.num_outputs - 1]
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (record.num_inputs, record.num_outputs - 1):
+        raise ArgumentError(f"scores must be shaped [inputs, ICs] = {[record.num_inputs, record.num_outputs - 1]}, "
+                            f"got {list(scores.shape)}")
+    return scores
+
+
+def _exits(record: ExitRecord, thresholds: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     """Exit index of every input at every threshold, ``[T, N]``; ``outputs - 1`` means no IC exit.
 
     The first IC whose confidence reaches q is the first at which the running maximum of the ICs'
     confidences reaches q, and that running maximum is sorted along the outputs, so the exit is
     the number of ICs whose running maximum stays below q.
     """
-    ic_conf = record.confidence[:, : record.num_outputs - 1]
+    ic_conf = _ic_scores(record, scores)
     running = np.maximum.accumulate(ic_conf, axis=1) if ic_conf.shape[1] else ic_conf
     return (running[None, :, :] < thresholds[:, None, None]).sum(-1)
 
@@ -145,16 +156,18 @@ def _count_below(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.n
     return cum[np.searchsorted(values[order], q, side="left")]
 
 
-def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident") -> Sweep:
+def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident",
+          scores: np.ndarray | None = None) -> Sweep:
     """Accuracy, relative cost and exit counts of early exits at every threshold.
 
     An input reaches output i (exits there or later) exactly when the running maximum ``m`` of the
     ICs' confidences before i stays below q, so every figure is a weighted count of ``m[:, i-1] < q``:
-    one sort per output answers all thresholds at once.
+    one sort per output answers all thresholds at once. ``scores`` replaces the ICs' max softmax
+    with another exit rule's scores (:mod:`.rules`); the fallback stays on max softmax.
     """
     q = default_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64).reshape(-1)
     k, n = record.num_outputs, record.num_inputs
-    ic_conf = record.confidence[:, : k - 1].astype(np.float64)
+    ic_conf = _ic_scores(record, scores).astype(np.float64)
     running = np.maximum.accumulate(ic_conf, axis=1) if k > 1 else ic_conf
     right = np.concatenate([record.correct[:, : k - 1], (_fallback_preds(record, fallback) == record.labels)[:, None]],
                            axis=1).astype(np.float64)  # [N, K]: column K-1 = no IC exit
@@ -173,7 +186,8 @@ def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident")
     return Sweep(q, accuracy, cost, counts)
 
 
-def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confident") -> EarlyExit:
+def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confident",
+               scores: np.ndarray | None = None) -> EarlyExit:
     """Early exits at one threshold.
 
     An input exits at the first IC whose maximum softmax is >= ``threshold``; one that exits at no
@@ -181,7 +195,7 @@ def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confi
     (``"most_confident"``, the reference's) or the final output (``"final"``).
     """
     k, n = record.num_outputs, record.num_inputs
-    exits = _exits(record, np.array([float(threshold)]))[0]
+    exits = _exits(record, np.array([float(threshold)]), scores)[0]
     fb = _fallback_preds(record, fallback)
     ic_preds = record.preds[np.arange(n), np.minimum(exits, k - 1)]
     preds = np.where(exits < k - 1, ic_preds, fb)
@@ -195,27 +209,29 @@ def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confi
     )
 
 
-def _point(record: ExitRecord, threshold: float, fallback: str) -> OperatingPoint:
-    e = early_exit(record, threshold, fallback)
+def _point(record: ExitRecord, threshold: float, fallback: str, scores: np.ndarray | None = None) -> OperatingPoint:
+    e = early_exit(record, threshold, fallback, scores)
     return OperatingPoint(e.accuracy, e.relative_cost, float(record.accuracy()[-1]) if record.num_inputs else 0.0,
                           e.exit_counts)
 
 
 def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: float | None = 0.01,
               budget: float | None = None, fallback: str = "most_confident", thresholds=None,
-              swept: Sweep | None = None) -> Calibration:
+              swept: Sweep | None = None, val_scores: np.ndarray | None = None,
+              test_scores: np.ndarray | None = None) -> Calibration:
     """Choose a threshold on the validation record and report it on the test record.
 
     With ``budget`` (a relative cost): the most accurate threshold whose cost is within it.
     Otherwise: the cheapest threshold whose accuracy is at least the final output's minus
     ``max_drop``. Ties go to the higher accuracy, then the higher threshold. ``swept`` is
-    ``sweep(val, thresholds, fallback)`` when the caller already has it.
+    ``sweep(val, thresholds, fallback)`` when the caller already has it. ``val_scores`` and
+    ``test_scores`` are another exit rule's scores of the two records.
     """
     if budget is not None and not budget > 0:
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be positive, got {budget}")
     if max_drop is not None and not 0 <= max_drop <= 1:
         raise ArgumentError(f"`max_drop` is an accuracy drop and must lie in [0, 1], got {max_drop}")
-    s = sweep(val, thresholds, fallback) if swept is None else swept
+    s = sweep(val, thresholds, fallback, val_scores) if swept is None else swept
     q, acc, cost = s.thresholds, s.accuracy, s.relative_cost
     final_acc = float(val.accuracy()[-1]) if val.num_inputs else 0.0
     if budget is not None:
@@ -235,7 +251,8 @@ def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: floa
     best = next(i for i in order if ok[i])
     chosen = float(q[best])
     val_point = OperatingPoint(float(acc[best]), float(cost[best]), final_acc, s.exit_counts[best].tolist())
-    return Calibration(rule, fallback, chosen, val_point, _point(test, chosen, fallback) if test is not None else None)
+    return Calibration(rule, fallback, chosen, val_point,
+                       _point(test, chosen, fallback, test_scores) if test is not None else None)
 
 
 def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str = "most_confident") -> ReferenceProtocol:

@@ -11,6 +11,7 @@ from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, early_
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
+from .rules import RuleComparison
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RunAnalysis:
     reliability: list[Reliability]  # per output, on the test record
     per_class: ClassAccuracy  # final output and early exits at the calibrated threshold, test record
     backdoor: BackdoorResult | None = None
+    rules: RuleComparison | None = None
 
     def to_json(self) -> dict[str, Any]:
         ee: dict[str, Any] = {"fallback": self.fallback, "calibrated": self.calibrated.to_json(),
@@ -54,6 +56,8 @@ class RunAnalysis:
              "reliability": [r.to_json() for r in self.reliability], "per_class": self.per_class.to_json()}
         if self.backdoor is not None:
             d["backdoor"] = self.backdoor.to_json()
+        if self.rules is not None:
+            d["rules"] = self.rules.to_json()
         return d
 
 

@@ -5,6 +5,9 @@ from .errors import ArgumentError
 
 # What an input that no IC lets out gets: the most confident output (the reference's) or the final one.
 FALLBACKS = ("most_confident", "final")
+# How an IC decides to let an input out: its max softmax, its softmax's certainty (1 - normalised
+# entropy), or agreement of consecutive ICs (patience). analysis.rules simulates them, the engine runs them.
+EXIT_RULES = ("max_softmax", "entropy", "patience")
 
 
 def check_fallback(fallback: str) -> str:

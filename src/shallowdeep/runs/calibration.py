@@ -14,11 +14,29 @@ from .folder import RunFolder
 from .weights import load
 
 
-def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: str) -> Path:
-    """Write the threshold chosen on the validation split for these weights; return the file."""
+def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: str,
+                     exit_rule: dict | None = None, temperatures: list[float] | None = None) -> Path:
+    """Write the threshold chosen on the validation split for these weights (and the exit rule it
+    belongs to, with its temperatures); return the file."""
     folder = RunFolder(run)
-    folder.write_json(folder.calibration, calibration.to_json() | {"weights_sha256": weights_sha256})
+    folder.write_json(folder.calibration, calibration.to_json() | {
+        "weights_sha256": weights_sha256, "exit_rule": exit_rule or {"name": "max_softmax", "k": 0, "temperature": False},
+        "temperatures": temperatures})
     return folder.calibration
+
+
+def _exit_rule(d: dict, path: Path) -> tuple[str, int, list[float] | None]:
+    r = d.get("exit_rule") or {"name": "max_softmax"}
+    temps = d.get("temperatures")
+    try:
+        name, k = str(r.get("name", "max_softmax")), int(r.get("k", 0))
+        if temps is not None:
+            temps = [float(t) for t in temps]
+            if not all(0 < t < float("inf") for t in temps):
+                raise ValueError("temperatures must be positive")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise RunFolderError(f"{path} has a damaged exit rule ({e}): analyze the run again") from None
+    return name, k, temps
 
 
 def read_calibration(run: str | Path) -> Calibration:
@@ -46,12 +64,18 @@ def engine_from_run(run: str | Path, threshold: float | None = None, fallback: s
                              "training")
     model = load(run, device)
     assert isinstance(model, SDN)
+    rule, k, temps = "max_softmax", 0, None
     if threshold is None:
         cal = read_calibration(run)
         threshold, fallback = cal.threshold, fallback or cal.fallback
+        rule, k, temps = _exit_rule(read_json(folder.calibration), folder.calibration)
     elif fallback is None and folder.calibration.is_file():
         try:
             fallback = read_calibration(run).fallback
         except RunFolderError:
             pass  # no usable calibration: the default fallback
-    return EarlyExitEngine(model, threshold, fallback or "most_confident", device)
+    try:
+        return EarlyExitEngine(model, threshold, fallback or "most_confident", device, rule=rule, patience=k,
+                               temperatures=temps)
+    except ArgumentError as e:
+        raise RunFolderError(f"{folder.calibration} does not fit this model ({e}): analyze the run again") from None

@@ -1,0 +1,200 @@
+"""Exit rules beyond max-softmax, compared on the same records (issue 14).
+
+Every rule is a *score* per IC and input, in [0, 1], and an input exits at the first IC whose score
+reaches the threshold q, so the sweep and calibration of :mod:`.early_exit` serve every rule:
+
+- ``max_softmax``: the IC's maximum softmax (the paper's rule);
+- ``entropy``: certainty ``1 - H(p) / log(C)`` of the IC's softmax (BranchyNet exits on low entropy);
+- ``patience:k``: exit once ``k`` consecutive ICs agree (PABEE); the score of IC i is the length of
+  the run of equal predictions ending at i divided by the number of ICs, and the only threshold
+  is ``k / ICs``.
+
+Each rule may run on temperature-scaled logits: one temperature per output, fitted on the
+validation record by minimising its negative log-likelihood (Guo et al. 2017).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import ArgumentError
+from ..core.exits import EXIT_RULES as RULES
+from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
+from .record import ExitRecord
+from .reliability import reliability
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """A rule by name (``max_softmax``, ``entropy``, ``patience``), ``k`` for patience, and whether
+    it runs on temperature-scaled logits."""
+
+    name: str
+    k: int = 0
+    temperature: bool = False
+
+    @property
+    def label(self) -> str:
+        """The rule as written on the command line: ``entropy+T``, ``patience:2``."""
+        base = f"patience:{self.k}" if self.name == "patience" else self.name
+        return base + ("+T" if self.temperature else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "k": self.k, "temperature": self.temperature}
+
+
+DEFAULT_RULES = ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2")
+
+
+def parse_rule(text: str, temperature: bool = False) -> ExitRule:
+    """``"max_softmax"``, ``"entropy"`` or ``"patience:K"`` as an :class:`ExitRule`; a ``+T`` suffix
+    (or ``temperature``) runs it on temperature-scaled logits."""
+    text = text.strip()
+    if text.endswith("+T"):
+        text, temperature = text[:-2], True
+    name, _, arg = text.partition(":")
+    if name not in RULES:
+        raise ArgumentError(f"unknown exit rule {text!r} in `rules`: choose max_softmax, entropy or patience:K, "
+                            "each optionally with +T (temperature-scaled)")
+    if name == "patience":
+        try:
+            k = int(arg)
+        except ValueError:
+            raise ArgumentError(f"patience needs a count of agreeing ICs, as patience:2; got {text!r}") from None
+        if k < 1:
+            raise ArgumentError(f"patience:K needs K >= 1, got {k}")
+        return ExitRule(name, k, temperature)
+    if arg:
+        raise ArgumentError(f"the {name} rule takes no ':' argument, got {text!r}")
+    return ExitRule(name, 0, temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# temperatures
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
+    z = logits.astype(np.float64) / t
+    z -= z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperatures(val: ExitRecord, lo: float = 0.05, hi: float = 20.0) -> np.ndarray:
+    """One temperature per output minimising the validation record's NLL (golden-section search on
+    log T; the NLL of a temperature is unimodal in practice)."""
+    temps = np.ones(val.num_outputs)
+    if not val.num_inputs:
+        return temps
+    g = (np.sqrt(5) - 1) / 2
+    for k in range(val.num_outputs):
+        a, b = np.log(lo), np.log(hi)
+        f = lambda u: _nll(val.logits[:, k, :], val.labels, float(np.exp(u)))  # noqa: E731
+        c, d = b - g * (b - a), a + g * (b - a)
+        fc, fd = f(c), f(d)
+        for _ in range(60):
+            if fc < fd:
+                b, d, fd = d, c, fc
+                c = b - g * (b - a)
+                fc = f(c)
+            else:
+                a, c, fc = c, d, fd
+                d = a + g * (b - a)
+                fd = f(d)
+        temps[k] = float(np.exp((a + b) / 2))
+    return temps
+
+
+def scaled(record: ExitRecord, temps: np.ndarray) -> ExitRecord:
+    """The record with every output's logits divided by its temperature (predictions unchanged)."""
+    return ExitRecord.from_arrays(record.logits / np.asarray(temps, np.float32)[None, :, None], record.labels,
+                                  record.costs, record.cnn_cost, record.ids, record.meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# scores
+
+
+def rule_scores(record: ExitRecord, rule: ExitRule) -> np.ndarray:
+    """The rule's score of every IC for every input, ``[inputs, ICs]`` in [0, 1]."""
+    k = record.num_outputs - 1
+    if rule.name == "max_softmax":
+        return record.confidence[:, :k]
+    if rule.name == "entropy":
+        p = record.probs[:, :k, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+        return 1.0 - h / np.log(max(record.num_classes, 2))
+    # patience: length of the run of equal predictions ending at each IC, over the number of ICs
+    preds = record.preds[:, :k]
+    run = np.ones(preds.shape, dtype=np.float64)
+    for i in range(1, k):
+        run[:, i] = np.where(preds[:, i] == preds[:, i - 1], run[:, i - 1] + 1, 1)
+    return run / max(k, 1)
+
+
+def rule_thresholds(record: ExitRecord, rule: ExitRule) -> np.ndarray | None:
+    """Thresholds to sweep: the default grid, or for patience the single ``k / ICs``."""
+    if rule.name == "patience":
+        return np.array([rule.k / max(record.num_outputs - 1, 1)])
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# the comparison
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule on one run: its test curve, the threshold the validation record chose, the test
+    figures at that threshold, and the temperatures it used (``None``: raw logits)."""
+
+    rule: ExitRule
+    curve: Sweep
+    calibration: Calibration
+    temperatures: list[float] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule.to_json(), "label": self.rule.label, "calibration": self.calibration.to_json(),
+                "temperatures": self.temperatures, "curve": self.curve.to_json()}
+
+
+@dataclass(frozen=True)
+class RuleComparison:
+    """Every rule side by side, with the per-output temperatures and ECE before and after scaling
+    (test record)."""
+
+    results: list[RuleResult]
+    temperatures: list[float]  # per output, fitted on the validation record
+    ece_before: list[float]
+    ece_after: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"results": [r.to_json() for r in self.results], "temperatures": self.temperatures,
+                "ece_before": self.ece_before, "ece_after": self.ece_after}
+
+
+def compare_rules(val: ExitRecord, test: ExitRecord, rules: list[ExitRule], *, max_drop: float = 0.01,
+                  budget: float | None = None, fallback: str = "most_confident") -> RuleComparison:
+    """Each rule's sweep on the test record and its threshold chosen on the validation record."""
+    temps = fit_temperatures(val)
+    val_t, test_t = scaled(val, temps), scaled(test, temps)
+    results = []
+    for rule in rules:
+        v, t = (val_t, test_t) if rule.temperature else (val, test)
+        vs, ts = rule_scores(v, rule), rule_scores(t, rule)
+        q = rule_thresholds(v, rule)
+        cal = calibrate(v, t, max_drop=max_drop, budget=budget, fallback=fallback, thresholds=q, val_scores=vs,
+                        test_scores=ts)
+        results.append(RuleResult(rule, sweep(t, q, fallback, ts), cal, temps.tolist() if rule.temperature else None))
+    return RuleComparison(results, temps.tolist(), [r.ece for r in reliability(test)],
+                          [r.ece for r in reliability(test_t)])
+
+
+def rule_exits(record: ExitRecord, rule: ExitRule, threshold: float, fallback: str = "most_confident",
+               temperatures: np.ndarray | None = None):
+    """Early exits of ``rule`` at ``threshold`` (the simulation the engine must match)."""
+    r = scaled(record, temperatures) if temperatures is not None else record
+    return early_exit(r, threshold, fallback, rule_scores(r, rule))
