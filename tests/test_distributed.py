@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -58,3 +59,26 @@ def test_a_global_batch_that_does_not_split_is_refused(tmp_path):
     assert proc.returncode != 0 and "shallowdeep train: error: the --batch-size 65" in proc.stderr
     assert "shallowdeep/" not in proc.stderr, "no traceback through our code"
     assert not (tmp_path / "x").exists()
+
+
+def test_analyze_under_torchrun_collects_in_shards(tiny_runs, tmp_path):
+    """Two processes collect the records in shards; rank 0 analyzes: the same records (to float
+    rounding) and the same report figures as one process."""
+    import shutil
+
+    import numpy as np
+
+    from shallowdeep.analysis import ExitRecord
+    from shallowdeep.workflows import analyze_run
+
+    one, two = (Path(shutil.copytree(tiny_runs / "ic", tmp_path / name)) for name in ("one", "two"))
+    analyze_run(one)
+    proc = _torchrun("analyze", str(two), "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for split in ("train", "val", "test"):
+        a, b = (ExitRecord.load(r / "records" / f"{split}.safetensors") for r in (one, two))
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
+        assert np.allclose(a.logits, b.logits, atol=1e-4)  # batch composition moves CPU kernels by ~1e-5
+    ra, rb = (json.loads((r / "report" / "report.json").read_text()) for r in (one, two))
+    assert ra["early_exit"]["calibrated"]["threshold"] == rb["early_exit"]["calibrated"]["threshold"]
+    assert ra["overthinking"]["correct"] == rb["overthinking"]["correct"]

@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
 
     out = train_run(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
-    from .training.distributed import current, shutdown
+    from .distributed import current, shutdown
 
     if current().main:
         print(f"run written to {out}")
@@ -269,12 +269,30 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from .distributed import current, setup, shutdown
+
+    device = _device(args)
+    place = setup(device.split(":")[0])  # under torchrun the records are collected in shards
+    if place.enabled and device.startswith("cuda"):
+        device = f"cuda:{place.local_rank}"
+    if not current().main:
+        args.quiet = True
+    try:
+        return _analyze(args, device)
+    finally:
+        shutdown()
+
+
+def _analyze(args: argparse.Namespace, device: str) -> int:
+    from .distributed import current
     from .workflows import analyze_run
 
     rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
     html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
-                                       fallback=args.fallback, device=_device(args), rules=rules, rule=args.rule,
+                                       fallback=args.fallback, device=device, rules=rules, rule=args.rule,
                                        log=None if args.quiet else print)
+    if not current().main:
+        return 0
     r = json.loads(json_path.read_text())
     if not args.quiet:
         ee = r["early_exit"]

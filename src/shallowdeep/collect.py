@@ -6,6 +6,7 @@ import torch
 from .analysis.record import ExitRecord
 from .costs import output_costs
 from .data import Dataset, batches
+from .distributed import current, gather_rows
 from .sdn import outputs_of
 
 
@@ -13,7 +14,8 @@ from .sdn import outputs_of
 def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch_size: int = 256,
             device: torch.device | str = "cpu", meta: dict | None = None, progress: bool = False) -> ExitRecord:
     """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output.
-    ``progress`` shows a bar on a terminal (none when stderr is redirected)."""
+    ``progress`` shows a bar on a terminal (none when stderr is redirected). Under torchrun each
+    rank runs a disjoint share of every batch and every rank gets the whole record."""
     import sys
 
     from tqdm import tqdm
@@ -21,7 +23,8 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     was_training = model.training
     model.eval().to(device)
     chunks, labels = [], []
-    stream = batches(data, split, batch_size, device=device)
+    place = current()
+    stream = batches(data, split, batch_size, device=device, shard=(place.rank, place.world))
     try:
         with tqdm(total=len(stream), desc=f"collecting {split}", leave=False, file=sys.stderr,
                   disable=None if progress else True) as bar:
@@ -34,5 +37,15 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     s = data.split(split)
     costs = output_costs(model)
     logits = torch.cat(chunks) if chunks else torch.zeros(0, len(costs.outputs), data.num_classes)
-    return ExitRecord.from_arrays(logits, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
-                                  costs.outputs, costs.cnn, s.ids, {"split": split, **(meta or {})})
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    if place.enabled:  # put the shards back in input order: rank r held every world-th input of each batch
+        n = len(s)
+        owner = [torch.arange(a, min(a + batch_size, n))[r::place.world] for r in range(place.world)
+                 for a in range(0, n, batch_size)]
+        per_rank = [torch.cat(owner[r * -(-n // batch_size):(r + 1) * -(-n // batch_size)]) if n else
+                    torch.zeros(0, dtype=torch.int64) for r in range(place.world)]
+        sizes = [len(i) for i in per_rank]
+        order = torch.cat(per_rank)
+        logits = torch.cat(gather_rows(logits.to(device), sizes)).cpu()[torch.argsort(order)]
+        y = torch.cat(gather_rows(y.to(device), sizes)).cpu()[torch.argsort(order)]
+    return ExitRecord.from_arrays(logits, y, costs.outputs, costs.cnn, s.ids, {"split": split, **(meta or {})})

@@ -50,7 +50,11 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ("train", "val", "test") + (("test+trigger",) if backdoor is not None else ())
+    from .distributed import current
+
     records = run_records(run, splits, data=data, device=device, log=log)
+    if not current().main:  # under torchrun the other ranks helped collect; rank 0 analyzes and writes
+        return out / "report.html", out / "report.json"
     if log is not None:
         log("analyzing the records and drawing the report")
     t0 = time.perf_counter()

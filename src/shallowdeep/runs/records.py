@@ -13,6 +13,7 @@ from ..backdoor import Backdoor, triggered_split
 from ..collect import collect
 from ..core.errors import RunFolderError, UserError
 from ..data import Dataset, load_dataset
+from ..distributed import current
 from .folder import RunFolder
 from .weights import load
 
@@ -83,7 +84,8 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
             log(f"collecting the {split} record ({len(source.split(base))} inputs)")
         rec = collect(model, source, base, device=device, progress=log is not None,
                       meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
-        folder.subfolder(folder.records)
-        rec.save(folder.inside(path))
+        if current().main:  # under torchrun every rank holds the whole record; rank 0 caches it
+            folder.subfolder(folder.records)
+            rec.save(folder.inside(path))
         out[split] = rec
     return out

@@ -20,7 +20,7 @@ from ..data import Dataset, batches, load_dataset, parse_data_name
 from ..models import build_cnn, list_archs
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
-from ..training import distributed
+from .. import distributed
 from .folder import FORMAT, RunFolder
 from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
                       save_weights, state_bytes, tensors_to_bytes)

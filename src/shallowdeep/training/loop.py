@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..sdn import outputs_of
-from .distributed import all_reduce_sum
+from ..distributed import all_reduce_sum
 from .modes import Mode
 from .recipe import Recipe, make_optimizer, make_schedule
 from .runtime import Runtime

@@ -77,7 +77,7 @@ class Runtime:
     def end_epoch(self, model: nn.Module) -> None:
         """After an epoch's steps: replicas share rank 0's BN statistics (DDP only)."""
         if self.ddp:
-            from .distributed import broadcast_buffers
+            from ..distributed import broadcast_buffers
 
             broadcast_buffers(model)
 

@@ -1,4 +1,4 @@
-"""Distributed data parallelism under torchrun: process group, rank, and reductions.
+"""Distributed data parallelism under torchrun: process group, rank, reductions and gathers.
 
 ``torchrun --nproc_per_node N -m shallowdeep train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`setup` joins them (NCCL on CUDA, gloo on the CPU).
@@ -89,3 +89,16 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if current().enabled:
         for b in model.buffers():
             dist.broadcast(b, src=0)
+
+
+def gather_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's ``t`` (rank r's has ``sizes[r]`` rows, the other dims equal), on every rank:
+    padded to one size for ``all_gather`` and cut back (tensors only; nothing is pickled)."""
+    if not current().enabled:
+        return [t]
+    m = max(sizes)
+    pad = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    pad[: t.shape[0]] = t
+    out = [torch.empty_like(pad) for _ in sizes]
+    dist.all_gather(out, pad)
+    return [o[:n] for o, n in zip(out, sizes)]
