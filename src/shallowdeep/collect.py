@@ -38,12 +38,8 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     costs = output_costs(model)
     logits = torch.cat(chunks) if chunks else torch.zeros(0, len(costs.outputs), data.num_classes)
     y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    if place.enabled:  # put the shards back in input order: rank r held every world-th input of each batch
-        n = len(s)
-        owner = [torch.arange(a, min(a + batch_size, n))[r::place.world] for r in range(place.world)
-                 for a in range(0, n, batch_size)]
-        per_rank = [torch.cat(owner[r * -(-n // batch_size):(r + 1) * -(-n // batch_size)]) if n else
-                    torch.zeros(0, dtype=torch.int64) for r in range(place.world)]
+    if place.enabled:  # put the shards back in input order, from the positions each rank's batches held
+        per_rank = [batches(data, split, batch_size, shard=(r, place.world)).positions() for r in range(place.world)]
         sizes = [len(i) for i in per_rank]
         order = torch.cat(per_rank)
         logits = torch.cat(gather_rows(logits.to(device), sizes)).cpu()[torch.argsort(order)]

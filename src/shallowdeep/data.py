@@ -536,6 +536,18 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.set) // self.batch_size)
 
+    def _share(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's share of one global batch: every world-th input from its rank (disjoint)."""
+        return idx[self.rank::self.world] if self.world > 1 else idx
+
+    def positions(self) -> torch.Tensor:
+        """The split positions this process's batches hold, in the order they come (no shuffling)."""
+        if self.train:
+            raise ValueError("positions() describes an unshuffled pass; training batches are shuffled")
+        n = len(self.set)
+        parts = [self._share(torch.arange(a, min(a + self.batch_size, n))) for a in range(0, n, self.batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, data = self.set, self.data
         n = len(s)
@@ -549,10 +561,9 @@ class Batches:
                                                                      device=dev)) + self.rank)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            if self.world > 1:  # rank r takes every world-th input of the global batch: disjoint shards
-                idx = idx[self.rank::self.world]
-                if not len(idx):
-                    continue
+            idx = self._share(idx)
+            if not len(idx):
+                continue
             imgs = s.images[idx]
             if self.train:
                 imgs = augment(imgs, data.pad, data.flip, data.jitter, aug)

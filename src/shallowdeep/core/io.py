@@ -87,12 +87,16 @@ def arrays_to_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, Any] | No
     return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta)
 
 
-def read_safetensors(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[bytes, dict[str, Any]]:
     """The bytes of a safetensors file and the JSON metadata in its header, checked to parse.
 
-    Raises a one-line :class:`RunFolderError` for a missing, truncated or foreign file.
+    ``max_bytes`` refuses a file larger than what it should hold, before reading it. Raises a
+    one-line :class:`RunFolderError` for a missing, oversized, truncated or foreign file.
     """
     path = Path(path)
+    if max_bytes is not None and path.is_file() and path.stat().st_size > max_bytes:
+        raise RunFolderError(f"{path} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} its model can "
+                             "hold: it is foreign or damaged; retrain or restore it")
     try:
         data = path.read_bytes()
         header_len = int.from_bytes(data[:8], "little")
@@ -114,17 +118,25 @@ def read_safetensors(path: str | Path) -> tuple[bytes, dict[str, Any]]:
     return data, meta
 
 
-def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a safetensors file as numpy arrays plus its JSON metadata."""
+def load_safetensors(path: str | Path, load: Callable[[bytes], dict], max_bytes: int | None = None
+                     ) -> tuple[dict, dict[str, Any]]:
+    """A safetensors file through ``load`` (``safetensors.numpy.load`` or ``safetensors.torch.load``,
+    so this layer needs no torch) plus its JSON metadata; one-line :class:`RunFolderError` otherwise."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load
 
-    data, meta = read_safetensors(path)
+    data, meta = read_safetensors(path, max_bytes)
     try:
         return load(data), meta
     except (SafetensorError, ValueError) as e:
         raise RunFolderError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated "
                              "or foreign; retrain or restore it") from None
+
+
+def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a safetensors file as numpy arrays plus its JSON metadata."""
+    from safetensors.numpy import load
+
+    return load_safetensors(path, load)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -39,8 +39,8 @@ def _exit_rule(d: dict, path: Path) -> tuple[str, int, list[float] | None]:
     return name, k, temps
 
 
-def read_calibration(run: str | Path) -> Calibration:
-    """The run's calibration, refused if missing, malformed or made for other weights."""
+def _read(run: str | Path) -> tuple[Calibration, dict]:
+    """The run's calibration and the raw file, refused if missing, malformed or made for other weights."""
     folder = RunFolder(run)
     if not folder.calibration.is_file():
         raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first or give a `threshold`")
@@ -49,9 +49,14 @@ def read_calibration(run: str | Path) -> Calibration:
         raise NotCalibratedError(f"{folder.calibration} was calibrated for other weights: analyze the run again or "
                                  "give a `threshold`")
     try:
-        return Calibration.from_json(d)
+        return Calibration.from_json(d), d
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} is damaged ({e}): analyze the run again") from None
+
+
+def read_calibration(run: str | Path) -> Calibration:
+    """The run's calibration, refused if missing, malformed or made for other weights."""
+    return _read(run)[0]
 
 
 def engine_from_run(run: str | Path, threshold: float | None = None, fallback: str | None = None,
@@ -66,9 +71,9 @@ def engine_from_run(run: str | Path, threshold: float | None = None, fallback: s
     assert isinstance(model, SDN)
     rule, k, temps = "max_softmax", 0, None
     if threshold is None:
-        cal = read_calibration(run)
+        cal, raw = _read(run)  # one read of the file, one hash of the weights
         threshold, fallback = cal.threshold, fallback or cal.fallback
-        rule, k, temps = _exit_rule(read_json(folder.calibration), folder.calibration)
+        rule, k, temps = _exit_rule(raw, folder.calibration)
     elif fallback is None and folder.calibration.is_file():
         try:
             fallback = read_calibration(run).fallback

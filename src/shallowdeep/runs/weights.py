@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..core.errors import ArgumentError, RunFolderError
-from ..core.io import read_safetensors, write_bytes
+from ..core.io import load_safetensors, write_bytes
 from ..models import CNN, build_cnn
 from ..sdn import SDN
 from .folder import RunFolder
@@ -26,16 +25,7 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any] 
 def read_tensors(path: str | Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a safetensors file and its JSON metadata, or raise a one-line :class:`RunFolderError`.
     ``max_bytes`` refuses a file larger than what it should hold before reading it."""
-    size = Path(path).stat().st_size if Path(path).is_file() else 0
-    if max_bytes is not None and size > max_bytes:
-        raise RunFolderError(f"{path} is {size:,} bytes, more than the {max_bytes:,} its model can hold: it is "
-                             "foreign or damaged; retrain or restore it")
-    data, meta = read_safetensors(path)
-    try:
-        return st_load(data), meta
-    except (SafetensorError, ValueError) as e:
-        raise RunFolderError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated or "
-                             "foreign; retrain or restore it") from None
+    return load_safetensors(path, st_load, max_bytes)
 
 
 # --------------------------------------------------------------------------------------------------
