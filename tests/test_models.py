@@ -89,7 +89,7 @@ def test_ic_positions_follow_the_paper_masks():
 def test_ic_head_pools_to_about_4x4_and_vgg_fc_ic_is_linear():
     sdn = build_sdn("vgg16_bn", 10, 32)
     heads = list(sdn.heads)
-    assert heads[0].kernel == 4 and heads[0].alpha is not None  # 64 ch at 16 px -> 4x4
+    assert heads[0].kernel == (4, 4) and heads[0].alpha is not None  # 64 ch at 16 px -> 4x4
     assert heads[-1].alpha is None  # 512 ch at 2 px: no pooling
     assert heads[0].linear.in_features == 64 * 16
 

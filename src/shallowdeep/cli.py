@@ -35,6 +35,8 @@ FLAGS = {
     "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
     "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
+    "pretrained": "--pretrained", "weights": "--weights", "ic_cuts": "--ic-cuts", "ic_fractions": "--ic-fractions",
+    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions"
 }
 
 
@@ -66,7 +68,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .costs import output_costs
     from .core.exits import output_names
     from .data import dataset_shape, load_dataset
-    from .sdn import SDN, build_sdn
+    from .sdn import SDN
 
     if args.run:
         if args.arch or args.data:
@@ -84,9 +86,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         if classes is None:  # a folder data set: read it to learn its classes and image size
             d = load_dataset(args.data, args.data_root, args.image_size)
             classes, size = d.num_classes, d.image_size
-        model = build_sdn(args.arch, classes, size if args.image_size is None else args.image_size)
+        from .convert import build_model
+        from .models.zoo import is_zoo_name
+
+        # a zoo model on an image folder takes its own input size; otherwise the data's
+        folder = dataset_shape(args.data) is None
+        image_size = args.image_size or (None if is_zoo_name(args.arch) and folder else size)
+        if args.cuts:
+            return _print_cuts(args, classes, image_size)
+        cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
+        model = SDN(cnn)
         val_acc = None
         head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
+    if args.cuts:
+        raise UserError("--cuts lists the cut points of a zoo model: give --arch torchvision:NAME (or timm:NAME) "
+                        "and --data")
     costs = output_costs(model, args.flops)
     cnn = model.cnn if isinstance(model, SDN) else model
     p_cnn, p_sdn = sum(p.numel() for p in cnn.parameters()), sum(p.numel() for p in model.parameters())
@@ -105,6 +119,30 @@ def cmd_info(args: argparse.Namespace) -> int:
               + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else ""))
         print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
         print(_table(rows))
+    return 0
+
+
+def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) -> int:
+    """Every cut point of a zoo model an IC may follow, with the paper's placement marked."""
+    from .convert import candidates, chain_of, choose_cuts
+    from .models.zoo import is_zoo_name, zoo_model
+
+    if not is_zoo_name(args.arch):
+        raise UserError(f"{args.arch} declares its blocks (see `info` without --cuts); --cuts is for zoo models")
+    zm = zoo_model(args.arch, classes, bool(args.pretrained))
+    chain = chain_of(zm.module, image_size or zm.input_size)
+    cands = candidates(chain)
+    chosen = set(choose_cuts(chain))
+    rows = [c.to_json() | {"paper_placement": c.cut.name in chosen} for c in cands]
+    if args.json:
+        print(json.dumps({"arch": args.arch, "image_size": chain.image_size, "cuts": rows}, indent=2))
+        return 0
+    print(f"{args.arch} at {chain.image_size} px: {len(rows)} cut points an IC may follow "
+          "(* the paper's placement: closest to 15/30/45/60/75/90 % of the FLOPs)")
+    print(f"  {'cut point':<32} {'cost':>7}  {'feature':<16} produced by")
+    for r in rows:
+        shape = "x".join(str(d) for d in r["shape"])
+        print(f"{'*' if r['paper_placement'] else ' '} {r['name']:<32} {100 * r['relative']:>6.1f}%  {shape:<16} {r['where']}")
     return 0
 
 
@@ -145,6 +183,7 @@ def _config_file(path: str) -> dict[str, Any]:
 
 
 TRAIN_KEYS = ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size", "device", "precision", "compile",
+              "pretrained", "weights", "ic_cuts", "ic_fractions", "data_mode",
               "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
               "warmup_epochs", "label_smoothing")
 
@@ -186,6 +225,16 @@ def _train_config(args: argparse.Namespace):
             raise UserError(f"--milestones takes comma-separated epochs, got {settings['milestones']!r}") from None
     if settings.get("milestones") is not None:
         settings["milestones"] = tuple(settings["milestones"])
+    for key, kind in (("ic_cuts", str), ("ic_fractions", float)):
+        v = settings.get(key)
+        if isinstance(v, str):
+            try:
+                v = [kind(x.strip()) for x in v.split(",") if x.strip()]
+            except ValueError:
+                raise UserError(f"{FLAGS[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
+                                f"got {settings[key]!r}") from None
+        if v is not None:
+            settings[key] = tuple(v)
     return TrainConfig(out=args.out, resume=args.resume, backdoor=backdoor, sync_bn=args.sync_bn, **settings)
 
 
@@ -426,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
     s.add_argument("--sync-bn", action="store_true", help="under torchrun on CUDA: synchronise batch-norm statistics "
                                                            "across processes")
+    z = t.add_argument_group("zoo models (--arch torchvision:NAME or timm:NAME) and data")
+    z.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from the zoo's weights (downloaded once; the classifier is replaced for other classes)")
+    z.add_argument("--weights", metavar="FILE", help="start from these backbone weights (.safetensors, or a PyTorch "
+                                                     "state dict read with weights_only)")
+    z.add_argument("--ic-cuts", metavar="NAMES", help="comma-separated cut points for the ICs (see `info --cuts`)")
+    z.add_argument("--ic-fractions", metavar="F,F,...",
+                   help="ICs at the cut points closest to these fractions of the FLOPs (default 0.15,...,0.9)")
+    z.add_argument("--data-mode", choices=("memory", "stream"),
+                   help="image folders: decode once into memory, or per batch by workers (default: stream above 2 GiB)")
     bd = t.add_argument_group("backdoor (spec section 11)")
     bd.add_argument("--backdoor", action="store_true",
                     help="poison the training split: paste a white square trigger and relabel to the target class")
@@ -444,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--flops", choices=("torch", "reference"), default="torch",
                    help="torch: true counts (default); reference: grouped convs counted as dense, like the paper's profiler")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--cuts", action="store_true",
+                   help="zoo models: list every cut point an IC may follow, with its cumulative cost and feature shape")
+    i.add_argument("--pretrained", action="store_true", default=None, help="zoo models: with the zoo's weights")
     i.set_defaults(func=cmd_info)
 
     ls = sub.add_parser("list", help="registered architectures and data sets", description="List architectures and data sets.")
@@ -529,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    # the library's warnings as one line each, like its errors (no source line)
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"shallowdeep {args.command}: warning: {message}\n"
     try:
         status = args.func(args)
         # `shallowdeep info --json | head`: a reader that left shows up at this flush as a

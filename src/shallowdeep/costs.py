@@ -52,7 +52,8 @@ def _dense_conv_flop(x_shape, w_shape, _bias, _stride, _padding, _dilation, tran
     return conv_flop_count(x_shape, w_dense, out_shape, transposed=transposed)
 
 
-def _flops(module: nn.Module, x: torch.Tensor, convention: str) -> tuple[int, torch.Tensor]:
+def flops(module: nn.Module, x: torch.Tensor, convention: str = "torch") -> tuple[int, torch.Tensor]:
+    """FLOPs of ``module(x)`` (a multiply and an add count two) and its output."""
     mapping = {torch.ops.aten.convolution: _dense_conv_flop} if convention == "reference" else None
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         y = module(x)
@@ -74,18 +75,18 @@ def output_costs(model: SDN | CNN, convention: str = "torch") -> Costs:
     model.eval()
     try:
         x = torch.zeros(1, 3, cnn.image_size, cnn.image_size, device=next(cnn.parameters()).device)
-        total, x = _flops(cnn.stem, x, convention)
+        total, x = flops(cnn.stem, x, convention)
         cumulative: list[float] = []
         ic_total = 0
         k = 0
         for i, block in enumerate(cnn.blocks):
-            f, x = _flops(block, x, convention)
+            f, x = flops(block, x, convention)
             total += f
             if k < len(positions) and positions[k] == i:
-                ic_total += _flops(heads[k], x, convention)[0]
+                ic_total += flops(heads[k], x, convention)[0]
                 cumulative.append(float(total + ic_total))
                 k += 1
-        head = _flops(cnn.head, x, convention)[0]
+        head = flops(cnn.head, x, convention)[0]
         cumulative.append(float(total + ic_total + head))
         return Costs(tuple(cumulative), float(total + head))
     finally:

@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .core.catalog import DATASETS
 from .core.errors import ArgumentError, DataError
+from .stream import StreamSet, fit_image, open_rgb
 
 VAL_FRACTION = 0.1
 VAL_SEED = 0  # fixed, independent of the training seed, so every run of a data set shares one split
@@ -146,24 +148,35 @@ def default_root() -> Path:
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 _DOWNLOAD: contextvars.ContextVar[bool] = contextvars.ContextVar("download", default=True)
+_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("mode", default=None)
+MODES = ("memory", "stream")
+MEMORY_BUDGET = 2 << 30  # decoded bytes above which an image folder is streamed unless told otherwise
+STREAM_SIZE = 224  # the size streamed images are decoded at when no `image_size` is given
 
 
 def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, mode: str | None = None) -> Dataset:
     """Load a registered data set by name (``cifar10``, ``imagefolder:PATH``, …) with its splits.
 
     ``download=False`` never fetches or creates anything (what analyses of an existing run use).
+    ``mode`` (image folders): ``"memory"`` decodes every image once into one array, ``"stream"``
+    decodes per batch; ``None`` streams folders whose decoded images would pass 2 GiB.
     """
     name, arg = parse_data_name(spec)
+    if mode not in (None, *MODES):
+        raise ArgumentError(f"unknown `data_mode` {mode!r}: choose memory or stream")
+    if mode == "stream" and name != "imagefolder":
+        raise ArgumentError(f"{name} is held in memory; streaming (`data_mode` stream) is for imagefolder:PATH")
     if image_size is not None and not (isinstance(image_size, int) and MIN_SIZE <= image_size <= MAX_SIZE):
         raise ArgumentError(f"`image_size` must be an integer in {MIN_SIZE}..{MAX_SIZE} px, got {image_size}")
     if root is not None and Path(root).exists() and not Path(root).is_dir():
         raise ArgumentError(f"`data_root` {root} is a file: give the folder that holds (or will hold) the data set")
-    token = _DOWNLOAD.set(download)
+    token, mode_token = _DOWNLOAD.set(download), _MODE.set(mode)
     try:
         return _DATASETS[name](Path(root) if root else None, arg, image_size)
     finally:
         _DOWNLOAD.reset(token)
+        _MODE.reset(mode_token)
 
 
 def carve_validation(train: ImageSet, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[ImageSet, ImageSet]:
@@ -182,13 +195,14 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tup
 
 
 def _finish(name: str, classes: list[str], train: ImageSet, test: ImageSet, image_size: int | None,
-            mean=None, std=None, **kw) -> Dataset:
+            mean=None, std=None, val: ImageSet | None = None, **kw) -> Dataset:
     if image_size is not None and image_size != train.images.shape[1]:
         train = ImageSet(resize(train.images, image_size), train.labels, train.ids)
         test = ImageSet(resize(test.images, image_size), test.labels, test.ids)
-    train, val = carve_validation(train)
+    if val is None:
+        train, val = carve_validation(train)
     if mean is None:
-        mean, std = channel_stats(train.images)
+        mean, std = train.channel_stats() if isinstance(train, StreamSet) else channel_stats(train.images)
     return Dataset(name, classes, train, val, test, tuple(mean), tuple(std), **kw)
 
 
@@ -267,27 +281,16 @@ def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Data
 
 
 def read_image(path: str | Path, size: int | None = None, resize: bool = True) -> np.ndarray:
-    """One image file as uint8 RGB ``[S, S, 3]``. With ``size``, an image of another size is resized
-    (bilinear) when ``resize``, else refused with a :class:`DataError` naming the sizes."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float: scale, don't clip
-                a = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                if not resize:
-                    raise DataError(f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
-                                    "resize it (`resize`)")
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path} claims to be too large to be a real image ({e}); remove or replace the file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    """One image file as uint8 RGB ``[S, S, 3]``. With ``size``, an image of another size is fitted
+    (shorter side resized, centre crop: :func:`~shallowdeep.stream.fit_image`) when ``resize``, else
+    refused with a :class:`DataError` naming the sizes."""
+    im = open_rgb(path)
+    if size is not None and im.size != (size, size):
+        if not resize:
+            raise DataError(f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
+                            "resize it (`resize`)")
+        im = fit_image(im, size)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
@@ -324,7 +327,19 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
         raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
                         "data set (`image_size`)")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return np.stack(list(pool.map(lambda p: read_image(p, size), paths)))  # PIL releases the GIL
+        arrays = list(pool.map(lambda p: _read_sized(p, size), paths))  # PIL releases the GIL
+    cropped = sum(changed for _, changed in arrays)
+    if cropped:
+        import warnings
+
+        warnings.warn(f"{cropped} of {len(paths)} images are not square: resized (shorter side to {size} px) and "
+                      "centre-cropped, not squashed", stacklevel=2)
+    return np.stack([a for a, _ in arrays])
+
+
+def _read_sized(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    im = open_rgb(path)
+    return np.asarray(fit_image(im, size), dtype=np.uint8), im.size[0] != im.size[1]
 
 
 def _cache_dir() -> Path:
@@ -362,38 +377,62 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _folder_split(base: Path, part: str, classes: list[str]) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        folder = base / part / c
+        if folder.is_dir():
+            found = _images_in(folder)
+            if part == "train" and not found:
+                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
+                                "or remove the folder")
+            paths += found
+            labels += [i] * len(found)
+    if not paths:
+        raise DataError(f"{base / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths, labels
+
+
+def _first_size(path: Path) -> int:
+    im = open_rgb(path)
+    return im.size[1]
+
+
 @register_dataset("imagefolder", DATASETS["imagefolder"])
 def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     base = Path(arg or "").expanduser()
     for part in ("train", "test"):
         if not (base / part).is_dir():
             raise DataError(f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
-                            "PATH/test/<class>/ folders of images")
+                            "PATH/test/<class>/ folders of images (and optionally val/<class>/)")
     classes = _class_folders(base / "train")
     if not classes:
         raise DataError(f"{base / 'train'} has no class folders: put each class's images in train/<class>/")
-    missing = sorted(set(_class_folders(base / "test")) - set(classes))
-    if missing:
-        raise DataError(f"test/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class folders")
-    sets = []
-    size = image_size
-    for part in ("train", "test"):
-        paths, labels = [], []
-        for i, c in enumerate(classes):
-            folder = base / part / c
-            if folder.is_dir():
-                found = _images_in(folder)
-                if part == "train" and not found:
-                    raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
-                                    "or remove the folder")
-                paths += found
-                labels += [i] * len(found)
-        if not paths:
-            raise DataError(f"{base / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        arr = _decode_cached(paths, size)
-        size = arr.shape[1]  # the test images take the training images' size
-        sets.append(_as_set(arr, labels))
-    return _finish(f"imagefolder:{base}", classes, sets[0], sets[1], None, meta={"path": str(base.resolve())})
+    parts = ["train", "test"] + (["val"] if (base / "val").is_dir() else [])
+    for part in parts[1:]:
+        missing = sorted(set(_class_folders(base / part)) - set(classes))
+        if missing:
+            raise DataError(f"{part}/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class "
+                            "folders in every split")
+    found = {part: _folder_split(base, part, classes) for part in parts}
+    mode = _MODE.get()
+    if mode is None:
+        size = image_size or _first_size(found["train"][0][0])
+        n = sum(len(p) for p, _ in found.values())
+        mode = "stream" if n * size * size * 3 > MEMORY_BUDGET else "memory"
+    meta = {"path": str(base.resolve()), "data_mode": mode, "val_from": "val/" if "val" in found else "train/"}
+    sets: dict[str, Any] = {}
+    if mode == "stream":
+        size = image_size or STREAM_SIZE
+        for part, (paths, labels) in found.items():
+            sets[part] = StreamSet(paths, torch.as_tensor(labels, dtype=torch.int64), torch.arange(len(labels)), size)
+    else:
+        size = image_size
+        for part in parts:
+            arr = _decode_cached(found[part][0], size)
+            size = arr.shape[1]  # the other splits take the training images' size
+            sets[part] = _as_set(arr, found[part][1])
+    return _finish(f"imagefolder:{base}", classes, sets["train"], sets["test"], None, meta=meta, val=sets.get("val"))
 
 
 def _tiny_root(root: Path | None) -> Path:
@@ -559,6 +598,15 @@ class Batches:
             # every rank draws the same order (same seed); each augments its own share with its own stream
             aug = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator,
                                                                      device=dev)) + self.rank)
+        if isinstance(s, StreamSet):
+            # files decoded and augmented (RandomResizedCrop, flip) by workers, seeded from the generator
+            parts = [self._share(order[a:a + self.batch_size]) for a in range(0, n, self.batch_size)]
+            parts = [p for p in parts if len(p)]
+            seed = int(torch.randint(2**62, (1,), generator=aug)) if self.train else 0
+            for idx, imgs in zip(parts, s.batches([p.tolist() for p in parts], self.train, seed)):
+                x = normalize(imgs, mean, std)
+                yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
+            return
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             idx = self._share(idx)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .core.errors import ArgumentError
 from .core.exits import EXIT_RULES as RULES
@@ -53,22 +52,24 @@ def _inference_head(head: ICHead, scale: float = 1.0) -> Callable[[torch.Tensor]
     """
     w = head.linear.weight.detach() * scale
     b = head.linear.bias.detach().clone() * scale
-    r = head.kernel
-    if head.alpha is None or r == 1:  # no pooling, or 1x1 pooling (max = avg = the input itself)
+    rh, rw = head.kernel
+    if head.alpha is None or rh * rw == 1:  # no pooling, or 1x1 pooling (max = avg = the input itself)
         w_t = w.t().contiguous()
         return lambda x: torch.addmm(b, x.flatten(1), w_t)
     a = float(head.alpha.detach())
     w_max = (a * w).t().contiguous()
-    w_sum = ((1 - a) / (r * r) * w).t().contiguous()
+    w_sum = ((1 - a) / (rh * rw) * w).t().contiguous()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
-        oh, ow = hh // r, ww // r
-        if oh * r != hh or ow * r != ww:
-            x = x[:, :, : oh * r, : ow * r].contiguous()
-        v = x.reshape(n * c, oh * r, ow, r)  # reduce the contiguous last axis first, then the rows
-        mx = v.amax(-1).view(n * c, oh, r, ow).amax(2)
-        sm = v.sum(-1).view(n * c, oh, r, ow).sum(2)
+        oh, ow = hh // rh, ww // rw
+        if oh * rh != hh or ow * rw != ww:
+            x = x[:, :, : oh * rh, : ow * rw].contiguous()
+        else:
+            x = x.contiguous()  # a channels-last map: the reductions below need NCHW memory
+        v = x.reshape(n * c, oh * rh, ow, rw)  # reduce the contiguous last axis first, then the rows
+        mx = v.amax(-1).view(n * c, oh, rh, ow).amax(2)
+        sm = v.sum(-1).view(n * c, oh, rh, ow).sum(2)
         return torch.addmm(torch.addmm(b, sm.view(n, -1), w_sum), mx.view(n, -1), w_max)
 
     return forward

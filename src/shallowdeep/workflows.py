@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .analysis import analyze, backdoor_figures
 from .core.errors import ArgumentError, RunFolderError
@@ -76,7 +77,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                  f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
                  f"{seconds:.2f}s")
     classes = data.meta.get("class_names", data.classes)
-    figures = report.figures(analysis, test, data.test.images.numpy(), classes, meta.get("epochs"))
+    figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.get("epochs"))
     result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.get("arch"), "data": cfg.get("data"),
                               "mode": cfg.get("mode"), "meta_line": meta_line, **analysis.to_json()}
     o = analysis.overthinking
@@ -300,3 +301,21 @@ def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, A
         "runtime": meta.get("runtime"),
         "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
     }
+
+
+class _Pictures:
+    """``images[i]`` as a uint8 array, decoding one file at a time for a streamed split."""
+
+    def __init__(self, images: Any) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[int(i)].numpy()
+
+
+def _pictures(images: Any) -> Any:
+    """The report's example images: the array itself in memory, a lazy view of a streamed split."""
+    return images.numpy() if isinstance(images, torch.Tensor) else _Pictures(images)

@@ -33,6 +33,8 @@ class CNN(nn.Module):
         self.num_classes = num_classes
         self.image_size = image_size
         self.ic_positions = tuple(ic_positions)
+        # where a model that was not declared here came from (zoo, name, cut points); see convert.py
+        self.source: dict | None = None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for a batch that this network cannot take."""

@@ -20,12 +20,19 @@ from .weights import load
 
 def run_data(run: str | Path) -> Dataset:
     """The data set a run was trained on, from its ``run.json`` alone."""
-    cfg = RunFolder(run).meta().get("config", {})
+    meta = RunFolder(run).meta()
+    cfg = meta.get("config", {})
     try:
         # never download or create anything for an existing run (its data_root is not trusted to write to)
-        return load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False)
+        data = load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False,
+                            mode=cfg.get("data_mode"))
     except KeyError:
         raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
+    d = meta.get("data", {})
+    if isinstance(d.get("mean"), list) and isinstance(d.get("std"), list) and len(d["mean"]) == len(d["std"]) == 3:
+        # the normalisation the model was trained with (a pretrained zoo model's, not the data's own)
+        data = replace(data, mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
+    return data
 
 
 def backdoor_of(run: str | Path) -> Backdoor | None:

@@ -17,7 +17,9 @@ from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
 from ..costs import output_costs
 from ..data import Dataset, batches, load_dataset, parse_data_name
-from ..models import build_cnn, list_archs
+from ..convert import build_model, chain_cnn, chain_of, choose_cuts
+from ..models import list_archs
+from ..models.zoo import is_zoo_name
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
 from .. import distributed
@@ -48,6 +50,13 @@ class TrainConfig:
     compile: bool | None = None
     sync_bn: bool = False
     backdoor: dict[str, Any] | None = None  # {"rate", "target", "size", "pos"}: any may be None
+    # zoo models: the zoo's weights or a weights file, and where the ICs go (names, or cost fractions)
+    pretrained: bool | None = None
+    weights: str | None = None
+    ic_cuts: tuple[str, ...] | None = None
+    ic_fractions: tuple[float, ...] | None = None
+    data_mode: str | None = None  # "memory", "stream" or None (chosen by the data's size)
+    module: nn.Module | None = None  # the Python API's own classifier (never recorded as code)
     # recipe: None keeps the paper's value for the mode
     epochs: int | None = None
     batch_size: int | None = None
@@ -70,9 +79,16 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     """Merge the request with a resumed run's settings; a contradiction is an error."""
     prev = (previous or {}).get("config", {})
     resolved: dict[str, Any] = {}
-    for key in ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size"):
+    if cfg.module is not None:
+        if cfg.arch is not None and cfg.arch != _module_arch(cfg.module):
+            raise ArgumentError("give a `module` or an `arch`, not both")
+        cfg = replace(cfg, arch=_module_arch(cfg.module))
+    for key in ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size", "pretrained", "weights",
+                "ic_cuts", "ic_fractions", "data_mode"):
         asked = getattr(cfg, key)
-        if key in ("from_run", "data_root") and asked is not None:
+        if key in ("ic_cuts", "ic_fractions") and asked is not None:
+            asked = list(asked)  # as JSON keeps it
+        if key in ("from_run", "data_root", "weights") and asked is not None:
             asked = str(Path(asked).resolve())  # the run must still find it from another folder
         if previous is not None and asked is not None and prev.get(key) != asked:
             raise ArgumentError(f"{cfg.out} holds a different run (`{key}` {prev.get(key)!r}, not {asked!r}): "
@@ -85,9 +101,19 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
         raise ArgumentError(f"`seed` must be an integer in 0..{MAX_SEED}, got {resolved['seed']}")
     if resolved["image_size"] is not None and not 8 <= resolved["image_size"] <= 1024:
         raise ArgumentError(f"`image_size` must lie in 8..1024 px, got {resolved['image_size']}")
-    if resolved["mode"] == "ic-only":
+    zoo = bool(resolved["arch"]) and is_zoo_name(resolved["arch"])
+    if (resolved["pretrained"] or resolved["weights"] or resolved["ic_cuts"] or resolved["ic_fractions"]) and \
+            not zoo and cfg.module is None:
+        raise ArgumentError("`pretrained`, `weights`, `ic_cuts` and `ic_fractions` are for zoo models (`arch` "
+                            "torchvision:NAME or timm:NAME) and user modules")
+    if resolved["data_mode"] not in (None, "memory", "stream"):
+        raise ArgumentError(f"`data_mode` is memory or stream, not {resolved['data_mode']!r}")
+    if resolved["mode"] == "ic-only" and not resolved["from_run"] and zoo and (resolved["pretrained"] or resolved["weights"]):
+        pass  # the ICs of a trained zoo backbone, frozen as it comes
+    elif resolved["mode"] == "ic-only":
         if not resolved["from_run"]:
-            raise ArgumentError("ic-only training needs `from_run`, a finished CNN run")
+            raise ArgumentError("ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
+                                "`pretrained` or `weights` whose classifier fits the data)")
         src_run = RunFolder(resolved["from_run"])
         src = src_run.meta()
         if src.get("model", {}).get("kind") != "cnn":
@@ -95,13 +121,17 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
                                 f"{src.get('model', {}).get('kind')!r}): ic-only needs a run trained in mode cnn")
         if src.get("status") != "complete":
             raise ArgumentError(f"`from_run` {resolved['from_run']} has not finished training: resume it first")
-        for key in ("arch", "data", "data_root", "image_size"):
+        for key in ("arch", "data", "data_root", "image_size", "data_mode"):
             theirs = src.get("config", {}).get(key)
             if resolved[key] is not None and key in ("arch", "data") and resolved[key] != theirs:
                 raise ArgumentError(f"`{key}` {resolved[key]} contradicts the CNN run's {theirs}: leave it out "
                                     "(ic-only uses the CNN's)")
             if resolved[key] is None:
                 resolved[key] = theirs
+        for key in ("pretrained", "weights"):
+            if resolved[key]:
+                raise ArgumentError(f"`{key}` contradicts `from_run`: ic-only uses the CNN run's weights")
+        resolved["ic_cuts"] = resolved["ic_cuts"] or None
     elif resolved["from_run"]:
         raise ArgumentError("`from_run` is only for the ic-only `mode`")
     if not resolved["arch"]:
@@ -177,8 +207,9 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     previous = _check_out(out, cfg.resume)
     r = _resolve(cfg, previous)
     parse_data_name(r["data"])
-    if r["arch"] not in list_archs():
-        raise ArgumentError(f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}")
+    if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
+        raise ArgumentError(f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}, or a zoo model "
+                            "torchvision:NAME or timm:NAME")
     recipe = _recipe(cfg, r, previous)
     device = torch.device("cuda", place.local_rank) if place.enabled and asked_device.type == "cuda" else asked_device
     if place.enabled and recipe.batch_size % place.world:
@@ -187,8 +218,12 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     runtime = Runtime.default(device, cfg.precision, cfg.compile, ddp=place.enabled, sync_bn=cfg.sync_bn)
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
-    data = load_dataset(r["data"], r["data_root"], r["image_size"])
+    data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
+    if data.meta.get("data_mode") == "stream":  # record what was chosen, so analyses see the same pixels
+        r["data_mode"], r["image_size"] = "stream", data.image_size
     if r["backdoor"] is not None:
+        if data.meta.get("data_mode") == "stream":
+            raise ArgumentError("`backdoor` poisons images held in memory: use `data_mode` memory")
         from ..backdoor import Backdoor, poisoned_dataset
 
         bd = r["backdoor"]
@@ -198,20 +233,18 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
             r["backdoor"] = b.to_json()
         data = poisoned_dataset(data, Backdoor.from_json(r["backdoor"]))
     torch.manual_seed(r["seed"])  # weight initialisation
-    if r["mode"] == "ic-only":
-        if previous is not None:
-            theirs = sha256_file(RunFolder(r["from_run"]).require_weights())
-            if theirs != previous.get("from_run_weights_sha256"):
-                raise RunFolderError(f"the CNN run {r['from_run']} changed since this ic-only run started (its weights "
-                                     "differ): train the ICs again into a new folder")
-        cnn = load(r["from_run"])
-        if cnn.num_classes != data.num_classes or cnn.image_size != data.image_size:
-            raise ArgumentError(f"the CNN run takes {cnn.num_classes} classes at {cnn.image_size} px, the data has "
-                                f"{data.num_classes} at {data.image_size} px")
-        model: nn.Module = SDN(cnn)
-    else:
-        cnn = build_cnn(r["arch"], data.num_classes, data.image_size)
-        model = cnn if r["mode"] == "cnn" else SDN(cnn)
+    cnn, norm = _build_cnn(cfg, r, previous, data, run)
+    if norm is not None:  # pretrained weights expect their own normalisation
+        data = replace(data, mean=norm[0], std=norm[1])
+    model: nn.Module = cnn if r["mode"] == "cnn" else SDN(cnn)
+    if r["mode"] == "ic-only" and r["from_run"] and previous is not None:
+        theirs = sha256_file(RunFolder(r["from_run"]).require_weights())
+        if theirs != previous.get("from_run_weights_sha256"):
+            raise RunFolderError(f"the CNN run {r['from_run']} changed since this ic-only run started (its weights "
+                                 "differ): train the ICs again into a new folder")
+    if cnn.num_classes != data.num_classes or cnn.image_size != data.image_size:
+        raise ArgumentError(f"the CNN takes {cnn.num_classes} classes at {cnn.image_size} px, the data has "
+                            f"{data.num_classes} at {data.image_size} px")
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -237,7 +270,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         "data": _data_meta(r["data"], data),
         "epochs": history,
     }
-    if r["mode"] == "ic-only":
+    if r["mode"] == "ic-only" and r["from_run"]:
         meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
             sha256_file(RunFolder(r["from_run"]).require_weights())
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
@@ -292,6 +325,49 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         run.checkpoint.unlink(missing_ok=True)
     distributed.barrier()
     return out
+
+
+def _module_arch(module: nn.Module) -> str:
+    return f"module:{type(module).__name__}"
+
+
+def _image_size(r: dict[str, Any]) -> int | None:
+    """The size images are decoded at: asked, else (streamed data for a zoo model) the zoo's input size."""
+    if r["image_size"] is not None or not is_zoo_name(r["arch"]) or r["data_mode"] != "stream":
+        return r["image_size"]
+    from ..models.zoo import zoo_model
+
+    return zoo_model(r["arch"], 2).input_size
+
+
+def _build_cnn(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None, data: Dataset,
+               run: RunFolder) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """The CNN to train and the normalisation its weights expect (``None``: the data's own)."""
+    from .weights import build_from
+
+    if previous is not None and run.checkpoint.is_file():
+        # the checkpoint holds every weight: rebuild the recorded split, no download, same normalisation
+        model = build_from(previous["model"], cfg.module)
+        cnn = model.cnn if isinstance(model, SDN) else model
+        d = previous.get("data", {})
+        return cnn, ((tuple(d["mean"]), tuple(d["std"])) if "mean" in d else None)
+    if r["mode"] == "ic-only" and r["from_run"]:
+        cnn = load(r["from_run"])
+        d = RunFolder(r["from_run"]).meta().get("data", {})
+        return cnn, ((tuple(d["mean"]), tuple(d["std"])) if "mean" in d else None)
+    if cfg.module is not None:
+        chain = chain_of(cfg.module, data.image_size)
+        names = choose_cuts(chain, r["ic_fractions"], r["ic_cuts"])
+        source = {"kind": "module", "class": f"{type(cfg.module).__module__}.{type(cfg.module).__qualname__}",
+                  "blocks": None}
+        return chain_cnn(chain, names, r["arch"], source), None
+    cnn, zm = build_model(r["arch"], data.num_classes, data.image_size, pretrained=bool(r["pretrained"]),
+                          weights=r["weights"], cuts=r["ic_cuts"], fractions=r["ic_fractions"])
+    if r["mode"] == "ic-only" and zm is not None and zm.notes:
+        raise ArgumentError(f"the {r['arch']} weights classify another number of classes than the data's "
+                            f"{data.num_classes} ({zm.notes[0]}): fine-tune it first (`mode` cnn) and train the ICs "
+                            "from that run (`from_run`)")
+    return cnn, ((tuple(zm.mean), tuple(zm.std)) if zm is not None and zm.mean is not None else None)
 
 
 def _data_meta(name: str, data: Dataset) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from safetensors.torch import save as st_save
 
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import load_safetensors, write_bytes
-from ..models import CNN, build_cnn
+from ..convert import build_model, chain_cnn, chain_of
+from ..models import CNN
 from ..sdn import SDN
 from .folder import RunFolder
 
@@ -41,13 +42,28 @@ def describe(model: CNN | SDN) -> dict[str, Any]:
         "num_classes": cnn.num_classes,
         "image_size": cnn.image_size,
         "ic_positions": list(model.positions) if isinstance(model, SDN) else [],
-    }
+    } | ({"source": cnn.source} if cnn.source is not None else {})
 
 
-def build_from(meta: dict[str, Any]) -> CNN | SDN:
-    """Rebuild an (untrained) model from ``run.json``'s architecture fields."""
+def build_from(meta: dict[str, Any], module: torch.nn.Module | None = None) -> CNN | SDN:
+    """Rebuild an (untrained) model from ``run.json``'s architecture fields; a run made from a user's
+    own module needs that ``module`` again (no run executes code it names)."""
+    source = meta.get("source")
+    if isinstance(source, dict) and source.get("kind") == "module":
+        if module is None:
+            raise RunFolderError(f"this run was made from a user module ({source.get('class')}): load it from Python, "
+                                 "passing the module again (shallowdeep.load(RUN, module=...))")
+        try:
+            chain = chain_of(module, int(meta["image_size"]), source.get("blocks"))
+            cnn = chain_cnn(chain, list(source["cuts"]), meta["arch"], {k: v for k, v in source.items() if k != "cuts"})
+        except ArgumentError as e:
+            raise RunFolderError(f"the module given does not match this run ({e})") from None
+        return cnn if meta["kind"] == "cnn" else SDN(cnn, tuple(meta["ic_positions"]))
     try:
-        cnn = build_cnn(meta["arch"], int(meta["num_classes"]), int(meta["image_size"]))
+        cuts = list(source["cuts"]) if isinstance(source, dict) else None
+        cnn, _ = build_model(meta["arch"], int(meta["num_classes"]), int(meta["image_size"]), cuts=cuts)
+        if isinstance(source, dict):
+            cnn.source = source
         if meta["kind"] == "cnn":
             return cnn
         if meta["kind"] != "sdn":
@@ -76,12 +92,13 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
     model.load_state_dict(tensors, strict=True)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> CNN | SDN:
-    """Rebuild the trained model of a finished run folder (CNN or SDN), in eval mode."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", module: torch.nn.Module | None = None) -> CNN | SDN:
+    """Rebuild the trained model of a finished run folder (CNN or SDN), in eval mode. A run made from
+    a user's own module is rebuilt around ``module`` (the same class; its weights are replaced)."""
     run = RunFolder(path)
     meta = run.meta()
     weights = run.require_weights()
-    model = build_from(meta.get("model", {}))
+    model = build_from(meta.get("model", {}), module)
     tensors, _ = read_tensors(weights, max_bytes=state_bytes(model) * 2 + (1 << 20))
     load_weights(model, tensors, weights)
     return model.to(map_location).eval()

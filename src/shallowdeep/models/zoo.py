@@ -1,0 +1,182 @@
+"""Classifiers of the torchvision and timm zoos by name (``torchvision:resnet18``, ``timm:convnext_atto``),
+their pretrained weights, a user's weights file, and the classifier swap of fine-tuning.
+
+Nothing here is unpickled: weights files are safetensors, or PyTorch files read with
+``torch.load(weights_only=True)``; the zoos' own downloads go through the same restricted loading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.errors import ArgumentError, DataError, MissingExtraError
+
+ZOOS = ("torchvision", "timm")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def is_zoo_name(arch: str) -> bool:
+    """Whether ``arch`` names a zoo model (``ZOO:NAME``)."""
+    zoo, sep, name = arch.partition(":")
+    return bool(sep) and zoo in ZOOS
+
+
+@dataclass
+class ZooModel:
+    """A zoo classifier: the module, its default input size and, for pretrained weights, their
+    normalisation (``mean``/``std``; ``None`` for random weights: the data's own statistics apply)."""
+
+    module: nn.Module
+    input_size: int
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _timm():
+    try:
+        import timm  # type: ignore[import-not-found]
+    except ImportError:
+        raise MissingExtraError("timm models need the timm package: pip install 'shallowdeep[zoo]'", "zoo") from None
+    return timm
+
+
+def _offline(arch: str, url: str, filename: str, where: str, e: BaseException) -> DataError:
+    return DataError(f"cannot download the pretrained weights of {arch} ({type(e).__name__}): fetch {url} and "
+                     f"put {filename} in {where}, or pass the file as `weights`")
+
+
+def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel:
+    """Build ``arch`` (``torchvision:NAME`` or ``timm:NAME``) for ``num_classes`` classes; with
+    ``pretrained`` the zoo's weights are loaded (downloaded when online) and the classifier replaced
+    when the class count differs."""
+    zoo, _, name = arch.partition(":")
+    if zoo == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            raise ArgumentError(f"unknown torchvision classifier {name!r} in `arch`: e.g. "
+                                f"{', '.join(k for k in known if k.startswith(('resnet', 'vgg'))[:3])}; see "
+                                "torchvision.models.list_models()")
+        size = 299 if name.startswith("inception") else 224
+        if not pretrained:
+            kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+            return ZooModel(torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), size)
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        filename = weights.url.rsplit("/", 1)[-1]
+        try:
+            module = torchvision.models.get_model(name, weights=weights)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated file a RuntimeError
+            raise _offline(arch, weights.url, filename, str(hub), e) from None
+        t = weights.transforms()
+        zm = ZooModel(module, int(getattr(t, "crop_size", [size])[0]), tuple(t.mean), tuple(t.std))
+    elif zoo == "timm":
+        timm = _timm()
+        if not timm.is_model(name):
+            raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
+        if not pretrained:
+            module = timm.create_model(name, pretrained=False, num_classes=num_classes)
+            return ZooModel(module, int(module.pretrained_cfg.get("input_size", (3, 224, 224))[-1]))
+        try:
+            module = timm.create_model(name, pretrained=True)
+        except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
+            cfg = timm.models.get_pretrained_cfg(name)
+            hub_id = getattr(cfg, "hf_hub_id", None) or name
+            raise _offline(arch, f"https://huggingface.co/{hub_id}", "model.safetensors",
+                           "the Hugging Face cache (HF_HOME)", e) from None
+        cfg = module.pretrained_cfg
+        zm = ZooModel(module, int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+    else:
+        raise ArgumentError(f"unknown model zoo {zoo!r} in `arch`: use {' or '.join(z + ':NAME' for z in ZOOS)}")
+    if classes_of(zm.module) != num_classes:
+        replace_classifier(zm.module, num_classes)
+        zm.notes.append(f"classifier replaced: {num_classes} classes (pretrained for another count)")
+    return zm
+
+
+def classes_of(module: nn.Module) -> int | None:
+    """The class count of a classifier's last linear (or 1x1 convolution) layer."""
+    last = _classifier(module)
+    if last is None:
+        return None
+    layer = last[1]
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _classifier(module: nn.Module) -> tuple[str, nn.Module] | None:
+    if hasattr(module, "get_classifier"):  # timm
+        layer = module.get_classifier()
+        for name, m in module.named_modules():
+            if m is layer:
+                return name, m
+    found = None
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            found = (name, m)
+    return found
+
+
+def replace_classifier(module: nn.Module, num_classes: int) -> None:
+    """Swap the last linear (or 1x1 convolution) layer for a fresh one with ``num_classes`` outputs."""
+    if hasattr(module, "reset_classifier"):  # timm's own way (it knows heads with several layers)
+        module.reset_classifier(num_classes)
+        return
+    found = _classifier(module)
+    if found is None:
+        raise ArgumentError(f"{type(module).__name__} has no linear classifier layer to replace")
+    name, old = found
+    new: nn.Module
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(parent_name) if parent_name else module, attr, new.to(old.weight.device))
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or from a PyTorch file read with ``weights_only``."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"`weights` {p} is not a file: give a .safetensors (or PyTorch state dict) file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(p))
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            tensors = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+    except Exception as e:
+        raise DataError(f"cannot read `weights` {p} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
+                        "give a safetensors file or a plain PyTorch state dict") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise DataError(f"`weights` {p} holds no state dict (name -> tensor)")
+    return tensors
+
+
+def load_backbone_weights(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load a state dict into ``module``; a classifier of another class count is left freshly initialised
+    (the fine-tuning path). Any other mismatch raises, naming the first key and both shapes."""
+    expected = module.state_dict()
+    head = _classifier(module)
+    head_keys = {f"{head[0]}.{k}" for k in ("weight", "bias")} if head else set()
+    for k, v in tensors.items():
+        if k in expected and expected[k].shape != v.shape and k not in head_keys:
+            raise ArgumentError(f"`weights` {source} do not fit: {k} is {list(v.shape)} in the file, "
+                                f"{list(expected[k].shape)} in the model")
+    missing = sorted(set(expected) - set(tensors) - head_keys)
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        k = (missing or extra)[0]
+        raise ArgumentError(f"`weights` {source} do not fit: {k} is {'missing from the file' if missing else 'not in the model'} "
+                            f"({len(missing)} missing, {len(extra)} unexpected)")
+    skip = {k for k in head_keys if k in tensors and tensors[k].shape != expected[k].shape}
+    module.load_state_dict({k: v for k, v in tensors.items() if k not in skip}, strict=not skip and head_keys <= set(tensors))
+    return [f"classifier kept fresh: the file's has {len(tensors[k])} outputs" for k in sorted(skip) if k.endswith("bias")]
