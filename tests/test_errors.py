@@ -56,6 +56,13 @@ def _bomb(path: Path) -> None:
                      + chunk(b"IEND", b""))
 
 
+def _r34(path: Path) -> None:
+    import torchvision
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in torchvision.models.resnet34(num_classes=10).state_dict().items()}, path)
+
+
 def _edit_json(path: Path, change) -> None:
     obj = json.loads(path.read_text())
     change(obj)
@@ -93,6 +100,9 @@ SETUPS = {
                                     (ctx["tmp"] / "tree" / "test").mkdir()),
     "tree_corrupt": lambda ctx: (_tree(ctx["tmp"]), (ctx["tmp"] / "tree" / "train" / "a" / "bad.png").write_text("no")),
     "tree_bomb": lambda ctx: (_tree(ctx["tmp"]), _bomb(ctx["tmp"] / "tree" / "train" / "a" / "0.png")),
+    "tree_extra_val_class": lambda ctx: (_tree(ctx["tmp"]), (ctx["tmp"] / "tree" / "val" / "a").mkdir(parents=True),
+                                         (ctx["tmp"] / "tree" / "val" / "zzz").mkdir()),
+    "r34_weights": lambda ctx: _r34(ctx["tmp"] / "r34.safetensors"),
     "tiny_no_val": lambda ctx: (ctx["tmp"] / "tiny" / "train").mkdir(parents=True),
     "nonempty": lambda ctx: ((ctx["tmp"] / "out").mkdir(), (ctx["tmp"] / "out" / "x.txt").write_text("x")),
     "imgs": lambda ctx: [_png(ctx["tmp"] / "imgs" / f"{i}.png") for i in range(4)],
@@ -149,6 +159,7 @@ T = ["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", "
 TA = ["train", "--mode", "ic-only", "--out", "{tmp}/out"]
 
 # (input, arguments, part of the message, setup or None, path that must not exist afterwards or None)
+ZOO = ["train", "--arch", "torchvision:resnet18", "--data", "digits", "--mode", "sdn", "--out", "{tmp}/out"]
 ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     # ---- train: names and modes
     ("unknown architecture", ["train", "--arch", "resnet57", "--data", "digits", "--mode", "cnn", "--out", "{tmp}/out"], "unknown --arch 'resnet57'", None, "{tmp}/out"),
@@ -256,7 +267,7 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     # ---- info
     ("info with nothing", ["info"], "give a RUN folder, or both --arch and --data", None, None),
     ("info with a run and --arch", ["info", "{cnn}", "--arch", "small"], "not both", None, None),
-    ("info unknown architecture", ["info", "--arch", "nope", "--data", "cifar10"], "unknown architecture 'nope'", None, None),
+    ("info unknown architecture", ["info", "--arch", "nope", "--data", "cifar10"], "unknown --arch 'nope'", None, None),
     ("info unknown data set", ["info", "--arch", "small", "--data", "mnist"], "unknown --data set 'mnist'", None, None),
     ("info missing run", ["info", "{tmp}/none"], "is not a run folder", None, None),
     ("info --flops odd", ["info", "--arch", "small", "--data", "digits", "--flops", "odd"], "invalid choice: 'odd'", None, None),

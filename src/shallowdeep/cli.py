@@ -91,7 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         # a zoo model on an image folder takes its own input size; otherwise the data's
         folder = dataset_shape(args.data) is None
-        image_size = args.image_size or (None if is_zoo_name(args.arch) and folder else size)
+        image_size = args.image_size if args.image_size is not None else (
+            None if is_zoo_name(args.arch) and folder else size)
         if args.cuts:
             return _print_cuts(args, classes, image_size)
         cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))

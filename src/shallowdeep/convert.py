@@ -140,7 +140,7 @@ def build_model(arch: str, num_classes: int, image_size: int | None, *, pretrain
         if arch not in list_archs():
             raise ArgumentError(f"unknown `arch` {arch!r}: choose one of {', '.join(list_archs())}, or a zoo "
                                 "model torchvision:NAME or timm:NAME")
-        return build_cnn(arch, num_classes, image_size or 32), None
+        return build_cnn(arch, num_classes, 32 if image_size is None else image_size), None
     if pretrained and weights:
         raise ArgumentError("give `pretrained` or `weights`, not both")
     zm = zoo_model(arch, num_classes, pretrained)
@@ -154,7 +154,7 @@ def build_model(arch: str, num_classes: int, image_size: int | None, *, pretrain
             from .models.zoo import IMAGENET_MEAN, IMAGENET_STD
 
             zm.mean, zm.std = IMAGENET_MEAN, IMAGENET_STD  # trained weights came with the zoo's normalisation
-    size = image_size or zm.input_size
+    size = zm.input_size if image_size is None else image_size
     chain = chain_of(zm.module, size)
     names = choose_cuts(chain, fractions, cuts)
     source = {"kind": "zoo", "arch": arch, "pretrained": bool(pretrained), "weights_sha256": weights_sha}

@@ -345,7 +345,12 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
             want = model(x)
             h = x
             for b in names:
-                h = _Run([mods[b]])(h)
+                try:
+                    h = _Run([mods[b]])(h)
+                except Exception as e:  # a shape mismatch: the names are not the forward's order
+                    raise ArgumentError(f"the `blocks` {names} run in order do not compute {type(model).__name__}'s "
+                                        f"output: {b!r} fails ({str(e).splitlines()[0][:120]}); name every module its "
+                                        "forward uses, in the order it uses them") from None
                 shapes.append(tuple(h.shape[1:]))
         if not isinstance(want, torch.Tensor) or want.dim() != 2:
             raise ArgumentError(f"{type(model).__name__} does not return [N, classes] logits: give a classifier")
@@ -377,10 +382,10 @@ def place(cumulative: Sequence[float], total: float, fractions: Sequence[float] 
     if any(not (0 < f < 1) or math.isnan(f) for f in fractions) or list(fractions) != sorted(set(fractions)):
         raise ArgumentError(f"IC `fractions` must be increasing numbers between 0 and 1, got {list(fractions)}")
     chosen: list[int] = []
-    for f in fractions:
+    wanted = list(fractions)[-len(cumulative):] if len(cumulative) < len(fractions) else list(fractions)
+    for j, f in enumerate(wanted):
         start = chosen[-1] + 1 if chosen else 0
-        left = range(start, len(cumulative))
-        if not left:
-            break
+        # leave one cut for every later fraction, so that no IC is lost to an early greedy pick
+        left = range(start, len(cumulative) - (len(wanted) - 1 - j))
         chosen.append(min(left, key=lambda i: (abs(cumulative[i] - f * total), -i)))
     return chosen
