@@ -36,7 +36,7 @@ FLAGS = {
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
     "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
     "pretrained": "--pretrained", "weights": "--weights", "ic_cuts": "--ic-cuts", "ic_fractions": "--ic-fractions",
-    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions"
+    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions", "opset": "--opset"
 }
 
 
@@ -144,6 +144,14 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) 
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"])
         print(f"{'*' if r['paper_placement'] else ' '} {r['name']:<32} {100 * r['relative']:>6.1f}%  {shape:<16} {r['where']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .workflows import export_run
+
+    out = export_run(args.run, args.out, args.opset)
+    print(f"exported to {out} (manifest.json + one ONNX graph per stage); run it with shallowdeep.deploy.load")
     return 0
 
 
@@ -508,6 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zoo models: list every cut point an IC may follow, with its cumulative cost and feature shape")
     i.add_argument("--pretrained", action="store_true", default=None, help="zoo models: with the zoo's weights")
     i.set_defaults(func=cmd_info)
+
+    ex = sub.add_parser("export", help="ONNX graphs per stage + manifest, for early exits outside PyTorch",
+                        description="Export a calibrated SDN run: one ONNX file per stage (the blocks up to an IC and "
+                                    "that IC's head; the last with the final classifier) and manifest.json (order, "
+                                    "thresholds, fallback, input size, normalisation, classes, costs, hashes).")
+    ex.add_argument("run", help="an SDN run folder, analysed (calibrated)")
+    ex.add_argument("--out", required=True, help="the export folder to create")
+    ex.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
+    ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    ex.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("list", help="registered architectures and data sets", description="List architectures and data sets.")
     ls.set_defaults(func=cmd_list)

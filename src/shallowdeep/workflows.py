@@ -319,3 +319,18 @@ class _Pictures:
 def _pictures(images: Any) -> Any:
     """The report's example images: the array itself in memory, a lazy view of a streamed split."""
     return images.numpy() if isinstance(images, torch.Tensor) else _Pictures(images)
+
+
+def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Path:
+    """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.export`)."""
+    from .core.io import sha256_file
+    from .export import DEFAULT_OPSET, export_engine
+    from .runs import engine_from_run
+
+    folder = RunFolder(run)
+    engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
+    meta = folder.meta()
+    d = meta.get("data", {})
+    info = {"mean": d.get("mean", [0.0, 0.0, 0.0]), "std": d.get("std", [1.0, 1.0, 1.0]),
+            "classes": d.get("class_names") or d.get("classes"), "weights_sha256": sha256_file(folder.weights)}
+    return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)

@@ -55,7 +55,7 @@ class Chain:
     """A model seen as a chain of cut points; :meth:`split` makes the segments between chosen ones.
 
     ``cuts`` are every single-tensor cut point in order; ``ic_cuts`` those an IC may follow (not
-    mid-layer, not the classifier's input, which ``head_cut`` is: the last cut before the output).
+    mid-layer, and before ``head_cut``, where the classifier head starts).
     """
 
     def __init__(self, model: nn.Module, image_size: int, cuts: list[CutPoint], ic_cuts: list[CutPoint],
@@ -68,7 +68,9 @@ class Chain:
 
     @property
     def head_cut(self) -> CutPoint:
-        return self.cuts[-1]
+        """Where the classifier head starts: the last cut point with a feature map (so the head is
+        pooling + classifier, and Grad-CAM of the final output sees the last map), else the last."""
+        return head_cut(self.cuts)
 
     def find(self, names: Sequence[str]) -> list[CutPoint]:
         """The cut points named, in order; a name that is no single-tensor cut point raises."""
@@ -84,15 +86,21 @@ class Chain:
         if [c.index for c in found] != sorted({c.index for c in found}):
             raise ArgumentError(f"`cuts` must name distinct cut points in network order, got {list(names)}")
         if found and found[-1].index >= self.head_cut.index:
-            raise ArgumentError(f"cut point {found[-1].name!r} is the classifier's input or after it: an IC needs "
+            raise ArgumentError(f"cut point {found[-1].name!r} is where the classifier head starts, or after it: an IC needs "
                                 "a later part of the network to stop before")
         return found
 
     def split(self, names: Sequence[str]) -> list[nn.Module]:
-        """Segments between the named cut points, then up to the classifier's input, then the classifier:
+        """Segments between the named cut points, then up to where the head starts, then the head:
         ``len(names) + 2`` modules whose composition is the model."""
         self.find(names)
         return self._splitter(list(names) + [self.head_cut.name])
+
+
+def head_cut(cuts: Sequence[CutPoint]) -> CutPoint:
+    """The last cut point with a ``[C, H, W]`` feature, else the last cut point."""
+    maps = [c for c in cuts if len(c.shape) == 3]
+    return maps[-1] if maps else cuts[-1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +174,7 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
         x = torch.zeros(2, 3, image_size, image_size, device=_device_of(model))
         try:
             with torch.no_grad():
+                gm(x)  # first plainly: ShapeProp prints its own traceback for an error
                 out = ShapeProp(gm).propagate(x)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -295,7 +304,8 @@ def traced_chain(model: nn.Module, image_size: int, leaf_modules: Sequence[type[
     cuts = cut_points(gm)
     if not cuts:
         raise ArgumentError(f"{type(model).__name__} has no single-tensor cut point: nothing to attach an IC to")
-    ic_cuts = [c for c in cuts[:-1] if not any(_mid_layer(gm, u) for u in _node(gm, c.name).users)]
+    end = head_cut(cuts).index
+    ic_cuts = [c for c in cuts if c.index < end and not any(_mid_layer(gm, u) for u in _node(gm, c.name).users)]
     return Chain(model, image_size, cuts, ic_cuts, lambda names: list(split_graph(gm, names)))
 
 
@@ -366,7 +376,8 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
         edges = [0] + bounds + [len(names)]
         return [_Run(parts[a:b]) for a, b in zip(edges, edges[1:])]
 
-    return Chain(model, image_size, cuts, cuts[:-1], splitter)
+    end = head_cut(cuts).index
+    return Chain(model, image_size, cuts, [c for c in cuts if c.index < end], splitter)
 
 
 # --------------------------------------------------------------------------------------------------

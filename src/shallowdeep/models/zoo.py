@@ -60,7 +60,7 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
             raise ArgumentError(f"unknown torchvision classifier {name!r} in `arch`: e.g. "
-                                f"{', '.join(k for k in known if k.startswith(('resnet', 'vgg'))[:3])}; see "
+                                f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
                                 "torchvision.models.list_models()")
         size = 299 if name.startswith("inception") else 224
         if not pretrained:

@@ -1,0 +1,181 @@
+"""Early exits outside PyTorch: run an export (``shallowdeep export``) with onnxruntime and numpy only.
+
+    from shallowdeep import deploy
+    model = deploy.load("exported/")                # checks every graph against the manifest's hashes
+    result = model.classify(images)                 # uint8 RGB [N, H, W, 3] (or image paths)
+    result.predictions, result.exits, result.confidence, result.classes
+
+Importing this module imports no torch (tested), so a deployment needs ``pip install
+'shallowdeep[deploy]'`` (onnxruntime, numpy, pillow for paths) and nothing else. Inputs run stage by
+stage; after each IC the inputs that exit leave the batch (compaction), the rest go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .core.errors import DataError, MissingExtraError, RunFolderError
+
+FORMAT = "shallowdeep-export/1"
+
+
+class ExportError(RunFolderError):
+    """A folder that is not a usable export."""
+
+
+@dataclass
+class Classified:
+    """Per input: ``predictions`` (class index), ``exits`` (output index; the last = no IC exit),
+    ``confidence`` (max softmax of the output that answered); ``classes`` names the predictions."""
+
+    predictions: np.ndarray
+    exits: np.ndarray
+    confidence: np.ndarray
+    classes: list[str]
+
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.predictions]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Deployment:
+    """An export loaded into onnxruntime sessions (see the module docstring)."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], sessions: list[Any]) -> None:
+        self.folder, self.manifest, self.sessions = folder, manifest, sessions
+        inp, ex = manifest["input"], manifest["exit"]
+        self.size = int(inp["size"])
+        self.mean = np.asarray(inp["mean"], np.float32).reshape(1, 1, 1, 3)
+        self.std = np.asarray(inp["std"], np.float32).reshape(1, 1, 1, 3)
+        self.classes = list(manifest["classes"])
+        self.rule, self.thresholds = ex["rule"], [float(q) for q in ex["thresholds"]]
+        self.patience, self.fallback = int(ex.get("patience", 0)), ex["fallback"]
+        self.temperatures = [float(t) for t in ex["temperatures"]]
+        self.relative_costs = np.asarray(manifest["relative_costs"], np.float64)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.sessions)
+
+    def preprocess(self, images: np.ndarray | Sequence[str | Path]) -> np.ndarray:
+        """uint8 RGB ``[N, H, W, 3]`` (or image paths) -> normalised float32 ``[N, 3, S, S]``."""
+        if not isinstance(images, np.ndarray):
+            images = np.stack([_read(p, self.size) for p in images]) if len(images) else \
+                np.zeros((0, self.size, self.size, 3), np.uint8)
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
+            raise DataError(f"images must be uint8 RGB shaped [N, {self.size}, {self.size}, 3], got "
+                            f"{images.dtype} {list(images.shape)}: resize them to {self.size}x{self.size}")
+        x = (images.astype(np.float32) / 255.0 - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def classify(self, images: np.ndarray | Sequence[str | Path]) -> Classified:
+        """Classify a batch with real exits: each input stops at the first IC its rule lets out."""
+        x = self.preprocess(images)
+        n, last = x.shape[0], self.num_outputs - 1
+        preds = np.zeros(n, np.int64)
+        exits = np.full(n, last, np.int64)
+        confs = np.zeros(n, np.float64)
+        active = np.arange(n)
+        best_conf = np.full(n, -1.0)
+        best_pred = np.zeros(n, np.int64)
+        prev = np.full(n, -1, np.int64)
+        run = np.zeros(n)
+        log_c = math.log(max(len(self.classes), 2))
+        h = x
+        for k, sess in enumerate(self.sessions):
+            if not len(active):
+                break
+            outs = sess.run(None, {"x": h})
+            if k == last:
+                p = _softmax(outs[0] / self.temperatures[k])
+                conf, pred = p.max(1), p.argmax(1)
+                if self.fallback == "most_confident":
+                    use = best_conf >= conf
+                    pred, conf = np.where(use, best_pred, pred), np.where(use, best_conf, conf)
+                preds[active], confs[active] = pred, conf
+                break
+            h, logits = outs
+            p = _softmax(logits / self.temperatures[k])
+            conf, pred = p.max(1), p.argmax(1)
+            if self.rule == "max_softmax":
+                score = conf
+            elif self.rule == "entropy":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = 1.0 + np.where(p > 0, p * np.log(p), 0.0).sum(1) / log_c
+            else:
+                run = np.where(pred == prev, run + 1, 1.0)
+                prev = pred
+                score = run / (self.num_outputs - 1)
+            out = score >= self.thresholds[k]
+            better = conf > best_conf
+            best_conf, best_pred = np.where(better, conf, best_conf), np.where(better, pred, best_pred)
+            idx = active[out]
+            preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
+            keep = ~out
+            h = np.ascontiguousarray(h[keep])
+            active, best_conf, best_pred, prev, run = active[keep], best_conf[keep], best_pred[keep], prev[keep], run[keep]
+        return Classified(preds, exits, confs, self.classes)
+
+
+def _read(path: str | Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):  # shorter side to size, centre crop (as training's evaluation)
+                w, h = im.size
+                s = size / min(w, h)
+                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+                w, h = im.size
+                im = im.crop(((w - size) // 2, (h - size) // 2, (w - size) // 2 + size, (h - size) // 2 + size))
+            return np.asarray(im, np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def load(folder: str | Path, providers: Sequence[str] | None = None) -> Deployment:
+    """Load an export; every graph's hash must match the manifest. ``providers``: onnxruntime's
+    execution providers (default: CPU)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingExtraError("deployment needs onnxruntime: pip install 'shallowdeep[deploy]'", "deploy") from None
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise ExportError(f"{folder} is not an export (no manifest.json): make one with `shallowdeep export RUN --out DIR`")
+    try:
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, not {FORMAT}")
+        stages = manifest["stages"]
+        for key in ("input", "exit", "classes", "relative_costs"):
+            manifest[key]  # noqa: B018  (present)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{mpath} is damaged ({e}): export the run again") from None
+    sessions = []
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for st in stages:
+        path = folder / str(st["file"])
+        if path.name != st["file"] or not path.is_file():
+            raise ExportError(f"{folder} lacks {st['file']} named by its manifest: export the run again")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != st.get("sha256"):
+            raise ExportError(f"{path} does not match the manifest's hash (changed or from another export): "
+                              "export the run again")
+        sessions.append(ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"])))
+    return Deployment(folder, manifest, sessions)

@@ -1,0 +1,112 @@
+"""Staged ONNX export of an early-exit engine: one graph per stage, a manifest, no graph with a branch.
+
+Exporting a whole SDN computes every output, and exporters refuse a data-dependent exit. Split at
+the ICs instead: stage k runs the blocks up to IC k and returns both the feature and IC k's logits;
+the last stage runs the rest and the final classifier. Each stage is a static graph with a dynamic
+batch axis; :mod:`shallowdeep.deploy` (numpy + onnxruntime) runs them with real exits. The stages
+are the engine's inference copies (conv+BN folded), so ONNX and PyTorch compute the same thing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .core.errors import ArgumentError
+from .core.io import write_json
+from .engine import EarlyExitEngine
+
+FORMAT = "shallowdeep-export/1"
+MANIFEST = "manifest.json"
+DEFAULT_OPSET = 17
+
+
+class _Stage(nn.Module):
+    """Blocks, then (for an IC stage) the feature and the IC's logits, else the final logits."""
+
+    def __init__(self, blocks: list[nn.Module], head: nn.Module, ic: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.ic = ic
+
+    def forward(self, x: torch.Tensor):
+        for b in self.blocks:
+            x = b(x)
+        return (x, self.head(x)) if self.ic else self.head(x)
+
+
+def stages(engine: EarlyExitEngine) -> list[nn.Module]:
+    """The engine's network cut at its ICs: ``ICs + 1`` modules (stem in the first)."""
+    sdn = engine.sdn
+    cuts = [p + 1 for p in sdn.positions]
+    edges = [0] + cuts + [len(engine._blocks)]
+    out = []
+    for k, (a, b) in enumerate(zip(edges, edges[1:])):
+        blocks = ([engine._stem] if k == 0 else []) + list(engine._blocks[a:b])
+        ic = k < len(sdn.positions)
+        out.append(_Stage(blocks, sdn.heads[k] if ic else sdn.cnn.head, ic).eval())
+    return out
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_engine(engine: EarlyExitEngine, out: str | Path, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> Path:
+    """Write one ONNX file per stage and ``manifest.json`` into the new folder ``out``, atomically (the
+    folder appears whole or not at all). ``info`` adds what the engine does not know: input
+    normalisation (``mean``, ``std``), ``classes``, ``weights_sha256``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError(f"`out` {out} exists and is not an empty folder: choose another")
+    if not 7 <= opset <= 21:
+        raise ArgumentError(f"`opset` must lie in 7..21, got {opset}")
+    sdn = engine.sdn.cpu()
+    size = sdn.image_size
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        files = []
+        x = torch.zeros(2, 3, size, size)
+        for k, stage in enumerate(stages(engine)):
+            ic = k < len(sdn.positions)
+            names = ["h", "logits"] if ic else ["logits"]
+            path = tmp / f"stage{k}.onnx"
+            try:
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                    torch.onnx.export(stage, (x,), str(path), input_names=["x"], output_names=names,
+                                      dynamic_axes={n: {0: "n"} for n in ["x", *names]}, opset_version=opset,
+                                      dynamo=False)
+                    x = stage(x)[0] if ic else x
+            except Exception as e:  # the exporter's errors name the operator it has no ONNX form for
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ArgumentError(f"{sdn.arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another "
+                                    "`opset`") from None
+            files.append({"file": path.name, "outputs": names, "sha256": sha256_bytes(path.read_bytes())})
+        manifest = {
+            "format": FORMAT, "arch": sdn.arch, "opset": opset, "stages": files,
+            "input": {"size": size, "layout": "NHWC uint8 RGB", "mean": list(info["mean"]), "std": list(info["std"])},
+            "classes": list(info.get("classes") or [str(i) for i in range(sdn.num_classes)]),
+            "exit": {"rule": engine.rule, "thresholds": list(engine.thresholds), "patience": engine.patience,
+                     "fallback": engine.fallback, "temperatures": list(engine.temperatures)},
+            "relative_costs": [float(c) for c in engine.relative_costs],
+            "weights_sha256": info.get("weights_sha256"),
+        }
+        write_json(tmp / MANIFEST, manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,102 @@
+"""Staged ONNX export and the torch-free runtime (issue 13): parity with the PyTorch engine, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from shallowdeep import deploy  # noqa: E402
+from shallowdeep.core.errors import UserError  # noqa: E402
+from shallowdeep.runs import engine_from_run, run_data  # noqa: E402
+from shallowdeep.workflows import analyze_run, export_run  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
+
+
+@pytest.fixture
+def calibrated(copy_run):
+    """A copy of the tiny SDN run, analysed; its threshold then moved to the 60th percentile of the
+    ICs' test confidences so that inputs leave at several outputs (the tiny run's own calibrated
+    threshold lets every input out at IC 1)."""
+    run = copy_run("ic")
+    analyze_run(run)
+    data = run_data(run)
+    from shallowdeep.data import normalize
+
+    x = normalize(data.test.images, data.mean, data.std).contiguous()
+    conf = engine_from_run(run).ic_confidences(x).numpy()
+    path = run / "calibration.json"
+    cal = json.loads(path.read_text())
+    cal["threshold"] = float(np.quantile(conf, 0.6))
+    path.write_text(json.dumps(cal))
+    return run
+
+
+def test_onnx_runtime_exits_equal_the_engine_on_every_test_input(calibrated, tmp_path):
+    out = export_run(calibrated, tmp_path / "export")
+    manifest = json.loads((out / "manifest.json").read_text())
+    engine = engine_from_run(calibrated)
+    assert len(manifest["stages"]) == engine.num_outputs and manifest["exit"]["thresholds"] == engine.thresholds
+    data = run_data(calibrated)
+    images = data.test.images.numpy()  # uint8 [N, H, W, 3], what a deployment receives
+    model = deploy.load(out)
+    got = model.classify(images)
+    from shallowdeep.data import normalize
+
+    want = engine.classify(normalize(torch.from_numpy(images), data.mean, data.std).contiguous())
+    assert len(got.exits) == len(images) > 100
+    differ = got.exits != want.exits.numpy()
+    # only an input whose deciding confidence lies within float rounding of the threshold may differ
+    q = engine.thresholds[0]
+    near = np.abs(want.confidence.numpy() - q) < 1e-4
+    assert not (differ & ~near).any(), f"{int(differ.sum())} exits differ away from the threshold"
+    same = ~differ
+    assert np.array_equal(got.predictions[same], want.predictions.numpy()[same])
+    assert np.allclose(got.confidence[same], want.confidence.numpy()[same], atol=1e-4)
+    assert len(set(got.exits.tolist())) > 1, "the test needs inputs leaving at different outputs"
+
+
+def test_deploy_imports_no_torch(calibrated, tmp_path):
+    out = export_run(calibrated, tmp_path / "export")
+    code = ("import sys, numpy as np; from shallowdeep import deploy; m = deploy.load(sys.argv[1]); "
+            "r = m.classify(np.zeros((3, m.size, m.size, 3), np.uint8)); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(r.exits.tolist())")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == 3
+
+
+def test_export_errors_leave_nothing(tiny_runs, calibrated, tmp_path):
+    r = run_cli("export", str(tiny_runs / "ic"), "--out", str(tmp_path / "e"))  # not analysed
+    assert r.returncode == 2 and "analyze the run first" in r.stderr and not (tmp_path / "e").exists()
+    r = run_cli("export", str(tiny_runs / "cnn"), "--out", str(tmp_path / "e"))
+    assert r.returncode == 2 and "plain CNN run" in r.stderr and not (tmp_path / "e").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    r = run_cli("export", str(calibrated), "--out", str(tmp_path / "full"))
+    assert r.returncode == 2 and "not an empty folder" in r.stderr
+    r = run_cli("export", str(calibrated), "--out", str(tmp_path / "e"), "--opset", "3")
+    assert r.returncode == 2 and "--opset must lie in 7..21" in r.stderr and not (tmp_path / "e").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".e.")], "a temporary export was left behind"
+
+
+def test_deploy_refuses_what_is_not_an_export(calibrated, tmp_path):
+    with pytest.raises(UserError, match="is not an export"):
+        deploy.load(tmp_path)
+    out = export_run(calibrated, tmp_path / "export")
+    model = deploy.load(out)
+    with pytest.raises(UserError, match=r"uint8 RGB shaped \[N, 32, 32, 3\]"):
+        model.classify(np.zeros((2, 28, 28, 3), np.uint8))
+    stage = out / "stage1.onnx"
+    stage.write_bytes(stage.read_bytes() + b"\0")
+    with pytest.raises(UserError, match="does not match the manifest's hash"):
+        deploy.load(out)
+    (out / "manifest.json").write_text("{nope")
+    with pytest.raises(UserError, match="is damaged"):
+        deploy.load(out)
