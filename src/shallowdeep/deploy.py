@@ -146,9 +146,10 @@ def _read(path: str | Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def load(folder: str | Path, providers: Sequence[str] | None = None) -> Deployment:
+def load(folder: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> Deployment:
     """Load an export; every graph's hash must match the manifest. ``providers``: onnxruntime's
-    execution providers (default: CPU)."""
+    execution providers (default: CPU); ``threads``: intra-op threads per session (default:
+    onnxruntime's, one per core; 1 is often faster at batch 1, where the stages' pools compete)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -169,6 +170,8 @@ def load(folder: str | Path, providers: Sequence[str] | None = None) -> Deployme
     sessions = []
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
     for st in stages:
         path = folder / str(st["file"])
         if path.name != st["file"] or not path.is_file():
