@@ -157,7 +157,7 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
     folder = Path(folder)
     mpath = folder / "manifest.json"
     if not mpath.is_file():
-        raise ExportError(f"{folder} is not an export (no manifest.json): make one with `shallowdeep export RUN --out DIR`")
+        raise ExportError(f"{folder} is not an export (no manifest.json): export a calibrated run first (shallowdeep export)")
     try:
         manifest = json.loads(mpath.read_text())
         if manifest.get("format") != FORMAT:
