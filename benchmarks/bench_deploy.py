@@ -81,15 +81,14 @@ def main() -> None:
             probe = EarlyExitEngine(sdn, 2.0)  # nobody exits: every IC's confidence
             info = {"mean": [0.5] * 3, "std": [0.25] * 3, "classes": None, "weights_sha256": None}
             export_engine(probe, d / "probe", info)
-            x = deploy.load(d / "probe").preprocess(images)
-            conf = probe.ic_confidences(torch.from_numpy(x)).numpy()
+            dep_probe = deploy.load(d / "probe")
+            conf = probe.ic_confidences(torch.from_numpy(dep_probe.preprocess(images))).numpy()
             whole_cnn_onnx(probe, d / "cnn.onnx")
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             if a.threads:
                 opts.intra_op_num_threads = a.threads
             cnn_sess = ort.InferenceSession(str(d / "cnn.onnx"), opts, providers=["CPUExecutionProvider"])
-            dep_probe = deploy.load(d / "probe")
             t_cnn = per_image(lambda im: cnn_sess.run(None, {"x": dep_probe.preprocess(im)}), images, a.reps)
             print(f"\n{arch} at {a.size} px, {a.n} images, batch 1, ONNX Runtime CPU ({ort.__version__}), "
                   f"{ort.get_device()}, threads {a.threads or 'default'}; CNN {1e3 * statistics.median(t_cnn):.3f} ms/img "

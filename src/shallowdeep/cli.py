@@ -133,7 +133,7 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) 
     zm = zoo_model(args.arch, classes, bool(args.pretrained))
     chain = chain_of(zm.module, image_size or zm.input_size)
     cands = candidates(chain)
-    chosen = set(choose_cuts(chain))
+    chosen = set(choose_cuts(chain, cands=cands))
     rows = [c.to_json() | {"paper_placement": c.cut.name in chosen} for c in cands]
     if args.json:
         print(json.dumps({"arch": args.arch, "image_size": chain.image_size, "cuts": rows}, indent=2))

@@ -18,7 +18,7 @@ from torch import nn
 from .core.errors import ArgumentError
 from .costs import flops
 from .models import CNN, build_cnn, list_archs
-from .models.adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, place, traced_chain
+from .models.adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, device_of, place, traced_chain
 from .models.zoo import ZooModel, is_zoo_name, load_backbone_weights, read_weights_file, zoo_model
 from .sdn import SDN
 
@@ -41,7 +41,7 @@ def candidates(chain: Chain) -> list[Candidate]:
     """Every IC cut point of ``chain`` with its cumulative backbone FLOPs (one input)."""
     names = [c.name for c in chain.ic_cuts]
     segments = chain.split(names)
-    x = torch.zeros(1, 3, chain.image_size, chain.image_size, device=_device(chain.model))
+    x = torch.zeros(1, 3, chain.image_size, chain.image_size, device=device_of(chain.model))
     was = chain.model.training
     chain.model.eval()
     try:
@@ -55,11 +55,6 @@ def candidates(chain: Chain) -> list[Candidate]:
     return [Candidate(c, cumulative[i], cumulative[i] / total if total else 0.0) for i, c in enumerate(chain.ic_cuts)]
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def chain_of(model: nn.Module, image_size: int, blocks: Sequence[str] | None = None,
              leaf_modules: Sequence[type[nn.Module]] = ()) -> Chain:
     """The :class:`Chain` of ``model``: traced, or from module names when ``blocks`` declares them."""
@@ -68,29 +63,23 @@ def chain_of(model: nn.Module, image_size: int, blocks: Sequence[str] | None = N
     return declared_chain(model, image_size, blocks) if blocks else traced_chain(model, image_size, leaf_modules)
 
 
-def choose_cuts(chain: Chain, fractions: Sequence[float] | None = None, cuts: Sequence[str] | None = None) -> list[str]:
-    """The cut points for the ICs: ``cuts`` by name, else those closest to ``fractions`` of the cost."""
+def choose_cuts(chain: Chain, fractions: Sequence[float] | None = None, cuts: Sequence[str] | None = None,
+                cands: Sequence[Candidate] | None = None) -> list[str]:
+    """The cut points for the ICs: ``cuts`` by name, else those closest to ``fractions`` of the cost
+    (``cands``: the chain's :func:`candidates`, when already counted)."""
     if cuts is not None and fractions is not None:
         raise ArgumentError("give IC `cuts` or `fractions`, not both")
     if cuts is not None:
         return [c.name for c in chain.find(cuts)]
-    cands = candidates(chain)
-    total = 1.0
-    picked = place([c.relative for c in cands], total, PAPER_FRACTIONS if fractions is None else fractions)
+    cands = candidates(chain) if cands is None else cands
+    picked = place([c.relative for c in cands], 1.0, PAPER_FRACTIONS if fractions is None else fractions)
     return [cands[i].cut.name for i in picked]
 
 
 def chain_cnn(chain: Chain, cut_names: Sequence[str], arch: str, source: dict[str, Any]) -> CNN:
     """The model of ``chain`` as a :class:`CNN` split at ``cut_names`` (one IC position after each)."""
     segments = chain.split(cut_names)
-    with torch.no_grad():
-        was = chain.model.training
-        chain.model.eval()
-        try:
-            out = chain.model(torch.zeros(1, 3, chain.image_size, chain.image_size, device=_device(chain.model)))
-        finally:
-            chain.model.train(was)
-    cnn = CNN(nn.Identity(), segments[:-1], segments[-1], arch=arch, num_classes=int(out.shape[1]),
+    cnn = CNN(nn.Identity(), segments[:-1], segments[-1], arch=arch, num_classes=chain.num_classes,
               image_size=chain.image_size, ic_positions=tuple(range(len(cut_names))))
     cnn.source = source | {"cuts": list(cut_names)}
     return cnn
@@ -117,11 +106,22 @@ def to_sdn(model: nn.Module, image_size: int | None = None, *, positions: Sequen
         raise ArgumentError("IC `positions` index a declared CNN's blocks: for this model give `cuts` or `fractions`")
     if image_size is None:
         raise ArgumentError("`image_size` is needed to trace a model and count its FLOPs (e.g. 224)")
+    return SDN(module_cnn(model, image_size, fractions=fractions, cuts=cuts, blocks=blocks, leaf_modules=leaf_modules))
+
+
+def module_arch(model: nn.Module) -> str:
+    """The architecture name a user's own module goes by (``module:ClassName``)."""
+    return f"module:{type(model).__name__}"
+
+
+def module_cnn(model: nn.Module, image_size: int, *, fractions: Sequence[float] | None = None,
+               cuts: Sequence[str] | None = None, blocks: Sequence[str] | None = None,
+               leaf_modules: Sequence[type[nn.Module]] = ()) -> CNN:
+    """A user's own classifier split for ICs; its source records the class name, never its code."""
     chain = chain_of(model, image_size, blocks, leaf_modules)
-    names = choose_cuts(chain, fractions, cuts)
     source = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}",
               "blocks": list(blocks) if blocks else None}
-    return SDN(chain_cnn(chain, names, f"module:{type(model).__name__}", source))
+    return chain_cnn(chain, choose_cuts(chain, fractions, cuts), module_arch(model), source)
 
 
 def build_model(arch: str, num_classes: int, image_size: int | None, *, pretrained: bool = False,

@@ -21,7 +21,8 @@ import torch
 
 from .core.catalog import DATASETS
 from .core.errors import ArgumentError, DataError
-from .stream import StreamSet, fit_image, open_rgb
+from .core.images import fit_image, open_rgb
+from .stream import StreamSet
 
 VAL_FRACTION = 0.1
 VAL_SEED = 0  # fixed, independent of the training seed, so every run of a data set shares one split
@@ -282,7 +283,7 @@ def cifar100(root: Path | None, arg: str | None, image_size: int | None) -> Data
 
 def read_image(path: str | Path, size: int | None = None, resize: bool = True) -> np.ndarray:
     """One image file as uint8 RGB ``[S, S, 3]``. With ``size``, an image of another size is fitted
-    (shorter side resized, centre crop: :func:`~shallowdeep.stream.fit_image`) when ``resize``, else
+    (shorter side resized, centre crop: :func:`~shallowdeep.core.images.fit_image`) when ``resize``, else
     refused with a :class:`DataError` naming the sizes."""
     im = open_rgb(path)
     if size is not None and im.size != (size, size):
@@ -310,19 +311,10 @@ def image_paths(paths: list[str | Path]) -> list[Path]:
 
 def _decode(paths: list[Path], size: int | None) -> np.ndarray:
     """Decode image files to one uint8 ``[N, S, S, 3]`` array (RGB; resized when ``size`` differs)."""
-    from PIL import Image
-
     if not paths:
         return np.zeros((0, size or 1, size or 1, 3), np.uint8)
     if size is None:
-        try:
-            with Image.open(paths[0]) as im:
-                size = im.size[1]
-        except Image.DecompressionBombError as e:
-            raise DataError(f"{paths[0]} claims to be too large to be a real image ({e}); remove or replace the "
-                            "file") from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image {paths[0]}: {e}; remove or replace the file") from None
+        size = _first_size(paths[0])
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
                         "data set (`image_size`)")
@@ -394,8 +386,8 @@ def _folder_split(base: Path, part: str, classes: list[str]) -> tuple[list[Path]
 
 
 def _first_size(path: Path) -> int:
-    im = open_rgb(path)
-    return im.size[1]
+    """The height of an image file (the size a folder's images take when none is asked)."""
+    return open_rgb(path).size[1]
 
 
 @register_dataset("imagefolder", DATASETS["imagefolder"])

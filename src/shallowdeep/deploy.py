@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .core.errors import DataError, MissingExtraError, RunFolderError
+from .core.images import fit_image, open_rgb
 
 FORMAT = "shallowdeep-export/1"
 
@@ -130,20 +131,7 @@ class Deployment:
 
 
 def _read(path: str | Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):  # shorter side to size, centre crop (as training's evaluation)
-                w, h = im.size
-                s = size / min(w, h)
-                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-                w, h = im.size
-                im = im.crop(((w - size) // 2, (h - size) // 2, (w - size) // 2 + size, (h - size) // 2 + size))
-            return np.asarray(im, np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    return np.asarray(fit_image(open_rgb(path), size), np.uint8)
 
 
 def load(folder: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> Deployment:

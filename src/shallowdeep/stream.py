@@ -3,8 +3,8 @@
 A :class:`StreamSet` stands where an in-memory split would (``labels``, ``ids``, ``subset``, and
 ``images[index]`` that decodes just those files), so batching, records and analyses take either.
 Training batches come from torchvision.transforms.v2 (RandomResizedCrop and a horizontal flip);
-evaluation resizes the shorter side and takes the centre crop, as :func:`fit_image` does for the
-in-memory path, so both see the same pixels.
+evaluation resizes the shorter side and takes the centre crop (:func:`~shallowdeep.core.images.fit_image`,
+as the in-memory path and the deployment runtime do), so both see the same pixels.
 """
 from __future__ import annotations
 
@@ -15,42 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.errors import DataError
-
-
-def open_rgb(path: str | Path):
-    """One image file as a PIL RGB image (16-bit and float images scaled, not clipped)."""
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path} claims to be too large to be a real image ({e}); remove or replace the file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return im.convert("RGB")
-
-
-def fit_image(im, size: int):
-    """Resize so the shorter side is ``size`` (bilinear), then crop the centre ``size`` x ``size``:
-    a square image is just resized, another keeps its proportions instead of being squashed."""
-    from PIL import Image
-
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    if w != h:
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        return im.crop((left, top, left + size, top + size))
-    return im.resize((size, size), Image.BILINEAR)
+from .core.images import fit_image, open_rgb
 
 
 class _Files(torch.utils.data.Dataset):

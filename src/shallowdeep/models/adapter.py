@@ -58,10 +58,11 @@ class Chain:
     mid-layer, and before ``head_cut``, where the classifier head starts).
     """
 
-    def __init__(self, model: nn.Module, image_size: int, cuts: list[CutPoint], ic_cuts: list[CutPoint],
-                 splitter: Callable[[list[str]], list[nn.Module]]) -> None:
+    def __init__(self, model: nn.Module, image_size: int, num_classes: int, cuts: list[CutPoint],
+                 ic_cuts: list[CutPoint], splitter: Callable[[list[str]], list[nn.Module]]) -> None:
         self.model = model
         self.image_size = image_size
+        self.num_classes = num_classes
         self.cuts = cuts
         self.ic_cuts = ic_cuts
         self._splitter = splitter
@@ -171,7 +172,7 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
         if len(inputs) != 1:
             raise ArgumentError(f"{name}.forward takes {len(inputs)} inputs; an image classifier takes one batch "
                                 "of images")
-        x = torch.zeros(2, 3, image_size, image_size, device=_device_of(model))
+        x = torch.zeros(2, 3, image_size, image_size, device=device_of(model))
         try:
             with torch.no_grad():
                 gm(x)  # first plainly: ShapeProp prints its own traceback for an error
@@ -220,7 +221,8 @@ def _drop_fixed_inputs(graph: fx.Graph) -> None:
             graph.erase_node(n)
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -306,7 +308,9 @@ def traced_chain(model: nn.Module, image_size: int, leaf_modules: Sequence[type[
         raise ArgumentError(f"{type(model).__name__} has no single-tensor cut point: nothing to attach an IC to")
     end = head_cut(cuts).index
     ic_cuts = [c for c in cuts if c.index < end and not any(_mid_layer(gm, u) for u in _node(gm, c.name).users)]
-    return Chain(model, image_size, cuts, ic_cuts, lambda names: list(split_graph(gm, names)))
+    logits = list(gm.graph.nodes)[-1].args[0]  # trace() checked it is one [N, classes] tensor
+    num_classes = int(logits.meta["tensor_meta"].shape[1])
+    return Chain(model, image_size, num_classes, cuts, ic_cuts, lambda names: list(split_graph(gm, names)))
 
 
 def _node(gm: fx.GraphModule, name: str) -> fx.Node:
@@ -349,7 +353,7 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
     was_training = model.training
     model.eval()
     try:
-        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(_device_of(model))
+        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device_of(model))
         shapes = []
         with torch.no_grad():
             want = model(x)
@@ -377,7 +381,7 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
         return [_Run(parts[a:b]) for a, b in zip(edges, edges[1:])]
 
     end = head_cut(cuts).index
-    return Chain(model, image_size, cuts, [c for c in cuts if c.index < end], splitter)
+    return Chain(model, image_size, int(want.shape[1]), cuts, [c for c in cuts if c.index < end], splitter)
 
 
 # --------------------------------------------------------------------------------------------------

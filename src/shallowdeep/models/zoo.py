@@ -49,6 +49,16 @@ def _offline(arch: str, url: str, filename: str, where: str, e: BaseException) -
                      f"put {filename} in {where}, or pass the file as `weights`")
 
 
+def default_input_size(arch: str) -> int:
+    """The input size a zoo model is made for (no model is built): torchvision's 224 (299 for
+    Inception), timm's from its pretrained configuration."""
+    zoo, _, name = arch.partition(":")
+    if zoo == "timm":
+        cfg = _timm().models.get_pretrained_cfg(name)
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+    return 299 if name.startswith("inception") else 224
+
+
 def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel:
     """Build ``arch`` (``torchvision:NAME`` or ``timm:NAME``) for ``num_classes`` classes; with
     ``pretrained`` the zoo's weights are loaded (downloaded when online) and the classifier replaced
@@ -62,7 +72,7 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
             raise ArgumentError(f"unknown torchvision classifier {name!r} in `arch`: e.g. "
                                 f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
                                 "torchvision.models.list_models()")
-        size = 299 if name.startswith("inception") else 224
+        size = default_input_size(arch)
         if not pretrained:
             kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
             return ZooModel(torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), size)
@@ -81,7 +91,7 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
             raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
         if not pretrained:
             module = timm.create_model(name, pretrained=False, num_classes=num_classes)
-            return ZooModel(module, int(module.pretrained_cfg.get("input_size", (3, 224, 224))[-1]))
+            return ZooModel(module, default_input_size(arch))
         try:
             module = timm.create_model(name, pretrained=True)
         except Exception as e:  # huggingface_hub's offline errors have no common base below Exception

@@ -68,6 +68,16 @@ def check_meta(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def recorded_normalisation(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The per-channel mean and std a run's model was trained with (``run.json``'s data section), or
+    ``None`` when it records none."""
+    d = meta.get("data", {}) if isinstance(meta, dict) else {}
+    mean, std = d.get("mean"), d.get("std")
+    if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3:
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    return None
+
+
 class RunFolder:
     """A run folder at ``path`` (which may not exist yet)."""
 

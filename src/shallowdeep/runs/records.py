@@ -14,7 +14,7 @@ from ..collect import collect
 from ..core.errors import RunFolderError, UserError
 from ..data import Dataset, load_dataset
 from ..distributed import current
-from .folder import RunFolder
+from .folder import RunFolder, recorded_normalisation
 from .weights import load
 
 
@@ -28,11 +28,9 @@ def run_data(run: str | Path) -> Dataset:
                             mode=cfg.get("data_mode"))
     except KeyError:
         raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
-    d = meta.get("data", {})
-    if isinstance(d.get("mean"), list) and isinstance(d.get("std"), list) and len(d["mean"]) == len(d["std"]) == 3:
-        # the normalisation the model was trained with (a pretrained zoo model's, not the data's own)
-        data = replace(data, mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
-    return data
+    norm = recorded_normalisation(meta)
+    # the normalisation the model was trained with (a pretrained zoo model's, not the data's own)
+    return data if norm is None else replace(data, mean=norm[0], std=norm[1])
 
 
 def backdoor_of(run: str | Path) -> Backdoor | None:

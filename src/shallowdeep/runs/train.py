@@ -17,13 +17,13 @@ from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
 from ..costs import output_costs
 from ..data import Dataset, batches, load_dataset, parse_data_name
-from ..convert import build_model, chain_cnn, chain_of, choose_cuts
+from ..convert import build_model, module_arch, module_cnn
 from ..models import list_archs
 from ..models.zoo import is_zoo_name
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
 from .. import distributed
-from .folder import FORMAT, RunFolder
+from .folder import FORMAT, RunFolder, recorded_normalisation
 from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
                       save_weights, state_bytes, tensors_to_bytes)
 
@@ -80,9 +80,9 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     prev = (previous or {}).get("config", {})
     resolved: dict[str, Any] = {}
     if cfg.module is not None:
-        if cfg.arch is not None and cfg.arch != _module_arch(cfg.module):
+        if cfg.arch is not None and cfg.arch != module_arch(cfg.module):
             raise ArgumentError("give a `module` or an `arch`, not both")
-        cfg = replace(cfg, arch=_module_arch(cfg.module))
+        cfg = replace(cfg, arch=module_arch(cfg.module))
     for key in ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size", "pretrained", "weights",
                 "ic_cuts", "ic_fractions", "data_mode"):
         asked = getattr(cfg, key)
@@ -327,17 +327,13 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     return out
 
 
-def _module_arch(module: nn.Module) -> str:
-    return f"module:{type(module).__name__}"
-
-
 def _image_size(r: dict[str, Any]) -> int | None:
     """The size images are decoded at: asked, else (streamed data for a zoo model) the zoo's input size."""
     if r["image_size"] is not None or not is_zoo_name(r["arch"]) or r["data_mode"] != "stream":
         return r["image_size"]
-    from ..models.zoo import zoo_model
+    from ..models.zoo import default_input_size
 
-    return zoo_model(r["arch"], 2).input_size
+    return default_input_size(r["arch"])
 
 
 def _build_cnn(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None, data: Dataset,
@@ -349,18 +345,11 @@ def _build_cnn(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | N
         # the checkpoint holds every weight: rebuild the recorded split, no download, same normalisation
         model = build_from(previous["model"], cfg.module)
         cnn = model.cnn if isinstance(model, SDN) else model
-        d = previous.get("data", {})
-        return cnn, ((tuple(d["mean"]), tuple(d["std"])) if "mean" in d else None)
+        return cnn, recorded_normalisation(previous)
     if r["mode"] == "ic-only" and r["from_run"]:
-        cnn = load(r["from_run"])
-        d = RunFolder(r["from_run"]).meta().get("data", {})
-        return cnn, ((tuple(d["mean"]), tuple(d["std"])) if "mean" in d else None)
+        return load(r["from_run"]), recorded_normalisation(RunFolder(r["from_run"]).meta())
     if cfg.module is not None:
-        chain = chain_of(cfg.module, data.image_size)
-        names = choose_cuts(chain, r["ic_fractions"], r["ic_cuts"])
-        source = {"kind": "module", "class": f"{type(cfg.module).__module__}.{type(cfg.module).__qualname__}",
-                  "blocks": None}
-        return chain_cnn(chain, names, r["arch"], source), None
+        return module_cnn(cfg.module, data.image_size, fractions=r["ic_fractions"], cuts=r["ic_cuts"]), None
     cnn, zm = build_model(r["arch"], data.num_classes, data.image_size, pretrained=bool(r["pretrained"]),
                           weights=r["weights"], cuts=r["ic_cuts"], fractions=r["ic_fractions"])
     if r["mode"] == "ic-only" and zm is not None and zm.notes:
