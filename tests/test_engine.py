@@ -262,3 +262,104 @@ def test_analyze_rule_choice_reaches_the_engine(copy_run):
     chosen = report["rules"]["results"][-1]["calibration"]
     eng = engine_from_run(run)
     assert (eng.rule, eng.thresholds[0], eng.temperatures) == ("entropy", chosen["threshold"], cal["temperatures"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the throughput engine (re-batching queues)
+
+
+def _odd_batches(x, sizes=(7, 30, 1, 50, 13, 3)):
+    out, i = [], 0
+    while i < len(x):
+        for s in sizes:
+            if i < len(x):
+                out.append(x[i : i + s])
+                i += s
+    return out
+
+
+@pytest.mark.parametrize("rule,patience", [("max_softmax", 0), ("entropy", 0), ("patience", 2)])
+@pytest.mark.parametrize("buckets", [False, True])
+def test_stream_equals_batch_one_in_order_whatever_the_batches(trained_sdn, digits, rule, patience, buckets):
+    sdn, _ = trained_sdn
+    x = images(digits, limit=240)
+    record = collect(sdn, digits, "test")
+    q = safe_thresholds(record, 3)[1] if rule != "patience" else patience / len(sdn.positions)
+    eng = EarlyExitEngine(sdn, q, rule=rule, patience=patience)
+    parts = list(eng.stream(_odd_batches(x), batch_size=16, buckets=buckets))
+    got = torch.cat([p.exits for p in parts]), torch.cat([p.predictions for p in parts])
+    one = eng.classify(x, batch_size=1)
+    assert torch.equal(got[0], one.exits) and torch.equal(got[1], one.predictions)
+    assert torch.equal(torch.cat([p.answered for p in parts]), one.answered)
+    assert len(set(one.exits.tolist())) > 1
+
+
+def test_every_stage_runs_full_batches_and_queues_stay_bounded(trained_sdn, digits, monkeypatch):
+    sdn, _ = trained_sdn
+    x = images(digits, limit=300)
+    q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
+    eng = EarlyExitEngine(sdn, q)
+    seen: list[tuple[int, int, int]] = []
+    real = EarlyExitEngine._run_stage
+
+    def spy(self, k, rows, queues, out, pad):
+        seen.append((k, len(rows), max(sum(map(len, qq)) for qq in queues)))
+        return real(self, k, rows, queues, out, pad)
+
+    monkeypatch.setattr(EarlyExitEngine, "_run_stage", spy)
+    res = eng.classify(x, batch_size=32)
+    exits = res.exits.numpy()
+    for k in range(eng.num_outputs):
+        runs = [n for kk, n, _ in seen if kk == k]
+        reached = int((exits >= k).sum())
+        assert sum(runs) == reached, "each stage computes exactly the inputs that reach it"
+        assert all(n == 32 for n in runs[:-1]) and all(n <= 32 for n in runs), "full batches but the last"
+    assert max(qmax for _, _, qmax in seen) < 2 * 32, "no queue holds two batches"
+
+
+def test_stream_hands_results_back_before_the_stream_ends(random_sdn):
+    eng = EarlyExitEngine(random_sdn, 0.0)  # everyone leaves at IC 1
+    consumed = []
+
+    def source():
+        for i in range(10):
+            consumed.append(i)
+            yield torch.randn(8, 3, 32, 32)
+
+    first = next(iter(eng.stream(source(), batch_size=8)))
+    assert len(first) == 8 and len(consumed) < 10
+
+
+def test_buckets_pad_partial_batches_to_few_shapes(random_sdn, monkeypatch):
+    from shallowdeep import engine as engine_mod
+
+    assert engine_mod._buckets(256) == [8, 16, 32, 64, 128, 256] and engine_mod._buckets(5) == [5]
+    shapes = set()
+    eng = EarlyExitEngine(random_sdn, 0.3)
+    real = eng._stages[0][0][0]
+
+    def stem(h):
+        shapes.add(len(h))
+        return real(h)
+
+    eng._stages[0] = ([stem, *eng._stages[0][0][1:]], eng._stages[0][1])
+    x = torch.randn(45, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    padded = eng.classify(x, batch_size=32)  # a full 32, then 13 left: padded to 16
+    assert shapes <= {32, 16} or not eng.device.type == "cuda"
+    on = torch.cat([r.exits for r in eng.stream([x], 32, buckets=True)])
+    assert torch.equal(on, padded.exits)
+    assert 16 in shapes, "the partial batch ran at a bucket size"
+
+
+def test_answered_names_the_ic_the_fallback_picked(trained_sdn, digits):
+    sdn, _ = trained_sdn
+    x = images(digits, limit=200)
+    eng = EarlyExitEngine(sdn, 2.0)  # nobody exits: the fallback answers
+    res = eng.classify(x, batch_size=16)
+    with torch.no_grad():
+        outs = torch.stack(sdn(x), 1)
+    picked = outs[torch.arange(len(x)), res.answered].argmax(1)
+    assert torch.equal(picked, res.predictions)
+    assert res.exits.eq(sdn.num_outputs - 1).all()
+    assert (res.answered < sdn.num_outputs - 1).any() and res.answered.eq(sdn.num_outputs - 1).any()
+    assert torch.equal(eng.classify(x, batch_size=1).answered, res.answered)

@@ -14,8 +14,9 @@ confident output (``"most_confident"``, the reference's) or the final output (``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,12 +31,15 @@ from .sdn import SDN
 @dataclass
 class EngineResult:
     """Per input: ``predictions``, ``exits`` (output index; ``num_outputs - 1`` = no IC exit),
-    ``confidence`` (max softmax of the output that answered) and ``relative_cost`` (cost / CNN)."""
+    ``confidence`` (max softmax of the output that answered), ``relative_cost`` (cost / CNN) and
+    ``answered`` (the output whose prediction was returned: the exit, or for an input no IC let out
+    the final output or, under the ``most_confident`` fallback, the IC it picked)."""
 
     predictions: torch.Tensor
     exits: torch.Tensor
     confidence: torch.Tensor
     relative_cost: torch.Tensor
+    answered: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -156,6 +160,15 @@ class EarlyExitEngine:
         self._at: list[tuple[int, Callable[[torch.Tensor], torch.Tensor], float] | None] = [None] * len(self._blocks)
         for k, (p, h) in enumerate(zip(sdn.positions, self._heads)):
             self._at[p] = (k, h, qs[k])
+        # the stages of the throughput engine: the blocks up to each IC (the stem first), then the rest
+        self._stages: list[tuple[list[Callable[[torch.Tensor], torch.Tensor]], Any]] = []
+        start = 0
+        for p in [*sdn.positions, len(self._blocks) - 1]:
+            blocks = ([self._stem] if start == 0 else []) + self._blocks[start : p + 1]
+            self._stages.append((blocks, self._at[p] if p in sdn.positions else None))
+            start = p + 1
+        # decisions in float64 on the CPU (as the records); on a GPU float32: no float64 on the device
+        self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -167,9 +180,13 @@ class EarlyExitEngine:
         self.sdn.cnn.check_input(x)
         return x.to(self.device, torch.float32)
 
-    @torch.inference_mode()
     def classify_one(self, x: torch.Tensor) -> tuple[int, int, float]:
         """Classify one image ``[1, 3, H, W]`` (or ``[3, H, W]``): (prediction, exit, confidence)."""
+        return self._one(x)[:3]
+
+    @torch.inference_mode()
+    def _one(self, x: torch.Tensor) -> tuple[int, int, float, int]:
+        """:meth:`classify_one`, plus the output that answered."""
         if x.dim() == 3:
             x = x.unsqueeze(0)
         x = self._check(x)
@@ -194,66 +211,113 @@ class EarlyExitEngine:
                     prev = pred
                     score = run / self._n_ics
                 if score >= q:
-                    return pred, k, c
+                    return pred, k, c, k
                 if c > most_confident[0]:
                     most_confident = (c, pred, k)
         c, pred = self._conf(self._final(h))
+        last = self.num_outputs - 1
         if self.fallback == "most_confident" and most_confident[0] >= c:
-            return most_confident[1], self.num_outputs - 1, most_confident[0]
-        return pred, self.num_outputs - 1, c
+            return most_confident[1], last, most_confident[0], most_confident[2]
+        return pred, last, c, last
+
+    def classify_batched(self, x: torch.Tensor) -> EngineResult:
+        """Classify one batch with compaction: inputs that exit leave the working batch (the
+        throughput engine on a single batch of ``len(x)``)."""
+        x = self._check(x)
+        return _concat(list(self.stream([x], batch_size=max(len(x), 1))), self.relative_costs)
+
+    # ------------------------------------------------------------------------ the throughput engine
 
     @torch.inference_mode()
-    def classify_batched(self, x: torch.Tensor) -> EngineResult:
-        """Classify a batch with compaction: inputs that exit leave the working batch."""
-        x = self._check(x)
-        n = x.shape[0]
-        dev = self.device
-        preds = torch.empty(n, dtype=torch.int64, device=dev)
-        exits = torch.full((n,), self.num_outputs - 1, dtype=torch.int64, device=dev)
-        confs = torch.empty(n, dtype=torch.float64, device=dev)
-        if n == 0:
-            return self._result(preds, exits, confs)
-        active = torch.arange(n, device=dev)
-        best_conf = torch.full((n,), -1.0, dtype=torch.float64, device=dev)
-        best_pred = torch.zeros(n, dtype=torch.int64, device=dev)
-        prev = torch.full((n,), -1, dtype=torch.int64, device=dev)
-        run = torch.zeros(n, dtype=torch.float64, device=dev)
-        h = self._stem(x)
-        for block, at in zip(self._blocks, self._at):
-            h = block(h)
-            if at is None:
+    def stream(self, inputs: Iterable[torch.Tensor], batch_size: int = 256,
+               buckets: bool | None = None) -> Iterator[EngineResult]:
+        """Classify a stream of image batches (any sizes) with re-batching; yield results in input order.
+
+        A queue stands before each stage (the blocks up to an IC and the IC, or the rest and the
+        final classifier). A stage runs when its queue holds ``batch_size`` inputs, deepest first;
+        inputs that exit leave, the rest join the next queue; at the end of the stream the queues are
+        flushed in order. So every stage runs at full batch (the last of each aside), work per stage
+        is proportional to the inputs that reach it, and no queue holds ``2 * batch_size`` inputs
+        whatever the stream's length. With ``buckets`` (default: on CUDA) a flushed partial batch is
+        padded to the next of ``batch_size, batch_size / 2, …, 8``, so only a few shapes occur.
+        One host synchronisation per stage batch: the count of inputs that exit.
+        """
+        if batch_size < 1:
+            raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
+        buckets = self.device.type == "cuda" if buckets is None else buckets
+        out = _Results(self.relative_costs)
+        queues: list[list[_Rows]] = [[] for _ in self._stages]
+        seen = 0
+        for x in inputs:
+            x = self._check(x)
+            if not len(x):
                 continue
-            k, head, q = at
-            p = torch.softmax(head(h).double(), dim=1)
-            conf, pred = p.max(dim=1)
-            if self.rule == "max_softmax":
-                score = conf
-            elif self.rule == "entropy":
-                score = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c
-            else:
-                run = torch.where(pred == prev, run + 1, torch.ones_like(run))
-                prev = pred
-                score = run / self._n_ics
-            out = score >= q
-            better = conf > best_conf
-            best_conf = torch.where(better, conf, best_conf)
-            best_pred = torch.where(better, pred, best_pred)
-            n_out = int(out.sum())  # the one host synchronisation per IC
-            if n_out:
-                idx = active[out]
-                preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
-                if n_out == len(active):
-                    return self._result(preds, exits, confs)
-                keep = ~out
-                h, active, best_conf, best_pred = h[keep], active[keep], best_conf[keep], best_pred[keep]
-                prev, run = prev[keep], run[keep]
-        conf, pred = torch.softmax(self._final(h).double(), dim=1).max(dim=1)
-        if self.fallback == "most_confident":
-            use_ic = best_conf >= conf
-            pred = torch.where(use_ic, best_pred, pred)
-            conf = torch.where(use_ic, best_conf, conf)
-        preds[active], confs[active] = pred, conf
-        return self._result(preds, exits, confs)
+            queues[0].append(self._new_rows(x, seen))
+            out.reserve(seen := seen + len(x))
+            while True:  # the deepest full queue first: keeps every queue below 2 * batch_size
+                full = [k for k, q in enumerate(queues) if sum(map(len, q)) >= batch_size]
+                if not full:
+                    break
+                k = full[-1]
+                self._run_stage(k, _pop(queues[k], batch_size), queues, out, None)
+            ready = out.pop_ready()
+            if ready is not None:
+                yield ready
+        for k in range(len(self._stages)):
+            while queues[k]:
+                rows = _pop(queues[k], batch_size)
+                pad = next((bk for bk in _buckets(batch_size) if bk >= len(rows)), batch_size) if buckets else None
+                self._run_stage(k, rows, queues, out, pad)
+        ready = out.pop_ready()
+        if ready is not None:
+            yield ready
+
+    def _new_rows(self, x: torch.Tensor, start: int) -> _Rows:
+        n, dev, dt = len(x), self.device, self._dtype
+        return _Rows(x, torch.arange(start, start + n), torch.full((n,), -1.0, dtype=dt, device=dev),
+                     torch.zeros(n, dtype=torch.int64, device=dev), torch.zeros(n, dtype=torch.int64, device=dev),
+                     torch.full((n,), -1, dtype=torch.int64, device=dev), torch.zeros(n, dtype=dt, device=dev))
+
+    def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
+        blocks, at = self._stages[k]
+        h, n = rows.h, len(rows)
+        if pad is not None and pad > n:  # a bucketed shape: zero rows, dropped again below
+            h = torch.cat([h, h.new_zeros((pad - n, *h.shape[1:]))])
+        for block in blocks:
+            h = block(h)
+        h = h[:n]
+        if at is None:  # the final classifier
+            conf, pred = torch.softmax(self._final(h).to(self._dtype), dim=1).max(dim=1)
+            answered = torch.full_like(pred, self.num_outputs - 1)
+            if self.fallback == "most_confident":
+                use_ic = rows.best_conf >= conf
+                pred, conf = torch.where(use_ic, rows.best_pred, pred), torch.where(use_ic, rows.best_conf, conf)
+                answered = torch.where(use_ic, rows.best_k, answered)
+            out.put(rows.idx, pred, self.num_outputs - 1, conf, answered)
+            return
+        k_ic, head, q = at
+        p = torch.softmax(head(h).to(self._dtype), dim=1)
+        conf, pred = p.max(dim=1)
+        if self.rule == "max_softmax":
+            score = conf
+        elif self.rule == "entropy":
+            score = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c
+        else:
+            rows.run = torch.where(pred == rows.prev, rows.run + 1, torch.ones_like(rows.run))
+            rows.prev = pred
+            score = rows.run / self._n_ics
+        leave = score >= q
+        better = conf > rows.best_conf
+        rows.best_conf = torch.where(better, conf, rows.best_conf)
+        rows.best_pred = torch.where(better, pred, rows.best_pred)
+        rows.best_k = torch.where(better, torch.full_like(rows.best_k, k_ic), rows.best_k)
+        leave_cpu = leave.cpu()  # the one host synchronisation of this stage batch
+        n_out = int(leave_cpu.sum())
+        if n_out:
+            out.put(rows.idx[leave_cpu], pred[leave], k_ic, conf[leave], torch.full_like(pred[leave], k_ic))
+        if n_out < n:
+            rows.h = h
+            queues[k + 1].append(rows.take(~leave, ~leave_cpu) if n_out else rows)
 
     @torch.inference_mode()
     def ic_confidences(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,22 +332,117 @@ class EarlyExitEngine:
                 out.append(torch.softmax(at[1](h).double(), dim=1).max(dim=1)[0])
         return torch.stack(out, 1).cpu() if out else torch.zeros(x.shape[0], 0, dtype=torch.float64)
 
-    def _result(self, preds, exits, confs) -> EngineResult:
-        exits_cpu = exits.cpu()
-        return EngineResult(preds.cpu(), exits_cpu, confs.cpu(), self.relative_costs[exits_cpu])
-
     def classify(self, x: torch.Tensor, batch_size: int = 256) -> EngineResult:
-        """Classify ``x`` ``[N, 3, H, W]``: one at a time when ``batch_size == 1``, else in batches of
-        ``batch_size`` with compaction. Results are in input order."""
+        """Classify ``x`` ``[N, 3, H, W]``: one at a time when ``batch_size == 1``, else through the
+        throughput engine (:meth:`stream`) at ``batch_size``. Results are in input order."""
         x = self._check(x)
         if batch_size < 1:
             raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
         if batch_size == 1:
-            rows = [self.classify_one(x[i : i + 1]) for i in range(x.shape[0])]
-            preds = torch.tensor([r[0] for r in rows], dtype=torch.int64)
-            exits = torch.tensor([r[1] for r in rows], dtype=torch.int64)
+            rows = [self._one(x[i : i + 1]) for i in range(x.shape[0])]
+            preds, exits, answered = (torch.tensor([r[j] for r in rows], dtype=torch.int64) for j in (0, 1, 3))
             confs = torch.tensor([r[2] for r in rows], dtype=torch.float64)
-            return EngineResult(preds, exits, confs, self.relative_costs[exits])
-        parts = [self.classify_batched(x[i : i + batch_size]) for i in range(0, max(x.shape[0], 1), batch_size)]
-        return EngineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                              ("predictions", "exits", "confidence", "relative_cost")))
+            return EngineResult(preds, exits, confs, self.relative_costs[exits], answered)
+        chunks = (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
+        return _concat(list(self.stream(chunks, batch_size)), self.relative_costs)
+
+
+# --------------------------------------------------------------------------------------------------
+# the throughput engine's bookkeeping
+
+
+@dataclass
+class _Rows:
+    """Inputs in flight before one stage: features ``h``, stream positions ``idx`` (CPU) and the
+    exit rule's per-input state (most confident IC so far, the patience rule's run)."""
+
+    h: torch.Tensor
+    idx: torch.Tensor
+    best_conf: torch.Tensor
+    best_pred: torch.Tensor
+    best_k: torch.Tensor
+    prev: torch.Tensor
+    run: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def take(self, mask: torch.Tensor, mask_cpu: torch.Tensor) -> "_Rows":
+        return _Rows(self.h[mask], self.idx[mask_cpu], *(getattr(self, f)[mask] for f in _STATE))
+
+
+_STATE = ("best_conf", "best_pred", "best_k", "prev", "run")
+
+
+def _pop(queue: list[_Rows], n: int) -> _Rows:
+    """The first ``n`` inputs of a queue (or all it holds) as one batch; the rest stay queued."""
+    parts, got = [], 0
+    while queue and got < n:
+        r = queue.pop(0)
+        if got + len(r) > n:  # split: the head goes now, the tail stays first in line
+            cut = n - got
+            head_mask = torch.zeros(len(r), dtype=torch.bool)
+            head_mask[:cut] = True
+            queue.insert(0, r.take(~head_mask.to(r.h.device), ~head_mask))
+            r = r.take(head_mask.to(r.h.device), head_mask)
+        parts.append(r)
+        got += len(r)
+    if len(parts) == 1:
+        return parts[0]
+    return _Rows(torch.cat([p.h for p in parts]), torch.cat([p.idx for p in parts]),
+                 *(torch.cat([getattr(p, f) for p in parts]) for f in _STATE))
+
+
+def _buckets(batch_size: int) -> list[int]:
+    """The padded sizes of partial batches: 8, 16, … up to ``batch_size`` (ascending)."""
+    sizes, b = [batch_size], batch_size
+    while b // 2 >= 8:
+        b //= 2
+        sizes.append(b)
+    return sorted(sizes)
+
+
+class _Results:
+    """Results by stream position, handed back as soon as a prefix of the stream is complete."""
+
+    def __init__(self, relative_costs: torch.Tensor) -> None:
+        self.costs = relative_costs
+        self.base = 0
+        self.pred = torch.zeros(0, dtype=torch.int64)
+        self.exit = torch.zeros(0, dtype=torch.int64)
+        self.ans = torch.zeros(0, dtype=torch.int64)
+        self.conf = torch.zeros(0, dtype=torch.float64)
+        self.filled = torch.zeros(0, dtype=torch.bool)
+
+    def reserve(self, upto: int) -> None:
+        extra = upto - self.base - len(self.filled)
+        if extra > 0:
+            self.pred, self.exit, self.ans = (torch.cat([t, torch.zeros(extra, dtype=torch.int64)])
+                                              for t in (self.pred, self.exit, self.ans))
+            self.conf = torch.cat([self.conf, torch.zeros(extra, dtype=torch.float64)])
+            self.filled = torch.cat([self.filled, torch.zeros(extra, dtype=torch.bool)])
+
+    def put(self, idx: torch.Tensor, pred: torch.Tensor, exit_: int, conf: torch.Tensor, ans: torch.Tensor) -> None:
+        i = idx - self.base
+        self.pred[i], self.exit[i], self.ans[i] = pred.cpu(), exit_, ans.cpu()
+        self.conf[i] = conf.cpu().double()
+        self.filled[i] = True
+
+    def pop_ready(self) -> EngineResult | None:
+        missing = (~self.filled).nonzero()
+        n = int(missing[0]) if len(missing) else len(self.filled)
+        if n == 0:
+            return None
+        res = EngineResult(self.pred[:n], self.exit[:n], self.conf[:n], self.costs[self.exit[:n]], self.ans[:n])
+        self.pred, self.exit, self.ans, self.conf, self.filled = (
+            t[n:] for t in (self.pred, self.exit, self.ans, self.conf, self.filled))
+        self.base += n
+        return res
+
+
+def _concat(parts: list[EngineResult], relative_costs: torch.Tensor) -> EngineResult:
+    if not parts:
+        z = torch.zeros(0, dtype=torch.int64)
+        return EngineResult(z, z.clone(), torch.zeros(0, dtype=torch.float64), relative_costs[z], z.clone())
+    return EngineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                          ("predictions", "exits", "confidence", "relative_cost", "answered")))
