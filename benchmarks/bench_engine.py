@@ -1,20 +1,22 @@
-"""Wall-clock savings of early exits against FLOP-predicted savings, batch 1 and batched.
+"""Wall-clock savings of early exits, like with like, at batch 1 and through the throughput engine.
 
-ResNet-56 and VGG-16-BN (CIFAR-10 shape: 10 classes, 32 px) with seeded random weights. The exit
-pattern is *set directly*: per-IC thresholds are chosen from the ICs' own confidences on the
-benchmark inputs so that a chosen share of inputs leaves at each output (the engine takes one
-threshold per IC). Timing follows the usual rules: warm-up discarded, plain CNN and engine
-interleaved, medians reported.
+ResNet-56 and VGG-16-BN (10 classes, 32 px), seeded random weights, or a trained SDN from ``--run``.
+The exit pattern is *set directly*: per-IC thresholds are chosen from the ICs' own confidences on the
+benchmark inputs so that a chosen share of inputs leaves at each output.
 
-Printed per model and pattern: predicted saving (1 - average FLOP cost / CNN cost) and realised
-saving (1 - engine time / plain CNN time) at batch 1 and batched, and their ratio. Also the no-exit
-overhead at batch 1 against the plain CNN as trained (eager, BN unfolded) and against the same CNN
-with the engine's conv+BN folding. For the batched path also the *time-predicted* saving: what
-an ideal engine would save given the measured time of each block at that batch size (on a CPU the
-time per FLOP is far from even across depth at large batches). Last line: medians of
-realised/predicted (FLOP-predicted) over the patterns.
+Every comparison is like with like: the engine against the plain CNN built from the *same* inference
+copies (conv+BN folded, same precision, no compilation on either side); the CNN as trained (eager,
+BN unfolded) is shown beside it. Per pattern and path three savings are printed: FLOP-predicted
+(1 - mean FLOP cost / CNN cost), time-predicted (what an ideal engine would save given the measured
+time of each stage at the batch size used) and realised (1 - engine time / CNN time). Batched means
+the throughput engine (``EarlyExitEngine.stream``): ``--inputs-batched`` inputs in batches of
+``--batch``, against the CNN on the same batches. Timing: warm-up dropped, engine and CNN
+interleaved, synchronised before each clock read, medians of ``--reps``.
 
-    python benchmarks/bench_engine.py [--inputs 96] [--batch 256] [--reps 3] [--device cpu]
+Last line: medians over models and patterns of realised / FLOP-predicted,
+``b1_realised_over_predicted=… batched_realised_over_predicted=…``, then realised / time-predicted.
+
+    python benchmarks/bench_engine.py [--inputs 96] [--batch 256] [--reps 5] [--device cpu] [--run RUN]
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ import time
 import numpy as np
 import torch
 
-from shallowdeep.engine import EarlyExitEngine, _fold_bn
-from shallowdeep.sdn import build_sdn
+from shallowdeep.engine import EarlyExitEngine
+from shallowdeep.sdn import SDN, build_sdn
 
 PATTERNS = {  # share of inputs leaving at IC 1..6 and at the final output (no IC exit)
     "early": (0.40, 0.20, 0.15, 0.10, 0.05, 0.05, 0.05),
@@ -93,96 +95,119 @@ def batch1(plain, engine, x, device, reps):
 
 
 @torch.inference_mode()
-def block_times(engine: EarlyExitEngine, x: torch.Tensor, device, reps: int) -> np.ndarray:
-    """Median seconds of the stem + each block (as the engine runs them) on the whole batch ``x``."""
-    feats = [x]
-    h = engine._stem(x)
-    for b in engine._blocks:
-        feats.append(h)
-        h = b(h)
-    times = []
-    for i, mod in enumerate([engine._stem, *engine._blocks]):
+def stage_times(engine: EarlyExitEngine, x: torch.Tensor, device, reps: int) -> tuple[list[float], list[float]]:
+    """Median seconds, on the batch ``x``, of each stage's blocks and of its head (the IC's, or the
+    final classifier for the last stage), measured apart so the CNN's time is their blocks' sum
+    plus the classifier."""
+    def median_time(fn) -> float:
+        fn()
         ts = []
         for _ in range(reps):
             sync(device)
             t0 = time.perf_counter()
-            mod(feats[i])
+            fn()
             sync(device)
             ts.append(time.perf_counter() - t0)
-        times.append(statistics.median(ts))
-    return np.array(times)
+        return statistics.median(ts)
+
+    blocks_t, heads_t, h = [], [], x
+    for blocks, at in engine._stages:
+        def run_blocks(h=h, blocks=blocks):
+            for b in blocks:
+                h = b(h)
+            return h
+        blocks_t.append(median_time(run_blocks))
+        h = run_blocks()
+        head = at[1] if at is not None else engine._final
+        heads_t.append(median_time(lambda h=h, head=head: head(h)))
+    return blocks_t, heads_t
 
 
-def time_predicted_saving(times: np.ndarray, positions: tuple[int, ...], exits: np.ndarray) -> float:
-    """The saving if each input cost exactly the measured per-sample time of the blocks it runs
-    (heads and compaction free): what an ideal engine would realise on this hardware."""
-    cum = np.cumsum(times)  # cum[j]: stem + blocks 0..j-1
-    stops = [p + 1 for p in positions] + [len(times) - 1]
-    return 1 - float(np.mean([cum[stops[e]] for e in exits]) / cum[-1])
+def time_predicted(times: tuple[list[float], list[float]], exits: np.ndarray) -> float:
+    """The saving of an ideal engine on this hardware at this batch size: an input leaving at output
+    e pays the measured blocks and heads of stages 0..e, the CNN every stage's blocks and the final
+    classifier; queues, decisions and compaction are free."""
+    blocks_t, heads_t = times
+    per_stage = np.cumsum(np.add(blocks_t, heads_t))
+    cnn = sum(blocks_t) + heads_t[-1]
+    return 1 - float(np.mean(per_stage[exits]) / cnn)
+
+
+def load_sdn(arch: str, run: str | None, device) -> SDN:
+    if run:
+        import shallowdeep
+
+        return shallowdeep.load(run).eval().to(device)
+    torch.manual_seed(0)
+    return build_sdn(arch, 10, 32).eval().to(device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=96, help="inputs timed one at a time per pattern")
-    ap.add_argument("--batch", type=int, default=256, help="batch size of the batched path")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=256, help="batch size of the throughput engine and the CNN")
+    ap.add_argument("--inputs-batched", type=int, default=1024, help="inputs through the throughput engine")
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", default="resnet56,vgg16_bn")
+    ap.add_argument("--run", help="a trained SDN run folder instead of random weights (--archs is ignored)")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"weights: seeded random; exit pattern set by per-IC thresholds")
-    b1_ratios, bb_ratios = [], []
-    for arch in args.archs.split(","):
-        torch.manual_seed(0)
-        sdn = build_sdn(arch, 10, 32).eval().to(device)
-        cnn = sdn.cnn
-        folded = torch.nn.Sequential(_fold_bn(cnn.stem), *[_fold_bn(b) for b in cnn.blocks], cnn.head)
-        gen = torch.Generator().manual_seed(1)
-        xb = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
-        x1 = xb[: args.inputs]
-        rel = EarlyExitEngine(sdn, 2.0).relative_costs.numpy()
-        with torch.inference_mode():
-            never_b = EarlyExitEngine(sdn, 2.0)
-            never_b.classify_batched(xb)  # warm-up
-            times_b = block_times(never_b, xb, device, 2 * args.reps + 1)
-
-        # no exit at all: the overhead of the exit machinery at batch 1
+    print(f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; weights: "
+          f"{args.run or 'seeded random'}; fp32, conv+BN folded on both sides, no compilation")
+    b1, bb, b1_t, bb_t = [], [], [], []
+    for arch in ([None] if args.run else args.archs.split(",")):
+        sdn = load_sdn(arch, args.run, device)
+        arch = sdn.arch
+        size = sdn.image_size
         never = EarlyExitEngine(sdn, 2.0)
+        cnn = sdn.cnn
+        folded = torch.nn.Sequential(never._stem, *never._blocks, cnn.head)  # the engine's own copies
+        gen = torch.Generator().manual_seed(1)
+        xs = torch.randn(args.inputs_batched, 3, size, size, generator=gen).to(device)
+        x1 = xs[: args.inputs]
+        chunks = [xs[i : i + args.batch] for i in range(0, len(xs), args.batch)]
+        rel = never.relative_costs.numpy()
+
+        def cnn_batched():
+            for c in chunks:
+                folded(c)
+
+        t_stage = stage_times(never, chunks[0], device, 2 * args.reps + 1)
+
         tp, te = batch1(lambda v: cnn(v), never, x1, device, args.reps)
         tf, te2 = batch1(lambda v: folded(v), never, x1, device, args.reps)
-        print(f"{arch} no exit, batch 1: plain CNN {1e3 * tp / len(x1):.3f} ms/input, engine {1e3 * te / len(x1):.3f} "
-              f"ms/input: {100 * (te / tp - 1):+.2f}% vs the CNN as trained; {100 * (te2 / tf - 1):+.2f}% vs the CNN "
-              f"with the same conv+BN folding (FLOPs {100 * (rel[-1] - 1):+.2f}%)")
-
+        print(f"{arch} no exit, batch 1: CNN as trained {1e3 * tp / len(x1):.3f} ms/input, folded CNN "
+              f"{1e3 * tf / len(x1):.3f}, engine {1e3 * te2 / len(x1):.3f}: overhead {100 * (te2 / tf - 1):+.2f}% like "
+              f"with like ({100 * (te / tp - 1):+.2f}% vs the CNN as trained; ICs' FLOPs {100 * (rel[-1] - 1):+.2f}%)")
+        t_stage1 = stage_times(never, x1[:1], device, 4 * args.reps + 1)  # thresholds do not change stage costs
+        conf1, confb = never.ic_confidences(x1).numpy(), never.ic_confidences(xs).numpy()
         for pname, shares in PATTERNS.items():
-            conf1 = never.ic_confidences(x1).numpy()
             eng1 = EarlyExitEngine(sdn, thresholds_for(conf1, shares))
-            tp, te = batch1(lambda v: cnn(v), eng1, x1, device, args.reps)
+            t_plain1, t_eng1 = batch1(lambda v: folded(v), eng1, x1, device, args.reps)
             exits1 = eng1.classify(x1, batch_size=1).exits.numpy()
-            pred1 = 1 - rel[exits1].mean()
-            real1 = 1 - te / tp
+            pred1, real1 = 1 - rel[exits1].mean(), 1 - t_eng1 / t_plain1
+            time1 = time_predicted(t_stage1, exits1)
 
-            confb = never.ic_confidences(xb).numpy()
             engb = EarlyExitEngine(sdn, thresholds_for(confb, shares))
+            run_engine = lambda: list(engb.stream(chunks, args.batch))  # noqa: E731
             with torch.inference_mode():
-                cnn(xb), engb.classify_batched(xb)  # warm-up
-                tpb, teb = time_pair(lambda: cnn(xb), lambda: engb.classify_batched(xb), device, 2 * args.reps + 1)
-            exitsb = engb.classify_batched(xb).exits.numpy()
-            predb = 1 - rel[exitsb].mean()
-            realb = 1 - teb / tpb
-            b1_ratios.append(real1 / pred1)
-            bb_ratios.append(realb / predb)
-            timeb = time_predicted_saving(times_b, sdn.positions, exitsb)
+                run_engine(), cnn_batched()  # warm-up
+                tpb, teb = time_pair(cnn_batched, run_engine, device, args.reps)
+            exitsb = engb.classify(xs, batch_size=args.batch).exits.numpy()
+            predb, realb = 1 - rel[exitsb].mean(), 1 - teb / tpb
+            timeb = time_predicted(t_stage, exitsb)
+            b1.append(real1 / pred1), bb.append(realb / predb), b1_t.append(real1 / time1), bb_t.append(realb / timeb)
             counts = np.bincount(exitsb, minlength=len(rel)).tolist()
-            print(f"{arch} {pname:<8} exits {counts}: batch 1 predicted saving {100 * pred1:.1f}% realised "
-                  f"{100 * real1:.1f}% (speedup {tp / te:.2f}x vs {1 / (1 - pred1):.2f}x predicted, ratio {real1 / pred1:.3f}); "
-                  f"batch {len(xb)} predicted {100 * predb:.1f}% realised {100 * realb:.1f}% "
-                  f"(speedup {tpb / teb:.2f}x vs {1 / (1 - predb):.2f}x, ratio {realb / predb:.3f}); "
-                  f"time-predicted at batch {len(xb)} {100 * timeb:.1f}% (ratio to FLOP-predicted {timeb / predb:.3f})")
-    print(f"b1_realised_over_predicted={statistics.median(b1_ratios):.3f} "
-          f"batched_realised_over_predicted={statistics.median(bb_ratios):.3f}")
+            print(f"{arch} {pname:<8} exits {counts}: batch 1 saving FLOP-predicted {100 * pred1:.1f}% time-predicted "
+                  f"{100 * time1:.1f}% realised {100 * real1:.1f}% (ratio {real1 / pred1:.3f}); throughput engine at "
+                  f"batch {args.batch} over {len(xs)} inputs: FLOP-predicted {100 * predb:.1f}% time-predicted "
+                  f"{100 * timeb:.1f}% realised {100 * realb:.1f}% (ratio {realb / predb:.3f}, of time-predicted "
+                  f"{realb / timeb:.3f})")
+    print(f"b1_realised_over_predicted={statistics.median(b1):.3f} batched_realised_over_predicted={statistics.median(bb):.3f} "
+          f"b1_realised_over_time_predicted={statistics.median(b1_t):.3f} "
+          f"batched_realised_over_time_predicted={statistics.median(bb_t):.3f}")
 
 
 if __name__ == "__main__":

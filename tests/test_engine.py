@@ -202,6 +202,43 @@ def test_predict_command(trained_sdn, tmp_path, digits, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_predict_reports_who_answered_and_the_true_class(trained_sdn, tmp_path, digits, capsys):
+    import json
+
+    from PIL import Image
+
+    from shallowdeep.cli import main
+
+    _, run = trained_sdn
+    classes = json.loads((run / "run.json").read_text())["data"]["classes"]
+    for i in range(30):  # class folders named as the run's classes: the true label is known
+        d = tmp_path / "imgs" / classes[int(digits.test.labels[i])]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.test.images[i].numpy()).save(d / f"{i}.png")
+    (tmp_path / "imgs" / "unsorted").mkdir()
+    Image.fromarray(digits.test.images[0].numpy()).save(tmp_path / "imgs" / "unsorted" / "x.png")
+    out = {}
+    for bs in ("1", "7"):
+        assert main(["predict", str(run), str(tmp_path / "imgs"), "--threshold", "0.9", "--batch-size", bs, "--json"]) == 0
+        out[bs] = json.loads(capsys.readouterr().out)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "confidence"} for r in rows]  # noqa: E731
+    assert strip(out["1"]) == strip(out["7"]), "batch 1 and the throughput engine give the same answers"
+    assert np.allclose([r["confidence"] for r in out["1"]], [r["confidence"] for r in out["7"]], atol=1e-5)
+    rows = out["7"]
+    labelled = [r for r in rows if "true_class" in r]
+    assert len(labelled) == 30 and not any("true_class" in r for r in rows if "unsorted" in r["file"])
+    for r in labelled:
+        assert r["correct"] == (r["class"] == r["true_class"])
+    last = len(json.loads((run / "run.json").read_text())["model"]["ic_positions"])
+    for r in rows:
+        if r["exit"] < last:
+            assert r["answered_by"] == f"IC {r['exit'] + 1}"
+        else:
+            assert r["answered_by"] in ("final", f"IC {r['answered_output'] + 1} (fallback)")
+    assert main(["predict", str(run), str(tmp_path / "imgs"), "--threshold", "0.9"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
 def shallowdeep_load(run):
     import shallowdeep
 

@@ -377,7 +377,6 @@ def _analyze(args: argparse.Namespace, device: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from .data import image_paths, normalize, read_image
@@ -391,27 +390,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = engine_from_run(args.run, args.threshold, args.fallback, _device(args))
     meta = RunFolder(args.run).meta()["data"]
     size = engine.sdn.image_size
-    images = np.stack([read_image(f, size, resize=args.resize) for f in files])
-    x = normalize(torch.from_numpy(images), tuple(meta["mean"]), tuple(meta["std"]))
-    res = engine.classify(x, batch_size=args.batch_size)
+    mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    chunk = max(args.batch_size, 64)
+
+    def batches():  # files decoded a chunk at a time: memory does not grow with the number of images
+        for i in range(0, len(files), chunk):
+            images = torch.stack([torch.from_numpy(read_image(f, size, resize=args.resize)) for f in files[i:i + chunk]])
+            x = normalize(images, mean, std).contiguous()
+            yield from (x[j:j + 1] for j in range(len(x))) if args.batch_size == 1 else (x,)
+
+    if args.batch_size == 1:  # latency: one image at a time through the batch-1 path
+        parts = [engine.classify(x, batch_size=1) for x in batches()]
+    else:  # throughput: the re-batching engine
+        parts = list(engine.stream(batches(), args.batch_size))
+    fields = ("predictions", "exits", "confidence", "relative_cost", "answered")
+    res = {f: torch.cat([getattr(p, f) for p in parts]) for f in fields}
     names = meta.get("class_names", meta["classes"])
-    k = engine.num_outputs
+    folders = {c: i for i, c in enumerate(meta["classes"])}
+    last = engine.num_outputs - 1
     rows = []
-    for f, p, e, c, rc in zip(files, res.predictions, res.exits, res.confidence, res.relative_cost):
-        exited = int(e) < k - 1
-        rows.append({"file": str(f), "class_index": int(p), "class": names[int(p)], "exit": int(e),
-                     "exit_name": f"IC {int(e) + 1}" if exited else f"none ({engine.fallback} output answered)",
-                     "confidence": float(c), "relative_cost": float(rc)})
+    for n, f in enumerate(files):
+        p, e, a = int(res["predictions"][n]), int(res["exits"][n]), int(res["answered"][n])
+        answered = f"IC {a + 1}" if e < last else ("final" if a == last else f"IC {a + 1} (fallback)")
+        row = {"file": str(f), "class_index": p, "class": names[p], "exit": e, "answered_by": answered,
+               "answered_output": a, "confidence": float(res["confidence"][n]),
+               "relative_cost": float(res["relative_cost"][n])}
+        if f.parent.name in folders:  # a class folder: the true label is known
+            row |= {"true_class": names[folders[f.parent.name]], "correct": folders[f.parent.name] == p}
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         width = max(len(r["file"]) for r in rows)
-        print(f"{'file':<{width}}  {'class':<14} {'exit':<32} {'conf.':>6} {'rel. cost':>9}")
+        labelled = [r for r in rows if "correct" in r]
+        print(f"{'file':<{width}}  {'class':<14} {'answered by':<16} {'conf.':>6} {'rel. cost':>9}"
+              + ("  true class" if labelled else ""))
         for r in rows:
-            print(f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['exit_name']:<32} {r['confidence']:>6.3f} "
-                  f"{100 * r['relative_cost']:>8.1f}%")
-        print(f"threshold {engine.thresholds[0]:.6g}, fallback {engine.fallback}; average cost "
-              f"{100 * float(res.relative_cost.mean()):.1f}% of the CNN")
+            truth = f"  {r['true_class'][:14]}{'' if r['correct'] else '  (wrong)'}" if "correct" in r else ""
+            print(f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['answered_by']:<16} {r['confidence']:>6.3f} "
+                  f"{100 * r['relative_cost']:>8.1f}%{truth}")
+        qs = engine.thresholds
+        q = f"{qs[0]:.6g}" if len(set(qs)) == 1 else "per IC " + ", ".join(f"{v:.4g}" for v in qs)
+        print(f"threshold {q}, fallback {engine.fallback}; average cost "
+              f"{100 * float(res['relative_cost'].mean()):.1f}% of the CNN"
+              + (f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
+                 "in class folders" if labelled else ""))
     return 0
 
 
@@ -553,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     pr.add_argument("--threshold", type=float, help="confidence threshold (default: the run's calibration)")
     pr.add_argument("--fallback", choices=FALLBACKS, help="prediction when no IC is confident (default: the calibration's)")
-    pr.add_argument("--batch-size", type=int, default=1, help="1: one image at a time (default); more: batched")
+    pr.add_argument("--batch-size", type=int, default=64,
+                    help="the throughput engine's batch size (default 64); 1: one image at a time (latency)")
     pr.add_argument("--resize", action="store_true", help="resize images whose size differs from the model's")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)

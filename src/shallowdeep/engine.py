@@ -229,9 +229,10 @@ class EarlyExitEngine:
     # ------------------------------------------------------------------------ the throughput engine
 
     @torch.inference_mode()
-    def stream(self, inputs: Iterable[torch.Tensor], batch_size: int = 256,
+    def stream(self, inputs: Iterable[torch.Tensor | tuple[torch.Tensor, ...]], batch_size: int = 256,
                buckets: bool | None = None) -> Iterator[EngineResult]:
-        """Classify a stream of image batches (any sizes) with re-batching; yield results in input order.
+        """Classify a stream of image batches (any sizes; or a split's ``(images, labels)`` batches, as
+        :func:`~shallowdeep.data.batches` makes them) with re-batching; yield results in input order.
 
         A queue stands before each stage (the blocks up to an IC and the IC, or the rest and the
         final classifier). A stage runs when its queue holds ``batch_size`` inputs, deepest first;
@@ -249,6 +250,8 @@ class EarlyExitEngine:
         queues: list[list[_Rows]] = [[] for _ in self._stages]
         seen = 0
         for x in inputs:
+            if isinstance(x, (tuple, list)):  # (images, labels) batches of a data split
+                x = x[0]
             x = self._check(x)
             if not len(x):
                 continue
