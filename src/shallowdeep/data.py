@@ -291,7 +291,7 @@ def read_image(path: str | Path, size: int | None = None, resize: bool = True) -
             raise DataError(f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
                             "resize it (`resize`)")
         im = fit_image(im, size)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it without a warning
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
