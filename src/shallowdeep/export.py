@@ -44,16 +44,11 @@ class _Stage(nn.Module):
 
 
 def stages(engine: EarlyExitEngine) -> list[nn.Module]:
-    """The engine's network cut at its ICs: ``ICs + 1`` modules (stem in the first)."""
+    """The engine's stages as modules: its folded blocks up to each IC (the stem in the first) with the
+    IC's head, then the rest with the final classifier. Temperatures are left to the runtime."""
     sdn = engine.sdn
-    cuts = [p + 1 for p in sdn.positions]
-    edges = [0] + cuts + [len(engine._blocks)]
-    out = []
-    for k, (a, b) in enumerate(zip(edges, edges[1:])):
-        blocks = ([engine._stem] if k == 0 else []) + list(engine._blocks[a:b])
-        ic = k < len(sdn.positions)
-        out.append(_Stage(blocks, sdn.heads[k] if ic else sdn.cnn.head, ic).eval())
-    return out
+    return [_Stage(list(blocks), sdn.heads[k] if at is not None else sdn.cnn.head, at is not None).eval()
+            for k, (blocks, at) in enumerate(engine._stages)]
 
 
 def sha256_bytes(data: bytes) -> str:
