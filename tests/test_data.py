@@ -75,6 +75,11 @@ def test_imagefolder_real_cifar10_jpegs(cifar10_jpeg):
     assert ds.image_size == 32
     # channel statistics of real CIFAR images, computed from the training split
     assert 0.40 < ds.mean[0] < 0.55 and 0.18 < ds.std[0] < 0.30
+    # streamed, the same files give the same pixels, split and labels
+    st = load_dataset(f"imagefolder:{cifar10_jpeg}", mode="stream", image_size=32)
+    idx = torch.arange(0, len(ds.test), 7)
+    assert torch.equal(st.test.images[idx], ds.test.images[idx]) and torch.equal(st.test.labels, ds.test.labels)
+    assert torch.equal(st.val.ids, ds.val.ids)
 
 
 def _write_folder(root: Path, classes=("a", "b"), n=6, size=20, mode="RGB") -> Path:

@@ -400,3 +400,11 @@ def test_answered_names_the_ic_the_fallback_picked(trained_sdn, digits):
     assert res.exits.eq(sdn.num_outputs - 1).all()
     assert (res.answered < sdn.num_outputs - 1).any() and res.answered.eq(sdn.num_outputs - 1).any()
     assert torch.equal(eng.classify(x, batch_size=1).answered, res.answered)
+
+
+def test_stream_takes_a_splits_batches(trained_sdn, digits):
+    sdn, _ = trained_sdn
+    q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
+    eng = EarlyExitEngine(sdn, q)
+    from_split = torch.cat([r.exits for r in eng.stream(batches(digits, "test", 50), batch_size=64)])
+    assert torch.equal(from_split, eng.classify(images(digits), batch_size=64).exits)
