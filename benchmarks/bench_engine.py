@@ -133,6 +133,18 @@ def time_predicted(times: tuple[list[float], list[float]], exits: np.ndarray) ->
     return 1 - float(np.mean(per_stage[exits]) / cnn)
 
 
+def like_with_like(cnn: torch.nn.Module, device: torch.device, args: argparse.Namespace):
+    """The plain CNN given what the engine is given: the same precision and compilation."""
+    fn = torch.compile(cnn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False) \
+        if args.compile else cnn
+    if args.precision == "bf16":
+        def run(x):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return fn(x)
+        return run
+    return fn
+
+
 def load_sdn(arch: str, run: str | None, device) -> SDN:
     if run:
         import shallowdeep
@@ -151,11 +163,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", default="resnet56,vgg16_bn")
     ap.add_argument("--run", help="a trained SDN run folder instead of random weights (--archs is ignored)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="engine and CNN alike")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile engine stages and the CNN alike (reduce-overhead: CUDA graphs on CUDA); "
+                         "the time-predicted column still comes from eager stage times")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; weights: "
-          f"{args.run or 'seeded random'}; fp32, conv+BN folded on both sides, no compilation")
+          f"{args.run or 'seeded random'}; {args.precision}, conv+BN folded on both sides, "
+          f"{'compiled' if args.compile else 'no compilation'} on both sides")
+    opts = {"precision": args.precision, "compile": args.compile}
     b1, bb, b1_t, bb_t = [], [], [], []
     for arch in ([None] if args.run else args.archs.split(",")):
         sdn = load_sdn(arch, args.run, device)
@@ -163,7 +181,7 @@ def main() -> None:
         size = sdn.image_size
         never = EarlyExitEngine(sdn, 2.0)
         cnn = sdn.cnn
-        folded = torch.nn.Sequential(never._stem, *never._blocks, cnn.head)  # the engine's own copies
+        folded = like_with_like(torch.nn.Sequential(never._stem, *never._blocks, cnn.head), device, args)
         gen = torch.Generator().manual_seed(1)
         xs = torch.randn(args.inputs_batched, 3, size, size, generator=gen).to(device)
         x1 = xs[: args.inputs]
@@ -176,21 +194,22 @@ def main() -> None:
 
         t_stage = stage_times(never, chunks[0], device, 2 * args.reps + 1)
 
-        tp, te = batch1(lambda v: cnn(v), never, x1, device, args.reps)
-        tf, te2 = batch1(lambda v: folded(v), never, x1, device, args.reps)
+        never_like = EarlyExitEngine(sdn, 2.0, **opts)
+        tp, te = batch1(lambda v: cnn(v), never_like, x1, device, args.reps)
+        tf, te2 = batch1(lambda v: folded(v), never_like, x1, device, args.reps)
         print(f"{arch} no exit, batch 1: CNN as trained {1e3 * tp / len(x1):.3f} ms/input, folded CNN "
               f"{1e3 * tf / len(x1):.3f}, engine {1e3 * te2 / len(x1):.3f}: overhead {100 * (te2 / tf - 1):+.2f}% like "
               f"with like ({100 * (te / tp - 1):+.2f}% vs the CNN as trained; ICs' FLOPs {100 * (rel[-1] - 1):+.2f}%)")
         t_stage1 = stage_times(never, x1[:1], device, 4 * args.reps + 1)  # thresholds do not change stage costs
         conf1, confb = never.ic_confidences(x1).numpy(), never.ic_confidences(xs).numpy()
         for pname, shares in PATTERNS.items():
-            eng1 = EarlyExitEngine(sdn, thresholds_for(conf1, shares))
+            eng1 = EarlyExitEngine(sdn, thresholds_for(conf1, shares), **opts)
             t_plain1, t_eng1 = batch1(lambda v: folded(v), eng1, x1, device, args.reps)
             exits1 = eng1.classify(x1, batch_size=1).exits.numpy()
             pred1, real1 = 1 - rel[exits1].mean(), 1 - t_eng1 / t_plain1
             time1 = time_predicted(t_stage1, exits1)
 
-            engb = EarlyExitEngine(sdn, thresholds_for(confb, shares))
+            engb = EarlyExitEngine(sdn, thresholds_for(confb, shares), **opts)
             run_engine = lambda: list(engb.stream(chunks, args.batch))  # noqa: E731
             with torch.inference_mode():
                 run_engine(), cnn_batched()  # warm-up

@@ -2,7 +2,9 @@
 # The GPU proof (issue 15) as prepared device calls, run from the checkout root on a lent GPU machine:
 #   part1: CIFAR-10 JPEGs (carried in .data/), bench_train.py, then `reproduce --archs resnet56` until
 #          ${REPRO_SECONDS:-300} s have passed (a killed reproduction resumes);
-#   part2: the same reproduce again (resumes, finishes what fits), then bench_engine.py.
+#   part2: the same reproduce again (resumes, finishes what fits), then the engine benchmarks;
+#   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
+#           compiled (CUDA graphs per stage and bucket) and bf16, about 3 x ${ENGINE_SECONDS:-150} s.
 # Everything printed also lands in $OUT; the run folders (without cached records) are packed into
 # $OUT/runs-cnn.tgz and runs-sdn.tgz, so a later call on a fresh machine can continue from them
 # (copy them into .data/ and carry .data).
@@ -11,6 +13,17 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DATA=/tmp/cifar10-jpeg
 part=${1:-part1}
+bench_engine_all() {
+  for extra in "" "--compile" "--precision bf16"; do
+    timeout "${ENGINE_SECONDS:-150}" python3 benchmarks/bench_engine.py --device cuda --batch 1024 --inputs-batched 8192 \
+      --inputs 48 --reps 3 $extra 2>&1 | grep -v Warning | tee -a "$OUT/bench_engine.txt"
+  done
+}
+if [ "$part" = engine ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
+  bench_engine_all
+  exit 0
+fi
 if [ ! -d "$DATA/train" ]; then
   mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"
 fi
@@ -54,8 +67,7 @@ for f in runs/repro/*/*/run.json; do
 done
 cp runs/repro/reproduction.md "$OUT/" 2>/dev/null
 if [ "$part" = part2 ]; then
-  timeout "${ENGINE_SECONDS:-90}" python3 benchmarks/bench_engine.py --device cuda --batch 1024 --inputs 64 --reps 3 \
-    2>&1 | grep -v Warning | tee "$OUT/bench_engine.txt"
+  bench_engine_all
 fi
 # two packs, each under the 16 MiB a returned file may have
 tar --exclude='records' --exclude='*/sdn' -czf "$OUT/runs-cnn.tgz" runs/repro runs/compile.flag 2>/dev/null

@@ -373,13 +373,13 @@ def test_buckets_pad_partial_batches_to_few_shapes(random_sdn, monkeypatch):
     assert engine_mod._buckets(256) == [8, 16, 32, 64, 128, 256] and engine_mod._buckets(5) == [5]
     shapes = set()
     eng = EarlyExitEngine(random_sdn, 0.3)
-    real = eng._stages[0][0][0]
+    real = eng._stage_fns[0]
 
-    def stem(h):
+    def first_stage(h):
         shapes.add(len(h))
         return real(h)
 
-    eng._stages[0] = ([stem, *eng._stages[0][0][1:]], eng._stages[0][1])
+    eng._stage_fns[0] = first_stage
     x = torch.randn(45, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     padded = eng.classify(x, batch_size=32)  # a full 32, then 13 left: padded to 16
     assert shapes <= {32, 16} or not eng.device.type == "cuda"
@@ -408,3 +408,30 @@ def test_stream_takes_a_splits_batches(trained_sdn, digits):
     eng = EarlyExitEngine(sdn, q)
     from_split = torch.cat([r.exits for r in eng.stream(batches(digits, "test", 50), batch_size=64)])
     assert torch.equal(from_split, eng.classify(images(digits), batch_size=64).exits)
+
+
+def test_compiled_stages_give_the_same_exits(trained_sdn, digits):
+    """torch.compile per stage at fixed (bucketed) shapes: on CUDA that is one CUDA graph per stage and
+    bucket (reduce-overhead); here, on the CPU, inductor: the answers must not change."""
+    sdn, _ = trained_sdn
+    x = images(digits, limit=100)
+    q = safe_thresholds(collect(sdn, digits, "test"), 3, margin=1e-3)[1]
+    eager = EarlyExitEngine(sdn, q).classify(x, batch_size=32)
+    compiled = EarlyExitEngine(sdn, q, compile=True)
+    res = compiled.classify(x, batch_size=32)  # buckets on by default when compiled: 32, then 4 -> 8
+    assert torch.equal(res.exits, eager.exits) and torch.equal(res.predictions, eager.predictions)
+    assert torch.equal(compiled.classify(x[:4], batch_size=1).exits, eager.exits[:4])
+    assert len(set(eager.exits.tolist())) > 1
+
+
+def test_bf16_inference_keeps_most_answers(trained_sdn, digits):
+    sdn, _ = trained_sdn
+    x = images(digits, limit=200)
+    q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
+    fp32 = EarlyExitEngine(sdn, q).classify(x, batch_size=64)
+    bf16 = EarlyExitEngine(sdn, q, precision="bf16").classify(x, batch_size=64)
+    assert bf16.confidence.dtype == torch.float64  # decisions stay in full precision on the CPU
+    assert (bf16.predictions == fp32.predictions).float().mean() > 0.9
+    assert (bf16.exits == fp32.exits).float().mean() > 0.8
+    with pytest.raises(UserError, match="precision"):
+        EarlyExitEngine(sdn, q, precision="fp8")

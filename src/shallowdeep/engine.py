@@ -116,11 +116,16 @@ class EarlyExitEngine:
 
     def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
                  device: torch.device | str | None = None, fold_bn: bool = True, rule: str = "max_softmax",
-                 patience: int = 0, temperatures: Sequence[float] | None = None) -> None:
+                 patience: int = 0, temperatures: Sequence[float] | None = None, precision: str = "fp32",
+                 compile: bool = False) -> None:
         """``rule``: ``"max_softmax"`` (exit when an IC's max softmax >= q), ``"entropy"`` (when its
         certainty ``1 - H / log C`` >= q) or ``"patience"`` (when ``patience`` consecutive ICs agree:
         give q = patience / ICs). ``temperatures`` (one per output) divide the logits: folded into
-        the IC heads' weights, and applied to the final classifier's output."""
+        the IC heads' weights, and applied to the final classifier's output. ``precision``
+        ``"bf16"`` runs the stages under bfloat16 autocast (decisions stay float32/64).
+        ``compile`` compiles each stage (blocks and head) with ``torch.compile`` at fixed shapes; on
+        CUDA in ``reduce-overhead`` mode, i.e. one CUDA graph per stage and batch size, which the
+        throughput engine's buckets keep to a few."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         check_fallback(fallback)
@@ -169,6 +174,12 @@ class EarlyExitEngine:
             start = p + 1
         # decisions in float64 on the CPU (as the records); on a GPU float32: no float64 on the device
         self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+        if precision not in ("fp32", "bf16"):
+            raise ArgumentError(f"`precision` is fp32 or bf16, not {precision!r}")
+        self.precision, self.compiled = precision, bool(compile)
+        # the graphs of reduce-overhead compilation reuse their output buffers: copy what is kept
+        self._copy_out = self.compiled and self.device.type == "cuda"
+        self._stage_fns = [self._stage_fn(blocks, at) for blocks, at in self._stages]
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -184,6 +195,32 @@ class EarlyExitEngine:
         """Classify one image ``[1, 3, H, W]`` (or ``[3, H, W]``): (prediction, exit, confidence)."""
         return self._one(x)[:3]
 
+    def _stage_fn(self, blocks: list, at: Any) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """One stage as a function ``h -> (feature, logits)``: its blocks, then its IC's head (or
+        the final classifier); under bf16 autocast and compiled when the engine was asked to."""
+        head = at[1] if at is not None else self._final
+
+        def run(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            for block in blocks:
+                h = block(h)
+            return h, head(h)
+
+        fn = run
+        if self.compiled:
+            fn = torch.compile(run, mode="reduce-overhead" if self.device.type == "cuda" else None, dynamic=False)
+        if self.precision == "bf16":
+            compiled_fn = fn
+
+            def fn(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    h, z = compiled_fn(h)
+                return h, z.float()
+        return fn
+
+    def _call_stage(self, k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, z = self._stage_fns[k](h)
+        return (h.clone(), z.clone()) if self._copy_out else (h, z)
+
     @torch.inference_mode()
     def _one(self, x: torch.Tensor) -> tuple[int, int, float, int]:
         """:meth:`classify_one`, plus the output that answered."""
@@ -192,29 +229,29 @@ class EarlyExitEngine:
         x = self._check(x)
         if x.shape[0] != 1:
             raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
-        h = self._stem(x)
+        h = x
         most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
         prev, run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
-        for block, at in zip(self._blocks, self._at):
-            h = block(h)
-            if at is not None:
-                k, head, q = at
-                z = head(h)
-                c, pred = self._conf(z)
-                if self.rule == "max_softmax":
-                    score = c
-                elif self.rule == "entropy":
-                    p = torch.softmax(z.double(), dim=1)
-                    score = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
-                else:
-                    run = run + 1 if pred == prev else 1
-                    prev = pred
-                    score = run / self._n_ics
-                if score >= q:
-                    return pred, k, c, k
-                if c > most_confident[0]:
-                    most_confident = (c, pred, k)
-        c, pred = self._conf(self._final(h))
+        for s_k, (_, at) in enumerate(self._stages):
+            h, z = self._call_stage(s_k, h)
+            if at is None:
+                break
+            k, _, q = at
+            c, pred = self._conf(z)
+            if self.rule == "max_softmax":
+                score = c
+            elif self.rule == "entropy":
+                p = torch.softmax(z.double(), dim=1)
+                score = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
+            else:
+                run = run + 1 if pred == prev else 1
+                prev = pred
+                score = run / self._n_ics
+            if score >= q:
+                return pred, k, c, k
+            if c > most_confident[0]:
+                most_confident = (c, pred, k)
+        c, pred = self._conf(z)
         last = self.num_outputs - 1
         if self.fallback == "most_confident" and most_confident[0] >= c:
             return most_confident[1], last, most_confident[0], most_confident[2]
@@ -239,13 +276,13 @@ class EarlyExitEngine:
         inputs that exit leave, the rest join the next queue; at the end of the stream the queues are
         flushed in order. So every stage runs at full batch (the last of each aside), work per stage
         is proportional to the inputs that reach it, and no queue holds ``2 * batch_size`` inputs
-        whatever the stream's length. With ``buckets`` (default: on CUDA) a flushed partial batch is
+        whatever the stream's length. With ``buckets`` (default: on CUDA or compiled) a flushed partial batch is
         padded to the next of ``batch_size, batch_size / 2, …, 8``, so only a few shapes occur.
         One host synchronisation per stage batch: the count of inputs that exit.
         """
         if batch_size < 1:
             raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
-        buckets = self.device.type == "cuda" if buckets is None else buckets
+        buckets = (self.device.type == "cuda" or self.compiled) if buckets is None else buckets
         out = _Results(self.relative_costs)
         queues: list[list[_Rows]] = [[] for _ in self._stages]
         seen = 0
@@ -282,15 +319,14 @@ class EarlyExitEngine:
                      torch.full((n,), -1, dtype=torch.int64, device=dev), torch.zeros(n, dtype=dt, device=dev))
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
-        blocks, at = self._stages[k]
+        at = self._stages[k][1]
         h, n = rows.h, len(rows)
         if pad is not None and pad > n:  # a bucketed shape: zero rows, dropped again below
             h = torch.cat([h, h.new_zeros((pad - n, *h.shape[1:]))])
-        for block in blocks:
-            h = block(h)
-        h = h[:n]
+        h, z = self._call_stage(k, h)
+        h, z = h[:n], z[:n]
         if at is None:  # the final classifier
-            conf, pred = torch.softmax(self._final(h).to(self._dtype), dim=1).max(dim=1)
+            conf, pred = torch.softmax(z.to(self._dtype), dim=1).max(dim=1)
             answered = torch.full_like(pred, self.num_outputs - 1)
             if self.fallback == "most_confident":
                 use_ic = rows.best_conf >= conf
@@ -298,8 +334,8 @@ class EarlyExitEngine:
                 answered = torch.where(use_ic, rows.best_k, answered)
             out.put(rows.idx, pred, self.num_outputs - 1, conf, answered)
             return
-        k_ic, head, q = at
-        p = torch.softmax(head(h).to(self._dtype), dim=1)
+        k_ic, _, q = at
+        p = torch.softmax(z.to(self._dtype), dim=1)
         conf, pred = p.max(dim=1)
         if self.rule == "max_softmax":
             score = conf
