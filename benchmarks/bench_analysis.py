@@ -38,8 +38,19 @@ def once(val: ExitRecord, test: ExitRecord, train: ExitRecord) -> float:
     return time.perf_counter() - t0
 
 
+def per_ic_once(val: ExitRecord, test: ExitRecord, mode) -> float:
+    val, test = (ExitRecord.from_arrays(r.logits, r.labels, r.costs, r.cnn_cost) for r in (val, test))
+    t0 = time.perf_counter()
+    calibrate(val, test, max_drop=0.01, per_ic=mode)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     val, test, train = make(1), make(2), make(3)
+    for mode, label in ((True, "per-IC thresholds (coordinate descent)"), ("auto", "per-IC decided by 5-fold CV")):
+        per = [per_ic_once(val, test, mode) for _ in range(3)]
+        print(f"# {label}, one calibration (not in the figure below): median {statistics.median(per):.3f} s "
+              f"({min(per):.3f}-{max(per):.3f})")
     once(val, test, train)  # warm-up
     times = [once(val, test, train) for _ in range(7)]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -1,11 +1,13 @@
 """Records and analyses against hand-worked records and brute-force loops."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from shallowdeep.analysis import calibrate, confusion, early_exit, overthinking, sweep
+from shallowdeep.analysis import Calibration, calibrate, confusion, default_thresholds, early_exit, overthinking, sweep
 from shallowdeep.analysis.early_exit import REFERENCE_THRESHOLDS, reference_protocol
 from shallowdeep.core.errors import UserError
 from shallowdeep.analysis import ExitRecord
@@ -198,6 +200,87 @@ def test_calibration_picks_on_validation_only():
         calibrate(val, test, budget=0.01)
 
 
+def learned_record(seed, n=600, k=5, c=10):
+    """A record shaped like a trained SDN's: later outputs more accurate, confidence tracks correctness."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, k, c)) * 1.5
+    ease = rng.uniform(0.3, 1.5, n)
+    for j in range(k):
+        logits[np.arange(n), j, y] += (0.8 + 0.5 * j) * ease * rng.uniform(0.5, 1.5, n)
+    costs = np.cumsum(np.linspace(1, 2, k))
+    return ExitRecord.from_arrays(logits, y, costs, costs[-1] * 0.95)
+
+
+def test_early_exit_with_per_ic_thresholds_matches_a_plain_loop():
+    r = random_record(0)
+    qs = [0.5, 0.9, 0.3, 0.7]
+    e = early_exit(r, qs)
+    for n in range(r.num_inputs):
+        first = next((i for i in range(4) if r.confidence[n, i] >= qs[i]), 4)
+        assert e.exits[n] == first
+        if first < 4:
+            assert e.predictions[n] == r.preds[n, first]
+    assert early_exit(r, [0.6] * 4).exit_counts == early_exit(r, 0.6).exit_counts
+    with pytest.raises(UserError, match="3 per-IC thresholds for 4 ICs"):
+        early_exit(r, [0.5] * 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_ic_thresholds_feasible_never_worse_and_locally_optimal(seed):
+    val, test = learned_record(seed), learned_record(seed + 10)
+    single = calibrate(val, test, max_drop=0.01)
+    per = calibrate(val, test, max_drop=0.01, per_ic=True)
+    assert per.threshold == single.threshold and len(per.thresholds) == 4
+    # what the calibration reports is what early exits at those thresholds give, on both splits
+    for p, r in ((per.val, val), (per.test, test)):
+        e = early_exit(r, per.thresholds)
+        assert (p.accuracy, p.relative_cost, p.exit_counts) == (e.accuracy, e.relative_cost, e.exit_counts)
+    floor = val.accuracy()[-1] - 0.01 - 1e-12
+    assert per.val.accuracy >= floor and per.val.relative_cost <= single.val.relative_cost + 1e-12
+    # no single IC's threshold can move to a feasible point that is cheaper (a local optimum)
+    grid = default_thresholds()
+    for k in range(4):
+        for t in grid[::7]:
+            q = list(per.thresholds)
+            q[k] = float(t)
+            e = early_exit(val, q)
+            if e.accuracy >= floor:
+                assert e.relative_cost >= per.val.relative_cost - 1e-12, (k, t)
+    # the choice does not look at the test record
+    assert calibrate(val, learned_record(99), max_drop=0.01, per_ic=True).thresholds == per.thresholds
+
+
+def test_per_ic_thresholds_gain_where_ics_differ():
+    # ICs that differ in how much their confidence is worth: one threshold cannot suit them all
+    val = learned_record(5, n=2000)
+    single = calibrate(val, None, max_drop=0.01)
+    per = calibrate(val, None, max_drop=0.01, per_ic=True)
+    assert per.val.relative_cost < single.val.relative_cost - 0.01
+    assert len(set(per.thresholds)) > 1
+
+
+def test_per_ic_with_one_ic_is_the_single_threshold_and_budget_holds():
+    r = learned_record(1, k=2)
+    single, per = calibrate(r, None, max_drop=0.02), calibrate(r, None, max_drop=0.02, per_ic=True)
+    assert (per.val.accuracy, per.val.relative_cost) == (single.val.accuracy, single.val.relative_cost)
+    val = learned_record(2)
+    sb, pb = calibrate(val, None, budget=0.55), calibrate(val, None, budget=0.55, per_ic=True)
+    assert pb.val.relative_cost <= 0.55 + 1e-12 and pb.val.accuracy >= sb.val.accuracy
+
+
+def test_calibration_json_keeps_per_ic_thresholds():
+    val = learned_record(3)
+    per = calibrate(val, val, per_ic=True)
+    back = Calibration.from_json(json.loads(json.dumps(per.to_json())))
+    assert back == per and back.exit_thresholds == per.thresholds
+    single = calibrate(val, val)
+    assert Calibration.from_json(single.to_json()).exit_thresholds == single.threshold
+    bad = per.to_json() | {"thresholds": [0.5, 2.0, 0.1, 0.1]}
+    with pytest.raises(UserError, match="outside"):
+        Calibration.from_json(bad)
+
+
 def test_reference_protocol_is_labelled_and_uses_eleven_thresholds():
     ref = reference_protocol(random_record(4))
     assert "test set" in ref.label and [r["threshold"] for r in ref.rows] == list(REFERENCE_THRESHOLDS)
@@ -339,3 +422,24 @@ def test_bad_rules_are_refused():
         with pytest.raises(UserError, match=pattern):
             parse_rule(text)
     assert parse_rule("entropy+T").temperature and parse_rule("patience:3").k == 3
+
+
+def test_auto_per_ic_is_decided_by_cross_validation_on_validation_only():
+    big = learned_record(5, n=2000)
+    auto = calibrate(big, None, max_drop=0.01, per_ic="auto")
+    cv = auto.cross_validation
+    assert cv["per_ic_wins"] and auto.thresholds == calibrate(big, None, max_drop=0.01, per_ic=True).thresholds
+    # the held-out per-IC point lies above every single threshold's point of the same (pooled) inputs
+    curve = sweep(big)
+    assert cv["per_ic"]["accuracy"] > curve.accuracy[curve.relative_cost <= cv["per_ic"]["relative_cost"]].max()
+    # the pooled held-out figures: each fold's thresholds fitted on the other four folds
+    fold = np.random.default_rng(0).permutation(2000) % 5
+    right = cost = 0.0
+    for f in range(5):
+        c = calibrate(big.subset(fold != f), None, max_drop=0.01, per_ic=True)
+        e = early_exit(big.subset(fold == f), c.thresholds)
+        right, cost = right + e.accuracy * (fold == f).sum(), cost + e.relative_cost * (fold == f).sum()
+    assert cv["per_ic"]["accuracy"] == pytest.approx(right / 2000) and cv["per_ic"]["relative_cost"] == pytest.approx(cost / 2000)
+    small = learned_record(6, n=90)
+    s = calibrate(small, None, per_ic="auto")
+    assert s.thresholds is None and not s.cross_validation["per_ic_wins"] and "fewer than" in s.cross_validation["reason"]

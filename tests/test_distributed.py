@@ -82,3 +82,46 @@ def test_analyze_under_torchrun_collects_in_shards(tiny_runs, tmp_path):
     ra, rb = (json.loads((r / "report" / "report.json").read_text()) for r in (one, two))
     assert ra["early_exit"]["calibrated"]["threshold"] == rb["early_exit"]["calibrated"]["threshold"]
     assert ra["overthinking"]["correct"] == rb["overthinking"]["correct"]
+
+
+def _parent(proc_dir: Path) -> int | None:
+    try:  # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, so split after ')'
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_a_killed_torchrun_training_resumes_under_torchrun_to_the_same_weights(ddp_cnn, tmp_path):
+    """SIGKILL every process of a two-process run after its first checkpoint, resume it under
+    torchrun: the weights equal the uninterrupted two-process run's, bit for bit."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "shallowdeep", "train", "--arch", "small", "--data", "digits", "--mode", "cnn",
+                             "--epochs", "2", "--device", "cpu", "--out", str(killed), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    # torchrun starts each rank in a session of its own: kill the ranks (the agent's children), then the agent
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid]
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(children) == 2
+    assert (killed / "checkpoint.safetensors").exists() and not (killed / "model.safetensors").exists(), \
+        "the run finished (or never checkpointed) before it could be killed"
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    resumed = _torchrun("train", "--out", str(killed), "--resume", "--device", "cpu", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    meta = json.loads((killed / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["runtime"]["ranks_agree"] and len(meta["epochs"]) == 2
+    a, b = load_file(ddp_cnn / "cnn" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

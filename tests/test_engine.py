@@ -159,17 +159,31 @@ def test_folding_leaves_the_model_untouched(random_sdn):
     assert all(torch.equal(before[k], v) for k, v in random_sdn.state_dict().items())
 
 
-def test_from_run_uses_the_calibrated_threshold(copy_run, tmp_path):
+def test_from_run_uses_the_calibrated_threshold(copy_run, tmp_path, digits):
     from shallowdeep.workflows import analyze_run
 
     run = copy_run("ic")  # analyze writes records and calibration.json into the run
     with pytest.raises(UserError, match="no calibrated threshold"):
         engine_from_run(run)
-    analyze_run(run, tmp_path / "rep")
+    analyze_run(run, tmp_path / "rep", thresholds="per_ic")
     cal = io.read_json(run / "calibration.json")
     eng = engine_from_run(run)
-    assert eng.thresholds[0] == cal["threshold"] and eng.fallback == cal["fallback"]
-    assert engine_from_run(run, threshold=0.3).thresholds[0] == 0.3
+    # per-IC thresholds: what the report says the engine uses, and what the test point measured
+    assert len(cal["thresholds"]) == 4 and eng.thresholds == cal["thresholds"] and eng.fallback == cal["fallback"]
+    report = io.read_json(tmp_path / "rep" / "report.json")
+    assert report["early_exit"]["engine"]["calibration"]["thresholds"] == cal["thresholds"]
+    assert report["early_exit"]["per_ic"]["thresholds"] == cal["thresholds"]
+    # the engine, run on the test split, exits where the calibration's test point says
+    res = eng.classify(images(digits), batch_size=64)
+    assert np.bincount(res.exits.numpy(), minlength=5).tolist() == cal["test"]["exit_counts"]
+    assert engine_from_run(run, threshold=0.3).thresholds == [0.3] * 4
+    analyze_run(run, tmp_path / "rep", thresholds="single")  # the paper's: one threshold for every IC
+    cal = io.read_json(run / "calibration.json")
+    assert "thresholds" not in cal and engine_from_run(run).thresholds == [cal["threshold"]] * 4
+    analyze_run(run, tmp_path / "rep")  # auto: the validation split's cross-validation decides, and says so
+    cal = io.read_json(run / "calibration.json")
+    cv = cal["cross_validation"]
+    assert cv["folds"] == 5 and ("thresholds" in cal) == cv["per_ic_wins"]
 
 
 def test_predict_command(trained_sdn, tmp_path, digits, capsys):
@@ -291,14 +305,15 @@ def test_analyze_rule_choice_reaches_the_engine(copy_run):
     from shallowdeep.workflows import analyze_run
 
     run = copy_run("ic")
-    analyze_run(run, rules=["max_softmax", "patience:2"], rule="entropy+T")
+    analyze_run(run, rules=["max_softmax", "patience:2"], rule="entropy+T", thresholds="per_ic")
     cal = io.read_json(run / "calibration.json")
     assert cal["exit_rule"] == {"name": "entropy", "k": 0, "temperature": True} and len(cal["temperatures"]) == 5
     report = io.read_json(run / "report" / "report.json")
     assert [r["label"] for r in report["rules"]["results"]] == ["max_softmax", "patience:2", "entropy+T"]
     chosen = report["rules"]["results"][-1]["calibration"]
     eng = engine_from_run(run)
-    assert (eng.rule, eng.thresholds[0], eng.temperatures) == ("entropy", chosen["threshold"], cal["temperatures"])
+    assert (eng.rule, eng.temperatures) == ("entropy", cal["temperatures"]) and cal["threshold"] == chosen["threshold"]
+    assert eng.thresholds == cal["thresholds"]  # per IC, refined from the rule's own single threshold
 
 
 # --------------------------------------------------------------------------------------------------

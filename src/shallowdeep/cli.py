@@ -36,7 +36,8 @@ FLAGS = {
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
     "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
     "pretrained": "--pretrained", "weights": "--weights", "ic_cuts": "--ic-cuts", "ic_fractions": "--ic-fractions",
-    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions", "opset": "--opset"
+    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions", "opset": "--opset",
+    "thresholds": "--thresholds"
 }
 
 
@@ -348,7 +349,7 @@ def _analyze(args: argparse.Namespace, device: str) -> int:
     rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
     html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
                                        fallback=args.fallback, device=device, rules=rules, rule=args.rule,
-                                       log=None if args.quiet else print)
+                                       thresholds=args.thresholds.replace("-", "_"), log=None if args.quiet else print)
     if not current().main:
         return 0
     r = json.loads(json_path.read_text())
@@ -361,9 +362,22 @@ def _analyze(args: argparse.Namespace, device: str) -> int:
                 print(f"early exits, {label}: q={cal['threshold']:.4g} (chosen on validation): test accuracy "
                       f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
                       f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
-        if r["num_outputs"] > 1:
-            cal_file = json.loads((Path(args.run) / "calibration.json").read_text())
-            print(f"predict uses the {args.rule} rule at q={cal_file['threshold']:.4g} "
+        per = ee.get("per_ic")
+        if per and "test" in per and r["num_outputs"] > 1:
+            print(f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per['thresholds'])} (chosen on validation): "
+                  f"test accuracy {100 * per['test']['accuracy']:.2f}% at {100 * per['test']['relative_cost']:.1f}% "
+                  "of the CNN's cost")
+        if "engine" in ee:
+            used = ee["engine"]["calibration"]
+            qs = used.get("thresholds") or [used["threshold"]]
+            cv = used.get("cross_validation")
+            if cv and "per_ic" in cv:
+                print(f"  cross-validated on validation (held-out, {cv['folds']} folds): one threshold "
+                      f"{100 * cv['single']['accuracy']:.2f}% at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+                      f"{100 * cv['per_ic']['accuracy']:.2f}% at {100 * cv['per_ic']['relative_cost']:.1f}%: "
+                      f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen")
+            print(f"predict uses the {ee['engine']['rule']} rule at "
+                  f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
                   f"({'the --budget point' if ee.get('calibrated_budget') and args.rule == 'max_softmax' else 'the --max-drop point'})")
         for res in (r.get("rules") or {}).get("results", []):
             cal = res["calibration"]
@@ -567,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rules", help="exit rules to compare: max_softmax, entropy, patience:K, each optionally +T "
                                    "(temperature-scaled) (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2)")
     a.add_argument("--rule", default="max_softmax", help="the exit rule predict uses (default max_softmax)")
+    a.add_argument("--thresholds", choices=("auto", "per-ic", "single"), default="auto",
+                   help="what predict and export use: one threshold per IC chosen on validation (per-ic), one for "
+                        "every IC (single, the paper's), or per-IC where 5-fold cross-validation on the validation "
+                        "split says they beat one threshold on held-out inputs (auto, the default)")
     a.set_defaults(func=cmd_analyze)
 
     pr = sub.add_parser("predict", parents=[shared["device"]], help="classify image files with early exits",

@@ -75,6 +75,10 @@ def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
     if cal.test is not None:
         ax.scatter([cal.test.relative_cost], [cal.test.accuracy * 100], marker="*", s=160, c="tab:green", zorder=5,
                    label=f"calibrated on val: q={cal.threshold:.4g} (test)")
+    per = analysis.per_ic
+    if per.test is not None and per.thresholds is not None:
+        ax.scatter([per.test.relative_cost], [per.test.accuracy * 100], marker="P", s=90, c="tab:purple", zorder=5,
+                   label="per-IC thresholds, calibrated on val (test)")
     rows = analysis.reference.rows
     ax.scatter([r["relative_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="x", s=22,
                c="tab:gray", zorder=3, label="reference's 11 thresholds (test)")
@@ -332,12 +336,19 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def _calibration_rows(cal: Calibration) -> list[list[Any]]:
+def _thresholds_text(cal: Calibration) -> str:
+    return " ".join(f"{q:.4g}" for q in cal.thresholds) if cal.thresholds is not None else f"{cal.threshold:.6g}"
+
+
+def _calibration_rows(cal: Calibration, per_ic: Calibration | None = None) -> list[list[Any]]:
     rows = []
-    for label, p in (("validation (chooses)", cal.val), ("test (reports)", cal.test)):
-        if p is not None:
-            rows.append([label, f"{cal.threshold:.6g}", _pct(p.accuracy), _pct(p.final_accuracy),
-                         f"{100 * p.relative_cost:.1f}%", " ".join(map(str, p.exit_counts))])
+    for kind, c in (("one threshold", cal), ("per-IC thresholds", per_ic)):
+        if c is None:
+            continue
+        for label, p in (("validation (chooses)", c.val), ("test (reports)", c.test)):
+            if p is not None:
+                rows.append([f"{kind}: {label}", _thresholds_text(c), _pct(p.accuracy), _pct(p.final_accuracy),
+                             f"{100 * p.relative_cost:.1f}%", " ".join(map(str, p.exit_counts))])
     return rows
 
 
@@ -363,8 +374,9 @@ def _run_section(run_meta: dict[str, Any] | None) -> str:
 
 def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta_line: str,
                 extra_sections: list[str] = (), run_meta: dict[str, Any] | None = None,
-                classes: list[str] | None = None) -> str:
-    """The report page: tables from ``analysis``; figures embedded (SVG charts, PNG image grids)."""
+                classes: list[str] | None = None, engine: tuple[str, Calibration] | None = None) -> str:
+    """The report page: tables from ``analysis``; figures embedded (SVG charts, PNG image grids);
+    ``engine``: the exit rule and calibration written for ``predict`` and the engine."""
     cal = analysis.calibrated
     o = analysis.overthinking
     c = analysis.confusion
@@ -382,10 +394,27 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
     budget = ""
     if analysis.calibrated_budget is not None:
         b = analysis.calibrated_budget
-        budget = (f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN "
-                  "(the threshold <code>predict</code> uses)</h3>"
-                  + _table(["", "threshold", "accuracy", "final output alone", "cost / CNN", "exits per output"],
-                           _calibration_rows(b)))
+        budget = (f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>"
+                  + _table(["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", "exits per output"],
+                           _calibration_rows(b, analysis.per_ic_budget)))
+    used = ""
+    if engine is not None:
+        rule, ec = engine
+        kind = "one threshold per IC" if ec.thresholds is not None else "one threshold for every IC"
+        used = (f"<p><b>What <code>predict</code> and the engine use</b> (<code>calibration.json</code>): the "
+                f"{html.escape(rule)} rule, {kind}: {html.escape(_thresholds_text(ec))}; validation "
+                f"{_pct(ec.val.accuracy)} at {100 * ec.val.relative_cost:.1f}% of the CNN's cost"
+                + (f", test {_pct(ec.test.accuracy)} at {100 * ec.test.relative_cost:.1f}%" if ec.test else "")
+                + ".")
+        cv = ec.cross_validation
+        if cv and "per_ic" in cv:
+            used += (f" Chosen by {cv['folds']}-fold cross-validation on the validation split (thresholds fitted on four "
+                     "folds, exits measured on the fifth, pooled): one threshold "
+                     f"{_pct(cv['single']['accuracy'])} at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+                     f"{_pct(cv['per_ic']['accuracy'])} at {100 * cv['per_ic']['relative_cost']:.1f}%.")
+        elif cv:
+            used += f" One threshold: {html.escape(str(cv.get('reason')))} to cross-validate per-IC thresholds."
+        used += "</p>"
     per = o.destructive_per_ic
     exit_head = "exits per output (" + ", ".join(names[:-1] + ["no IC exit"]) + ")"
     sections = [
@@ -410,10 +439,13 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
             '<section id="early-exit"><h2>Early exits</h2>'
             f"<p>Threshold calibrated on the <b>validation</b> split: the cheapest whose accuracy is within "
             f"{100 * cal.rule.get('max_drop', 0):.1f} points of the final output's; fallback when no IC is confident: "
-            f"{html.escape(analysis.fallback)}.</p>"
-            + _table(["", "threshold", "accuracy", "final output alone", "cost / CNN", exit_head],
-                     _calibration_rows(cal))
-            + budget
+            f"{html.escape(analysis.fallback)}. One threshold for every IC is the paper's; per-IC thresholds start "
+            "there and move one IC at a time on the validation split (coordinate descent, also on cost minus a "
+            "multiple of accuracy so that ICs can trade accuracy), never worse than one threshold on validation; "
+            "the test rows say whether that holds on unseen data.</p>"
+            + _table(["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", exit_head],
+                     _calibration_rows(cal, analysis.per_ic))
+            + budget + used
             + img("exits", "where inputs leave at the calibrated threshold")
             + img("accuracy_cost", "accuracy against cost")
             + img("threshold", "accuracy and cost against the threshold")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analysis import analyze, backdoor_figures
+from .analysis import analyze, backdoor_figures, rule_calibration
 from .core.errors import ArgumentError, RunFolderError
 from .core.io import read_json
 from .runs import RunFolder, backdoor_of, run_data, run_records, save_calibration
@@ -24,9 +24,14 @@ Log = Callable[[str], None] | None
 
 def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: float = 0.01,
                 budget: float | None = None, fallback: str = "most_confident", device: str = "cpu",
-                rules: list[str] | None = None, rule: str = "max_softmax", log: Log = None) -> tuple[Path, Path]:
+                rules: list[str] | None = None, rule: str = "max_softmax", thresholds: str = "auto",
+                log: Log = None) -> tuple[Path, Path]:
     """Collect (or reuse) a run's records, analyze them, write the engine's ``calibration.json``
-    (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths."""
+    (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths.
+
+    ``thresholds``: ``"per_ic"`` (the engine gets one threshold per IC, chosen on validation),
+    ``"single"`` (one threshold for every IC, the paper's) or ``"auto"`` (per-IC if cross-validation
+    on the validation split says they beat the single threshold on held-out inputs)."""
     from . import report
     from .core.exits import check_fallback
 
@@ -36,6 +41,8 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         raise ArgumentError(f"`max_drop` is an accuracy drop in [0, 1], got {max_drop}")
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < float("inf")):
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
+    if thresholds not in ("auto", "per_ic", "single"):
+        raise ArgumentError(f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}")
     from .analysis import DEFAULT_RULES, compare_rules, parse_rule
 
     chosen_rule = parse_rule(rule)
@@ -99,15 +106,22 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
             result["explanations"] = ex
         except (KeyError, TypeError, ValueError):
             raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
-    page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra,
-                              run_meta=meta, classes=list(classes))
-    if is_sdn:  # the engine's default threshold: chosen on the validation split, tied to these weights;
+    chosen = None
+    if is_sdn:  # the engine's thresholds: chosen on the validation split, tied to these weights;
         # with a budget, the operating point asked for is the budget's (the max-drop one stays in the report)
-        chosen = analysis.calibrated_budget or analysis.calibrated
-        temps = None
-        if chosen_rule.label != "max_softmax":  # (with a budget: this rule's max-drop point)  # another rule: its own calibration (same max-drop or budget)
-            res = next(r for r in analysis.rules.results if r.rule.label == chosen_rule.label)
-            chosen, temps = res.calibration, res.temperatures
+        per_ic = {"auto": "auto", "per_ic": True, "single": False}[thresholds]
+        temps = analysis.rules.temperatures if chosen_rule.temperature else None
+        # max_softmax honours a budget; another rule is calibrated at the max-drop point (a budget may be out
+        # of patience's reach)
+        goal = {"budget": budget} if budget is not None and chosen_rule.label == "max_softmax" else {}
+        chosen = rule_calibration(records["val"], records["test"], chosen_rule, np.asarray(temps) if temps else None,
+                                  max_drop=max_drop, fallback=fallback, per_ic=per_ic, **goal)
+        result["early_exit"]["engine"] = {"rule": chosen_rule.label, "thresholds": thresholds,
+                                          "calibration": chosen.to_json()}
+    page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra,
+                              run_meta=meta, classes=list(classes),
+                              engine=(chosen_rule.label, chosen) if chosen is not None else None)
+    if is_sdn:
         save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
     if out == folder.report:
         folder.subfolder(out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ class EarlyExit:
     """Early exits at one threshold. ``exits``, ``predictions`` and ``costs`` are per input;
     ``exit_counts`` per output (the last: no IC exit)."""
 
-    threshold: float
+    threshold: float | list[float]  # one for every IC, or one per IC
     fallback: str
     accuracy: float
     relative_cost: float
@@ -67,7 +68,9 @@ class Calibration:
     """A threshold chosen on the validation record (``val``) and reported on the test record (``test``).
 
     ``rule`` is ``{"max_drop": d}`` (cheapest within d of the final output) or ``{"budget": b}``
-    (most accurate at a relative cost within b).
+    (most accurate at a relative cost within b). ``thresholds``, when set, are per-IC thresholds
+    (:func:`calibrate` with ``per_ic=True``): they are what ``val`` and ``test`` measure, and
+    ``threshold`` is the single threshold their search started from.
     """
 
     rule: dict[str, float]
@@ -75,12 +78,23 @@ class Calibration:
     threshold: float
     val: OperatingPoint
     test: OperatingPoint | None = None
+    thresholds: list[float] | None = None
+    cross_validation: dict[str, Any] | None = None  # per_ic="auto": held-out figures of both choices
+
+    @property
+    def exit_thresholds(self) -> float | list[float]:
+        """What the engine compares each IC's score with: the per-IC thresholds, else the single one."""
+        return list(self.thresholds) if self.thresholds is not None else self.threshold
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"rule": dict(self.rule), "fallback": self.fallback, "threshold": self.threshold,
                              "val": self.val.to_json()}
         if self.test is not None:
             d["test"] = self.test.to_json()
+        if self.thresholds is not None:
+            d["thresholds"] = list(self.thresholds)
+        if self.cross_validation is not None:
+            d["cross_validation"] = dict(self.cross_validation)
         return d
 
     @classmethod
@@ -91,8 +105,14 @@ class Calibration:
             if not 0.0 <= threshold <= 1.0:  # NaN fails too
                 raise ValueError(f"threshold {threshold} outside [0, 1]")
             test = d.get("test")
+            per_ic = d.get("thresholds")
+            if per_ic is not None:
+                per_ic = [float(q) for q in per_ic]
+                if not all(0.0 <= q <= 1.0 for q in per_ic):
+                    raise ValueError(f"per-IC thresholds {per_ic} outside [0, 1]")
             return cls(dict(d.get("rule") or {}), check_fallback(str(d.get("fallback", "most_confident"))), threshold,
-                       OperatingPoint(**d["val"]), OperatingPoint(**test) if test else None)
+                       OperatingPoint(**d["val"]), OperatingPoint(**test) if test else None, per_ic,
+                       dict(d["cross_validation"]) if d.get("cross_validation") else None)
         except (KeyError, TypeError, ValueError) as e:
             raise ArgumentError(f"not a calibration ({e})") from None
 
@@ -186,22 +206,34 @@ def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident",
     return Sweep(q, accuracy, cost, counts)
 
 
-def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confident",
-               scores: np.ndarray | None = None) -> EarlyExit:
-    """Early exits at one threshold.
+def _exits_per_ic(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exit index of every input when IC k lets out scores >= ``thresholds[k]``; ``ICs``: no exit."""
+    hit = scores >= thresholds[None, :]
+    return np.where(hit.any(1), hit.argmax(1), scores.shape[1]) if scores.shape[1] else np.zeros(len(scores), int)
 
-    An input exits at the first IC whose maximum softmax is >= ``threshold``; one that exits at no
+
+def early_exit(record: ExitRecord, threshold: float | Sequence[float], fallback: str = "most_confident",
+               scores: np.ndarray | None = None) -> EarlyExit:
+    """Early exits at one threshold for every IC, or one threshold per IC.
+
+    An input exits at the first IC whose maximum softmax is >= its threshold; one that exits at no
     IC pays for the whole SDN and gets the fallback's prediction: the most confident output
     (``"most_confident"``, the reference's) or the final output (``"final"``).
     """
     k, n = record.num_outputs, record.num_inputs
-    exits = _exits(record, np.array([float(threshold)]), scores)[0]
+    if isinstance(threshold, (int, float, np.floating)):
+        exits = _exits(record, np.array([float(threshold)]), scores)[0]
+    else:
+        threshold = [float(q) for q in threshold]
+        if len(threshold) != k - 1:
+            raise ArgumentError(f"{len(threshold)} per-IC thresholds for {k - 1} ICs")
+        exits = _exits_per_ic(_ic_scores(record, scores), np.asarray(threshold))
     fb = _fallback_preds(record, fallback)
     ic_preds = record.preds[np.arange(n), np.minimum(exits, k - 1)]
     preds = np.where(exits < k - 1, ic_preds, fb)
     costs = record.costs[exits]
     return EarlyExit(
-        threshold=float(threshold), fallback=fallback,
+        threshold=threshold if isinstance(threshold, list) else float(threshold), fallback=fallback,
         accuracy=float((preds == record.labels).mean()) if n else 0.0,
         relative_cost=float(costs.mean() / record.cnn_cost) if n else 0.0,
         exit_counts=np.bincount(exits, minlength=k).tolist(),
@@ -209,7 +241,8 @@ def early_exit(record: ExitRecord, threshold: float, fallback: str = "most_confi
     )
 
 
-def _point(record: ExitRecord, threshold: float, fallback: str, scores: np.ndarray | None = None) -> OperatingPoint:
+def _point(record: ExitRecord, threshold: float | list[float], fallback: str,
+           scores: np.ndarray | None = None) -> OperatingPoint:
     e = early_exit(record, threshold, fallback, scores)
     return OperatingPoint(e.accuracy, e.relative_cost, float(record.accuracy()[-1]) if record.num_inputs else 0.0,
                           e.exit_counts)
@@ -218,14 +251,18 @@ def _point(record: ExitRecord, threshold: float, fallback: str, scores: np.ndarr
 def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: float | None = 0.01,
               budget: float | None = None, fallback: str = "most_confident", thresholds=None,
               swept: Sweep | None = None, val_scores: np.ndarray | None = None,
-              test_scores: np.ndarray | None = None) -> Calibration:
+              test_scores: np.ndarray | None = None, per_ic: bool | str = False) -> Calibration:
     """Choose a threshold on the validation record and report it on the test record.
 
     With ``budget`` (a relative cost): the most accurate threshold whose cost is within it.
     Otherwise: the cheapest threshold whose accuracy is at least the final output's minus
     ``max_drop``. Ties go to the higher accuracy, then the higher threshold. ``swept`` is
     ``sweep(val, thresholds, fallback)`` when the caller already has it. ``val_scores`` and
-    ``test_scores`` are another exit rule's scores of the two records.
+    ``test_scores`` are another exit rule's scores of the two records. With ``per_ic``, the single
+    threshold is then refined into one threshold per IC (:func:`_refine_per_ic`), chosen on the
+    validation record by the same rule. With ``per_ic="auto"`` the validation record also decides
+    whether to: per-IC thresholds are kept only if, cross-validated on it (:func:`_cross_validate`),
+    they beat the single threshold on held-out inputs; they can fit a small validation set too well.
     """
     if budget is not None and not budget > 0:
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be positive, got {budget}")
@@ -250,9 +287,135 @@ def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: floa
         rule = {"max_drop": float(drop)}
     best = next(i for i in order if ok[i])
     chosen = float(q[best])
+    cv = None
+    if per_ic == "auto" and val.num_outputs > 1:
+        cv = _cross_validate(val, dict(max_drop=max_drop, budget=budget), fallback, thresholds, val_scores)
+        per_ic = cv["per_ic_wins"]
+    if per_ic and val.num_outputs > 1 and val.num_inputs:
+        grid = np.union1d(default_thresholds() if thresholds is None else q, [chosen])
+        per = _refine_per_ic(val, chosen, grid, rule, final_acc, fallback, val_scores)
+        return Calibration(rule, fallback, chosen, _point(val, per, fallback, val_scores),
+                           _point(test, per, fallback, test_scores) if test is not None else None, per, cv)
     val_point = OperatingPoint(float(acc[best]), float(cost[best]), final_acc, s.exit_counts[best].tolist())
     return Calibration(rule, fallback, chosen, val_point,
-                       _point(test, chosen, fallback, test_scores) if test is not None else None)
+                       _point(test, chosen, fallback, test_scores) if test is not None else None, None, cv)
+
+
+def _cross_validate(val: ExitRecord, goal: dict[str, float | None], fallback: str, thresholds,
+                    scores: np.ndarray | None, folds: int = 5) -> dict[str, Any]:
+    """Per-IC thresholds on held-out validation inputs against every single threshold.
+
+    Each fold's per-IC thresholds are chosen on the other folds, and the held-out exits of all folds
+    are pooled into one point (accuracy, cost). Per-IC wins when that point lies above the single
+    threshold's accuracy-cost curve of the same inputs: no single threshold costing as little is
+    as accurate (under a budget: none within the budget is as accurate). That curve is drawn with
+    hindsight, so a per-IC win is a conservative verdict. Fewer than ``20 * folds`` inputs: no
+    verdict, the single threshold. The held-out figures of the single threshold chosen the usual
+    way are reported beside.
+    """
+    n = val.num_inputs
+    out: dict[str, Any] = {"folds": folds, "inputs": n}
+    if n < 20 * folds:
+        return out | {"per_ic_wins": False, "reason": f"fewer than {20 * folds} validation inputs"}
+    fold = np.random.default_rng(0).permutation(n) % folds
+    pooled = {"single": [0.0, 0.0], "per_ic": [0.0, 0.0]}  # right inputs, summed relative cost
+    for f in range(folds):
+        fit, held = fold != f, fold == f
+        fit_s, held_s = (None, None) if scores is None else (scores[fit], scores[held])
+        c = calibrate(val.subset(fit), None, **goal, fallback=fallback, thresholds=thresholds, val_scores=fit_s,
+                      per_ic=True)
+        for kind, q in (("single", c.threshold), ("per_ic", c.thresholds)):
+            e = early_exit(val.subset(held), q, fallback, held_s)
+            pooled[kind][0] += e.accuracy * int(held.sum())
+            pooled[kind][1] += e.relative_cost * int(held.sum())
+    (sa, sc), (pa, pc) = ((a / n, c / n) for a, c in (pooled["single"], pooled["per_ic"]))
+    curve = sweep(val, thresholds, fallback, scores)
+    limit = pc if goal.get("budget") is None else min(pc, float(goal["budget"]))
+    within = curve.relative_cost <= limit + 1e-12
+    best_single = float(curve.accuracy[within].max()) if within.any() else -1.0
+    wins = pa > best_single + 1e-12 and (goal.get("budget") is None or pc <= float(goal["budget"]) + 1e-12)
+    out["single_curve_accuracy_at_that_cost"] = best_single
+    return out | {"per_ic_wins": bool(wins), "single": {"accuracy": sa, "relative_cost": sc},
+                  "per_ic": {"accuracy": pa, "relative_cost": pc}}
+
+
+def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[str, float], final_acc: float,
+                   fallback: str, scores: np.ndarray | None, max_rounds: int = 30) -> list[float]:
+    """Per-IC thresholds chosen on the validation record, starting from ``start`` at every IC.
+
+    Coordinate descent: one IC at a time, with the others fixed, its threshold moves to the grid
+    value that serves an objective best. With the other ICs fixed, an input that reaches IC k either
+    exits there or goes on to a fixed outcome, so all grid values of IC k are answered by one
+    cumulative sum over the reaching inputs in score order (each IC's scores are sorted once).
+    Under the rule itself (max-drop: cheapest with accuracy within the drop, then more accurate,
+    then higher; budget: most accurate within the budget, then cheaper, then higher) no step can
+    trade accuracy between ICs, so descent also runs on ``cost - lam * accuracy`` for a range of
+    ``lam``, and each feasible result is polished under the rule; the best under the rule wins. The
+    start is feasible and among the candidates, so the result is never worse than the single
+    threshold on validation. A local optimum: the exact search is combinatorial in the ICs.
+    """
+    s = _ic_scores(val, scores).astype(np.float64)
+    n, m = s.shape
+    # right[:, j]: right if the input answers at exit j (the ICs, then the fallback); cost[j] / CNN
+    right = np.concatenate([val.correct[:, :m], (_fallback_preds(val, fallback) == val.labels)[:, None]],
+                           axis=1).astype(np.float64)
+    cost = np.asarray(val.costs, dtype=np.float64) / val.cnn_cost
+    rows = np.arange(n)
+    orders = [np.argsort(s[:, k], kind="stable") for k in range(m)]
+
+    def rule_key(acc_count: np.ndarray, cost_sum: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
+        # counts of right inputs are exact; costs are rounded so summation order cannot flip a choice
+        c = np.round(cost_sum / n, 12)
+        if "budget" in rule:
+            return [(c > rule["budget"] + 1e-12).astype(float), -acc_count, c, -t]
+        return [(acc_count < (final_acc - rule["max_drop"]) * n - 1e-9).astype(float), c, -acc_count, -t]
+
+    def lagrange_key(lam: float):
+        return lambda acc_count, cost_sum, t: [np.round((cost_sum - lam * acc_count) / n, 12), -t]
+
+    def descend(q: np.ndarray, key) -> np.ndarray:
+        q = q.copy()
+        for _ in range(max_rounds):
+            moved = False
+            for k in range(m):
+                before = _exits_per_ic(s[:, :k], q[:k]) if k else np.zeros(n, int)
+                reach = before == k  # no IC before k let it out
+                later = _exits_per_ic(s[:, k + 1 :], q[k + 1 :]) + k + 1  # where it goes if IC k lets it pass
+                fixed_right, fixed_cost = right[rows[~reach], before[~reach]].sum(), cost[before[~reach]].sum()
+                idx = orders[k][reach[orders[k]]]  # the inputs reaching IC k, by its score (sorted once)
+                cand = np.union1d(grid, [q[k]])
+                pos = np.searchsorted(s[idx, k], cand, side="left")
+
+                def below(w: np.ndarray) -> np.ndarray:  # sum of w over the reaching inputs scoring below t
+                    return np.concatenate([[0.0], np.cumsum(w)])[pos]
+
+                # exit at IC k iff score >= t: totals if all exit at k, plus (pass - stay) of those below t
+                stay_right, pass_right = right[idx, k], right[idx, later[idx]]
+                acc_count = fixed_right + stay_right.sum() + below(pass_right - stay_right)
+                cost_sum = fixed_cost + cost[k] * len(idx) + below(cost[later[idx]] - cost[k])
+                keys = key(acc_count, cost_sum, cand)
+                best, cur = np.lexsort(keys[::-1])[0], int(np.searchsorted(cand, q[k]))
+                if best != cur and tuple(x[best] for x in keys) < tuple(x[cur] for x in keys):
+                    q[k], moved = float(cand[best]), True
+            if not moved:
+                break
+        return q
+
+    def evaluate(q: np.ndarray) -> tuple:
+        e = _exits_per_ic(s, q)
+        return tuple(x[0] for x in rule_key(np.array([right[rows, e].sum()]), np.array([cost[e].sum()]),
+                                            np.array([0.0])))[:3]
+
+    q0 = np.full(m, float(start))
+    best = descend(q0, rule_key)
+    best_key = evaluate(best)
+    for lam in np.geomspace(0.05, 20.0, 24):  # cost given up per unit of accuracy, both as shares
+        q = descend(q0, lagrange_key(lam))
+        if evaluate(q)[0] == 0:  # feasible under the rule: polish it there
+            q = descend(q, rule_key)
+            if evaluate(q) < best_key:
+                best, best_key = q, evaluate(q)
+    return best.tolist()
 
 
 def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str = "most_confident") -> ReferenceProtocol:

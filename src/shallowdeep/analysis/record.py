@@ -58,6 +58,11 @@ class ExitRecord:
         ids = np.arange(n, dtype=np.int64) if ids is None else arr(ids, np.int64).reshape(-1)
         return cls(logits, labels, costs, float(cnn_cost), ids, dict(meta or {}))
 
+    def subset(self, index: np.ndarray) -> "ExitRecord":
+        """The record of some inputs (an index array or a boolean mask)."""
+        return ExitRecord(self.logits[index], self.labels[index], self.costs, self.cnn_cost, self.ids[index],
+                          dict(self.meta))
+
     @property
     def num_inputs(self) -> int:
         return self.logits.shape[0]

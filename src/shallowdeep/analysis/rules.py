@@ -176,19 +176,32 @@ class RuleComparison:
                 "ece_before": self.ece_before, "ece_after": self.ece_after}
 
 
+def rule_calibration(val: ExitRecord, test: ExitRecord | None, rule: ExitRule, temperatures: np.ndarray | None = None,
+                     *, max_drop: float = 0.01, budget: float | None = None, fallback: str = "most_confident",
+                     per_ic: bool | str = False) -> Calibration:
+    """One rule's threshold (or, with ``per_ic``, thresholds per IC; ``"auto"``: if cross-validation
+    favours them) chosen on the validation record and reported on the test record;
+    ``temperatures`` (per output) serve the +T rules."""
+    if rule.temperature:
+        if temperatures is None:
+            raise ArgumentError(f"the {rule.label} rule needs per-output temperatures")
+        val, test = scaled(val, temperatures), scaled(test, temperatures) if test is not None else None
+    return calibrate(val, test, max_drop=max_drop, budget=budget, fallback=fallback,
+                     thresholds=rule_thresholds(val, rule), val_scores=rule_scores(val, rule),
+                     test_scores=rule_scores(test, rule) if test is not None else None, per_ic=per_ic)
+
+
 def compare_rules(val: ExitRecord, test: ExitRecord, rules: list[ExitRule], *, max_drop: float = 0.01,
                   budget: float | None = None, fallback: str = "most_confident") -> RuleComparison:
     """Each rule's sweep on the test record and its threshold chosen on the validation record."""
     temps = fit_temperatures(val)
-    val_t, test_t = scaled(val, temps), scaled(test, temps)
+    test_t = scaled(test, temps)
     results = []
     for rule in rules:
-        v, t = (val_t, test_t) if rule.temperature else (val, test)
-        vs, ts = rule_scores(v, rule), rule_scores(t, rule)
-        q = rule_thresholds(v, rule)
-        cal = calibrate(v, t, max_drop=max_drop, budget=budget, fallback=fallback, thresholds=q, val_scores=vs,
-                        test_scores=ts)
-        results.append(RuleResult(rule, sweep(t, q, fallback, ts), cal, temps.tolist() if rule.temperature else None))
+        t = test_t if rule.temperature else test
+        cal = rule_calibration(val, test, rule, temps, max_drop=max_drop, budget=budget, fallback=fallback)
+        results.append(RuleResult(rule, sweep(t, rule_thresholds(t, rule), fallback, rule_scores(t, rule)), cal,
+                                  temps.tolist() if rule.temperature else None))
     return RuleComparison(results, temps.tolist(), [r.ece for r in reliability(test)],
                           [r.ece for r in reliability(test_t)])
 

@@ -33,8 +33,10 @@ class RunAnalysis:
     cnn_gflops: float
     outputs: list[OutputRow]
     fallback: str
-    calibrated: Calibration
+    calibrated: Calibration  # one threshold for every IC (the paper's)
     calibrated_budget: Calibration | None
+    per_ic: Calibration  # the same rule, one threshold per IC
+    per_ic_budget: Calibration | None
     reference: ReferenceProtocol
     curves: dict[str, Sweep]  # "val", "test"
     overthinking: Overthinking
@@ -50,6 +52,9 @@ class RunAnalysis:
                               "curves": {k: v.to_json() for k, v in self.curves.items()}}
         if self.calibrated_budget is not None:
             ee["calibrated_budget"] = self.calibrated_budget.to_json()
+        ee["per_ic"] = self.per_ic.to_json()
+        if self.per_ic_budget is not None:
+            ee["per_ic_budget"] = self.per_ic_budget.to_json()
         d = {"num_outputs": self.num_outputs, "cnn_gflops": self.cnn_gflops,
              "outputs": [asdict(o) for o in self.outputs], "early_exit": ee,
              "overthinking": self.overthinking.to_json(), "confusion": self.confusion.to_json(),
@@ -73,11 +78,16 @@ def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: f
                       float(test_acc[i])) for i in range(k)]
     curves = {"val": sweep(val, fallback=fallback), "test": sweep(test, fallback=fallback)}
     calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"])
+
+    def per_ic(**goal: float) -> Calibration:
+        return calibrate(val, test, fallback=fallback, swept=curves["val"], per_ic=True, **goal)
+
     return RunAnalysis(
         num_outputs=k, cnn_gflops=float(test.cnn_cost / 1e9), outputs=rows, fallback=fallback,
         calibrated=calibrated,
         calibrated_budget=(calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"])
                            if budget is not None else None),
+        per_ic=per_ic(max_drop=max_drop), per_ic_budget=per_ic(budget=budget) if budget is not None else None,
         reference=reference_protocol(test, max_drop, fallback), curves=curves,
         overthinking=overthinking(test), confusion=confusion(test, stats=records.get("train")),
         reliability=reliability(test),

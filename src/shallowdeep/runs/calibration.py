@@ -72,7 +72,7 @@ def engine_from_run(run: str | Path, threshold: float | None = None, fallback: s
     rule, k, temps = "max_softmax", 0, None
     if threshold is None:
         cal, raw = _read(run)  # one read of the file, one hash of the weights
-        threshold, fallback = cal.threshold, fallback or cal.fallback
+        threshold, fallback = cal.exit_thresholds, fallback or cal.fallback
         rule, k, temps = _exit_rule(raw, folder.calibration)
     elif fallback is None and folder.calibration.is_file():
         try:
