@@ -10,6 +10,9 @@ step, batch 128), then all of them together, at batch 128 and at batch 512 (rate
 - with ``--epoch``: one whole epoch's wall time including validation (what ``train`` reports);
 - peak GPU memory of the row.
 
+Compiled rows run the way `train --compile` does: on one CUDA device in reduce-overhead mode (CUDA
+graphs of forward and backward), the last partial batch of an epoch left out (one shape, no recompiles).
+
 The rows use the library's own loop (``training.train_one_epoch``, ``Runtime``), so what is
 measured is what ``shallowdeep train`` runs. On the CPU it runs a short version (few steps).
 
@@ -109,7 +112,8 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         sync(device)
         t0 = time.perf_counter()
         train_one_epoch(sdn, stepped, mode, batches(src, "train", recipe.batch_size, train=True, generator=gen,
-                                                    device=device), opt, runtime, 0, 100, progress=False)
+                                                    device=device, drop_last=runtime.fixed_shapes),
+                        opt, runtime, 0, 100, progress=False)
         evaluate(sdn, batches(src, "val", 1024 if device.type == "cuda" else 512, device=device), runtime)
         sync(device)
         res["epoch_s"] = time.perf_counter() - t0

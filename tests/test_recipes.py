@@ -115,6 +115,41 @@ def test_compiled_step_matches_eager_on_the_cpu():
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
+def test_compiled_training_never_recompiles_and_resumes_compiled(tmp_path):
+    """A compiled run steps at one batch shape (the last partial batch is left out), so nothing
+    recompiles after the first step (dynamo is told to fail on a recompile); a resumed compiled run
+    stays compiled and ends with the uninterrupted run's weights."""
+    import torch._dynamo
+
+    from shallowdeep.data import batches, load_dataset
+    from shallowdeep.runs import read_tensors
+
+    data = load_dataset("digits")
+    n, b = len(data.train), 100
+    assert n % b, "the test needs a partial last batch"
+    assert len(batches(data, "train", b, train=True, drop_last=True)) == n // b
+    got = sum(len(y) for _, y in batches(data, "train", b, train=True, generator=torch.Generator().manual_seed(0),
+                                          drop_last=True))
+    assert got == n - n % b
+    base = dict(mode="sdn", arch="small", data="digits", epochs=2, batch_size=b, device="cpu", compile=True)
+    torch._dynamo.reset()
+    old = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        train_run(TrainConfig(out=str(tmp_path / "whole"), **base), **QUIET)
+        train_run(TrainConfig(out=str(tmp_path / "k"), **base), stop_after=1, **QUIET)
+        torch._dynamo.reset()
+        train_run(TrainConfig(out=str(tmp_path / "k"), resume=True), **QUIET)
+    finally:
+        torch._dynamo.config.error_on_recompile = old
+        torch._dynamo.reset()
+    meta = _meta(tmp_path / "k")
+    assert meta["runtime"]["compile"] and meta["runtime"]["drop_last"] and not meta["runtime"]["cuda_graphs"]
+    a, _ = read_tensors(tmp_path / "whole" / "model.safetensors")
+    k, _ = read_tensors(tmp_path / "k" / "model.safetensors")
+    assert all(torch.equal(a[key], k[key]) for key in a)
+
+
 def test_reproduce_end_to_end_and_resume(tmp_path):
     from shallowdeep.workflows import reproduce
 

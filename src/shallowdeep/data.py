@@ -551,11 +551,13 @@ class Batches:
     With ``train=True`` the order is shuffled and every batch augmented, both driven by
     ``generator`` (so a seeded generator makes an epoch exactly repeatable); otherwise the order is
     fixed. Batches are normalised float ``[B, 3, H, W]`` (channels-last memory) on ``device``.
+    With ``drop_last`` a last partial batch is left out, so every batch has one shape (compiled
+    steps then never recompile); shuffled, a different remainder is left out each epoch.
     """
 
     def __init__(self, data: "Dataset", split: "str | ImageSet", batch_size: int, *, train: bool = False,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), drop_last: bool = False) -> None:
         self.data = data
         self.set = data.split(split) if isinstance(split, str) else split
         self.batch_size = batch_size
@@ -563,9 +565,15 @@ class Batches:
         self.generator = generator
         self.device = device
         self.rank, self.world = shard
+        self.drop_last = drop_last
+
+    def _ends(self) -> int:
+        """Where the batches stop: the whole split, or its last full batch with ``drop_last``."""
+        n = len(self.set)
+        return n - n % self.batch_size if self.drop_last and n >= self.batch_size else n
 
     def __len__(self) -> int:
-        return -(-len(self.set) // self.batch_size)
+        return -(-self._ends() // self.batch_size)
 
     def _share(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's share of one global batch: every world-th input from its rank (disjoint)."""
@@ -592,14 +600,14 @@ class Batches:
                                                                      device=dev)) + self.rank)
         if isinstance(s, StreamSet):
             # files decoded and augmented (RandomResizedCrop, flip) by workers, seeded from the generator
-            parts = [self._share(order[a:a + self.batch_size]) for a in range(0, n, self.batch_size)]
+            parts = [self._share(order[a:a + self.batch_size]) for a in range(0, self._ends(), self.batch_size)]
             parts = [p for p in parts if len(p)]
             seed = int(torch.randint(2**62, (1,), generator=aug)) if self.train else 0
             for idx, imgs in zip(parts, s.batches([p.tolist() for p in parts], self.train, seed)):
                 x = normalize(imgs, mean, std)
                 yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
             return
-        for start in range(0, n, self.batch_size):
+        for start in range(0, self._ends(), self.batch_size):
             idx = order[start:start + self.batch_size]
             idx = self._share(idx)
             if not len(idx):
@@ -613,7 +621,8 @@ class Batches:
 
 def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
             generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-            shard: tuple[int, int] = (0, 1)) -> Batches:
+            shard: tuple[int, int] = (0, 1), drop_last: bool = False) -> Batches:
     """The :class:`Batches` of one pass over ``split`` (see there). With ``shard=(rank, world)``
     the batches are of the *global* ``batch_size`` and this process gets its ``1/world`` of each."""
-    return Batches(data, split, batch_size, train=train, generator=generator, device=device, shard=shard)
+    return Batches(data, split, batch_size, train=train, generator=generator, device=device, shard=shard,
+                   drop_last=drop_last)

@@ -215,7 +215,12 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if place.enabled and recipe.batch_size % place.world:
         raise ArgumentError(f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
                             f"{place.world} processes")
-    runtime = Runtime.default(device, cfg.precision, cfg.compile, ddp=place.enabled, sync_bn=cfg.sync_bn)
+    # a resumed run keeps its precision and compilation (compiled runs drop the last partial batch,
+    # so switching either would change the epochs still to come)
+    was = (previous or {}).get("runtime", {})
+    runtime = Runtime.default(device, cfg.precision or was.get("precision"),
+                              cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
+                              sync_bn=cfg.sync_bn)
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
     data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
@@ -301,7 +306,8 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     def train_batches(epoch: int):
         gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(r["seed"], epoch))
-        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard)
+        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard,
+                       drop_last=runtime.fixed_shapes)
 
     fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
         seed=r["seed"],

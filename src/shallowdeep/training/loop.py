@@ -87,6 +87,7 @@ def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: B
     count = 0
     with _bar(len(batches) if hasattr(batches, "__len__") else None, desc, progress) as bar:
         for x, y in batches:
+            runtime.step_begin()
             with runtime.autocast():
                 loss = mode.loss(outputs_of(stepped, x), y, epoch, epochs)
             opt.zero_grad(set_to_none=True)
