@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--archs", default="resnet56,vgg16_bn")
     ap.add_argument("--run", help="a trained SDN run folder instead of random weights (--archs is ignored)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="engine and CNN alike")
+    ap.add_argument("--pipelined", choices=("auto", "on", "off"), default="auto",
+                    help="batch 1 one stage ahead, decisions on the device (auto: on CUDA)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile engine stages and the CNN alike (reduce-overhead: CUDA graphs on CUDA); "
                          "the time-predicted column still comes from eager stage times")
@@ -172,8 +174,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; weights: "
           f"{args.run or 'seeded random'}; {args.precision}, conv+BN folded on both sides, "
-          f"{'compiled' if args.compile else 'no compilation'} on both sides")
-    opts = {"precision": args.precision, "compile": args.compile}
+          f"{'compiled' if args.compile else 'no compilation'} on both sides; batch 1 pipelined: {args.pipelined}")
+    opts = {"precision": args.precision, "compile": args.compile,
+            "pipelined": {"auto": None, "on": True, "off": False}[args.pipelined]}
     b1, bb, b1_t, bb_t = [], [], [], []
     for arch in ([None] if args.run else args.archs.split(",")):
         sdn = load_sdn(arch, args.run, device)

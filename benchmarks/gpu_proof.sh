@@ -4,7 +4,8 @@
 #          ${REPRO_SECONDS:-300} s have passed (a killed reproduction resumes);
 #   part2: the same reproduce again (resumes, finishes what fits), then the engine benchmarks;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
-#           compiled (CUDA graphs per stage and bucket) and bf16, about 3 x ${ENGINE_SECONDS:-150} s.
+#           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
+#           about 4 x ${ENGINE_SECONDS:-150} s.
 # Everything printed also lands in $OUT; the run folders (without cached records) are packed into
 # $OUT/runs-cnn.tgz and runs-sdn.tgz, so a later call on a fresh machine can continue from them
 # (copy them into .data/ and carry .data).
@@ -14,7 +15,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DATA=/tmp/cifar10-jpeg
 part=${1:-part1}
 bench_engine_all() {
-  for extra in "" "--compile" "--precision bf16"; do
+  for extra in "--compile" "" "--compile --pipelined off" "--precision bf16"; do
     timeout "${ENGINE_SECONDS:-150}" python3 benchmarks/bench_engine.py --device cuda --batch 1024 --inputs-batched 8192 \
       --inputs 48 --reps 3 $extra 2>&1 | grep -v Warning | tee -a "$OUT/bench_engine.txt"
   done

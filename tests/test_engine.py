@@ -450,3 +450,25 @@ def test_bf16_inference_keeps_most_answers(trained_sdn, digits):
     assert (bf16.exits == fp32.exits).float().mean() > 0.8
     with pytest.raises(UserError, match="precision"):
         EarlyExitEngine(sdn, q, precision="fp8")
+
+
+@pytest.mark.parametrize("rule,patience", [("max_softmax", 0), ("entropy", 0), ("patience", 2)])
+@pytest.mark.parametrize("fallback", ["most_confident", "final"])
+def test_pipelined_batch_one_decides_like_the_sequential_path(trained_sdn, digits, rule, patience, fallback):
+    """Batch 1 run one stage ahead (the default on CUDA; forced here on the CPU): the next stage is
+    queued before the decision of this one, computed on the device, is read. Same answers."""
+    sdn, _ = trained_sdn
+    x = images(digits, limit=60)
+    seq = EarlyExitEngine(sdn, 0.0, fallback, rule=rule, patience=patience, pipelined=False)
+    assert not seq.pipelined and EarlyExitEngine(sdn, 0.5).pipelined is False  # off on the CPU by default
+    if rule == "patience":
+        qs = [2 / 4]
+    else:
+        scores = seq.ic_confidences(x).numpy() if rule == "max_softmax" else None
+        qs = [float(np.quantile(scores, 0.6))] if scores is not None else [0.05, 0.15, 0.3]
+    for q in qs:
+        a = EarlyExitEngine(sdn, q, fallback, rule=rule, patience=patience, pipelined=False).classify(x, batch_size=1)
+        b = EarlyExitEngine(sdn, q, fallback, rule=rule, patience=patience, pipelined=True).classify(x, batch_size=1)
+        assert torch.equal(a.exits, b.exits) and torch.equal(a.predictions, b.predictions)
+        assert torch.equal(a.answered, b.answered) and torch.allclose(a.confidence, b.confidence, atol=1e-12)
+        assert len(set(a.exits.tolist())) > 1, "the thresholds should spread the exits"

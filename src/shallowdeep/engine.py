@@ -117,7 +117,7 @@ class EarlyExitEngine:
     def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
                  device: torch.device | str | None = None, fold_bn: bool = True, rule: str = "max_softmax",
                  patience: int = 0, temperatures: Sequence[float] | None = None, precision: str = "fp32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, pipelined: bool | None = None) -> None:
         """``rule``: ``"max_softmax"`` (exit when an IC's max softmax >= q), ``"entropy"`` (when its
         certainty ``1 - H / log C`` >= q) or ``"patience"`` (when ``patience`` consecutive ICs agree:
         give q = patience / ICs). ``temperatures`` (one per output) divide the logits: folded into
@@ -125,7 +125,10 @@ class EarlyExitEngine:
         ``"bf16"`` runs the stages under bfloat16 autocast (decisions stay float32/64).
         ``compile`` compiles each stage (blocks and head) with ``torch.compile`` at fixed shapes; on
         CUDA in ``reduce-overhead`` mode, i.e. one CUDA graph per stage and batch size, which the
-        throughput engine's buckets keep to a few."""
+        throughput engine's buckets keep to a few. ``pipelined`` (default: on CUDA) runs batch 1 one
+        stage ahead: stage k+1 is queued on the device before stage k's exit decision, computed on
+        the device, is read back, so the device never idles while the host decides; an input that
+        exits wastes one queued stage."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         check_fallback(fallback)
@@ -180,6 +183,7 @@ class EarlyExitEngine:
         # the graphs of reduce-overhead compilation reuse their output buffers: copy what is kept
         self._copy_out = self.compiled and self.device.type == "cuda"
         self._stage_fns = [self._stage_fn(blocks, at) for blocks, at in self._stages]
+        self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -229,6 +233,8 @@ class EarlyExitEngine:
         x = self._check(x)
         if x.shape[0] != 1:
             raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
+        if self.pipelined:
+            return self._one_pipelined(x)
         h = x
         most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
         prev, run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
@@ -256,6 +262,57 @@ class EarlyExitEngine:
         if self.fallback == "most_confident" and most_confident[0] >= c:
             return most_confident[1], last, most_confident[0], most_confident[2]
         return pred, last, c, last
+
+    def _decision(self, z: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One stage's decision inputs computed where the stage ran: ``[confidence, prediction,
+        certainty]`` of its logits, and a host copy under way (with its event on CUDA)."""
+        p = torch.softmax(z.to(self._dtype), dim=1)
+        conf, pred = p.max(dim=1)
+        cert = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c if self.rule == "entropy" else conf
+        d = torch.stack([conf, pred.to(conf.dtype), cert]).view(-1)
+        if self.device.type != "cuda":
+            return d, None
+        host = d.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _one_pipelined(self, x: torch.Tensor) -> tuple[int, int, float, int]:
+        """Batch 1 with the next stage queued before this stage's decision is read (see ``pipelined``);
+        the same decisions as the sequential path."""
+        most_confident = (-1.0, 0, 0)
+        prev, run = -1, 0
+        n = len(self._stages)
+        h, z = self._call_stage(0, x)
+        pending = self._decision(z)
+        for s_k in range(n):
+            if s_k + 1 < n:  # queue the next stage before waiting for this one's decision
+                h, z = self._call_stage(s_k + 1, h)
+                following = self._decision(z)
+            d, event = pending
+            if event is not None:
+                event.synchronize()
+            c, pred_f, cert = d.tolist()
+            pred = int(pred_f)
+            at = self._stages[s_k][1]
+            if at is None:  # the final classifier
+                last = self.num_outputs - 1
+                if self.fallback == "most_confident" and most_confident[0] >= c:
+                    return most_confident[1], last, most_confident[0], most_confident[2]
+                return pred, last, c, last
+            k, _, q = at
+            if self.rule == "patience":
+                run = run + 1 if pred == prev else 1
+                prev = pred
+                score = run / self._n_ics
+            else:
+                score = cert
+            if score >= q:
+                return pred, k, c, k
+            if c > most_confident[0]:
+                most_confident = (c, pred, k)
+            pending = following
+        raise AssertionError("the last stage is the final classifier")  # pragma: no cover
 
     def classify_batched(self, x: torch.Tensor) -> EngineResult:
         """Classify one batch with compaction: inputs that exit leave the working batch (the
