@@ -167,5 +167,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     assert 'href="small/ic-only/report/report.html"' in page and (out / "small" / "sdn" / "report" / "report.html").is_file()
     md = (out / "reproduction.md").read_text()
     assert "| small | ic-only |" in md and "The paper's claims" in md
+    for row in result["rows"]:  # what predict uses: the run's calibration.json, as analyze chose it
+        cal = json.loads((out / "small" / row["kind"] / "calibration.json").read_text())
+        assert row["engine"]["per_ic"] == ("thresholds" in cal)
+        assert row["engine"]["thresholds"] == cal.get("thresholds", [cal["threshold"]])
     with pytest.raises(UserError, match="unknown architecture"):
         reproduce("digits", out, ["nope"], log=None)

@@ -585,14 +585,16 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Reproduction on {result['data']} ({result['device']})", "",
              f"Epochs: CNN {result['epochs']['cnn']}, IC-only {result['epochs']['ic-only']}, SDN {result['epochs']['sdn']}; "
              f"{result['note']}.", "",
-             "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | reference protocol (q chosen on "
+             "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | what predict uses "
+             "(val-chosen): acc. / cost | reference protocol (q chosen on "
              "test): acc. / cost | right at some IC | destructive share of final errors | AUROC confusion / confidence |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cal, ref = r["calibrated"], r["reference_protocol"]
         lines.append(
             f"| {r['arch']} | {r['kind']} | {_p(r['final_test_accuracy'], 2)} | {_p(cal['test_accuracy'], 2)} / "
-            f"{_p(cal['test_relative_cost'])} (q={cal['threshold']:.4g}) | {_p(ref['test_accuracy'], 2)} / "
+            f"{_p(cal['test_relative_cost'])} (q={cal['threshold']:.4g}) | {_engine_text(r.get('engine'))} | "
+            f"{_p(ref['test_accuracy'], 2)} / "
             f"{_p(ref['test_relative_cost'])} (q={ref['threshold']}) | {_p(r['early_share'])} | "
             f"{_p(r['destructive_share'])} | "
             f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])} |")
@@ -614,6 +616,13 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _engine_text(e: dict[str, Any] | None) -> str:
+    if not e:
+        return "n/a"
+    kind = "per-IC q " + " ".join(f"{q:.3g}" for q in e["thresholds"]) if e["per_ic"] else f"q={e['thresholds'][0]:.4g}"
+    return f"{_p(e['test_accuracy'], 2)} / {_p(e['test_relative_cost'])} ({e['rule']}, {kind})"
+
+
 def reproduction_html(result: dict[str, Any]) -> str:
     """The reproduction table as one HTML page linking every run's report."""
     rows = []
@@ -622,13 +631,13 @@ def reproduction_html(result: dict[str, Any]) -> str:
         link = f'<a href="{html.escape(r["report"])}">report</a>'
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
             html.escape(r["arch"]), html.escape(r["kind"]), _p(r["final_test_accuracy"], 2),
-            f"{_p(cal['test_accuracy'], 2)} / {_p(cal['test_relative_cost'])}",
+            f"{_p(cal['test_accuracy'], 2)} / {_p(cal['test_relative_cost'])}", html.escape(_engine_text(r.get("engine"))),
             f"{_p(ref['test_accuracy'], 2)} / {_p(ref['test_relative_cost'])}", _p(r["early_share"]),
             _p(r["destructive_share"]),
             f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])}", link)) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in (
         "network", "SDN", "final acc.", "early exit (val-calibrated): acc. / cost",
-        "reference protocol (test-chosen): acc. / cost", "right at some IC", "destructive share",
+        "what predict uses (val-chosen): acc. / cost", "reference protocol (test-chosen): acc. / cost", "right at some IC", "destructive share",
         "AUROC confusion / confidence", ""))
     claims = "".join(f"<li>{html.escape(k.replace('_', ' '))}: {html.escape(v)}</li>"
                      for k, v in result["paper_claims"].items())

@@ -305,6 +305,7 @@ def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, A
         "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
         "calibrated": {"threshold": cal["threshold"], "test_accuracy": cal["test"]["accuracy"],
                        "test_relative_cost": cal["test"]["relative_cost"]},
+        "engine": _engine_point(ee.get("engine")),
         "reference_protocol": {"threshold": ref["chosen_threshold"],
                                "test_accuracy": ref_row["accuracy"] if ref_row else None,
                                "test_relative_cost": ref_row["relative_cost"] if ref_row else None},
@@ -315,6 +316,16 @@ def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, A
         "runtime": meta.get("runtime"),
         "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
     }
+
+
+def _engine_point(engine: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``predict`` uses after the analysis: one threshold or per-IC ones, and their test point."""
+    if not engine:
+        return None
+    cal = engine["calibration"]
+    return {"rule": engine["rule"], "per_ic": cal.get("thresholds") is not None,
+            "thresholds": cal.get("thresholds") or [cal["threshold"]],
+            "test_accuracy": cal["test"]["accuracy"], "test_relative_cost": cal["test"]["relative_cost"]}
 
 
 class _Pictures:
