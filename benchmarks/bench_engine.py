@@ -186,8 +186,10 @@ def main() -> None:
         cnn = sdn.cnn
         folded = like_with_like(torch.nn.Sequential(never._stem, *never._blocks, cnn.head), device, args)
         gen = torch.Generator().manual_seed(1)
-        xs = torch.randn(args.inputs_batched, 3, size, size, generator=gen).to(device)
-        x1 = xs[: args.inputs]
+        # channels-last memory, as the data pipeline and predict make images (the engine's stream keeps it)
+        xs = torch.randn(args.inputs_batched, 3, size, size, generator=gen).to(device).contiguous(
+            memory_format=torch.channels_last)
+        x1 = xs[: args.inputs].contiguous()  # batch 1 runs NCHW (the engine's batch-1 path makes it so)
         chunks = [xs[i : i + args.batch] for i in range(0, len(xs), args.batch)]
         rel = never.relative_costs.numpy()
 

@@ -233,6 +233,8 @@ class EarlyExitEngine:
         x = self._check(x)
         if x.shape[0] != 1:
             raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
+        # NCHW memory at batch 1: channels-last ran VGG-16-BN's batch 1 at half speed on the development CPU
+        x = x.contiguous()
         if self.pipelined:
             return self._one_pipelined(x)
         h = x
@@ -349,6 +351,9 @@ class EarlyExitEngine:
             x = self._check(x)
             if not len(x):
                 continue
+            # NHWC memory (what the data pipeline makes anyway): on the development CPU it ran
+            # ResNet-56 at batch 256 1.3x faster and closer to its FLOPs per stage; compaction keeps it
+            x = x.contiguous(memory_format=torch.channels_last)
             queues[0].append(self._new_rows(x, seen))
             out.reserve(seen := seen + len(x))
             while True:  # the deepest full queue first: keeps every queue below 2 * batch_size
