@@ -363,7 +363,7 @@ def _analyze(args: argparse.Namespace, device: str) -> int:
                       f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
                       f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
         per = ee.get("per_ic")
-        if per and "test" in per and r["num_outputs"] > 1:
+        if per and "test" in per and per.get("thresholds") and r["num_outputs"] > 1:
             print(f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per['thresholds'])} (chosen on validation): "
                   f"test accuracy {100 * per['test']['accuracy']:.2f}% at {100 * per['test']['relative_cost']:.1f}% "
                   "of the CNN's cost")

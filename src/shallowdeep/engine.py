@@ -2,11 +2,12 @@
 
 Two paths, with the same answers:
 
-- ``batch-1``: one input at a time, Python control flow between blocks; the IC heads are folded
-  for inference (few ops, see :func:`_inference_head`) and conv+BN pairs of the backbone are folded
-  (on copies), so checking the ICs costs less than the folding saves.
-- ``batched``: a batch runs block by block; at each IC the inputs that exit leave the working
-  batch (compaction), later blocks run on the rest, and results come back in input order.
+- ``batch-1``: one input at a time (NCHW memory), Python control flow between stages; the IC heads
+  are folded for inference (few ops, see :func:`_inference_head`) and conv+BN pairs of the backbone
+  are folded (on copies). On CUDA it runs one stage ahead (``pipelined``).
+- the throughput engine (:meth:`EarlyExitEngine.stream`): a queue before each stage; a stage runs
+  on full batches (channels-last memory, the heads' own pooling ops); inputs that exit leave, the
+  rest join the next queue, and results come back in input order.
 
 An input that no IC lets out pays for the whole SDN and gets the fallback's prediction: the most
 confident output (``"most_confident"``, the reference's) or the final output (``"final"``).
