@@ -319,6 +319,12 @@ def test_zoo_cnn_then_ic_only_on_a_streamed_folder_analyze_predict(tmp_path):
     q = safe_thresholds(rec, 3, margin=1e-6)[0]
     x = torch.cat([x for x, _ in Batches(data, "test", 64)])
     assert EarlyExitEngine(sdn, q).classify(x).exits.tolist() == early_exit(rec, q).exits.tolist()
+    # Grad-CAM on a traced zoo model: the explanations run and land where the report finds them
+    r = run_cli("explain", str(ic_run), "--device", "cpu", "--split", "train", "--max", "2")
+    assert r.returncode == 0, r.stderr
+    ex = json.loads((ic_run / "explain" / "explain.json").read_text())
+    assert ex["split"] == "train" and 1 <= len(ex["inputs"]) <= 2, ex  # the seeded run has such inputs
+    assert (ic_run / "explain" / "explanations.png").is_file()
 
 
 def test_info_lists_cut_points(tmp_path):
