@@ -249,6 +249,26 @@ def test_pretrained_offline_is_one_line_naming_file_and_place(tmp_path, monkeypa
     assert not (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
 
 
+def test_timm_pretrained_offline_is_one_line_naming_the_hub_file_and_cache(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    import timm.models._hub as hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    asked = []
+
+    def offline(repo_id, filename=None, *a, **k):  # what huggingface_hub raises with no network
+        asked.append((repo_id, filename))
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(UserError) as e:
+        build_model("timm:resnet18", 10, 32, pretrained=True)
+    msg = str(e.value)
+    assert asked and "\n" not in msg and "https://huggingface.co/timm/resnet18" in msg
+    assert "model.safetensors" in msg and "HF_HOME" in msg
+    assert not (tmp_path / "hf").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # image folders, end to end
 
