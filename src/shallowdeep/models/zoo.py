@@ -97,8 +97,11 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
         except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
             cfg = timm.models.get_pretrained_cfg(name)
             hub_id = getattr(cfg, "hf_hub_id", None) or name
-            raise _offline(arch, f"https://huggingface.co/{hub_id}", "model.safetensors",
-                           "the Hugging Face cache (HF_HOME)", e) from None
+            # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
+            raise DataError(f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
+                            f"is network run `huggingface-cli download {hub_id} model.safetensors` and copy the "
+                            f"Hugging Face cache (HF_HOME) here, or fetch https://huggingface.co/{hub_id} "
+                            "model.safetensors and pass that file as `weights`") from None
         cfg = module.pretrained_cfg
         zm = ZooModel(module, int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
     else:
