@@ -302,6 +302,18 @@ def test_streamed_and_memory_folders_see_the_same_pixels(tmp_path):
     a = [x for x, _ in Batches(st, "train", 8, train=True, generator=torch.Generator().manual_seed(3))]
     b = [x for x, _ in Batches(st, "train", 8, train=True, generator=torch.Generator().manual_seed(3))]
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and len(a) == 5
+    # no size asked: streamed small images keep their own size (the first training image's, 30 px
+    # here), as in memory; only larger images come down to 224
+    with pytest.warns(UserWarning, match="not square"):
+        assert load_dataset(f"imagefolder:{root}", mode="stream").image_size == 30
+        assert load_dataset(f"imagefolder:{root}", mode="memory").image_size == 30
+    from PIL import Image
+
+    big = tmp_path / "big"
+    for part in ("train", "test"):
+        (big / part / "a").mkdir(parents=True)
+        Image.new("RGB", (300, 300)).save(big / part / "a" / "0.png")
+    assert load_dataset(f"imagefolder:{big}", mode="stream").image_size == 224
 
 
 def test_splits_whose_classes_differ_are_refused(tmp_path):

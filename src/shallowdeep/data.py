@@ -152,7 +152,7 @@ _DOWNLOAD: contextvars.ContextVar[bool] = contextvars.ContextVar("download", def
 _MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("mode", default=None)
 MODES = ("memory", "stream")
 MEMORY_BUDGET = 2 << 30  # decoded bytes above which an image folder is streamed unless told otherwise
-STREAM_SIZE = 224  # the size streamed images are decoded at when no `image_size` is given
+STREAM_SIZE = 224  # the largest size streamed images are decoded at when no `image_size` is given
 
 
 def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None,
@@ -415,7 +415,9 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
     meta = {"path": str(base.resolve()), "data_mode": mode, "val_from": "val/" if "val" in found else "train/"}
     sets: dict[str, Any] = {}
     if mode == "stream":
-        size = image_size or STREAM_SIZE
+        # photographs come down to 224 px; a folder of small images keeps their size (a CIFAR-like
+        # folder streamed because it is large must not be blown up sevenfold)
+        size = image_size or min(_first_size(found["train"][0][0]), STREAM_SIZE)
         for part, (paths, labels) in found.items():
             sets[part] = StreamSet(paths, torch.as_tensor(labels, dtype=torch.int64), torch.arange(len(labels)), size)
     else:
