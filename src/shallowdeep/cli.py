@@ -84,8 +84,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if not (args.arch and args.data):
             raise UserError("give a RUN folder, or both --arch and --data")
         classes, size = dataset_shape(args.data) or (None, None)
-        if classes is None:  # a folder data set: read it to learn its classes and image size
-            d = load_dataset(args.data, args.data_root, args.image_size)
+        if classes is None:  # a folder data set: list it (streamed: one image decoded) for its classes and size
+            d = load_dataset(args.data, args.data_root, args.image_size, mode="stream")
             classes, size = d.num_classes, d.image_size
         from .convert import build_model
         from .models.zoo import is_zoo_name
