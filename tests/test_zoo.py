@@ -310,9 +310,11 @@ def test_streamed_and_memory_folders_see_the_same_pixels(tmp_path):
     from PIL import Image
 
     big = tmp_path / "big"
+    rng = np.random.default_rng(0)
     for part in ("train", "test"):
         (big / part / "a").mkdir(parents=True)
-        Image.new("RGB", (300, 300)).save(big / part / "a" / "0.png")
+        for i in range(2):
+            Image.fromarray((rng.random((300, 300, 3)) * 255).astype(np.uint8)).save(big / part / "a" / f"{i}.png")
     assert load_dataset(f"imagefolder:{big}", mode="stream").image_size == 224
 
 
