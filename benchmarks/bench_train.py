@@ -63,6 +63,9 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
     out.append(("resident + channels-last, fp32 (train's CUDA default)", {**default, "epoch": True}))
     out.append(("all but compile, batch 128", {**eager, "epoch": True}))
     if compile_rows in ("all", "one"):
+        # what `train --compile` runs on one GPU by default (fp32): the row the compile decision reads
+        out.append(("train's CUDA default + compile", {**default, "compile": True, "epoch": True}))
+    if compile_rows == "all":
         out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
     out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
     out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
@@ -132,7 +135,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--epoch", action="store_true", help="also time one whole epoch with validation (main rows)")
     ap.add_argument("--compile-rows", choices=("all", "one", "none"), default="one",
-                    help="torch.compile rows: all, one (all layers at batch 128; default) or none")
+                    help="torch.compile rows: all, one (train's CUDA default compiled, batch 128; default) or none")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--only", help="comma-separated label fragments: run only the rows whose label holds one")
     args = ap.parse_args()

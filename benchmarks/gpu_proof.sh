@@ -47,7 +47,7 @@ except Exception:
     print(""); sys.exit()
 budget = float(sys.argv[2])
 e = rows.get("resident + channels-last, fp32 (train's CUDA default)", {})
-c = rows.get("all together with compile, batch 128", {})
+c = rows.get("train's CUDA default + compile", {})
 if "epoch_s" in e and "epoch_s" in c:
     eager_epochs = budget / e["epoch_s"]
     compiled_epochs = max(0.0, budget - 3 * c["warmup_s"]) / c["epoch_s"]
