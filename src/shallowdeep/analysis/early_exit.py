@@ -157,18 +157,6 @@ def _ic_scores(record: ExitRecord, scores: np.ndarray | None) -> np.ndarray:
     return scores
 
 
-def _exits(record: ExitRecord, thresholds: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
-    """Exit index of every input at every threshold, ``[T, N]``; ``outputs - 1`` means no IC exit.
-
-    The first IC whose confidence reaches q is the first at which the running maximum of the ICs'
-    confidences reaches q, and that running maximum is sorted along the outputs, so the exit is
-    the number of ICs whose running maximum stays below q.
-    """
-    ic_conf = _ic_scores(record, scores)
-    running = np.maximum.accumulate(ic_conf, axis=1) if ic_conf.shape[1] else ic_conf
-    return (running[None, :, :] < thresholds[:, None, None]).sum(-1)
-
-
 def _count_below(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``sum(weights[values < t])`` for every t in ``q``, by sorting once: O((N + T) log N)."""
     order = np.argsort(values, kind="stable")
@@ -222,18 +210,20 @@ def early_exit(record: ExitRecord, threshold: float | Sequence[float], fallback:
     """
     k, n = record.num_outputs, record.num_inputs
     if isinstance(threshold, (int, float, np.floating)):
-        exits = _exits(record, np.array([float(threshold)]), scores)[0]
+        threshold = float(threshold)
+        per_ic = np.full(k - 1, threshold)
     else:
         threshold = [float(q) for q in threshold]
         if len(threshold) != k - 1:
             raise ArgumentError(f"{len(threshold)} per-IC thresholds for {k - 1} ICs")
-        exits = _exits_per_ic(_ic_scores(record, scores), np.asarray(threshold))
+        per_ic = np.asarray(threshold)
+    exits = _exits_per_ic(_ic_scores(record, scores), per_ic)
     fb = _fallback_preds(record, fallback)
     ic_preds = record.preds[np.arange(n), np.minimum(exits, k - 1)]
     preds = np.where(exits < k - 1, ic_preds, fb)
     costs = record.costs[exits]
     return EarlyExit(
-        threshold=threshold if isinstance(threshold, list) else float(threshold), fallback=fallback,
+        threshold=threshold, fallback=fallback,
         accuracy=float((preds == record.labels).mean()) if n else 0.0,
         relative_cost=float(costs.mean() / record.cnn_cost) if n else 0.0,
         exit_counts=np.bincount(exits, minlength=k).tolist(),
@@ -324,8 +314,9 @@ def _cross_validate(val: ExitRecord, goal: dict[str, float | None], fallback: st
         fit_s, held_s = (None, None) if scores is None else (scores[fit], scores[held])
         c = calibrate(val.subset(fit), None, **goal, fallback=fallback, thresholds=thresholds, val_scores=fit_s,
                       per_ic=True)
+        held_rec = val.subset(held)  # one record (its softmax cached) for both choices
         for kind, q in (("single", c.threshold), ("per_ic", c.thresholds)):
-            e = early_exit(val.subset(held), q, fallback, held_s)
+            e = early_exit(held_rec, q, fallback, held_s)
             pooled[kind][0] += e.accuracy * int(held.sum())
             pooled[kind][1] += e.relative_cost * int(held.sum())
     (sa, sc), (pa, pc) = ((a / n, c / n) for a, c in (pooled["single"], pooled["per_ic"]))
@@ -413,8 +404,9 @@ def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[s
         q = descend(q0, lagrange_key(lam))
         if evaluate(q)[0] == 0:  # feasible under the rule: polish it there
             q = descend(q, rule_key)
-            if evaluate(q) < best_key:
-                best, best_key = q, evaluate(q)
+            q_key = evaluate(q)
+            if q_key < best_key:
+                best, best_key = q, q_key
     return best.tolist()
 
 
