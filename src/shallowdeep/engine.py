@@ -281,12 +281,19 @@ class EarlyExitEngine:
             return most_confident[1], last, most_confident[0], most_confident[2]
         return pred, last, c, last
 
-    def _decision(self, z: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """One stage's decision inputs computed where the stage ran: ``[confidence, prediction,
-        certainty]`` of its logits, and a host copy under way (with its event on CUDA)."""
+    def _scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row of logits, where they are: max softmax, argmax, and the score the rule compares
+        with the threshold (the entropy rule's certainty ``1 - H / log C``, else the max softmax;
+        the patience rule's run is kept by the caller)."""
         p = torch.softmax(z.to(self._dtype), dim=1)
         conf, pred = p.max(dim=1)
         cert = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c if self.rule == "entropy" else conf
+        return conf, pred, cert
+
+    def _decision(self, z: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One stage's decision inputs computed where the stage ran: ``[confidence, prediction,
+        certainty]`` of its logits, and a host copy under way (with its event on CUDA)."""
+        conf, pred, cert = self._scores(z)
         d = torch.stack([conf, pred.to(conf.dtype), cert]).view(-1)
         if self.device.type != "cuda":
             return d, None
@@ -413,13 +420,8 @@ class EarlyExitEngine:
             out.put(rows.idx, pred, self.num_outputs - 1, conf, answered)
             return
         k_ic, _, q = at
-        p = torch.softmax(z.to(self._dtype), dim=1)
-        conf, pred = p.max(dim=1)
-        if self.rule == "max_softmax":
-            score = conf
-        elif self.rule == "entropy":
-            score = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c
-        else:
+        conf, pred, score = self._scores(z)
+        if self.rule == "patience":
             rows.run = torch.where(pred == rows.prev, rows.run + 1, torch.ones_like(rows.run))
             rows.prev = pred
             score = rows.run / self._n_ics
