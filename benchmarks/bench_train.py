@@ -3,7 +3,7 @@
 ResNet-56 SDN (mode sdn, the paper's loss) on CIFAR-10-shaped data: 45,000 training and 5,000
 validation images (random uint8 by default, or a real data set with ``--data``). Each row changes
 one thing against the baseline (fp32, eager, NCHW activations, data on the host and copied per
-step, batch 128), then all of them together, at batch 128 and at batch 512 (rate scaled x4):
+step, a per-tensor (foreach) optimiser step, batch 128), then all of them together, at batch 128 and at batch 512 (rate scaled x4):
 
 - model-step throughput: images/s over ``--steps`` steps after ``--warmup`` steps, repeated
   ``--reps`` times (median, min-max), synchronised before every clock reading;
@@ -30,7 +30,8 @@ import torch
 
 from shallowdeep.data import Dataset, ImageSet, batches, load_dataset
 from shallowdeep.sdn import build_sdn
-from shallowdeep.training import Runtime, default_recipe, evaluate, make_mode, make_optimizer, train_one_epoch
+from shallowdeep.training import (Objective, Runtime, default_recipe, evaluate, make_mode, make_optimizer,
+                                  train_one_epoch)
 
 
 def synthetic(n_train: int = 45_000, n_val: int = 5_000, size: int = 32) -> Dataset:
@@ -51,10 +52,11 @@ def sync(device: torch.device) -> None:
 
 def rows(compile_rows: str) -> list[tuple[str, dict]]:
     """(label, configuration) of every row; ``epoch`` marks the rows whose whole epoch is timed."""
-    base = dict(precision="fp32", channels_last=False, compile=False, resident=False, batch=128)
-    eager = {**base, "resident": True, "channels_last": True, "precision": "bf16"}
-    default = {**base, "resident": True, "channels_last": True}  # what train runs on CUDA by default
+    base = dict(precision="fp32", channels_last=False, compile=False, resident=False, batch=128, fused=False)
+    eager = {**base, "resident": True, "channels_last": True, "precision": "bf16", "fused": True}
+    default = {**base, "resident": True, "channels_last": True, "fused": True}  # what train runs on CUDA by default
     out = [("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
+           ("fused optimiser step", {**base, "fused": True}),
            ("data resident on the device (augmented there)", {**base, "resident": True}),
            ("channels-last", {**base, "channels_last": True}),
            ("bf16 autocast", {**base, "precision": "bf16"})]
@@ -86,8 +88,9 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         recipe = replace(recipe, batch_size=cfg["batch"], lr=recipe.lr * cfg["batch"] / recipe.batch_size)
     runtime = Runtime(device, cfg["precision"], cfg["channels_last"], cfg["compile"])
     mode = make_mode("sdn")
-    opt = make_optimizer(mode.parameters(sdn), recipe)
-    stepped = runtime.prepare(sdn)
+    params = mode.parameters(sdn)
+    stepped = runtime.prepare(Objective(sdn, mode))
+    opt = make_optimizer(params, recipe, fused=cfg["fused"] and device.type == "cuda")
     src = data.to(device) if cfg["resident"] else data
     gen_device = src.train.images.device
     if device.type == "cuda":

@@ -358,6 +358,8 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     ("reproduce no architecture", ["reproduce", "--data", "digits", "--archs", ",", "--out", "{tmp}/r"], "--archs names no architecture", None, "{tmp}/r"),
     ("reproduce unknown data set", ["reproduce", "--data", "mnist", "--out", "{tmp}/r"], "unknown --data set 'mnist'", None, "{tmp}/r"),
     ("reproduce --out a file", ["reproduce", "--data", "digits", "--archs", "small", "--out", "{file}"], "exists and is not a folder", None, None),
+    ("reproduce unknown stage", ["reproduce", "--data", "digits", "--stages", "sdn,finetune", "--out", "{tmp}/r"], "unknown or no stage in --stages (finetune)", None, "{tmp}/r"),
+    ("reproduce ic-only without a CNN", ["reproduce", "--data", "digits", "--stages", "ic-only", "--out", "{tmp}/r"], "the ic-only stage needs a finished CNN", None, "{tmp}/r"),
     ("reproduce --cnn-epochs 0", ["reproduce", "--data", "digits", "--cnn-epochs", "0", "--out", "{tmp}/r"], "--cnn-epochs must be at least 1", None, "{tmp}/r"),
     ("reproduce --device meta", ["reproduce", "--data", "digits", "--device", "meta", "--out", "{tmp}/r"], "--device 'meta' is not supported", None, "{tmp}/r"),
     # ---- zoo models, IC placement, image folders (issue 11)

@@ -96,7 +96,7 @@ def test_compiled_step_matches_eager_on_the_cpu():
     """torch.compile wraps the step only: a few compiled steps give the same loss as eager ones."""
     from shallowdeep.data import batches, load_dataset
     from shallowdeep.sdn import build_sdn
-    from shallowdeep.training import Runtime, make_mode, make_optimizer, train_one_epoch
+    from shallowdeep.training import Objective, Runtime, make_mode, make_optimizer, train_one_epoch
 
     data = load_dataset("digits")
     losses = []
@@ -107,7 +107,7 @@ def test_compiled_step_matches_eager_on_the_cpu():
         mode = make_mode("sdn")
         recipe = default_recipe("sdn", "small", 2)
         opt = make_optimizer(mode.parameters(sdn), recipe)
-        stepped = runtime.prepare(sdn)
+        stepped = runtime.prepare(Objective(sdn, mode))
         import itertools
 
         steps = itertools.islice(iter(batches(data, "train", 64, train=True, generator=torch.Generator().manual_seed(1))), 3)
@@ -173,3 +173,25 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
         assert row["engine"]["thresholds"] == cal.get("thresholds", [cal["threshold"]])
     with pytest.raises(UserError, match="unknown architecture"):
         reproduce("digits", out, ["nope"], log=None)
+
+
+def test_reproduce_some_stages_then_the_rest(tmp_path):
+    """`stages` runs part of a reproduction (the SDN from scratch first, when time is short); the
+    full reproduction afterwards keeps that finished stage and runs the others."""
+    from shallowdeep.workflows import reproduce
+
+    out = tmp_path / "rep"
+    epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
+    with pytest.raises(UserError, match="ic-only stage needs a finished CNN"):
+        reproduce("digits", out, ["small"], epochs=epochs, stages=("ic-only",), log=None, progress=False)
+    with pytest.raises(UserError, match="unknown or no stage"):
+        reproduce("digits", out, ["small"], epochs=epochs, stages=("sdn", "fine-tune"), log=None, progress=False)
+    assert not (out / "small").exists()
+    result = reproduce("digits", out, ["small"], epochs=epochs, stages=("sdn",), log=None, progress=False)
+    assert [r["kind"] for r in result["rows"]] == ["sdn"] and not (out / "small" / "cnn").exists()
+    weights = (out / "small" / "sdn" / "model.safetensors").read_bytes()
+    said: list[str] = []
+    result = reproduce("digits", out, ["small"], epochs=epochs, log=said.append, progress=False)
+    assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
+    assert any("sdn is finished: kept" in line for line in said)
+    assert (out / "small" / "sdn" / "model.safetensors").read_bytes() == weights

@@ -34,7 +34,7 @@ FLAGS = {
     "precision": "--precision", "compile": "--compile", "backdoor": "--backdoor", "poison_rate": "--poison-rate",
     "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
     "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
-    "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "resize": "--resize", "convention": "--flops", "config": "--config",
+    "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "stages": "--stages", "resize": "--resize", "convention": "--flops", "config": "--config",
     "pretrained": "--pretrained", "weights": "--weights", "ic_cuts": "--ic-cuts", "ic_fractions": "--ic-fractions",
     "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions", "opset": "--opset",
     "thresholds": "--thresholds"
@@ -313,10 +313,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for flag, v in (("--cnn-epochs", args.cnn_epochs), ("--ic-epochs", args.ic_epochs), ("--sdn-epochs", args.sdn_epochs)):
         if v is not None and v < 1:
             raise UserError(f"{flag} must be at least 1, got {v}")
+    stages = tuple(x.strip() for x in args.stages.split(",") if x.strip())
     log = None if args.quiet else print
     reproduce(args.data, args.out, archs, data_root=args.data_root, image_size=args.image_size, epochs=epochs,
-              device=args.device, precision=args.precision, compile=args.compile, seed=args.seed, log=log,
-              progress=not args.quiet)
+              device=args.device, precision=args.precision, compile=args.compile, seed=args.seed, stages=stages,
+              log=log, progress=not args.quiet)
     print(f"reproduction written to {Path(args.out) / 'reproduction.md'} (and .json, index.html)")
     return 0
 
@@ -619,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", required=True, help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
     rp.add_argument("--out", required=True, help="folder for every run and the table")
     rp.add_argument("--archs", default="resnet56", help="comma-separated architectures (default resnet56)")
+    rp.add_argument("--stages", default="cnn,ic-only,sdn",
+                    help="comma-separated stages to run (default all: cnn,ic-only,sdn); ic-only needs a finished cnn")
     rp.add_argument("--cnn-epochs", type=int, help="CNN epochs (paper: 100)")
     rp.add_argument("--ic-epochs", type=int, help="IC-only epochs (paper: 25)")
     rp.add_argument("--sdn-epochs", type=int, help="SDN epochs (paper: 100)")

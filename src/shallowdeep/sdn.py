@@ -121,6 +121,11 @@ def outputs_of(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return out if isinstance(out, list) else [out]
 
 
+def num_outputs(model: nn.Module) -> int:
+    """How many outputs ``model`` gives: an SDN's ICs plus its final one, a CNN's one."""
+    return model.num_outputs if isinstance(model, SDN) else 1
+
+
 def to_sdn(cnn: CNN, positions: Sequence[int] | None = None) -> SDN:
     """Attach freshly initialised ICs to ``cnn`` (its weights are shared, not copied)."""
     return SDN(cnn, positions)

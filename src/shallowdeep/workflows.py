@@ -190,6 +190,7 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
 # the paper's pipeline, end to end
 
 PAPER_EPOCHS = {"cnn": 100, "ic-only": 25, "sdn": 100}
+STAGES = tuple(PAPER_EPOCHS)  # in the order they run
 # what the paper claims (spec sections 7-9), printed beside the measured figures
 PAPER_CLAIMS = {
     "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
@@ -221,11 +222,12 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> float:
 def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
               image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
               precision: str | None = None, compile: bool | None = None, seed: int | None = None,
-              log: Log = print, progress: bool = True) -> dict[str, Any]:
+              stages: tuple[str, ...] = STAGES, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
     analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
     ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
-    run folder, so a killed reproduction resumes where it stopped."""
+    run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
+    only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
     from . import report
     from .devices import pick_device
     from .models import list_archs
@@ -235,6 +237,10 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     for a in archs:
         if a not in list_archs():
             raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown or not stages:
+        raise ArgumentError(f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): "
+                            f"choose from {', '.join(STAGES)}")
     epochs = {**PAPER_EPOCHS, **(epochs or {})}
     for stage, n in epochs.items():
         if not (isinstance(n, int) and n >= 1):
@@ -243,6 +249,12 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
     parse_data_name(data)  # an unknown data set is refused before any folder is made
     out = Path(out)
+    if "ic-only" in stages and "cnn" not in stages:
+        for a in archs:
+            cnn = RunFolder(out / a / "cnn")
+            if not (cnn.exists() and cnn.meta().get("status") == "complete"):
+                raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
+                                    "add the cnn stage to `stages`")
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     dev = str(pick_device(device))
@@ -279,13 +291,16 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
         # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
         # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
-        t["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress)
-        t["ic-only"] = _stage(base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
-                                                 "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                                 "compile": compile}, log, progress)
-        analyze_stage("ic-only")
-        t["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress)
-        analyze_stage("sdn")
+        if "cnn" in stages:
+            t["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress)
+        if "ic-only" in stages:
+            t["ic-only"] = _stage(base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
+                                                     "epochs": epochs["ic-only"], "device": device,
+                                                     "precision": precision, "compile": compile}, log, progress)
+            analyze_stage("ic-only")
+        if "sdn" in stages:
+            t["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress)
+            analyze_stage("sdn")
     publish()
     if log is not None:
         log(report.reproduction_markdown(result))

@@ -1,9 +1,9 @@
 """Training: the paper's modes and recipes plugged into one plain loop, with speed as a runtime around it."""
 from .loop import EpochResult, epoch_seed, evaluate, fit, train_one_epoch
-from .modes import IC_CAPS, MODES, CNNMode, ICOnlyMode, Mode, SDNMode, make_mode
+from .modes import IC_CAPS, MODES, CNNMode, ICOnlyMode, Mode, Objective, SDNMode, make_mode
 from .recipe import OPTIMIZERS, WEIGHT_DECAY, Recipe, default_recipe, make_optimizer, make_schedule
 from .runtime import PRECISIONS, Runtime, pick_device
 
 __all__ = ["IC_CAPS", "MODES", "OPTIMIZERS", "PRECISIONS", "WEIGHT_DECAY", "CNNMode", "EpochResult", "ICOnlyMode", "Mode",
-           "Recipe", "Runtime", "SDNMode", "default_recipe", "epoch_seed", "evaluate", "fit", "make_mode",
+           "Objective", "Recipe", "Runtime", "SDNMode", "default_recipe", "epoch_seed", "evaluate", "fit", "make_mode",
            "make_optimizer", "make_schedule", "pick_device", "train_one_epoch"]

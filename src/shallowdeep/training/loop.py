@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..sdn import outputs_of
+from ..sdn import num_outputs, outputs_of
 from ..distributed import all_reduce_sum
-from .modes import Mode
+from .modes import Mode, Objective
 from .recipe import Recipe, make_optimizer, make_schedule
 from .runtime import Runtime
 
@@ -81,15 +81,17 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None)
 
 def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: Batches, opt: torch.optim.Optimizer,
                     runtime: Runtime, epoch: int, epochs: int, progress: bool = True, desc: str = "") -> float:
-    """One pass over ``batches``; returns the mean loss. ``stepped`` is ``runtime.prepare(model)``."""
+    """One pass over ``batches``; returns the mean loss. ``stepped`` is
+    ``runtime.prepare(Objective(model, mode))``: called as ``stepped(x, y, weights)``, it returns the loss."""
     mode.set_train(model)
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    weights = torch.tensor(mode.output_weights(num_outputs(model), epoch, epochs), device=runtime.device)
     count = 0
     with _bar(len(batches) if hasattr(batches, "__len__") else None, desc, progress) as bar:
         for x, y in batches:
             runtime.step_begin()
             with runtime.autocast():
-                loss = mode.loss(outputs_of(stepped, x), y, epoch, epochs)
+                loss = stepped(x, y, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -114,8 +116,9 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
     call, as a killed process would.
     """
     runtime = runtime or Runtime(torch.device("cpu"))
-    opt = make_optimizer(mode.parameters(model), recipe)
-    stepped = runtime.prepare(model)
+    params = mode.parameters(model)  # first: ic-only freezes the backbone, which DDP's wrapping reads
+    stepped = runtime.prepare(Objective(model, mode))
+    opt = make_optimizer(params, recipe, fused=runtime.fused_optimizer)
     schedule = make_schedule(opt, recipe)
     with warnings.catch_warnings():  # replaying before any optimiser step is intended here
         warnings.simplefilter("ignore", UserWarning)

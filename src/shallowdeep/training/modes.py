@@ -27,8 +27,19 @@ class Mode:
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
-    def loss(self, outputs: list[torch.Tensor], y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+    def output_weights(self, n_outputs: int, epoch: int, epochs: int) -> list[float]:
+        """Every output's weight in this epoch's loss (ICs first, final last)."""
         raise NotImplementedError
+
+    def weighted_loss(self, outputs: list[torch.Tensor], y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_i weights[i] * CE(outputs[i], y)``; ``weights`` is a tensor so that a compiled step
+        takes each epoch's weights as an input instead of recompiling for new constants."""
+        return (weights * torch.stack([self.ce(o, y).float() for o in outputs])).sum()
+
+    def loss(self, outputs: list[torch.Tensor], y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+        """This epoch's training loss of ``outputs`` (the mode's combination of cross-entropies)."""
+        w = torch.tensor(self.output_weights(len(outputs), epoch, epochs), device=y.device)
+        return self.weighted_loss(outputs, y, w)
 
 
 class CNNMode(Mode):
@@ -36,8 +47,8 @@ class CNNMode(Mode):
 
     name = "cnn"
 
-    def loss(self, outputs, y, epoch, epochs):
-        return self.ce(outputs[-1], y)
+    def output_weights(self, n_outputs, epoch, epochs):
+        return [0.0] * (n_outputs - 1) + [1.0]
 
 
 class ICOnlyMode(Mode):
@@ -58,8 +69,8 @@ class ICOnlyMode(Mode):
         model.train()
         model.cnn.eval()
 
-    def loss(self, outputs, y, epoch, epochs):
-        return sum(self.ce(o, y) for o in outputs[:-1])
+    def output_weights(self, n_outputs, epoch, epochs):
+        return [1.0] * (n_outputs - 1) + [0.0]
 
 
 class SDNMode(Mode):
@@ -76,9 +87,23 @@ class SDNMode(Mode):
         e = epoch + 1
         return [min(c, 0.01 + e * c / epochs) for c in caps]
 
-    def loss(self, outputs, y, epoch, epochs):
-        taus = self.weights(len(outputs) - 1, epoch, epochs)
-        return sum(t * self.ce(o, y) for t, o in zip(taus, outputs)) + self.ce(outputs[-1], y)
+    def output_weights(self, n_outputs, epoch, epochs):
+        return self.weights(n_outputs - 1, epoch, epochs) + [1.0]
+
+
+class Objective(nn.Module):
+    """A model and its mode's loss as one module, ``forward(x, y, weights) -> loss``: what the
+    runtime wraps (compile, CUDA graphs, DDP), so one compiled graph covers the outputs' losses and
+    their backward too, not only the network (the loss of an SDN is 2 x outputs small kernels)."""
+
+    def __init__(self, model: nn.Module, mode: Mode) -> None:
+        super().__init__()
+        self.model = model
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return self.mode.weighted_loss(out if isinstance(out, list) else [out], y, weights)
 
 
 def make_mode(name: str, label_smoothing: float = 0.0) -> Mode:

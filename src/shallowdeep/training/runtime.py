@@ -63,6 +63,12 @@ class Runtime:
         return self.compile
 
     @property
+    def fused_optimizer(self) -> bool:
+        """Fused optimiser kernels: on CUDA (the per-tensor launches of an eager optimiser step are
+        a visible share of a small network's step there)."""
+        return self.device.type == "cuda"
+
+    @property
     def cuda_graphs(self) -> bool:
         """Compiled steps replayed as CUDA graphs: one CUDA device, no DDP (whose gradient hooks run
         between the backward's kernels)."""
@@ -70,7 +76,8 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile, "cuda_graphs": self.cuda_graphs, "drop_last": self.fixed_shapes,
+                "compile": self.compile, "cuda_graphs": self.cuda_graphs,
+                "fused_optimizer": self.fused_optimizer, "drop_last": self.fixed_shapes,
                 "ddp": self.ddp, "sync_bn": self.sync_bn}
 
     def prepare(self, model: nn.Module) -> nn.Module:
