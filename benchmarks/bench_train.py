@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--compile-rows", choices=("all", "one", "none"), default="one",
                     help="torch.compile rows: all, one (train's CUDA default compiled, batch 128; default) or none")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--only", help="comma-separated label fragments: run only the rows whose label holds one")
+    ap.add_argument("--only", help="label fragments separated by |: run only the rows whose label holds one")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"{'configuration':<52} {'img/s (median)':>14} {'min-max':>17} {'warm-up s':>9} {'epoch s':>8} {'peak MiB':>9}")
     results = {}
     for label, cfg in rows(args.compile_rows):
-        if args.only and not any(o in label for o in args.only.split(",")):
+        if args.only and not any(o in label for o in args.only.split("|")):
             continue
         try:
             r = run_row(cfg, data, device, args)

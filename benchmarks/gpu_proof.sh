@@ -3,6 +3,9 @@
 #   part1: CIFAR-10 JPEGs (carried in .data/), bench_train.py, then `reproduce --archs resnet56` until
 #          ${REPRO_SECONDS:-300} s have passed (a killed reproduction resumes);
 #   part2: the same reproduce again (resumes, finishes what fits), then the engine benchmarks;
+#   train: one call for issue 10: bench_train (baseline, train's CUDA default eager and compiled), then
+#          `reproduce --stages sdn` (the SDN from scratch, compiled if that row's epoch was faster), then
+#          the batch-512 rows (eager and compiled, bf16) with what is left of ${BUDGET:-570} s;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -20,6 +23,44 @@ bench_engine_all() {
       --inputs 48 --reps 3 $extra 2>&1 | grep -v Warning | tee -a "$OUT/bench_engine.txt"
   done
 }
+if [ "$part" = train ]; then
+  # one device call (issue 10): training speed side by side, then the paper's SDN-from-scratch stage of
+  # the ResNet-56 reproduction, then the batch-512 and bf16 compiled rows, all inside ${BUDGET:-570} s
+  T0=$SECONDS; BUDGET=${BUDGET:-570}; DEV=${DEV:-cuda}
+  left() { echo $(( BUDGET - (SECONDS - T0) )); }
+  if [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
+  B="python3 benchmarks/bench_train.py --device $DEV --arch ${ARCH:-resnet56} ${BENCH_ARGS:---epoch --steps 30 --reps 2 --warmup 10}"
+  timeout "${BENCH_SECONDS:-150}" $B --compile-rows one --only "baseline: fp32|(train's CUDA default)|default + compile" \
+    --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.txt"
+  # compile the reproduction only if the compiled epoch (its compilation paid once per stage, in the
+  # row's warm-up) beat the eager one here
+  COMPILE=$(python3 - "$OUT/bench_train.json" <<'PY'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except Exception:
+    print(""); sys.exit()
+e = rows.get("resident + channels-last, fp32 (train's CUDA default)", {})
+c = rows.get("train's CUDA default + compile", {})
+print("--compile" if "epoch_s" in c and c["epoch_s"] < e.get("epoch_s", float("inf")) else "")
+PY
+)
+  echo "reproduce compile flag: '${COMPILE}' ($(left) s left)" | tee -a "$OUT/device.txt"
+  timeout $(( $(left) - ${AFTER_SECONDS:-70} )) python3 -m shallowdeep reproduce --data "imagefolder:$DATA" \
+    --out runs/repro --archs "${ARCHS:-resnet56}" --stages "${STAGES:-sdn}" $COMPILE ${REPRO_ARGS:-} 2>&1 \
+    | grep -v "it/s\]" | tee "$OUT/reproduce.log"
+  echo "reproduce exit: ${PIPESTATUS[0]} ($(left) s left)" | tee -a "$OUT/reproduce.log"
+  cp runs/repro/reproduction.md runs/repro/reproduction.json "$OUT/" 2>/dev/null
+  if [ "$(left)" -gt 40 ]; then
+    timeout $(( $(left) - 15 )) $B --compile-rows all --only "all but compile, batch 512|with compile, batch 512" \
+      --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
+  fi
+  tar --exclude='checkpoint*' --exclude='train.safetensors' -czf "$OUT/runs-sdn.tgz" runs/repro 2>/dev/null
+  ls -la "$OUT"
+  exit 0
+fi
 if [ "$part" = engine ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
   bench_engine_all
