@@ -25,6 +25,7 @@ import itertools
 import platform
 import statistics
 import time
+import traceback
 
 import torch
 
@@ -140,7 +141,9 @@ def main() -> None:
     ap.add_argument("--compile-rows", choices=("all", "one", "none"), default="one",
                     help="torch.compile rows: all, one (train's CUDA default compiled, batch 128; default) or none")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--only", help="label fragments separated by |: run only the rows whose label holds one")
+    ap.add_argument("--rows", help="label fragments separated by |: run only the rows whose label holds one "
+                    "(not --only: inductor reads a --only in sys.argv as a benchmark name and writes it into "
+                    "generated code, where a quote breaks it)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -154,12 +157,13 @@ def main() -> None:
     print(f"{'configuration':<52} {'img/s (median)':>14} {'min-max':>17} {'warm-up s':>9} {'epoch s':>8} {'peak MiB':>9}")
     results = {}
     for label, cfg in rows(args.compile_rows):
-        if args.only and not any(o in label for o in args.only.split("|")):
+        if args.rows and not any(o in label for o in args.rows.split("|")):
             continue
         try:
             r = run_row(cfg, data, device, args)
         except Exception as e:  # a layer that fails here (e.g. no compiler for inductor) is reported, not hidden
             print(f"{label:<52} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+            traceback.print_exc()  # the whole story to stderr: a failure on a lent GPU must be fixable from the log
             continue
         results[label] = r
         print(f"{label:<52} {r['images_per_s']:>14.0f} {r['min']:>8.0f}-{r['max']:<8.0f} {r['warmup_s']:>9.1f} "

@@ -32,7 +32,7 @@ if [ "$part" = train ]; then
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
   B="python3 benchmarks/bench_train.py --device $DEV --arch ${ARCH:-resnet56} ${BENCH_ARGS:---epoch --steps 30 --reps 2 --warmup 10}"
-  timeout "${BENCH_SECONDS:-150}" $B --compile-rows one --only "baseline: fp32|(train's CUDA default)|default + compile" \
+  timeout "${BENCH_SECONDS:-150}" $B --compile-rows one --rows "baseline: fp32|(train's CUDA default)|default + compile" \
     --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.txt"
   # compile the reproduction only if the compiled epoch (its compilation paid once per stage, in the
   # row's warm-up) beat the eager one here
@@ -54,7 +54,7 @@ PY
   echo "reproduce exit: ${PIPESTATUS[0]} ($(left) s left)" | tee -a "$OUT/reproduce.log"
   cp runs/repro/reproduction.md runs/repro/reproduction.json "$OUT/" 2>/dev/null
   if [ "$(left)" -gt 40 ]; then
-    timeout $(( $(left) - 15 )) $B --compile-rows all --only "all but compile, batch 512|with compile, batch 512" \
+    timeout $(( $(left) - 15 )) $B --compile-rows all --rows "all but compile, batch 512|with compile, batch 512" \
       --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
   fi
   tar --exclude='checkpoint*' --exclude='train.safetensors' -czf "$OUT/runs-sdn.tgz" runs/repro 2>/dev/null
