@@ -195,3 +195,22 @@ def test_reproduce_some_stages_then_the_rest(tmp_path):
     assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
     assert any("sdn is finished: kept" in line for line in said)
     assert (out / "small" / "sdn" / "model.safetensors").read_bytes() == weights
+
+
+def test_compile_by_default_only_where_it_pays_back():
+    """Compilation is on by default only on one CUDA device for runs with the steps to pay it back
+    (the measured rule); asked for or refused explicitly, it is what was asked; a resumed run keeps
+    what it had (run.json's runtime is passed back explicitly)."""
+    from shallowdeep.training import COMPILE_PAYBACK_STEPS, Runtime
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: nothing runs on them
+    long, short = COMPILE_PAYBACK_STEPS, COMPILE_PAYBACK_STEPS - 1
+    auto = Runtime.default(cuda, steps=long)
+    assert auto.compile and auto.compile_auto and auto.cuda_graphs and auto.describe()["compile_auto"]
+    assert not Runtime.default(cuda, steps=short).compile
+    assert not Runtime.default(cuda).compile  # steps unknown: no guess
+    assert not Runtime.default(cpu, steps=10 * long).compile
+    assert not Runtime.default(cuda, ddp=True, steps=10 * long).compile
+    assert not Runtime.default(cuda, compile=False, steps=10 * long).compile
+    asked = Runtime.default(cpu, compile=True, steps=1)
+    assert asked.compile and not asked.compile_auto

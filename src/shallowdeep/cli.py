@@ -519,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
     s.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast (pays at large batches; "
                                                                    "slower at the paper's batch 128 on an H200)")
-    s.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (CUDA graphs on one GPU); default: on for one GPU when the "
+                        "run is long enough to pay the compilation back (see docs/reproduction.md), else off")
     s.add_argument("--sync-bn", action="store_true", help="under torchrun on CUDA: synchronise batch-norm statistics "
                                                            "across processes")
     z = t.add_argument_group("zoo models (--arch torchvision:NAME or timm:NAME) and data")
@@ -627,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sdn-epochs", type=int, help="SDN epochs (paper: 100)")
     rp.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED})")
     rp.add_argument("--precision", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast")
-    rp.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
+    rp.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the training steps (default: as train decides per stage)")
     rp.set_defaults(func=cmd_reproduce)
 
     d = sub.add_parser("demo", parents=[shared["device"], shared["quiet"]],

@@ -215,12 +215,6 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if place.enabled and recipe.batch_size % place.world:
         raise ArgumentError(f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
                             f"{place.world} processes")
-    # a resumed run keeps its precision and compilation (compiled runs drop the last partial batch,
-    # so switching either would change the epochs still to come)
-    was = (previous or {}).get("runtime", {})
-    runtime = Runtime.default(device, cfg.precision or was.get("precision"),
-                              cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
-                              sync_bn=cfg.sync_bn)
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
     data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
@@ -237,6 +231,13 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
             b = Backdoor.default(data.image_size, bd.get("rate"), bd.get("target"), bd.get("size"), pos)
             r["backdoor"] = b.to_json()
         data = poisoned_dataset(data, Backdoor.from_json(r["backdoor"]))
+    # a resumed run keeps its precision and compilation (compiled runs drop the last partial batch,
+    # so switching either would change the epochs still to come); a new one compiles by default on
+    # one GPU when it has the steps to pay the compilation back
+    was = (previous or {}).get("runtime", {})
+    runtime = Runtime.default(device, cfg.precision or was.get("precision"),
+                              cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
+                              sync_bn=cfg.sync_bn, steps=len(data.train) // recipe.batch_size * recipe.epochs)
     torch.manual_seed(r["seed"])  # weight initialisation
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
