@@ -4,6 +4,7 @@ from .modes import IC_CAPS, MODES, CNNMode, ICOnlyMode, Mode, Objective, SDNMode
 from .recipe import OPTIMIZERS, WEIGHT_DECAY, Recipe, default_recipe, make_optimizer, make_schedule
 from .runtime import COMPILE_PAYBACK_STEPS, PRECISIONS, Runtime, pick_device
 
-__all__ = ["COMPILE_PAYBACK_STEPS", "IC_CAPS", "MODES", "OPTIMIZERS", "PRECISIONS", "WEIGHT_DECAY", "CNNMode", "EpochResult", "ICOnlyMode", "Mode",
-           "Objective", "Recipe", "Runtime", "SDNMode", "default_recipe", "epoch_seed", "evaluate", "fit", "make_mode",
-           "make_optimizer", "make_schedule", "pick_device", "train_one_epoch"]
+__all__ = ["COMPILE_PAYBACK_STEPS", "IC_CAPS", "MODES", "OPTIMIZERS", "PRECISIONS", "WEIGHT_DECAY", "CNNMode",
+           "EpochResult", "ICOnlyMode", "Mode", "Objective", "Recipe", "Runtime", "SDNMode", "default_recipe",
+           "epoch_seed", "evaluate", "fit", "make_mode", "make_optimizer", "make_schedule", "pick_device",
+           "train_one_epoch"]
