@@ -68,6 +68,9 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
     if compile_rows in ("all", "one"):
         # what `train --compile` runs on one GPU by default (fp32): the row the compile decision reads
         out.append(("train's CUDA default + compile", {**default, "compile": True, "epoch": True}))
+        # CUDA graphs without inductor's code generation: most of the launch saving for seconds of compilation?
+        out.append(("train's CUDA default + CUDA graphs only (no inductor)", {**default, "compile": True,
+                                                                               "backend": "cudagraphs", "epoch": True}))
     if compile_rows == "all":
         out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
     out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
@@ -87,7 +90,8 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         from dataclasses import replace
 
         recipe = replace(recipe, batch_size=cfg["batch"], lr=recipe.lr * cfg["batch"] / recipe.batch_size)
-    runtime = Runtime(device, cfg["precision"], cfg["channels_last"], cfg["compile"])
+    runtime = Runtime(device, cfg["precision"], cfg["channels_last"], cfg["compile"],
+                      compile_backend=cfg.get("backend", "inductor"))
     mode = make_mode("sdn")
     params = mode.parameters(sdn)
     stepped = runtime.prepare(Objective(sdn, mode))

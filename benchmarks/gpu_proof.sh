@@ -35,7 +35,7 @@ if [ "$part" = train ]; then
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
   B="python3 benchmarks/bench_train.py --device $DEV --arch ${ARCH:-resnet56} ${BENCH_ARGS:---epoch --steps 30 --reps 2 --warmup 10}"
   if [ "${BENCH_SECONDS:-150}" -gt 0 ]; then  # BENCH_SECONDS=0 skips it (timeout 0 would mean no limit)
-    timeout "${BENCH_SECONDS:-150}" $B --compile-rows one --rows "baseline: fp32|(train's CUDA default)|default + compile" \
+    timeout "${BENCH_SECONDS:-150}" $B --compile-rows one --rows "baseline: fp32|(train's CUDA default)|default + compile|CUDA graphs only" \
       --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.txt"
   fi
   # train compiles each stage by default on one GPU (long enough to pay back); REPRO_ARGS may override

@@ -214,3 +214,6 @@ def test_compile_by_default_only_where_it_pays_back():
     assert not Runtime.default(cuda, compile=False, steps=10 * long).compile
     asked = Runtime.default(cpu, compile=True, steps=1)
     assert asked.compile and not asked.compile_auto
+    with pytest.raises(UserError, match="unknown compile_backend 'tensorrt'"):
+        Runtime(cpu, compile=True, compile_backend="tensorrt")
+    assert Runtime(cpu, compile=True, compile_backend="cudagraphs").describe()["compile_backend"] == "cudagraphs"

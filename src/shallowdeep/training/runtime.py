@@ -14,6 +14,7 @@ from ..core.errors import ArgumentError
 from ..devices import pick_device  # noqa: F401  (re-exported)
 
 PRECISIONS = ("fp32", "bf16")
+COMPILE_BACKENDS = ("inductor", "cudagraphs")
 # training steps after which compiling a run's step pays for its compilation (see Runtime.default)
 COMPILE_PAYBACK_STEPS = 2_500
 
@@ -36,8 +37,14 @@ class Runtime:
     ddp: bool = False
     sync_bn: bool = False
     compile_auto: bool = False  # compile chosen by :meth:`default`, not asked for
+    # "inductor" (generated, fused kernels) or "cudagraphs" (CUDA graphs of the unfused ops: no code
+    # generation, so seconds instead of a minute of compilation; bench_train measures both)
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ArgumentError(f"unknown `compile_backend` {self.compile_backend!r}: choose one of "
+                                f"{', '.join(COMPILE_BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise ArgumentError(f"unknown `precision` {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.sync_bn and (self.device.type != "cuda" or not self.ddp):
@@ -85,7 +92,8 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile, "compile_auto": self.compile_auto, "cuda_graphs": self.cuda_graphs,
+                "compile": self.compile, "compile_auto": self.compile_auto,
+                "compile_backend": self.compile_backend, "cuda_graphs": self.cuda_graphs,
                 "fused_optimizer": self.fused_optimizer, "drop_last": self.fixed_shapes,
                 "ddp": self.ddp, "sync_bn": self.sync_bn}
 
@@ -109,7 +117,10 @@ class Runtime:
                 import torch._dynamo as dynamo
 
                 dynamo.config.suppress_errors = True
-            stepped = torch.compile(stepped, mode="reduce-overhead" if self.cuda_graphs else None)
+            if self.compile_backend == "cudagraphs":
+                stepped = torch.compile(stepped, backend="cudagraphs")
+            else:
+                stepped = torch.compile(stepped, mode="reduce-overhead" if self.cuda_graphs else None)
         return stepped
 
     def step_begin(self) -> None:
