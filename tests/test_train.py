@@ -64,9 +64,23 @@ def test_cnn_run_folder_describes_itself(cnn_run):
     assert isinstance(model, shallowdeep.CNN) and not model.training
 
 
-def test_ic_only_keeps_the_cnn_bit_for_bit(cnn_run, tmp_path, digits):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_ic_only_keeps_the_cnn_bit_for_bit(cnn_run, tmp_path, digits, compiled):
+    """Also compiled (the default on one GPU for a long run): the frozen backbone inside the compiled
+    step, in eval mode, changes neither weights nor BN statistics, and the second epoch (after
+    evaluate switched modes back and forth) does not recompile."""
+    import torch._dynamo
+
     out = tmp_path / "ic"
-    train_run(TrainConfig(out=str(out), mode="ic-only", from_run=str(cnn_run), epochs=2), **QUIET)
+    torch._dynamo.reset()
+    old = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = compiled
+    try:
+        train_run(TrainConfig(out=str(out), mode="ic-only", from_run=str(cnn_run), epochs=2, compile=compiled), **QUIET)
+    finally:
+        torch._dynamo.config.error_on_recompile = old
+        torch._dynamo.reset()
+    assert json.loads((out / "run.json").read_text())["runtime"]["compile"] == compiled
     cnn = shallowdeep.load(cnn_run)
     sdn = shallowdeep.load(out)
     assert isinstance(sdn, SDN) and sdn.num_outputs == 5
