@@ -249,14 +249,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
     parse_data_name(data)  # an unknown data set is refused before any folder is made
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     if "ic-only" in stages and "cnn" not in stages:
         for a in archs:
             cnn = RunFolder(out / a / "cnn")
             if not (cnn.exists() and cnn.meta().get("status") == "complete"):
                 raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
                                     "add the cnn stage to `stages`")
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     dev = str(pick_device(device))
     out.mkdir(parents=True, exist_ok=True)
     from .core.io import write_bytes, write_json
