@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.errors import ArgumentError
+from ..sdn import outputs_of
 
 IC_CAPS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
 MODES = ("cnn", "ic-only", "sdn")
@@ -102,8 +103,7 @@ class Objective(nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return self.mode.weighted_loss(out if isinstance(out, list) else [out], y, weights)
+        return self.mode.weighted_loss(outputs_of(self.model, x), y, weights)
 
 
 def make_mode(name: str, label_smoothing: float = 0.0) -> Mode:
