@@ -125,3 +125,23 @@ def test_a_killed_torchrun_training_resumes_under_torchrun_to_the_same_weights(d
     assert meta["status"] == "complete" and meta["runtime"]["ranks_agree"] and len(meta["epochs"]) == 2
     a, b = load_file(ddp_cnn / "cnn" / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("argv, status", [(["list"], 0), (["train", "--epochs", "1", "--out", "x"], 2)])
+def test_a_torchrun_worker_ends_without_teardown_and_keeps_its_output_and_status(argv, status, tmp_path):
+    # a worker ends with os._exit (gloo's threads outlive the group and can abort the interpreter's
+    # teardown); that skips Python's own flush at exit, so the command's output must be flushed first
+    code = ("import sys, atexit; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
+            "from shallowdeep.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env |= {"WORLD_SIZE": "2", "RANK": "1", "PYTHONWARNINGS": "ignore"}  # a group it cannot join: one line, status 2
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert "teardown ran" not in proc.stderr
+    if status == 0:
+        assert "digits" in proc.stdout and proc.stdout.endswith("\n")
+    else:
+        assert proc.stderr.startswith("shallowdeep train: error: WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are")
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "x").exists()

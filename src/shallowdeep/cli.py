@@ -659,6 +659,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    status = _run(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: its end is the group's business
+        from .distributed import exit_worker
+
+        exit_worker(status)
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; expected failures become one line and a status."""
     import warnings
 
     # the library's warnings as one line each, like its errors (no source line)
