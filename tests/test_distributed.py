@@ -127,21 +127,37 @@ def test_a_killed_torchrun_training_resumes_under_torchrun_to_the_same_weights(d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("argv, status", [(["list"], 0), (["train", "--epochs", "1", "--out", "x"], 2)])
-def test_a_torchrun_worker_ends_without_teardown_and_keeps_its_output_and_status(argv, status, tmp_path):
+def test_reproduce_under_torchrun_trains_every_stage_in_shards_and_writes_once(tmp_path):
+    out = tmp_path / "repro"
+    proc = _torchrun("reproduce", "--data", "digits", "--archs", "small", "--cnn-epochs", "1", "--ic-epochs", "1",
+                     "--sdn-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shallowdeep/" not in proc.stderr, "no traceback through our code"
+    assert proc.stdout.count("reproduction written to") == 1, proc.stdout  # rank 0 speaks, once
+    result = json.loads((out / "reproduction.json").read_text())
+    assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
+    for stage in ("cnn", "ic-only", "sdn"):
+        meta = json.loads((out / "small" / stage / "run.json").read_text())
+        assert meta["status"] == "complete" and meta["runtime"]["world_size"] == 2 and meta["runtime"]["ranks_agree"]
+    for stage in ("ic-only", "sdn"):
+        assert (out / "small" / stage / "report" / "report.json").is_file()
+    assert not list(out.rglob("*.tmp*")), "nothing half-written"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["list"], "list runs in one process, not under torchrun"),
+    (["train", "--epochs", "1", "--out", "x"], "WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set"),
+])
+def test_a_torchrun_worker_ends_without_teardown_saying_one_line(argv, said, tmp_path):
     # a worker ends with os._exit (gloo's threads outlive the group and can abort the interpreter's
-    # teardown); that skips Python's own flush at exit, so the command's output must be flushed first
+    # teardown): no teardown runs, yet its line and status arrive (the success path's output: the
+    # reproduce test above)
     code = ("import sys, atexit; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
             "from shallowdeep.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    env |= {"WORLD_SIZE": "2", "RANK": "1", "PYTHONWARNINGS": "ignore"}  # a group it cannot join: one line, status 2
+    env |= {"WORLD_SIZE": "2", "RANK": "1", "PYTHONWARNINGS": "ignore"}  # no group to join
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
-    assert proc.returncode == status, proc.stderr[-2000:]
-    assert "teardown ran" not in proc.stderr
-    if status == 0:
-        assert "digits" in proc.stdout and proc.stdout.endswith("\n")
-    else:
-        assert proc.stderr.startswith("shallowdeep train: error: WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are")
-        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 2 and proc.stdout == "" and "teardown ran" not in proc.stderr
+    assert proc.stderr.startswith(f"shallowdeep {argv[0]}: error: {said}") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "x").exists()

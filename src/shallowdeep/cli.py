@@ -318,7 +318,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     reproduce(args.data, args.out, archs, data_root=args.data_root, image_size=args.image_size, epochs=epochs,
               device=args.device, precision=args.precision, compile=args.compile, seed=args.seed, stages=stages,
               log=log, progress=not args.quiet)
-    print(f"reproduction written to {Path(args.out) / 'reproduction.md'} (and .json, index.html)")
+    from .distributed import current
+
+    if current().main:
+        print(f"reproduction written to {Path(args.out) / 'reproduction.md'} (and .json, index.html)")
     return 0
 
 
@@ -659,12 +662,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    status = _run(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: its end is the group's business
-        from .distributed import exit_worker
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _run(args)
+    # a torchrun worker: only these commands share their work between ranks; any other would run once
+    # per rank, each writing the same files
+    status = _run(args) if args.command in TORCHRUN_COMMANDS else _refuse_torchrun(args)
+    from .distributed import exit_worker
 
-        exit_worker(status)
-    return status
+    exit_worker(status)  # the worker's end is the group's business (see exit_worker)
+
+
+TORCHRUN_COMMANDS = ("train", "analyze", "reproduce")
+
+
+def _refuse_torchrun(args: argparse.Namespace) -> int:
+    print(f"shallowdeep {args.command}: error: {args.command} runs in one process, not under torchrun (each rank "
+          f"would repeat it): start it without torchrun; {', '.join(TORCHRUN_COMMANDS)} share their work between "
+          "ranks", file=sys.stderr)
+    return 2
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -258,6 +258,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
                                     "add the cnn stage to `stages`")
     dev = str(pick_device(device))
+    from . import distributed
+
+    # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
+    place = distributed.setup(dev.split(":")[0])
+    if place.enabled and dev.startswith("cuda"):
+        dev = f"cuda:{place.local_rank}"
+    if not place.main:
+        log, progress = None, False
     out.mkdir(parents=True, exist_ok=True)
     from .core.io import write_bytes, write_json
 
@@ -280,6 +288,8 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             t0 = time.perf_counter()
             _, json_path = analyze_run(base / kind, device=dev, log=log)
             t[f"analyze {kind}"] = time.perf_counter() - t0
+            if not place.main:  # it helped collect the records; the report and the table are rank 0's
+                return
             meta = RunFolder(base / kind).meta()
             epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
             row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
@@ -301,7 +311,8 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         if "sdn" in stages:
             t["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress)
             analyze_stage("sdn")
-    publish()
+    if place.main:
+        publish()
     if log is not None:
         log(report.reproduction_markdown(result))
     return result
