@@ -332,13 +332,10 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .distributed import current, setup, shutdown
+    from .distributed import join, shutdown
 
-    device = _device(args)
-    place = setup(device.split(":")[0])  # under torchrun the records are collected in shards
-    if place.enabled and device.startswith("cuda"):
-        device = f"cuda:{place.local_rank}"
-    if not current().main:
+    place, device = join(_device(args))  # under torchrun the records are collected in shards
+    if not place.main:
         args.quiet = True
     try:
         return _analyze(args, device)

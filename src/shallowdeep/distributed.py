@@ -58,6 +58,15 @@ def setup(device_type: str) -> Dist:
     return d
 
 
+def join(device: str) -> tuple[Dist, str]:
+    """Join torchrun's group (when there is one) for work on ``device``: this process's place and
+    its device (under torchrun each rank has its own GPU, ``cuda:LOCAL_RANK``)."""
+    place = setup(device.split(":")[0])
+    if place.enabled and device.startswith("cuda"):
+        device = f"cuda:{place.local_rank}"
+    return place, device
+
+
 def current() -> Dist:
     """The place of this process in an initialised group (or alone)."""
     if dist.is_available() and dist.is_initialized():
@@ -99,9 +108,9 @@ def exit_worker(status: int) -> NoReturn:
     (``os._exit``). Why: gloo's worker threads outlive ``destroy_process_group``; one that drops a
     finished collective's tensors while the interpreter finalises needs the GIL, cannot have it, and
     the process aborts ("terminate called without an active exception", SIGABRT), so torchrun
-    reports a finished, fully written run as failed. Seen here in about 1 of 12 two-process runs and
-    in CI. Every file the tool writes is complete (atomic renames) before this point; nothing is
-    left for teardown to do.
+    reports a finished, fully written run as failed (seen in CI, and here in 1 of about 110
+    two-process runs). Every file the tool writes is complete (atomic renames) before this point;
+    nothing is left for teardown to do.
     """
     shutdown()
     for stream in (sys.stdout, sys.stderr):

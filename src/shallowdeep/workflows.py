@@ -257,13 +257,10 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             if not (cnn.exists() and cnn.meta().get("status") == "complete"):
                 raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
                                     "add the cnn stage to `stages`")
-    dev = str(pick_device(device))
-    from . import distributed
+    from .distributed import join
 
     # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
-    place = distributed.setup(dev.split(":")[0])
-    if place.enabled and dev.startswith("cuda"):
-        dev = f"cuda:{place.local_rank}"
+    place, dev = join(str(pick_device(device)))
     if not place.main:
         log, progress = None, False
     out.mkdir(parents=True, exist_ok=True)

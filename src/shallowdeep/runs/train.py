@@ -198,8 +198,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     Every input is checked before anything is written, so bad input leaves no partial folder.
     Under torchrun every rank trains its shard; only rank 0 prints and writes the run folder.
     """
-    asked_device = pick_device(cfg.device)
-    place = distributed.setup(asked_device.type)
+    place, rank_device = distributed.join(str(pick_device(cfg.device)))
     if not place.main:
         log, progress = None, False
     out = Path(cfg.out)
@@ -211,7 +210,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         raise ArgumentError(f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}, or a zoo model "
                             "torchvision:NAME or timm:NAME")
     recipe = _recipe(cfg, r, previous)
-    device = torch.device("cuda", place.local_rank) if place.enabled and asked_device.type == "cuda" else asked_device
+    device = torch.device(rank_device)
     if place.enabled and recipe.batch_size % place.world:
         raise ArgumentError(f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
                             f"{place.world} processes")
