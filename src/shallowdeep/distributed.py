@@ -50,8 +50,8 @@ def setup(device_type: str) -> Dist:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:  # set by torchrun; a hand-made WORLD_SIZE alone would end in torch's traceback
             raise UserError(f"WORLD_SIZE is {d.world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                            "not set: start the processes with torchrun (torchrun --nproc_per_node N -m shallowdeep "
-                            "...), or unset WORLD_SIZE for one process")
+                            "not set: start the processes with torchrun (it sets them), or unset WORLD_SIZE for one "
+                            "process")
         if device_type == "cuda":
             torch.cuda.set_device(d.local_rank)
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
