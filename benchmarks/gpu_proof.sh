@@ -4,8 +4,10 @@
 #          ${REPRO_SECONDS:-300} s have passed (a killed reproduction resumes);
 #   part2: the same reproduce again (resumes, finishes what fits), then the engine benchmarks;
 #   train: one call for issue 10: bench_train (baseline, train's CUDA default eager and compiled), then
-#          `reproduce --stages sdn` (the SDN from scratch; train compiles it by default on one GPU), then
-#          the batch-512 rows (eager and compiled, bf16) with what is left of ${BUDGET:-570} s;
+#          `reproduce --stages ${STAGES:-sdn}` into ${REPRO_OUT:-runs/repro} (train compiles each stage by
+#          default on one GPU), then the batch-512 rows (eager and compiled, bf16) with what is left of
+#          ${BUDGET:-570} s; each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
+#          folder's name) and continues from .data/ in a later call;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -29,8 +31,9 @@ if [ "$part" = train ]; then
   T0=$SECONDS; BUDGET=${BUDGET:-570}; DEV=${DEV:-cuda}
   left() { echo $(( BUDGET - (SECONDS - T0) )); }
   if [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
-  # a reproduction packed by an earlier call (copied into .data/) continues where it stopped
-  if [ ! -d runs/repro ] && [ -f .data/runs-sdn.tgz ]; then tar -xzf .data/runs-sdn.tgz; fi
+  # a reproduction packed by an earlier call (its .tgz files copied into .data/) continues where it stopped
+  R=${REPRO_OUT:-runs/repro}; TAG=$(basename "$R")
+  if [ ! -d "$R" ]; then for t in .data/"$TAG"-*.tgz; do [ -f "$t" ] && tar -xzf "$t"; done; fi
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
   B="python3 benchmarks/bench_train.py --device $DEV --arch ${ARCH:-resnet56} ${BENCH_ARGS:---epoch --steps 30 --reps 2 --warmup 10}"
@@ -40,16 +43,22 @@ if [ "$part" = train ]; then
   fi
   # train compiles each stage by default on one GPU (long enough to pay back); REPRO_ARGS may override
   timeout $(( $(left) - ${AFTER_SECONDS:-70} )) python3 -m shallowdeep reproduce --data "imagefolder:$DATA" \
-    --out runs/repro --archs "${ARCHS:-resnet56}" --stages "${STAGES:-sdn}" ${REPRO_ARGS:-} 2>&1 \
+    --out "$R" --archs "${ARCHS:-resnet56}" --stages "${STAGES:-sdn}" ${REPRO_ARGS:-} 2>&1 \
     | grep -v "it/s\]" | tee "$OUT/reproduce.log"
   echo "reproduce exit: ${PIPESTATUS[0]} ($(left) s left)" | tee -a "$OUT/reproduce.log"
-  cp runs/repro/reproduction.md runs/repro/reproduction.json "$OUT/" 2>/dev/null
+  cp "$R"/reproduction.md "$R"/reproduction.json "$OUT/" 2>/dev/null
   if [ "$(left)" -gt 40 ]; then
     timeout $(( $(left) - 15 )) $B --compile-rows all --rows "all but compile, batch 512|with compile, batch 512" \
       --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
   fi
-  # the checkpoint travels (an unfinished stage resumes from it next time); the train record is rebuilt
-  tar --exclude='train.safetensors' -czf "$OUT/runs-sdn.tgz" runs/repro 2>/dev/null
+  # one pack per stage (a returned file may hold 16 MiB; three ResNet-56 stages with a checkpoint come
+  # close together): weights, checkpoint (an unfinished stage resumes from it), run.json, report;
+  # the cached records are left out (analyze collects them again)
+  for d in "$R"/*/*/; do
+    [ -f "$d/run.json" ] || continue
+    a=$(basename "$(dirname "$d")"); st=$(basename "$d")
+    tar --exclude='records' -czf "$OUT/$TAG-$a-$st.tgz" "$d" 2>/dev/null
+  done
   ls -la "$OUT"
   exit 0
 fi
