@@ -167,6 +167,11 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     assert 'href="small/ic-only/report/report.html"' in page and (out / "small" / "sdn" / "report" / "report.html").is_file()
     md = (out / "reproduction.md").read_text()
     assert "| small | ic-only |" in md and "The paper's claims" in md
+    stages = result["rows"][0]["stage_seconds"]
+    assert set(stages) == {"cnn", "ic-only", "analyze ic-only", "sdn", "analyze sdn"}
+    assert f"total {sum(stages.values()):.1f} s" in md
+    assert result["call_seconds"] >= sum(v for k, v in stages.items() if k != "cnn")  # the CNN resumed here: 1 epoch
+    assert f"took {result['call_seconds']:.1f} s" in md
     for row in result["rows"]:  # what predict uses: the run's calibration.json, as analyze chose it
         cal = json.loads((out / "small" / row["kind"] / "calibration.json").read_text())
         assert row["engine"]["per_ic"] == ("thresholds" in cal)

@@ -608,7 +608,12 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
         if r["arch"] in seen or "stage_seconds" not in r:
             continue
         seen.add(r["arch"])
-        lines.append(f"- {r['arch']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_seconds"].items()))
+        total = sum(r["stage_seconds"].values())
+        lines.append(f"- {r['arch']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_seconds"].items())
+                     + f"; total {total:.1f} s ({total / 60:.1f} min)")
+    if result.get("call_seconds") is not None:
+        lines += ["", f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading and "
+                      "model building included; stages kept from an earlier call cost it nothing)."]
     lines += ["", "Median epoch time: " + ", ".join(
         f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s" for r in result["rows"]
         if r.get("median_epoch_seconds") is not None), "", "The paper's claims (spec sections 7-9):", ""]

@@ -232,6 +232,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     from .devices import pick_device
     from .models import list_archs
 
+    started = time.perf_counter()
     if not archs:
         raise ArgumentError("`archs` names no architecture: give at least one")
     for a in archs:
@@ -270,6 +271,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                               "note": "thresholds chosen on the validation split, reported on the test split"}
 
     def publish() -> None:  # after every analysis, so a killed reproduction still leaves its table so far
+        result["call_seconds"] = time.perf_counter() - started
         write_json(out / "reproduction.json", result)
         write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
         write_bytes(out / "index.html", report.reproduction_html(result).encode())
