@@ -252,11 +252,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
 
     out = train_run(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
-    from .distributed import current, shutdown
+    from .distributed import current
 
     if current().main:
         print(f"run written to {out}")
-    shutdown()
     return 0
 
 
@@ -332,26 +331,18 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .distributed import join, shutdown
+    from .distributed import join
 
     place, device = join(_device(args))  # under torchrun the records are collected in shards
     if not place.main:
         args.quiet = True
-    try:
-        return _analyze(args, device)
-    finally:
-        shutdown()
-
-
-def _analyze(args: argparse.Namespace, device: str) -> int:
-    from .distributed import current
     from .workflows import analyze_run
 
     rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
     html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
                                        fallback=args.fallback, device=device, rules=rules, rule=args.rule,
                                        thresholds=args.thresholds.replace("-", "_"), log=None if args.quiet else print)
-    if not current().main:
+    if not place.main:
         return 0
     r = json.loads(json_path.read_text())
     if not args.quiet:
@@ -659,24 +650,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _run(args)
-    # a torchrun worker: only these commands share their work between ranks; any other would run once
-    # per rank, each writing the same files
-    status = _run(args) if args.command in TORCHRUN_COMMANDS else _refuse_torchrun(args)
-    from .distributed import exit_worker
+    status = _run(args)
+    if _torchrun_worker():
+        from .distributed import exit_worker
 
-    exit_worker(status)  # the worker's end is the group's business (see exit_worker)
+        exit_worker(status)  # leaves the group; the worker's end is the group's business (see exit_worker)
+    return status
 
 
+# the commands that share their work between torchrun's ranks; any other would run once per rank,
+# each writing the same files
 TORCHRUN_COMMANDS = ("train", "analyze", "reproduce")
 
 
-def _refuse_torchrun(args: argparse.Namespace) -> int:
-    print(f"shallowdeep {args.command}: error: {args.command} runs in one process, not under torchrun (each rank "
-          f"would repeat it): start it without torchrun; {', '.join(TORCHRUN_COMMANDS)} share their work between "
-          "ranks", file=sys.stderr)
-    return 2
+def _torchrun_worker() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -686,6 +674,9 @@ def _run(args: argparse.Namespace) -> int:
     # the library's warnings as one line each, like its errors (no source line)
     warnings.formatwarning = lambda message, category, *rest, **kw: f"shallowdeep {args.command}: warning: {message}\n"
     try:
+        if _torchrun_worker() and args.command not in TORCHRUN_COMMANDS:
+            raise UserError(f"{args.command} runs in one process, not under torchrun (each rank would repeat it): "
+                            f"start it without torchrun; {', '.join(TORCHRUN_COMMANDS)} share their work between ranks")
         status = args.func(args)
         # `shallowdeep info --json | head`: a reader that left shows up at this flush as a
         # BrokenPipeError, handled below with Python's documented recipe (stdout to devnull)
