@@ -126,6 +126,32 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     assert [e["val_acc"] for e in ma["epochs"]] == [e["val_acc"] for e in mb["epochs"]]
 
 
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: torch.optim.Adam(ps, lr=1e-3)], ids=["sgd", "adam"])
+def test_resumed_optimiser_state_has_its_parameters_strides(tmp_path, make):
+    """Training on CUDA keeps weights channels-last; the checkpoint stores the optimiser state
+    contiguous. PyTorch's fused CUDA step refuses state whose strides differ from the parameter's
+    (a resumed compiled run on an H200 failed so), so the restore must give them back."""
+    from shallowdeep.runs.weights import optimizer_from_tensors, optimizer_to_tensors
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(memory_format=torch.channels_last)
+    opt = make(net.parameters())
+    net(torch.randn(4, 3, 8, 8)).square().mean().backward()
+    opt.step()
+    tensors, meta = optimizer_to_tensors(opt)
+    (tmp_path / "ck.safetensors").write_bytes(runs.tensors_to_bytes(tensors))
+    restored = make(net.parameters())
+    optimizer_from_tensors(restored, runs.read_tensors(tmp_path / "ck.safetensors")[0], meta)
+    conv = net[0].weight
+    assert conv.stride() != conv.contiguous().stride()  # the case that matters: a channels-last weight
+    for p in net.parameters():
+        for name, v in opt.state[p].items():
+            w = restored.state[p][name]
+            assert torch.equal(w, v), name
+            if v.shape == p.shape:
+                assert w.stride() == p.stride(), name
+
+
 def test_out_folder_rules(cnn_run, tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         train_run(TrainConfig(out=str(cnn_run), mode="cnn", arch="small", data="digits", epochs=1), **QUIET)

@@ -137,3 +137,11 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     for idx, d in meta.get("plain", {}).items():
         state.setdefault(int(idx), {}).update(d)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # safetensors stores every tensor contiguous, so a channels-last parameter's momentum (or Adam
+    # moments) comes back with other strides than the parameter; PyTorch's fused CUDA step refuses
+    # that ("check_fast_path_restrictions"), which broke every resumed compiled run on a GPU
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][name] = torch.empty_like(p, dtype=v.dtype).copy_(v)
