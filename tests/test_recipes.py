@@ -158,6 +158,7 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     train_run(TrainConfig(out=str(out / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=2),
               stop_after=1, **QUIET)
     assert _meta(out / "small" / "cnn")["status"] == "running"
+    killed_wall = _meta(out / "small" / "cnn")["wall_seconds"]
     result = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
     assert _meta(out / "small" / "cnn")["status"] == "complete" and len(_meta(out / "small" / "cnn")["epochs"]) == 2
     assert [(r["arch"], r["kind"]) for r in result["rows"]] == [("small", "ic-only"), ("small", "sdn")]
@@ -170,6 +171,12 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     stages = result["rows"][0]["stage_seconds"]
     assert set(stages) == {"cnn", "ic-only", "analyze ic-only", "sdn", "analyze sdn"}
     assert f"total {sum(stages.values()):.1f} s" in md
+    in_epochs = result["rows"][0]["stage_epoch_seconds"]
+    for k in ("cnn", "ic-only", "sdn"):  # a stage's wall time holds its epochs and what surrounds them
+        assert stages[k] == _meta(out / "small" / k)["wall_seconds"] > in_epochs[k] > 0
+        assert f"{k} {stages[k]:.1f} s ({in_epochs[k]:.1f} s)" in md
+    cnn = _meta(out / "small" / "cnn")  # the killed call's time counts too
+    assert stages["cnn"] > killed_wall + cnn["epochs"][1]["seconds"] and killed_wall > cnn["epochs"][0]["seconds"]
     assert result["call_seconds"] >= sum(v for k, v in stages.items() if k != "cnn")  # the CNN resumed here: 1 epoch
     assert f"took {result['call_seconds']:.1f} s" in md
     for row in result["rows"]:  # what predict uses: the run's calibration.json, as analyze chose it

@@ -602,15 +602,19 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(f"- {r['arch']} {r['kind']}: " + ", ".join(
             f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"]))
-    lines += ["", "Wall time of the stages (training: sum of epoch times incl. validation; analysis: records + report):", ""]
+    lines += ["", "Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
+                  "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
+                  "analysis: records + report):", ""]
     seen = set()
     for r in result["rows"]:
         if r["arch"] in seen or "stage_seconds" not in r:
             continue
         seen.add(r["arch"])
         total = sum(r["stage_seconds"].values())
-        lines.append(f"- {r['arch']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_seconds"].items())
-                     + f"; total {total:.1f} s ({total / 60:.1f} min)")
+        in_epochs = r.get("stage_epoch_seconds", {})
+        lines.append(f"- {r['arch']}: " + ", ".join(
+            f"{k} {v:.1f} s" + (f" ({in_epochs[k]:.1f} s)" if k in in_epochs else "")
+            for k, v in r["stage_seconds"].items()) + f"; total {total:.1f} s ({total / 60:.1f} min)")
     if result.get("call_seconds") is not None:
         lines += ["", f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading and "
                       "model building included; stages kept from an earlier call cost it nothing)."]

@@ -201,9 +201,10 @@ PAPER_CLAIMS = {
 }
 
 
-def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> float:
+def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> tuple[float, float]:
     """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
-    stage's training seconds (the sum of its epochs' times, resumed epochs included)."""
+    stage's wall seconds over every call (a run written before they were recorded: its epochs' sum)
+    and the sum of its epochs' times (training and validation only), resumed epochs included."""
     from .runs import TrainConfig, train_run
 
     folder = RunFolder(out)
@@ -216,7 +217,9 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> float:
             log(f"{out} is finished: kept")
     else:
         train_run(TrainConfig(out=str(out), **cfg), progress=progress, log=log)
-    return float(sum(e["seconds"] for e in folder.meta().get("epochs", [])))
+    meta = folder.meta()
+    epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
+    return float(meta.get("wall_seconds", epochs)), epochs
 
 
 def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
@@ -280,7 +283,8 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         base = out / arch
         common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
                   "precision": precision, "compile": compile, "seed": seed}
-        t: dict[str, float] = {}
+        t: dict[str, float] = {}  # wall seconds per stage and analysis
+        in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
         arch_rows: list[dict[str, Any]] = []
 
         def analyze_stage(kind: str) -> None:
@@ -294,6 +298,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
                                     out)
             row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
+            row["stage_epoch_seconds"] = in_epochs
             arch_rows.append(row)
             result["rows"].append(row)
             publish()
@@ -301,14 +306,17 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
         # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
         if "cnn" in stages:
-            t["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress)
+            t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
+                                                log, progress)
         if "ic-only" in stages:
-            t["ic-only"] = _stage(base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
-                                                     "epochs": epochs["ic-only"], "device": device,
-                                                     "precision": precision, "compile": compile}, log, progress)
+            t["ic-only"], in_epochs["ic-only"] = _stage(
+                base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
+                                   "epochs": epochs["ic-only"], "device": device, "precision": precision,
+                                   "compile": compile}, log, progress)
             analyze_stage("ic-only")
         if "sdn" in stages:
-            t["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress)
+            t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]},
+                                                log, progress)
             analyze_stage("sdn")
     if place.main:
         publish()

@@ -5,6 +5,7 @@ batches, the runtime and an ``on_epoch`` callback that writes the checkpoint ato
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -198,12 +199,19 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     Every input is checked before anything is written, so bad input leaves no partial folder.
     Under torchrun every rank trains its shard; only rank 0 prints and writes the run folder.
     """
+    started = time.perf_counter()
     place, rank_device = distributed.join(str(pick_device(cfg.device)))
     if not place.main:
         log, progress = None, False
     out = Path(cfg.out)
     run = RunFolder(out)
     previous = _check_out(out, cfg.resume)
+    # the stage's wall time over every call that worked on it (data loading, model building,
+    # compilation and checkpoints included; a kill loses what ran after the last checkpoint)
+    earlier = float((previous or {}).get("wall_seconds", 0.0))
+
+    def wall() -> float:
+        return earlier + time.perf_counter() - started
     r = _resolve(cfg, previous)
     parse_data_name(r["data"])
     if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
@@ -274,6 +282,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         "runtime": runtime.describe() | ({"world_size": place.world} if place.enabled else {}),
         "data": _data_meta(r["data"], data),
         "epochs": history,
+        "wall_seconds": earlier,
     }
     if r["mode"] == "ic-only" and r["from_run"]:
         meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
@@ -295,7 +304,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
         run.write_bytes(run.checkpoint, tensors_to_bytes(
             tensors, {"epoch": result.epoch, "history": history, "optimizer": opt_meta}))
-        run.write_json(run.run_json, meta | {"epochs": history})
+        run.write_json(run.run_json, meta | {"epochs": history, "wall_seconds": wall()})
 
     # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
     # the same code runs where it is (and a resume there replays epochs bit for bit)
@@ -326,7 +335,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if place.main:
         save_weights(run.inside(run.weights), model)
         meta |= {"epochs": history, "status": "complete", "costs": output_costs(model.cpu()).to_json(),
-                 "weights_sha256": sha256_file(run.weights)}
+                 "weights_sha256": sha256_file(run.weights), "wall_seconds": wall()}
         run.write_json(run.run_json, meta)
         run.checkpoint.unlink(missing_ok=True)
     distributed.barrier()
