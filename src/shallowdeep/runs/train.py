@@ -283,6 +283,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         "data": _data_meta(r["data"], data),
         "epochs": history,
         "wall_seconds": earlier,
+        "setup_seconds": float((previous or {}).get("setup_seconds", 0.0)),
     }
     if r["mode"] == "ic-only" and r["from_run"]:
         meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
@@ -318,6 +319,8 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard,
                        drop_last=runtime.fixed_shapes)
 
+    # the part of the wall time before the first step (data loading and building), over every call
+    meta["setup_seconds"] += time.perf_counter() - started
     fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
         seed=r["seed"],
         runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch, stop_after=stop_after,
