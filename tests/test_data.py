@@ -202,3 +202,15 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     assert img.dtype == np.uint8 and img.shape == (32, 32, 3)
     assert (img == 255).mean() < 0.01 and img.min() == 0 and img.max() >= 250
     assert np.corrcoef(img[..., 0].ravel(), ramp.ravel())[0, 1] > 0.99
+
+
+def test_channel_stats_match_a_float64_computation():
+    from shallowdeep.data import channel_stats
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (50, 9, 9, 3), dtype=torch.uint8, generator=g)
+    images[..., 2] = 77  # a constant channel: std 0
+    x = images.reshape(-1, 3).double() / 255
+    mean, std = channel_stats(images)
+    assert np.allclose(mean, x.mean(0).tolist(), rtol=0, atol=1e-12)
+    assert np.allclose(std, x.std(0).tolist(), rtol=0, atol=1e-12) and std[2] == 0

@@ -190,9 +190,19 @@ def carve_validation(train: ImageSet, fraction: float = VAL_FRACTION, seed: int 
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and std in [0, 1] of uint8 ``[N, H, W, 3]`` images."""
-    x = images.reshape(-1, 3).double() / 255
-    return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())  # type: ignore[return-value]
+    """Per-channel mean and (sample) std in [0, 1] of uint8 ``[N, H, W, 3]`` images."""
+    # from each channel's histogram of the 256 values: a tenth of the time of a float64 copy of the
+    # whole training set (1.1 GB for CIFAR), which every stage of a reproduction made again
+    flat = images.reshape(-1, 3)
+    n = flat.shape[0]
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(3):
+        counts = torch.bincount(flat[:, c], minlength=256).double()
+        m = (counts * values).sum() / n
+        means.append(float(m))
+        stds.append(float(((counts * (values - m) ** 2).sum() / max(n - 1, 1)).sqrt()))
+    return tuple(means), tuple(stds)  # type: ignore[return-value]
 
 
 def _finish(name: str, classes: list[str], train: ImageSet, test: ImageSet, image_size: int | None,
@@ -341,9 +351,11 @@ def _cache_dir() -> Path:
 def _decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
     """``_decode`` with a cache keyed by the files' paths, sizes and times (plain .npy, no pickle)."""
     h = hashlib.sha256(str(size).encode())
+    folders: dict[Path, str] = {}  # each folder resolved once, not each of its files (seconds for 60,000)
     for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = os.stat(p)
+        where = folders.get(p.parent) or folders.setdefault(p.parent, str(p.parent.resolve()))
+        h.update(f"{os.path.join(where, p.name)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     cache = _cache_dir() / f"{h.hexdigest()[:32]}.npy"
     if cache.is_file():
         try:
@@ -362,7 +374,11 @@ def _decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # scandir's entries know their type from the directory listing: no stat per file (a CIFAR-sized
+    # folder has 60,000 of them, and every training stage lists them again)
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()]
+    return [folder / n for n in sorted(names)]
 
 
 def _class_folders(root: Path) -> list[str]:
