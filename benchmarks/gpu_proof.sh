@@ -47,6 +47,17 @@ if [ "$part" = train ]; then
     | grep -v "it/s\]" | tee "$OUT/reproduce.log"
   echo "reproduce exit: ${PIPESTATUS[0]} ($(left) s left)" | tee -a "$OUT/reproduce.log"
   cp "$R"/reproduction.md "$R"/reproduction.json "$OUT/" 2>/dev/null
+  # where each stage's time went: its wall time over every call, the part before its first step, its epochs
+  for f in "$R"/*/*/run.json; do
+    python3 - "$f" <<'PY' 2>/dev/null | tee -a "$OUT/reproduce.log"
+import json, sys
+m = json.load(open(sys.argv[1])); e = m.get("epochs", [])
+s = sorted(x["seconds"] for x in e)
+print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seconds', float('nan')):.1f} s",
+      f"setup {m.get('setup_seconds', float('nan')):.1f} s", f"epochs {sum(s):.1f} s",
+      f"first {e[0]['seconds']:.1f} s median {s[len(s) // 2]:.2f} s" if e else "")
+PY
+  done
   if [ "$(left)" -gt 40 ]; then
     timeout $(( $(left) - 15 )) $B --compile-rows all --rows "all but compile, batch 512|with compile, batch 512" \
       --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
