@@ -150,7 +150,7 @@ def test_compiled_training_never_recompiles_and_resumes_compiled(tmp_path):
     assert all(torch.equal(a[key], k[key]) for key in a)
 
 
-def test_reproduce_end_to_end_and_resume(tmp_path):
+def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     from shallowdeep.workflows import reproduce
 
     out = tmp_path / "rep"
@@ -186,6 +186,24 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
         assert row["engine"]["thresholds"] == cal.get("thresholds", [cal["threshold"]])
     with pytest.raises(UserError, match="unknown architecture"):
         reproduce("digits", out, ["nope"], log=None)
+
+    # run again: every stage and both analyses are kept (the analyses' times as measured then)
+    from shallowdeep import workflows
+
+    real = workflows.analyze_run
+    calls = []
+    monkeypatch.setattr(workflows, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k))
+    again = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    assert calls == []
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "stage_seconds"} for r in rows]  # noqa: E731
+    assert strip(again["rows"]) == strip(result["rows"])
+    for kind in ("ic-only", "sdn"):
+        report_json = json.loads((out / "small" / kind / "report" / "report.json").read_text())
+        assert again["rows"][0]["stage_seconds"][f"analyze {kind}"] == report_json["wall_seconds"]
+    # an analysis made with other options is not the reproduction's: analyzed again
+    real(out / "small" / "sdn", max_drop=0.05)
+    reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    assert calls == ["sdn"]
 
 
 def test_reproduce_some_stages_then_the_rest(tmp_path):

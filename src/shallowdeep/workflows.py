@@ -5,6 +5,7 @@ Knows run folders, analyses and the report; knows no command-line flag.
 from __future__ import annotations
 
 import base64
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .analysis import analyze, backdoor_figures, rule_calibration
-from .core.errors import ArgumentError, RunFolderError
+from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
 from .runs import RunFolder, backdoor_of, run_data, run_records, save_calibration
 from .runs.weights import load
@@ -35,6 +36,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     from . import report
     from .core.exits import check_fallback
 
+    started = time.perf_counter()
     # every argument is checked before anything is collected or written
     check_fallback(fallback)
     if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 1):  # NaN fails too
@@ -43,12 +45,9 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
     if thresholds not in ("auto", "per_ic", "single"):
         raise ArgumentError(f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}")
-    from .analysis import DEFAULT_RULES, compare_rules, parse_rule
+    from .analysis import compare_rules
 
-    chosen_rule = parse_rule(rule)
-    compared = [parse_rule(r) for r in (rules if rules is not None else DEFAULT_RULES)]
-    if chosen_rule.label not in [r.label for r in compared]:
-        compared.append(chosen_rule)  # the rule predict will use is always in the comparison
+    options, chosen_rule, compared = _analysis_options(max_drop, budget, fallback, rules, rule, thresholds)
     folder = RunFolder(run)
     meta = folder.meta()
     is_sdn = meta.get("model", {}).get("kind") == "sdn"
@@ -123,6 +122,9 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                               engine=(chosen_rule.label, chosen) if chosen is not None else None)
     if is_sdn:
         save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
+    # what this report was made from and with, so a reproduction run again can keep it
+    result |= {"weights_sha256": meta.get("weights_sha256"), "options": options,
+               "wall_seconds": time.perf_counter() - started}
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)
@@ -134,6 +136,44 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         write_json(out / "report.json", result)
         write_bytes(out / "report.html", page.encode())
     return out / "report.html", out / "report.json"
+
+
+# analyze_run's own defaults: what `reproduce` analyzes with, read from one place
+_ANALYZE_DEFAULTS = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
+
+
+def _analysis_options(max_drop: float, budget: float | None, fallback: str, rules: list[str] | None, rule: str,
+                      thresholds: str) -> tuple[dict[str, Any], Any, list[Any]]:
+    """The analysis options as recorded in report.json, the rule predict uses and the rules compared
+    (that one always among them)."""
+    from .analysis import DEFAULT_RULES, parse_rule
+
+    chosen_rule = parse_rule(rule)
+    compared = [parse_rule(r) for r in (rules if rules is not None else DEFAULT_RULES)]
+    if chosen_rule.label not in [r.label for r in compared]:
+        compared.append(chosen_rule)
+    options = {"max_drop": max_drop, "budget": budget, "fallback": fallback, "rules": [r.label for r in compared],
+               "rule": chosen_rule.label, "thresholds": thresholds}
+    return options, chosen_rule, compared
+
+
+def kept_analysis(run: str | Path) -> Path | None:
+    """The run's report.json if it is an analysis with the default options of these very weights
+    (and the engine's calibration is there), else ``None``: analyzing again would give the same."""
+    folder = RunFolder(run)
+    path = folder.report / "report.json"
+    if not (path.is_file() and folder.calibration.is_file()):
+        return None
+    try:
+        rep, weights = read_json(path), folder.meta().get("weights_sha256")
+    except UserError:
+        return None  # damaged: analyze again
+    d = _ANALYZE_DEFAULTS
+    defaults = _analysis_options(d["max_drop"], d["budget"], d["fallback"], d["rules"], d["rule"], d["thresholds"])[0]
+    if not (isinstance(rep, dict) and weights and rep.get("weights_sha256") == weights and rep.get("options") == defaults
+            and isinstance(rep.get("wall_seconds"), (int, float))):
+        return None
+    return path
 
 
 def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: str = "cpu",
@@ -289,8 +329,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
         def analyze_stage(kind: str) -> None:
             t0 = time.perf_counter()
-            _, json_path = analyze_run(base / kind, device=dev, log=log)
-            t[f"analyze {kind}"] = time.perf_counter() - t0
+            json_path = kept_analysis(base / kind)  # every rank sees the same files: all take one branch
+            if json_path is None:
+                _, json_path = analyze_run(base / kind, device=dev, log=log)
+                t[f"analyze {kind}"] = time.perf_counter() - t0
+            else:  # analyzed by an earlier call: its time, as it was measured then
+                t[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
+                if log is not None:
+                    log(f"{json_path.parent} is the analysis of these weights: kept")
             if not place.main:  # it helped collect the records; the report and the table are rank 0's
                 return
             meta = RunFolder(base / kind).meta()
