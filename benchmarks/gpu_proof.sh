@@ -6,7 +6,7 @@
 #   train: one call for issue 10: bench_train (baseline, train's CUDA default eager and compiled), then
 #          `reproduce --stages ${STAGES:-sdn}` into ${REPRO_OUT:-runs/repro} (train compiles each stage by
 #          default on one GPU), then the batch-512 rows (eager and compiled, bf16) with what is left of
-#          ${BUDGET:-570} s; each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
+#          ${BUDGET:-570} s (ROWS512=0: not them); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
 #          folder's name) and continues from .data/ in a later call;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
@@ -58,7 +58,7 @@ print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seco
       f"first {e[0]['seconds']:.1f} s median {s[len(s) // 2]:.2f} s" if e else "")
 PY
   done
-  if [ "$(left)" -gt 40 ]; then
+  if [ "${ROWS512:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then  # ROWS512=0 leaves the device time unused
     timeout $(( $(left) - 15 )) $B --compile-rows all --rows "all but compile, batch 512|with compile, batch 512" \
       --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
   fi
