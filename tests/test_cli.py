@@ -145,3 +145,22 @@ def test_info_on_an_image_folder_reads_its_shape(tmp_path, capsys):
     assert main(["info", "--arch", "small", "--data", f"imagefolder:{tmp_path}", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["num_classes"] == 3 and obj["image_size"] == 16
+
+
+def test_inductors_tf32_hint_is_not_passed_on(recwarn):
+    """Every compiled fp32 CUDA run made inductor print a hint naming a PyTorch call the command line
+    cannot make; other warnings still arrive."""
+    import argparse
+    import warnings
+
+    from shallowdeep import cli
+
+    def command(args):
+        warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. "
+                      "Consider setting `torch.set_float32_matmul_precision('high')`", UserWarning)
+        warnings.warn("12 of 40 images are not square", UserWarning)
+        return 0
+
+    assert cli._run(argparse.Namespace(command="train", func=command)) == 0
+    seen = [str(w.message) for w in recwarn]
+    assert seen == ["12 of 40 images are not square"]

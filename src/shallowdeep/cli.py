@@ -673,6 +673,11 @@ def _run(args: argparse.Namespace) -> int:
 
     # the library's warnings as one line each, like its errors (no source line)
     warnings.formatwarning = lambda message, category, *rest, **kw: f"shallowdeep {args.command}: warning: {message}\n"
+    # inductor's hint on every compiled fp32 CUDA run names a PyTorch call the command line cannot
+    # make; fp32 keeps full-precision matrix products on purpose (docs/reproduction.md), and the
+    # faster numerics are `--precision bf16`
+    warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication",
+                            category=UserWarning)
     try:
         if _torchrun_worker() and args.command not in TORCHRUN_COMMANDS:
             raise UserError(f"{args.command} runs in one process, not under torchrun (each rank would repeat it): "
