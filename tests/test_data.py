@@ -241,3 +241,14 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         _decode([paths[0], tmp_path / "broken.jpg"], 40)
+    # a header claiming 30000 x 30000 pixels: PIL's decompression-bomb guard still decides
+    from shallowdeep.data import _jpeg_size
+
+    raw = bytearray(paths[0].read_bytes())
+    sof = raw.index(b"\xff\xc0")
+    assert _jpeg_size(bytes(raw)) == (40, 40)
+    raw[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2
+    (tmp_path / "bomb.jpg").write_bytes(bytes(raw))
+    assert _jpeg_size(bytes(raw)) == (30000, 30000) and _decode_jpegs([tmp_path / "bomb.jpg"]) == [None]
+    with pytest.raises(UserError, match="bomb.jpg claims to be too large"):
+        _decode([tmp_path / "bomb.jpg"], 40)
