@@ -212,6 +212,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     def wall() -> float:
         return earlier + time.perf_counter() - started
+
     r = _resolve(cfg, previous)
     parse_data_name(r["data"])
     if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
