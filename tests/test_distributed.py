@@ -161,3 +161,5 @@ def test_a_torchrun_worker_ends_without_teardown_saying_one_line(argv, said, tmp
     assert proc.returncode == 2 and proc.stdout == "" and "teardown ran" not in proc.stderr
     assert proc.stderr.startswith(f"shallowdeep {argv[0]}: error: {said}") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "x").exists()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    assert f"| {proc.stderr.strip()} |" in doc, "docs/errors.md's torchrun rows differ from what is printed"

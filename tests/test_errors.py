@@ -478,5 +478,15 @@ if __name__ == "__main__":  # rewrite docs/errors.md from the rows, with the mes
             msg = msg.replace(str(base), "…").replace("|", "\\|")
             cmd = " ".join(row[1]).replace("|", "\\|")
             lines.append(f"| {row[0]} | `shallowdeep {cmd}` | {msg} |")
+        # bad input only a torchrun worker can meet: a worker ends with os._exit, so these rows run in
+        # subprocesses, in tests/test_distributed.py (same checks: status 2, one line, nothing written)
+        lines += ["", "Under torchrun (`WORLD_SIZE` > 1; tested in `tests/test_distributed.py`, each in its own process):",
+                  "", "| input | command | message |", "|---|---|---|",
+                  "| a command that does not share its work between ranks | `torchrun ... -m shallowdeep list` | "
+                  "shallowdeep list: error: list runs in one process, not under torchrun (each rank would repeat it): "
+                  "start it without torchrun; train, analyze, reproduce share their work between ranks |",
+                  "| WORLD_SIZE set by hand, no MASTER_ADDR/MASTER_PORT | `WORLD_SIZE=2 shallowdeep train ...` | "
+                  "shallowdeep train: error: WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set: start the "
+                  "processes with torchrun (it sets them), or unset WORLD_SIZE for one process |"]
         (Path(__file__).resolve().parents[1] / "docs" / "errors.md").write_text("\n".join(lines) + "\n")
         print(f"docs/errors.md: {len(ROWS)} rows")
