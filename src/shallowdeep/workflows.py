@@ -319,56 +319,105 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
         write_bytes(out / "index.html", report.reproduction_html(result).encode())
 
-    for arch in archs:
-        base = out / arch
-        common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
-                  "precision": precision, "compile": compile, "seed": seed}
-        t: dict[str, float] = {}  # wall seconds per stage and analysis
-        in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
-        arch_rows: list[dict[str, Any]] = []
+    # the stages after the first that this call trains anew get their steps compiled in the background
+    # while the first trains (one process on one device; under torchrun no stage compiles by default)
+    plan = [] if place.enabled else _fresh_stages(out, archs, stages, epochs, {
+        "data": data, "data_root": data_root, "image_size": image_size, "device": device, "precision": precision,
+        "compile": compile, "seed": seed})[1:]
+    from .runs.precompile import start
 
-        def analyze_stage(kind: str) -> None:
-            t0 = time.perf_counter()
-            json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
-            if json_path is None:
-                _, json_path = analyze_run(base / kind, device=dev, log=log)
-                t[f"analyze {kind}"] = time.perf_counter() - t0
-            else:  # analyzed by an earlier call: its time, as it was measured then
-                t[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
-                if log is not None:
-                    log(f"{json_path.parent} is the analysis of these weights: kept")
-            if not place.main:  # it helped collect the records; the report and the table are rank 0's
-                return
-            meta = RunFolder(base / kind).meta()
-            epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
-            row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
-                                    out)
-            row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
-            row["stage_epoch_seconds"] = in_epochs
-            arch_rows.append(row)
-            result["rows"].append(row)
-            publish()
+    ahead = start([cfg for _, cfg in plan])
+    if ahead is not None and log is not None:
+        log(f"compiling ahead, in a background process: {', '.join(name for name, _ in plan)}")
 
-        # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
-        # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
-        if "cnn" in stages:
-            t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
-                                                log, progress)
-        if "ic-only" in stages:
-            t["ic-only"], in_epochs["ic-only"] = _stage(
-                base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
-                                   "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                   "compile": compile}, log, progress)
-            analyze_stage("ic-only")
-        if "sdn" in stages:
-            t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]},
-                                                log, progress)
-            analyze_stage("sdn")
+    def compiled_ahead(name: str) -> None:  # a planned stage starts once the child has compiled it
+        names = [n for n, _ in plan]
+        if ahead is None or name not in names:
+            return
+        if len(ahead.rows) <= names.index(name) and log is not None:
+            log(f"waiting for the background compilation of {name}")
+        ahead.wait_for(names.index(name) + 1)
+
+    try:
+        for arch in archs:
+            base = out / arch
+            common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
+                      "precision": precision, "compile": compile, "seed": seed}
+            t: dict[str, float] = {}  # wall seconds per stage and analysis
+            in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
+            arch_rows: list[dict[str, Any]] = []
+
+            def analyze_stage(kind: str) -> None:
+                t0 = time.perf_counter()
+                json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
+                if json_path is None:
+                    _, json_path = analyze_run(base / kind, device=dev, log=log)
+                    t[f"analyze {kind}"] = time.perf_counter() - t0
+                else:  # analyzed by an earlier call: its time, as it was measured then
+                    t[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
+                    if log is not None:
+                        log(f"{json_path.parent} is the analysis of these weights: kept")
+                if not place.main:  # it helped collect the records; the report and the table are rank 0's
+                    return
+                meta = RunFolder(base / kind).meta()
+                epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+                row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
+                                        out)
+                row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
+                row["stage_epoch_seconds"] = in_epochs
+                arch_rows.append(row)
+                result["rows"].append(row)
+                publish()
+
+            # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
+            # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
+            if "cnn" in stages:
+                compiled_ahead(f"{arch}/cnn")
+                t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
+                                                    log, progress)
+            if "ic-only" in stages:
+                compiled_ahead(f"{arch}/ic-only")
+                t["ic-only"], in_epochs["ic-only"] = _stage(
+                    base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
+                                       "epochs": epochs["ic-only"], "device": device, "precision": precision,
+                                       "compile": compile}, log, progress)
+                analyze_stage("ic-only")
+            if "sdn" in stages:
+                compiled_ahead(f"{arch}/sdn")
+                t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]},
+                                                    log, progress)
+                analyze_stage("sdn")
+    finally:
+        if ahead is not None:
+            done = ahead.finish()
+            result["compiled_ahead"] = [{"stage": name} | row for (name, _), row in zip(plan, done)]
+            if log is not None:
+                log("compiled ahead: " + "; ".join(f"{r['stage']} {'yes' if r['compiled'] else 'no'}"
+                                                   + (f" ({r['error']})" if r.get("error") else "") for r in
+                                                   result["compiled_ahead"]))
     if place.main:
         publish()
     if log is not None:
         log(report.reproduction_markdown(result))
     return result
+
+
+def _fresh_stages(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
+                  common: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The stages this call will train as new runs that would compile, in the order it trains
+    them, each as ``(name, TrainConfig)``; an ic-only stage names its arch and data (its CNN run
+    may not exist yet)."""
+    from .runs import TrainConfig
+    from .runs.train import may_compile
+
+    fresh = []
+    for arch in archs:
+        for kind in ("cnn", "ic-only", "sdn"):
+            if kind in stages and not RunFolder(out / arch / kind).exists():
+                cfg = TrainConfig(out=str(out / arch / kind), mode=kind, arch=arch, epochs=epochs[kind], **common)
+                if may_compile(cfg):
+                    fresh.append((f"{arch}/{kind}", cfg))
+    return fresh
 
 
 def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],

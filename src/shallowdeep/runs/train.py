@@ -5,6 +5,7 @@ batches, the runtime and an ``on_epoch`` callback that writes the checkpoint ato
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -17,7 +18,7 @@ from torch import nn
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
 from ..costs import output_costs
-from ..data import Dataset, batches, load_dataset, parse_data_name
+from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
 from ..convert import build_model, module_arch, module_cnn
 from ..models import list_archs
 from ..models.zoo import is_zoo_name
@@ -314,11 +315,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     eval_batch = 1024 if device.type == "cuda" else 512
 
     shard = (place.rank, place.world)
-
-    def train_batches(epoch: int):
-        gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(r["seed"], epoch))
-        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard,
-                       drop_last=runtime.fixed_shapes)
+    train_batches = _train_batches(resident, recipe, runtime, device, r["seed"], shard)
 
     # the part of the wall time before the first step (data loading and building), over every call
     meta["setup_seconds"] += time.perf_counter() - started
@@ -344,6 +341,63 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         run.checkpoint.unlink(missing_ok=True)
     distributed.barrier()
     return out
+
+
+def may_compile(cfg: TrainConfig) -> bool:
+    """Whether :func:`warm_compile` may compile anything for ``cfg``, decided without reading data:
+    a paper network, neither poisoned nor a user's module, on a device where its run would compile
+    given steps enough (by default one CUDA device)."""
+    if cfg.arch not in list_archs() or cfg.backdoor is not None or cfg.module is not None:
+        return False
+    return Runtime.default(torch.device(str(pick_device(cfg.device))), cfg.precision, cfg.compile,
+                           steps=sys.maxsize).compile
+
+
+def warm_compile(cfg: TrainConfig) -> bool:
+    """Compile the training step a new run of ``cfg`` would compile, on random weights and one batch
+    of its data, so that the compiler's on-disk cache holds it when that run starts. An ic-only
+    ``cfg`` names its ``arch`` and ``data`` instead of ``from_run`` (the CNN run need not exist yet:
+    its weights are not part of the compiled code). Returns whether a step was compiled: ``False``
+    for a run that would not compile (the CPU's default, too few steps), that streams its data,
+    poisons it, or trains a zoo model (whose weights may need a download)."""
+    if not may_compile(cfg):
+        return False
+    device = torch.device(str(pick_device(cfg.device)))
+    ic_only = cfg.mode == "ic-only"
+    r = _resolve(replace(cfg, mode="sdn" if ic_only else cfg.mode, from_run=None, resume=False), None)
+    r["mode"] = cfg.mode
+    recipe = _recipe(cfg, r, None)
+    data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
+    if data.meta.get("data_mode") == "stream":
+        return False
+    # the stage's own decision, from the stage's own number of steps
+    runtime = Runtime.default(device, cfg.precision, cfg.compile,
+                              steps=len(data.train) // recipe.batch_size * recipe.epochs)
+    if not runtime.compile or len(data.train) < recipe.batch_size:
+        return False
+    torch.manual_seed(r["seed"])
+    cnn, _ = build_model(r["arch"], data.num_classes, data.image_size)
+    model = cnn if r["mode"] == "cnn" else SDN(cnn)
+    if ic_only:
+        cnn.eval()  # as a finished CNN run is loaded
+    one = torch.arange(recipe.batch_size)
+    probe = replace(data, train=data.train.subset(one), val=data.val.subset(one[:0]))
+    resident = probe.to(device) if device.type == "cuda" else probe
+    fit(model, make_mode(r["mode"], recipe.label_smoothing), recipe,
+        _train_batches(resident, recipe, runtime, device, r["seed"], (0, 1)), lambda: [], seed=r["seed"],
+        runtime=runtime, stop_after=1, progress=False, log=None)
+    return True
+
+
+def _train_batches(resident: Dataset, recipe: Recipe, runtime: Runtime, device: torch.device, seed: int,
+                   shard: tuple[int, int]) -> Callable[[int], Batches]:
+    """Each epoch's training batches, shuffled and augmented from that epoch's own seed."""
+    def of_epoch(epoch: int) -> Batches:
+        gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(seed, epoch))
+        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard,
+                       drop_last=runtime.fixed_shapes)
+
+    return of_epoch
 
 
 def _image_size(r: dict[str, Any]) -> int | None:
