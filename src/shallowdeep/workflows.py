@@ -326,6 +326,12 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         "compile": compile, "seed": seed})[1:]
     from .runs.precompile import start
 
+    if plan and dev.startswith("cuda"):
+        import torch
+
+        # this process takes its CUDA context first: a GPU in exclusive-process mode then refuses the
+        # child (whose stages compile for themselves), never the stage training here
+        torch.zeros((), device=dev)
     ahead = start([cfg for _, cfg in plan])
     if ahead is not None and log is not None:
         log(f"compiling ahead, in a background process: {', '.join(name for name, _ in plan)}")
