@@ -43,7 +43,8 @@ def test_reproduce_compiles_its_later_stages_ahead_and_they_hit_the_cache(tmp_pa
     assert got["aot"].get("autograd_cache_miss") == 1 and got["aot"].get("autograd_cache_hit") == 2, got
     md = (tmp_path / "rep" / "reproduction.md").read_text()
     ahead = got["compiled_ahead"]
-    assert f"small/ic-only in {ahead[0]['seconds']:.1f} s, small/sdn in {ahead[1]['seconds']:.1f} s." in md
+    said = f"small/ic-only in {ahead[0]['seconds']:.1f} s, small/sdn in {ahead[1]['seconds']:.1f} s."
+    assert said in md and said in (tmp_path / "rep" / "index.html").read_text()
     assert json.loads((tmp_path / "rep" / "reproduction.json").read_text())["compiled_ahead"] == ahead
     for kind in ("cnn", "ic-only", "sdn"):
         assert json.loads((tmp_path / "rep" / "small" / kind / "run.json").read_text())["status"] == "complete"

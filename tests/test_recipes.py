@@ -180,6 +180,10 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     assert stages["cnn"] > killed_wall + cnn["epochs"][1]["seconds"] and killed_wall > cnn["epochs"][0]["seconds"]
     assert result["call_seconds"] >= sum(v for k, v in stages.items() if k != "cnn")  # the CNN resumed here: 1 epoch
     assert f"took {result['call_seconds']:.1f} s" in md
+    page = (out / "index.html").read_text()  # the page says what the markdown says below its table
+    assert f"total {sum(stages.values()):.1f} s" in page and "The paper&#x27;s claims" in page
+    assert all(f"{k} {stages[k]:.1f} s ({in_epochs[k]:.1f} s)" in page for k in ("cnn", "ic-only", "sdn"))
+    assert "<li>small ic-only: IC 1 " in page and "Median epoch time: small ic-only" in page
     for row in result["rows"]:  # what predict uses: the run's calibration.json, as analyze chose it
         cal = json.loads((out / "small" / row["kind"] / "calibration.json").read_text())
         assert row["engine"]["per_ic"] == ("thresholds" in cal)

@@ -607,37 +607,45 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
             f"{_p(ref['test_relative_cost'])} (q={ref['threshold']}) | {_p(r['early_share'])} | "
             f"{_p(r['destructive_share'])} | "
             f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])} |")
-    lines += ["", "Accuracy (test) and cost (relative to the CNN) of every output:", ""]
-    for r in result["rows"]:
-        lines.append(f"- {r['arch']} {r['kind']}: " + ", ".join(
-            f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"]))
-    lines += ["", "Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
-                  "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
-                  "analysis: records + report):", ""]
-    seen = set()
+    for lead, items in _reproduction_sections(result):
+        lines += ["", lead] + ([""] + [f"- {i}" for i in items] if items else [])
+    return "\n".join(lines) + "\n"
+
+
+def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """What follows the reproduction table, as (lead sentence, items) pairs: the markdown and the
+    HTML page render the same sections."""
+    out = [("Accuracy (test) and cost (relative to the CNN) of every output:", [
+        f"{r['arch']} {r['kind']}: " + ", ".join(f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}"
+                                                 for o in r["outputs"]) for r in result["rows"]])]
+    stages, seen = [], set()
     for r in result["rows"]:
         if r["arch"] in seen or "stage_seconds" not in r:
             continue
         seen.add(r["arch"])
         total = sum(r["stage_seconds"].values())
         in_epochs = r.get("stage_epoch_seconds", {})
-        lines.append(f"- {r['arch']}: " + ", ".join(
+        stages.append(f"{r['arch']}: " + ", ".join(
             f"{k} {v:.1f} s" + (f" ({in_epochs[k]:.1f} s)" if k in in_epochs else "")
             for k, v in r["stage_seconds"].items()) + f"; total {total:.1f} s ({total / 60:.1f} min)")
+    out.append(("Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
+                "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
+                "analysis: records + report):", stages))
     if result.get("call_seconds") is not None:
-        lines += ["", f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading and "
-                      "model building included; stages kept from an earlier call cost it nothing)."]
+        out.append((f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
+                    "and model building included; stages kept from an earlier call cost it nothing).", []))
     if result.get("compiled_ahead"):
-        lines += ["", "Compiled ahead, in a background process while earlier stages trained (these stages' first "
-                      "epochs load the compiled step from the compiler's cache): " + ", ".join(
-                          f"{r['stage']} " + (f"in {r['seconds']:.1f} s" if r["compiled"] else
-                                              f"not ({r.get('error', 'it would not compile')})")
-                          for r in result["compiled_ahead"]) + "."]
-    lines += ["", "Median epoch time: " + ", ".join(
+        out.append(("Compiled ahead, in a background process while earlier stages trained (these stages' first "
+                    "epochs load the compiled step from the compiler's cache): " + ", ".join(
+                        f"{r['stage']} " + (f"in {r['seconds']:.1f} s" if r["compiled"] else
+                                            f"not ({r.get('error', 'it would not compile')})")
+                        for r in result["compiled_ahead"]) + ".", []))
+    out.append(("Median epoch time: " + ", ".join(
         f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s" for r in result["rows"]
-        if r.get("median_epoch_seconds") is not None), "", "The paper's claims (spec sections 7-9):", ""]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]
-    return "\n".join(lines) + "\n"
+        if r.get("median_epoch_seconds") is not None), []))
+    out.append(("The paper's claims (spec sections 7-9):",
+                [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]))
+    return out
 
 
 def _engine_text(e: dict[str, Any] | None) -> str:
@@ -663,11 +671,12 @@ def reproduction_html(result: dict[str, Any]) -> str:
         "network", "SDN", "final acc.", "early exit (val-calibrated): acc. / cost",
         "what predict uses (val-chosen): acc. / cost", "reference protocol (test-chosen): acc. / cost", "right at some IC", "destructive share",
         "AUROC confusion / confidence", ""))
-    claims = "".join(f"<li>{html.escape(k.replace('_', ' '))}: {html.escape(v)}</li>"
-                     for k, v in result["paper_claims"].items())
+    sections = "".join(f"<p>{html.escape(lead)}</p>" + (f"<ul>{''.join(f'<li>{html.escape(i)}</li>' for i in items)}</ul>"
+                                                         if items else "")
+                       for lead, items in _reproduction_sections(result))
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>shallowdeep reproduction</title>"
             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style></head><body>"
             f"<h1>Reproduction on {html.escape(str(result['data']))} ({html.escape(str(result['device']))})</h1>"
             f"<p>{html.escape(result['note'])}.</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
-            f"</tbody></table><h2>The paper's claims</h2><ul>{claims}</ul></body></html>\n")
+            f"</tbody></table>{sections}</body></html>\n")
