@@ -51,22 +51,27 @@ def test_reproduce_compiles_its_later_stages_ahead_and_they_hit_the_cache(tmp_pa
 
 
 def test_compiling_ahead_is_planned_only_where_a_run_would_compile(tmp_path):
-    from shallowdeep.workflows import _fresh_stages
+    from shallowdeep.workflows import _compile_ahead_plan as plan_of
 
     common = {"data": "digits", "data_root": None, "image_size": None, "device": "cpu", "precision": None,
               "seed": None}
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
+    every = ("cnn", "ic-only", "sdn")
     # the CPU compiles only when asked
-    assert _fresh_stages(tmp_path, ["small"], ("cnn", "ic-only", "sdn"), epochs, common | {"compile": None}) == []
+    assert plan_of(tmp_path, ["small"], every, epochs, common | {"compile": None}) == []
     asked = common | {"compile": True}
-    plan = _fresh_stages(tmp_path, ["small", "resnet56"], ("cnn", "sdn"), epochs, asked)
-    assert [name for name, _ in plan] == ["small/cnn", "small/sdn", "resnet56/cnn", "resnet56/sdn"]
-    assert plan[1][1].mode == "sdn" and plan[1][1].arch == "small" and plan[1][1].compile is True
-    # a stage that already holds a run (finished, or resumed with its own settings) is not planned
-    train_run(TrainConfig(out=str(tmp_path / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=1),
+    # the first stage trained compiles at once; the others are compiled ahead, in training order
+    plan = plan_of(tmp_path, ["small", "resnet56"], ("cnn", "sdn"), epochs, asked)
+    assert [name for name, _ in plan] == ["small/sdn", "resnet56/cnn", "resnet56/sdn"]
+    assert plan[0][1].mode == "sdn" and plan[0][1].arch == "small" and plan[0][1].compile is True
+    # a finished stage is not trained: the next one is the first
+    cnn = tmp_path / "small" / "cnn"
+    train_run(TrainConfig(out=str(cnn), mode="cnn", arch="small", data="digits", epochs=2), stop_after=1,
               progress=False, log=None)
-    assert [n for n, _ in _fresh_stages(tmp_path, ["small"], ("cnn", "ic-only", "sdn"), epochs, asked)] == \
-        ["small/ic-only", "small/sdn"]
+    # resumed first (with its own recorded settings, not planned), so both later stages are planned
+    assert [n for n, _ in plan_of(tmp_path, ["small"], every, epochs, asked)] == ["small/ic-only", "small/sdn"]
+    train_run(TrainConfig(out=str(cnn), resume=True), progress=False, log=None)
+    assert [n for n, _ in plan_of(tmp_path, ["small"], every, epochs, asked)] == ["small/sdn"]
     assert not may_compile(TrainConfig(out="x", mode="cnn", arch="torchvision:resnet18", data="digits", compile=True))
     assert not may_compile(TrainConfig(out="x", mode="cnn", arch="small", data="digits", compile=False))
 

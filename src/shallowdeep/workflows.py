@@ -320,10 +320,10 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         write_bytes(out / "index.html", report.reproduction_html(result).encode())
 
     # the stages after the first that this call trains anew get their steps compiled in the background
-    # while the first trains (one process on one device; under torchrun no stage compiles by default)
-    plan = [] if place.enabled else _fresh_stages(out, archs, stages, epochs, {
+    # while earlier ones train (one process on one device; under torchrun no stage compiles by default)
+    plan = [] if place.enabled else _compile_ahead_plan(out, archs, stages, epochs, {
         "data": data, "data_root": data_root, "image_size": image_size, "device": device, "precision": precision,
-        "compile": compile, "seed": seed})[1:]
+        "compile": compile, "seed": seed})
     from .runs.precompile import start
 
     if plan and dev.startswith("cuda"):
@@ -408,22 +408,28 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     return result
 
 
-def _fresh_stages(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
-                  common: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The stages this call will train as new runs that would compile, in the order it trains
-    them, each as ``(name, TrainConfig)``; an ic-only stage names its arch and data (its CNN run
-    may not exist yet)."""
+def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
+                        common: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The stages to compile ahead, in the order this call trains them, each as ``(name,
+    TrainConfig)``: every stage it trains as a new run that would compile, except the first stage
+    it trains at all (that one compiles at once, nothing is ahead of it). A stage resumed keeps its
+    recorded settings and is not planned. An ic-only stage names its arch and data (its CNN run may
+    not exist yet)."""
     from .runs import TrainConfig
     from .runs.train import may_compile
 
-    fresh = []
+    plan, first = [], True
     for arch in archs:
         for kind in ("cnn", "ic-only", "sdn"):
-            if kind in stages and not RunFolder(out / arch / kind).exists():
-                cfg = TrainConfig(out=str(out / arch / kind), mode=kind, arch=arch, epochs=epochs[kind], **common)
+            folder = RunFolder(out / arch / kind)
+            if kind not in stages or (folder.exists() and folder.meta().get("status") == "complete"):
+                continue  # not trained in this call
+            if not first and not folder.exists():
+                cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)
                 if may_compile(cfg):
-                    fresh.append((f"{arch}/{kind}", cfg))
-    return fresh
+                    plan.append((f"{arch}/{kind}", cfg))
+            first = False
+    return plan
 
 
 def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],

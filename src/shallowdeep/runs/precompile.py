@@ -38,6 +38,7 @@ class Ahead:
     def __init__(self, process: subprocess.Popen, count: int) -> None:
         self.process, self.count = process, count
         self.rows: list[dict[str, Any]] = []
+        self.ended = False  # the child exited and every line it wrote is read
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -51,13 +52,14 @@ class Ahead:
                     self._changed.notify_all()
         self.process.wait()
         with self._changed:
+            self.ended = True
             self._changed.notify_all()
 
     def wait_for(self, n: int, timeout: float = WAIT_SECONDS) -> bool:
         """Wait until the first ``n`` configurations are done (or the child ended, or ``timeout``
         seconds passed); whether they are done."""
         with self._changed:
-            self._changed.wait_for(lambda: len(self.rows) >= n or self.process.poll() is not None, timeout)
+            self._changed.wait_for(lambda: len(self.rows) >= n or self.ended, timeout)
             return len(self.rows) >= n
 
     def finish(self) -> list[dict[str, Any]]:
@@ -78,10 +80,10 @@ def start(cfgs: list[TrainConfig]) -> Ahead | None:
     if not cfgs:
         return None
     spec = json.dumps([{k: getattr(c, k) for k in _FIELDS} for c in cfgs])
-    # stdout carries one JSON line per configuration; the child's warnings are not the user's business
     # the child imports this package from where this process did, whatever its sys.path was made of
     here = str(Path(__file__).resolve().parents[2])
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    # stdout carries one JSON line per configuration; the child's warnings are not the user's business
     process = subprocess.Popen([sys.executable, "-m", "shallowdeep.runs.precompile", spec], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     return Ahead(process, len(cfgs))
