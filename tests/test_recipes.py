@@ -232,6 +232,40 @@ def test_reproduce_some_stages_then_the_rest(tmp_path):
     assert (out / "small" / "sdn" / "model.safetensors").read_bytes() == weights
 
 
+def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monkeypatch):
+    """On a GPU the IC-only SDN's records are collected in the pipeline and the rest of its analysis
+    runs in a child process while the SDN trains (here on the CPU, told to); the table counts the
+    part the pipeline waited for and shows the child's own time beside it. A child that fails leaves
+    the analysis to the pipeline, where its error would reach the user."""
+    from shallowdeep import workflows
+    from shallowdeep.workflows import _kept_analysis, reproduce
+
+    monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
+    epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
+    said: list[str] = []
+    result = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=said.append, progress=False)
+    assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
+    assert any("in a background process while the next stage trains" in line for line in said)
+    beside = result["rows"][0]["stage_background_seconds"]
+    assert set(beside) == {"analyze ic-only"}  # the SDN's analysis has no next stage: made in the pipeline
+    ic_only = tmp_path / "a" / "small" / "ic-only"
+    report = json.loads((ic_only / "report" / "report.json").read_text())
+    assert beside["analyze ic-only"] == report["wall_seconds"] and _kept_analysis(ic_only) is not None
+    assert (ic_only / "calibration.json").is_file()
+    stages = result["rows"][0]["stage_seconds"]
+    md = (tmp_path / "a" / "reproduction.md").read_text()
+    assert f"analyze ic-only {stages['analyze ic-only']:.1f} s (+{beside['analyze ic-only']:.1f} s in the background)" in md
+    assert f"total {sum(stages.values()):.1f} s" in md  # the waited-for part only: the wall time it took
+
+    from shallowdeep.core.children import python_child
+
+    monkeypatch.setattr(workflows, "_analysis_process", lambda run: python_child(["-c", "raise SystemExit(3)"]))
+    failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=None, progress=False)
+    assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
+    assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
+    assert failed["rows"][0]["outputs"] == result["rows"][0]["outputs"]  # same seed, same figures either way
+
+
 def test_compile_by_default_only_where_it_pays_back():
     """Compilation is on by default only on one CUDA device for runs with the steps to pay it back
     (the measured rule); asked for or refused explicitly, it is what was asked; a resumed run keeps

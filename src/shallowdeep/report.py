@@ -624,13 +624,15 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
             continue
         seen.add(r["arch"])
         total = sum(r["stage_seconds"].values())
-        in_epochs = r.get("stage_epoch_seconds", {})
+        in_epochs, beside = r.get("stage_epoch_seconds", {}), r.get("stage_background_seconds", {})
         stages.append(f"{r['arch']}: " + ", ".join(
             f"{k} {v:.1f} s" + (f" ({in_epochs[k]:.1f} s)" if k in in_epochs else "")
+            + (f" (+{beside[k]:.1f} s in the background)" if k in beside else "")
             for k, v in r["stage_seconds"].items()) + f"; total {total:.1f} s ({total / 60:.1f} min)")
     out.append(("Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
                 "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
-                "analysis: records + report):", stages))
+                "analysis: records + report, or, for an analysis made in a background process while the next "
+                "stage trained, the records and the wait for it, its own time beside):", stages))
     if result.get("call_seconds") is not None:
         out.append((f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
                     "and model building included; stages kept from an earlier call cost it nothing).", []))

@@ -327,8 +327,6 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     from .runs.precompile import start
 
     if plan and dev.startswith("cuda"):
-        import torch
-
         # this process takes its CUDA context first: a GPU in exclusive-process mode then refuses the
         # child (whose stages compile for themselves), never the stage training here
         torch.zeros((), device=dev)
@@ -351,11 +349,32 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                       "precision": precision, "compile": compile, "seed": seed}
             t: dict[str, float] = {}  # wall seconds per stage and analysis
             in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
-            arch_rows: list[dict[str, Any]] = []
 
-            def analyze_stage(kind: str) -> None:
+            in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
+            pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
+
+            def add_row(kind: str, json_path: Path) -> None:
+                meta = RunFolder(base / kind).meta()
+                epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+                row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
+                                        out)
+                row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
+                row["stage_epoch_seconds"] = in_epochs
+                row["stage_background_seconds"] = in_background
+                result["rows"].append(row)
+                publish()
+
+            def analyze_stage(kind: str, beside_next: bool = False) -> None:
                 t0 = time.perf_counter()
                 json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
+                if json_path is None and beside_next:
+                    # the records need the GPU: collected here; the rest (analyses, figures, report) is CPU
+                    # work, done by a child process while the next stage trains
+                    run_records(base / kind, ANALYZED_SPLITS, device=dev, log=log)
+                    if log is not None:
+                        log(f"analyzing {base / kind} in a background process while the next stage trains")
+                    pending.append((kind, time.perf_counter() - t0, _analysis_process(base / kind)))
+                    return
                 if json_path is None:
                     _, json_path = analyze_run(base / kind, device=dev, log=log)
                     t[f"analyze {kind}"] = time.perf_counter() - t0
@@ -363,17 +382,20 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                     t[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
                     if log is not None:
                         log(f"{json_path.parent} is the analysis of these weights: kept")
-                if not place.main:  # it helped collect the records; the report and the table are rank 0's
-                    return
-                meta = RunFolder(base / kind).meta()
-                epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
-                row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
-                                        out)
-                row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
-                row["stage_epoch_seconds"] = in_epochs
-                arch_rows.append(row)
-                result["rows"].append(row)
-                publish()
+                if place.main:  # other ranks helped collect the records; the report and the table are rank 0's
+                    add_row(kind, json_path)
+
+            def finish_background() -> None:
+                while pending:
+                    kind, here, process = pending.pop(0)
+                    t0 = time.perf_counter()
+                    json_path = _kept_analysis(base / kind) if process.wait() == 0 else None
+                    if json_path is None:  # it failed: again in this process, where its error reaches the user
+                        _, json_path = analyze_run(base / kind, device=dev, log=log)
+                    else:
+                        in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
+                    t[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
+                    add_row(kind, json_path)
 
             # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
             # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
@@ -387,11 +409,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                     base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
                                        "epochs": epochs["ic-only"], "device": device, "precision": precision,
                                        "compile": compile}, log, progress)
-                analyze_stage("ic-only")
+                analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
             if "sdn" in stages:
                 compiled_ahead(f"{arch}/sdn")
-                t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]},
-                                                    log, progress)
+                try:
+                    t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
+                                                                       "epochs": epochs["sdn"]}, log, progress)
+                finally:  # a stage that failed still lets the analysis beside it finish its report
+                    finish_background()
                 analyze_stage("sdn")
     finally:
         if ahead is not None:
@@ -406,6 +431,33 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     if log is not None:
         log(report.reproduction_markdown(result))
     return result
+
+
+# the splits an analysis collects records of (a reproduction has no backdoor split)
+ANALYZED_SPLITS = ("train", "val", "test")
+# device types on which an analysis runs in a background process beside the next stage: there the
+# stage keeps the GPU busy and leaves the CPU's cores idle; on a CPU both would want the same cores
+ANALYSIS_BESIDE_ON = ("cuda",)
+
+
+def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed: bool) -> bool:
+    """Whether to analyze a stage in the background: the next stage trains in this call, on a device
+    of :data:`ANALYSIS_BESIDE_ON`, in one process (under torchrun every rank collects its shard)."""
+    if not next_trains or distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
+        return False
+    folder = RunFolder(next_stage)
+    return not (folder.exists() and folder.meta().get("status") == "complete")
+
+
+def _analysis_process(run: Path) -> Any:
+    """A child process running :func:`analyze_run` on ``run`` (records already collected: it needs
+    no device) with the defaults a reproduction uses; its exit status says whether it worked."""
+    import subprocess
+
+    from .core.children import python_child
+
+    return python_child(["-c", "import sys; from shallowdeep.workflows import analyze_run; analyze_run(sys.argv[1])",
+                         str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],

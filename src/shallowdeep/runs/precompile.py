@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
+from ..core.children import python_child
 from .train import TrainConfig, warm_compile
 
 # what a child may be told: the JSON-able fields of TrainConfig (not a user's module)
@@ -80,12 +80,9 @@ def start(cfgs: list[TrainConfig]) -> Ahead | None:
     if not cfgs:
         return None
     spec = json.dumps([{k: getattr(c, k) for k in _FIELDS} for c in cfgs])
-    # the child imports this package from where this process did, whatever its sys.path was made of
-    here = str(Path(__file__).resolve().parents[2])
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     # stdout carries one JSON line per configuration; the child's warnings are not the user's business
-    process = subprocess.Popen([sys.executable, "-m", "shallowdeep.runs.precompile", spec], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    process = python_child(["-m", "shallowdeep.runs.precompile", spec], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
     return Ahead(process, len(cfgs))
 
 
