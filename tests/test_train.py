@@ -253,3 +253,46 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
     assert not [p for p in killed.iterdir() if p.suffix == ".tmp"], "resuming removes torn temporary files"
     a, b = _weights(tmp_path / "whole"), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_snapshot_is_taken_when_submitted_and_written_behind(tmp_path, monkeypatch):
+    """The loop hands the checkpoint over and goes on: the tensors are copied at once (the training
+    mutates the originals in place), written by a background thread, run.json after the checkpoint."""
+    from shallowdeep.runs.checkpoint import CheckpointWriter, snapshot
+    from shallowdeep.runs.folder import RunFolder
+
+    w = torch.arange(12.0).reshape(3, 4).t()  # not contiguous: the file needs it contiguous
+    snap = snapshot({"w": w})
+    w.add_(100)  # the next epoch's step
+    assert torch.equal(snap["w"], torch.arange(12.0).reshape(3, 4).t()) and snap["w"].is_contiguous()
+
+    run = RunFolder(tmp_path)
+    order: list[str] = []
+    real_bytes, real_json = RunFolder.write_bytes, RunFolder.write_json
+    monkeypatch.setattr(RunFolder, "write_bytes", lambda self, p, d: order.append(p.name) or real_bytes(self, p, d))
+    monkeypatch.setattr(RunFolder, "write_json", lambda self, p, o: order.append(p.name) or real_json(self, p, o))
+    writer = CheckpointWriter(run)
+    writer.submit({"w": w}, {"epoch": 1}, {"status": "running"})
+    w.zero_()
+    writer.wait()
+    tensors, meta = runs.read_tensors(run.checkpoint)
+    assert torch.equal(tensors["w"], torch.arange(12.0).reshape(3, 4).t() + 100) and meta == {"epoch": 1}
+    assert order == [run.checkpoint.name, run.run_json.name]
+
+
+def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkeypatch):
+    from shallowdeep.runs.folder import RunFolder
+
+    real = RunFolder.write_bytes
+
+    def full_disk(self, path, data):
+        if path.name == RunFolder(tmp_path).checkpoint.name:
+            raise OSError(28, "No space left on device")
+        return real(self, path, data)
+
+    monkeypatch.setattr(RunFolder, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train_run(TrainConfig(out=str(tmp_path / "r"), mode="cnn", arch="small", data="digits", epochs=2),
+                  progress=False, log=None)
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["status"] == "running" and not (tmp_path / "r" / "model.safetensors").exists()

@@ -25,6 +25,7 @@ from ..models.zoo import is_zoo_name
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
 from .. import distributed
+from .checkpoint import CheckpointWriter
 from .folder import FORMAT, RunFolder, recorded_normalisation
 from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
                       save_weights, state_bytes, tensors_to_bytes)
@@ -299,15 +300,16 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
             f"{len(data.train)} train / {len(data.val)} val images, {recipe.epochs} epochs, {device} "
             f"({runtime.precision}{', compiled' if runtime.compile else ''})")
 
+    writer = CheckpointWriter(run)
+
     def on_epoch(result: EpochResult, opt: torch.optim.Optimizer) -> None:
         history.append(result.to_json())
         if not place.main:
             return
         opt_tensors, opt_meta = optimizer_to_tensors(opt)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-        run.write_bytes(run.checkpoint, tensors_to_bytes(
-            tensors, {"epoch": result.epoch, "history": history, "optimizer": opt_meta}))
-        run.write_json(run.run_json, meta | {"epochs": history, "wall_seconds": wall()})
+        writer.submit(tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
+                      meta | {"epochs": list(history), "wall_seconds": wall()})
 
     # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
     # the same code runs where it is (and a resume there replays epochs bit for bit)
@@ -319,10 +321,15 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     # the part of the wall time before the first step (data loading and building), over every call
     meta["setup_seconds"] += time.perf_counter() - started
-    fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
-        seed=r["seed"],
-        runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch, stop_after=stop_after,
-        progress=progress, log=log)
+    try:
+        fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device,
+                                                                shard=shard),
+            seed=r["seed"], runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch,
+            stop_after=stop_after, progress=progress, log=log)
+    except BaseException:
+        writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
+        raise
+    writer.wait()
     if len(history) < recipe.epochs:
         return out  # stopped early on request: the checkpoint lets a resume continue
     model.eval()
