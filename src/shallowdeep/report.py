@@ -164,7 +164,7 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
     rows = [(label, idx[:GRID_COLUMNS]) for label, idx in rows]  # few per row: captions stay readable
     ncols = max([len(idx) for _, idx in rows] + [1])
     # one axes whose data units are inches, every image placed in it: 40-odd axes with titles and a
-    # tight layout took most of a report's drawing time (a 7 x 6 grid: 2.4-2.9 s, now 0.9-1.2 s on the VM)
+    # tight layout took most of a report's drawing time (a 7 x 6 grid: 1.5-1.6 s, now 0.6-0.7 s on the VM)
     cell_w, cell_h, side, box = 1.5, 2.1, 0.8, 1.2  # inches; side: the row labels
     width, height = side + cell_w * ncols, cell_h * len(rows)
     fig = plt.figure(figsize=(width, height))
