@@ -72,6 +72,10 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
         out.append(("train's CUDA default + CUDA graphs only (no inductor)", {**default, "compile": True,
                                                                                "backend": "cudagraphs", "epoch": True}))
     if compile_rows == "all":
+        # cuDNN's own search for each convolution's fastest algorithm, as airbench runs: the shapes of a
+        # compiled run are fixed, so it searches once per shape (not a default until measured)
+        out.append(("train's CUDA default + compile + cudnn.benchmark", {**default, "compile": True,
+                                                                          "cudnn_benchmark": True, "epoch": True}))
         out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
     out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
     out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
@@ -84,6 +88,7 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
 
 def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", False))  # every row sets it: it is global
     sdn = build_sdn(args.arch, 10, 32)
     recipe = default_recipe("sdn", args.arch)
     if cfg["batch"] != recipe.batch_size:
