@@ -89,7 +89,7 @@ def start(cfgs: list[TrainConfig]) -> Ahead | None:
 def _main() -> None:
     try:
         os.nice(10)  # the stage training meanwhile comes first
-    except OSError:
+    except (AttributeError, OSError):  # no os.nice (Windows), or not allowed
         pass
     for raw in json.loads(sys.argv[1]):
         t0 = time.perf_counter()
