@@ -265,6 +265,21 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
     assert failed["rows"][0]["outputs"] == result["rows"][0]["outputs"]  # same seed, same figures either way
 
+    # the SDN stage fails while the analysis beside it runs: its error goes on, the analysis finishes
+    monkeypatch.undo()
+    monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
+    real_stage = workflows._stage
+
+    def sdn_fails(out, cfg, log, progress):
+        if out.name == "sdn":
+            raise RuntimeError("the SDN stage broke")
+        return real_stage(out, cfg, log, progress)
+
+    monkeypatch.setattr(workflows, "_stage", sdn_fails)
+    with pytest.raises(RuntimeError, match="the SDN stage broke"):
+        reproduce("digits", tmp_path / "c", ["small"], epochs=epochs, log=None, progress=False)
+    assert _kept_analysis(tmp_path / "c" / "small" / "ic-only") is not None
+
 
 def test_compile_by_default_only_where_it_pays_back():
     """Compilation is on by default only on one CUDA device for runs with the steps to pay it back

@@ -349,7 +349,6 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                       "precision": precision, "compile": compile, "seed": seed}
             t: dict[str, float] = {}  # wall seconds per stage and analysis
             in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
-
             in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
             pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
 
@@ -391,6 +390,8 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                     t0 = time.perf_counter()
                     json_path = _kept_analysis(base / kind) if process.wait() == 0 else None
                     if json_path is None:  # it failed: again in this process, where its error reaches the user
+                        if log is not None:
+                            log(f"the background analysis of {base / kind} failed: analyzing it here")
                         _, json_path = analyze_run(base / kind, device=dev, log=log)
                     else:
                         in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
@@ -415,8 +416,11 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 try:
                     t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
                                                                        "epochs": epochs["sdn"]}, log, progress)
-                finally:  # a stage that failed still lets the analysis beside it finish its report
-                    finish_background()
+                except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
+                    for _, _, process in pending:
+                        process.wait()
+                    raise
+                finish_background()
                 analyze_stage("sdn")
     finally:
         if ahead is not None:
