@@ -256,10 +256,15 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     md = (tmp_path / "a" / "reproduction.md").read_text()
     assert f"analyze ic-only {stages['analyze ic-only']:.1f} s (+{beside['analyze ic-only']:.1f} s in the background)" in md
     assert f"total {sum(stages.values()):.1f} s" in md  # the waited-for part only: the wall time it took
+    assert 0 < report["pipeline_seconds"] <= stages["analyze ic-only"]  # the records, collected in the pipeline
+    # a later call keeps the analysis and still counts only the pipeline's part in the total
+    again = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=None, progress=False)
+    assert again["rows"][0]["stage_seconds"]["analyze ic-only"] == report["pipeline_seconds"]
+    assert again["rows"][0]["stage_background_seconds"] == {"analyze ic-only": report["wall_seconds"]}
 
     from shallowdeep.core.children import python_child
 
-    monkeypatch.setattr(workflows, "_analysis_process", lambda run: python_child(["-c", "raise SystemExit(3)"]))
+    monkeypatch.setattr(workflows, "_analysis_process", lambda run, seconds: python_child(["-c", "raise SystemExit(3)"]))
     failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=None, progress=False)
     assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
     assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
