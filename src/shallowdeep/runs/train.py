@@ -1,7 +1,8 @@
 """Training into a run folder: resolve and merge the configuration, resume, checkpoint, finish.
 
 The loop itself (:mod:`shallowdeep.training`) knows nothing of folders; this module hands it the
-batches, the runtime and an ``on_epoch`` callback that writes the checkpoint atomically.
+batches, the runtime and an ``on_epoch`` callback that checkpoints (written atomically behind the
+loop, :mod:`.checkpoint`). :func:`warm_compile` compiles a run's step ahead of the run (:mod:`.precompile`).
 """
 from __future__ import annotations
 
