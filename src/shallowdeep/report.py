@@ -169,7 +169,7 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
     width, height = side + cell_w * ncols, cell_h * len(rows)
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(-side, cell_w * ncols)
+    ax.set_xlim(-side, cell_w * ncols)  # set limits stay: the images placed below do not rescale them
     ax.set_ylim(height, 0)
     ax.axis("off")
     for r, ((label, idx), out) in enumerate(zip(rows, output_of_row)):
@@ -184,8 +184,6 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
             ax.text(c * cell_w + cell_w / 2, top - 0.05, f"{classes[pred]}\n(true {classes[true]},\nfinal "
                     f"{classes[final]})", fontsize=10.5, ha="center", va="bottom")
         ax.text(-0.1, top + box / 2, label, ha="right", va="center", fontsize=12)
-    ax.set_xlim(-side, cell_w * ncols)  # imshow resets the limits to its last image
-    ax.set_ylim(height, 0)
     return _png(fig)
 
 
