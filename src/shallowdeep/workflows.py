@@ -21,6 +21,8 @@ from .runs import RunFolder, backdoor_of, run_data, run_records, save_calibratio
 from .runs.weights import load
 
 Log = Callable[[str], None] | None
+# the splits an analysis collects records of (and, for a backdoored run, the triggered test split)
+ANALYZED_SPLITS = ("train", "val", "test")
 
 
 def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: float = 0.01,
@@ -56,7 +58,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
-    splits = ("train", "val", "test") + (("test+trigger",) if backdoor is not None else ())
+    splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
     from .distributed import current
 
     records = run_records(run, splits, data=data, device=device, log=log)
@@ -297,8 +299,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     if "ic-only" in stages and "cnn" not in stages:
         for a in archs:
-            cnn = RunFolder(out / a / "cnn")
-            if not (cnn.exists() and cnn.meta().get("status") == "complete"):
+            if not RunFolder(out / a / "cnn").finished():
                 raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
                                     "add the cnn stage to `stages`")
     from .distributed import join
@@ -443,8 +444,6 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     return result
 
 
-# the splits an analysis collects records of (a reproduction has no backdoor split)
-ANALYZED_SPLITS = ("train", "val", "test")
 # device types on which an analysis runs in a background process beside the next stage: there the
 # stage keeps the GPU busy and leaves the CPU's cores idle; on a CPU both would want the same cores
 ANALYSIS_BESIDE_ON = ("cuda",)
@@ -455,8 +454,7 @@ def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed:
     of :data:`ANALYSIS_BESIDE_ON`, in one process (under torchrun every rank collects its shard)."""
     if not next_trains or distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
         return False
-    folder = RunFolder(next_stage)
-    return not (folder.exists() and folder.meta().get("status") == "complete")
+    return not RunFolder(next_stage).finished()
 
 
 def _analysis_process(run: Path, pipeline_seconds: float) -> Any:
@@ -496,7 +494,7 @@ def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], ep
     for arch in archs:
         for kind in ("cnn", "ic-only", "sdn"):
             folder = RunFolder(out / arch / kind)
-            if kind not in stages or (folder.exists() and folder.meta().get("status") == "complete"):
+            if kind not in stages or folder.finished():
                 continue  # not trained in this call
             if not first and not folder.exists():
                 cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)

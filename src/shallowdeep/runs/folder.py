@@ -125,6 +125,10 @@ class RunFolder:
         """Whether the folder holds a run (its ``run.json``)."""
         return self.run_json.is_file()
 
+    def finished(self) -> bool:
+        """Whether the folder holds a run that finished training."""
+        return self.exists() and self.meta().get("status") == "complete"
+
     def meta(self) -> dict[str, Any]:
         """``run.json``, checked to be a shallowdeep run."""
         if self.path.exists() and not self.path.is_dir():
