@@ -11,7 +11,6 @@ a time; a failed write is raised at the next checkpoint or when the run finishes
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,17 +42,14 @@ class CheckpointWriter:
         tensors are copied. Waits for the previous checkpoint first (and raises its error)."""
         self.wait()
         snap = snapshot(tensors)
-        self._thread = threading.Thread(target=self._guarded, args=(lambda: self._write(snap, metadata, run_json),),
-                                        name="checkpoint", daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(snap, metadata, run_json), name="checkpoint",
+                                        daemon=True)
         self._thread.start()
 
     def _write(self, snap: dict[str, torch.Tensor], metadata: dict[str, Any], run_json: dict[str, Any]) -> None:
-        self.run.write_bytes(self.run.checkpoint, tensors_to_bytes(snap, metadata))
-        self.run.write_json(self.run.run_json, run_json)  # after the checkpoint it describes
-
-    def _guarded(self, work: Callable[[], None]) -> None:
         try:
-            work()
+            self.run.write_bytes(self.run.checkpoint, tensors_to_bytes(snap, metadata))
+            self.run.write_json(self.run.run_json, run_json)  # after the checkpoint it describes
         except BaseException as e:  # noqa: BLE001  (kept for the training's thread, which raises it)
             self._error = e
 
