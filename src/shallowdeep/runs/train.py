@@ -248,7 +248,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     was = (previous or {}).get("runtime", {})
     runtime = Runtime.default(device, cfg.precision or was.get("precision"),
                               cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
-                              sync_bn=cfg.sync_bn, steps=len(data.train) // recipe.batch_size * recipe.epochs)
+                              sync_bn=cfg.sync_bn, steps=_training_steps(data, recipe))
     torch.manual_seed(r["seed"])  # weight initialisation
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
@@ -380,7 +380,7 @@ def warm_compile(cfg: TrainConfig) -> bool:
         return False
     # the stage's own decision, from the stage's own number of steps
     runtime = Runtime.default(device, cfg.precision, cfg.compile,
-                              steps=len(data.train) // recipe.batch_size * recipe.epochs)
+                              steps=_training_steps(data, recipe))
     if not runtime.compile or len(data.train) < recipe.batch_size:
         return False
     torch.manual_seed(r["seed"])
@@ -395,6 +395,11 @@ def warm_compile(cfg: TrainConfig) -> bool:
         _train_batches(resident, recipe, runtime, device, r["seed"], (0, 1)), lambda: [], seed=r["seed"],
         runtime=runtime, stop_after=1, progress=False, log=None)
     return True
+
+
+def _training_steps(data: Dataset, recipe: Recipe) -> int:
+    """A run's training steps, what the compile decision reads (a run and its compilation ahead must agree)."""
+    return len(data.train) // recipe.batch_size * recipe.epochs
 
 
 def _train_batches(resident: Dataset, recipe: Recipe, runtime: Runtime, device: torch.device, seed: int,
