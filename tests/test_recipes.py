@@ -275,10 +275,10 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
     real_stage = workflows._stage
 
-    def sdn_fails(out, cfg, log, progress):
+    def sdn_fails(out, cfg, log, progress, *hooks):
         if out.name == "sdn":
             raise RuntimeError("the SDN stage broke")
-        return real_stage(out, cfg, log, progress)
+        return real_stage(out, cfg, log, progress, *hooks)
 
     monkeypatch.setattr(workflows, "_stage", sdn_fails)
     with pytest.raises(RuntimeError, match="the SDN stage broke"):

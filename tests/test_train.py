@@ -296,3 +296,35 @@ def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkey
                   progress=False, log=None)
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["status"] == "running" and not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, monkeypatch, digits):
+    """While another process compiles the step (``compile_ready`` says no), the epochs step the
+    uncompiled module; from the epoch it says yes, the compiled one; it is not asked again."""
+    compiled_steps = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper (which compiles at its first call)
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, *args):
+            compiled_steps.append(1)
+            return self._orig_mod(*args)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Compiled(module))
+    asked: list[int] = []
+
+    def ready() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    lines: list[str] = []
+    out = tmp_path / "r"
+    train_run(TrainConfig(out=str(out), mode="sdn", arch="small", data="digits", epochs=4, compile=True),
+              progress=False, log=lines.append, compile_ready=ready)
+    meta = json.loads((out / "run.json").read_text())
+    assert [e.get("eager", False) for e in meta["epochs"]] == [True, True, False, False]
+    assert len(asked) == 3 and "the compiled step is ready: compiled from epoch 3" in lines
+    assert len(compiled_steps) == 2 * (len(digits.train) // meta["recipe"]["batch_size"])  # drop_last: compiled
+    assert meta["status"] == "complete" and "eager while the step compiles" in lines[1]

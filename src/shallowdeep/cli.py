@@ -611,8 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(100), both SDNs analyzed with thresholds calibrated on validation; then "
                                     "reproduction.md, reproduction.json and index.html in --out. A killed reproduction "
                                     "continues where it stopped when run again with the same arguments. On one "
-                                    "GPU, background processes compile the later stages' training steps and "
-                                    "analyze the IC-only SDN while earlier stages train.")
+                                    "GPU, a background process compiles the stages' training steps (a stage trains "
+                                    "eagerly until its step is compiled) and another analyzes the IC-only SDN while "
+                                    "the SDN trains.")
     rp.add_argument("--data", required=True, help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
     rp.add_argument("--out", required=True, help="folder for every run and the table")
     rp.add_argument("--archs", default="resnet56", help="comma-separated architectures (default resnet56)")

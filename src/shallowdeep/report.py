@@ -635,10 +635,11 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
         out.append((f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
                     "and model building included; stages kept from an earlier call cost it nothing).", []))
     if result.get("compiled_ahead"):
-        out.append(("Compiled ahead, in a background process while earlier stages trained (these stages' first "
-                    "epochs load the compiled step from the compiler's cache): " + ", ".join(
+        out.append(("Training steps compiled in a background process, in training order (a stage trains eagerly "
+                    "until its step is in the compiler's cache, then loads it): " + ", ".join(
                         f"{r['stage']} " + (f"in {r['seconds']:.1f} s" if r["compiled"] else
                                             f"not ({r.get('error', 'it would not compile')})")
+                        + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
                         for r in result["compiled_ahead"]) + ".", []))
     out.append(("Median epoch time: " + ", ".join(
         f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s" for r in result["rows"]

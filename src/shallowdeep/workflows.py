@@ -243,22 +243,25 @@ PAPER_CLAIMS = {
 }
 
 
-def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool) -> tuple[float, float]:
+def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Callable[[], None] | None = None,
+           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float]:
     """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
     stage's wall seconds over every call (a run written before they were recorded: its epochs' sum)
-    and the sum of its epochs' times (training and validation only), resumed epochs included."""
+    and the sum of its epochs' times (training and validation only), resumed epochs included.
+    ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
     from .runs import TrainConfig, train_run
 
     folder = RunFolder(out)
+    hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
     if folder.exists():
         meta = folder.meta()
         if meta.get("status") != "complete":
             train_run(TrainConfig(out=str(out), resume=True, device=cfg.get("device"), precision=cfg.get("precision"),
-                                  compile=cfg.get("compile")), progress=progress, log=log)
+                                  compile=cfg.get("compile")), **hooks)
         elif log is not None:
             log(f"{out} is finished: kept")
     else:
-        train_run(TrainConfig(out=str(out), **cfg), progress=progress, log=log)
+        train_run(TrainConfig(out=str(out), **cfg), **hooks)
     meta = folder.meta()
     epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
     return float(meta.get("wall_seconds", epochs)), epochs
@@ -320,28 +323,37 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
         write_bytes(out / "index.html", report.reproduction_html(result).encode())
 
-    # the stages after the first that this call trains anew get their steps compiled in the background
-    # while earlier ones train (one process on one device; under torchrun no stage compiles by default)
+    # the stages this call trains anew get their steps compiled in a background process, in training
+    # order, and each trains eagerly until its step is in the compiler's cache (one process on one
+    # device; under torchrun no stage compiles by default)
     plan = [] if place.enabled else _compile_ahead_plan(out, archs, stages, epochs, {
         "data": data, "data_root": data_root, "image_size": image_size, "device": device, "precision": precision,
         "compile": compile, "seed": seed})
-    from .runs.precompile import start
+    from .runs.precompile import Ahead, start
 
-    if plan and dev.startswith("cuda"):
-        # this process takes its CUDA context first: a GPU in exclusive-process mode then refuses the
-        # child (whose stages compile for themselves), never the stage training here
-        torch.zeros((), device=dev)
-    ahead = start([cfg for _, cfg in plan])
-    if ahead is not None and log is not None:
-        log(f"compiling ahead, in a background process: {', '.join(name for name, _ in plan)}")
+    ahead: Ahead | None = None
+    asked = not plan  # whether the child was started (or needs no starting)
 
-    def compiled_ahead(name: str) -> None:  # a planned stage starts once the child has compiled it
-        names = [n for n, _ in plan]
-        if ahead is None or name not in names:
+    def start_ahead() -> None:
+        # once the first stage trained here is set up: its data decoded into the cache (which the
+        # child then reads instead of decoding beside it) and, on CUDA, its context taken (a GPU in
+        # exclusive-process mode then refuses the child, whose stages compile for themselves)
+        nonlocal ahead, asked
+        if asked:
             return
-        if len(ahead.rows) <= names.index(name) and log is not None:
-            log(f"waiting for the background compilation of {name}")
-        ahead.wait_for(names.index(name) + 1)
+        asked = True
+        ahead = start([cfg for _, cfg in plan])
+        if ahead is not None and log is not None:
+            log(f"compiling ahead, in a background process: {', '.join(name for name, _ in plan)}")
+
+    def compile_ready(name: str) -> Callable[[], bool] | None:
+        names = [n for n, _ in plan]
+        if name not in names:
+            return None  # not planned: compiles for itself, if at all
+
+        def ready() -> bool:  # compiled by the child, or the child cannot do it (failed, not started)
+            return ahead is None or ahead.done(names.index(name))
+        return ready
 
     try:
         for arch in archs:
@@ -408,21 +420,19 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
             # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
             if "cnn" in stages:
-                compiled_ahead(f"{arch}/cnn")
                 t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
-                                                    log, progress)
+                                                    log, progress, start_ahead, compile_ready(f"{arch}/cnn"))
             if "ic-only" in stages:
-                compiled_ahead(f"{arch}/ic-only")
                 t["ic-only"], in_epochs["ic-only"] = _stage(
                     base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
                                        "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                       "compile": compile}, log, progress)
+                                       "compile": compile}, log, progress, start_ahead, compile_ready(f"{arch}/ic-only"))
                 analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
             if "sdn" in stages:
-                compiled_ahead(f"{arch}/sdn")
                 try:
                     t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
-                                                                       "epochs": epochs["sdn"]}, log, progress)
+                                                                       "epochs": epochs["sdn"]}, log, progress,
+                                                        start_ahead, compile_ready(f"{arch}/sdn"))
                 except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
                     for _, _, process in pending:
                         process.wait()
@@ -432,11 +442,12 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     finally:
         if ahead is not None:
             done = ahead.finish()
-            result["compiled_ahead"] = [{"stage": name} | row for (name, _), row in zip(plan, done)]
+            result["compiled_ahead"] = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
+                                        for (name, cfg), row in zip(plan, done)]
             if log is not None:
-                log("compiled ahead: " + "; ".join(f"{r['stage']} {'yes' if r['compiled'] else 'no'}"
-                                                   + (f" ({r['error']})" if r.get("error") else "") for r in
-                                                   result["compiled_ahead"]))
+                log("compiled in the background: " + "; ".join(
+                    f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
+                    for r in result["compiled_ahead"]))
     if place.main:
         publish()
     if log is not None:
@@ -480,27 +491,29 @@ def _analyze_beside(run: str | Path, pipeline_seconds: float) -> Path:
     return json_path
 
 
+def _eager_epochs(run: Path) -> int:
+    """How many epochs a compiled run trained eagerly while its step compiled elsewhere."""
+    folder = RunFolder(run)
+    return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
+
+
 def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
                         common: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The stages to compile ahead, in the order this call trains them, each as ``(name,
-    TrainConfig)``: every stage it trains as a new run that would compile, except the first stage
-    it trains at all (that one compiles at once, nothing is ahead of it). A stage resumed keeps its
-    recorded settings and is not planned. An ic-only stage names its arch and data (its CNN run may
-    not exist yet)."""
+    """The stages to compile in the background, in the order this call trains them, each as
+    ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
+    keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
+    run may not exist yet)."""
     from .runs import TrainConfig
     from .runs.train import may_compile
 
-    plan, first = [], True
+    plan = []
     for arch in archs:
         for kind in ("cnn", "ic-only", "sdn"):
             folder = RunFolder(out / arch / kind)
-            if kind not in stages or folder.finished():
-                continue  # not trained in this call
-            if not first and not folder.exists():
+            if kind in stages and not folder.exists():  # trained anew in this call
                 cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)
                 if may_compile(cfg):
                     plan.append((f"{arch}/{kind}", cfg))
-            first = False
     return plan
 
 

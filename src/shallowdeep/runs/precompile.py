@@ -1,14 +1,15 @@
-"""Compiling a later run's training step ahead, in a background process, while an earlier run trains.
+"""Compiling runs' training steps in a background process while the pipeline trains.
 
 A compiled run spends its first step compiling (on an H200: 34 s for the ResNet-56 CNN, 21 s for its
 IC-only SDN, 50 s for the SDN from scratch), and the GPU idles meanwhile. The compiler keeps what it
 made in an on-disk cache keyed by the code of the step and the shapes, strides and types of its
 inputs, not by the weights' values; from a warm cache the same SDN compiled in 3.5 s on that H200.
-``reproduce`` knows its later stages from the start, so it hands them to :func:`start`: a child
-process builds each stage's network with random weights, runs one compiled step on one batch of
-the real data, and leaves the compiled code in the cache for the stage itself. The child runs at a
-lower CPU priority. A stage whose compilation the child has not finished waits for it (the child
-started earlier, so it is ahead of a second compilation, and two would share the cores); if the
+``reproduce`` knows its stages from the start and hands them to :func:`start` once its first stage
+is set up (its data decoded into the cache): a child process builds each stage's network with
+random weights, runs one compiled step on one batch of the real data, and leaves the compiled code
+in the cache for the stage itself, in training order. The child runs at a lower CPU priority. A
+stage whose step the child has not compiled yet trains eagerly meanwhile (``fit``'s
+``compile_ready``), and loads the compiled step once :meth:`Ahead.done` says it is there; if the
 child failed, the stage compiles for itself, as without it.
 """
 from __future__ import annotations
@@ -27,9 +28,6 @@ from .train import TrainConfig, warm_compile
 
 # what a child may be told: the JSON-able fields of TrainConfig (not a user's module)
 _FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "module")
-# a stage waits at most this long for the child to finish compiling it (a compilation that slow is
-# stuck, and the stage compiles for itself); the child, having started earlier, is otherwise ahead
-WAIT_SECONDS = 900.0
 
 
 class Ahead:
@@ -55,7 +53,11 @@ class Ahead:
             self.ended = True
             self._changed.notify_all()
 
-    def wait_for(self, n: int, timeout: float = WAIT_SECONDS) -> bool:
+    def done(self, i: int) -> bool:
+        """Whether the child is past configuration ``i`` (0-based): compiled it, failed at it, or ended."""
+        return len(self.rows) > i or self.ended
+
+    def wait_for(self, n: int, timeout: float) -> bool:
         """Wait until the first ``n`` configurations are done (or the child ended, or ``timeout``
         seconds passed); whether they are done."""
         with self._changed:

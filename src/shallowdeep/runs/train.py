@@ -196,11 +196,15 @@ def _check_out(out: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = print) -> Path:
+              log: Callable[[str], None] | None = print, set_up: Callable[[], None] | None = None,
+              compile_ready: Callable[[], bool] | None = None) -> Path:
     """Train into the run folder ``cfg.out`` (creating or resuming it) and return its path.
 
     Every input is checked before anything is written, so bad input leaves no partial folder.
     Under torchrun every rank trains its shard; only rank 0 prints and writes the run folder.
+    ``set_up()`` runs on rank 0 once the run is set up, before its first step (its data decoded
+    and cached, on CUDA its context taken); ``compile_ready`` goes to
+    :func:`~shallowdeep.training.fit` (a compiled run trains eagerly until it says yes).
     """
     started = time.perf_counter()
     place, rank_device = distributed.join(str(pick_device(cfg.device)))
@@ -322,11 +326,13 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     # the part of the wall time before the first step (data loading and building), over every call
     meta["setup_seconds"] += time.perf_counter() - started
+    if set_up is not None and place.main:
+        set_up()
     try:
         fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device,
                                                                 shard=shard),
             seed=r["seed"], runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch,
-            stop_after=stop_after, progress=progress, log=log)
+            stop_after=stop_after, progress=progress, log=log, compile_ready=compile_ready)
     except BaseException:
         writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
         raise

@@ -28,16 +28,21 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class EpochResult:
-    """One epoch's learning rate, mean training loss, every output's validation accuracy and time."""
+    """One epoch's learning rate, mean training loss, every output's validation accuracy and time;
+    ``eager``: a compiled run's epoch trained eagerly while its step compiled elsewhere."""
 
     epoch: int
     lr: float
     train_loss: float
     val_acc: list[float]
     seconds: float
+    eager: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.eager:  # said only where it happened
+            del d["eager"]
+        return d
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -107,17 +112,22 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
         restore: Callable[[torch.optim.Optimizer], None] | None = None,
         on_epoch: Callable[[EpochResult, torch.optim.Optimizer], None] | None = None,
         stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-        ) -> list[EpochResult]:
+        compile_ready: Callable[[], bool] | None = None) -> list[EpochResult]:
     """Train ``model`` from ``start_epoch`` to ``recipe.epochs``, validating every output each epoch.
 
     ``train_batches(epoch)`` yields that epoch's batches; ``val_batches()`` the validation batches.
     ``restore(opt)`` loads a resumed optimiser state; ``on_epoch(result, opt)`` runs after each
     epoch (the run folder checkpoints there). ``stop_after`` ends after that many epochs of this
-    call, as a killed process would.
+    call, as a killed process would. ``compile_ready()``, for a compiled runtime whose step another
+    process is compiling into the compiler's on-disk cache: asked before each epoch, and until it
+    says yes the epochs train the same step eagerly instead of compiling it here (the compiled step
+    then loads from the cache in seconds, and the epochs meanwhile were not lost to waiting).
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     params = mode.parameters(model)  # first: ic-only freezes the backbone, which DDP's wrapping reads
     stepped = runtime.prepare(Objective(model, mode))
+    # torch.compile compiles at the first call: the module it wraps steps eagerly until then
+    eager = getattr(stepped, "_orig_mod", None) if compile_ready is not None and runtime.compile else None
     opt = make_optimizer(params, recipe, fused=runtime.fused_optimizer)
     schedule = make_schedule(opt, recipe)
     with warnings.catch_warnings():  # replaying before any optimiser step is intended here
@@ -131,18 +141,22 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
         t0 = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
         torch.manual_seed(epoch_seed(seed, epoch))  # dropout
-        loss = train_one_epoch(model, stepped, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs,
-                               progress, f"epoch {epoch + 1}/{recipe.epochs}")
+        if eager is not None and compile_ready is not None and compile_ready():
+            eager = None
+            if log is not None and results:
+                log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
+        loss = train_one_epoch(model, eager if eager is not None else stepped, mode, train_batches(epoch), opt, runtime,
+                               epoch, recipe.epochs, progress, f"epoch {epoch + 1}/{recipe.epochs}")
         schedule.step()
         runtime.end_epoch(model)
         acc = evaluate(model, val_batches(), runtime)
-        result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0)
+        result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0, eager=eager is not None)
         results.append(result)
         if log is not None:
             n = len(acc)
             names = [f"IC{i + 1}" for i in range(n - 1)] + ["final"]
             log(f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
-                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s)")
+                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s{', eager while the step compiles' if result.eager else ''})")
         if on_epoch is not None:
             on_epoch(result, opt)
         if stop_after is not None and len(results) >= stop_after:
