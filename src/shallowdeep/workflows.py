@@ -344,7 +344,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
         asked = True
         ahead = start([cfg for _, cfg in plan])
         if ahead is not None and log is not None:
-            log(f"compiling ahead, in a background process: {', '.join(name for name, _ in plan)}")
+            log(f"compiling the training steps in a background process: {', '.join(name for name, _ in plan)}")
 
     def compile_ready(name: str) -> Callable[[], bool] | None:
         names = [n for n, _ in plan]

@@ -155,8 +155,9 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
         if log is not None:
             n = len(acc)
             names = [f"IC{i + 1}" for i in range(n - 1)] + ["final"]
+            how = ", eager while the step compiles" if result.eager else ""
             log(f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
-                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s{', eager while the step compiles' if result.eager else ''})")
+                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s{how})")
         if on_epoch is not None:
             on_epoch(result, opt)
         if stop_after is not None and len(results) >= stop_after:
