@@ -150,3 +150,23 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
     return subprocess.run([sys.executable, "-m", "shallowdeep.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture
+def fake_compile(monkeypatch) -> list[int]:
+    """``torch.compile`` replaced by a wrapper that compiles nothing (the real one costs a minute on
+    this CPU) but, like torch's, keeps the module it wraps as ``_orig_mod``; the list it returns
+    gets one entry per call of a wrapped module (a compiled step)."""
+    calls: list[int] = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return self._orig_mod(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Compiled(module))
+    return calls

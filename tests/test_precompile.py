@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from shallowdeep.runs import TrainConfig, train_run
@@ -151,3 +152,40 @@ def test_the_child_starts_once_the_first_stage_is_set_up(tmp_path, monkeypatch):
     # once, between the stage's setup (its first line) and its first epoch
     assert lines[lines.index("start: cnn") - 1].startswith("training small (cnn)") and \
         lines.index("start: cnn") == epochs[0] - 1, lines
+
+
+def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_compile):
+    """`shallowdeep train` (workflows.train): a new run that compiles trains eagerly while a background
+    process compiles its step, which is stopped when the run ends; a run that does not compile, or a
+    resumed one, starts no process."""
+    import shallowdeep.runs.precompile as precompile
+    from shallowdeep.workflows import train
+
+    class NeverReady:  # a child still compiling when the run ends
+        finished = False
+
+        def done(self, i):
+            return False
+
+        def finish(self):
+            NeverReady.finished = True
+            return [{"compiled": False, "error": "stopped before it got there"}]
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(precompile, "start", lambda cfgs: started.append([c.out for c in cfgs]) or NeverReady())
+    out = tmp_path / "r"
+    lines: list[str] = []
+    cfg = TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2, device="cpu", compile=True)
+    assert train(cfg, progress=False, log=lines.append) == out
+    meta = json.loads((out / "run.json").read_text())
+    assert started == [[str(out)]] and NeverReady.finished
+    assert meta["runtime"]["compile"] and [e.get("eager") for e in meta["epochs"]] == [True, True]
+    assert any(line.startswith("compiled in the background: ") for line in lines)
+    started.clear()
+    train(TrainConfig(out=str(tmp_path / "s"), mode="cnn", arch="small", data="digits", epochs=1, device="cpu"),
+          progress=False, log=None)
+    half = TrainConfig(out=str(tmp_path / "u"), mode="cnn", arch="small", data="digits", epochs=2, device="cpu",
+                       compile=True)
+    train_run(half, stop_after=1, progress=False, log=None, compile_ready=lambda: False)
+    train(replace(half, resume=True), progress=False, log=None)  # resumed: compiles for itself
+    assert started == [] and fake_compile  # the resumed epoch stepped its compiled module

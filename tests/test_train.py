@@ -298,21 +298,10 @@ def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkey
     assert meta["status"] == "running" and not (tmp_path / "r" / "model.safetensors").exists()
 
 
-def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, monkeypatch, digits):
+def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, fake_compile, digits):
     """While another process compiles the step (``compile_ready`` says no), the epochs step the
     uncompiled module; from the epoch it says yes, the compiled one; it is not asked again."""
-    compiled_steps = []
-
-    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper (which compiles at its first call)
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self._orig_mod = inner
-
-        def forward(self, *args):
-            compiled_steps.append(1)
-            return self._orig_mod(*args)
-
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: Compiled(module))
+    compiled_steps = fake_compile
     asked: list[int] = []
 
     def ready() -> bool:

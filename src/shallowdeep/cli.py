@@ -249,9 +249,9 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runs import train_run
+    from .workflows import train
 
-    out = train_run(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
+    out = train(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
     from .distributed import current
 
     if current().main:

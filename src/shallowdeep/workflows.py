@@ -9,7 +9,7 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,8 +17,11 @@ import torch
 from .analysis import analyze, backdoor_figures, rule_calibration
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
-from .runs import RunFolder, backdoor_of, run_data, run_records, save_calibration
+from .runs import RunFolder, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.weights import load
+
+if TYPE_CHECKING:
+    from .runs.precompile import Ahead
 
 Log = Callable[[str], None] | None
 # the splits an analysis collects records of (and, for a backdoored run, the triggered test split)
@@ -249,7 +252,7 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Cal
     stage's wall seconds over every call (a run written before they were recorded: its epochs' sum)
     and the sum of its epochs' times (training and validation only), resumed epochs included.
     ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
-    from .runs import TrainConfig, train_run
+    from .runs import train_run
 
     folder = RunFolder(out)
     hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
@@ -326,34 +329,9 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     # the stages this call trains anew get their steps compiled in a background process, in training
     # order, and each trains eagerly until its step is in the compiler's cache (one process on one
     # device; under torchrun no stage compiles by default)
-    plan = [] if place.enabled else _compile_ahead_plan(out, archs, stages, epochs, {
+    beside = _CompiledBeside([] if place.enabled else _compile_ahead_plan(out, archs, stages, epochs, {
         "data": data, "data_root": data_root, "image_size": image_size, "device": device, "precision": precision,
-        "compile": compile, "seed": seed})
-    from .runs.precompile import Ahead, start
-
-    ahead: Ahead | None = None
-    asked = not plan  # whether the child was started (or needs no starting)
-
-    def start_ahead() -> None:
-        # once the first stage trained here is set up: its data decoded into the cache (which the
-        # child then reads instead of decoding beside it) and, on CUDA, its context taken (a GPU in
-        # exclusive-process mode then refuses the child, whose stages compile for themselves)
-        nonlocal ahead, asked
-        if asked:
-            return
-        asked = True
-        ahead = start([cfg for _, cfg in plan])
-        if ahead is not None and log is not None:
-            log(f"compiling the training steps in a background process: {', '.join(name for name, _ in plan)}")
-
-    def compile_ready(name: str) -> Callable[[], bool] | None:
-        names = [n for n, _ in plan]
-        if name not in names:
-            return None  # not planned: compiles for itself, if at all
-
-        def ready() -> bool:  # compiled by the child, or the child cannot do it (failed, not started)
-            return ahead is None or ahead.done(names.index(name))
-        return ready
+        "compile": compile, "seed": seed}), log)
 
     try:
         for arch in archs:
@@ -421,18 +399,18 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
             if "cnn" in stages:
                 t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
-                                                    log, progress, start_ahead, compile_ready(f"{arch}/cnn"))
+                                                    log, progress, beside.start, beside.ready(f"{arch}/cnn"))
             if "ic-only" in stages:
                 t["ic-only"], in_epochs["ic-only"] = _stage(
                     base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
                                        "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                       "compile": compile}, log, progress, start_ahead, compile_ready(f"{arch}/ic-only"))
+                                       "compile": compile}, log, progress, beside.start, beside.ready(f"{arch}/ic-only"))
                 analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
             if "sdn" in stages:
                 try:
                     t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
                                                                        "epochs": epochs["sdn"]}, log, progress,
-                                                        start_ahead, compile_ready(f"{arch}/sdn"))
+                                                        beside.start, beside.ready(f"{arch}/sdn"))
                 except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
                     for _, _, process in pending:
                         process.wait()
@@ -440,14 +418,9 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 finish_background()
                 analyze_stage("sdn")
     finally:
-        if ahead is not None:
-            done = ahead.finish()
-            result["compiled_ahead"] = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
-                                        for (name, cfg), row in zip(plan, done)]
-            if log is not None:
-                log("compiled in the background: " + "; ".join(
-                    f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
-                    for r in result["compiled_ahead"]))
+        compiled = beside.finish()
+        if compiled is not None:
+            result["compiled_ahead"] = compiled
     if place.main:
         publish()
     if log is not None:
@@ -491,10 +464,75 @@ def _analyze_beside(run: str | Path, pipeline_seconds: float) -> Path:
     return json_path
 
 
+class _CompiledBeside:
+    """Runs' training steps compiled by one background process (:mod:`~shallowdeep.runs.precompile`)
+    while this process trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order."""
+
+    def __init__(self, plan: list[tuple[str, TrainConfig]], log: Log) -> None:
+        self.plan, self.log = plan, log
+        self.ahead: Ahead | None = None  # the running child, once started
+        self.asked = not plan  # whether it was started (or needs no starting)
+
+    def start(self) -> None:
+        """Start the child, once: when the first run is set up, so its data is in the decode cache
+        (which the child reads instead of decoding beside it) and, on CUDA, this process holds its
+        context (a GPU in exclusive-process mode then refuses the child, whose runs compile for
+        themselves)."""
+        if self.asked:
+            return
+        from .runs.precompile import start
+
+        self.asked = True
+        self.ahead = start([cfg for _, cfg in self.plan])
+        if self.ahead is not None and self.log is not None:
+            self.log(f"compiling the training steps in a background process: {', '.join(n for n, _ in self.plan)}")
+
+    def ready(self, name: str) -> Callable[[], bool] | None:
+        """The planned run's ``compile_ready`` (``None`` for a run not planned: it compiles for itself,
+        if at all): yes once the child compiled its step, failed at it, or is not running."""
+        names = [n for n, _ in self.plan]
+        if name not in names:
+            return None
+        i = names.index(name)
+        return lambda: self.ahead is None or self.ahead.done(i)
+
+    def finish(self) -> list[dict[str, Any]] | None:
+        """Stop the child; per planned run what it did and how many epochs the run trained eagerly
+        meanwhile (``None`` if it never started)."""
+        if self.ahead is None:
+            return None
+        rows = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
+                for (name, cfg), row in zip(self.plan, self.ahead.finish())]
+        if self.log is not None:
+            self.log("compiled in the background: " + "; ".join(
+                f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
+                for r in rows))
+        return rows
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
+    """Train a run like :func:`~shallowdeep.runs.train_run`; a new run that compiles (by default on one
+    GPU) has its step compiled by a background process while it trains its first epochs eagerly,
+    instead of waiting for the compiler (not under torchrun, not for a resumed run)."""
+    from .distributed import from_env
+    from .runs import train_run
+    from .runs.train import may_compile
+
+    new = not from_env().enabled and not RunFolder(cfg.out).exists() and may_compile(cfg)
+    beside = _CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
+    try:
+        return train_run(cfg, progress=progress, log=log, set_up=beside.start, compile_ready=beside.ready(str(cfg.out)))
+    finally:
+        beside.finish()
+
+
 def _eager_epochs(run: Path) -> int:
     """How many epochs a compiled run trained eagerly while its step compiled elsewhere."""
     folder = RunFolder(run)
-    return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
+    try:
+        return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
+    except UserError:  # a damaged run.json: said by whatever reads it next, not by this count
+        return 0
 
 
 def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
@@ -503,7 +541,6 @@ def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], ep
     ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
     keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
     run may not exist yet)."""
-    from .runs import TrainConfig
     from .runs.train import may_compile
 
     plan = []
