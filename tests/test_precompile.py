@@ -61,7 +61,9 @@ def test_runs_compiled_in_the_background_find_their_step_in_the_cache(tmp_path):
 _REPRODUCE = """
 import json, sys
 import torch._dynamo.utils as du
+import shallowdeep.workflows as workflows
 from shallowdeep.workflows import reproduce
+workflows.COMPILE_BESIDE_ON = ("cuda", "cpu")  # as on a GPU (the CPU compiles in-process by default)
 result = reproduce("digits", sys.argv[1], ["small"], epochs={"cnn": 1, "ic-only": 1, "sdn": 1}, device="cpu",
                    compile=True, log=None, progress=False)
 print(json.dumps({"compiled_ahead": result["compiled_ahead"], "inductor": dict(du.counters["inductor"])}))
@@ -145,6 +147,7 @@ def test_the_child_starts_once_the_first_stage_is_set_up(tmp_path, monkeypatch):
                           epochs=1, device="cpu")
     monkeypatch.setattr(precompile, "start", fake_start)
     monkeypatch.setattr(workflows, "_compile_ahead_plan", lambda *a: [("small/cnn", planned)])
+    monkeypatch.setattr(workflows, "COMPILE_BESIDE_ON", ("cuda", "cpu"))
     workflows.reproduce("digits", tmp_path / "rep", ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1},
                         stages=("cnn",), device="cpu", log=lines.append, progress=False)
     epochs = [i for i, s in enumerate(lines) if s.startswith("epoch ")]
@@ -159,6 +162,7 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     process compiles its step, which is stopped when the run ends; a run that does not compile, or a
     resumed one, starts no process."""
     import shallowdeep.runs.precompile as precompile
+    import shallowdeep.workflows as workflows
     from shallowdeep.workflows import train
 
     class NeverReady:  # a child still compiling when the run ends
@@ -176,10 +180,16 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     out = tmp_path / "r"
     lines: list[str] = []
     cfg = TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2, device="cpu", compile=True)
+    # on a CPU the training takes every core: a compiled run compiles in its own process there
+    train(replace(cfg, out=str(tmp_path / "cpu")), progress=False, log=None)
+    assert started == [] and fake_compile
+    monkeypatch.setattr(workflows, "COMPILE_BESIDE_ON", ("cuda", "cpu"))  # as on a GPU
+    fake_compile.clear()
     assert train(cfg, progress=False, log=lines.append) == out
     meta = json.loads((out / "run.json").read_text())
     assert started == [[str(out)]] and NeverReady.finished
     assert meta["runtime"]["compile"] and [e.get("eager") for e in meta["epochs"]] == [True, True]
+    assert not fake_compile  # never stepped the compiled module
     assert any(line.startswith("compiled in the background: ") for line in lines)
     started.clear()
     train(TrainConfig(out=str(tmp_path / "s"), mode="cnn", arch="small", data="digits", epochs=1, device="cpu"),

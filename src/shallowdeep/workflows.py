@@ -328,10 +328,11 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
     # the stages this call trains anew get their steps compiled in a background process, in training
     # order, and each trains eagerly until its step is in the compiler's cache (one process on one
-    # device; under torchrun no stage compiles by default)
-    beside = _CompiledBeside([] if place.enabled else _compile_ahead_plan(out, archs, stages, epochs, {
-        "data": data, "data_root": data_root, "image_size": image_size, "device": device, "precision": precision,
-        "compile": compile, "seed": seed}), log)
+    # GPU; under torchrun no stage compiles by default)
+    common_cfg = {"data": data, "data_root": data_root, "image_size": image_size, "device": device,
+                  "precision": precision, "compile": compile, "seed": seed}
+    beside = _CompiledBeside([] if place.enabled or not _compiles_beside(dev) else
+                             _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
 
     try:
         for arch in archs:
@@ -464,6 +465,16 @@ def _analyze_beside(run: str | Path, pipeline_seconds: float) -> Path:
     return json_path
 
 
+# device types on which a run's step compiles in a background process while the run trains: there
+# the training loop needs one core (the GPU does the work) and the compiler gets the others; on a CPU
+# the training takes every core, and a compiled run compiles in its own process before its first step
+COMPILE_BESIDE_ON = ("cuda",)
+
+
+def _compiles_beside(dev: str) -> bool:
+    return dev.split(":")[0] in COMPILE_BESIDE_ON
+
+
 class _CompiledBeside:
     """Runs' training steps compiled by one background process (:mod:`~shallowdeep.runs.precompile`)
     while this process trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order."""
@@ -514,11 +525,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     """Train a run like :func:`~shallowdeep.runs.train_run`; a new run that compiles (by default on one
     GPU) has its step compiled by a background process while it trains its first epochs eagerly,
     instead of waiting for the compiler (not under torchrun, not for a resumed run)."""
+    from .devices import pick_device
     from .distributed import from_env
     from .runs import train_run
     from .runs.train import may_compile
 
-    new = not from_env().enabled and not RunFolder(cfg.out).exists() and may_compile(cfg)
+    new = not from_env().enabled and _compiles_beside(str(pick_device(cfg.device))) and \
+        not RunFolder(cfg.out).exists() and may_compile(cfg)
     beside = _CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
     try:
         return train_run(cfg, progress=progress, log=log, set_up=beside.start, compile_ready=beside.ready(str(cfg.out)))
