@@ -55,7 +55,9 @@ m = json.load(open(sys.argv[1])); e = m.get("epochs", [])
 s = sorted(x["seconds"] for x in e)
 print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seconds', float('nan')):.1f} s",
       f"setup {m.get('setup_seconds', float('nan')):.1f} s", f"epochs {sum(s):.1f} s",
-      f"first {e[0]['seconds']:.1f} s median {s[len(s) // 2]:.2f} s" if e else "")
+      f"first {e[0]['seconds']:.1f} s median {s[len(s) // 2]:.2f} s" if e else "",
+      f"eager while compiling: {sum(1 for x in e if x.get('eager'))} epochs, "
+      f"{sum(x['seconds'] for x in e if x.get('eager')):.1f} s")
 PY
   done
   if [ "${ROWS512:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then  # ROWS512=0 leaves the device time unused
