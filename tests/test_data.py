@@ -252,3 +252,38 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     assert _jpeg_size(bytes(raw)) == (30000, 30000) and _decode_jpegs([tmp_path / "bomb.jpg"]) == [None]
     with pytest.raises(UserError, match="bomb.jpg claims to be too large"):
         _decode([tmp_path / "bomb.jpg"], 40)
+
+
+def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_path, monkeypatch):
+    """On a machine of many cores a large folder of small images decodes in worker processes (PIL,
+    shares handed over as .npy files): the same array, in the same order, as one process makes; a
+    worker that fails (a bad file) leaves the folder to this process, whose error names the file."""
+    import tempfile
+
+    import shallowdeep.data as data
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the shares are handed over
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(23):  # JPEGs and a PNG, square and not (cropped: the warning counts them)
+        a = np.clip(np.cumsum(rng.integers(-9, 10, (32, 32 + 8 * (i % 3 == 0), 3)), axis=1) + 128, 0, 255)
+        p = tmp_path / (f"{i:02d}.png" if i == 5 else f"{i:02d}.jpg")
+        Image.fromarray(a.astype(np.uint8)).save(p)
+        paths.append(p)
+    monkeypatch.setattr(data, "_decode_processes", lambda: 1)
+    with pytest.warns(UserWarning, match="8 of 23 images are not square"):
+        here = data._decode(paths, 32)
+    monkeypatch.setattr(data, "PROCESS_MIN_FILES", 10)
+    monkeypatch.setattr(data, "_decode_processes", lambda: 3)
+    shares = []
+    real = data._decode_in_processes
+    monkeypatch.setattr(data, "_decode_in_processes", lambda p, s: shares.append(len(p)) or real(p, s))
+    with pytest.warns(UserWarning, match="8 of 23 images are not square"):
+        there = data._decode(paths, 32)
+    assert shares == [23] and there.dtype == np.uint8 and np.array_equal(here, there)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert real(paths + [tmp_path / "broken.jpg"], 32) is None
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
+        data._decode(paths + [tmp_path / "broken.jpg"], 32)
+    assert not list((tmp_path / "tmp").iterdir())  # the shares' folder is gone

@@ -30,6 +30,32 @@ def open_rgb(path: str | Path):
     return im.convert("RGB")
 
 
+def fitted_array(im, size: int) -> tuple[np.ndarray, bool]:
+    """A PIL RGB image as a ``size`` x ``size`` uint8 array (:func:`fit_image`), and whether it was
+    not square (so cropped)."""
+    return np.asarray(fit_image(im, size), dtype=np.uint8), im.size[0] != im.size[1]
+
+
+def decode_share(folder: str | Path, share: int, size: int) -> None:
+    """Decode the files listed in ``folder/SHARE.json`` (:func:`open_rgb`, :func:`fitted_array`) into
+    ``folder/SHARE.npy`` (uint8 ``[N, size, size, 3]``) and ``folder/SHARE-cropped.npy``: the work
+    of one worker process when a large folder decodes in several (``python -m
+    shallowdeep.core.images FOLDER SHARE SIZE``; PIL and numpy only, so it starts without torch)."""
+    import json
+
+    folder = Path(folder)
+    paths = json.loads((folder / f"{share}.json").read_text())
+    arrays = [fitted_array(open_rgb(p), size) for p in paths]
+    np.save(folder / f"{share}-cropped.npy", np.array([c for _, c in arrays], dtype=bool))
+    np.save(folder / f"{share}.npy", np.stack([a for a, _ in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8))
+
+
+if __name__ == "__main__":
+    import sys
+
+    decode_share(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+
+
 def fit_image(im, size: int):
     """Resize so the shorter side is ``size`` (bilinear), then crop the centre ``size`` x ``size``:
     a square image is just resized, another keeps its proportions instead of being squashed."""
