@@ -282,8 +282,11 @@ def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_pat
     with pytest.warns(UserWarning, match="8 of 23 images are not square"):
         there = data._decode(paths, 32)
     assert shares == [23] and there.dtype == np.uint8 and np.array_equal(here, there)
+    by_workers = real(paths, 32)  # not None: the workers decoded it (a failure would be hidden above)
+    assert by_workers is not None and np.array_equal(np.stack([a for a, _ in by_workers]), here)
+    assert sum(cropped for _, cropped in by_workers) == 8
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     assert real(paths + [tmp_path / "broken.jpg"], 32) is None
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         data._decode(paths + [tmp_path / "broken.jpg"], 32)
-    assert not list((tmp_path / "tmp").iterdir())  # the shares' folder is gone
+    assert not list((tmp_path / "tmp").glob("shallowdeep-decode-*"))  # the shares' folders are gone

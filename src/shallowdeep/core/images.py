@@ -50,11 +50,6 @@ def decode_share(folder: str | Path, share: int, size: int) -> None:
     np.save(folder / f"{share}.npy", np.stack([a for a, _ in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8))
 
 
-if __name__ == "__main__":
-    import sys
-
-    decode_share(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-
 
 def fit_image(im, size: int):
     """Resize so the shorter side is ``size`` (bilinear), then crop the centre ``size`` x ``size``:
@@ -71,3 +66,9 @@ def fit_image(im, size: int):
         left, top = (w - size) // 2, (h - size) // 2
         return im.crop((left, top, left + size, top + size))
     return im.resize((size, size), Image.BILINEAR)
+
+
+if __name__ == "__main__":
+    import sys
+
+    decode_share(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
