@@ -3,5 +3,5 @@ import sys
 
 from .cli import main
 
-if __name__ == "__main__":  # not when a worker process (multiprocessing's spawn) imports it
+if __name__ == "__main__":  # run as `python -m shallowdeep`, not when something imports it
     sys.exit(main())

@@ -47,8 +47,8 @@ def decode_share(folder: str | Path, share: int, size: int) -> None:
     paths = json.loads((folder / f"{share}.json").read_text())
     arrays = [fitted_array(open_rgb(p), size) for p in paths]
     np.save(folder / f"{share}-cropped.npy", np.array([c for _, c in arrays], dtype=bool))
-    np.save(folder / f"{share}.npy", np.stack([a for a, _ in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8))
-
+    images = np.stack([a for a, _ in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    np.save(folder / f"{share}.npy", images)
 
 
 def fit_image(im, size: int):
