@@ -219,7 +219,8 @@ def test_channel_stats_match_a_float64_computation():
 def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     """Image folders decode JPEGs through torchvision (faster); the pixels must be PIL's, which
     prediction and the deployed runtime use."""
-    from shallowdeep.data import _decode, _decode_jpegs, _read_sized
+    from shallowdeep.core.images import read_fitted
+    from shallowdeep.data import _decode, _decode_jpegs
 
     rng = np.random.default_rng(0)
     smooth = np.clip(np.cumsum(rng.integers(-9, 10, (40, 40, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
@@ -237,7 +238,7 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
         with pytest.warns(UserWarning, match="not square"):
             got = _decode(paths, size)
         for p, a in zip(paths, got):
-            assert np.array_equal(a, _read_sized(p, size)[0]), (p.name, size)
+            assert np.array_equal(a, read_fitted(p, size)[0]), (p.name, size)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         _decode([paths[0], tmp_path / "broken.jpg"], 40)

@@ -21,7 +21,7 @@ import torch
 
 from .core.catalog import DATASETS
 from .core.errors import ArgumentError, DataError
-from .core.images import fit_image, fitted_array, open_rgb
+from .core.images import fit_image, fitted_array, open_rgb, read_fitted
 from .stream import StreamSet
 
 VAL_FRACTION = 0.1
@@ -329,16 +329,16 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
         raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
                         "data set (`image_size`)")
     chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
-    arrays = None
-    if first <= 64 and len(paths) >= PROCESS_MIN_FILES and _decode_processes() > 1:
-        arrays = _decode_in_processes(paths, size)  # None if a worker failed: decoded here instead
-    if arrays is None and first <= 64:
-        # small images: the per-file interpreter work dominates and threads only contend for the
-        # interpreter lock (60,000 CIFAR JPEGs on this 2-core VM: 4.2 s in one thread, 4.8 s in two)
-        arrays = [a for c in chunks for a in _read_chunk(c, size)]
-    elif arrays is None:  # larger ones spend their time in decoders and resizing that leave the interpreter free
+    if first > 64:  # larger ones spend their time in decoders and resizing that leave the interpreter free
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             arrays = [a for part in pool.map(lambda c: _read_chunk(c, size), chunks) for a in part]
+    else:
+        many = len(paths) >= PROCESS_MIN_FILES and _decode_processes() > 1
+        arrays = _decode_in_processes(paths, size) if many else None  # None: a worker failed
+        if arrays is None:
+            # small images: the per-file interpreter work dominates and threads only contend for the
+            # interpreter lock (60,000 CIFAR JPEGs on this 2-core VM: 4.2 s in one thread, 4.8 s in two)
+            arrays = [a for c in chunks for a in _read_chunk(c, size)]
     cropped = sum(changed for _, changed in arrays)
     if cropped:
         import warnings
@@ -397,12 +397,8 @@ def _decode_in_processes(paths: list[Path], size: int) -> list[tuple[np.ndarray,
         return out
 
 
-def _read_sized(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    return fitted_array(open_rgb(path), size)
-
-
 def _read_chunk(paths: list[Path], size: int) -> list[tuple[np.ndarray, bool]]:
-    """Decode files like :func:`_read_sized`. JPEGs go through torchvision's libjpeg-turbo decoder
+    """Decode files like :func:`~shallowdeep.core.images.read_fitted`. JPEGs go through torchvision's libjpeg-turbo decoder
     (the same pixels as PIL's, tested) with less interpreter work per file: the 60,000 CIFAR-10 JPEGs
     took 13.9 s through PIL on the 2-core development VM's two threads, 3.9 s this way in one (medians
     of 3, alternated; 18.5 s and 7.1 s in a second, noisier set). Any file it refuses goes through
@@ -415,7 +411,7 @@ def _read_chunk(paths: list[Path], size: int) -> list[tuple[np.ndarray, bool]]:
         if a is not None:
             # an image already at its size skips the PIL round trip (most of a CIFAR-like folder)
             out[i] = (a, False) if a.shape[:2] == (size, size) else fitted_array(Image.fromarray(a), size)
-    return [o if o is not None else _read_sized(p, size) for o, p in zip(out, paths)]
+    return [o if o is not None else read_fitted(p, size) for o, p in zip(out, paths)]
 
 
 def _decode_jpegs(paths: list[Path]) -> list[np.ndarray | None]:

@@ -482,18 +482,16 @@ class _CompiledBeside:
     def __init__(self, plan: list[tuple[str, TrainConfig]], log: Log) -> None:
         self.plan, self.log = plan, log
         self.ahead: Ahead | None = None  # the running child, once started
-        self.asked = not plan  # whether it was started (or needs no starting)
 
     def start(self) -> None:
         """Start the child, once: when the first run is set up, so its data is in the decode cache
         (which the child reads instead of decoding beside it) and, on CUDA, this process holds its
         context (a GPU in exclusive-process mode then refuses the child, whose runs compile for
         themselves)."""
-        if self.asked:
+        if self.ahead is not None or not self.plan:
             return
         from .runs.precompile import start
 
-        self.asked = True
         self.ahead = start([cfg for _, cfg in self.plan])
         if self.ahead is not None and self.log is not None:
             self.log(f"compiling the training steps in a background process: {', '.join(n for n, _ in self.plan)}")

@@ -36,8 +36,13 @@ def fitted_array(im, size: int) -> tuple[np.ndarray, bool]:
     return np.asarray(fit_image(im, size), dtype=np.uint8), im.size[0] != im.size[1]
 
 
+def read_fitted(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
+    """An image file through :func:`open_rgb` and :func:`fitted_array`."""
+    return fitted_array(open_rgb(path), size)
+
+
 def decode_share(folder: str | Path, share: int, size: int) -> None:
-    """Decode the files listed in ``folder/SHARE.json`` (:func:`open_rgb`, :func:`fitted_array`) into
+    """Decode the files listed in ``folder/SHARE.json`` (:func:`read_fitted`) into
     ``folder/SHARE.npy`` (uint8 ``[N, size, size, 3]``) and ``folder/SHARE-cropped.npy``: the work
     of one worker process when a large folder decodes in several (``python -m
     shallowdeep.core.images FOLDER SHARE SIZE``; PIL and numpy only, so it starts without torch)."""
@@ -45,7 +50,7 @@ def decode_share(folder: str | Path, share: int, size: int) -> None:
 
     folder = Path(folder)
     paths = json.loads((folder / f"{share}.json").read_text())
-    arrays = [fitted_array(open_rgb(p), size) for p in paths]
+    arrays = [read_fitted(p, size) for p in paths]
     np.save(folder / f"{share}-cropped.npy", np.array([c for _, c in arrays], dtype=bool))
     images = np.stack([a for a, _ in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8)
     np.save(folder / f"{share}.npy", images)
