@@ -54,8 +54,9 @@ def sync(device: torch.device) -> None:
 def rows(compile_rows: str) -> list[tuple[str, dict]]:
     """(label, configuration) of every row; ``epoch`` marks the rows whose whole epoch is timed."""
     base = dict(precision="fp32", channels_last=False, compile=False, resident=False, batch=128, fused=False)
-    eager = {**base, "resident": True, "channels_last": True, "precision": "bf16", "fused": True}
-    default = {**base, "resident": True, "channels_last": True, "fused": True}  # what train runs on CUDA by default
+    # what train runs on CUDA by default (compiled when the run is long enough, below)
+    default = {**base, "resident": True, "channels_last": True, "precision": "bf16", "fused": True}
+    fp32 = {**default, "precision": "fp32"}  # the CUDA default until 2026-11-27
     out = [("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
            ("fused optimiser step", {**base, "fused": True}),
            ("data resident on the device (augmented there)", {**base, "resident": True}),
@@ -63,24 +64,24 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
            ("bf16 autocast", {**base, "precision": "bf16"})]
     if compile_rows == "all":
         out.append(("torch.compile", {**base, "compile": True}))
-    out.append(("resident + channels-last, fp32 (train's CUDA default)", {**default, "epoch": True}))
-    out.append(("all but compile, batch 128", {**eager, "epoch": True}))
+    out.append(("resident + channels-last, fp32, eager", {**fp32, "epoch": True}))
+    out.append(("all but compile, batch 128 (train's CUDA default)", {**default, "epoch": True}))
     if compile_rows in ("all", "one"):
-        # what `train --compile` runs on one GPU by default (fp32): the row the compile decision reads
+        # what train runs on one GPU by default for a long run: the row the compile decision reads
         out.append(("train's CUDA default + compile", {**default, "compile": True, "epoch": True}))
         # CUDA graphs without inductor's code generation: most of the launch saving for seconds of compilation?
         out.append(("train's CUDA default + CUDA graphs only (no inductor)", {**default, "compile": True,
                                                                                "backend": "cudagraphs", "epoch": True}))
     if compile_rows == "all":
+        out.append(("train's CUDA default + compile, in fp32", {**fp32, "compile": True, "epoch": True}))
         # cuDNN's own search for each convolution's fastest algorithm, as airbench runs: the shapes of a
         # compiled run are fixed, so it searches once per shape (not a default until measured)
         out.append(("train's CUDA default + compile + cudnn.benchmark", {**default, "compile": True,
                                                                           "cudnn_benchmark": True, "epoch": True}))
-        out.append(("all together with compile, batch 128", {**eager, "compile": True, "epoch": True}))
-    out.append(("all but compile, batch 512 (lr x4)", {**eager, "batch": 512, "epoch": True}))
-    out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
+    out.append(("all but compile, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
+    out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**fp32, "batch": 512, "epoch": True}))
     if compile_rows == "all":
-        out.append(("all together with compile, batch 512 (lr x4)", {**eager, "compile": True, "batch": 512,
+        out.append(("all together with compile, batch 512 (lr x4)", {**default, "compile": True, "batch": 512,
                                                                       "epoch": True}))
     out.append(("baseline again (drift check)", base))  # the first row also pays for cold caches
     return out
