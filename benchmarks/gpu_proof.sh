@@ -47,7 +47,8 @@ if [ "$part" = train ]; then
     | grep -v "it/s\]" | tee "$OUT/reproduce.log"
   echo "reproduce exit: ${PIPESTATUS[0]} ($(left) s left)" | tee -a "$OUT/reproduce.log"
   cp "$R"/reproduction.md "$R"/reproduction.json "$OUT/" 2>/dev/null
-  # where each stage's time went: its wall time over every call, the part before its first step, its epochs
+  # where each stage's time went: its wall time over every call, the part before its first step, its epochs,
+  # and run.json's time_parts (setup's data, model and device parts; loop start, between epochs, finish)
   for f in "$R"/*/*/run.json; do
     python3 - "$f" <<'PY' 2>/dev/null | tee -a "$OUT/reproduce.log"
 import json, sys
@@ -58,6 +59,7 @@ print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seco
       f"first {e[0]['seconds']:.1f} s median {s[len(s) // 2]:.2f} s" if e else "",
       f"eager while compiling: {sum(1 for x in e if x.get('eager'))} epochs, "
       f"{sum(x['seconds'] for x in e if x.get('eager')):.1f} s")
+print("  beside the epochs:", ", ".join(f"{k} {v:.2f} s" for k, v in m.get("time_parts", {}).items()))
 PY
   done
   if [ "${ROWS512:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then  # ROWS512=0 leaves the device time unused

@@ -280,6 +280,38 @@ def test_checkpoint_snapshot_is_taken_when_submitted_and_written_behind(tmp_path
     assert order == [run.checkpoint.name, run.run_json.name]
 
 
+def test_run_json_says_where_the_time_beside_the_epochs_went(tmp_path, monkeypatch):
+    """``time_parts`` splits a run's wall time beside its epochs (data loading, model, device, loop
+    start, between epochs, finish) and adds every call's: a slow data set and slow checkpoint
+    submissions show up where they happened, and the parts with the setup and the epochs make the
+    wall time."""
+    import time
+
+    from shallowdeep.runs import train as train_mod
+    from shallowdeep.runs.checkpoint import CheckpointWriter
+
+    real_load, real_submit = train_mod.load_dataset, CheckpointWriter.submit
+    monkeypatch.setattr(train_mod, "load_dataset", lambda *a, **k: time.sleep(0.3) or real_load(*a, **k))
+    monkeypatch.setattr(CheckpointWriter, "submit", lambda self, *a: time.sleep(0.2) or real_submit(self, *a))
+    out = tmp_path / "r"
+    cfg = dict(mode="cnn", arch="small", data="digits", epochs=3)
+    train_run(TrainConfig(out=str(out), **cfg), stop_after=2, **QUIET)
+    killed = json.loads((out / "run.json").read_text())["time_parts"]
+    # at the kill, the last checkpoint's run.json holds the parts up to that checkpoint
+    assert killed["setup_data"] >= 0.3 and killed["between_epochs"] >= 0.2 and "finish" not in killed
+    train_run(TrainConfig(out=str(out), resume=True), **QUIET)
+    meta = json.loads((out / "run.json").read_text())
+    parts = meta["time_parts"]
+    assert set(parts) == {"setup_data", "setup_model", "setup_device", "loop_start", "between_epochs", "finish"}
+    # both calls' data loading; the submissions of epochs 1 and 3 (the killed call's last one ran after
+    # its run.json was made, and is lost with the kill like the rest of that call's wall time)
+    assert parts["setup_data"] >= 0.6 and 0.4 <= parts["between_epochs"] < 0.6
+    assert parts["setup_data"] + parts["setup_model"] + parts["setup_device"] <= meta["setup_seconds"]
+    epochs = sum(e["seconds"] for e in meta["epochs"])
+    beside = meta["setup_seconds"] + parts["loop_start"] + parts["between_epochs"] + parts["finish"]
+    assert meta["wall_seconds"] - 0.1 < epochs + beside <= meta["wall_seconds"] + 0.01
+
+
 def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkeypatch):
     from shallowdeep.runs.folder import RunFolder
 

@@ -220,6 +220,18 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     def wall() -> float:
         return earlier + time.perf_counter() - started
 
+    # where this call's wall time went beside the epochs, added to the earlier calls' in run.json
+    # (``time_parts``): the setup's data loading, model building and copy to the device; the start of
+    # the loop up to its first epoch (background compiler started, optimiser, restored state); the
+    # time between epochs (checkpoint snapshots and waits, logging); the finish (last checkpoint
+    # written, weights, costs)
+    parts: dict[str, float] = {}
+
+    def timed(key: str, since: float) -> float:
+        now = time.perf_counter()
+        parts[key] = parts.get(key, 0.0) + now - since
+        return now
+
     r = _resolve(cfg, previous)
     parse_data_name(r["data"])
     if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
@@ -232,7 +244,9 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
                             f"{place.world} processes")
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
+    t = time.perf_counter()
     data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
+    t = timed("setup_data", t)
     if data.meta.get("data_mode") == "stream":  # record what was chosen, so analyses see the same pixels
         r["data_mode"], r["image_size"] = "stream", data.image_size
     if r["backdoor"] is not None:
@@ -254,6 +268,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
                               cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
                               sync_bn=cfg.sync_bn, steps=_training_steps(data, recipe))
     torch.manual_seed(r["seed"])  # weight initialisation
+    t = time.perf_counter()
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
         data = replace(data, mean=norm[0], std=norm[1])
@@ -280,6 +295,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
         def restore(opt: torch.optim.Optimizer) -> None:
             optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, ck["optimizer"])
+    timed("setup_model", t)  # the CNN built, loaded or downloaded, and a checkpoint read
 
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -292,7 +308,13 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         "epochs": history,
         "wall_seconds": earlier,
         "setup_seconds": float((previous or {}).get("setup_seconds", 0.0)),
+        "time_parts": _seconds_by_key((previous or {}).get("time_parts")),
     }
+    earlier_parts = dict(meta["time_parts"])
+
+    def time_parts() -> dict[str, float]:
+        return {k: earlier_parts.get(k, 0.0) + parts.get(k, 0.0) for k in sorted(set(earlier_parts) | set(parts))}
+
     if r["mode"] == "ic-only" and r["from_run"]:
         meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
             sha256_file(RunFolder(r["from_run"]).require_weights())
@@ -307,18 +329,26 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     writer = CheckpointWriter(run)
 
+    loop_started = [0.0]  # when the loop was set off; then when the last epoch's checkpoint was submitted
+
     def on_epoch(result: EpochResult, opt: torch.optim.Optimizer) -> None:
+        t = time.perf_counter()
+        # the start of the loop (first epoch of this call) or the time between two epochs, less the epoch
+        parts_key = "between_epochs" if "loop_start" in parts else "loop_start"
+        parts[parts_key] = parts.get(parts_key, 0.0) + max(0.0, t - loop_started[0] - result.seconds)
         history.append(result.to_json())
-        if not place.main:
-            return
-        opt_tensors, opt_meta = optimizer_to_tensors(opt)
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-        writer.submit(tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
-                      meta | {"epochs": list(history), "wall_seconds": wall()})
+        if place.main:
+            opt_tensors, opt_meta = optimizer_to_tensors(opt)
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
+            writer.submit(tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
+                          meta | {"epochs": list(history), "wall_seconds": wall(), "time_parts": time_parts()})
+        loop_started[0] = timed("between_epochs", t)
 
     # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
     # the same code runs where it is (and a resume there replays epochs bit for bit)
+    t = time.perf_counter()
     resident = data.to(device) if device.type == "cuda" else data
+    timed("setup_device", t)
     eval_batch = 1024 if device.type == "cuda" else 512
 
     shard = (place.rank, place.world)
@@ -326,6 +356,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     # the part of the wall time before the first step (data loading and building), over every call
     meta["setup_seconds"] += time.perf_counter() - started
+    loop_started[0] = time.perf_counter()
     if set_up is not None and place.main:
         set_up()
     try:
@@ -336,6 +367,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     except BaseException:
         writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
         raise
+    finish = time.perf_counter()
     writer.wait()
     if len(history) < recipe.epochs:
         return out  # stopped early on request: the checkpoint lets a resume continue
@@ -350,11 +382,20 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if place.main:
         save_weights(run.inside(run.weights), model)
         meta |= {"epochs": history, "status": "complete", "costs": output_costs(model.cpu()).to_json(),
-                 "weights_sha256": sha256_file(run.weights), "wall_seconds": wall()}
+                 "weights_sha256": sha256_file(run.weights)}
+        timed("finish", finish)
+        meta |= {"wall_seconds": wall(), "time_parts": time_parts()}
         run.write_json(run.run_json, meta)
         run.checkpoint.unlink(missing_ok=True)
     distributed.barrier()
     return out
+
+
+def _seconds_by_key(d: Any) -> dict[str, float]:
+    """A run.json's ``time_parts`` as recorded, or empty (a run from before they were, or a damaged entry)."""
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): float(v) for k, v in d.items() if isinstance(v, (int, float))}
 
 
 def may_compile(cfg: TrainConfig) -> bool:
