@@ -291,3 +291,21 @@ def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_pat
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         data._decode(paths + [tmp_path / "broken.jpg"], 32)
     assert not list((tmp_path / "tmp").glob("shallowdeep-decode-*"))  # the shares' folders are gone
+
+
+def test_reuse_loaded_reads_a_data_set_once_inside_it_only(tmp_path, monkeypatch):
+    """Inside ``reuse_loaded`` the same arguments give the same data set without reading the files
+    again (another size or mode is read anew); outside, every call reads them."""
+    from shallowdeep import data as data_mod
+
+    reads = []
+    real = data_mod._DATASETS["digits"]
+    monkeypatch.setitem(data_mod._DATASETS, "digits", lambda *a: reads.append(a) or real(*a))
+    with data_mod.reuse_loaded():
+        a = data_mod.load_dataset("digits")
+        assert data_mod.load_dataset("digits", download=False) is a and len(reads) == 1
+        b = data_mod.load_dataset("digits", image_size=16)
+        assert b.image_size == 16 and len(reads) == 2
+        assert data_mod.load_dataset("digits", image_size=16) is b and len(reads) == 2
+    c = data_mod.load_dataset("digits")
+    assert c is not a and len(reads) == 3 and torch.equal(c.train.images, a.train.images)

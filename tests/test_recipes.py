@@ -159,7 +159,15 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
               stop_after=1, **QUIET)
     assert _meta(out / "small" / "cnn")["status"] == "running"
     killed_wall = _meta(out / "small" / "cnn")["wall_seconds"]
+    from shallowdeep import data as data_mod
+
+    reads = []
+    real_digits = data_mod._DATASETS["digits"]
+    monkeypatch.setitem(data_mod._DATASETS, "digits", lambda *a: reads.append(a) or real_digits(*a))
     result = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    assert len(reads) == 1  # three stages and two analyses of one data set: read once (data.reuse_loaded)
+    data_mod.load_dataset("digits")
+    assert len(reads) == 2  # after the call nothing is kept
     assert _meta(out / "small" / "cnn")["status"] == "complete" and len(_meta(out / "small" / "cnn")["epochs"]) == 2
     assert [(r["arch"], r["kind"]) for r in result["rows"]] == [("small", "ic-only"), ("small", "sdn")]
     for f in ("reproduction.md", "reproduction.json", "index.html"):
@@ -180,6 +188,8 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     assert stages["cnn"] > killed_wall + cnn["epochs"][1]["seconds"] and killed_wall > cnn["epochs"][0]["seconds"]
     assert result["call_seconds"] >= sum(v for k, v in stages.items() if k != "cnn")  # the CNN resumed here: 1 epoch
     assert f"took {result['call_seconds']:.1f} s" in md
+    assert "How each stage trained" in md and "small: cnn (cpu, fp32), ic-only (cpu, fp32), sdn (cpu, fp32)" in md
+    assert result["rows"][1]["stage_runtime"]["sdn"] == _meta(out / "small" / "sdn")["runtime"]
     page = (out / "index.html").read_text()  # the page says what the markdown says below its table
     assert f"total {sum(stages.values()):.1f} s" in page and "The paper&#x27;s claims" in page
     assert all(f"{k} {stages[k]:.1f} s ({in_epochs[k]:.1f} s)" in page for k in ("cnn", "ic-only", "sdn"))

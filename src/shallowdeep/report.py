@@ -616,11 +616,10 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
     out = [("Accuracy (test) and cost (relative to the CNN) of every output:", [
         f"{r['arch']} {r['kind']}: " + ", ".join(f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}"
                                                  for o in r["outputs"]) for r in result["rows"]])]
-    stages, seen = [], set()
-    for r in result["rows"]:
-        if r["arch"] in seen or "stage_seconds" not in r:
+    stages = []
+    for r in _first_row_per_arch(result):
+        if "stage_seconds" not in r:
             continue
-        seen.add(r["arch"])
         total = sum(r["stage_seconds"].values())
         in_epochs, beside = r.get("stage_epoch_seconds", {}), r.get("stage_background_seconds", {})
         stages.append(f"{r['arch']}: " + ", ".join(
@@ -631,6 +630,11 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
                 "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
                 "analysis: records + report, or, for an analysis made in a background process while the next "
                 "stage trained, the records and the wait for it, its own time beside):", stages))
+    runs = [f"{r['arch']}: " + ", ".join(f"{k} ({_runtime_text(v)})" for k, v in r["stage_runtime"].items())
+            for r in _first_row_per_arch(result) if r.get("stage_runtime")]
+    if runs:
+        out.append(("How each stage trained (precision, compilation; a resumed stage keeps what it started with):",
+                    runs))
     if result.get("call_seconds") is not None:
         out.append((f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
                     "and model building included; stages kept from an earlier call cost it nothing).", []))
@@ -647,6 +651,25 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
     out.append(("The paper's claims (spec sections 7-9):",
                 [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]))
     return out
+
+
+def _first_row_per_arch(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per architecture: what its rows share (stage times, how each stage trained)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in result["rows"]:
+        seen.setdefault(r["arch"], r)
+    return list(seen.values())
+
+
+def _runtime_text(rt: dict[str, Any] | None) -> str:
+    if not rt:
+        return "(not recorded)"
+    how = f"{rt.get('device')}, {rt.get('precision')}"
+    if rt.get("compile"):
+        how += ", compiled" + (" (CUDA graphs)" if rt.get("cuda_graphs") else "")
+    if rt.get("ddp"):
+        how += f", {rt.get('world_size', '?')} processes (DDP)"
+    return how
 
 
 def _engine_text(e: dict[str, Any] | None) -> str:

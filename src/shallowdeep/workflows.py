@@ -334,7 +334,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     beside = _CompiledBeside([] if place.enabled or not _compiles_beside(dev) else
                              _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
 
+    from contextlib import ExitStack
+
+    from .data import reuse_loaded
+
+    loaded = ExitStack()
     try:
+        # every stage and analysis of this call reads the same data set: listed and read once
+        loaded.enter_context(reuse_loaded())
         for arch in archs:
             base = out / arch
             common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
@@ -342,6 +349,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             t: dict[str, float] = {}  # wall seconds per stage and analysis
             in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
             in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
+            runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
             pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
 
             def add_row(kind: str, json_path: Path) -> None:
@@ -352,6 +360,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
                 row["stage_epoch_seconds"] = in_epochs
                 row["stage_background_seconds"] = in_background
+                row["stage_runtime"] = runtimes
                 result["rows"].append(row)
                 publish()
 
@@ -401,17 +410,20 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             if "cnn" in stages:
                 t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
                                                     log, progress, beside.start, beside.ready(f"{arch}/cnn"))
+                runtimes["cnn"] = RunFolder(base / "cnn").meta().get("runtime")
             if "ic-only" in stages:
                 t["ic-only"], in_epochs["ic-only"] = _stage(
                     base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
                                        "epochs": epochs["ic-only"], "device": device, "precision": precision,
                                        "compile": compile}, log, progress, beside.start, beside.ready(f"{arch}/ic-only"))
+                runtimes["ic-only"] = RunFolder(base / "ic-only").meta().get("runtime")
                 analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
             if "sdn" in stages:
                 try:
                     t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
                                                                        "epochs": epochs["sdn"]}, log, progress,
                                                         beside.start, beside.ready(f"{arch}/sdn"))
+                    runtimes["sdn"] = RunFolder(base / "sdn").meta().get("runtime")
                 except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
                     for _, _, process in pending:
                         process.wait()
@@ -419,6 +431,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 finish_background()
                 analyze_stage("sdn")
     finally:
+        loaded.close()
         compiled = beside.finish()
         if compiled is not None:
             result["compiled_ahead"] = compiled
