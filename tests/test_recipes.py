@@ -243,14 +243,18 @@ def test_reproduce_some_stages_then_the_rest(tmp_path):
 
 
 def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monkeypatch):
-    """On a GPU the IC-only SDN's records are collected in the pipeline and the rest of its analysis
-    runs in a child process while the SDN trains (here on the CPU, told to); the table counts the
-    part the pipeline waited for and shows the child's own time beside it. A child that fails leaves
-    the analysis to the pipeline, where its error would reach the user."""
+    """On a GPU the IC-only SDN is analyzed, its records collected on that device included, by a child
+    process while the SDN trains (here on the CPU, told to); the table counts the part the pipeline
+    waited for and shows the child's own time beside it. A child that fails leaves the analysis to the
+    pipeline, where its error would reach the user."""
     from shallowdeep import workflows
     from shallowdeep.workflows import _kept_analysis, reproduce
 
     monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
+    collected_here: list[str] = []
+    real_records = workflows.run_records
+    monkeypatch.setattr(workflows, "run_records", lambda run, *a, **k: collected_here.append(Path(run).name)
+                        or real_records(run, *a, **k))
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
     said: list[str] = []
     result = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=said.append, progress=False)
@@ -266,7 +270,8 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     md = (tmp_path / "a" / "reproduction.md").read_text()
     assert f"analyze ic-only {stages['analyze ic-only']:.1f} s (+{beside['analyze ic-only']:.1f} s in the background)" in md
     assert f"total {sum(stages.values()):.1f} s" in md  # the waited-for part only: the wall time it took
-    assert 0 < report["pipeline_seconds"] <= stages["analyze ic-only"]  # the records, collected in the pipeline
+    assert 0 < report["pipeline_seconds"] <= stages["analyze ic-only"]  # starting the child, waiting for it
+    assert collected_here == ["sdn"] and (ic_only / "records" / "test.safetensors").is_file()  # by the child
     # a later call keeps the analysis and still counts only the pipeline's part in the total
     again = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=None, progress=False)
     assert again["rows"][0]["stage_seconds"]["analyze ic-only"] == report["pipeline_seconds"]
@@ -274,7 +279,8 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
 
     from shallowdeep.core.children import python_child
 
-    monkeypatch.setattr(workflows, "_analysis_process", lambda run, seconds: python_child(["-c", "raise SystemExit(3)"]))
+    monkeypatch.setattr(workflows, "_analysis_process",
+                        lambda run, seconds, device: python_child(["-c", "raise SystemExit(3)"]))
     failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=None, progress=False)
     assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
     assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None

@@ -368,13 +368,13 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 t0 = time.perf_counter()
                 json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
                 if json_path is None and beside_next:
-                    # the records need the GPU: collected here; the rest (analyses, figures, report) is CPU
-                    # work, done by a child process while the next stage trains
-                    run_records(base / kind, ANALYZED_SPLITS, device=dev, log=log)
+                    # all of it (records on this device, analyses, figures, report) in a child process while
+                    # the next stage trains: the records are a few seconds of the GPU beside that stage's
+                    # steps (a second process on the GPU, as the background compilation already is)
                     if log is not None:
                         log(f"analyzing {base / kind} in a background process while the next stage trains")
                     here = time.perf_counter() - t0
-                    pending.append((kind, here, _analysis_process(base / kind, here)))
+                    pending.append((kind, here, _analysis_process(base / kind, here, dev)))
                     return
                 if json_path is None:
                     _, json_path = analyze_run(base / kind, device=dev, log=log)
@@ -455,23 +455,23 @@ def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed:
     return not RunFolder(next_stage).finished()
 
 
-def _analysis_process(run: Path, pipeline_seconds: float) -> Any:
+def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
     """A child process running :func:`_analyze_beside` on ``run``; its exit status says whether it worked."""
     import subprocess
 
     from .core.children import python_child
 
     return python_child(["-c", "import sys; from shallowdeep.workflows import _analyze_beside; "
-                               "_analyze_beside(sys.argv[1], float(sys.argv[2]))", str(run), repr(pipeline_seconds)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
+                         repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _analyze_beside(run: str | Path, pipeline_seconds: float) -> Path:
-    """:func:`analyze_run` with the defaults a reproduction uses, on a run whose records are collected
-    (it needs no device), as a reproduction's background process runs it; ``report.json`` also records
-    ``pipeline_seconds``, what the pipeline spent on this analysis itself (the records), so that a
+def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu") -> Path:
+    """:func:`analyze_run` with the defaults a reproduction uses, its records collected on ``device``,
+    as a reproduction's background process runs it; ``report.json`` also records
+    ``pipeline_seconds``, what the pipeline spent on this analysis itself (starting it), so that a
     later call keeping this analysis counts that part, not the background time, in the table's total."""
-    _, json_path = analyze_run(run)
+    _, json_path = analyze_run(run, device=device)
     rep = read_json(json_path)
     rep["pipeline_seconds"] = float(pipeline_seconds)
     RunFolder(run).write_json(json_path, rep)
