@@ -74,8 +74,8 @@ class Runtime:
         auto = compile is None
         if auto:
             compile = cuda and not ddp and steps is not None and steps >= COMPILE_PAYBACK_STEPS
-        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile), ddp=ddp, sync_bn=sync_bn,
-                   compile_auto=auto and bool(compile))
+        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile),
+                   ddp=ddp, sync_bn=sync_bn, compile_auto=auto and bool(compile))
 
     @property
     def fixed_shapes(self) -> bool:
