@@ -321,15 +321,23 @@ def test_compile_by_default_only_where_it_pays_back():
     assert asked.compile and not asked.compile_auto
 
 
-def test_precision_default_is_bf16_on_cuda_only():
-    """bf16 autocast by default on CUDA (issue 10; measured within 0.07 points of fp32), fp32 on the
-    CPU; an explicit precision, or a resumed run's recorded one, wins either way."""
-    from shallowdeep.training import Runtime
+def test_precision_default_is_bf16_on_gpus_that_have_it(monkeypatch):
+    """bf16 autocast by default on a GPU that computes in bf16 natively (issue 10; measured within
+    0.07 points of fp32), fp32 on an older GPU and on the CPU; an explicit precision, or a resumed
+    run's recorded one, wins either way."""
+    from shallowdeep import devices
+    from shallowdeep.training import Runtime, runtime
 
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: nothing runs on them
+    assert not devices.native_bf16(cpu)
+    if not torch.cuda.is_available():
+        assert not devices.native_bf16(cuda)  # no GPU to ask: never assumed
+    monkeypatch.setattr(runtime, "native_bf16", lambda d: d.type == "cuda")  # an Ampere or later GPU
     assert Runtime.default(cuda).precision == "bf16" and Runtime.default(cuda, steps=10**6).precision == "bf16"
     assert Runtime.default(cpu).precision == "fp32"
     assert Runtime.default(cuda, "fp32").precision == "fp32" and Runtime.default(cpu, "bf16").precision == "bf16"
+    monkeypatch.setattr(runtime, "native_bf16", lambda d: False)  # a T4 or a V100
+    assert Runtime.default(cuda).precision == "fp32" and Runtime.default(cuda, "bf16").precision == "bf16"
     with pytest.raises(UserError, match="unknown compile_backend 'tensorrt'"):
         Runtime(cpu, compile=True, compile_backend="tensorrt")
     assert Runtime(cpu, compile=True, compile_backend="cudagraphs").describe()["compile_backend"] == "cudagraphs"

@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (paper: 0)")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (paper: 0)")
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
-    s.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 autocast (default on CUDA; weights stay fp32; "
+    s.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 autocast (default on GPUs with native bf16, Ampere or later; weights stay fp32; "
                                                                    "half the activation memory, 2.82 against 3.26 s per "
                                                                    "compiled SDN epoch on an H100, slower eager) or fp32 "
                                                                    "(default elsewhere)")
@@ -625,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sdn-epochs", type=int, help="SDN epochs (paper: 100)")
     rp.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED})")
     rp.add_argument("--precision", choices=("fp32", "bf16"),
-                    help="bf16 autocast (default on CUDA) or fp32 (default elsewhere)")
+                    help="bf16 autocast (default on GPUs with native bf16, Ampere or later) or fp32 (default elsewhere)")
     rp.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training steps (default: as train decides per stage)")
     rp.set_defaults(func=cmd_reproduce)

@@ -23,3 +23,12 @@ def pick_device(name: str | None) -> torch.device:
             raise ArgumentError(f"`device` {name!r} does not exist: this machine has {torch.cuda.device_count()} "
                                 "CUDA devices")
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU of compute capability 8.0 or
+    later (Ampere, Hopper, ...). Older GPUs (a T4, a V100) emulate it, slower than float32; the CPU
+    is never chosen for it (autocast there changes the numerics of a bit-exact resume)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
-from ..devices import pick_device  # noqa: F401  (re-exported)
+from ..devices import native_bf16, pick_device  # noqa: F401  (pick_device re-exported)
 
 PRECISIONS = ("fp32", "bf16")
 COMPILE_BACKENDS = ("inductor", "cudagraphs")
@@ -53,8 +53,8 @@ class Runtime:
     @classmethod
     def default(cls, device: torch.device, precision: str | None = None, compile: bool | None = None,
                 ddp: bool = False, sync_bn: bool = False, steps: int | None = None) -> "Runtime":
-        """The defaults: bf16 autocast and channels-last on CUDA, fp32 elsewhere; compiled (CUDA
-        graphs) on one CUDA device when the run has at least :data:`COMPILE_PAYBACK_STEPS` training
+        """The defaults: bf16 autocast on a GPU that computes in bf16 natively (:func:`native_bf16`),
+        fp32 elsewhere; channels-last on CUDA; compiled (CUDA graphs) on one CUDA device when the run has at least :data:`COMPILE_PAYBACK_STEPS` training
         ``steps``, the measured point where compiling pays for itself.
 
         Measured on an H100 (ResNet-56 SDN, CIFAR-10 shape, batch 128, benchmarks/bench_train.py,
@@ -74,7 +74,8 @@ class Runtime:
         auto = compile is None
         if auto:
             compile = cuda and not ddp and steps is not None and steps >= COMPILE_PAYBACK_STEPS
-        return cls(device, precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=bool(compile),
+        precision = precision or ("bf16" if native_bf16(device) else "fp32")
+        return cls(device, precision, channels_last=cuda, compile=bool(compile),
                    ddp=ddp, sync_bn=sync_bn, compile_auto=auto and bool(compile))
 
     @property
