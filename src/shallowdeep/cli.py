@@ -508,10 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (paper: 0)")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (paper: 0)")
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
-    s.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 autocast (default on GPUs with native bf16, Ampere or later; weights stay fp32; "
-                                                                   "half the activation memory, 2.82 against 3.26 s per "
-                                                                   "compiled SDN epoch on an H100, slower eager) or fp32 "
-                                                                   "(default elsewhere)")
+    s.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16 autocast (default on GPUs with native bf16, Ampere or later; weights stay fp32; half "
+                        "the activation memory, 2.82 against 3.26 s per compiled SDN epoch on an H100, slower eager) "
+                        "or fp32 (default elsewhere)")
     s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (CUDA graphs on one GPU); default: on for one GPU when the "
                         "run is long enough to pay the compilation back (see docs/reproduction.md), else off")
