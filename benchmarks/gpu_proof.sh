@@ -6,7 +6,7 @@
 #   train: one call for issue 10: bench_train (baseline, train's CUDA default eager and compiled), then
 #          `reproduce --stages ${STAGES:-sdn}` into ${REPRO_OUT:-runs/repro} (train compiles each stage by
 #          default on one GPU), then the batch-512 rows (eager and compiled, bf16) with what is left of
-#          ${BUDGET:-570} s (ROWS512=0: not them); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
+#          ${BUDGET:-570} s (ROWS512=0: not them; ROWS_AFTER: other rows instead); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
 #          folder's name) and continues from .data/ in a later call;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
@@ -62,8 +62,11 @@ print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seco
 print("  beside the epochs:", ", ".join(f"{k} {v:.2f} s" for k, v in m.get("time_parts", {}).items()))
 PY
   done
+  # then bench_train rows in what is left: ROWS_AFTER (label fragments, | between them; default the
+  # batch-512 rows); after a reproduction on this machine the compiled rows' steps are in the
+  # compiler's cache (seconds, not a minute, per compiled row)
   if [ "${ROWS512:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then  # ROWS512=0 leaves the device time unused
-    timeout $(( $(left) - 15 )) $B --compile-rows all --rows "all but compile, batch 512|with compile, batch 512" \
+    timeout $(( $(left) - 15 )) $B --compile-rows all --rows "${ROWS_AFTER:-all but compile, batch 512|with compile, batch 512}" \
       --json "$OUT/bench_train2.json" 2>&1 | tee "$OUT/bench_train2.txt"
   fi
   # one pack per stage (a returned file may hold 16 MiB; three ResNet-56 stages with a checkpoint come
