@@ -277,11 +277,15 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert again["rows"][0]["stage_seconds"]["analyze ic-only"] == report["pipeline_seconds"]
     assert again["rows"][0]["stage_background_seconds"] == {"analyze ic-only": report["wall_seconds"]}
 
-    from shallowdeep.core.children import python_child
-
+    real_process = workflows._analysis_process
+    # a child that fails (here told to analyze a folder holding no run)
     monkeypatch.setattr(workflows, "_analysis_process",
-                        lambda run, seconds, device: python_child(["-c", "raise SystemExit(3)"]))
-    failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=None, progress=False)
+                        lambda run, seconds, device: real_process(tmp_path / "nowhere", seconds, device))
+    said.clear()
+    failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=said.append, progress=False)
+    # why it failed reaches the user: the last line of its error
+    why = [line.split(" failed (")[1] for line in said if "background analysis" in line]
+    assert len(why) == 1 and "nowhere" in why[0] and why[0].endswith("): analyzing it here"), said
     assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
     assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
     assert failed["rows"][0]["outputs"] == result["rows"][0]["outputs"]  # same seed, same figures either way

@@ -395,10 +395,12 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 while pending:
                     kind, here, process = pending.pop(0)
                     t0 = time.perf_counter()
-                    json_path = _kept_analysis(base / kind) if process.wait() == 0 else None
+                    status = process.wait()
+                    why = _last_words(process, status)
+                    json_path = _kept_analysis(base / kind) if status == 0 else None
                     if json_path is None:  # it failed: again in this process, where its error reaches the user
                         if log is not None:
-                            log(f"the background analysis of {base / kind} failed: analyzing it here")
+                            log(f"the background analysis of {base / kind} failed ({why}): analyzing it here")
                         _, json_path = analyze_run(base / kind, device=dev, log=log)
                     else:
                         in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
@@ -456,14 +458,30 @@ def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed:
 
 
 def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
-    """A child process running :func:`_analyze_beside` on ``run``; its exit status says whether it worked."""
+    """A child process running :func:`_analyze_beside` on ``run``; its exit status says whether it
+    worked, and what it wrote to stderr (kept in a temporary file, ``process.said``) why not."""
     import subprocess
+    import tempfile
 
     from .core.children import python_child
 
-    return python_child(["-c", "import sys; from shallowdeep.workflows import _analyze_beside; "
-                               "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
-                         repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, and a pipe fills up
+    process = python_child(["-c", "import sys; from shallowdeep.workflows import _analyze_beside; "
+                                  "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
+                            repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=said)
+    process.said = said
+    return process
+
+
+def _last_words(process: Any, status: int) -> str:
+    """The last line a finished background process wrote to stderr (its error), or its exit status."""
+    said = getattr(process, "said", None)
+    if said is None:
+        return f"exit status {status}"
+    with said:
+        said.seek(0)
+        lines = [line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"exit status {status}"
 
 
 def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu") -> Path:
