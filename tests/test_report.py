@@ -124,3 +124,14 @@ def test_cached_records_are_refreshed_when_the_data_changed(sdn_run, tmp_path):
     shuffled = replace(data, val=data.val.subset(torch.arange(len(data.val)).flip(0)))
     again = run_records(sdn_run, ("val",), data=shuffled)["val"]
     assert list(again.ids) == list(reversed(first.ids.tolist()))
+
+
+def test_analyze_refuses_a_device_that_does_not_exist_before_anything(sdn_run, tmp_path):
+    """From Python too, a bad device is a one-line error before records are collected or written."""
+    from shallowdeep.core.errors import UserError
+    from shallowdeep.workflows import analyze_run
+
+    for device, said in (("tpu", "unknown device 'tpu'"), ("cuda:99", "CUDA")):
+        with pytest.raises(UserError, match=said):
+            analyze_run(sdn_run, tmp_path / "rep", device=device)
+    assert not (tmp_path / "rep").exists()

@@ -17,6 +17,7 @@ import torch
 from .analysis import analyze, backdoor_figures, rule_calibration
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
+from .devices import pick_device
 from .runs import RunFolder, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.weights import load
 
@@ -50,6 +51,7 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
     if thresholds not in ("auto", "per_ic", "single"):
         raise ArgumentError(f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}")
+    pick_device(str(device))  # a device that does not exist: one line now, not PyTorch's error mid-collection
     from .analysis import compare_rules
 
     options, chosen_rule, compared = _analysis_options(max_drop, budget, fallback, rules, rule, thresholds)
@@ -197,6 +199,7 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
         raise ArgumentError(f"`limit` must be at least 1, got {limit}")
     if split not in ("train", "val", "test"):
         raise ArgumentError(f"unknown `split` {split!r}: choose train, val or test")
+    pick_device(str(device))
     require_grad_cam()
     model = load(run, device)
     data = run_data(run)
@@ -280,7 +283,6 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
     only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
     from . import report
-    from .devices import pick_device
     from .models import list_archs
 
     started = time.perf_counter()
@@ -554,7 +556,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     """Train a run like :func:`~shallowdeep.runs.train_run`; a new run that compiles (by default on one
     GPU) has its step compiled by a background process while it trains its first epochs eagerly,
     instead of waiting for the compiler (not under torchrun, not for a resumed run)."""
-    from .devices import pick_device
     from .distributed import from_env
     from .runs import train_run
     from .runs.train import may_compile
