@@ -24,6 +24,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..core.children import python_child
+from ..data import reuse_loaded
 from .train import TrainConfig, warm_compile
 
 # what a child may be told: the JSON-able fields of TrainConfig (not a user's module)
@@ -93,15 +94,16 @@ def _main() -> None:
         os.nice(10)  # the stage training meanwhile comes first
     except (AttributeError, OSError):  # no os.nice (Windows), or not allowed
         pass
-    for raw in json.loads(sys.argv[1]):
-        t0 = time.perf_counter()
-        cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in _FIELDS})
-        try:
-            row: dict[str, Any] = {"compiled": warm_compile(cfg)}
-        except Exception as e:  # noqa: BLE001  (the stage compiles for itself; say why this did not)
-            row = {"compiled": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        print(json.dumps(row), flush=True)
+    with reuse_loaded():  # the stages of a reproduction share one data set: read it once here too
+        for raw in json.loads(sys.argv[1]):
+            t0 = time.perf_counter()
+            cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in _FIELDS})
+            try:
+                row: dict[str, Any] = {"compiled": warm_compile(cfg)}
+            except Exception as e:  # noqa: BLE001  (the stage compiles for itself; say why this did not)
+                row = {"compiled": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
