@@ -323,6 +323,9 @@ def test_compile_by_default_only_where_it_pays_back():
     assert not Runtime.default(cuda, compile=False, steps=10 * long).compile
     asked = Runtime.default(cpu, compile=True, steps=1)
     assert asked.compile and not asked.compile_auto
+    with pytest.raises(UserError, match="unknown compile_backend 'tensorrt'"):
+        Runtime(cpu, compile=True, compile_backend="tensorrt")
+    assert Runtime(cpu, compile=True, compile_backend="cudagraphs").describe()["compile_backend"] == "cudagraphs"
 
 
 def test_precision_default_is_bf16_on_gpus_that_have_it(monkeypatch):
@@ -342,6 +345,3 @@ def test_precision_default_is_bf16_on_gpus_that_have_it(monkeypatch):
     assert Runtime.default(cuda, "fp32").precision == "fp32" and Runtime.default(cpu, "bf16").precision == "bf16"
     monkeypatch.setattr(runtime, "native_bf16", lambda d: False)  # a T4 or a V100
     assert Runtime.default(cuda).precision == "fp32" and Runtime.default(cuda, "bf16").precision == "bf16"
-    with pytest.raises(UserError, match="unknown compile_backend 'tensorrt'"):
-        Runtime(cpu, compile=True, compile_backend="tensorrt")
-    assert Runtime(cpu, compile=True, compile_backend="cudagraphs").describe()["compile_backend"] == "cudagraphs"
