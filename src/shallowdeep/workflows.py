@@ -17,6 +17,7 @@ import torch
 from .analysis import analyze, backdoor_figures, rule_calibration
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
+from .data import reuse_loaded
 from .devices import pick_device
 from .runs import RunFolder, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.weights import load
@@ -250,10 +251,11 @@ PAPER_CLAIMS = {
 
 
 def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Callable[[], None] | None = None,
-           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float]:
+           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float, dict[str, Any] | None]:
     """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
-    stage's wall seconds over every call (a run written before they were recorded: its epochs' sum)
-    and the sum of its epochs' times (training and validation only), resumed epochs included.
+    stage's wall seconds over every call (a run written before they were recorded: its epochs' sum),
+    the sum of its epochs' times (training and validation only), resumed epochs included, and how
+    it trained (run.json's ``runtime``).
     ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
     from .runs import train_run
 
@@ -270,9 +272,10 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Cal
         train_run(TrainConfig(out=str(out), **cfg), **hooks)
     meta = folder.meta()
     epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
-    return float(meta.get("wall_seconds", epochs)), epochs
+    return float(meta.get("wall_seconds", epochs)), epochs, meta.get("runtime")
 
 
+@reuse_loaded()  # every stage and analysis of one call reads the same data set: listed and read once
 def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
               image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
               precision: str | None = None, compile: bool | None = None, seed: int | None = None,
@@ -336,14 +339,7 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     beside = _CompiledBeside([] if place.enabled or not _compiles_beside(dev) else
                              _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
 
-    from contextlib import ExitStack
-
-    from .data import reuse_loaded
-
-    loaded = ExitStack()
     try:
-        # every stage and analysis of this call reads the same data set: listed and read once
-        loaded.enter_context(reuse_loaded())
         for arch in archs:
             base = out / arch
             common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
@@ -412,22 +408,20 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
             # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
             if "cnn" in stages:
-                t["cnn"], in_epochs["cnn"] = _stage(base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]},
-                                                    log, progress, beside.start, beside.ready(f"{arch}/cnn"))
-                runtimes["cnn"] = RunFolder(base / "cnn").meta().get("runtime")
+                t["cnn"], in_epochs["cnn"], runtimes["cnn"] = _stage(
+                    base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress, beside.start,
+                    beside.ready(f"{arch}/cnn"))
             if "ic-only" in stages:
-                t["ic-only"], in_epochs["ic-only"] = _stage(
+                t["ic-only"], in_epochs["ic-only"], runtimes["ic-only"] = _stage(
                     base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
                                        "epochs": epochs["ic-only"], "device": device, "precision": precision,
                                        "compile": compile}, log, progress, beside.start, beside.ready(f"{arch}/ic-only"))
-                runtimes["ic-only"] = RunFolder(base / "ic-only").meta().get("runtime")
                 analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
             if "sdn" in stages:
                 try:
-                    t["sdn"], in_epochs["sdn"] = _stage(base / "sdn", {**common, "mode": "sdn",
-                                                                       "epochs": epochs["sdn"]}, log, progress,
-                                                        beside.start, beside.ready(f"{arch}/sdn"))
-                    runtimes["sdn"] = RunFolder(base / "sdn").meta().get("runtime")
+                    t["sdn"], in_epochs["sdn"], runtimes["sdn"] = _stage(
+                        base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress, beside.start,
+                        beside.ready(f"{arch}/sdn"))
                 except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
                     for _, _, process in pending:
                         process.wait()
@@ -435,7 +429,6 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
                 finish_background()
                 analyze_stage("sdn")
     finally:
-        loaded.close()
         compiled = beside.finish()
         if compiled is not None:
             result["compiled_ahead"] = compiled
@@ -476,11 +469,8 @@ def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
 
 
 def _last_words(process: Any, status: int) -> str:
-    """The last line a finished background process wrote to stderr (its error), or its exit status."""
-    said = getattr(process, "said", None)
-    if said is None:
-        return f"exit status {status}"
-    with said:
+    """The last line a finished :func:`_analysis_process` wrote to stderr (its error), or its exit status."""
+    with process.said as said:
         said.seek(0)
         lines = [line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else f"exit status {status}"

@@ -329,20 +329,21 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     writer = CheckpointWriter(run)
 
-    loop_started = [0.0]  # when the loop was set off; then when the last epoch's checkpoint was submitted
+    loop_started = 0.0  # when the loop was set off; then when the last epoch's checkpoint was submitted
 
     def on_epoch(result: EpochResult, opt: torch.optim.Optimizer) -> None:
+        nonlocal loop_started
         t = time.perf_counter()
         # the start of the loop (first epoch of this call) or the time between two epochs, less the epoch
         parts_key = "between_epochs" if "loop_start" in parts else "loop_start"
-        parts[parts_key] = parts.get(parts_key, 0.0) + max(0.0, t - loop_started[0] - result.seconds)
+        parts[parts_key] = parts.get(parts_key, 0.0) + max(0.0, t - loop_started - result.seconds)
         history.append(result.to_json())
         if place.main:
             opt_tensors, opt_meta = optimizer_to_tensors(opt)
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
             writer.submit(tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
                           meta | {"epochs": list(history), "wall_seconds": wall(), "time_parts": time_parts()})
-        loop_started[0] = timed("between_epochs", t)
+        loop_started = timed("between_epochs", t)
 
     # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
     # the same code runs where it is (and a resume there replays epochs bit for bit)
@@ -356,7 +357,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
     # the part of the wall time before the first step (data loading and building), over every call
     meta["setup_seconds"] += time.perf_counter() - started
-    loop_started[0] = time.perf_counter()
+    loop_started = time.perf_counter()
     if set_up is not None and place.main:
         set_up()
     try:

@@ -54,8 +54,9 @@ class Runtime:
     def default(cls, device: torch.device, precision: str | None = None, compile: bool | None = None,
                 ddp: bool = False, sync_bn: bool = False, steps: int | None = None) -> "Runtime":
         """The defaults: bf16 autocast on a GPU that computes in bf16 natively (:func:`native_bf16`),
-        fp32 elsewhere; channels-last on CUDA; compiled (CUDA graphs) on one CUDA device when the run has at least :data:`COMPILE_PAYBACK_STEPS` training
-        ``steps``, the measured point where compiling pays for itself.
+        fp32 elsewhere; channels-last on CUDA; compiled (CUDA graphs) on one CUDA device when the run
+        has at least :data:`COMPILE_PAYBACK_STEPS` training ``steps``, the measured point where
+        compiling pays for itself.
 
         Measured on an H100 (ResNet-56 SDN, CIFAR-10 shape, batch 128, benchmarks/bench_train.py,
         2026-11-26): eager fp32 with data on the device and channels-last steps 3,200-4,000 images/s
