@@ -62,6 +62,16 @@ print(sys.argv[1], m.get("status"), f"{len(e)} epochs", f"wall {m.get('wall_seco
 print("  beside the epochs:", ", ".join(f"{k} {v:.2f} s" for k, v in m.get("time_parts", {}).items()))
 PY
   done
+  # and where each analysis's time went (report.json's time_parts: data, records, analyses, figures, ...)
+  for f in "$R"/*/*/report/report.json; do
+    python3 - "$f" <<'PY' 2>/dev/null | tee -a "$OUT/reproduce.log"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sys.argv[1], f"wall {r.get('wall_seconds', float('nan')):.1f} s",
+      f"(in the pipeline {r['pipeline_seconds']:.1f} s)" if "pipeline_seconds" in r else "",
+      ", ".join(f"{k} {v:.2f} s" for k, v in r.get("time_parts", {}).items()))
+PY
+  done
   # then bench_train rows in what is left: ROWS_AFTER (label fragments, | between them; default the
   # batch-512 rows); after a reproduction on this machine the compiled rows' steps are in the
   # compiler's cache (seconds, not a minute, per compiled row)

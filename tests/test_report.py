@@ -135,3 +135,29 @@ def test_analyze_refuses_a_device_that_does_not_exist_before_anything(sdn_run, t
         with pytest.raises(UserError, match=said):
             analyze_run(sdn_run, tmp_path / "rep", device=device)
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_says_where_the_analysis_time_went(sdn_run, tmp_path, monkeypatch):
+    """report.json's ``time_parts``: a slow collection lands in ``records``, slow figures in
+    ``figures``; the parts make the analysis's wall time; the log says both, and each record's time."""
+    import shutil
+    import time
+
+    from shallowdeep import report as report_mod
+    from shallowdeep.workflows import analyze_run
+
+    run = Path(shutil.copytree(sdn_run, tmp_path / "copy"))
+    shutil.rmtree(run / "records", ignore_errors=True)  # collected anew, so the slowed collection runs
+    real_collect, real_figures = record_mod.collect, report_mod.figures
+    monkeypatch.setattr(record_mod, "collect", lambda *a, **k: time.sleep(0.4) or real_collect(*a, **k))
+    monkeypatch.setattr(report_mod, "figures", lambda *a, **k: time.sleep(0.7) or real_figures(*a, **k))
+    lines: list[str] = []
+    _, json_path = analyze_run(run, out=tmp_path / "rep", log=lines.append)
+    rep = json.loads(json_path.read_text())
+    parts = rep["time_parts"]
+    assert list(parts) == ["data", "records", "analyses", "figures", "calibration", "page"]
+    assert parts["records"] >= 1.2 and parts["figures"] >= 0.7  # three records slowed by 0.4 s each
+    assert parts["analyses"] < 0.7 and parts["calibration"] < 0.7  # the slowed parts did not leak into them
+    assert sum(parts.values()) <= rep["wall_seconds"] <= sum(parts.values()) + 0.5
+    assert sum(line.startswith("collected the ") and " record in " in line for line in lines) == 3
+    assert lines[-1].startswith(f"analyzed in {rep['wall_seconds']:.1f} s (data ")

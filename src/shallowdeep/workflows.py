@@ -62,12 +62,25 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     out = Path(out) if out else folder.report
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    # where the analysis's time went (report.json's time_parts): the data set, the records (collected
+    # or read from the cache), the analyses, the figures and the page with what it embeds
+    parts: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        parts[part] = now - clock
+        clock = now
+
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
     from .distributed import current
 
+    lap("data")
     records = run_records(run, splits, data=data, device=device, log=log)
+    lap("records")
     if not current().main:  # under torchrun the other ranks helped collect; rank 0 analyzes and writes
         return out / "report.html", out / "report.json"
     if log is not None:
@@ -91,7 +104,9 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                  f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
                  f"{seconds:.2f}s")
     classes = data.meta.get("class_names", data.classes)
+    lap("analyses")
     figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.get("epochs"))
+    lap("figures")
     result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.get("arch"), "data": cfg.get("data"),
                               "mode": cfg.get("mode"), "meta_line": meta_line, **analysis.to_json()}
     o = analysis.overthinking
@@ -125,14 +140,16 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
                                   max_drop=max_drop, fallback=fallback, per_ic=per_ic, **goal)
         result["early_exit"]["engine"] = {"rule": chosen_rule.label, "thresholds": thresholds,
                                           "calibration": chosen.to_json()}
+        lap("calibration")  # the engine's thresholds (per-IC ones are cross-validated)
     page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra,
                               run_meta=meta, classes=list(classes),
                               engine=(chosen_rule.label, chosen) if chosen is not None else None)
     if is_sdn:
         save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
+    lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
     result |= {"weights_sha256": meta.get("weights_sha256"), "options": options,
-               "wall_seconds": time.perf_counter() - started}
+               "wall_seconds": time.perf_counter() - started, "time_parts": parts}
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)
@@ -143,6 +160,8 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "report.json", result)
         write_bytes(out / "report.html", page.encode())
+    if log is not None:
+        log(f"analyzed in {result['wall_seconds']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")")
     return out / "report.html", out / "report.json"
 
 

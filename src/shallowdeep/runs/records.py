@@ -1,6 +1,7 @@
 """A run's exit records, cached in ``RUN/records/`` and reused while the weights and inputs match."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -87,8 +88,12 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
             source = replace(data, **{base: triggered_split(data, base, b)})
         if log is not None:
             log(f"collecting the {split} record ({len(source.split(base))} inputs)")
+        started = time.perf_counter()
         rec = collect(model, source, base, device=device, progress=log is not None,
                       meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
+        if log is not None:
+            seconds = time.perf_counter() - started
+            log(f"collected the {split} record in {seconds:.1f} s ({rec.num_inputs / max(seconds, 1e-9):,.0f} inputs/s)")
         if current().main:  # under torchrun every rank holds the whole record; rank 0 caches it
             folder.subfolder(folder.records)
             rec.save(folder.inside(path))
