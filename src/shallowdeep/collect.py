@@ -10,17 +10,18 @@ from .distributed import current, gather_rows
 from .sdn import outputs_of
 
 
-# inputs per batch when none is given: on a GPU large batches (as in training's validation), since an
-# eager forward of a small network there is bound by its kernel launches, not by its arithmetic
-BATCH_SIZE = {"cuda": 1024}
-BATCH_SIZE_ELSEWHERE = 256
+def forward_batch_size(device: torch.device | str) -> int:
+    """Inputs per batch of a forward-only pass (records, training's validation): 1024 on a GPU, where
+    an eager forward of a small network is bound by its kernel launches, not its arithmetic; 256
+    elsewhere."""
+    return 1024 if torch.device(device).type == "cuda" else 256
 
 
 @torch.no_grad()
 def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch_size: int | None = None,
             device: torch.device | str = "cpu", meta: dict | None = None, progress: bool = False) -> ExitRecord:
     """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output.
-    ``batch_size`` defaults to 1024 on CUDA and 256 elsewhere. ``progress`` shows a bar on a terminal
+    ``batch_size`` defaults to :func:`forward_batch_size`. ``progress`` shows a bar on a terminal
     (none when stderr is redirected). Under torchrun each rank runs a disjoint share of every batch
     and every rank gets the whole record."""
     import sys
@@ -28,7 +29,7 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     from tqdm import tqdm
 
     if batch_size is None:
-        batch_size = BATCH_SIZE.get(torch.device(device).type, BATCH_SIZE_ELSEWHERE)
+        batch_size = forward_batch_size(device)
 
     was_training = model.training
     model.eval().to(device)

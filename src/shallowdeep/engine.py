@@ -254,32 +254,21 @@ class EarlyExitEngine:
         if self.pipelined:
             return self._one_pipelined(x)
         h = x
-        most_confident = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident so far
-        prev, run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
+        decide = _OneDecision(self.rule, self._n_ics, self.fallback, self.num_outputs - 1)
         for s_k, (_, at) in enumerate(self._stages):
             h, z = self._call_stage(s_k, h, one=True)
-            if at is None:
-                break
-            k, _, q = at
             c, pred = self._conf(z)
-            if self.rule == "max_softmax":
-                score = c
-            elif self.rule == "entropy":
+            if at is None:
+                return decide.at_final(c, pred)
+            k, _, q = at
+            certainty = c
+            if self.rule == "entropy":
                 p = torch.softmax(z.double(), dim=1)
-                score = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
-            else:
-                run = run + 1 if pred == prev else 1
-                prev = pred
-                score = run / self._n_ics
-            if score >= q:
-                return pred, k, c, k
-            if c > most_confident[0]:
-                most_confident = (c, pred, k)
-        c, pred = self._conf(z)
-        last = self.num_outputs - 1
-        if self.fallback == "most_confident" and most_confident[0] >= c:
-            return most_confident[1], last, most_confident[0], most_confident[2]
-        return pred, last, c, last
+                certainty = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
+            exit_ = decide.at_ic(k, q, c, pred, certainty)
+            if exit_ is not None:
+                return exit_
+        raise AssertionError("the last stage is the final classifier")  # pragma: no cover
 
     def _scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row of logits, where they are: max softmax, argmax, and the score the rule compares
@@ -305,8 +294,7 @@ class EarlyExitEngine:
     def _one_pipelined(self, x: torch.Tensor) -> tuple[int, int, float, int]:
         """Batch 1 with the next stage queued before this stage's decision is read (see ``pipelined``);
         the same decisions as the sequential path."""
-        most_confident = (-1.0, 0, 0)
-        prev, run = -1, 0
+        decide = _OneDecision(self.rule, self._n_ics, self.fallback, self.num_outputs - 1)
         n = len(self._stages)
         h, z = self._call_stage(0, x, one=True)
         pending = self._decision(z)
@@ -321,21 +309,11 @@ class EarlyExitEngine:
             pred = int(pred_f)
             at = self._stages[s_k][1]
             if at is None:  # the final classifier
-                last = self.num_outputs - 1
-                if self.fallback == "most_confident" and most_confident[0] >= c:
-                    return most_confident[1], last, most_confident[0], most_confident[2]
-                return pred, last, c, last
+                return decide.at_final(c, pred)
             k, _, q = at
-            if self.rule == "patience":
-                run = run + 1 if pred == prev else 1
-                prev = pred
-                score = run / self._n_ics
-            else:
-                score = cert
-            if score >= q:
-                return pred, k, c, k
-            if c > most_confident[0]:
-                most_confident = (c, pred, k)
+            exit_ = decide.at_ic(k, q, c, pred, cert)
+            if exit_ is not None:
+                return exit_
             pending = following
         raise AssertionError("the last stage is the final classifier")  # pragma: no cover
 
@@ -468,6 +446,37 @@ class EarlyExitEngine:
 
 # --------------------------------------------------------------------------------------------------
 # the throughput engine's bookkeeping
+
+
+class _OneDecision:
+    """One input's exit decision, IC by IC (both batch-1 paths share it): the rule's score against the
+    IC's threshold (the patience rule's score is the run of agreeing ICs), and the most confident IC
+    so far, which the ``most_confident`` fallback answers with at the final classifier."""
+
+    def __init__(self, rule: str, num_ics: int, fallback: str, last: int) -> None:
+        self.rule, self.num_ics, self.fallback, self.last = rule, num_ics, fallback, last
+        self.best = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident IC so far
+        self.prev, self.run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
+
+    def at_ic(self, k: int, q: float, confidence: float, pred: int, certainty: float
+              ) -> tuple[int, int, float, int] | None:
+        """IC ``k`` with threshold ``q``: (prediction, exit, confidence, output) if the input exits
+        here, else ``None``. ``certainty`` is the rule's score (the entropy rule's, or the confidence)."""
+        if self.rule == "patience":
+            self.run = self.run + 1 if pred == self.prev else 1
+            self.prev = pred
+            certainty = self.run / self.num_ics
+        if certainty >= q:
+            return pred, k, confidence, k
+        if confidence > self.best[0]:
+            self.best = (confidence, pred, k)
+        return None
+
+    def at_final(self, confidence: float, pred: int) -> tuple[int, int, float, int]:
+        """The final classifier's answer, or the most confident IC's if the fallback says so."""
+        if self.fallback == "most_confident" and self.best[0] >= confidence:
+            return self.best[1], self.last, self.best[0], self.best[2]
+        return pred, self.last, confidence, self.last
 
 
 @dataclass

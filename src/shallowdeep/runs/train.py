@@ -18,6 +18,7 @@ from torch import nn
 
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
+from ..collect import forward_batch_size
 from ..costs import output_costs
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
 from ..convert import build_model, module_arch, module_cnn
@@ -350,7 +351,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     t = time.perf_counter()
     resident = data.to(device) if device.type == "cuda" else data
     timed("setup_device", t)
-    eval_batch = 1024 if device.type == "cuda" else 512
+    eval_batch = forward_batch_size(device)
 
     shard = (place.rank, place.world)
     train_batches = _train_batches(resident, recipe, runtime, device, r["seed"], shard)
