@@ -360,93 +360,26 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
 
     try:
         for arch in archs:
-            base = out / arch
-            common = {"arch": arch, "data": data, "data_root": data_root, "image_size": image_size, "device": device,
-                      "precision": precision, "compile": compile, "seed": seed}
-            t: dict[str, float] = {}  # wall seconds per stage and analysis
-            in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
-            in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
-            runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
-            pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
-
-            def add_row(kind: str, json_path: Path) -> None:
-                meta = RunFolder(base / kind).meta()
-                epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
-                row = _reproduction_row(arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
-                                        out)
-                row["stage_seconds"] = t  # shared by the architecture's rows, filled in as stages finish
-                row["stage_epoch_seconds"] = in_epochs
-                row["stage_background_seconds"] = in_background
-                row["stage_runtime"] = runtimes
-                result["rows"].append(row)
-                publish()
-
-            def analyze_stage(kind: str, beside_next: bool = False) -> None:
-                t0 = time.perf_counter()
-                json_path = _kept_analysis(base / kind)  # every rank sees the same files: all take one branch
-                if json_path is None and beside_next:
-                    # all of it (records on this device, analyses, figures, report) in a child process while
-                    # the next stage trains: the records are a few seconds of the GPU beside that stage's
-                    # steps (a second process on the GPU, as the background compilation already is)
-                    if log is not None:
-                        log(f"analyzing {base / kind} in a background process while the next stage trains")
-                    here = time.perf_counter() - t0
-                    pending.append((kind, here, _analysis_process(base / kind, here, dev)))
-                    return
-                if json_path is None:
-                    _, json_path = analyze_run(base / kind, device=dev, log=log)
-                    t[f"analyze {kind}"] = time.perf_counter() - t0
-                else:  # analyzed by an earlier call: its time, as it was measured then
-                    rep = read_json(json_path)
-                    if isinstance(rep.get("pipeline_seconds"), (int, float)):  # made beside a stage
-                        t[f"analyze {kind}"] = float(rep["pipeline_seconds"])
-                        in_background[f"analyze {kind}"] = float(rep["wall_seconds"])
-                    else:
-                        t[f"analyze {kind}"] = float(rep["wall_seconds"])
-                    if log is not None:
-                        log(f"{json_path.parent} is the analysis of these weights: kept")
-                if place.main:  # other ranks helped collect the records; the report and the table are rank 0's
-                    add_row(kind, json_path)
-
-            def finish_background() -> None:
-                while pending:
-                    kind, here, process = pending.pop(0)
-                    t0 = time.perf_counter()
-                    status = process.wait()
-                    why = _last_words(process, status)
-                    json_path = _kept_analysis(base / kind) if status == 0 else None
-                    if json_path is None:  # it failed: again in this process, where its error reaches the user
-                        if log is not None:
-                            log(f"the background analysis of {base / kind} failed ({why}): analyzing it here")
-                        _, json_path = analyze_run(base / kind, device=dev, log=log)
-                    else:
-                        in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
-                    t[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
-                    add_row(kind, json_path)
-
+            common = {"arch": arch, **common_cfg}
+            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
             # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
             # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
             if "cnn" in stages:
-                t["cnn"], in_epochs["cnn"], runtimes["cnn"] = _stage(
-                    base / "cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]}, log, progress, beside.start,
-                    beside.ready(f"{arch}/cnn"))
+                one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
             if "ic-only" in stages:
-                t["ic-only"], in_epochs["ic-only"], runtimes["ic-only"] = _stage(
-                    base / "ic-only", {"mode": "ic-only", "from_run": str(base / "cnn"), "seed": seed,
-                                       "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                       "compile": compile}, log, progress, beside.start, beside.ready(f"{arch}/ic-only"))
-                analyze_stage("ic-only", beside_next=_analysis_beside("sdn" in stages, base / "sdn", dev, place.enabled))
+                one.train("ic-only", {"mode": "ic-only", "from_run": str(out / arch / "cnn"), "seed": seed,
+                                      "epochs": epochs["ic-only"], "device": device, "precision": precision,
+                                      "compile": compile})
+                one.analyze("ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev,
+                                                                    place.enabled))
             if "sdn" in stages:
                 try:
-                    t["sdn"], in_epochs["sdn"], runtimes["sdn"] = _stage(
-                        base / "sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]}, log, progress, beside.start,
-                        beside.ready(f"{arch}/sdn"))
+                    one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
                 except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
-                    for _, _, process in pending:
-                        process.wait()
+                    one.wait_background()
                     raise
-                finish_background()
-                analyze_stage("sdn")
+                one.finish_background()
+                one.analyze("sdn")
     finally:
         compiled = beside.finish()
         if compiled is not None:
@@ -456,6 +389,90 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     if log is not None:
         log(report.reproduction_markdown(result))
     return result
+
+
+class _ArchStages:
+    """One architecture's stages in a reproduction: trains each (or keeps it, finished), analyzes it
+    here or in a background process beside the next stage, and adds its row to the table with the wall
+    time of every stage and analysis so far (the rows of one architecture share these dicts, filled
+    in as its stages finish)."""
+
+    def __init__(self, out: Path, arch: str, dev: str, main: bool, beside: _CompiledBeside,
+                 rows: list[dict[str, Any]], publish: Callable[[], None], log: Log, progress: bool) -> None:
+        self.out, self.base, self.arch, self.dev, self.main = out, out / arch, arch, dev, main
+        self.beside, self.rows, self.publish, self.log, self.progress = beside, rows, publish, log, progress
+        self.seconds: dict[str, float] = {}  # wall seconds per stage and analysis (an analysis: the pipeline's part)
+        self.in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
+        self.in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
+        self.runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
+        self.pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
+
+    def train(self, kind: str, cfg: dict[str, Any]) -> None:
+        """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
+        self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
+            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}"))
+
+    def analyze(self, kind: str, beside_next: bool = False) -> None:
+        """Analyze stage ``kind``: keep an analysis of these weights, else analyze it here, or, with
+        ``beside_next``, start a background process for it (:meth:`finish_background` adds its row)."""
+        run, t0 = self.base / kind, time.perf_counter()
+        json_path = _kept_analysis(run)  # every rank sees the same files: all take one branch
+        if json_path is None and beside_next:
+            # all of it (records on this device, analyses, figures, report) in a child process while
+            # the next stage trains: the records are a few seconds of the GPU beside that stage's
+            # steps (a second process on the GPU, as the background compilation already is)
+            if self.log is not None:
+                self.log(f"analyzing {run} in a background process while the next stage trains")
+            here = time.perf_counter() - t0
+            self.pending.append((kind, here, _analysis_process(run, here, self.dev)))
+            return
+        if json_path is None:
+            _, json_path = analyze_run(run, device=self.dev, log=self.log)
+            self.seconds[f"analyze {kind}"] = time.perf_counter() - t0
+        else:  # analyzed by an earlier call: its time, as it was measured then
+            rep = read_json(json_path)
+            if isinstance(rep.get("pipeline_seconds"), (int, float)):  # made beside a stage
+                self.seconds[f"analyze {kind}"] = float(rep["pipeline_seconds"])
+                self.in_background[f"analyze {kind}"] = float(rep["wall_seconds"])
+            else:
+                self.seconds[f"analyze {kind}"] = float(rep["wall_seconds"])
+            if self.log is not None:
+                self.log(f"{json_path.parent} is the analysis of these weights: kept")
+        if self.main:  # other ranks helped collect the records; the report and the table are rank 0's
+            self._add_row(kind, json_path)
+
+    def finish_background(self) -> None:
+        """Wait for the background analyses and add their rows; one that failed is done here again,
+        where its error reaches the user."""
+        while self.pending:
+            kind, here, process = self.pending.pop(0)
+            t0 = time.perf_counter()
+            status = process.wait()
+            why = _last_words(process, status)
+            json_path = _kept_analysis(self.base / kind) if status == 0 else None
+            if json_path is None:
+                if self.log is not None:
+                    self.log(f"the background analysis of {self.base / kind} failed ({why}): analyzing it here")
+                _, json_path = analyze_run(self.base / kind, device=self.dev, log=self.log)
+            else:
+                self.in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
+            self.seconds[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
+            self._add_row(kind, json_path)
+
+    def wait_background(self) -> None:
+        """Let the background analyses finish their reports (when a stage failed: no rows added)."""
+        for _, _, process in self.pending:
+            process.wait()
+
+    def _add_row(self, kind: str, json_path: Path) -> None:
+        meta = RunFolder(self.base / kind).meta()
+        epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+        row = _reproduction_row(self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
+                                self.out)
+        row |= {"stage_seconds": self.seconds, "stage_epoch_seconds": self.in_epochs,
+                "stage_background_seconds": self.in_background, "stage_runtime": self.runtimes}
+        self.rows.append(row)
+        self.publish()
 
 
 # device types on which an analysis runs in a background process beside the next stage: there the
