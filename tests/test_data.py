@@ -180,6 +180,20 @@ def test_batches_normalised_channels_last(digits):
     assert torch.allclose(x, (raw - mean) / std)
 
 
+def test_batches_travel_as_stored_and_are_normalised_where_they_go(digits, monkeypatch):
+    """To another device a batch goes as uint8 (a quarter of the floats' bytes) and is normalised
+    there ("meta" stands in for a GPU here: the same path, no arithmetic)."""
+    from shallowdeep import data as data_mod
+
+    seen = []
+    real = data_mod.normalize
+    monkeypatch.setattr(data_mod, "normalize", lambda images, m, s: seen.append((images.dtype, images.device.type,
+                                                                                  m.device.type)) or real(images, m, s))
+    x, y = next(iter(batches(digits, "val", 16, device="meta")))
+    assert seen == [(torch.uint8, "meta", "meta")]
+    assert x.device.type == y.device.type == "meta" and x.shape == (16, 3, 32, 32)
+
+
 def test_shuffled_batches_repeat_with_the_same_seed(digits):
     a = [y for _, y in batches(digits, "train", 64, train=True, generator=torch.Generator().manual_seed(5))]
     b = [y for _, y in batches(digits, "train", 64, train=True, generator=torch.Generator().manual_seed(5))]

@@ -759,7 +759,9 @@ class Batches:
         n = len(s)
         dev = s.images.device  # a resident data set is shuffled and augmented where it lives
         order = torch.randperm(n, generator=self.generator, device=dev) if self.train else torch.arange(n, device=dev)
-        mean, std = torch.tensor(data.mean, device=dev), torch.tensor(data.std, device=dev)  # once, not per batch
+        # a batch travels as stored (uint8: a quarter of the floats' bytes) and is normalised where it goes
+        target = torch.device(self.device)
+        mean, std = torch.tensor(data.mean, device=target), torch.tensor(data.std, device=target)  # once, not per batch
         aug = self.generator or torch.Generator(dev)
         if self.world > 1 and self.train:
             # every rank draws the same order (same seed); each augments its own share with its own stream
@@ -771,8 +773,8 @@ class Batches:
             parts = [p for p in parts if len(p)]
             seed = int(torch.randint(2**62, (1,), generator=aug)) if self.train else 0
             for idx, imgs in zip(parts, s.batches([p.tolist() for p in parts], self.train, seed)):
-                x = normalize(imgs, mean, std)
-                yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
+                x = normalize(imgs.to(target, non_blocking=True), mean, std)
+                yield x, s.labels[idx].to(target, non_blocking=True)
             return
         for start in range(0, self._ends(), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -782,8 +784,8 @@ class Batches:
             imgs = s.images[idx]
             if self.train:
                 imgs = augment(imgs, data.pad, data.flip, data.jitter, aug)
-            x = normalize(imgs, mean, std)
-            yield x.to(self.device, non_blocking=True), s.labels[idx].to(self.device, non_blocking=True)
+            x = normalize(imgs.to(target, non_blocking=True), mean, std)
+            yield x, s.labels[idx].to(target, non_blocking=True)
 
 
 def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
