@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import shallowdeep
 from shallowdeep.backdoor import Backdoor, apply_trigger, poison, poisoned_dataset, triggered_split
 from shallowdeep.cli import main
 from shallowdeep.core.errors import UserError

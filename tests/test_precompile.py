@@ -61,9 +61,9 @@ def test_runs_compiled_in_the_background_find_their_step_in_the_cache(tmp_path):
 _REPRODUCE = """
 import json, sys
 import torch._dynamo.utils as du
-import shallowdeep.workflows as workflows
-from shallowdeep.workflows import reproduce
-workflows.COMPILE_BESIDE_ON = ("cuda", "cpu")  # as on a GPU (the CPU compiles in-process by default)
+import shallowdeep.runs.precompile as precompile
+from shallowdeep.reproduction import reproduce
+precompile.COMPILE_BESIDE_ON = ("cuda", "cpu")  # as on a GPU (the CPU compiles in-process by default)
 result = reproduce("digits", sys.argv[1], ["small"], epochs={"cnn": 1, "ic-only": 1, "sdn": 1}, device="cpu",
                    compile=True, log=None, progress=False)
 print(json.dumps({"compiled_ahead": result["compiled_ahead"], "inductor": dict(du.counters["inductor"])}))
@@ -92,7 +92,7 @@ def test_a_reproduction_trains_eagerly_while_its_steps_compile_in_the_background
 
 
 def test_compiling_ahead_is_planned_only_where_a_run_would_compile(tmp_path):
-    from shallowdeep.workflows import _compile_ahead_plan as plan_of
+    from shallowdeep.reproduction import _compile_ahead_plan as plan_of
 
     common = {"data": "digits", "data_root": None, "image_size": None, "device": "cpu", "precision": None,
               "seed": None}
@@ -134,8 +134,8 @@ def test_a_background_compilation_stopped_early_says_how_far_it_got(tmp_path):
 def test_the_child_starts_once_the_first_stage_is_set_up(tmp_path, monkeypatch):
     """Started with the call, the child would decode the data beside the first stage's own decoding,
     on the same cores; once the stage is set up it reads the decoded data from the cache."""
+    import shallowdeep.reproduction as reproduction
     import shallowdeep.runs.precompile as precompile
-    import shallowdeep.workflows as workflows
 
     lines: list[str] = []
 
@@ -146,9 +146,9 @@ def test_the_child_starts_once_the_first_stage_is_set_up(tmp_path, monkeypatch):
     planned = TrainConfig(out=str(tmp_path / "rep" / "small" / "cnn"), mode="cnn", arch="small", data="digits",
                           epochs=1, device="cpu")
     monkeypatch.setattr(precompile, "start", fake_start)
-    monkeypatch.setattr(workflows, "_compile_ahead_plan", lambda *a: [("small/cnn", planned)])
-    monkeypatch.setattr(workflows, "COMPILE_BESIDE_ON", ("cuda", "cpu"))
-    workflows.reproduce("digits", tmp_path / "rep", ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1},
+    monkeypatch.setattr(reproduction, "_compile_ahead_plan", lambda *a: [("small/cnn", planned)])
+    monkeypatch.setattr(precompile, "COMPILE_BESIDE_ON", ("cuda", "cpu"))
+    reproduction.reproduce("digits", tmp_path / "rep", ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1},
                         stages=("cnn",), device="cpu", log=lines.append, progress=False)
     epochs = [i for i, s in enumerate(lines) if s.startswith("epoch ")]
     assert len(epochs) == 2 and lines.count("start: cnn") == 1, lines
@@ -162,7 +162,6 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     process compiles its step, which is stopped when the run ends; a run that does not compile, or a
     resumed one, starts no process."""
     import shallowdeep.runs.precompile as precompile
-    import shallowdeep.workflows as workflows
     from shallowdeep.workflows import train
 
     class NeverReady:  # a child still compiling when the run ends
@@ -183,7 +182,7 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     # on a CPU the training takes every core: a compiled run compiles in its own process there
     train(replace(cfg, out=str(tmp_path / "cpu")), progress=False, log=None)
     assert started == [] and fake_compile
-    monkeypatch.setattr(workflows, "COMPILE_BESIDE_ON", ("cuda", "cpu"))  # as on a GPU
+    monkeypatch.setattr(precompile, "COMPILE_BESIDE_ON", ("cuda", "cpu"))  # as on a GPU
     fake_compile.clear()
     assert train(cfg, progress=False, log=lines.append) == out
     meta = json.loads((out / "run.json").read_text())

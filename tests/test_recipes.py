@@ -151,7 +151,7 @@ def test_compiled_training_never_recompiles_and_resumes_compiled(tmp_path):
 
 
 def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
-    from shallowdeep.workflows import reproduce
+    from shallowdeep.reproduction import reproduce
 
     out = tmp_path / "rep"
     # a reproduction killed during its CNN stage: the stage holds a checkpoint after one epoch
@@ -202,11 +202,11 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
         reproduce("digits", out, ["nope"], log=None)
 
     # run again: every stage and both analyses are kept (the analyses' times as measured then)
-    from shallowdeep import workflows
+    from shallowdeep import reproduction
 
-    real = workflows.analyze_run
+    real = reproduction.analyze_run
     calls = []
-    monkeypatch.setattr(workflows, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k))
+    monkeypatch.setattr(reproduction, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k))
     again = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
     assert calls == []
     strip = lambda rows: [{k: v for k, v in r.items() if k != "stage_seconds"} for r in rows]  # noqa: E731
@@ -223,7 +223,7 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_reproduce_some_stages_then_the_rest(tmp_path):
     """`stages` runs part of a reproduction (the SDN from scratch first, when time is short); the
     full reproduction afterwards keeps that finished stage and runs the others."""
-    from shallowdeep.workflows import reproduce
+    from shallowdeep.reproduction import reproduce
 
     out = tmp_path / "rep"
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
@@ -247,10 +247,11 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     process while the SDN trains (here on the CPU, told to); the table counts the part the pipeline
     waited for and shows the child's own time beside it. A child that fails leaves the analysis to the
     pipeline, where its error would reach the user."""
-    from shallowdeep import workflows
-    from shallowdeep.workflows import _kept_analysis, reproduce
+    from shallowdeep import reproduction, workflows
+    from shallowdeep.reproduction import reproduce
+    from shallowdeep.workflows import kept_analysis
 
-    monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
+    monkeypatch.setattr(reproduction, "ANALYSIS_BESIDE_ON", ("cpu",))
     collected_here: list[str] = []
     real_records = workflows.run_records
     monkeypatch.setattr(workflows, "run_records", lambda run, *a, **k: collected_here.append(Path(run).name)
@@ -264,7 +265,7 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert set(beside) == {"analyze ic-only"}  # the SDN's analysis has no next stage: made in the pipeline
     ic_only = tmp_path / "a" / "small" / "ic-only"
     report = json.loads((ic_only / "report" / "report.json").read_text())
-    assert beside["analyze ic-only"] == report["wall_seconds"] and _kept_analysis(ic_only) is not None
+    assert beside["analyze ic-only"] == report["wall_seconds"] and kept_analysis(ic_only) is not None
     assert (ic_only / "calibration.json").is_file()
     stages = result["rows"][0]["stage_seconds"]
     md = (tmp_path / "a" / "reproduction.md").read_text()
@@ -277,9 +278,9 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert again["rows"][0]["stage_seconds"]["analyze ic-only"] == report["pipeline_seconds"]
     assert again["rows"][0]["stage_background_seconds"] == {"analyze ic-only": report["wall_seconds"]}
 
-    real_process = workflows._analysis_process
+    real_process = reproduction._analysis_process
     # a child that fails (here told to analyze a folder holding no run)
-    monkeypatch.setattr(workflows, "_analysis_process",
+    monkeypatch.setattr(reproduction, "_analysis_process",
                         lambda run, seconds, device: real_process(tmp_path / "nowhere", seconds, device))
     said.clear()
     failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=said.append, progress=False)
@@ -287,23 +288,23 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     why = [line.split(" failed (")[1] for line in said if "background analysis" in line]
     assert len(why) == 1 and "nowhere" in why[0] and why[0].endswith("): analyzing it here"), said
     assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
-    assert _kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
+    assert kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
     assert failed["rows"][0]["outputs"] == result["rows"][0]["outputs"]  # same seed, same figures either way
 
     # the SDN stage fails while the analysis beside it runs: its error goes on, the analysis finishes
     monkeypatch.undo()
-    monkeypatch.setattr(workflows, "ANALYSIS_BESIDE_ON", ("cpu",))
-    real_stage = workflows._stage
+    monkeypatch.setattr(reproduction, "ANALYSIS_BESIDE_ON", ("cpu",))
+    real_stage = reproduction._stage
 
     def sdn_fails(out, cfg, log, progress, *hooks):
         if out.name == "sdn":
             raise RuntimeError("the SDN stage broke")
         return real_stage(out, cfg, log, progress, *hooks)
 
-    monkeypatch.setattr(workflows, "_stage", sdn_fails)
+    monkeypatch.setattr(reproduction, "_stage", sdn_fails)
     with pytest.raises(RuntimeError, match="the SDN stage broke"):
         reproduce("digits", tmp_path / "c", ["small"], epochs=epochs, log=None, progress=False)
-    assert _kept_analysis(tmp_path / "c" / "small" / "ic-only") is not None
+    assert kept_analysis(tmp_path / "c" / "small" / "ic-only") is not None
 
 
 def test_compile_by_default_only_where_it_pays_back():

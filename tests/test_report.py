@@ -10,9 +10,6 @@ import torch
 
 from shallowdeep.runs import records as record_mod
 from shallowdeep.cli import main
-from shallowdeep.runs import TrainConfig, train_run
-
-QUIET = dict(progress=False, log=None)
 
 
 @pytest.fixture(scope="module")

@@ -304,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .workflows import reproduce
+    from .reproduction import reproduce
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     epochs = {k: v for k, v in (("cnn", args.cnn_epochs), ("ic-only", args.ic_epochs), ("sdn", args.sdn_epochs))

@@ -1,4 +1,5 @@
-"""What the commands do, composed from the layers below: analyze a run, explain it.
+"""What the commands do, composed from the layers below: train a run (its step compiled beside it),
+analyze it, explain it, export it. The paper's whole pipeline is :mod:`~shallowdeep.reproduction`.
 
 Knows run folders, analyses and the report; knows no command-line flag.
 """
@@ -9,7 +10,7 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,13 +18,10 @@ import torch
 from .analysis import analyze, backdoor_figures, rule_calibration
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
-from .data import reuse_loaded
 from .devices import pick_device
 from .runs import RunFolder, TrainConfig, backdoor_of, run_data, run_records, save_calibration
+from .runs.precompile import CompiledBeside, compiles_beside
 from .runs.weights import load
-
-if TYPE_CHECKING:
-    from .runs.precompile import Ahead
 
 Log = Callable[[str], None] | None
 # the splits an analysis collects records of (and, for a backdoored run, the triggered test split)
@@ -184,7 +182,7 @@ def _analysis_options(max_drop: float, budget: float | None, fallback: str, rule
     return options, chosen_rule, compared
 
 
-def _kept_analysis(run: str | Path) -> Path | None:
+def kept_analysis(run: str | Path) -> Path | None:
     """The run's report.json if it is an analysis with the default options of these very weights
     (and the engine's calibration is there), else ``None``: analyzing again would give the same."""
     folder = RunFolder(run)
@@ -254,330 +252,6 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
     return result | {"folder": str(out)}
 
 
-# --------------------------------------------------------------------------------------------------
-# the paper's pipeline, end to end
-
-PAPER_EPOCHS = {"cnn": 100, "ic-only": 25, "sdn": 100}
-STAGES = tuple(PAPER_EPOCHS)  # in the order they run
-# what the paper claims (spec sections 7-9), printed beside the measured figures
-PAPER_CLAIMS = {
-    "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
-                  "with accuracy within a point of the final output",
-    "early_share": "up to about 95 % of inputs are right at some output before the final one",
-    "destructive_share": "about 50 % of the final output's errors are right at some IC",
-    "confusion": "confusion separates errors from correct answers better than the final output's confidence",
-}
-
-
-def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Callable[[], None] | None = None,
-           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float, dict[str, Any] | None]:
-    """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
-    stage's wall seconds over every call (a run written before they were recorded: its epochs' sum),
-    the sum of its epochs' times (training and validation only), resumed epochs included, and how
-    it trained (run.json's ``runtime``).
-    ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
-    from .runs import train_run
-
-    folder = RunFolder(out)
-    hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
-    if folder.exists():
-        meta = folder.meta()
-        if meta.get("status") != "complete":
-            train_run(TrainConfig(out=str(out), resume=True, device=cfg.get("device"), precision=cfg.get("precision"),
-                                  compile=cfg.get("compile")), **hooks)
-        elif log is not None:
-            log(f"{out} is finished: kept")
-    else:
-        train_run(TrainConfig(out=str(out), **cfg), **hooks)
-    meta = folder.meta()
-    epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
-    return float(meta.get("wall_seconds", epochs)), epochs, meta.get("runtime")
-
-
-@reuse_loaded()  # every stage and analysis of one call reads the same data set: listed and read once
-def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
-              image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
-              precision: str | None = None, compile: bool | None = None, seed: int | None = None,
-              stages: tuple[str, ...] = STAGES, log: Log = print, progress: bool = True) -> dict[str, Any]:
-    """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
-    analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
-    ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
-    run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
-    only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
-    from . import report
-    from .models import list_archs
-
-    started = time.perf_counter()
-    if not archs:
-        raise ArgumentError("`archs` names no architecture: give at least one")
-    for a in archs:
-        if a not in list_archs():
-            raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
-    unknown = [x for x in stages if x not in STAGES]
-    if unknown or not stages:
-        raise ArgumentError(f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): "
-                            f"choose from {', '.join(STAGES)}")
-    epochs = {**PAPER_EPOCHS, **(epochs or {})}
-    for stage, n in epochs.items():
-        if not (isinstance(n, int) and n >= 1):
-            raise ArgumentError(f"the {stage} stage needs at least one epoch, got {n}")
-    from .data import parse_data_name
-
-    parse_data_name(data)  # an unknown data set is refused before any folder is made
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
-    if "ic-only" in stages and "cnn" not in stages:
-        for a in archs:
-            if not RunFolder(out / a / "cnn").finished():
-                raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
-                                    "add the cnn stage to `stages`")
-    from .distributed import join
-
-    # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
-    place, dev = join(str(pick_device(device)))
-    if not place.main:
-        log, progress = None, False
-    out.mkdir(parents=True, exist_ok=True)
-    from .core.io import write_bytes, write_json
-
-    result: dict[str, Any] = {"data": data, "device": dev, "epochs": epochs, "rows": [], "paper_claims": PAPER_CLAIMS,
-                              "note": "thresholds chosen on the validation split, reported on the test split"}
-
-    def publish() -> None:  # after every analysis, so a killed reproduction still leaves its table so far
-        result["call_seconds"] = time.perf_counter() - started
-        write_json(out / "reproduction.json", result)
-        write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
-        write_bytes(out / "index.html", report.reproduction_html(result).encode())
-
-    # the stages this call trains anew get their steps compiled in a background process, in training
-    # order, and each trains eagerly until its step is in the compiler's cache (one process on one
-    # GPU; under torchrun no stage compiles by default)
-    common_cfg = {"data": data, "data_root": data_root, "image_size": image_size, "device": device,
-                  "precision": precision, "compile": compile, "seed": seed}
-    beside = _CompiledBeside([] if place.enabled or not _compiles_beside(dev) else
-                             _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
-
-    try:
-        for arch in archs:
-            common = {"arch": arch, **common_cfg}
-            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
-            # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
-            # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
-            if "cnn" in stages:
-                one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
-            if "ic-only" in stages:
-                one.train("ic-only", {"mode": "ic-only", "from_run": str(out / arch / "cnn"), "seed": seed,
-                                      "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                      "compile": compile})
-                one.analyze("ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev,
-                                                                    place.enabled))
-            if "sdn" in stages:
-                try:
-                    one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
-                except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
-                    one.wait_background()
-                    raise
-                one.finish_background()
-                one.analyze("sdn")
-    finally:
-        compiled = beside.finish()
-        if compiled is not None:
-            result["compiled_ahead"] = compiled
-    if place.main:
-        publish()
-    if log is not None:
-        log(report.reproduction_markdown(result))
-    return result
-
-
-class _ArchStages:
-    """One architecture's stages in a reproduction: trains each (or keeps it, finished), analyzes it
-    here or in a background process beside the next stage, and adds its row to the table with the wall
-    time of every stage and analysis so far (the rows of one architecture share these dicts, filled
-    in as its stages finish)."""
-
-    def __init__(self, out: Path, arch: str, dev: str, main: bool, beside: _CompiledBeside,
-                 rows: list[dict[str, Any]], publish: Callable[[], None], log: Log, progress: bool) -> None:
-        self.out, self.base, self.arch, self.dev, self.main = out, out / arch, arch, dev, main
-        self.beside, self.rows, self.publish, self.log, self.progress = beside, rows, publish, log, progress
-        self.seconds: dict[str, float] = {}  # wall seconds per stage and analysis (an analysis: the pipeline's part)
-        self.in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
-        self.in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
-        self.runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
-        self.pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
-
-    def train(self, kind: str, cfg: dict[str, Any]) -> None:
-        """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
-        self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
-            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}"))
-
-    def analyze(self, kind: str, beside_next: bool = False) -> None:
-        """Analyze stage ``kind``: keep an analysis of these weights, else analyze it here, or, with
-        ``beside_next``, start a background process for it (:meth:`finish_background` adds its row)."""
-        run, t0 = self.base / kind, time.perf_counter()
-        json_path = _kept_analysis(run)  # every rank sees the same files: all take one branch
-        if json_path is None and beside_next:
-            # all of it (records on this device, analyses, figures, report) in a child process while
-            # the next stage trains: the records are a few seconds of the GPU beside that stage's
-            # steps (a second process on the GPU, as the background compilation already is)
-            if self.log is not None:
-                self.log(f"analyzing {run} in a background process while the next stage trains")
-            here = time.perf_counter() - t0
-            self.pending.append((kind, here, _analysis_process(run, here, self.dev)))
-            return
-        if json_path is None:
-            _, json_path = analyze_run(run, device=self.dev, log=self.log)
-            self.seconds[f"analyze {kind}"] = time.perf_counter() - t0
-        else:  # analyzed by an earlier call: its time, as it was measured then
-            rep = read_json(json_path)
-            if isinstance(rep.get("pipeline_seconds"), (int, float)):  # made beside a stage
-                self.seconds[f"analyze {kind}"] = float(rep["pipeline_seconds"])
-                self.in_background[f"analyze {kind}"] = float(rep["wall_seconds"])
-            else:
-                self.seconds[f"analyze {kind}"] = float(rep["wall_seconds"])
-            if self.log is not None:
-                self.log(f"{json_path.parent} is the analysis of these weights: kept")
-        if self.main:  # other ranks helped collect the records; the report and the table are rank 0's
-            self._add_row(kind, json_path)
-
-    def finish_background(self) -> None:
-        """Wait for the background analyses and add their rows; one that failed is done here again,
-        where its error reaches the user."""
-        while self.pending:
-            kind, here, process = self.pending.pop(0)
-            t0 = time.perf_counter()
-            status = process.wait()
-            why = _last_words(process, status)
-            json_path = _kept_analysis(self.base / kind) if status == 0 else None
-            if json_path is None:
-                if self.log is not None:
-                    self.log(f"the background analysis of {self.base / kind} failed ({why}): analyzing it here")
-                _, json_path = analyze_run(self.base / kind, device=self.dev, log=self.log)
-            else:
-                self.in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
-            self.seconds[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
-            self._add_row(kind, json_path)
-
-    def wait_background(self) -> None:
-        """Let the background analyses finish their reports (when a stage failed: no rows added)."""
-        for _, _, process in self.pending:
-            process.wait()
-
-    def _add_row(self, kind: str, json_path: Path) -> None:
-        meta = RunFolder(self.base / kind).meta()
-        epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
-        row = _reproduction_row(self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
-                                self.out)
-        row |= {"stage_seconds": self.seconds, "stage_epoch_seconds": self.in_epochs,
-                "stage_background_seconds": self.in_background, "stage_runtime": self.runtimes}
-        self.rows.append(row)
-        self.publish()
-
-
-# device types on which an analysis runs in a background process beside the next stage: there the
-# stage keeps the GPU busy and leaves the CPU's cores idle; on a CPU both would want the same cores
-ANALYSIS_BESIDE_ON = ("cuda",)
-
-
-def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed: bool) -> bool:
-    """Whether to analyze a stage in the background: the next stage trains in this call, on a device
-    of :data:`ANALYSIS_BESIDE_ON`, in one process (under torchrun every rank collects its shard)."""
-    if not next_trains or distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
-        return False
-    return not RunFolder(next_stage).finished()
-
-
-def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
-    """A child process running :func:`_analyze_beside` on ``run``; its exit status says whether it
-    worked, and what it wrote to stderr (kept in a temporary file, ``process.said``) why not."""
-    import subprocess
-    import tempfile
-
-    from .core.children import python_child
-
-    said = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, and a pipe fills up
-    process = python_child(["-c", "import sys; from shallowdeep.workflows import _analyze_beside; "
-                                  "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
-                            repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=said)
-    process.said = said
-    return process
-
-
-def _last_words(process: Any, status: int) -> str:
-    """The last line a finished :func:`_analysis_process` wrote to stderr (its error), or its exit status."""
-    with process.said as said:
-        said.seek(0)
-        lines = [line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else f"exit status {status}"
-
-
-def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu") -> Path:
-    """:func:`analyze_run` with the defaults a reproduction uses, its records collected on ``device``,
-    as a reproduction's background process runs it; ``report.json`` also records
-    ``pipeline_seconds``, what the pipeline spent on this analysis itself (starting it), so that a
-    later call keeping this analysis counts that part, not the background time, in the table's total."""
-    _, json_path = analyze_run(run, device=device)
-    rep = read_json(json_path)
-    rep["pipeline_seconds"] = float(pipeline_seconds)
-    RunFolder(run).write_json(json_path, rep)
-    return json_path
-
-
-# device types on which a run's step compiles in a background process while the run trains: there
-# the training loop needs one core (the GPU does the work) and the compiler gets the others; on a CPU
-# the training takes every core, and a compiled run compiles in its own process before its first step
-COMPILE_BESIDE_ON = ("cuda",)
-
-
-def _compiles_beside(dev: str) -> bool:
-    return dev.split(":")[0] in COMPILE_BESIDE_ON
-
-
-class _CompiledBeside:
-    """Runs' training steps compiled by one background process (:mod:`~shallowdeep.runs.precompile`)
-    while this process trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order."""
-
-    def __init__(self, plan: list[tuple[str, TrainConfig]], log: Log) -> None:
-        self.plan, self.log = plan, log
-        self.ahead: Ahead | None = None  # the running child, once started
-
-    def start(self) -> None:
-        """Start the child, once: when the first run is set up, so its data is in the decode cache
-        (which the child reads instead of decoding beside it) and, on CUDA, this process holds its
-        context (a GPU in exclusive-process mode then refuses the child, whose runs compile for
-        themselves)."""
-        if self.ahead is not None or not self.plan:
-            return
-        from .runs.precompile import start
-
-        self.ahead = start([cfg for _, cfg in self.plan])
-        if self.ahead is not None and self.log is not None:
-            self.log(f"compiling the training steps in a background process: {', '.join(n for n, _ in self.plan)}")
-
-    def ready(self, name: str) -> Callable[[], bool] | None:
-        """The planned run's ``compile_ready`` (``None`` for a run not planned: it compiles for itself,
-        if at all): yes once the child compiled its step, failed at it, or is not running."""
-        names = [n for n, _ in self.plan]
-        if name not in names:
-            return None
-        i = names.index(name)
-        return lambda: self.ahead is None or self.ahead.done(i)
-
-    def finish(self) -> list[dict[str, Any]] | None:
-        """Stop the child; per planned run what it did and how many epochs the run trained eagerly
-        meanwhile (``None`` if it never started)."""
-        if self.ahead is None:
-            return None
-        rows = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
-                for (name, cfg), row in zip(self.plan, self.ahead.finish())]
-        if self.log is not None:
-            self.log("compiled in the background: " + "; ".join(
-                f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
-                for r in rows))
-        return rows
-
-
 def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     """Train a run like :func:`~shallowdeep.runs.train_run`; a new run that compiles (by default on one
     GPU) has its step compiled by a background process while it trains its first epochs eagerly,
@@ -586,77 +260,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     from .runs import train_run
     from .runs.train import may_compile
 
-    new = not from_env().enabled and _compiles_beside(str(pick_device(cfg.device))) and \
+    new = not from_env().enabled and compiles_beside(str(pick_device(cfg.device))) and \
         not RunFolder(cfg.out).exists() and may_compile(cfg)
-    beside = _CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
+    beside = CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
     try:
         return train_run(cfg, progress=progress, log=log, set_up=beside.start, compile_ready=beside.ready(str(cfg.out)))
     finally:
         beside.finish()
-
-
-def _eager_epochs(run: Path) -> int:
-    """How many epochs a compiled run trained eagerly while its step compiled elsewhere."""
-    folder = RunFolder(run)
-    try:
-        return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
-    except UserError:  # a damaged run.json: said by whatever reads it next, not by this count
-        return 0
-
-
-def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
-                        common: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The stages to compile in the background, in the order this call trains them, each as
-    ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
-    keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
-    run may not exist yet)."""
-    from .runs.train import may_compile
-
-    plan = []
-    for arch in archs:
-        for kind in ("cnn", "ic-only", "sdn"):
-            folder = RunFolder(out / arch / kind)
-            if kind in stages and not folder.exists():  # trained anew in this call
-                cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)
-                if may_compile(cfg):
-                    plan.append((f"{arch}/{kind}", cfg))
-    return plan
-
-
-def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],
-                      html_path: Path, out: Path) -> dict[str, Any]:
-    ee = r["early_exit"]
-    cal, ref = ee["calibrated"], ee["reference_protocol"]
-    ref_row = next((x for x in ref["rows"] if x["threshold"] == ref["chosen_threshold"]), None)
-    o, c = r["overthinking"], r["confusion"]
-    return {
-        "arch": arch, "kind": kind,
-        "outputs": [{"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
-                    for x in r["outputs"]],
-        "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
-        "calibrated": {"threshold": cal["threshold"], "test_accuracy": cal["test"]["accuracy"],
-                       "test_relative_cost": cal["test"]["relative_cost"]},
-        "engine": _engine_point(ee.get("engine")),
-        "reference_protocol": {"threshold": ref["chosen_threshold"],
-                               "test_accuracy": ref_row["accuracy"] if ref_row else None,
-                               "test_relative_cost": ref_row["relative_cost"] if ref_row else None},
-        "early_share": o["early_share"],
-        "destructive_share": o["destructive"]["union_share_of_final_errors"],
-        "confusion_auroc": c["confusion"]["auroc"], "confidence_auroc": c["confidence"]["auroc"],
-        "epochs": len(epoch_s), "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
-        "runtime": meta.get("runtime"),
-        "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
-    }
-
-
-def _engine_point(engine: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What ``predict`` uses after the analysis: one threshold or per-IC ones, and their test point."""
-    if not engine:
-        return None
-    cal = engine["calibration"]
-    return {"rule": engine["rule"], "per_ic": cal.get("thresholds") is not None,
-            "thresholds": cal.get("thresholds") or [cal["threshold"]],
-            "test_accuracy": cal["test"]["accuracy"], "test_relative_cost": cal["test"]["relative_cost"]}
 
 
 class _Pictures:

@@ -20,12 +20,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from ..core.children import python_child
+from ..core.errors import UserError
 from ..data import reuse_loaded
+from .folder import RunFolder
 from .train import TrainConfig, warm_compile
+
+Log = Callable[[str], None] | None
 
 # what a child may be told: the JSON-able fields of TrainConfig (not a user's module)
 _FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "module")
@@ -87,6 +93,68 @@ def start(cfgs: list[TrainConfig]) -> Ahead | None:
     process = python_child(["-m", "shallowdeep.runs.precompile", spec], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL)
     return Ahead(process, len(cfgs))
+
+
+# device types on which a run's step compiles in a background process while the run trains: there
+# the training loop needs one core (the GPU does the work) and the compiler gets the others; on a CPU
+# the training takes every core, and a compiled run compiles in its own process before its first step
+COMPILE_BESIDE_ON = ("cuda",)
+
+
+def compiles_beside(dev: str) -> bool:
+    """Whether a run on ``dev`` has its step compiled in a background process (:data:`COMPILE_BESIDE_ON`)."""
+    return dev.split(":")[0] in COMPILE_BESIDE_ON
+
+
+class CompiledBeside:
+    """Runs' training steps compiled by one background process (:func:`start`) while this process
+    trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order."""
+
+    def __init__(self, plan: list[tuple[str, TrainConfig]], log: Log) -> None:
+        self.plan, self.log = plan, log
+        self.ahead: Ahead | None = None  # the running child, once started
+
+    def start(self) -> None:
+        """Start the child, once: when the first run is set up, so its data is in the decode cache
+        (which the child reads instead of decoding beside it) and, on CUDA, this process holds its
+        context (a GPU in exclusive-process mode then refuses the child, whose runs compile for
+        themselves)."""
+        if self.ahead is not None or not self.plan:
+            return
+        self.ahead = start([cfg for _, cfg in self.plan])
+        if self.ahead is not None and self.log is not None:
+            self.log(f"compiling the training steps in a background process: {', '.join(n for n, _ in self.plan)}")
+
+    def ready(self, name: str) -> Callable[[], bool] | None:
+        """The planned run's ``compile_ready`` (``None`` for a run not planned: it compiles for itself,
+        if at all): yes once the child compiled its step, failed at it, or is not running."""
+        names = [n for n, _ in self.plan]
+        if name not in names:
+            return None
+        i = names.index(name)
+        return lambda: self.ahead is None or self.ahead.done(i)
+
+    def finish(self) -> list[dict[str, Any]] | None:
+        """Stop the child; per planned run what it did and how many epochs the run trained eagerly
+        meanwhile (``None`` if it never started)."""
+        if self.ahead is None:
+            return None
+        rows = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
+                for (name, cfg), row in zip(self.plan, self.ahead.finish())]
+        if self.log is not None:
+            self.log("compiled in the background: " + "; ".join(
+                f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
+                for r in rows))
+        return rows
+
+
+def _eager_epochs(run: Path) -> int:
+    """How many epochs a compiled run trained eagerly while its step compiled elsewhere."""
+    folder = RunFolder(run)
+    try:
+        return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
+    except UserError:  # a damaged run.json: said by whatever reads it next, not by this count
+        return 0
 
 
 def _main() -> None:

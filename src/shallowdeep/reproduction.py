@@ -1,0 +1,342 @@
+"""The paper's pipeline, end to end: ``reproduce`` trains every stage of each architecture (CNN,
+IC-only SDN, SDN from scratch), analyzes both SDNs and writes one table of the results.
+
+Composed from :mod:`~shallowdeep.workflows` (analysis of a run) and the run folders; the stages'
+steps compile in a background process (:mod:`~shallowdeep.runs.precompile`) and the IC-only SDN is
+analyzed in another while the SDN trains. Knows no command-line flag.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .core.errors import ArgumentError
+from .core.io import read_json
+from .data import reuse_loaded
+from .devices import pick_device
+from .runs import RunFolder, TrainConfig
+from .runs.precompile import CompiledBeside, compiles_beside
+from .workflows import Log, analyze_run, kept_analysis
+
+PAPER_EPOCHS = {"cnn": 100, "ic-only": 25, "sdn": 100}
+STAGES = tuple(PAPER_EPOCHS)  # in the order they run
+# what the paper claims (spec sections 7-9), printed beside the measured figures
+PAPER_CLAIMS = {
+    "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
+                  "with accuracy within a point of the final output",
+    "early_share": "up to about 95 % of inputs are right at some output before the final one",
+    "destructive_share": "about 50 % of the final output's errors are right at some IC",
+    "confusion": "confusion separates errors from correct answers better than the final output's confidence",
+}
+
+
+def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Callable[[], None] | None = None,
+           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float, dict[str, Any] | None]:
+    """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
+    stage's wall seconds over every call (a run written before they were recorded: its epochs' sum),
+    the sum of its epochs' times (training and validation only), resumed epochs included, and how
+    it trained (run.json's ``runtime``).
+    ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
+    from .runs import train_run
+
+    folder = RunFolder(out)
+    hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
+    if folder.exists():
+        meta = folder.meta()
+        if meta.get("status") != "complete":
+            train_run(TrainConfig(out=str(out), resume=True, device=cfg.get("device"), precision=cfg.get("precision"),
+                                  compile=cfg.get("compile")), **hooks)
+        elif log is not None:
+            log(f"{out} is finished: kept")
+    else:
+        train_run(TrainConfig(out=str(out), **cfg), **hooks)
+    meta = folder.meta()
+    epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
+    return float(meta.get("wall_seconds", epochs)), epochs, meta.get("runtime")
+
+
+@reuse_loaded()  # every stage and analysis of one call reads the same data set: listed and read once
+def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
+              image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
+              precision: str | None = None, compile: bool | None = None, seed: int | None = None,
+              stages: tuple[str, ...] = STAGES, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
+    analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
+    ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
+    run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
+    only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
+    from . import report
+    from .models import list_archs
+
+    started = time.perf_counter()
+    if not archs:
+        raise ArgumentError("`archs` names no architecture: give at least one")
+    for a in archs:
+        if a not in list_archs():
+            raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown or not stages:
+        raise ArgumentError(f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): "
+                            f"choose from {', '.join(STAGES)}")
+    epochs = {**PAPER_EPOCHS, **(epochs or {})}
+    for stage, n in epochs.items():
+        if not (isinstance(n, int) and n >= 1):
+            raise ArgumentError(f"the {stage} stage needs at least one epoch, got {n}")
+    from .data import parse_data_name
+
+    parse_data_name(data)  # an unknown data set is refused before any folder is made
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    if "ic-only" in stages and "cnn" not in stages:
+        for a in archs:
+            if not RunFolder(out / a / "cnn").finished():
+                raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
+                                    "add the cnn stage to `stages`")
+    from .distributed import join
+
+    # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
+    place, dev = join(str(pick_device(device)))
+    if not place.main:
+        log, progress = None, False
+    out.mkdir(parents=True, exist_ok=True)
+    from .core.io import write_bytes, write_json
+
+    result: dict[str, Any] = {"data": data, "device": dev, "epochs": epochs, "rows": [], "paper_claims": PAPER_CLAIMS,
+                              "note": "thresholds chosen on the validation split, reported on the test split"}
+
+    def publish() -> None:  # after every analysis, so a killed reproduction still leaves its table so far
+        result["call_seconds"] = time.perf_counter() - started
+        write_json(out / "reproduction.json", result)
+        write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
+        write_bytes(out / "index.html", report.reproduction_html(result).encode())
+
+    # the stages this call trains anew get their steps compiled in a background process, in training
+    # order, and each trains eagerly until its step is in the compiler's cache (one process on one
+    # GPU; under torchrun no stage compiles by default)
+    common_cfg = {"data": data, "data_root": data_root, "image_size": image_size, "device": device,
+                  "precision": precision, "compile": compile, "seed": seed}
+    beside = CompiledBeside([] if place.enabled or not compiles_beside(dev) else
+                             _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
+
+    try:
+        for arch in archs:
+            common = {"arch": arch, **common_cfg}
+            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
+            # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
+            # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
+            if "cnn" in stages:
+                one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
+            if "ic-only" in stages:
+                one.train("ic-only", {"mode": "ic-only", "from_run": str(out / arch / "cnn"), "seed": seed,
+                                      "epochs": epochs["ic-only"], "device": device, "precision": precision,
+                                      "compile": compile})
+                one.analyze("ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev,
+                                                                    place.enabled))
+            if "sdn" in stages:
+                try:
+                    one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
+                except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
+                    one.wait_background()
+                    raise
+                one.finish_background()
+                one.analyze("sdn")
+    finally:
+        compiled = beside.finish()
+        if compiled is not None:
+            result["compiled_ahead"] = compiled
+    if place.main:
+        publish()
+    if log is not None:
+        log(report.reproduction_markdown(result))
+    return result
+
+
+class _ArchStages:
+    """One architecture's stages in a reproduction: trains each (or keeps it, finished), analyzes it
+    here or in a background process beside the next stage, and adds its row to the table with the wall
+    time of every stage and analysis so far (the rows of one architecture share these dicts, filled
+    in as its stages finish)."""
+
+    def __init__(self, out: Path, arch: str, dev: str, main: bool, beside: CompiledBeside,
+                 rows: list[dict[str, Any]], publish: Callable[[], None], log: Log, progress: bool) -> None:
+        self.out, self.base, self.arch, self.dev, self.main = out, out / arch, arch, dev, main
+        self.beside, self.rows, self.publish, self.log, self.progress = beside, rows, publish, log, progress
+        self.seconds: dict[str, float] = {}  # wall seconds per stage and analysis (an analysis: the pipeline's part)
+        self.in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
+        self.in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
+        self.runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
+        self.pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
+
+    def train(self, kind: str, cfg: dict[str, Any]) -> None:
+        """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
+        self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
+            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}"))
+
+    def analyze(self, kind: str, beside_next: bool = False) -> None:
+        """Analyze stage ``kind``: keep an analysis of these weights, else analyze it here, or, with
+        ``beside_next``, start a background process for it (:meth:`finish_background` adds its row)."""
+        run, t0 = self.base / kind, time.perf_counter()
+        json_path = kept_analysis(run)  # every rank sees the same files: all take one branch
+        if json_path is None and beside_next:
+            # all of it (records on this device, analyses, figures, report) in a child process while
+            # the next stage trains: the records are a few seconds of the GPU beside that stage's
+            # steps (a second process on the GPU, as the background compilation already is)
+            if self.log is not None:
+                self.log(f"analyzing {run} in a background process while the next stage trains")
+            here = time.perf_counter() - t0
+            self.pending.append((kind, here, _analysis_process(run, here, self.dev)))
+            return
+        if json_path is None:
+            _, json_path = analyze_run(run, device=self.dev, log=self.log)
+            self.seconds[f"analyze {kind}"] = time.perf_counter() - t0
+        else:  # analyzed by an earlier call: its time, as it was measured then
+            rep = read_json(json_path)
+            if isinstance(rep.get("pipeline_seconds"), (int, float)):  # made beside a stage
+                self.seconds[f"analyze {kind}"] = float(rep["pipeline_seconds"])
+                self.in_background[f"analyze {kind}"] = float(rep["wall_seconds"])
+            else:
+                self.seconds[f"analyze {kind}"] = float(rep["wall_seconds"])
+            if self.log is not None:
+                self.log(f"{json_path.parent} is the analysis of these weights: kept")
+        if self.main:  # other ranks helped collect the records; the report and the table are rank 0's
+            self._add_row(kind, json_path)
+
+    def finish_background(self) -> None:
+        """Wait for the background analyses and add their rows; one that failed is done here again,
+        where its error reaches the user."""
+        while self.pending:
+            kind, here, process = self.pending.pop(0)
+            t0 = time.perf_counter()
+            status = process.wait()
+            why = _last_words(process, status)
+            json_path = kept_analysis(self.base / kind) if status == 0 else None
+            if json_path is None:
+                if self.log is not None:
+                    self.log(f"the background analysis of {self.base / kind} failed ({why}): analyzing it here")
+                _, json_path = analyze_run(self.base / kind, device=self.dev, log=self.log)
+            else:
+                self.in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
+            self.seconds[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
+            self._add_row(kind, json_path)
+
+    def wait_background(self) -> None:
+        """Let the background analyses finish their reports (when a stage failed: no rows added)."""
+        for _, _, process in self.pending:
+            process.wait()
+
+    def _add_row(self, kind: str, json_path: Path) -> None:
+        meta = RunFolder(self.base / kind).meta()
+        epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+        row = _reproduction_row(self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
+                                self.out)
+        row |= {"stage_seconds": self.seconds, "stage_epoch_seconds": self.in_epochs,
+                "stage_background_seconds": self.in_background, "stage_runtime": self.runtimes}
+        self.rows.append(row)
+        self.publish()
+
+
+# device types on which an analysis runs in a background process beside the next stage: there the
+# stage keeps the GPU busy and leaves the CPU's cores idle; on a CPU both would want the same cores
+ANALYSIS_BESIDE_ON = ("cuda",)
+
+
+def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed: bool) -> bool:
+    """Whether to analyze a stage in the background: the next stage trains in this call, on a device
+    of :data:`ANALYSIS_BESIDE_ON`, in one process (under torchrun every rank collects its shard)."""
+    if not next_trains or distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
+        return False
+    return not RunFolder(next_stage).finished()
+
+
+def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
+    """A child process running :func:`_analyze_beside` on ``run``; its exit status says whether it
+    worked, and what it wrote to stderr (kept in a temporary file, ``process.said``) why not."""
+    import subprocess
+    import tempfile
+
+    from .core.children import python_child
+
+    said = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, and a pipe fills up
+    process = python_child(["-c", "import sys; from shallowdeep.reproduction import _analyze_beside; "
+                                  "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
+                            repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=said)
+    process.said = said
+    return process
+
+
+def _last_words(process: Any, status: int) -> str:
+    """The last line a finished :func:`_analysis_process` wrote to stderr (its error), or its exit status."""
+    with process.said as said:
+        said.seek(0)
+        lines = [line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"exit status {status}"
+
+
+def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu") -> Path:
+    """:func:`analyze_run` with the defaults a reproduction uses, its records collected on ``device``,
+    as a reproduction's background process runs it; ``report.json`` also records
+    ``pipeline_seconds``, what the pipeline spent on this analysis itself (starting it), so that a
+    later call keeping this analysis counts that part, not the background time, in the table's total."""
+    _, json_path = analyze_run(run, device=device)
+    rep = read_json(json_path)
+    rep["pipeline_seconds"] = float(pipeline_seconds)
+    RunFolder(run).write_json(json_path, rep)
+    return json_path
+
+
+def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
+                        common: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The stages to compile in the background, in the order this call trains them, each as
+    ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
+    keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
+    run may not exist yet)."""
+    from .runs.train import may_compile
+
+    plan = []
+    for arch in archs:
+        for kind in ("cnn", "ic-only", "sdn"):
+            folder = RunFolder(out / arch / kind)
+            if kind in stages and not folder.exists():  # trained anew in this call
+                cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)
+                if may_compile(cfg):
+                    plan.append((f"{arch}/{kind}", cfg))
+    return plan
+
+
+def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],
+                      html_path: Path, out: Path) -> dict[str, Any]:
+    ee = r["early_exit"]
+    cal, ref = ee["calibrated"], ee["reference_protocol"]
+    ref_row = next((x for x in ref["rows"] if x["threshold"] == ref["chosen_threshold"]), None)
+    o, c = r["overthinking"], r["confusion"]
+    return {
+        "arch": arch, "kind": kind,
+        "outputs": [{"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
+                    for x in r["outputs"]],
+        "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
+        "calibrated": {"threshold": cal["threshold"], "test_accuracy": cal["test"]["accuracy"],
+                       "test_relative_cost": cal["test"]["relative_cost"]},
+        "engine": _engine_point(ee.get("engine")),
+        "reference_protocol": {"threshold": ref["chosen_threshold"],
+                               "test_accuracy": ref_row["accuracy"] if ref_row else None,
+                               "test_relative_cost": ref_row["relative_cost"] if ref_row else None},
+        "early_share": o["early_share"],
+        "destructive_share": o["destructive"]["union_share_of_final_errors"],
+        "confusion_auroc": c["confusion"]["auroc"], "confidence_auroc": c["confidence"]["auroc"],
+        "epochs": len(epoch_s), "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
+        "runtime": meta.get("runtime"),
+        "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
+    }
+
+
+def _engine_point(engine: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``predict`` uses after the analysis: one threshold or per-IC ones, and their test point."""
+    if not engine:
+        return None
+    cal = engine["calibration"]
+    return {"rule": engine["rule"], "per_ic": cal.get("thresholds") is not None,
+            "thresholds": cal.get("thresholds") or [cal["threshold"]],
+            "test_accuracy": cal["test"]["accuracy"], "test_relative_cost": cal["test"]["relative_cost"]}
