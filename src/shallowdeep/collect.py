@@ -39,6 +39,8 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     try:
         with tqdm(total=len(stream), desc=f"collecting {split}", leave=False, file=sys.stderr,
                   disable=None if progress else True) as bar:
+            # fp32 whatever precision the run trained in: the thresholds calibrated on these records are
+            # applied by the engine and the ONNX export, which compute in fp32 by default
             for x, y in stream:
                 chunks.append(torch.stack(outputs_of(model, x), dim=1).float().cpu())
                 labels.append(y.cpu())
