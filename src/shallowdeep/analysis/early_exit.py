@@ -196,8 +196,13 @@ def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident",
 
 def _exits_per_ic(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Exit index of every input when IC k lets out scores >= ``thresholds[k]``; ``ICs``: no exit."""
+    if not scores.shape[1]:
+        return np.zeros(len(scores), int)
     hit = scores >= thresholds[None, :]
-    return np.where(hit.any(1), hit.argmax(1), scores.shape[1]) if scores.shape[1] else np.zeros(len(scores), int)
+    first = hit.argmax(1)  # the first IC that lets it out, or 0 when none does: told apart below
+    # one look at that position instead of a pass over every IC with any(): half the time, and this
+    # runs thousands of times in a per-IC calibration
+    return np.where(hit[np.arange(len(scores)), first], first, scores.shape[1])
 
 
 def early_exit(record: ExitRecord, threshold: float | Sequence[float], fallback: str = "most_confident",
