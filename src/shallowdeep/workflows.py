@@ -83,7 +83,6 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         return out / "report.html", out / "report.json"
     if log is not None:
         log("analyzing the records and drawing the report")
-    t0 = time.perf_counter()
     analysis = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
     from dataclasses import replace
 
@@ -95,14 +94,13 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         analysis = replace(analysis, backdoor=backdoor_figures(
             records["test"], records["test+trigger"], backdoor.target, backdoor.to_json(),
             analysis.calibrated.threshold if is_sdn else None, fallback))
-    seconds = time.perf_counter() - t0
+    lap("analyses")
     cfg = meta.get("config", {})
     test = records["test"]
     meta_line = (f"{cfg.get('arch')} trained in mode {cfg.get('mode')} on {cfg.get('data')}; {test.num_inputs} test, "
                  f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
-                 f"{seconds:.2f}s")
+                 f"{parts['analyses']:.2f}s")
     classes = data.meta.get("class_names", data.classes)
-    lap("analyses")
     figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.get("epochs"))
     lap("figures")
     result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.get("arch"), "data": cfg.get("data"),
