@@ -6,14 +6,18 @@ command line's ``--help`` stay fast; ``from shallowdeep import X`` works as usua
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+try:  # one source for the version: the package metadata (pyproject.toml)
+    __version__ = version("shallowdeep")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # public name -> module that defines it
 _API = {
     # models
-    "CNN": "models", "SDN": "sdn", "build_cnn": "models", "build_sdn": "sdn", "to_sdn": "sdn", "list_archs": "models",
+    "CNN": "models", "SDN": "sdn", "build_cnn": "models", "build_sdn": "sdn", "to_sdn": "convert", "list_archs": "models",
     "output_costs": "costs", "Costs": "costs",
     # data
     "Dataset": "data", "ImageSet": "data", "load_dataset": "data", "list_datasets": "data",
@@ -25,7 +29,7 @@ _API = {
     "overthinking": "analysis", "early_exit": "analysis", "sweep": "analysis", "calibrate": "analysis",
     "confusion": "analysis",
     # inference
-    "EarlyExitEngine": "engine", "engine_from_run": "runs",
+    "EarlyExitEngine": "engine", "engine_from_run": "runs", "analyze_run": "workflows", "export_run": "workflows",
     # errors
     "UserError": "core.errors",
 }
@@ -54,5 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine import EarlyExitEngine
     from .models import CNN, build_cnn, list_archs
     from .runs import RunFolder, TrainConfig, engine_from_run, load, run_records, save_weights, train_run
-    from .sdn import SDN, build_sdn, to_sdn
+    from .convert import to_sdn
+    from .sdn import SDN, build_sdn
     from .training import Recipe, Runtime, fit
+    from .workflows import analyze_run, export_run

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .core.catalog import ARCHITECTURES, DATASETS
 from .core.errors import MissingExtraError, NotCalibratedError, UserError
 from .core.exits import FALLBACKS
 
-VERSION = "0.2.0"
 DEFAULT_SEED = 1221  # the reference code's (runs.DEFAULT_SEED; a test keeps them equal)
 MODES = ("cnn", "ic-only", "sdn")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (imports nothing heavy)."""
     shared = _shared()
     p = _Parser(prog="shallowdeep", description="Shallow-Deep Networks: ICs, overthinking, early exits.")
-    p.add_argument("--version", action="version", version=f"shallowdeep {VERSION}")
+    p.add_argument("--version", action="version", version=f"shallowdeep {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", parents=[shared["device"], shared["quiet"], shared["data"]],

@@ -126,11 +126,6 @@ def num_outputs(model: nn.Module) -> int:
     return model.num_outputs if isinstance(model, SDN) else 1
 
 
-def to_sdn(cnn: CNN, positions: Sequence[int] | None = None) -> SDN:
-    """Attach freshly initialised ICs to ``cnn`` (its weights are shared, not copied)."""
-    return SDN(cnn, positions)
-
-
 def build_sdn(arch: str, num_classes: int, image_size: int) -> SDN:
     """Build an untrained SDN with the paper's IC placement for ``arch``."""
     from .models import build_cnn
