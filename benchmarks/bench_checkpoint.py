@@ -6,6 +6,7 @@ the epoch; prints medians and spread of the time the loop spends.
 
     python benchmarks/bench_checkpoint.py [--device cuda] [--reps 12] [--dir runs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"device {device}; {len(tensors)} tensors; {args.reps} checkpoints per row, alternated")
     for label, xs in rows.items():
-        print(f"{label:>20}: median {statistics.median(xs) * 1e3:.1f} ms in the loop "
-              f"(min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f})")
+        print(
+            f"{label:>20}: median {statistics.median(xs) * 1e3:.1f} ms in the loop "
+            f"(min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the CNN and of the runtime, realised saving, FLOP-predicted saving; the last lin
 
     python benchmarks/bench_deploy.py [--models resnet56,torchvision:resnet18] [--n 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,16 @@ def whole_cnn_onnx(engine: EarlyExitEngine, path: Path) -> None:
     s = engine.sdn.image_size
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(CNN().eval(), (torch.zeros(1, 3, s, s),), str(path), input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            CNN().eval(),
+            (torch.zeros(1, 3, s, s),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def per_image(fn, images: np.ndarray, reps: int) -> list[float]:
@@ -54,7 +63,7 @@ def per_image(fn, images: np.ndarray, reps: int) -> list[float]:
     for _ in range(reps):
         t = time.perf_counter()
         for i in range(len(images)):
-            fn(images[i:i + 1])
+            fn(images[i : i + 1])
         times.append((time.perf_counter() - t) / len(images))
     return times
 
@@ -90,9 +99,12 @@ def main() -> None:
                 opts.intra_op_num_threads = a.threads
             cnn_sess = ort.InferenceSession(str(d / "cnn.onnx"), opts, providers=["CPUExecutionProvider"])
             t_cnn = per_image(lambda im: cnn_sess.run(None, {"x": dep_probe.preprocess(im)}), images, a.reps)
-            print(f"\n{arch} at {a.size} px, {a.n} images, batch 1, ONNX Runtime CPU ({ort.__version__}), "
-                  f"{ort.get_device()}, threads {a.threads or 'default'}; CNN {1e3 * statistics.median(t_cnn):.3f} ms/img "
-                  f"(spread {1e3 * min(t_cnn):.3f}-{1e3 * max(t_cnn):.3f})")
+            print(
+                f"\n{arch} at {a.size} px, {a.n} images, batch 1, ONNX Runtime CPU ({ort.__version__}), "
+                f"{ort.get_device()}, threads {a.threads or 'default'}; "
+                f"CNN {1e3 * statistics.median(t_cnn):.3f} ms/img "
+                f"(spread {1e3 * min(t_cnn):.3f}-{1e3 * max(t_cnn):.3f})"
+            )
             for name, share in PATTERNS.items():
                 # per IC the threshold that lets about `share` of the inputs still running leave
                 qs, alive = [], np.ones(len(conf), bool)
@@ -109,9 +121,11 @@ def main() -> None:
                 realised = 1 - statistics.median(t_dep) / statistics.median(t_cnn)
                 ratios.append(realised / predicted if predicted > 0 else float("nan"))
                 counts = np.bincount(res.exits, minlength=dep.num_outputs).tolist()
-                print(f"  {name:<6} exits {counts}: runtime {1e3 * statistics.median(t_dep):.3f} ms/img "
-                      f"(spread {1e3 * min(t_dep):.3f}-{1e3 * max(t_dep):.3f}); saving realised {100 * realised:.1f}% "
-                      f"vs FLOP-predicted {100 * predicted:.1f}% (ratio {ratios[-1]:.2f})")
+                print(
+                    f"  {name:<6} exits {counts}: runtime {1e3 * statistics.median(t_dep):.3f} ms/img "
+                    f"(spread {1e3 * min(t_dep):.3f}-{1e3 * max(t_dep):.3f}); saving realised {100 * realised:.1f}% "
+                    f"vs FLOP-predicted {100 * predicted:.1f}% (ratio {ratios[-1]:.2f})"
+                )
     print(f"\nonnx_b1_realised_over_predicted={statistics.median(ratios):.2f}")
 
 

@@ -19,6 +19,7 @@ Last line: medians over models and patterns of realised / FLOP-predicted,
 
     python benchmarks/bench_engine.py [--inputs 96] [--batch 256] [--reps 5] [--device cpu] [--run RUN]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,6 +103,7 @@ def stage_times(engine: EarlyExitEngine, x: torch.Tensor, device, reps: int) -> 
     """Median seconds, on the batch ``x``, of each stage's blocks and of its head (the IC's, or the
     final classifier for the last stage), measured apart so the CNN's time is their blocks' sum
     plus the classifier."""
+
     def median_time(fn) -> float:
         fn()
         ts = []
@@ -115,10 +117,12 @@ def stage_times(engine: EarlyExitEngine, x: torch.Tensor, device, reps: int) -> 
 
     blocks_t, heads_t, h = [], [], x
     for blocks, at in engine._stages:
+
         def run_blocks(h=h, blocks=blocks):
             for b in blocks:
                 h = b(h)
             return h
+
         blocks_t.append(median_time(run_blocks))
         h = run_blocks()
         # the head each path runs: batch 1 the folded head, batches the module's pooling ops
@@ -139,12 +143,17 @@ def time_predicted(times: tuple[list[float], list[float]], exits: np.ndarray) ->
 
 def like_with_like(cnn: torch.nn.Module, device: torch.device, args: argparse.Namespace):
     """The plain CNN given what the engine is given: the same precision and compilation."""
-    fn = torch.compile(cnn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False) \
-        if args.compile else cnn
+    fn = (
+        torch.compile(cnn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+        if args.compile
+        else cnn
+    )
     if args.precision == "bf16":
+
         def run(x):
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return fn(x)
+
         return run
     return fn
 
@@ -168,21 +177,33 @@ def main() -> None:
     ap.add_argument("--archs", default="resnet56,vgg16_bn")
     ap.add_argument("--run", help="a trained SDN run folder instead of random weights (--archs is ignored)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="engine and CNN alike")
-    ap.add_argument("--pipelined", choices=("auto", "on", "off"), default="auto",
-                    help="batch 1 one stage ahead, decisions on the device (auto: on CUDA)")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile engine stages and the CNN alike (reduce-overhead: CUDA graphs on CUDA); "
-                         "the time-predicted column still comes from eager stage times")
+    ap.add_argument(
+        "--pipelined",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="batch 1 one stage ahead, decisions on the device (auto: on CUDA)",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile engine stages and the CNN alike (reduce-overhead: CUDA graphs on CUDA); "
+        "the time-predicted column still comes from eager stage times",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; weights: "
-          f"{args.run or 'seeded random'}; {args.precision}, conv+BN folded on both sides, "
-          f"{'compiled' if args.compile else 'no compilation'} on both sides; batch 1 pipelined: {args.pipelined}")
-    opts = {"precision": args.precision, "compile": args.compile,
-            "pipelined": {"auto": None, "on": True, "off": False}[args.pipelined]}
+    print(
+        f"# device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads; weights: "
+        f"{args.run or 'seeded random'}; {args.precision}, conv+BN folded on both sides, "
+        f"{'compiled' if args.compile else 'no compilation'} on both sides; batch 1 pipelined: {args.pipelined}"
+    )
+    opts = {
+        "precision": args.precision,
+        "compile": args.compile,
+        "pipelined": {"auto": None, "on": True, "off": False}[args.pipelined],
+    }
     b1, bb, b1_t, bb_t = [], [], [], []
-    for arch in ([None] if args.run else args.archs.split(",")):
+    for arch in [None] if args.run else args.archs.split(","):
         sdn = load_sdn(arch, args.run, device)
         arch = sdn.arch
         size = sdn.image_size
@@ -191,8 +212,11 @@ def main() -> None:
         folded = like_with_like(torch.nn.Sequential(never._stem, *never._blocks, cnn.head), device, args)
         gen = torch.Generator().manual_seed(1)
         # channels-last memory, as the data pipeline and predict make images (the engine's stream keeps it)
-        xs = torch.randn(args.inputs_batched, 3, size, size, generator=gen).to(device).contiguous(
-            memory_format=torch.channels_last)
+        xs = (
+            torch.randn(args.inputs_batched, 3, size, size, generator=gen)
+            .to(device)
+            .contiguous(memory_format=torch.channels_last)
+        )
         x1 = xs[: args.inputs].contiguous()  # batch 1 runs NCHW (the engine's batch-1 path makes it so)
         chunks = [xs[i : i + args.batch] for i in range(0, len(xs), args.batch)]
         rel = never.relative_costs.numpy()
@@ -206,9 +230,11 @@ def main() -> None:
         never_like = EarlyExitEngine(sdn, 2.0, **opts)
         tp, te = batch1(lambda v: cnn(v), never_like, x1, device, args.reps)
         tf, te2 = batch1(lambda v: folded(v), never_like, x1, device, args.reps)
-        print(f"{arch} no exit, batch 1: CNN as trained {1e3 * tp / len(x1):.3f} ms/input, folded CNN "
-              f"{1e3 * tf / len(x1):.3f}, engine {1e3 * te2 / len(x1):.3f}: overhead {100 * (te2 / tf - 1):+.2f}% like "
-              f"with like ({100 * (te / tp - 1):+.2f}% vs the CNN as trained; ICs' FLOPs {100 * (rel[-1] - 1):+.2f}%)")
+        print(
+            f"{arch} no exit, batch 1: CNN as trained {1e3 * tp / len(x1):.3f} ms/input, folded CNN "
+            f"{1e3 * tf / len(x1):.3f}, engine {1e3 * te2 / len(x1):.3f}: overhead {100 * (te2 / tf - 1):+.2f}% like "
+            f"with like ({100 * (te / tp - 1):+.2f}% vs the CNN as trained; ICs' FLOPs {100 * (rel[-1] - 1):+.2f}%)"
+        )
         t_stage1 = stage_times(never, x1[:1], device, 4 * args.reps + 1)  # thresholds do not change stage costs
         conf1, confb = never.ic_confidences(x1).numpy(), never.ic_confidences(xs).numpy()
         for pname, shares in PATTERNS.items():
@@ -232,14 +258,20 @@ def main() -> None:
             timeb = time_predicted(t_stage, exitsb)
             b1.append(real1 / pred1), bb.append(realb / predb), b1_t.append(real1 / time1), bb_t.append(realb / timeb)
             counts = np.bincount(exitsb, minlength=len(rel)).tolist()
-            print(f"{arch} {pname:<8} exits {counts}: batch 1 saving FLOP-predicted {100 * pred1:.1f}% time-predicted "
-                  f"{100 * time1:.1f}% realised {100 * real1:.1f}% (ratio {real1 / pred1:.3f}); throughput engine at "
-                  f"batch {args.batch} over {len(xs)} inputs: FLOP-predicted {100 * predb:.1f}% time-predicted "
-                  f"{100 * timeb:.1f}% realised {100 * realb:.1f}% [pairs {spread}] (ratio {realb / predb:.3f}, of time-predicted "
-                  f"{realb / timeb:.3f})")
-    print(f"b1_realised_over_predicted={statistics.median(b1):.3f} batched_realised_over_predicted={statistics.median(bb):.3f} "
-          f"b1_realised_over_time_predicted={statistics.median(b1_t):.3f} "
-          f"batched_realised_over_time_predicted={statistics.median(bb_t):.3f}")
+            print(
+                f"{arch} {pname:<8} exits {counts}: batch 1 saving FLOP-predicted {100 * pred1:.1f}% time-predicted "
+                f"{100 * time1:.1f}% realised {100 * real1:.1f}% (ratio {real1 / pred1:.3f}); throughput engine at "
+                f"batch {args.batch} over {len(xs)} inputs: FLOP-predicted {100 * predb:.1f}% time-predicted "
+                f"{100 * timeb:.1f}% realised {100 * realb:.1f}% [pairs {spread}] "
+                f"(ratio {realb / predb:.3f}, of time-predicted "
+                f"{realb / timeb:.3f})"
+            )
+    print(
+        f"b1_realised_over_predicted={statistics.median(b1):.3f} "
+        f"batched_realised_over_predicted={statistics.median(bb):.3f} "
+        f"b1_realised_over_time_predicted={statistics.median(b1_t):.3f} "
+        f"batched_realised_over_time_predicted={statistics.median(bb_t):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Prints each epoch's time (the first includes worker start-up) and the median of 
 
     python benchmarks/bench_folder.py [--arch torchvision:resnet18] [--per-class 100] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    import json
+
     from safetensors.torch import save_file
 
     from shallowdeep.models.zoo import zoo_model
     from shallowdeep.runs import TrainConfig, train_run
-    import json
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -53,19 +55,38 @@ def main() -> None:
         torch.manual_seed(0)
         m = zoo_model(a.arch, 3).module
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, root / "w.safetensors")
-        out = train_run(TrainConfig(out=str(root / "run"), mode="ic-only", arch=a.arch, weights=str(root / "w.safetensors"),
-                                    data=f"imagefolder:{root / 'folder'}", data_mode="stream", image_size=224,
-                                    epochs=a.epochs, batch_size=a.batch_size, device=a.device), progress=False, log=None)
+        out = train_run(
+            TrainConfig(
+                out=str(root / "run"),
+                mode="ic-only",
+                arch=a.arch,
+                weights=str(root / "w.safetensors"),
+                data=f"imagefolder:{root / 'folder'}",
+                data_mode="stream",
+                image_size=224,
+                epochs=a.epochs,
+                batch_size=a.batch_size,
+                device=a.device,
+            ),
+            progress=False,
+            log=None,
+        )
         meta = json.loads((out / "run.json").read_text())
         secs = [e["seconds"] for e in meta["epochs"]]
         n = meta["data"]["sizes"]["train"]
         rest = secs[1:] or secs
-        print(f"{a.arch} ic-only, {n} training images streamed at 224 px, batch {a.batch_size}, {a.device}, "
-              f"{torch.get_num_threads()} threads")
-        print("epoch seconds (incl. validation of", meta["data"]["sizes"]["val"], "images):", [round(s, 2) for s in secs])
+        print(
+            f"{a.arch} ic-only, {n} training images streamed at 224 px, batch {a.batch_size}, {a.device}, "
+            f"{torch.get_num_threads()} threads"
+        )
+        print(
+            "epoch seconds (incl. validation of", meta["data"]["sizes"]["val"], "images):", [round(s, 2) for s in secs]
+        )
         med = statistics.median(rest)
-        print(f"median (after the first) {med:.2f} s/epoch, {n / med:.1f} training img/s; spread "
-              f"{min(rest):.2f}-{max(rest):.2f} s")
+        print(
+            f"median (after the first) {med:.2f} s/epoch, {n / med:.1f} training img/s; spread "
+            f"{min(rest):.2f}-{max(rest):.2f} s"
+        )
         self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         kids_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"peak RSS: main process {self_mb:.0f} MiB, largest worker {kids_mb:.0f} MiB")

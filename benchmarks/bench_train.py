@@ -3,7 +3,8 @@
 ResNet-56 SDN (mode sdn, the paper's loss) on CIFAR-10-shaped data: 45,000 training and 5,000
 validation images (random uint8 by default, or a real data set with ``--data``). Each row changes
 one thing against the baseline (fp32, eager, NCHW activations, data on the host and copied per
-step, a per-tensor (foreach) optimiser step, batch 128), then all of them together, at batch 128 and at batch 512 (rate scaled x4):
+step, a per-tensor (foreach) optimiser step, batch 128), then all of them together, at batch 128 and
+at batch 512 (rate scaled x4):
 
 - model-step throughput: images/s over ``--steps`` steps after ``--warmup`` steps, repeated
   ``--reps`` times (median, min-max), synchronised before every clock reading;
@@ -18,6 +19,7 @@ measured is what ``shallowdeep train`` runs. On the CPU it runs a short version 
 
     python benchmarks/bench_train.py [--device cuda] [--steps 60] [--epoch] [--compile-rows one] [--json F]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,19 +33,36 @@ import torch
 
 from shallowdeep.data import Dataset, ImageSet, batches, load_dataset
 from shallowdeep.sdn import build_sdn
-from shallowdeep.training import (Objective, Runtime, default_recipe, evaluate, make_mode, make_optimizer,
-                                  train_one_epoch)
+from shallowdeep.training import (
+    Objective,
+    Runtime,
+    default_recipe,
+    evaluate,
+    make_mode,
+    make_optimizer,
+    train_one_epoch,
+)
 
 
 def synthetic(n_train: int = 45_000, n_val: int = 5_000, size: int = 32) -> Dataset:
     g = torch.Generator().manual_seed(0)
 
     def part(n: int) -> ImageSet:
-        return ImageSet(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
-                        torch.randint(0, 10, (n,), generator=g), torch.arange(n))
+        return ImageSet(
+            torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g),
+            torch.arange(n),
+        )
 
-    return Dataset("synthetic", [str(i) for i in range(10)], part(n_train), part(n_val), part(100),
-                   (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    return Dataset(
+        "synthetic",
+        [str(i) for i in range(10)],
+        part(n_train),
+        part(n_val),
+        part(100),
+        (0.49, 0.48, 0.45),
+        (0.25, 0.24, 0.26),
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -57,11 +76,13 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
     # what train runs on CUDA by default (compiled when the run is long enough, below)
     default = {**base, "resident": True, "channels_last": True, "precision": "bf16", "fused": True}
     fp32 = {**default, "precision": "fp32"}  # the CUDA default until 2026-11-27
-    out = [("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
-           ("fused optimiser step", {**base, "fused": True}),
-           ("data resident on the device (augmented there)", {**base, "resident": True}),
-           ("channels-last", {**base, "channels_last": True}),
-           ("bf16 autocast", {**base, "precision": "bf16"})]
+    out = [
+        ("baseline: fp32, eager, NCHW, host data, batch 128", {**base, "epoch": True}),
+        ("fused optimiser step", {**base, "fused": True}),
+        ("data resident on the device (augmented there)", {**base, "resident": True}),
+        ("channels-last", {**base, "channels_last": True}),
+        ("bf16 autocast", {**base, "precision": "bf16"}),
+    ]
     if compile_rows == "all":
         out.append(("torch.compile", {**base, "compile": True}))
     out.append(("resident + channels-last, fp32, eager", {**fp32, "epoch": True}))
@@ -70,20 +91,29 @@ def rows(compile_rows: str) -> list[tuple[str, dict]]:
         # what train runs on one GPU by default for a long run: the row the compile decision reads
         out.append(("train's CUDA default + compile", {**default, "compile": True, "epoch": True}))
         # CUDA graphs without inductor's code generation: most of the launch saving for seconds of compilation?
-        out.append(("train's CUDA default + CUDA graphs only (no inductor)", {**default, "compile": True,
-                                                                               "backend": "cudagraphs", "epoch": True}))
+        out.append(
+            (
+                "train's CUDA default + CUDA graphs only (no inductor)",
+                {**default, "compile": True, "backend": "cudagraphs", "epoch": True},
+            )
+        )
     if compile_rows == "all":
         # (labelled so that the fragment "train's CUDA default + compile" picks the bf16 rows only)
         out.append(("compiled as train's CUDA default but fp32", {**fp32, "compile": True, "epoch": True}))
         # cuDNN's own search for each convolution's fastest algorithm, as airbench runs: the shapes of a
         # compiled run are fixed, so it searches once per shape (not a default until measured)
-        out.append(("train's CUDA default + compile + cudnn.benchmark", {**default, "compile": True,
-                                                                          "cudnn_benchmark": True, "epoch": True}))
+        out.append(
+            (
+                "train's CUDA default + compile + cudnn.benchmark",
+                {**default, "compile": True, "cudnn_benchmark": True, "epoch": True},
+            )
+        )
     out.append(("all but compile, batch 512 (lr x4)", {**default, "batch": 512, "epoch": True}))
     out.append(("resident + channels-last, fp32, batch 512 (lr x4)", {**fp32, "batch": 512, "epoch": True}))
     if compile_rows == "all":
-        out.append(("all together with compile, batch 512 (lr x4)", {**default, "compile": True, "batch": 512,
-                                                                      "epoch": True}))
+        out.append(
+            ("all together with compile, batch 512 (lr x4)", {**default, "compile": True, "batch": 512, "epoch": True})
+        )
     out.append(("baseline again (drift check)", base))  # the first row also pays for cold caches
     return out
 
@@ -97,8 +127,9 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         from dataclasses import replace
 
         recipe = replace(recipe, batch_size=cfg["batch"], lr=recipe.lr * cfg["batch"] / recipe.batch_size)
-    runtime = Runtime(device, cfg["precision"], cfg["channels_last"], cfg["compile"],
-                      compile_backend=cfg.get("backend", "inductor"))
+    runtime = Runtime(
+        device, cfg["precision"], cfg["channels_last"], cfg["compile"], compile_backend=cfg.get("backend", "inductor")
+    )
     mode = make_mode("sdn")
     params = mode.parameters(sdn)
     stepped = runtime.prepare(Objective(sdn, mode))
@@ -110,8 +141,9 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
 
     def some(n: int, seed: int):
         gen = torch.Generator(device=gen_device).manual_seed(seed)
-        return itertools.islice(iter(batches(src, "train", recipe.batch_size, train=True, generator=gen,
-                                             device=device)), n)
+        return itertools.islice(
+            iter(batches(src, "train", recipe.batch_size, train=True, generator=gen, device=device)), n
+        )
 
     t0 = time.perf_counter()
     train_one_epoch(sdn, stepped, mode, some(args.warmup, 1), opt, runtime, 0, 100, progress=False)
@@ -129,9 +161,25 @@ def run_row(cfg: dict, data: Dataset, device: torch.device, args) -> dict:
         gen = torch.Generator(device=gen_device).manual_seed(99)
         sync(device)
         t0 = time.perf_counter()
-        train_one_epoch(sdn, stepped, mode, batches(src, "train", recipe.batch_size, train=True, generator=gen,
-                                                    device=device, drop_last=runtime.fixed_shapes),
-                        opt, runtime, 0, 100, progress=False)
+        train_one_epoch(
+            sdn,
+            stepped,
+            mode,
+            batches(
+                src,
+                "train",
+                recipe.batch_size,
+                train=True,
+                generator=gen,
+                device=device,
+                drop_last=runtime.fixed_shapes,
+            ),
+            opt,
+            runtime,
+            0,
+            100,
+            progress=False,
+        )
         evaluate(sdn, batches(src, "val", 1024 if device.type == "cuda" else 512, device=device), runtime)
         sync(device)
         res["epoch_s"] = time.perf_counter() - t0
@@ -149,12 +197,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 15 GPU, 2 CPU)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--epoch", action="store_true", help="also time one whole epoch with validation (main rows)")
-    ap.add_argument("--compile-rows", choices=("all", "one", "none"), default="one",
-                    help="torch.compile rows: all, one (train's CUDA default compiled, batch 128; default) or none")
+    ap.add_argument(
+        "--compile-rows",
+        choices=("all", "one", "none"),
+        default="one",
+        help="torch.compile rows: all, one (train's CUDA default compiled, batch 128; default) or none",
+    )
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--rows", help="label fragments separated by |: run only the rows whose label holds one "
-                    "(not --only: inductor reads a --only in sys.argv as a benchmark name and writes it into "
-                    "generated code, where a quote breaks it)")
+    ap.add_argument(
+        "--rows",
+        help="label fragments separated by |: run only the rows whose label holds one "
+        "(not --only: inductor reads a --only in sys.argv as a benchmark name and writes it into "
+        "generated code, where a quote breaks it)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -162,10 +217,14 @@ def main() -> None:
     args.warmup = args.warmup or (15 if cuda else 2)
     data = load_dataset(args.data) if args.data else synthetic()
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
-    print(f"# bench_train: {args.arch} SDN, {len(data.train)} train / {len(data.val)} val images; device {device} "
-          f"({name}); torch {torch.__version__}; {args.steps} steps x {args.reps} reps after {args.warmup} warm-up")
+    print(
+        f"# bench_train: {args.arch} SDN, {len(data.train)} train / {len(data.val)} val images; device {device} "
+        f"({name}); torch {torch.__version__}; {args.steps} steps x {args.reps} reps after {args.warmup} warm-up"
+    )
     print("speed-ups are against the later baseline row (same process, caches warm)")
-    print(f"{'configuration':<52} {'img/s (median)':>14} {'min-max':>17} {'warm-up s':>9} {'epoch s':>8} {'peak MiB':>9}")
+    print(
+        f"{'configuration':<52} {'img/s (median)':>14} {'min-max':>17} {'warm-up s':>9} {'epoch s':>8} {'peak MiB':>9}"
+    )
     results = {}
     for label, cfg in rows(args.compile_rows):
         if args.rows and not any(o in label for o in args.rows.split("|")):
@@ -177,18 +236,28 @@ def main() -> None:
             traceback.print_exc()  # the whole story to stderr: a failure on a lent GPU must be fixable from the log
             continue
         results[label] = r
-        print(f"{label:<52} {r['images_per_s']:>14.0f} {r['min']:>8.0f}-{r['max']:<8.0f} {r['warmup_s']:>9.1f} "
-              f"{r.get('epoch_s', float('nan')):>8.2f} {r.get('peak_mib', float('nan')):>9.0f}", flush=True)
+        print(
+            f"{label:<52} {r['images_per_s']:>14.0f} {r['min']:>8.0f}-{r['max']:<8.0f} {r['warmup_s']:>9.1f} "
+            f"{r.get('epoch_s', float('nan')):>8.2f} {r.get('peak_mib', float('nan')):>9.0f}",
+            flush=True,
+        )
     if args.json:
         import json
 
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "name": name, "torch": torch.__version__, "rows": results}, f, indent=2)
-    base = results.get("baseline again (drift check)") or results.get("baseline: fp32, eager, NCHW, host data, batch 128")
+    base = results.get("baseline again (drift check)") or results.get(
+        "baseline: fp32, eager, NCHW, host data, batch 128"
+    )
     if base:
-        print("speed-up over the baseline (model steps): " + ", ".join(
-            f"{k}: {v['images_per_s'] / base['images_per_s']:.2f}x"
-            for k, v in results.items() if not k.startswith("baseline")))
+        print(
+            "speed-up over the baseline (model steps): "
+            + ", ".join(
+                f"{k}: {v['images_per_s'] / base['images_per_s']:.2f}x"
+                for k, v in results.items()
+                if not k.startswith("baseline")
+            )
+        )
 
 
 if __name__ == "__main__":

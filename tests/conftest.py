@@ -1,4 +1,5 @@
 """Shared fixtures: small generated data, the real data slices in ../shared/data, isolated caches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist the workers share the cores: one intra-op pool each, not one per core each
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +29,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(root.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(root.rglob("*"))
+        if f.is_file()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +93,9 @@ def cifar10_jpeg(tmp_path_factory) -> Path:
     archive = SHARED_DATA / "cifar10-jpeg.tar.xz"
     if not archive.is_file():
         pytest.skip(f"real CIFAR-10 JPEGs absent ({archive})")
-    return _extract(archive, tmp_path_factory.mktemp("cifar10jpeg"), ["train/*/00[0-9][0-9].jpg", "test/*/00[01][0-9].jpg"])
+    return _extract(
+        archive, tmp_path_factory.mktemp("cifar10jpeg"), ["train/*/00[0-9][0-9].jpg", "test/*/00[01][0-9].jpg"]
+    )
 
 
 def write_fake_cifar(root: Path, kind: str, n_train: int = 50, n_test: int = 20, seed: int = 0) -> dict:
@@ -105,7 +113,7 @@ def write_fake_cifar(root: Path, kind: str, n_train: int = 50, n_test: int = 20,
 
     truth = {}
     if kind == "cifar10":
-        names = ["data_batch_%d" % i for i in range(1, 6)]
+        names = [f"data_batch_{i}" for i in range(1, 6)]
         per = n_train // 5
         parts = [(n, per) for n in names]
     else:
@@ -124,8 +132,12 @@ def write_fake_cifar(root: Path, kind: str, n_train: int = 50, n_test: int = 20,
     meta_name, meta_key = ("batches.meta", "label_names") if kind == "cifar10" else ("meta", "fine_label_names")
     meta_entry = dump(meta_name, {meta_key: [f"class{i}" for i in range(classes)]})
     truth.update(train=np.concatenate(all_data), train_labels=all_labels, test=tdata, test_labels=tlabels)
-    return {"train_list": train_list, "test_list": test_list,
-            "meta": {"filename": meta_name, "key": meta_key, "md5": meta_entry[1]}, "truth": truth}
+    return {
+        "train_list": train_list,
+        "test_list": test_list,
+        "meta": {"filename": meta_name, "key": meta_key, "md5": meta_entry[1]},
+        "truth": truth,
+    }
 
 
 @pytest.fixture
@@ -148,8 +160,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed command in a fresh process (exit status and stderr as a user sees them)."""
     import sys
 
-    return subprocess.run([sys.executable, "-m", "shallowdeep.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        [sys.executable, "-m", "shallowdeep.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 @pytest.fixture

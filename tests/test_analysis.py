@@ -1,4 +1,5 @@
 """Records and analyses against hand-worked records and brute-force loops."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from shallowdeep.analysis import Calibration, calibrate, confusion, default_thresholds, early_exit, overthinking, sweep
+from shallowdeep.analysis import (
+    Calibration,
+    ExitRecord,
+    calibrate,
+    confusion,
+    default_thresholds,
+    early_exit,
+    overthinking,
+    sweep,
+)
 from shallowdeep.analysis.early_exit import REFERENCE_THRESHOLDS, reference_protocol
-from shallowdeep.core.errors import UserError
-from shallowdeep.analysis import ExitRecord
 from shallowdeep.collect import collect
+from shallowdeep.core.errors import UserError
 from shallowdeep.sdn import build_sdn
 
 
@@ -83,11 +92,15 @@ def test_thresholds_zero_and_above_one(hand):
 
 def test_all_correct_none_correct_single_output_one_class():
     k = 4
-    all_right = ExitRecord.from_arrays(onehotish(np.zeros((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4)
+    all_right = ExitRecord.from_arrays(
+        onehotish(np.zeros((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4
+    )
     o = overthinking(all_right)
     assert o.final_errors == 0 and o.destructive_union_share_of_final_errors is None
     assert o.newly_correct == [5, 0, 0, 0] and o.oracle_relative_cost == pytest.approx(0.25)
-    none_right = ExitRecord.from_arrays(onehotish(np.ones((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4)
+    none_right = ExitRecord.from_arrays(
+        onehotish(np.ones((5, k), int), np.full((5, k), 0.9)), np.zeros(5), [1, 2, 3, 4], 4
+    )
     o = overthinking(none_right)
     assert o.early_count == 0 and o.never_correct == 5 and o.oracle_relative_cost == 1.0
     assert early_exit(none_right, 0.5).accuracy == 0.0
@@ -109,8 +122,9 @@ def test_empty_record():
 
 def random_record(seed, n=300, k=5, c=7, scale=2.0):
     rng = np.random.default_rng(seed)
-    return ExitRecord.from_arrays(rng.normal(size=(n, k, c)) * scale, rng.integers(0, c, n),
-                                  np.cumsum(rng.uniform(1, 3, k)), 10.0)
+    return ExitRecord.from_arrays(
+        rng.normal(size=(n, k, c)) * scale, rng.integers(0, c, n), np.cumsum(rng.uniform(1, 3, k)), 10.0
+    )
 
 
 def brute_early_exit(r: ExitRecord, q: float, fallback: str):
@@ -353,7 +367,10 @@ def test_reliability_and_ece_match_a_plain_loop():
             c = float(r.confidence[i, k])
             b = min(max(int(np.ceil(c * bins)) - 1, 0), bins - 1)  # (edge_b, edge_b+1]
             groups[b].append((c, bool(r.correct[i, k])))
-        ece = sum(len(g) * abs(np.mean([x[1] for x in g]) - np.mean([x[0] for x in g])) for g in groups if g) / r.num_inputs
+        ece = (
+            sum(len(g) * abs(np.mean([x[1] for x in g]) - np.mean([x[0] for x in g])) for g in groups if g)
+            / r.num_inputs
+        )
         assert rel.counts == [len(g) for g in groups]
         assert rel.ece == pytest.approx(ece, abs=1e-9)
 
@@ -417,8 +434,12 @@ def test_temperatures_minimise_the_validation_nll():
 def test_bad_rules_are_refused():
     from shallowdeep.analysis.rules import parse_rule
 
-    for text, pattern in (("softmin", "unknown exit rule"), ("patience", "count of agreeing ICs"),
-                          ("patience:0", "K >= 1"), ("entropy:3", "takes no ':' argument")):
+    for text, pattern in (
+        ("softmin", "unknown exit rule"),
+        ("patience", "count of agreeing ICs"),
+        ("patience:0", "K >= 1"),
+        ("entropy:3", "takes no ':' argument"),
+    ):
         with pytest.raises(UserError, match=pattern):
             parse_rule(text)
     assert parse_rule("entropy+T").temperature and parse_rule("patience:3").k == 3
@@ -439,7 +460,11 @@ def test_auto_per_ic_is_decided_by_cross_validation_on_validation_only():
         c = calibrate(big.subset(fold != f), None, max_drop=0.01, per_ic=True)
         e = early_exit(big.subset(fold == f), c.thresholds)
         right, cost = right + e.accuracy * (fold == f).sum(), cost + e.relative_cost * (fold == f).sum()
-    assert cv["per_ic"]["accuracy"] == pytest.approx(right / 2000) and cv["per_ic"]["relative_cost"] == pytest.approx(cost / 2000)
+    assert cv["per_ic"]["accuracy"] == pytest.approx(right / 2000) and cv["per_ic"]["relative_cost"] == pytest.approx(
+        cost / 2000
+    )
     small = learned_record(6, n=90)
     s = calibrate(small, None, per_ic="auto")
-    assert s.thresholds is None and not s.cross_validation["per_ic_wins"] and "fewer than" in s.cross_validation["reason"]
+    assert (
+        s.thresholds is None and not s.cross_validation["per_ic_wins"] and "fewer than" in s.cross_validation["reason"]
+    )

@@ -1,4 +1,5 @@
 """The structure of the package: import contracts, no flags below the command line, a fast CLI."""
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,11 @@ def _strings_outside_docstrings(tree: ast.AST) -> list[tuple[int, str]]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return [(n.lineno, n.value) for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    return [
+        (n.lineno, n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def test_no_flag_names_outside_the_cli():
@@ -52,10 +56,12 @@ def test_the_check_finds_a_flag(tmp_path):
 
 def test_help_and_list_import_no_torch():
     """--help and list answer without importing torch (what makes them take well under 0.5 s)."""
-    code = ("import sys\nfrom shallowdeep.cli import main\n"
-            "for argv in (['list'], ['train', '--help'], ['--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "print('torch' in sys.modules, 'scipy' in sys.modules, 'numpy' in sys.modules)")
+    code = (
+        "import sys\nfrom shallowdeep.cli import main\n"
+        "for argv in (['list'], ['train', '--help'], ['--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules, 'scipy' in sys.modules, 'numpy' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False False False"
@@ -81,16 +87,20 @@ def test_cli_defaults_follow_the_library():
 def test_python_m_version_and_one_line_usage_errors():
     proc = subprocess.run([sys.executable, "-m", "shallowdeep", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("shallowdeep ")
-    proc = subprocess.run([sys.executable, "-m", "shallowdeep", "train", "--mode", "nope", "--out", "x"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shallowdeep", "train", "--mode", "nope", "--out", "x"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--mode" in proc.stderr
 
 
 def test_broken_pipe_ends_quietly():
     """`shallowdeep info --json | head -c 0`: the reader has left; no traceback, status 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "shallowdeep", "info", "--arch", "resnet56", "--data", "cifar10",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shallowdeep", "info", "--arch", "resnet56", "--data", "cifar10", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     proc.stdout.close()  # before the command writes (it imports torch first): its writes meet a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and "Traceback" not in err, err

@@ -1,13 +1,14 @@
 """The command line: every subcommand, its JSON, and one-line errors with exit status 2."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from shallowdeep.cli import main
-from conftest import run_cli
 
 
 def test_every_subcommand_has_help(capsys):
@@ -21,8 +22,18 @@ def test_every_subcommand_has_help(capsys):
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("vgg16_bn", "resnet56", "wrn32_4", "mobilenet", "small", "cifar10", "cifar100", "tinyimagenet",
-                 "imagefolder", "digits"):
+    for name in (
+        "vgg16_bn",
+        "resnet56",
+        "wrn32_4",
+        "mobilenet",
+        "small",
+        "cifar10",
+        "cifar100",
+        "tinyimagenet",
+        "imagefolder",
+        "digits",
+    ):
         assert name in out
 
 
@@ -63,20 +74,28 @@ def _assert_one_line_error(proc, pattern: str):
 
 def test_bad_input_subprocess(tmp_path):
     out = tmp_path / "never"
-    _assert_one_line_error(run_cli("train", "--arch", "resnet57", "--data", "digits", "--mode", "cnn", "--out", str(out)),
-                           "unknown --arch 'resnet57'")
+    _assert_one_line_error(
+        run_cli("train", "--arch", "resnet57", "--data", "digits", "--mode", "cnn", "--out", str(out)),
+        "unknown --arch 'resnet57'",
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--arch", "nope", "--data", "digits", "--mode", "cnn"], "unknown --arch 'nope'"),
-    (["--arch", "small", "--data", "mnist", "--mode", "cnn"], "unknown --data set 'mnist'"),
-    (["--arch", "small", "--data", "imagefolder:/no/such/dir", "--mode", "cnn"], "is not a folder"),
-    (["--arch", "small", "--data", "tinyimagenet", "--data-root", "/no/such/dir", "--mode", "cnn"], "no Tiny ImageNet"),
-    (["--arch", "resnet56", "--data", "digits", "--image-size", "48", "--mode", "cnn"], "takes 32 or 64 px"),
-    (["--mode", "ic-only"], "needs --from, a finished CNN run"),
-    (["--mode", "ic-only", "--from", "/no/such/run"], "is not a run folder"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--arch", "nope", "--data", "digits", "--mode", "cnn"], "unknown --arch 'nope'"),
+        (["--arch", "small", "--data", "mnist", "--mode", "cnn"], "unknown --data set 'mnist'"),
+        (["--arch", "small", "--data", "imagefolder:/no/such/dir", "--mode", "cnn"], "is not a folder"),
+        (
+            ["--arch", "small", "--data", "tinyimagenet", "--data-root", "/no/such/dir", "--mode", "cnn"],
+            "no Tiny ImageNet",
+        ),
+        (["--arch", "resnet56", "--data", "digits", "--image-size", "48", "--mode", "cnn"], "takes 32 or 64 px"),
+        (["--mode", "ic-only"], "needs --from, a finished CNN run"),
+        (["--mode", "ic-only", "--from", "/no/such/run"], "is not a run folder"),
+    ],
+)
 def test_bad_train_input(tmp_path, capsys, args, pattern):
     out = tmp_path / "out"
     assert main(["train", *args, "--out", str(out), "--quiet"]) == 2
@@ -86,11 +105,18 @@ def test_bad_train_input(tmp_path, capsys, args, pattern):
 
 
 def test_ic_only_from_an_sdn_and_a_reused_folder(cli_runs, tmp_path, capsys):
-    assert main(["train", "--mode", "ic-only", "--from", str(cli_runs / "ic"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert (
+        main(["train", "--mode", "ic-only", "--from", str(cli_runs / "ic"), "--out", str(tmp_path / "x"), "--quiet"])
+        == 2
+    )
     assert "is not a CNN run" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "sdn", "--out", str(cli_runs / "cnn"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            ["train", "--arch", "small", "--data", "digits", "--mode", "sdn", "--out", str(cli_runs / "cnn"), "--quiet"]
+        )
+        == 2
+    )
     assert "already holds a run" in capsys.readouterr().err
 
 
@@ -156,9 +182,13 @@ def test_inductors_tf32_hint_is_not_passed_on(recwarn):
     from shallowdeep import cli
 
     def command(args):
-        warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. "
-                      "Consider setting `torch.set_float32_matmul_precision('high')`", UserWarning)
-        warnings.warn("12 of 40 images are not square", UserWarning)
+        warnings.warn(
+            "TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. "
+            "Consider setting `torch.set_float32_matmul_precision('high')`",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("12 of 40 images are not square", UserWarning, stacklevel=1)
         return 0
 
     assert cli._run(argparse.Namespace(command="train", func=command)) == 0

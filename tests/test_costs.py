@@ -1,11 +1,12 @@
 """FLOPs per output from PyTorch's counter, against the spec's reference positions."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shallowdeep import list_archs, build_cnn, build_sdn, output_costs
+from shallowdeep import build_cnn, build_sdn, list_archs, output_costs
 
 # spec section 2: the reference profiler's cumulative GFLOPs per output, then the plain CNN's
 REFERENCE = {
@@ -49,8 +50,18 @@ def test_counts_equal_hand_count_for_a_plain_conv_net():
     cnn = build_cnn("small", 10, 32)
     costs = output_costs(cnn)
     # small: 3x3 convs 3->16 @32, 16->16 @32, 16->32 @32, 32->32 @16, 32->64 @16, 64->64 @8; linear 64->10
-    macs = 9 * (3 * 16 * 32 * 32 + 16 * 16 * 32 * 32 + 16 * 32 * 32 * 32 + 32 * 32 * 16 * 16 + 32 * 64 * 16 * 16
-                + 64 * 64 * 8 * 8) + 64 * 10
+    macs = (
+        9
+        * (
+            3 * 16 * 32 * 32
+            + 16 * 16 * 32 * 32
+            + 16 * 32 * 32 * 32
+            + 32 * 32 * 16 * 16
+            + 32 * 64 * 16 * 16
+            + 64 * 64 * 8 * 8
+        )
+        + 64 * 10
+    )
     assert costs.cnn == 2 * macs
     assert costs.outputs == (costs.cnn,)
 

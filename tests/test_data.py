@@ -1,4 +1,5 @@
 """Data sets: CIFAR in the official format, Tiny ImageNet's layout, image folders, digits, splits, augmentation."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -9,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shallowdeep.data import augment, batches, carve_validation, list_datasets, load_dataset
 from shallowdeep.core.errors import UserError
+from shallowdeep.data import augment, batches, carve_validation, list_datasets, load_dataset
 
 
 @pytest.mark.parametrize("kind,classes", [("cifar10", 10), ("cifar100", 100)])
@@ -29,7 +30,9 @@ def test_cifar_official_format(fake_cifar, kind, classes):
     assert ds.mean == mean
 
 
-@pytest.mark.parametrize("kind,archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")])
+@pytest.mark.parametrize(
+    "kind,archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")]
+)
 def test_cifar_offline_error_names_file_and_place(tmp_path, monkeypatch, kind, archive):
     import torchvision.datasets.utils as U
 
@@ -70,7 +73,9 @@ def test_tinyimagenet_missing_is_clear(tmp_path):
 
 def test_imagefolder_real_cifar10_jpegs(cifar10_jpeg):
     ds = load_dataset(f"imagefolder:{cifar10_jpeg}")
-    assert ds.classes == sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    assert ds.classes == sorted(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
     assert len(ds.train) + len(ds.val) == 1000 and len(ds.test) == 200
     assert ds.image_size == 32
     # channel statistics of real CIFAR images, computed from the training split
@@ -101,11 +106,14 @@ def test_imagefolder_generated_and_resized(tmp_path):
     assert ds16.image_size == 16 and ds16.test.images.shape[1:] == (16, 16, 3)
 
 
-@pytest.mark.parametrize("spec,msg", [
-    ("imagefolder:/nonexistent/folder", "is not a folder"),
-    ("imagefolder", "needs a path"),
-    ("cifar11", "unknown data set 'cifar11'"),
-])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("imagefolder:/nonexistent/folder", "is not a folder"),
+        ("imagefolder", "needs a path"),
+        ("cifar11", "unknown data set 'cifar11'"),
+    ],
+)
 def test_bad_data_names(spec, msg):
     with pytest.raises(UserError, match=msg):
         load_dataset(spec)
@@ -149,7 +157,7 @@ def test_augment_crop_and_flip():
     seen = set()
     for o in out:
         for dy, dx, f in windows:
-            w = padded[dy:dy + 8, dx:dx + 8]
+            w = padded[dy : dy + 8, dx : dx + 8]
             if f:
                 w = w.flip(1)
             if torch.equal(o, w):
@@ -187,8 +195,11 @@ def test_batches_travel_as_stored_and_are_normalised_where_they_go(digits, monke
 
     seen = []
     real = data_mod.normalize
-    monkeypatch.setattr(data_mod, "normalize", lambda images, m, s: seen.append((images.dtype, images.device.type,
-                                                                                  m.device.type)) or real(images, m, s))
+    monkeypatch.setattr(
+        data_mod,
+        "normalize",
+        lambda images, m, s: seen.append((images.dtype, images.device.type, m.device.type)) or real(images, m, s),
+    )
     x, y = next(iter(batches(digits, "val", 16, device="meta")))
     assert seen == [(torch.uint8, "meta", "meta")]
     assert x.device.type == y.device.type == "meta" and x.shape == (16, 3, 32, 32)
@@ -238,10 +249,15 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
 
     rng = np.random.default_rng(0)
     smooth = np.clip(np.cumsum(rng.integers(-9, 10, (40, 40, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
-    files = {"rgb420.jpg": (Image.fromarray(smooth), {}), "rgb444.jpeg": (Image.fromarray(smooth), {"subsampling": 0}),
-             "progressive.jpg": (Image.fromarray(smooth), {"progressive": True, "quality": 60}),
-             "grey.jpg": (Image.fromarray(smooth[..., 0]), {}), "wide.jpg": (Image.fromarray(smooth[:30]), {}),
-             "cmyk.jpg": (Image.fromarray(smooth).convert("CMYK"), {}), "odd.png": (Image.fromarray(smooth), {})}
+    files = {
+        "rgb420.jpg": (Image.fromarray(smooth), {}),
+        "rgb444.jpeg": (Image.fromarray(smooth), {"subsampling": 0}),
+        "progressive.jpg": (Image.fromarray(smooth), {"progressive": True, "quality": 60}),
+        "grey.jpg": (Image.fromarray(smooth[..., 0]), {}),
+        "wide.jpg": (Image.fromarray(smooth[:30]), {}),
+        "cmyk.jpg": (Image.fromarray(smooth).convert("CMYK"), {}),
+        "odd.png": (Image.fromarray(smooth), {}),
+    }
     paths = []
     for name, (im, kw) in files.items():
         im.save(tmp_path / name, **kw)
@@ -262,7 +278,7 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     raw = bytearray(paths[0].read_bytes())
     sof = raw.index(b"\xff\xc0")
     assert _jpeg_size(bytes(raw)) == (40, 40)
-    raw[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2
+    raw[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2
     (tmp_path / "bomb.jpg").write_bytes(bytes(raw))
     assert _jpeg_size(bytes(raw)) == (30000, 30000) and _decode_jpegs([tmp_path / "bomb.jpg"]) == [None]
     with pytest.raises(UserError, match="bomb.jpg claims to be too large"):

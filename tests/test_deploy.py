@@ -1,4 +1,5 @@
 """Staged ONNX export and the torch-free runtime (issue 13): parity with the PyTorch engine, errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
+from conftest import run_cli  # noqa: E402
+
 from shallowdeep import deploy  # noqa: E402
 from shallowdeep.core.errors import UserError  # noqa: E402
 from shallowdeep.runs import engine_from_run, run_data  # noqa: E402
 from shallowdeep.workflows import analyze_run, export_run  # noqa: E402
-
-from conftest import run_cli  # noqa: E402
 
 
 @pytest.fixture
@@ -60,15 +61,19 @@ def test_onnx_runtime_exits_equal_the_engine_on_every_test_input(calibrated, tmp
     assert np.array_equal(got.predictions[same], want.predictions.numpy()[same])
     assert np.allclose(got.confidence[same], want.confidence.numpy()[same], atol=1e-4)
     assert len(set(got.exits.tolist())) > 1, "the test needs inputs leaving at different outputs"
-    print(f"parity: {int(differ.sum())} of {len(images)} exits differ (all within 1e-4 of the threshold); exits "
-          f"{np.bincount(got.exits, minlength=engine.num_outputs).tolist()}")
+    print(
+        f"parity: {int(differ.sum())} of {len(images)} exits differ (all within 1e-4 of the threshold); exits "
+        f"{np.bincount(got.exits, minlength=engine.num_outputs).tolist()}"
+    )
 
 
 def test_deploy_imports_no_torch(calibrated, tmp_path):
     out = export_run(calibrated, tmp_path / "export")
-    code = ("import sys, numpy as np; from shallowdeep import deploy; m = deploy.load(sys.argv[1]); "
-            "r = m.classify(np.zeros((3, m.size, m.size, 3), np.uint8)); "
-            "assert 'torch' not in sys.modules, 'torch was imported'; print(r.exits.tolist())")
+    code = (
+        "import sys, numpy as np; from shallowdeep import deploy; m = deploy.load(sys.argv[1]); "
+        "r = m.classify(np.zeros((3, m.size, m.size, 3), np.uint8)); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print(r.exits.tolist())"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)) == 3

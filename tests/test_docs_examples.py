@@ -5,6 +5,7 @@ reader would paste them. A block that needs something the page shows in shell fo
 names it in an HTML comment just above it, ``<!-- test-setup: CODE -->``, run first (``sd`` is
 ``shallowdeep``); rendered pages do not show it.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ BLOCK = re.compile(r"(?:<!-- test-setup:(?P<setup>.*?)-->\s*\n)?```python\n(?P<c
 def examples(doc: Path) -> list[tuple[str, str, int]]:
     """The document's Python blocks: (setup code, block code, line of the block)."""
     text = doc.read_text()
-    return [((m["setup"] or "").strip(), m["code"], text.count("\n", 0, m.start("code")) + 1)
-            for m in BLOCK.finditer(text)]
+    return [
+        ((m["setup"] or "").strip(), m["code"], text.count("\n", 0, m.start("code")) + 1) for m in BLOCK.finditer(text)
+    ]
 
 
 def test_the_docs_have_python_examples():

@@ -1,20 +1,19 @@
 """The early-exit engine: exactness against the record simulation, order, edge cases, errors."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from shallowdeep.analysis import ExitRecord, early_exit
+from shallowdeep.collect import collect
 from shallowdeep.core import io
-
-from shallowdeep.analysis import early_exit
+from shallowdeep.core.errors import UserError
 from shallowdeep.data import batches
 from shallowdeep.engine import EarlyExitEngine, _inference_head
-from shallowdeep.runs import engine_from_run
-from shallowdeep.core.errors import UserError
-from shallowdeep.analysis import ExitRecord
-from shallowdeep.collect import collect
 from shallowdeep.models import list_archs
+from shallowdeep.runs import engine_from_run
 from shallowdeep.sdn import build_sdn
 
 
@@ -205,7 +204,9 @@ def test_predict_command(trained_sdn, tmp_path, digits, capsys):
     # the same answers as the engine on the same (normalised) images
     eng = EarlyExitEngine(shallowdeep_load(run), 0.5)
     res = eng.classify(images(digits, limit=4), batch_size=1)
-    assert [r["class_index"] for r in rows] == res.predictions.tolist() and [r["exit"] for r in rows] == res.exits.tolist()
+    assert [r["class_index"] for r in rows] == res.predictions.tolist() and [
+        r["exit"] for r in rows
+    ] == res.exits.tolist()
     assert main(["predict", str(run), str(folder / "0.png"), "--threshold", "0.5"]) == 0
     assert "rel. cost" in capsys.readouterr().out
     assert main(["predict", str(run), str(tmp_path / "small.png"), "--threshold", "0.5"]) == 2
@@ -233,7 +234,9 @@ def test_predict_reports_who_answered_and_the_true_class(trained_sdn, tmp_path, 
     Image.fromarray(digits.test.images[0].numpy()).save(tmp_path / "imgs" / "unsorted" / "x.png")
     out = {}
     for bs in ("1", "7"):
-        assert main(["predict", str(run), str(tmp_path / "imgs"), "--threshold", "0.9", "--batch-size", bs, "--json"]) == 0
+        assert (
+            main(["predict", str(run), str(tmp_path / "imgs"), "--threshold", "0.9", "--batch-size", bs, "--json"]) == 0
+        )
         out[bs] = json.loads(capsys.readouterr().out)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "confidence"} for r in rows]  # noqa: E731
     assert strip(out["1"]) == strip(out["7"]), "batch 1 and the throughput engine give the same answers"
@@ -259,15 +262,32 @@ def shallowdeep_load(run):
     return shallowdeep.load(run)
 
 
-@pytest.mark.parametrize("rule_text,temperature", [
-    ("max_softmax", False), ("max_softmax", True), ("entropy", False), ("entropy", True), ("patience:1", False),
-    ("patience:2", False), ("patience:2", True), ("patience:3", False)])
+@pytest.mark.parametrize(
+    "rule_text,temperature",
+    [
+        ("max_softmax", False),
+        ("max_softmax", True),
+        ("entropy", False),
+        ("entropy", True),
+        ("patience:1", False),
+        ("patience:2", False),
+        ("patience:2", True),
+        ("patience:3", False),
+    ],
+)
 @pytest.mark.parametrize("which", ["random", "trained"])
 def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random_sdn, trained_sdn, digits):
     """The engine carries out each rule for real (temperatures folded into the heads); its exits and
     answers equal the record simulation of analysis.rules, batch 1 and batched."""
     from shallowdeep import output_costs
-    from shallowdeep.analysis.rules import fit_temperatures, parse_rule, rule_exits, rule_scores, rule_thresholds, scaled
+    from shallowdeep.analysis.rules import (
+        fit_temperatures,
+        parse_rule,
+        rule_exits,
+        rule_scores,
+        rule_thresholds,
+        scaled,
+    )
 
     sdn = random_sdn if which == "random" else trained_sdn[0]
     x = images(digits, limit=120)
@@ -293,8 +313,14 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
     assert qs
     for q in qs:
         sim = rule_exits(record, rule, q, "most_confident", temps)
-        eng = EarlyExitEngine(sdn, q, "most_confident", rule=rule.name, patience=rule.k,
-                              temperatures=None if temps is None else temps.tolist())
+        eng = EarlyExitEngine(
+            sdn,
+            q,
+            "most_confident",
+            rule=rule.name,
+            patience=rule.k,
+            temperatures=None if temps is None else temps.tolist(),
+        )
         for batch_size in (1, 64):
             res = eng.classify(x, batch_size=batch_size)
             assert res.exits.tolist() == sim.exits.tolist(), (rule_text, q, batch_size)

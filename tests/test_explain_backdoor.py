@@ -1,4 +1,5 @@
 """Grad-CAM of disagreements (grad-cam package) and the backdoor experiment, on the embedded default."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,14 @@ from shallowdeep.backdoor import Backdoor, apply_trigger, poison, poisoned_datas
 from shallowdeep.cli import main
 from shallowdeep.core.errors import UserError
 from shallowdeep.explain import OutputSelector, explain_output, target_block
-from shallowdeep.sdn import build_sdn
 from shallowdeep.runs import TrainConfig, train_run
+from shallowdeep.sdn import build_sdn
 
 QUIET = dict(progress=False, log=None)
 
 
 # ------------------------------------------------------------------------------------------ backdoor
+
 
 @pytest.mark.parametrize("size,expect", [(32, (5, 26, 26)), (64, (10, 52, 52)), (16, (2, 13, 13)), (8, (1, 6, 6))])
 def test_trigger_lands_where_specified_on_every_size(size, expect):
@@ -28,7 +30,7 @@ def test_trigger_lands_where_specified_on_every_size(size, expect):
     imgs = torch.zeros(3, size, size, 3, dtype=torch.uint8)
     out = apply_trigger(imgs, b)
     mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[b.row:b.row + b.size, b.col:b.col + b.size] = True
+    mask[b.row : b.row + b.size, b.col : b.col + b.size] = True
     assert (out[:, mask] == 255).all() and (out[:, ~mask] == 0).all()
     assert (imgs == 0).all(), "the input images must not be modified"
 
@@ -74,8 +76,17 @@ def test_test_split_clean_copy_is_never_touched(digits):
 @pytest.fixture(scope="module")
 def backdoored(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bd")
-    train_run(TrainConfig(out=str(root / "cnn"), mode="cnn", arch="small", data="digits", epochs=6,
-                          backdoor={"rate": 0.1, "target": 0, "size": None, "pos": None}), **QUIET)
+    train_run(
+        TrainConfig(
+            out=str(root / "cnn"),
+            mode="cnn",
+            arch="small",
+            data="digits",
+            epochs=6,
+            backdoor={"rate": 0.1, "target": 0, "size": None, "pos": None},
+        ),
+        **QUIET,
+    )
     train_run(TrainConfig(out=str(root / "sdn"), mode="ic-only", from_run=str(root / "cnn"), epochs=3), **QUIET)
     return root
 
@@ -105,20 +116,85 @@ def test_analyze_adds_a_backdoor_section(backdoored, tmp_path, run):
 
 def test_backdoor_cli_options(tmp_path, capsys):
     out = tmp_path / "x"
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", str(out), "--epochs", "1",
-                 "--backdoor", "--trigger-pos", "40,1", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "small",
+                "--data",
+                "digits",
+                "--mode",
+                "cnn",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--backdoor",
+                "--trigger-pos",
+                "40,1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "does not fit" in capsys.readouterr().err and not out.exists()
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", str(out), "--epochs", "1",
-                 "--poison-rate", "0.2", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "small",
+                "--data",
+                "digits",
+                "--mode",
+                "cnn",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--poison-rate",
+                "0.2",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "need --backdoor" in capsys.readouterr().err
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--out", str(out), "--epochs", "1",
-                 "--backdoor", "--poison-rate", "0.2", "--target-class", "3", "--trigger-size", "4",
-                 "--trigger-pos", "2,3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "small",
+                "--data",
+                "digits",
+                "--mode",
+                "cnn",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--backdoor",
+                "--poison-rate",
+                "0.2",
+                "--target-class",
+                "3",
+                "--trigger-size",
+                "4",
+                "--trigger-pos",
+                "2,3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "run.json").read_text())["config"]["backdoor"]
     assert cfg == {"size": 4, "row": 2, "col": 3, "rate": 0.2, "target": 3}
 
 
 # ------------------------------------------------------------------------------------------- explain
+
 
 def _all_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())

@@ -1,4 +1,5 @@
 """Backbones, the registry, the SDN type: shapes, gradients, exact parameter counts, sharing, cutting."""
+
 from __future__ import annotations
 
 import pytest

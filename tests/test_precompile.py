@@ -1,4 +1,5 @@
 """Compiling a reproduction's later stages ahead, in a background process (runs/precompile.py)."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def test_runs_compiled_in_the_background_find_their_step_in_the_cache(tmp_path):
     (whose CNN run did not exist when the child built it) and the SDN from scratch (after an eager
     epoch) load all four of their graphs (forward and backward each) from the cache and compile none."""
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", _CACHED, str(tmp_path / "runs")], env=env, capture_output=True,
-                          text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-c", _CACHED, str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert [r["compiled"] for r in got["ahead"]] == [True, True] and all("error" not in r for r in got["ahead"])
@@ -72,8 +74,9 @@ print(json.dumps({"compiled_ahead": result["compiled_ahead"], "inductor": dict(d
 
 def test_a_reproduction_trains_eagerly_while_its_steps_compile_in_the_background(tmp_path):
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", _REPRODUCE, str(tmp_path / "rep")], env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", _REPRODUCE, str(tmp_path / "rep")], env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     ahead = got["compiled_ahead"]
@@ -94,8 +97,7 @@ def test_a_reproduction_trains_eagerly_while_its_steps_compile_in_the_background
 def test_compiling_ahead_is_planned_only_where_a_run_would_compile(tmp_path):
     from shallowdeep.reproduction import _compile_ahead_plan as plan_of
 
-    common = {"data": "digits", "data_root": None, "image_size": None, "device": "cpu", "precision": None,
-              "seed": None}
+    common = {"data": "digits", "data_root": None, "image_size": None, "device": "cpu", "precision": None, "seed": None}
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
     every = ("cnn", "ic-only", "sdn")
     # the CPU compiles only when asked
@@ -107,8 +109,12 @@ def test_compiling_ahead_is_planned_only_where_a_run_would_compile(tmp_path):
     assert plan[1][1].mode == "sdn" and plan[1][1].arch == "small" and plan[1][1].compile is True
     # a finished stage is not trained: the next one is the first
     cnn = tmp_path / "small" / "cnn"
-    train_run(TrainConfig(out=str(cnn), mode="cnn", arch="small", data="digits", epochs=2), stop_after=1,
-              progress=False, log=None)
+    train_run(
+        TrainConfig(out=str(cnn), mode="cnn", arch="small", data="digits", epochs=2),
+        stop_after=1,
+        progress=False,
+        log=None,
+    )
     # resumed (with its own recorded settings) or finished: not planned
     assert [n for n, _ in plan_of(tmp_path, ["small"], every, epochs, asked)] == ["small/ic-only", "small/sdn"]
     train_run(TrainConfig(out=str(cnn), resume=True), progress=False, log=None)
@@ -118,8 +124,9 @@ def test_compiling_ahead_is_planned_only_where_a_run_would_compile(tmp_path):
 
 
 def test_a_background_compilation_stopped_early_says_how_far_it_got(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), mode="sdn", arch="small", data="digits", epochs=1, device="cpu",
-                      compile=True)
+    cfg = TrainConfig(
+        out=str(tmp_path / "r"), mode="sdn", arch="small", data="digits", epochs=1, device="cpu", compile=True
+    )
     nothing = TrainConfig(out=str(tmp_path / "s"), mode="sdn", arch="small", data="digits", epochs=1, device="cpu")
     ahead = start([nothing, cfg])
     assert ahead is not None and start([]) is None
@@ -143,18 +150,29 @@ def test_the_child_starts_once_the_first_stage_is_set_up(tmp_path, monkeypatch):
         lines.append("start: " + ",".join(c.mode for c in cfgs))
         return None  # as if it could not start: the planned stages compile for themselves
 
-    planned = TrainConfig(out=str(tmp_path / "rep" / "small" / "cnn"), mode="cnn", arch="small", data="digits",
-                          epochs=1, device="cpu")
+    planned = TrainConfig(
+        out=str(tmp_path / "rep" / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=1, device="cpu"
+    )
     monkeypatch.setattr(precompile, "start", fake_start)
     monkeypatch.setattr(reproduction, "_compile_ahead_plan", lambda *a: [("small/cnn", planned)])
     monkeypatch.setattr(precompile, "COMPILE_BESIDE_ON", ("cuda", "cpu"))
-    reproduction.reproduce("digits", tmp_path / "rep", ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1},
-                        stages=("cnn",), device="cpu", log=lines.append, progress=False)
+    reproduction.reproduce(
+        "digits",
+        tmp_path / "rep",
+        ["small"],
+        epochs={"cnn": 2, "ic-only": 1, "sdn": 1},
+        stages=("cnn",),
+        device="cpu",
+        log=lines.append,
+        progress=False,
+    )
     epochs = [i for i, s in enumerate(lines) if s.startswith("epoch ")]
     assert len(epochs) == 2 and lines.count("start: cnn") == 1, lines
     # once, between the stage's setup (its first line) and its first epoch
-    assert lines[lines.index("start: cnn") - 1].startswith("training small (cnn)") and \
-        lines.index("start: cnn") == epochs[0] - 1, lines
+    assert (
+        lines[lines.index("start: cnn") - 1].startswith("training small (cnn)")
+        and lines.index("start: cnn") == epochs[0] - 1
+    ), lines
 
 
 def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_compile):
@@ -191,10 +209,14 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     assert not fake_compile  # never stepped the compiled module
     assert any(line.startswith("compiled in the background: ") for line in lines)
     started.clear()
-    train(TrainConfig(out=str(tmp_path / "s"), mode="cnn", arch="small", data="digits", epochs=1, device="cpu"),
-          progress=False, log=None)
-    half = TrainConfig(out=str(tmp_path / "u"), mode="cnn", arch="small", data="digits", epochs=2, device="cpu",
-                       compile=True)
+    train(
+        TrainConfig(out=str(tmp_path / "s"), mode="cnn", arch="small", data="digits", epochs=1, device="cpu"),
+        progress=False,
+        log=None,
+    )
+    half = TrainConfig(
+        out=str(tmp_path / "u"), mode="cnn", arch="small", data="digits", epochs=2, device="cpu", compile=True
+    )
     train_run(half, stop_after=1, progress=False, log=None, compile_ready=lambda: False)
     train(replace(half, resume=True), progress=False, log=None)  # resumed: compiles for itself
     assert started == [] and fake_compile  # the resumed epoch stepped its compiled module

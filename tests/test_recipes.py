@@ -1,4 +1,5 @@
 """Recipes a user can set, configuration files, replay, precision/compile layers, and reproduce."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,20 @@ def test_schedule_comes_from_lr_scheduler_with_warmup_and_milestones():
     assert Recipe(epochs=4, milestones=(3,)).check().lr_at(2) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("field,value,pattern", [
-    ("lr", float("nan"), "lr"), ("lr", float("inf"), "lr"), ("weight_decay", float("nan"), "weight_decay"),
-    ("momentum", 1.5, "momentum"), ("milestones", (5, 3), "milestones"), ("warmup_epochs", 10, "warmup_epochs"),
-    ("label_smoothing", -0.1, "label_smoothing"), ("optimizer", "lbfgs", "optimizer"), ("epochs", 0, "epochs"),
-])
+@pytest.mark.parametrize(
+    "field,value,pattern",
+    [
+        ("lr", float("nan"), "lr"),
+        ("lr", float("inf"), "lr"),
+        ("weight_decay", float("nan"), "weight_decay"),
+        ("momentum", 1.5, "momentum"),
+        ("milestones", (5, 3), "milestones"),
+        ("warmup_epochs", 10, "warmup_epochs"),
+        ("label_smoothing", -0.1, "label_smoothing"),
+        ("optimizer", "lbfgs", "optimizer"),
+        ("epochs", 0, "epochs"),
+    ],
+)
 def test_bad_recipe_values_are_refused(field, value, pattern):
     from dataclasses import replace
 
@@ -45,9 +55,38 @@ def test_bad_recipe_values_are_refused(field, value, pattern):
 
 def test_recipe_flags_reach_run_json_and_the_history(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["train", "--arch", "small", "--data", "digits", "--mode", "cnn", "--epochs", "3", "--optimizer", "sgd",
-                 "--nesterov", "--momentum", "0.8", "--milestones", "2", "--gamma", "0.5", "--label-smoothing", "0.1",
-                 "--lr", "0.05", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "small",
+                "--data",
+                "digits",
+                "--mode",
+                "cnn",
+                "--epochs",
+                "3",
+                "--optimizer",
+                "sgd",
+                "--nesterov",
+                "--momentum",
+                "0.8",
+                "--milestones",
+                "2",
+                "--gamma",
+                "0.5",
+                "--label-smoothing",
+                "0.1",
+                "--lr",
+                "0.05",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = _meta(out)
     assert m["recipe"]["milestones"] == [2] and m["recipe"]["nesterov"] is True
     assert (m["recipe"]["gamma"], m["recipe"]["label_smoothing"], m["recipe"]["momentum"]) == (0.5, 0.1, 0.8)
@@ -72,8 +111,11 @@ def test_config_file_flags_override_and_run_json_replays(tmp_path, tiny_runs):
 def test_bad_config_files(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "odd.json").write_text('{"arch": "small", "colour": "red"}')
-    for f, pattern in (("bad.json", "is not valid JSON"), ("odd.json", "unknown settings: colour"),
-                       ("none.yaml", "does not exist")):
+    for f, pattern in (
+        ("bad.json", "is not valid JSON"),
+        ("odd.json", "unknown settings: colour"),
+        ("none.yaml", "does not exist"),
+    ):
         assert main(["train", "--config", str(tmp_path / f), "--out", str(tmp_path / "o"), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and pattern in err[0], err
@@ -110,7 +152,9 @@ def test_compiled_step_matches_eager_on_the_cpu():
         stepped = runtime.prepare(Objective(sdn, mode))
         import itertools
 
-        steps = itertools.islice(iter(batches(data, "train", 64, train=True, generator=torch.Generator().manual_seed(1))), 3)
+        steps = itertools.islice(
+            iter(batches(data, "train", 64, train=True, generator=torch.Generator().manual_seed(1))), 3
+        )
         losses.append(train_one_epoch(sdn, stepped, mode, steps, opt, runtime, 0, 2, progress=False))
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
@@ -128,8 +172,10 @@ def test_compiled_training_never_recompiles_and_resumes_compiled(tmp_path):
     n, b = len(data.train), 100
     assert n % b, "the test needs a partial last batch"
     assert len(batches(data, "train", b, train=True, drop_last=True)) == n // b
-    got = sum(len(y) for _, y in batches(data, "train", b, train=True, generator=torch.Generator().manual_seed(0),
-                                          drop_last=True))
+    got = sum(
+        len(y)
+        for _, y in batches(data, "train", b, train=True, generator=torch.Generator().manual_seed(0), drop_last=True)
+    )
     assert got == n - n % b
     base = dict(mode="sdn", arch="small", data="digits", epochs=2, batch_size=b, device="cpu", compile=True)
     torch._dynamo.reset()
@@ -155,8 +201,11 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
 
     out = tmp_path / "rep"
     # a reproduction killed during its CNN stage: the stage holds a checkpoint after one epoch
-    train_run(TrainConfig(out=str(out / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=2),
-              stop_after=1, **QUIET)
+    train_run(
+        TrainConfig(out=str(out / "small" / "cnn"), mode="cnn", arch="small", data="digits", epochs=2),
+        stop_after=1,
+        **QUIET,
+    )
     assert _meta(out / "small" / "cnn")["status"] == "running"
     killed_wall = _meta(out / "small" / "cnn")["wall_seconds"]
     from shallowdeep import data as data_mod
@@ -173,7 +222,10 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     for f in ("reproduction.md", "reproduction.json", "index.html"):
         assert (out / f).is_file()
     page = (out / "index.html").read_text()
-    assert 'href="small/ic-only/report/report.html"' in page and (out / "small" / "sdn" / "report" / "report.html").is_file()
+    assert (
+        'href="small/ic-only/report/report.html"' in page
+        and (out / "small" / "sdn" / "report" / "report.html").is_file()
+    )
     md = (out / "reproduction.md").read_text()
     assert "| small | ic-only |" in md and "The paper's claims" in md
     stages = result["rows"][0]["stage_seconds"]
@@ -206,7 +258,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
 
     real = reproduction.analyze_run
     calls = []
-    monkeypatch.setattr(reproduction, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k))
+    monkeypatch.setattr(
+        reproduction, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k)
+    )
     again = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
     assert calls == []
     strip = lambda rows: [{k: v for k, v in r.items() if k != "stage_seconds"} for r in rows]  # noqa: E731
@@ -254,8 +308,11 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     monkeypatch.setattr(reproduction, "ANALYSIS_BESIDE_ON", ("cpu",))
     collected_here: list[str] = []
     real_records = workflows.run_records
-    monkeypatch.setattr(workflows, "run_records", lambda run, *a, **k: collected_here.append(Path(run).name)
-                        or real_records(run, *a, **k))
+    monkeypatch.setattr(
+        workflows,
+        "run_records",
+        lambda run, *a, **k: collected_here.append(Path(run).name) or real_records(run, *a, **k),
+    )
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
     said: list[str] = []
     result = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=said.append, progress=False)
@@ -269,7 +326,10 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert (ic_only / "calibration.json").is_file()
     stages = result["rows"][0]["stage_seconds"]
     md = (tmp_path / "a" / "reproduction.md").read_text()
-    assert f"analyze ic-only {stages['analyze ic-only']:.1f} s (+{beside['analyze ic-only']:.1f} s in the background)" in md
+    assert (
+        f"analyze ic-only {stages['analyze ic-only']:.1f} s (+{beside['analyze ic-only']:.1f} s in the background)"
+        in md
+    )
     assert f"total {sum(stages.values()):.1f} s" in md  # the waited-for part only: the wall time it took
     assert 0 < report["pipeline_seconds"] <= stages["analyze ic-only"]  # starting the child, waiting for it
     assert collected_here == ["sdn"] and (ic_only / "records" / "test.safetensors").is_file()  # by the child
@@ -280,14 +340,19 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
 
     real_process = reproduction._analysis_process
     # a child that fails (here told to analyze a folder holding no run)
-    monkeypatch.setattr(reproduction, "_analysis_process",
-                        lambda run, seconds, device: real_process(tmp_path / "nowhere", seconds, device))
+    monkeypatch.setattr(
+        reproduction,
+        "_analysis_process",
+        lambda run, seconds, device: real_process(tmp_path / "nowhere", seconds, device),
+    )
     said.clear()
     failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=said.append, progress=False)
     # why it failed reaches the user: the last line of its error
     why = [line.split(" failed (")[1] for line in said if "background analysis" in line]
     assert len(why) == 1 and "nowhere" in why[0] and why[0].endswith("): analyzing it here"), said
-    assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0]["stage_background_seconds"] == {}
+    assert [r["kind"] for r in failed["rows"]] == ["ic-only", "sdn"] and failed["rows"][0][
+        "stage_background_seconds"
+    ] == {}
     assert kept_analysis(tmp_path / "b" / "small" / "ic-only") is not None
     assert failed["rows"][0]["outputs"] == result["rows"][0]["outputs"]  # same seed, same figures either way
 

@@ -1,4 +1,5 @@
 """``shallowdeep analyze``: cached records, a self-contained HTML report and a JSON of every figure."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shallowdeep.runs import records as record_mod
 from shallowdeep.cli import main
+from shallowdeep.runs import records as record_mod
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +49,22 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
     page.feed(text)
     for section in ("run", "training", "outputs", "early-exit", "overthinking", "confusion", "calibration", "classes"):
         assert section in page.ids
-    for fig in ("training", "exits", "accuracy_cost", "threshold", "overthinking", "destructive", "confusion",
-                "reliability", "first_correct"):
+    for fig in (
+        "training",
+        "exits",
+        "accuracy_cost",
+        "threshold",
+        "overthinking",
+        "destructive",
+        "confusion",
+        "reliability",
+        "first_correct",
+    ):
         assert f"fig-{fig}" in page.ids
-    assert page.imgs and all(src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) and len(src) > 1000
-                             for src in page.imgs)
+    assert page.imgs and all(
+        src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) and len(src) > 1000
+        for src in page.imgs
+    )
     import base64
 
     svgs = [base64.b64decode(src.split(",", 1)[1]).decode() for src in page.imgs if src.startswith("data:image/svg")]
@@ -67,7 +79,9 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
     assert len(ee["curves"]["test"]["thresholds"]) >= 1000 and len(ee["curves"]["val"]["accuracy"]) >= 1000
     assert {"threshold", "val", "test"} <= ee["calibrated"].keys()
     assert len(ee["reference_protocol"]["rows"]) == 11
-    assert {"newly_correct", "destructive", "oracle_relative_cost", "examples_first_correct"} <= data["overthinking"].keys()
+    assert {"newly_correct", "destructive", "oracle_relative_cost", "examples_first_correct"} <= data[
+        "overthinking"
+    ].keys()
     assert data["confusion"]["normalisation"]["from"] == "training split"
     assert {"edges", "correct", "wrong"} <= data["confusion"]["confusion"]["histogram"].keys()
     assert set(data["images"]["first_correct"]) == {"IC 1", "IC 2", "IC 3", "IC 4", "final"}
@@ -114,7 +128,8 @@ def test_analyze_a_cnn_run(sdn_run, tmp_path, capsys):
 def test_cached_records_are_refreshed_when_the_data_changed(sdn_run, tmp_path):
     from dataclasses import replace
 
-    from shallowdeep.runs import run_data as load_run_data, run_records
+    from shallowdeep.runs import run_data as load_run_data
+    from shallowdeep.runs import run_records
 
     data = load_run_data(sdn_run)
     first = run_records(sdn_run, ("val",), data=data)["val"]

@@ -1,22 +1,21 @@
 """The three training modes, recipes, and resumable run folders."""
+
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from shallowdeep.core import io
-
 import shallowdeep
 from shallowdeep import runs
+from shallowdeep.core import io
 from shallowdeep.core.errors import UserError
-from shallowdeep.sdn import SDN, build_sdn
-from shallowdeep.runs import TrainConfig, train_run
 from shallowdeep.data import batches
+from shallowdeep.runs import TrainConfig, train_run
+from shallowdeep.sdn import SDN, build_sdn
 from shallowdeep.training import SDNMode, default_recipe, evaluate
 
 QUIET = dict(progress=False, log=None)
@@ -24,8 +23,15 @@ QUIET = dict(progress=False, log=None)
 
 def test_paper_recipes():
     r = default_recipe("cnn", "vgg16_bn")
-    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size, r.epochs, r.milestones) == \
-        ("sgd", 0.1, 0.9, 5e-4, 128, 100, (35, 60, 85))
+    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size, r.epochs, r.milestones) == (
+        "sgd",
+        0.1,
+        0.9,
+        5e-4,
+        128,
+        100,
+        (35, 60, 85),
+    )
     assert default_recipe("sdn", "resnet56").weight_decay == 1e-4
     assert default_recipe("cnn", "mobilenet").weight_decay == 1e-4
     assert default_recipe("cnn", "wrn32_4").weight_decay == 5e-4
@@ -126,8 +132,11 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     assert [e["val_acc"] for e in ma["epochs"]] == [e["val_acc"] for e in mb["epochs"]]
 
 
-@pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
-                                  lambda ps: torch.optim.Adam(ps, lr=1e-3)], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: torch.optim.Adam(ps, lr=1e-3)],
+    ids=["sgd", "adam"],
+)
 def test_resumed_optimiser_state_has_its_parameters_strides(tmp_path, make):
     """Training on CUDA keeps weights channels-last; the checkpoint stores the optimiser state
     contiguous. PyTorch's fused CUDA step refuses state whose strides differ from the parameter's
@@ -174,8 +183,12 @@ def test_out_folder_rules(cnn_run, tmp_path):
 
 def test_hyperparameters_are_overridable(tmp_path):
     out = tmp_path / "r"
-    train_run(TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=1, batch_size=64, lr=0.05,
-                          weight_decay=1e-3), **QUIET)
+    train_run(
+        TrainConfig(
+            out=str(out), mode="cnn", arch="small", data="digits", epochs=1, batch_size=64, lr=0.05, weight_decay=1e-3
+        ),
+        **QUIET,
+    )
     r = json.loads((out / "run.json").read_text())["recipe"]
     assert (r["batch_size"], r["lr"], r["weight_decay"]) == (64, 0.05, 1e-3)
 
@@ -237,10 +250,15 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
     import time
 
     args = ["--arch", "small", "--data", "digits", "--mode", "cnn", "--epochs", "4", "--seed", "5", "--quiet"]
-    train_run(TrainConfig(out=str(tmp_path / "whole"), mode="cnn", arch="small", data="digits", epochs=4, seed=5), **QUIET)
+    train_run(
+        TrainConfig(out=str(tmp_path / "whole"), mode="cnn", arch="small", data="digits", epochs=4, seed=5), **QUIET
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "shallowdeep.cli", "train", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shallowdeep.cli", "train", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -324,8 +342,11 @@ def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkey
 
     monkeypatch.setattr(RunFolder, "write_bytes", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        train_run(TrainConfig(out=str(tmp_path / "r"), mode="cnn", arch="small", data="digits", epochs=2),
-                  progress=False, log=None)
+        train_run(
+            TrainConfig(out=str(tmp_path / "r"), mode="cnn", arch="small", data="digits", epochs=2),
+            progress=False,
+            log=None,
+        )
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["status"] == "running" and not (tmp_path / "r" / "model.safetensors").exists()
 
@@ -342,8 +363,12 @@ def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, fake_co
 
     lines: list[str] = []
     out = tmp_path / "r"
-    train_run(TrainConfig(out=str(out), mode="sdn", arch="small", data="digits", epochs=4, compile=True),
-              progress=False, log=lines.append, compile_ready=ready)
+    train_run(
+        TrainConfig(out=str(out), mode="sdn", arch="small", data="digits", epochs=4, compile=True),
+        progress=False,
+        log=lines.append,
+        compile_ready=ready,
+    )
     meta = json.loads((out / "run.json").read_text())
     assert [e.get("eager", False) for e in meta["epochs"]] == [True, True, False, False]
     assert len(asked) == 3 and "the compiled step is ready: compiled from epoch 3" in lines

@@ -1,5 +1,6 @@
 """Any CNN becomes an SDN (issue 11): zoo and user models through the fx adapter, placement by cost,
 real exits, run folders that rebuild them, and streamed image folders."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from test_engine import safe_thresholds
 from torch import nn
 
 import shallowdeep
@@ -21,15 +24,18 @@ from shallowdeep.engine import EarlyExitEngine
 from shallowdeep.models.adapter import PAPER_FRACTIONS, place
 from shallowdeep.runs import TrainConfig, train_run
 
-from conftest import run_cli
-from test_engine import safe_thresholds
-
 timm = pytest.importorskip("timm")
 import torchvision  # noqa: E402
 
-ZOO = [("torchvision", "resnet18"), ("torchvision", "vgg11_bn"), ("torchvision", "mobilenet_v3_small"),
-       ("torchvision", "efficientnet_b0"), ("timm", "resnet18"), ("timm", "convnext_atto"),
-       ("timm", "efficientnet_b0")]
+ZOO = [
+    ("torchvision", "resnet18"),
+    ("torchvision", "vgg11_bn"),
+    ("torchvision", "mobilenet_v3_small"),
+    ("torchvision", "efficientnet_b0"),
+    ("timm", "resnet18"),
+    ("timm", "convnext_atto"),
+    ("timm", "efficientnet_b0"),
+]
 
 
 def zoo_module(zoo: str, name: str, classes: int = 10) -> nn.Module:
@@ -69,8 +75,12 @@ def test_converted_model_is_bit_exact_and_costs_follow_the_paper(zoo, name):
 
 def test_ic_costs_within_three_points_where_cut_points_allow():
     """Deep models offer dense cut points: every IC lands within 3 points of its target."""
-    for zoo, name, size in (("torchvision", "resnet50", 64), ("torchvision", "efficientnet_b0", 64),
-                            ("timm", "efficientnet_b0", 64), ("torchvision", "mobilenet_v3_small", 64)):
+    for zoo, name, size in (
+        ("torchvision", "resnet50", 64),
+        ("torchvision", "efficientnet_b0", 64),
+        ("timm", "efficientnet_b0", 64),
+        ("torchvision", "mobilenet_v3_small", 64),
+    ):
         m = zoo_module(zoo, name)
         rel = {c.cut.name: c.relative for c in candidates(chain_of(m, size))}
         cuts = to_sdn(m, size).cnn.source["cuts"]
@@ -85,10 +95,10 @@ def test_place_is_the_closest_free_cut_by_brute_force():
         picked = place(cum, 1.0)
         assert picked == sorted(set(picked))
         prev = -1
-        wanted = PAPER_FRACTIONS[-len(cum):] if len(cum) < 6 else PAPER_FRACTIONS
+        wanted = PAPER_FRACTIONS[-len(cum) :] if len(cum) < 6 else PAPER_FRACTIONS
         for j, (f, i) in enumerate(zip(wanted, picked)):
             # the closest among the cuts after the previous IC that leave one for each later IC
-            best = min(abs(c - f) for c in cum[prev + 1: len(cum) - (len(wanted) - 1 - j)])
+            best = min(abs(c - f) for c in cum[prev + 1 : len(cum) - (len(wanted) - 1 - j)])
             assert abs(cum[i] - f) == best
             prev = i
         assert len(picked) == min(len(cum), 6)
@@ -158,8 +168,13 @@ def test_user_module_round_trip_and_ic_cuts(tmp_path, digits):
         assert torch.equal(sdn(x)[-1], m(x))
     named = to_sdn(Tiny(10), 32, cuts=["add", "b2_2"])
     assert named.cnn.source["cuts"] == ["add", "b2_2"] and named.num_outputs == 3
-    out = train_run(TrainConfig(out=str(tmp_path / "run"), mode="sdn", data="digits", module=Tiny(10), epochs=1,
-                                batch_size=64, device="cpu"), progress=False, log=None)
+    out = train_run(
+        TrainConfig(
+            out=str(tmp_path / "run"), mode="sdn", data="digits", module=Tiny(10), epochs=1, batch_size=64, device="cpu"
+        ),
+        progress=False,
+        log=None,
+    )
     meta = json.loads((out / "run.json").read_text())
     assert meta["model"]["source"]["kind"] == "module" and meta["model"]["arch"] == "module:Tiny"
     with pytest.raises(UserError, match="pass.*module"):
@@ -187,14 +202,17 @@ def test_untraceable_model_names_the_module_and_the_way_out():
         to_sdn(seq, 16, blocks=["mid", "stem", "pool", "flat", "fc"])
 
 
-@pytest.mark.parametrize("model,kw,msg", [
-    (Tiny(), {"cuts": ["nope"]}, "not a single-tensor cut point"),
-    (Tiny(), {"cuts": ["b1_0"]}, "not a single-tensor cut point"),  # inside the residual block
-    (Tiny(), {"cuts": ["b3_1", "add"]}, "distinct cut points in network order"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), {}, "not \\[N, classes\\] logits"),
-    (Tiny(), {"image_size": 2}, "image_size"),
-    (Tiny(), {"fractions": [0.5, 0.2]}, "fractions"),
-])
+@pytest.mark.parametrize(
+    "model,kw,msg",
+    [
+        (Tiny(), {"cuts": ["nope"]}, "not a single-tensor cut point"),
+        (Tiny(), {"cuts": ["b1_0"]}, "not a single-tensor cut point"),  # inside the residual block
+        (Tiny(), {"cuts": ["b3_1", "add"]}, "distinct cut points in network order"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), {}, "not \\[N, classes\\] logits"),
+        (Tiny(), {"image_size": 2}, "image_size"),
+        (Tiny(), {"fractions": [0.5, 0.2]}, "fractions"),
+    ],
+)
 def test_bad_models_and_cuts_are_one_line_errors(model, kw, msg):
     kw = {"image_size": 32} | kw
     with pytest.raises(UserError, match=msg) as e:
@@ -329,8 +347,20 @@ def test_zoo_cnn_then_ic_only_on_a_streamed_folder_analyze_predict(tmp_path):
     root = write_folder(tmp_path / "f")
     cnn_run, ic_run = tmp_path / "cnn", tmp_path / "ic"
     common = ["--data", f"imagefolder:{root}", "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "16"]
-    r = run_cli("train", "--mode", "cnn", "--arch", "torchvision:resnet18", "--image-size", "32", "--data-mode",
-                "stream", "--out", str(cnn_run), *common)
+    r = run_cli(
+        "train",
+        "--mode",
+        "cnn",
+        "--arch",
+        "torchvision:resnet18",
+        "--image-size",
+        "32",
+        "--data-mode",
+        "stream",
+        "--out",
+        str(cnn_run),
+        *common,
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("train", "--mode", "ic-only", "--from", str(cnn_run), "--out", str(ic_run), *common[2:])
     assert r.returncode == 0, r.stderr

@@ -3,6 +3,7 @@
 The public API below is imported lazily (on first use), so ``import shallowdeep`` and the
 command line's ``--help`` stay fast; ``from shallowdeep import X`` works as usual.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,19 +18,43 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 # public name -> module that defines it
 _API = {
     # models
-    "CNN": "models", "SDN": "sdn", "build_cnn": "models", "build_sdn": "sdn", "to_sdn": "convert", "list_archs": "models",
-    "output_costs": "costs", "Costs": "costs",
+    "CNN": "models",
+    "SDN": "sdn",
+    "build_cnn": "models",
+    "build_sdn": "sdn",
+    "to_sdn": "convert",
+    "list_archs": "models",
+    "output_costs": "costs",
+    "Costs": "costs",
     # data
-    "Dataset": "data", "ImageSet": "data", "load_dataset": "data", "list_datasets": "data",
+    "Dataset": "data",
+    "ImageSet": "data",
+    "load_dataset": "data",
+    "list_datasets": "data",
     # training and run folders
-    "Recipe": "training", "Runtime": "training", "fit": "training", "TrainConfig": "runs", "train_run": "runs",
-    "RunFolder": "runs", "load": "runs", "save_weights": "runs",
+    "Recipe": "training",
+    "Runtime": "training",
+    "fit": "training",
+    "TrainConfig": "runs",
+    "train_run": "runs",
+    "RunFolder": "runs",
+    "load": "runs",
+    "save_weights": "runs",
     # records and analyses
-    "ExitRecord": "analysis", "collect": "collect", "run_records": "runs", "analyze": "analysis",
-    "overthinking": "analysis", "early_exit": "analysis", "sweep": "analysis", "calibrate": "analysis",
+    "ExitRecord": "analysis",
+    "collect": "collect",
+    "run_records": "runs",
+    "analyze": "analysis",
+    "overthinking": "analysis",
+    "early_exit": "analysis",
+    "sweep": "analysis",
+    "calibrate": "analysis",
     "confusion": "analysis",
     # inference
-    "EarlyExitEngine": "engine", "engine_from_run": "runs", "analyze_run": "workflows", "export_run": "workflows",
+    "EarlyExitEngine": "engine",
+    "engine_from_run": "runs",
+    "analyze_run": "workflows",
+    "export_run": "workflows",
     # errors
     "UserError": "core.errors",
 }
@@ -52,13 +77,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .analysis import ExitRecord, analyze, calibrate, confusion, early_exit, overthinking, sweep
     from .collect import collect
+    from .convert import to_sdn
     from .core.errors import UserError
     from .costs import Costs, output_costs
     from .data import Dataset, ImageSet, list_datasets, load_dataset
     from .engine import EarlyExitEngine
     from .models import CNN, build_cnn, list_archs
     from .runs import RunFolder, TrainConfig, engine_from_run, load, run_records, save_weights, train_run
-    from .convert import to_sdn
     from .sdn import SDN, build_sdn
     from .training import Recipe, Runtime, fit
     from .workflows import analyze_run, export_run

@@ -1,4 +1,5 @@
 """``python -m shallowdeep`` (also what torchrun launches)."""
+
 import sys
 
 from .cli import main

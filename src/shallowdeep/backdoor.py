@@ -5,6 +5,7 @@ target class; the CNN trained on that learns the backdoor. Turned into an SDN (I
 data), its early ICs often still see the true class: destructive overthinking induced on purpose,
 and early exits recover accuracy on triggered inputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -12,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .data import Dataset, ImageSet
 from .core.errors import ArgumentError
+from .data import Dataset, ImageSet
 
 POISON_SEED = 0  # fixed, so that a resumed run poisons exactly the same inputs
 DEFAULT_RATE = 0.1  # the spec gives none: a common BadNets-style share, recorded in run.json
@@ -32,8 +33,14 @@ class Backdoor:
     target: int
 
     @classmethod
-    def default(cls, image_size: int, rate: float | None = None, target: int | None = None, size: int | None = None,
-                pos: tuple[int, int] | None = None) -> "Backdoor":
+    def default(
+        cls,
+        image_size: int,
+        rate: float | None = None,
+        target: int | None = None,
+        size: int | None = None,
+        pos: tuple[int, int] | None = None,
+    ) -> Backdoor:
         """The spec's trigger (5x5 at (26, 26) of a 32 px image) scaled to ``image_size``; any
         argument given overrides its default."""
         scale = image_size / 32
@@ -43,10 +50,17 @@ class Backdoor:
 
     def check(self, image_size: int, num_classes: int) -> None:
         """Refuse a trigger off the image, a share outside (0, 1], or an unknown target class."""
-        if self.size < 1 or self.row < 0 or self.col < 0 or self.row + self.size > image_size \
-                or self.col + self.size > image_size:
-            raise ArgumentError(f"a {self.size} px trigger at ({self.row}, {self.col}) does not fit a {image_size} px image: "
-                            "change `trigger_size` or `trigger_pos`")
+        if (
+            self.size < 1
+            or self.row < 0
+            or self.col < 0
+            or self.row + self.size > image_size
+            or self.col + self.size > image_size
+        ):
+            raise ArgumentError(
+                f"a {self.size} px trigger at ({self.row}, {self.col}) does not fit a {image_size} px image: "
+                "change `trigger_size` or `trigger_pos`"
+            )
         if not 0 < self.rate <= 1:
             raise ArgumentError(f"`poison_rate` must lie in (0, 1], got {self.rate}")
         if not 0 <= self.target < num_classes:
@@ -56,7 +70,7 @@ class Backdoor:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Backdoor":
+    def from_json(cls, d: dict[str, Any]) -> Backdoor:
         return cls(int(d["size"]), int(d["row"]), int(d["col"]), float(d["rate"]), int(d["target"]))
 
 

@@ -3,6 +3,7 @@
 Building the parser imports nothing heavy (no torch), so ``--help`` and ``list`` answer at once;
 each command imports what it needs when it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,57 @@ DEMO_MARKER = "DEMO"
 
 # library argument name -> the flag that sets it (error messages name the flag to change)
 FLAGS = {
-    "out": "--out", "mode": "--mode", "arch": "--arch", "data": "--data", "from_run": "--from", "seed": "--seed",
-    "data_root": "--data-root", "image_size": "--image-size", "device": "--device", "resume": "--resume",
-    "epochs": "--epochs", "batch_size": "--batch-size", "optimizer": "--optimizer", "lr": "--lr",
-    "momentum": "--momentum", "nesterov": "--nesterov", "weight_decay": "--weight-decay", "milestones": "--milestones",
-    "gamma": "--gamma", "warmup_epochs": "--warmup-epochs", "label_smoothing": "--label-smoothing",
-    "precision": "--precision", "compile": "--compile", "backdoor": "--backdoor", "poison_rate": "--poison-rate",
-    "target_class": "--target-class", "trigger_size": "--trigger-size", "trigger_pos": "--trigger-pos",
-    "threshold": "--threshold", "fallback": "--fallback", "max_drop": "--max-drop", "budget": "--budget",
-    "limit": "--max", "split": "--split", "rules": "--rules", "rule": "--rule", "sync_bn": "--sync-bn", "archs": "--archs", "stages": "--stages", "resize": "--resize", "convention": "--flops", "config": "--config",
-    "pretrained": "--pretrained", "weights": "--weights", "ic_cuts": "--ic-cuts", "ic_fractions": "--ic-fractions",
-    "data_mode": "--data-mode", "cuts": "--ic-cuts", "fractions": "--ic-fractions", "opset": "--opset",
-    "thresholds": "--thresholds"
+    "out": "--out",
+    "mode": "--mode",
+    "arch": "--arch",
+    "data": "--data",
+    "from_run": "--from",
+    "seed": "--seed",
+    "data_root": "--data-root",
+    "image_size": "--image-size",
+    "device": "--device",
+    "resume": "--resume",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "momentum": "--momentum",
+    "nesterov": "--nesterov",
+    "weight_decay": "--weight-decay",
+    "milestones": "--milestones",
+    "gamma": "--gamma",
+    "warmup_epochs": "--warmup-epochs",
+    "label_smoothing": "--label-smoothing",
+    "precision": "--precision",
+    "compile": "--compile",
+    "backdoor": "--backdoor",
+    "poison_rate": "--poison-rate",
+    "target_class": "--target-class",
+    "trigger_size": "--trigger-size",
+    "trigger_pos": "--trigger-pos",
+    "threshold": "--threshold",
+    "fallback": "--fallback",
+    "max_drop": "--max-drop",
+    "budget": "--budget",
+    "limit": "--max",
+    "split": "--split",
+    "rules": "--rules",
+    "rule": "--rule",
+    "sync_bn": "--sync-bn",
+    "archs": "--archs",
+    "stages": "--stages",
+    "resize": "--resize",
+    "convention": "--flops",
+    "config": "--config",
+    "pretrained": "--pretrained",
+    "weights": "--weights",
+    "ic_cuts": "--ic-cuts",
+    "ic_fractions": "--ic-fractions",
+    "data_mode": "--data-mode",
+    "cuts": "--ic-cuts",
+    "fractions": "--ic-fractions",
+    "opset": "--opset",
+    "thresholds": "--thresholds",
 }
 
 
@@ -66,8 +106,8 @@ def _table(rows: list[dict[str, Any]], key: str = "val_acc") -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import runs
-    from .costs import output_costs
     from .core.exits import output_names
+    from .costs import output_costs
     from .data import dataset_shape, load_dataset
     from .sdn import SDN
 
@@ -78,8 +118,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         meta = runs.RunFolder(args.run).meta()
         val_acc = meta["epochs"][-1]["val_acc"] if meta.get("epochs") else None
         cfg = meta.get("config", {})
-        head = {"run": str(args.run), "arch": model.arch, "data": cfg.get("data"), "kind": meta["model"]["kind"],
-                "mode": cfg.get("mode")}
+        head = {
+            "run": str(args.run),
+            "arch": model.arch,
+            "data": cfg.get("data"),
+            "kind": meta["model"]["kind"],
+            "mode": cfg.get("mode"),
+        }
     else:
         if not (args.arch and args.data):
             raise UserError("give a RUN folder, or both --arch and --data")
@@ -92,8 +137,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         # a zoo model on an image folder takes its own input size; otherwise the data's
         folder = dataset_shape(args.data) is None
-        image_size = args.image_size if args.image_size is not None else (
-            None if is_zoo_name(args.arch) and folder else size)
+        image_size = (
+            args.image_size if args.image_size is not None else (None if is_zoo_name(args.arch) and folder else size)
+        )
         if args.cuts:
             return _print_cuts(args, classes, image_size)
         cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
@@ -101,8 +147,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         val_acc = None
         head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
     if args.cuts:
-        raise UserError("--cuts lists the cut points of a zoo model: give --arch torchvision:NAME (or timm:NAME) "
-                        "and --data")
+        raise UserError(
+            "--cuts lists the cut points of a zoo model: give --arch torchvision:NAME (or timm:NAME) and --data"
+        )
     costs = output_costs(model, args.flops)
     cnn = model.cnn if isinstance(model, SDN) else model
     p_cnn, p_sdn = sum(p.numel() for p in cnn.parameters()), sum(p.numel() for p in model.parameters())
@@ -112,13 +159,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         if val_acc is not None:
             row["val_acc"] = val_acc[i]
         rows.append(row)
-    obj = head | {"image_size": model.image_size, "num_classes": model.num_classes, "params_cnn": p_cnn,
-                  "params_sdn": p_sdn, "gflops_cnn": costs.cnn / 1e9, "flop_convention": args.flops, "outputs": rows}
+    obj = head | {
+        "image_size": model.image_size,
+        "num_classes": model.num_classes,
+        "params_cnn": p_cnn,
+        "params_sdn": p_sdn,
+        "gflops_cnn": costs.cnn / 1e9,
+        "flop_convention": args.flops,
+        "outputs": rows,
+    }
     if args.json:
         print(json.dumps(obj, indent=2))
     else:
-        print(f"{obj['arch']} on {obj['data']} ({model.num_classes} classes, {model.image_size} px)"
-              + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else ""))
+        print(
+            f"{obj['arch']} on {obj['data']} ({model.num_classes} classes, {model.image_size} px)"
+            + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else "")
+        )
         print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
         print(_table(rows))
     return 0
@@ -139,12 +195,17 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) 
     if args.json:
         print(json.dumps({"arch": args.arch, "image_size": chain.image_size, "cuts": rows}, indent=2))
         return 0
-    print(f"{args.arch} at {chain.image_size} px: {len(rows)} cut points an IC may follow "
-          "(* the paper's placement: closest to 15/30/45/60/75/90 % of the FLOPs)")
+    print(
+        f"{args.arch} at {chain.image_size} px: {len(rows)} cut points an IC may follow "
+        "(* the paper's placement: closest to 15/30/45/60/75/90 % of the FLOPs)"
+    )
     print(f"  {'cut point':<32} {'cost':>7}  {'feature':<16} produced by")
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"])
-        print(f"{'*' if r['paper_placement'] else ' '} {r['name']:<32} {100 * r['relative']:>6.1f}%  {shape:<16} {r['where']}")
+        print(
+            f"{'*' if r['paper_placement'] else ' '} {r['name']:<32} {100 * r['relative']:>6.1f}%  "
+            f"{shape:<16} {r['where']}"
+        )
     return 0
 
 
@@ -180,8 +241,10 @@ def _config_file(path: str) -> dict[str, Any]:
         else:
             obj = json.loads(text)
     except Exception as e:  # any parse error of either format: one line
-        raise UserError(f"--config {path} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
-                        f"{str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"--config {path} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
     if not isinstance(obj, dict):
         raise UserError(f"--config {path} must hold one mapping of settings")
     if "format" in obj and "config" in obj:  # a run.json: replay its configuration and recipe
@@ -192,10 +255,34 @@ def _config_file(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in obj.items()}
 
 
-TRAIN_KEYS = ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size", "device", "precision", "compile",
-              "pretrained", "weights", "ic_cuts", "ic_fractions", "data_mode",
-              "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
-              "warmup_epochs", "label_smoothing")
+TRAIN_KEYS = (
+    "mode",
+    "arch",
+    "data",
+    "from_run",
+    "seed",
+    "data_root",
+    "image_size",
+    "device",
+    "precision",
+    "compile",
+    "pretrained",
+    "weights",
+    "ic_cuts",
+    "ic_fractions",
+    "data_mode",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "warmup_epochs",
+    "label_smoothing",
+)
 
 
 def _train_config(args: argparse.Namespace):
@@ -207,8 +294,12 @@ def _train_config(args: argparse.Namespace):
         settings = _config_file(args.config)
         if settings.get("backdoor"):
             b = settings["backdoor"]
-            backdoor = {"rate": b.get("rate"), "target": b.get("target"), "size": b.get("size"),
-                        "pos": [b["row"], b["col"]] if "row" in b else b.get("pos")}
+            backdoor = {
+                "rate": b.get("rate"),
+                "target": b.get("target"),
+                "size": b.get("size"),
+                "pos": [b["row"], b["col"]] if "row" in b else b.get("pos"),
+            }
         unknown = sorted(set(settings) - set(TRAIN_KEYS) - {"backdoor"})
         if unknown:
             raise UserError(f"--config {args.config} has unknown settings: {', '.join(unknown)}")
@@ -241,8 +332,10 @@ def _train_config(args: argparse.Namespace):
             try:
                 v = [kind(x.strip()) for x in v.split(",") if x.strip()]
             except ValueError:
-                raise UserError(f"{FLAGS[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
-                                f"got {settings[key]!r}") from None
+                raise UserError(
+                    f"{FLAGS[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
+                    f"got {settings[key]!r}"
+                ) from None
         if v is not None:
             settings[key] = tuple(v)
     return TrainConfig(out=args.out, resume=args.resume, backdoor=backdoor, sync_bn=args.sync_bn, **settings)
@@ -276,26 +369,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     log = None if args.quiet else print
     common = dict(arch="small", data="digits", seed=args.seed, device=args.device)
-    train_run(TrainConfig(out=str(out / "cnn"), mode="cnn", epochs=args.epochs, **common), progress=not args.quiet, log=log)
-    train_run(TrainConfig(out=str(out / "ic-only"), mode="ic-only", from_run=str(out / "cnn"), epochs=args.ic_epochs,
-                          seed=args.seed, device=args.device), progress=not args.quiet, log=log)
-    train_run(TrainConfig(out=str(out / "sdn"), mode="sdn", epochs=args.epochs, **common), progress=not args.quiet, log=log)
+    train_run(
+        TrainConfig(out=str(out / "cnn"), mode="cnn", epochs=args.epochs, **common), progress=not args.quiet, log=log
+    )
+    train_run(
+        TrainConfig(
+            out=str(out / "ic-only"),
+            mode="ic-only",
+            from_run=str(out / "cnn"),
+            epochs=args.ic_epochs,
+            seed=args.seed,
+            device=args.device,
+        ),
+        progress=not args.quiet,
+        log=log,
+    )
+    train_run(
+        TrainConfig(out=str(out / "sdn"), mode="sdn", epochs=args.epochs, **common), progress=not args.quiet, log=log
+    )
     # the reports collect every output's logits once; the tables below read them from there
     reports = [analyze_run(out / name, log=None) for name in ("ic-only", "sdn")]
     summaries = []
     for name, (_, json_path) in zip(("ic-only", "sdn"), reports):
         r = json.loads(json_path.read_text())
-        rows = [{"output": o["output"], "gflops": o["gflops"], "relative_cost": o["relative_cost"],
-                 "test_acc": o["test_accuracy"]} for o in r["outputs"]]
+        rows = [
+            {
+                "output": o["output"],
+                "gflops": o["gflops"],
+                "relative_cost": o["relative_cost"],
+                "test_acc": o["test_accuracy"],
+            }
+            for o in r["outputs"]
+        ]
         print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
         print(_table(rows, "test_acc"))
         cal, o = r["early_exit"]["calibrated"], r["overthinking"]
         summaries.append(
             f"{name}: early exits at q={cal['threshold']:.3g} (chosen on validation): test accuracy "
             f"{100 * cal['test']['accuracy']:.1f}% (final output {100 * cal['test']['final_accuracy']:.1f}%) at "
-            f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; {100 * o['early_share']:.1f}% of test inputs "
+            f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; "
+            f"{100 * o['early_share']:.1f}% of test inputs "
             f"are right at some IC; {o['destructive']['union_count']} of the final output's {o['final_errors']} errors "
-            "are right at some IC")
+            "are right at some IC"
+        )
     print("\n" + "\n".join(summaries))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
     for html_path, _ in reports:
@@ -307,16 +423,35 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduction import reproduce
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    epochs = {k: v for k, v in (("cnn", args.cnn_epochs), ("ic-only", args.ic_epochs), ("sdn", args.sdn_epochs))
-              if v is not None}
-    for flag, v in (("--cnn-epochs", args.cnn_epochs), ("--ic-epochs", args.ic_epochs), ("--sdn-epochs", args.sdn_epochs)):
+    epochs = {
+        k: v
+        for k, v in (("cnn", args.cnn_epochs), ("ic-only", args.ic_epochs), ("sdn", args.sdn_epochs))
+        if v is not None
+    }
+    for flag, v in (
+        ("--cnn-epochs", args.cnn_epochs),
+        ("--ic-epochs", args.ic_epochs),
+        ("--sdn-epochs", args.sdn_epochs),
+    ):
         if v is not None and v < 1:
             raise UserError(f"{flag} must be at least 1, got {v}")
     stages = tuple(x.strip() for x in args.stages.split(",") if x.strip())
     log = None if args.quiet else print
-    reproduce(args.data, args.out, archs, data_root=args.data_root, image_size=args.image_size, epochs=epochs,
-              device=args.device, precision=args.precision, compile=args.compile, seed=args.seed, stages=stages,
-              log=log, progress=not args.quiet)
+    reproduce(
+        args.data,
+        args.out,
+        archs,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        epochs=epochs,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        seed=args.seed,
+        stages=stages,
+        log=log,
+        progress=not args.quiet,
+    )
     from .distributed import current
 
     if current().main:
@@ -339,45 +474,70 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .workflows import analyze_run
 
     rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
-    html_path, json_path = analyze_run(args.run, args.out, max_drop=args.max_drop, budget=args.budget,
-                                       fallback=args.fallback, device=device, rules=rules, rule=args.rule,
-                                       thresholds=args.thresholds.replace("-", "_"), log=None if args.quiet else print)
+    html_path, json_path = analyze_run(
+        args.run,
+        args.out,
+        max_drop=args.max_drop,
+        budget=args.budget,
+        fallback=args.fallback,
+        device=device,
+        rules=rules,
+        rule=args.rule,
+        thresholds=args.thresholds.replace("-", "_"),
+        log=None if args.quiet else print,
+    )
     if not place.main:
         return 0
     r = json.loads(json_path.read_text())
     if not args.quiet:
         ee = r["early_exit"]
-        for key, label in (("calibrated", f"within {100 * args.max_drop:g} points of the final output"),
-                           ("calibrated_budget", f"most accurate within a cost of {args.budget}")):
+        for key, label in (
+            ("calibrated", f"within {100 * args.max_drop:g} points of the final output"),
+            ("calibrated_budget", f"most accurate within a cost of {args.budget}"),
+        ):
             cal = ee.get(key)
             if cal and "test" in cal and r["num_outputs"] > 1:
-                print(f"early exits, {label}: q={cal['threshold']:.4g} (chosen on validation): test accuracy "
-                      f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
-                      f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
+                print(
+                    f"early exits, {label}: q={cal['threshold']:.4g} (chosen on validation): test accuracy "
+                    f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
+                    f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost"
+                )
         per = ee.get("per_ic")
         if per and "test" in per and per.get("thresholds") and r["num_outputs"] > 1:
-            print(f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per['thresholds'])} (chosen on validation): "
-                  f"test accuracy {100 * per['test']['accuracy']:.2f}% at {100 * per['test']['relative_cost']:.1f}% "
-                  "of the CNN's cost")
+            print(
+                f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per['thresholds'])} (chosen on validation): "
+                f"test accuracy {100 * per['test']['accuracy']:.2f}% at {100 * per['test']['relative_cost']:.1f}% "
+                "of the CNN's cost"
+            )
         if "engine" in ee:
             used = ee["engine"]["calibration"]
             qs = used.get("thresholds") or [used["threshold"]]
             cv = used.get("cross_validation")
             if cv and "per_ic" in cv:
-                print(f"  cross-validated on validation (held-out, {cv['folds']} folds): one threshold "
-                      f"{100 * cv['single']['accuracy']:.2f}% at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
-                      f"{100 * cv['per_ic']['accuracy']:.2f}% at {100 * cv['per_ic']['relative_cost']:.1f}%: "
-                      f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen")
-            print(f"predict uses the {ee['engine']['rule']} rule at "
-                  f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
-                  f"({'the --budget point' if ee.get('calibrated_budget') and args.rule == 'max_softmax' else 'the --max-drop point'})")
+                print(
+                    f"  cross-validated on validation (held-out, {cv['folds']} folds): one threshold "
+                    f"{100 * cv['single']['accuracy']:.2f}% at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+                    f"{100 * cv['per_ic']['accuracy']:.2f}% at {100 * cv['per_ic']['relative_cost']:.1f}%: "
+                    f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen"
+                )
+            budget_point = ee.get("calibrated_budget") and args.rule == "max_softmax"
+            print(
+                f"predict uses the {ee['engine']['rule']} rule at "
+                f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
+                f"({'the --budget point' if budget_point else 'the --max-drop point'})"
+            )
         for res in (r.get("rules") or {}).get("results", []):
             cal = res["calibration"]
-            print(f"  rule {res['label']:<15} q={cal['threshold']:.4g}: test accuracy {100 * cal['test']['accuracy']:.2f}% "
-                  f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost")
+            print(
+                f"  rule {res['label']:<15} q={cal['threshold']:.4g}: "
+                f"test accuracy {100 * cal['test']['accuracy']:.2f}% "
+                f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost"
+            )
         o = r["overthinking"]
-        print(f"overthinking: {100 * o['early_share']:.1f}% of test inputs right at some IC; "
-              f"{o['destructive']['union_count']} of the final output's {o['final_errors']} errors are right at some IC")
+        print(
+            f"overthinking: {100 * o['early_share']:.1f}% of test inputs right at some IC; "
+            f"{o['destructive']['union_count']} of the final output's {o['final_errors']} errors are right at some IC"
+        )
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
 
@@ -401,9 +561,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     def batches():  # files decoded a chunk at a time: memory does not grow with the number of images
         for i in range(0, len(files), chunk):
-            images = torch.stack([torch.from_numpy(read_image(f, size, resize=args.resize)) for f in files[i:i + chunk]])
+            images = torch.stack(
+                [torch.from_numpy(read_image(f, size, resize=args.resize)) for f in files[i : i + chunk]]
+            )
             x = normalize(images, mean, std).contiguous()
-            yield from (x[j:j + 1] for j in range(len(x))) if args.batch_size == 1 else (x,)
+            yield from (x[j : j + 1] for j in range(len(x))) if args.batch_size == 1 else (x,)
 
     if args.batch_size == 1:  # latency: one image at a time through the batch-1 path
         parts = [engine.classify(x, batch_size=1) for x in batches()]
@@ -418,9 +580,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for n, f in enumerate(files):
         p, e, a = int(res["predictions"][n]), int(res["exits"][n]), int(res["answered"][n])
         answered = f"IC {a + 1}" if e < last else ("final" if a == last else f"IC {a + 1} (fallback)")
-        row = {"file": str(f), "class_index": p, "class": names[p], "exit": e, "answered_by": answered,
-               "answered_output": a, "confidence": float(res["confidence"][n]),
-               "relative_cost": float(res["relative_cost"][n])}
+        row = {
+            "file": str(f),
+            "class_index": p,
+            "class": names[p],
+            "exit": e,
+            "answered_by": answered,
+            "answered_output": a,
+            "confidence": float(res["confidence"][n]),
+            "relative_cost": float(res["relative_cost"][n]),
+        }
         if f.parent.name in folders:  # a class folder: the true label is known
             row |= {"true_class": names[folders[f.parent.name]], "correct": folders[f.parent.name] == p}
         rows.append(row)
@@ -429,18 +598,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         width = max(len(r["file"]) for r in rows)
         labelled = [r for r in rows if "correct" in r]
-        print(f"{'file':<{width}}  {'class':<14} {'answered by':<16} {'conf.':>6} {'rel. cost':>9}"
-              + ("  true class" if labelled else ""))
+        print(
+            f"{'file':<{width}}  {'class':<14} {'answered by':<16} {'conf.':>6} {'rel. cost':>9}"
+            + ("  true class" if labelled else "")
+        )
         for r in rows:
             truth = f"  {r['true_class'][:14]}{'' if r['correct'] else '  (wrong)'}" if "correct" in r else ""
-            print(f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['answered_by']:<16} {r['confidence']:>6.3f} "
-                  f"{100 * r['relative_cost']:>8.1f}%{truth}")
+            print(
+                f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['answered_by']:<16} {r['confidence']:>6.3f} "
+                f"{100 * r['relative_cost']:>8.1f}%{truth}"
+            )
         qs = engine.thresholds
         q = f"{qs[0]:.6g}" if len(set(qs)) == 1 else "per IC " + ", ".join(f"{v:.4g}" for v in qs)
-        print(f"threshold {q}, fallback {engine.fallback}; average cost "
-              f"{100 * float(res['relative_cost'].mean()):.1f}% of the CNN"
-              + (f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
-                 "in class folders" if labelled else ""))
+        print(
+            f"threshold {q}, fallback {engine.fallback}; average cost "
+            f"{100 * float(res['relative_cost'].mean()):.1f}% of the CNN"
+            + (
+                f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
+                "in class folders"
+                if labelled
+                else ""
+            )
+        )
     return 0
 
 
@@ -450,8 +629,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     device = _device(args)
     log = None if args.quiet else print
     res = explain_run(args.run, args.split, args.max, device, log=log)
-    print(f"{res['count_total']} {args.split} inputs are right at IC 1 and wrong at the final output; explained "
-          f"{len(res['inputs'])}")
+    print(
+        f"{res['count_total']} {args.split} inputs are right at IC 1 and wrong at the final output; explained "
+        f"{len(res['inputs'])}"
+    )
     for f in res["files"]:
         print(f"  {Path(res['folder']) / f}")
     html_path, _ = analyze_run(args.run, device=device, log=log)
@@ -482,16 +663,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"shallowdeep {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", parents=[shared["device"], shared["quiet"], shared["data"]],
-                       help="train a CNN, an SDN from scratch, or the ICs of a trained CNN",
-                       description="Train into a run folder (safetensors + JSON). The paper's recipe is the default.")
+    t = sub.add_parser(
+        "train",
+        parents=[shared["device"], shared["quiet"], shared["data"]],
+        help="train a CNN, an SDN from scratch, or the ICs of a trained CNN",
+        description="Train into a run folder (safetensors + JSON). The paper's recipe is the default.",
+    )
     t.add_argument("--arch", help=f"architecture: {', '.join(ARCHITECTURES)}")
     t.add_argument("--data", help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
-    t.add_argument("--mode", choices=MODES, help="cnn: plain CNN; ic-only: ICs on a frozen CNN run (--from); sdn: from scratch")
+    t.add_argument(
+        "--mode", choices=MODES, help="cnn: plain CNN; ic-only: ICs on a frozen CNN run (--from); sdn: from scratch"
+    )
     t.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
     t.add_argument("--from", dest="from_run", metavar="RUN", help="the trained CNN run (for --mode ic-only)")
-    t.add_argument("--config", metavar="FILE",
-                   help="settings from a JSON or YAML file, or a finished run's run.json to replay it; flags override")
+    t.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a JSON or YAML file, or a finished run's run.json to replay it; flags override",
+    )
     t.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED}, the reference's)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
     r = t.add_argument_group("recipe (default: the paper's for the mode)")
@@ -502,138 +691,229 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--momentum", type=float, help="SGD momentum (paper: 0.9)")
     r.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
     r.add_argument("--weight-decay", type=float, help="weight decay (paper: 5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)")
-    r.add_argument("--milestones", help="comma-separated epochs at which the rate is multiplied by --gamma "
-                                        "(paper: 35,60,85; ic-only 15)")
+    r.add_argument(
+        "--milestones",
+        help="comma-separated epochs at which the rate is multiplied by --gamma (paper: 35,60,85; ic-only 15)",
+    )
     r.add_argument("--gamma", type=float, help="learning-rate decay factor at each milestone (paper: 0.1)")
     r.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (paper: 0)")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (paper: 0)")
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
-    s.add_argument("--precision", choices=("fp32", "bf16"),
-                   help="bf16 autocast (default on GPUs with native bf16, Ampere or later; weights stay fp32; half "
-                        "the activation memory, 2.82 against 3.26 s per compiled SDN epoch on an H100, slower eager) "
-                        "or fp32 (default elsewhere)")
-    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training step (CUDA graphs on one GPU); default: on for one GPU when the "
-                        "run is long enough to pay the compilation back (see docs/reproduction.md), else off")
-    s.add_argument("--sync-bn", action="store_true", help="under torchrun on CUDA: synchronise batch-norm statistics "
-                                                           "across processes")
+    s.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 autocast (default on GPUs with native bf16, Ampere or later; weights stay fp32; half "
+        "the activation memory, 2.82 against 3.26 s per compiled SDN epoch on an H100, slower eager) "
+        "or fp32 (default elsewhere)",
+    )
+    s.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training step (CUDA graphs on one GPU); default: on for one GPU when the "
+        "run is long enough to pay the compilation back (see docs/reproduction.md), else off",
+    )
+    s.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on CUDA: synchronise batch-norm statistics across processes",
+    )
     z = t.add_argument_group("zoo models (--arch torchvision:NAME or timm:NAME) and data")
-    z.add_argument("--pretrained", action="store_true", default=None,
-                   help="start from the zoo's weights (downloaded once; the classifier is replaced for other classes)")
-    z.add_argument("--weights", metavar="FILE", help="start from these backbone weights (.safetensors, or a PyTorch "
-                                                     "state dict read with weights_only)")
+    z.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="start from the zoo's weights (downloaded once; the classifier is replaced for other classes)",
+    )
+    z.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="start from these backbone weights (.safetensors, or a PyTorch state dict read with weights_only)",
+    )
     z.add_argument("--ic-cuts", metavar="NAMES", help="comma-separated cut points for the ICs (see `info --cuts`)")
-    z.add_argument("--ic-fractions", metavar="F,F,...",
-                   help="ICs at the cut points closest to these fractions of the FLOPs (default 0.15,...,0.9)")
-    z.add_argument("--data-mode", choices=("memory", "stream"),
-                   help="image folders: decode once into memory, or per batch by workers (default: stream above 2 GiB)")
+    z.add_argument(
+        "--ic-fractions",
+        metavar="F,F,...",
+        help="ICs at the cut points closest to these fractions of the FLOPs (default 0.15,...,0.9)",
+    )
+    z.add_argument(
+        "--data-mode",
+        choices=("memory", "stream"),
+        help="image folders: decode once into memory, or per batch by workers (default: stream above 2 GiB)",
+    )
     bd = t.add_argument_group("backdoor (spec section 11)")
-    bd.add_argument("--backdoor", action="store_true",
-                    help="poison the training split: paste a white square trigger and relabel to the target class")
+    bd.add_argument(
+        "--backdoor",
+        action="store_true",
+        help="poison the training split: paste a white square trigger and relabel to the target class",
+    )
     bd.add_argument("--poison-rate", type=float, help="share of training inputs poisoned (default 0.1)")
     bd.add_argument("--target-class", type=int, help="class the trigger points to (default 0)")
     bd.add_argument("--trigger-size", type=int, help="side in pixels (default 5 at 32 px, scaled to the image size)")
     bd.add_argument("--trigger-pos", metavar="ROW,COL", help="top-left corner (default 26,26 at 32 px, scaled)")
     t.set_defaults(func=cmd_train)
 
-    i = sub.add_parser("info", parents=[shared["data"]], help="costs, parameters and accuracy of each output",
-                       description="For each output: cumulative GFLOPs and cost relative to the plain CNN; "
-                                   "parameters of the CNN and the SDN; a run's validation accuracy.")
+    i = sub.add_parser(
+        "info",
+        parents=[shared["data"]],
+        help="costs, parameters and accuracy of each output",
+        description="For each output: cumulative GFLOPs and cost relative to the plain CNN; "
+        "parameters of the CNN and the SDN; a run's validation accuracy.",
+    )
     i.add_argument("run", nargs="?", help="a run folder")
     i.add_argument("--arch", help="architecture (instead of a run)")
     i.add_argument("--data", help="data set (instead of a run): sets classes and image size")
-    i.add_argument("--flops", choices=("torch", "reference"), default="torch",
-                   help="torch: true counts (default); reference: grouped convs counted as dense, like the paper's profiler")
+    i.add_argument(
+        "--flops",
+        choices=("torch", "reference"),
+        default="torch",
+        help="torch: true counts (default); reference: grouped convs counted as dense, like the paper's profiler",
+    )
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.add_argument("--cuts", action="store_true",
-                   help="zoo models: list every cut point an IC may follow, with its cumulative cost and feature shape")
+    i.add_argument(
+        "--cuts",
+        action="store_true",
+        help="zoo models: list every cut point an IC may follow, with its cumulative cost and feature shape",
+    )
     i.add_argument("--pretrained", action="store_true", default=None, help="zoo models: with the zoo's weights")
     i.set_defaults(func=cmd_info)
 
-    ex = sub.add_parser("export", help="ONNX graphs per stage + manifest, for early exits outside PyTorch",
-                        description="Export a calibrated SDN run: one ONNX file per stage (the blocks up to an IC and "
-                                    "that IC's head; the last with the final classifier) and manifest.json (order, "
-                                    "thresholds, fallback, input size, normalisation, classes, costs, hashes).")
+    ex = sub.add_parser(
+        "export",
+        help="ONNX graphs per stage + manifest, for early exits outside PyTorch",
+        description="Export a calibrated SDN run: one ONNX file per stage (the blocks up to an IC and "
+        "that IC's head; the last with the final classifier) and manifest.json (order, "
+        "thresholds, fallback, input size, normalisation, classes, costs, hashes).",
+    )
     ex.add_argument("run", help="an SDN run folder, analysed (calibrated)")
     ex.add_argument("--out", required=True, help="the export folder to create")
     ex.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     ex.set_defaults(func=cmd_export)
 
-    ls = sub.add_parser("list", help="registered architectures and data sets", description="List architectures and data sets.")
+    ls = sub.add_parser(
+        "list", help="registered architectures and data sets", description="List architectures and data sets."
+    )
     ls.set_defaults(func=cmd_list)
 
-    a = sub.add_parser("analyze", parents=[shared["device"], shared["quiet"]],
-                       help="overthinking, calibrated early exits and confusion of a run, as an HTML report",
-                       description="Collect every output's logits once per split (cached in RUN/records/), then write "
-                                   "a self-contained HTML report and a JSON of every figure.")
+    a = sub.add_parser(
+        "analyze",
+        parents=[shared["device"], shared["quiet"]],
+        help="overthinking, calibrated early exits and confusion of a run, as an HTML report",
+        description="Collect every output's logits once per split (cached in RUN/records/), then write "
+        "a self-contained HTML report and a JSON of every figure.",
+    )
     a.add_argument("run", help="an SDN run folder")
     a.add_argument("--out", help="report folder (default RUN/report)")
-    a.add_argument("--max-drop", type=float, default=0.01,
-                   help="calibration: cheapest threshold within this accuracy drop of the final output (default 0.01)")
+    a.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="calibration: cheapest threshold within this accuracy drop of the final output (default 0.01)",
+    )
     a.add_argument("--budget", type=float, help="also calibrate for the best accuracy under this relative cost")
-    a.add_argument("--fallback", choices=FALLBACKS, default="most_confident",
-                   help="prediction when no IC is confident (default: the most confident output, as the reference)")
-    a.add_argument("--rules", help="exit rules to compare: max_softmax, entropy, patience:K, each optionally +T "
-                                   "(temperature-scaled) (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2)")
+    a.add_argument(
+        "--fallback",
+        choices=FALLBACKS,
+        default="most_confident",
+        help="prediction when no IC is confident (default: the most confident output, as the reference)",
+    )
+    a.add_argument(
+        "--rules",
+        help="exit rules to compare: max_softmax, entropy, patience:K, each optionally +T "
+        "(temperature-scaled) (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2)",
+    )
     a.add_argument("--rule", default="max_softmax", help="the exit rule predict uses (default max_softmax)")
-    a.add_argument("--thresholds", choices=("auto", "per-ic", "single"), default="auto",
-                   help="what predict and export use: one threshold per IC chosen on validation (per-ic), one for "
-                        "every IC (single, the paper's), or per-IC where 5-fold cross-validation on the validation "
-                        "split says they beat one threshold on held-out inputs (auto, the default)")
+    a.add_argument(
+        "--thresholds",
+        choices=("auto", "per-ic", "single"),
+        default="auto",
+        help="what predict and export use: one threshold per IC chosen on validation (per-ic), one for "
+        "every IC (single, the paper's), or per-IC where 5-fold cross-validation on the validation "
+        "split says they beat one threshold on held-out inputs (auto, the default)",
+    )
     a.set_defaults(func=cmd_analyze)
 
-    pr = sub.add_parser("predict", parents=[shared["device"]], help="classify image files with early exits",
-                        description="Classify images with the run's SDN, each stopping at the first confident IC. "
-                                    "The threshold is the run's calibrated one (`shallowdeep analyze`) unless given.")
+    pr = sub.add_parser(
+        "predict",
+        parents=[shared["device"]],
+        help="classify image files with early exits",
+        description="Classify images with the run's SDN, each stopping at the first confident IC. "
+        "The threshold is the run's calibrated one (`shallowdeep analyze`) unless given.",
+    )
     pr.add_argument("run", help="an SDN run folder")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     pr.add_argument("--threshold", type=float, help="confidence threshold (default: the run's calibration)")
-    pr.add_argument("--fallback", choices=FALLBACKS, help="prediction when no IC is confident (default: the calibration's)")
-    pr.add_argument("--batch-size", type=int, default=64,
-                    help="the throughput engine's batch size (default 64); 1: one image at a time (latency)")
+    pr.add_argument(
+        "--fallback", choices=FALLBACKS, help="prediction when no IC is confident (default: the calibration's)"
+    )
+    pr.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="the throughput engine's batch size (default 64); 1: one image at a time (latency)",
+    )
     pr.add_argument("--resize", action="store_true", help="resize images whose size differs from the model's")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("explain", parents=[shared["device"], shared["quiet"]],
-                       help="Grad-CAM of inputs IC 1 gets right and the final output gets wrong",
-                       description="Grad-CAM, guided backprop and guided Grad-CAM (grad-cam package, the `explain` "
-                                   "extra) of IC 1's prediction on the network cut after IC 1, beside the final "
-                                   "output's; PNG grids in RUN/explain/, added to the run's HTML report.")
+    e = sub.add_parser(
+        "explain",
+        parents=[shared["device"], shared["quiet"]],
+        help="Grad-CAM of inputs IC 1 gets right and the final output gets wrong",
+        description="Grad-CAM, guided backprop and guided Grad-CAM (grad-cam package, the `explain` "
+        "extra) of IC 1's prediction on the network cut after IC 1, beside the final "
+        "output's; PNG grids in RUN/explain/, added to the run's HTML report.",
+    )
     e.add_argument("run", help="an SDN run folder")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--max", type=int, default=8, help="explain at most this many inputs (default 8)")
     e.set_defaults(func=cmd_explain)
 
-    rp = sub.add_parser("reproduce", parents=[shared["device"], shared["quiet"], shared["data"]],
-                        help="the paper's pipeline per architecture, then one table beside the paper's claims",
-                        description="Per architecture: CNN (100 epochs), IC-only SDN from it (25), SDN from scratch "
-                                    "(100), both SDNs analyzed with thresholds calibrated on validation; then "
-                                    "reproduction.md, reproduction.json and index.html in --out. A killed reproduction "
-                                    "continues where it stopped when run again with the same arguments. On one "
-                                    "GPU, a background process compiles the stages' training steps (a stage trains "
-                                    "eagerly until its step is compiled) and another analyzes the IC-only SDN while "
-                                    "the SDN trains.")
+    rp = sub.add_parser(
+        "reproduce",
+        parents=[shared["device"], shared["quiet"], shared["data"]],
+        help="the paper's pipeline per architecture, then one table beside the paper's claims",
+        description="Per architecture: CNN (100 epochs), IC-only SDN from it (25), SDN from scratch "
+        "(100), both SDNs analyzed with thresholds calibrated on validation; then "
+        "reproduction.md, reproduction.json and index.html in --out. A killed reproduction "
+        "continues where it stopped when run again with the same arguments. On one "
+        "GPU, a background process compiles the stages' training steps (a stage trains "
+        "eagerly until its step is compiled) and another analyzes the IC-only SDN while "
+        "the SDN trains.",
+    )
     rp.add_argument("--data", required=True, help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
     rp.add_argument("--out", required=True, help="folder for every run and the table")
     rp.add_argument("--archs", default="resnet56", help="comma-separated architectures (default resnet56)")
-    rp.add_argument("--stages", default="cnn,ic-only,sdn",
-                    help="comma-separated stages to run (default all: cnn,ic-only,sdn); ic-only needs a finished cnn")
+    rp.add_argument(
+        "--stages",
+        default="cnn,ic-only,sdn",
+        help="comma-separated stages to run (default all: cnn,ic-only,sdn); ic-only needs a finished cnn",
+    )
     rp.add_argument("--cnn-epochs", type=int, help="CNN epochs (paper: 100)")
     rp.add_argument("--ic-epochs", type=int, help="IC-only epochs (paper: 25)")
     rp.add_argument("--sdn-epochs", type=int, help="SDN epochs (paper: 100)")
     rp.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED})")
-    rp.add_argument("--precision", choices=("fp32", "bf16"),
-                    help="bf16 autocast (default on GPUs with native bf16, Ampere or later) or fp32 (default elsewhere)")
-    rp.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile the training steps (default: as train decides per stage)")
+    rp.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 autocast (default on GPUs with native bf16, Ampere or later) or fp32 (default elsewhere)",
+    )
+    rp.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training steps (default: as train decides per stage)",
+    )
     rp.set_defaults(func=cmd_reproduce)
 
-    d = sub.add_parser("demo", parents=[shared["device"], shared["quiet"]],
-                       help="the main job on the embedded digits data (offline, CPU)",
-                       description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "
-                                   "from scratch, and print every output's accuracy and relative cost.")
+    d = sub.add_parser(
+        "demo",
+        parents=[shared["device"], shared["quiet"]],
+        help="the main job on the embedded digits data (offline, CPU)",
+        description="Train a small CNN on digits, turn it into an SDN by IC-only training, train an SDN "
+        "from scratch, and print every output's accuracy and relative cost.",
+    )
     d.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
     d.add_argument("--epochs", type=int, default=15, help="epochs of the CNN and SDN runs")
     d.add_argument("--ic-epochs", type=int, default=10, help="epochs of the IC-only run")
@@ -681,12 +961,15 @@ def _run(args: argparse.Namespace) -> int:
     # inductor's hint on every compiled fp32 CUDA run names a PyTorch call the command line cannot
     # make; fp32 keeps full-precision matrix products on purpose (docs/reproduction.md), and the
     # faster numerics are `--precision bf16`
-    warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication",
-                            category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication", category=UserWarning
+    )
     try:
         if _torchrun_worker() and args.command not in TORCHRUN_COMMANDS:
-            raise UserError(f"{args.command} runs in one process, not under torchrun (each rank would repeat it): "
-                            f"start it without torchrun; {', '.join(TORCHRUN_COMMANDS)} share their work between ranks")
+            raise UserError(
+                f"{args.command} runs in one process, not under torchrun (each rank would repeat it): "
+                f"start it without torchrun; {', '.join(TORCHRUN_COMMANDS)} share their work between ranks"
+            )
         status = args.func(args)
         # `shallowdeep info --json | head`: a reader that left shows up at this flush as a
         # BrokenPipeError, handled below with Python's documented recipe (stdout to devnull)
@@ -699,16 +982,21 @@ def _run(args: argparse.Namespace) -> int:
         print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"shallowdeep {args.command}: error: out of memory: use a smaller --batch-size or --image-size",
-              file=sys.stderr)
+        print(
+            f"shallowdeep {args.command}: error: out of memory: use a smaller --batch-size or --image-size",
+            file=sys.stderr,
+        )
         return 2
     except OSError as e:  # read-only or full disks, permissions: the file and the reason, not a traceback
         if isinstance(e, BrokenPipeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f"{e.filename}: " if e.filename else ""
-        print(f"shallowdeep {args.command}: error: {where}{e.strerror or e}: check that the folder exists, is writable "
-              "and has space", file=sys.stderr)
+        print(
+            f"shallowdeep {args.command}: error: {where}{e.strerror or e}: check that the folder exists, is writable "
+            "and has space",
+            file=sys.stderr,
+        )
         return 2
 
 

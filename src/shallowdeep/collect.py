@@ -1,4 +1,5 @@
 """One inference pass of a model over a split -> an :class:`~shallowdeep.analysis.ExitRecord`."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,16 @@ def forward_batch_size(device: torch.device | str) -> int:
 
 
 @torch.no_grad()
-def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch_size: int | None = None,
-            device: torch.device | str = "cpu", meta: dict | None = None, progress: bool = False) -> ExitRecord:
+def collect(
+    model: torch.nn.Module,
+    data: Dataset,
+    split: str = "test",
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    meta: dict | None = None,
+    progress: bool = False,
+) -> ExitRecord:
     """Run ``model`` once over ``data``'s ``split`` (no augmentation) and record every output.
     ``batch_size`` defaults to :func:`forward_batch_size`. ``progress`` shows a bar on a terminal
     (none when stderr is redirected). Under torchrun each rank runs a disjoint share of every batch
@@ -37,8 +46,13 @@ def collect(model: torch.nn.Module, data: Dataset, split: str = "test", *, batch
     place = current()
     stream = batches(data, split, batch_size, device=device, shard=(place.rank, place.world))
     try:
-        with tqdm(total=len(stream), desc=f"collecting {split}", leave=False, file=sys.stderr,
-                  disable=None if progress else True) as bar:
+        with tqdm(
+            total=len(stream),
+            desc=f"collecting {split}",
+            leave=False,
+            file=sys.stderr,
+            disable=None if progress else True,
+        ) as bar:
             # fp32 whatever precision the run trained in: the thresholds calibrated on these records are
             # applied by the engine and the ONNX export, which compute in fp32 by default
             for x, y in stream:

@@ -6,6 +6,7 @@ ICs are placed at the cut points closest to 15/30/45/60/75/90 % of its FLOPs (or
 fractions, or at named cut points), and the model is split there into the same
 ``stem/blocks/head`` form, so training, analyses, the engine and costs treat every model alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,13 @@ class Candidate:
     relative: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.cut.name, "where": self.cut.where, "shape": list(self.cut.shape),
-                "flops": self.flops, "relative": self.relative}
+        return {
+            "name": self.cut.name,
+            "where": self.cut.where,
+            "shape": list(self.cut.shape),
+            "flops": self.flops,
+            "relative": self.relative,
+        }
 
 
 @torch.no_grad()
@@ -55,16 +61,21 @@ def candidates(chain: Chain) -> list[Candidate]:
     return [Candidate(c, cumulative[i], cumulative[i] / total if total else 0.0) for i, c in enumerate(chain.ic_cuts)]
 
 
-def chain_of(model: nn.Module, image_size: int, blocks: Sequence[str] | None = None,
-             leaf_modules: Sequence[type[nn.Module]] = ()) -> Chain:
+def chain_of(
+    model: nn.Module, image_size: int, blocks: Sequence[str] | None = None, leaf_modules: Sequence[type[nn.Module]] = ()
+) -> Chain:
     """The :class:`Chain` of ``model``: traced, or from module names when ``blocks`` declares them."""
     if not isinstance(image_size, int) or not 8 <= image_size <= 1024:
         raise ArgumentError(f"`image_size` must be an integer in 8..1024 px, got {image_size!r}")
     return declared_chain(model, image_size, blocks) if blocks else traced_chain(model, image_size, leaf_modules)
 
 
-def choose_cuts(chain: Chain, fractions: Sequence[float] | None = None, cuts: Sequence[str] | None = None,
-                cands: Sequence[Candidate] | None = None) -> list[str]:
+def choose_cuts(
+    chain: Chain,
+    fractions: Sequence[float] | None = None,
+    cuts: Sequence[str] | None = None,
+    cands: Sequence[Candidate] | None = None,
+) -> list[str]:
     """The cut points for the ICs: ``cuts`` by name, else those closest to ``fractions`` of the cost
     (``cands``: the chain's :func:`candidates`, when already counted)."""
     if cuts is not None and fractions is not None:
@@ -79,15 +90,29 @@ def choose_cuts(chain: Chain, fractions: Sequence[float] | None = None, cuts: Se
 def chain_cnn(chain: Chain, cut_names: Sequence[str], arch: str, source: dict[str, Any]) -> CNN:
     """The model of ``chain`` as a :class:`CNN` split at ``cut_names`` (one IC position after each)."""
     segments = chain.split(cut_names)
-    cnn = CNN(nn.Identity(), segments[:-1], segments[-1], arch=arch, num_classes=chain.num_classes,
-              image_size=chain.image_size, ic_positions=tuple(range(len(cut_names))))
+    cnn = CNN(
+        nn.Identity(),
+        segments[:-1],
+        segments[-1],
+        arch=arch,
+        num_classes=chain.num_classes,
+        image_size=chain.image_size,
+        ic_positions=tuple(range(len(cut_names))),
+    )
     cnn.source = source | {"cuts": list(cut_names)}
     return cnn
 
 
-def to_sdn(model: nn.Module, image_size: int | None = None, *, positions: Sequence[int] | None = None,
-           fractions: Sequence[float] | None = None, cuts: Sequence[str] | None = None,
-           blocks: Sequence[str] | None = None, leaf_modules: Sequence[type[nn.Module]] = ()) -> SDN:
+def to_sdn(
+    model: nn.Module,
+    image_size: int | None = None,
+    *,
+    positions: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
+    cuts: Sequence[str] | None = None,
+    blocks: Sequence[str] | None = None,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> SDN:
     """Attach freshly initialised ICs to ``model``; its weights are shared, not copied.
 
     A :class:`CNN` keeps its declared blocks (``positions`` index them; default: the paper's). Any
@@ -114,19 +139,35 @@ def module_arch(model: nn.Module) -> str:
     return f"module:{type(model).__name__}"
 
 
-def module_cnn(model: nn.Module, image_size: int, *, fractions: Sequence[float] | None = None,
-               cuts: Sequence[str] | None = None, blocks: Sequence[str] | None = None,
-               leaf_modules: Sequence[type[nn.Module]] = ()) -> CNN:
+def module_cnn(
+    model: nn.Module,
+    image_size: int,
+    *,
+    fractions: Sequence[float] | None = None,
+    cuts: Sequence[str] | None = None,
+    blocks: Sequence[str] | None = None,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> CNN:
     """A user's own classifier split for ICs; its source records the class name, never its code."""
     chain = chain_of(model, image_size, blocks, leaf_modules)
-    source = {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}",
-              "blocks": list(blocks) if blocks else None}
+    source = {
+        "kind": "module",
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "blocks": list(blocks) if blocks else None,
+    }
     return chain_cnn(chain, choose_cuts(chain, fractions, cuts), module_arch(model), source)
 
 
-def build_model(arch: str, num_classes: int, image_size: int | None, *, pretrained: bool = False,
-                weights: str | None = None, cuts: Sequence[str] | None = None,
-                fractions: Sequence[float] | None = None) -> tuple[CNN, ZooModel | None]:
+def build_model(
+    arch: str,
+    num_classes: int,
+    image_size: int | None,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    cuts: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+) -> tuple[CNN, ZooModel | None]:
     """The CNN ``arch`` (a paper name or ``torchvision:NAME`` / ``timm:NAME``) for ``num_classes``.
 
     For a zoo model: ``pretrained`` loads the zoo's weights, ``weights`` a file's; the split is at
@@ -135,11 +176,15 @@ def build_model(arch: str, num_classes: int, image_size: int | None, *, pretrain
     """
     if not is_zoo_name(arch):
         if pretrained or weights or cuts or fractions:
-            raise ArgumentError(f"{arch} is one of the paper's backbones: `pretrained`, `weights` and IC placement "
-                                "options are for zoo models (torchvision:NAME, timm:NAME)")
+            raise ArgumentError(
+                f"{arch} is one of the paper's backbones: `pretrained`, `weights` and IC placement "
+                "options are for zoo models (torchvision:NAME, timm:NAME)"
+            )
         if arch not in list_archs():
-            raise ArgumentError(f"unknown `arch` {arch!r}: choose one of {', '.join(list_archs())}, or a zoo "
-                                "model torchvision:NAME or timm:NAME")
+            raise ArgumentError(
+                f"unknown `arch` {arch!r}: choose one of {', '.join(list_archs())}, or a zoo "
+                "model torchvision:NAME or timm:NAME"
+            )
         return build_cnn(arch, num_classes, 32 if image_size is None else image_size), None
     if pretrained and weights:
         raise ArgumentError("give `pretrained` or `weights`, not both")

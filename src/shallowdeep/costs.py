@@ -9,6 +9,7 @@ were dense, so its MobileNet figures are about 8x the true count and its IC posi
 to 5 points. ``convention="torch"`` (the default) gives the true count; ``convention="reference"``
 reproduces the reference's figures by counting grouped convolutions as dense.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,15 +39,16 @@ class Costs:
         return {"outputs": list(self.outputs), "cnn": self.cnn}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Costs":
+    def from_json(cls, d: dict) -> Costs:
         return cls(tuple(float(c) for c in d["outputs"]), float(d["cnn"]))
 
 
 CONVENTIONS = ("torch", "reference")
 
 
-def _dense_conv_flop(x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed, *args,
-                     out_shape=None, **kwargs) -> int:
+def _dense_conv_flop(
+    x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed, *args, out_shape=None, **kwargs
+) -> int:
     # the reference profiler's rule: every output channel sees every input channel (groups ignored)
     w_dense = [w_shape[0], x_shape[1], *w_shape[2:]]
     return conv_flop_count(x_shape, w_dense, out_shape, transposed=transposed)

@@ -5,6 +5,7 @@ epoch is a handful of tensor operations rather than a worker pool decoding files
 paper's random crop with padding, horizontal flip, and for Tiny ImageNet colour jitter) runs on
 whole batches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +46,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.ids[index])
 
-    def to(self, device: torch.device | str) -> "ImageSet":
+    def to(self, device: torch.device | str) -> ImageSet:
         """The same split with images and labels on ``device`` (ids stay on the CPU)."""
         return ImageSet(self.images.to(device), self.labels.to(device), self.ids)
 
@@ -81,7 +82,7 @@ class Dataset:
         """Random-crop padding: 4 px at 32 px, 8 at 64 px (the paper's), proportional elsewhere."""
         return max(1, self.image_size // 8)
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         """The data set resident on ``device`` as uint8: batches and their augmentation are then
         made there, with no copy from the host per step."""
         from dataclasses import replace
@@ -134,8 +135,10 @@ def parse_data_name(spec: str) -> tuple[str, str | None]:
     """Split ``"imagefolder:PATH"`` into its name and argument; a plain name has no argument."""
     name, sep, arg = spec.partition(":")
     if name not in _DATASETS:
-        raise ArgumentError(f"unknown `data` set {spec!r}: choose one of {', '.join(f'{n}' for n in _DATASETS)}"
-                        " (imagefolder as imagefolder:PATH)")
+        raise ArgumentError(
+            f"unknown `data` set {spec!r}: choose one of {', '.join(f'{n}' for n in _DATASETS)}"
+            " (imagefolder as imagefolder:PATH)"
+        )
     if name == "imagefolder" and not arg:
         raise ArgumentError("imagefolder needs a path: `data` imagefolder:PATH (a folder with train/ and test/)")
     if name != "imagefolder" and sep:
@@ -152,14 +155,19 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 _DOWNLOAD: contextvars.ContextVar[bool] = contextvars.ContextVar("download", default=True)
 _MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("mode", default=None)
 # the data sets loaded inside :func:`reuse_loaded`, by their arguments (None: outside, nothing kept)
-_LOADED: contextvars.ContextVar[dict[tuple, "Dataset"] | None] = contextvars.ContextVar("loaded", default=None)
+_LOADED: contextvars.ContextVar[dict[tuple, Dataset] | None] = contextvars.ContextVar("loaded", default=None)
 MODES = ("memory", "stream")
 MEMORY_BUDGET = 2 << 30  # decoded bytes above which an image folder is streamed unless told otherwise
 STREAM_SIZE = 224  # the largest size streamed images are decoded at when no `image_size` is given
 
 
-def load_dataset(spec: str, root: str | Path | None = None, image_size: int | None = None,
-                 download: bool = True, mode: str | None = None) -> Dataset:
+def load_dataset(
+    spec: str,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    download: bool = True,
+    mode: str | None = None,
+) -> Dataset:
     """Load a registered data set by name (``cifar10``, ``imagefolder:PATH``, …) with its splits.
 
     ``download=False`` never fetches or creates anything (what analyses of an existing run use).
@@ -204,7 +212,9 @@ def reuse_loaded() -> Iterator[None]:
         _LOADED.reset(token)
 
 
-def carve_validation(train: ImageSet, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[ImageSet, ImageSet]:
+def carve_validation(
+    train: ImageSet, fraction: float = VAL_FRACTION, seed: int = VAL_SEED
+) -> tuple[ImageSet, ImageSet]:
     """Split a training set into (train, val) with a fixed seed; the test split is never touched."""
     n = len(train)
     n_val = max(1, int(round(n * fraction)))
@@ -229,8 +239,17 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tup
     return tuple(means), tuple(stds)  # type: ignore[return-value]
 
 
-def _finish(name: str, classes: list[str], train: ImageSet, test: ImageSet, image_size: int | None,
-            mean=None, std=None, val: ImageSet | None = None, **kw) -> Dataset:
+def _finish(
+    name: str,
+    classes: list[str],
+    train: ImageSet,
+    test: ImageSet,
+    image_size: int | None,
+    mean=None,
+    std=None,
+    val: ImageSet | None = None,
+    **kw,
+) -> Dataset:
     if image_size is not None and image_size != train.images.shape[1]:
         train = ImageSet(resize(train.images, image_size), train.labels, train.ids)
         test = ImageSet(resize(test.images, image_size), test.labels, test.ids)
@@ -257,12 +276,22 @@ def _as_set(images: np.ndarray, labels) -> ImageSet:
 # CIFAR (torchvision)
 
 _CIFAR = {
-    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar100": ("CIFAR100", "cifar-100-python.tar.gz", "cifar-100-python",
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                 (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    ),
+    "cifar100": (
+        "CIFAR100",
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        (0.507, 0.487, 0.441),
+        (0.267, 0.256, 0.276),
+    ),
 }
 
 
@@ -275,8 +304,10 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
     have = (root / folder).is_dir()  # else torchvision downloads, or extracts an archive already there
     has_archive = (root / archive).is_file()
     if not have and not _DOWNLOAD.get():
-        raise DataError(f"{name} is not in {root} (no {folder}/): put {archive} ({url}) there and extract it, or "
-                        "train once with the data set online")
+        raise DataError(
+            f"{name} is not in {root} (no {folder}/): put {archive} ({url}) there and extract it, or "
+            "train once with the data set online"
+        )
     created = not root.exists()
     splits = []
     for train in (True, False):
@@ -290,13 +321,18 @@ def _cifar(name: str, root: Path | None, image_size: int | None) -> Dataset:
 
                 shutil.rmtree(root, ignore_errors=True)
             if have:
-                raise DataError(f"{name} files in {root / folder} are missing or corrupted ({e}): delete that folder "
-                                f"and put {archive} ({url}) in {root}") from None
+                raise DataError(
+                    f"{name} files in {root / folder} are missing or corrupted ({e}): delete that folder "
+                    f"and put {archive} ({url}) in {root}"
+                ) from None
             if has_archive:
-                raise DataError(f"{root / archive} is damaged ({type(e).__name__}): delete it and download it again "
-                                f"from {url}") from None
-            raise DataError(f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
-                            f"{root} or set `data_root` to the folder holding it") from None
+                raise DataError(
+                    f"{root / archive} is damaged ({type(e).__name__}): delete it and download it again from {url}"
+                ) from None
+            raise DataError(
+                f"cannot download {name} ({e.__class__.__name__}): put {archive} ({url}) in "
+                f"{root} or set `data_root` to the folder holding it"
+            ) from None
         splits.append(_as_set(ds.data, ds.targets))
     return _finish(name, list(ds.classes), splits[0], splits[1], image_size, mean, std)
 
@@ -322,8 +358,9 @@ def read_image(path: str | Path, size: int | None = None, resize: bool = True) -
     im = open_rgb(path)
     if size is not None and im.size != (size, size):
         if not resize:
-            raise DataError(f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: "
-                            "resize it (`resize`)")
+            raise DataError(
+                f"{path} is {im.size[0]}x{im.size[1]} px; the model takes {size}x{size}: resize it (`resize`)"
+            )
         im = fit_image(im, size)
     return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it without a warning
 
@@ -350,9 +387,11 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
     first = _first_size(paths[0])
     size = first if size is None else size
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise DataError(f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
-                        "data set (`image_size`)")
-    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+        raise DataError(
+            f"{paths[0]} is {size} px high; images of {MIN_SIZE}..{MAX_SIZE} px are supported: resize the "
+            "data set (`image_size`)"
+        )
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
     if first > 64:  # larger ones spend their time in decoders and resizing that leave the interpreter free
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             arrays = [a for part in pool.map(lambda c: _read_chunk(c, size), chunks) for a in part]
@@ -367,8 +406,11 @@ def _decode(paths: list[Path], size: int | None) -> np.ndarray:
     if cropped:
         import warnings
 
-        warnings.warn(f"{cropped} of {len(paths)} images are not square: resized (shorter side to {size} px) and "
-                      "centre-cropped, not squashed", stacklevel=2)
+        warnings.warn(
+            f"{cropped} of {len(paths)} images are not square: resized (shorter side to {size} px) and "
+            "centre-cropped, not squashed",
+            stacklevel=2,
+        )
     return np.stack([a for a, _ in arrays])
 
 
@@ -406,11 +448,17 @@ def _decode_in_processes(paths: list[Path], size: int) -> list[tuple[np.ndarray,
     n = _decode_processes()
     step = -(-len(paths) // n)
     with tempfile.TemporaryDirectory(prefix="shallowdeep-decode-") as tmp:
-        shares = [paths[i:i + step] for i in range(0, len(paths), step)]
+        shares = [paths[i : i + step] for i in range(0, len(paths), step)]
         for k, share in enumerate(shares):
             (Path(tmp) / f"{k}.json").write_text(json.dumps([str(p) for p in share]))
-        workers = [python_child(["-m", "shallowdeep.core.images", tmp, str(k), str(size)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(len(shares))]
+        workers = [
+            python_child(
+                ["-m", "shallowdeep.core.images", tmp, str(k), str(size)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for k in range(len(shares))
+        ]
         if any([w.wait() for w in workers]):  # every one waited for, then: did any fail?
             return None
         out: list[tuple[np.ndarray, bool]] = []
@@ -422,7 +470,8 @@ def _decode_in_processes(paths: list[Path], size: int) -> list[tuple[np.ndarray,
 
 
 def _read_chunk(paths: list[Path], size: int) -> list[tuple[np.ndarray, bool]]:
-    """Decode files like :func:`~shallowdeep.core.images.read_fitted`. JPEGs go through torchvision's libjpeg-turbo decoder
+    """Decode files like :func:`~shallowdeep.core.images.read_fitted`. JPEGs go through torchvision's
+    libjpeg-turbo decoder
     (the same pixels as PIL's, tested) with less interpreter work per file: the 60,000 CIFAR-10 JPEGs
     took 13.9 s through PIL on the 2-core development VM's two threads, 3.9 s this way in one (medians
     of 3, alternated; 18.5 s and 7.1 s in a second, noisier set). Any file it refuses goes through
@@ -485,11 +534,11 @@ def _jpeg_size(raw: bytes) -> tuple[int, int] | None:
             i += 1
             continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
-            return int.from_bytes(raw[i + 5:i + 7], "big"), int.from_bytes(raw[i + 7:i + 9], "big")
+            return int.from_bytes(raw[i + 5 : i + 7], "big"), int.from_bytes(raw[i + 7 : i + 9], "big")
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
             i += 2
             continue
-        i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+        i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
     return None
 
 
@@ -541,8 +590,10 @@ def _folder_split(base: Path, part: str, classes: list[str]) -> tuple[list[Path]
         if folder.is_dir():
             found = _images_in(folder)
             if part == "train" and not found:
-                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
-                                "or remove the folder")
+                raise DataError(
+                    f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
+                    "or remove the folder"
+                )
             paths += found
             labels += [i] * len(found)
     if not paths:
@@ -560,8 +611,10 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
     base = Path(arg or "").expanduser()
     for part in ("train", "test"):
         if not (base / part).is_dir():
-            raise DataError(f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
-                            "PATH/test/<class>/ folders of images (and optionally val/<class>/)")
+            raise DataError(
+                f"{base / part} is not a folder: imagefolder:PATH needs PATH/train/<class>/ and "
+                "PATH/test/<class>/ folders of images (and optionally val/<class>/)"
+            )
     classes = _class_folders(base / "train")
     if not classes:
         raise DataError(f"{base / 'train'} has no class folders: put each class's images in train/<class>/")
@@ -569,8 +622,10 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
     for part in parts[1:]:
         missing = sorted(set(_class_folders(base / part)) - set(classes))
         if missing:
-            raise DataError(f"{part}/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class "
-                            "folders in every split")
+            raise DataError(
+                f"{part}/ has classes that train/ lacks ({', '.join(missing[:5])}): use the same class "
+                "folders in every split"
+            )
     found = {part: _folder_split(base, part, classes) for part in parts}
     mode = _MODE.get()
     if mode is None:
@@ -599,12 +654,13 @@ def _tiny_root(root: Path | None) -> Path:
     for cand in (root, root / "tiny-imagenet-200"):
         if (cand / "train").is_dir() and (cand / "val" / "val_annotations.txt").is_file():
             return cand
-    raise DataError(f"no Tiny ImageNet in {root}: download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
-                    f"unzip it there (train/, val/val_annotations.txt) or set `data_root`")
+    raise DataError(
+        f"no Tiny ImageNet in {root}: download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
+        f"unzip it there (train/, val/val_annotations.txt) or set `data_root`"
+    )
 
 
-@register_dataset("tinyimagenet", DATASETS["tinyimagenet"],
-                  (200, 64))
+@register_dataset("tinyimagenet", DATASETS["tinyimagenet"], (200, 64))
 def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
     base = _tiny_root(root)
     wnids_file = base / "wnids.txt"
@@ -636,9 +692,17 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
             w, _, text = line.partition("\t")
             if w in index:
                 names[w] = text.split(",")[0].strip()
-    return _finish("tinyimagenet", wnids, train, test, image_size,
-                   (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), jitter=0.2,
-                   meta={"class_names": [names.get(w, w) for w in wnids]})
+    return _finish(
+        "tinyimagenet",
+        wnids,
+        train,
+        test,
+        image_size,
+        (0.4802, 0.4481, 0.3975),
+        (0.2302, 0.2265, 0.2262),
+        jitter=0.2,
+        meta={"class_names": [names.get(w, w) for w in wnids]},
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,8 +724,9 @@ def digits(root: Path | None, arg: str | None, image_size: int | None) -> Datase
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
     whole = ImageSet(images, labels, torch.arange(len(labels)))
     # mirrored digits are other shapes, so no flips here
-    return _finish("digits", [str(i) for i in range(10)], whole.subset(train_idx), whole.subset(test_idx),
-                   None, flip=False)
+    return _finish(
+        "digits", [str(i) for i in range(10)], whole.subset(train_idx), whole.subset(test_idx), None, flip=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,9 +787,18 @@ class Batches:
     steps then never recompile); shuffled, a different remainder is left out each epoch.
     """
 
-    def __init__(self, data: "Dataset", split: "str | ImageSet", batch_size: int, *, train: bool = False,
-                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 shard: tuple[int, int] = (0, 1), drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        data: Dataset,
+        split: str | ImageSet,
+        batch_size: int,
+        *,
+        train: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+    ) -> None:
         self.data = data
         self.set = data.split(split) if isinstance(split, str) else split
         self.batch_size = batch_size
@@ -744,7 +818,7 @@ class Batches:
 
     def _share(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's share of one global batch: every world-th input from its rank (disjoint)."""
-        return idx[self.rank::self.world] if self.world > 1 else idx
+        return idx[self.rank :: self.world] if self.world > 1 else idx
 
     def positions(self) -> torch.Tensor:
         """The split positions this process's batches hold, in the order they come (no shuffling)."""
@@ -765,11 +839,12 @@ class Batches:
         aug = self.generator or torch.Generator(dev)
         if self.world > 1 and self.train:
             # every rank draws the same order (same seed); each augments its own share with its own stream
-            aug = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator,
-                                                                     device=dev)) + self.rank)
+            aug = torch.Generator(dev).manual_seed(
+                int(torch.randint(2**62, (1,), generator=self.generator, device=dev)) + self.rank
+            )
         if isinstance(s, StreamSet):
             # files decoded and augmented (RandomResizedCrop, flip) by workers, seeded from the generator
-            parts = [self._share(order[a:a + self.batch_size]) for a in range(0, self._ends(), self.batch_size)]
+            parts = [self._share(order[a : a + self.batch_size]) for a in range(0, self._ends(), self.batch_size)]
             parts = [p for p in parts if len(p)]
             seed = int(torch.randint(2**62, (1,), generator=aug)) if self.train else 0
             for idx, imgs in zip(parts, s.batches([p.tolist() for p in parts], self.train, seed)):
@@ -777,7 +852,7 @@ class Batches:
                 yield x, s.labels[idx].to(target, non_blocking=True)
             return
         for start in range(0, self._ends(), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             idx = self._share(idx)
             if not len(idx):
                 continue
@@ -788,10 +863,19 @@ class Batches:
             yield x, s.labels[idx].to(target, non_blocking=True)
 
 
-def batches(data: Dataset, split: str | ImageSet, batch_size: int, *, train: bool = False,
-            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-            shard: tuple[int, int] = (0, 1), drop_last: bool = False) -> Batches:
+def batches(
+    data: Dataset,
+    split: str | ImageSet,
+    batch_size: int,
+    *,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    drop_last: bool = False,
+) -> Batches:
     """The :class:`Batches` of one pass over ``split`` (see there). With ``shard=(rank, world)``
     the batches are of the *global* ``batch_size`` and this process gets its ``1/world`` of each."""
-    return Batches(data, split, batch_size, train=train, generator=generator, device=device, shard=shard,
-                   drop_last=drop_last)
+    return Batches(
+        data, split, batch_size, train=train, generator=generator, device=device, shard=shard, drop_last=drop_last
+    )

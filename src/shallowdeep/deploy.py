@@ -9,14 +9,16 @@ Importing this module imports no torch (tested), so a deployment needs ``pip ins
 'shallowdeep[deploy]'`` (onnxruntime, numpy, pillow for paths) and nothing else. Inputs run stage by
 stage; after each IC the inputs that exit leave the batch (compaction), the rest go on.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,11 +75,16 @@ class Deployment:
     def preprocess(self, images: np.ndarray | Sequence[str | Path]) -> np.ndarray:
         """uint8 RGB ``[N, H, W, 3]`` (or image paths) -> normalised float32 ``[N, 3, S, S]``."""
         if not isinstance(images, np.ndarray):
-            images = np.stack([_read(p, self.size) for p in images]) if len(images) else \
-                np.zeros((0, self.size, self.size, 3), np.uint8)
+            images = (
+                np.stack([_read(p, self.size) for p in images])
+                if len(images)
+                else np.zeros((0, self.size, self.size, 3), np.uint8)
+            )
         if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
-            raise DataError(f"images must be uint8 RGB shaped [N, {self.size}, {self.size}, 3], got "
-                            f"{images.dtype} {list(images.shape)}: resize them to {self.size}x{self.size}")
+            raise DataError(
+                f"images must be uint8 RGB shaped [N, {self.size}, {self.size}, 3], got "
+                f"{images.dtype} {list(images.shape)}: resize them to {self.size}x{self.size}"
+            )
         x = (images.astype(np.float32) / 255.0 - self.mean) / self.std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
@@ -126,7 +133,13 @@ class Deployment:
             preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
             keep = ~out
             h = np.ascontiguousarray(h[keep])
-            active, best_conf, best_pred, prev, run = active[keep], best_conf[keep], best_pred[keep], prev[keep], run[keep]
+            active, best_conf, best_pred, prev, run = (
+                active[keep],
+                best_conf[keep],
+                best_pred[keep],
+                prev[keep],
+                run[keep],
+            )
         return Classified(preds, exits, confs, self.classes)
 
 
@@ -145,7 +158,9 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
     folder = Path(folder)
     mpath = folder / "manifest.json"
     if not mpath.is_file():
-        raise ExportError(f"{folder} is not an export (no manifest.json): export a calibrated run first (shallowdeep export)")
+        raise ExportError(
+            f"{folder} is not an export (no manifest.json): export a calibrated run first (shallowdeep export)"
+        )
     try:
         manifest = json.loads(mpath.read_text())
         if manifest.get("format") != FORMAT:
@@ -166,7 +181,8 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
             raise ExportError(f"{folder} lacks {st['file']} named by its manifest: export the run again")
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != st.get("sha256"):
-            raise ExportError(f"{path} does not match the manifest's hash (changed or from another export): "
-                              "export the run again")
+            raise ExportError(
+                f"{path} does not match the manifest's hash (changed or from another export): export the run again"
+            )
         sessions.append(ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"])))
     return Deployment(folder, manifest, sessions)

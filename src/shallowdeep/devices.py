@@ -1,4 +1,5 @@
 """Choosing the device to run on (the models layer: every layer that runs a network uses it)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ def pick_device(name: str | None) -> torch.device:
         if not torch.cuda.is_available():
             raise ArgumentError("a CUDA `device` was asked for, but no CUDA device is available: use cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ArgumentError(f"`device` {name!r} does not exist: this machine has {torch.cuda.device_count()} "
-                                "CUDA devices")
+            raise ArgumentError(
+                f"`device` {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
     return dev
 
 

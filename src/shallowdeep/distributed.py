@@ -6,6 +6,7 @@ Each rank takes a disjoint shard of every epoch (:class:`~shallowdeep.data.Batch
 DistributedDataParallel all-reduces the gradients, validation is sharded and its counts summed,
 and only rank 0 prints and writes the run folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,11 @@ def setup(device_type: str) -> Dist:
     if d.enabled and not dist.is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:  # set by torchrun; a hand-made WORLD_SIZE alone would end in torch's traceback
-            raise UserError(f"WORLD_SIZE is {d.world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                            "not set: start the processes with torchrun (it sets them), or unset WORLD_SIZE for one "
-                            "process")
+            raise UserError(
+                f"WORLD_SIZE is {d.world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                "not set: start the processes with torchrun (it sets them), or unset WORLD_SIZE for one "
+                "process"
+            )
         if device_type == "cuda":
             torch.cuda.set_device(d.local_rank)
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")

@@ -12,6 +12,7 @@ Two paths, with the same answers:
 An input that no IC lets out pays for the whole SDN and gets the fallback's prediction: the most
 confident output (``"most_confident"``, the reference's) or the final output (``"final"``).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ from .core.exits import check_fallback
 from .costs import output_costs
 from .heads import ICHead
 from .sdn import SDN
+
 
 @dataclass
 class EngineResult:
@@ -104,6 +106,7 @@ def _confidence(num_classes: int) -> Callable[[torch.Tensor], tuple[float, int]]
     """Max softmax and argmax of one logit row. For few classes plain Python on the row beats three
     tensor ops; both compute in double precision, like the batched path."""
     if num_classes <= 32:
+
         def small(z: torch.Tensor) -> tuple[float, int]:
             row = z.view(-1).tolist()
             m = max(row)
@@ -122,10 +125,20 @@ class EarlyExitEngine:
     """Early-exit inference for an :class:`SDN` at a confidence ``threshold`` (one for every IC, or
     one per IC). Build it once per model; the model is put in eval mode and must not change after."""
 
-    def __init__(self, sdn: SDN, threshold: float | Sequence[float], fallback: str = "most_confident",
-                 device: torch.device | str | None = None, fold_bn: bool = True, rule: str = "max_softmax",
-                 patience: int = 0, temperatures: Sequence[float] | None = None, precision: str = "fp32",
-                 compile: bool = False, pipelined: bool | None = None) -> None:
+    def __init__(
+        self,
+        sdn: SDN,
+        threshold: float | Sequence[float],
+        fallback: str = "most_confident",
+        device: torch.device | str | None = None,
+        fold_bn: bool = True,
+        rule: str = "max_softmax",
+        patience: int = 0,
+        temperatures: Sequence[float] | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        pipelined: bool | None = None,
+    ) -> None:
         """``rule``: ``"max_softmax"`` (exit when an IC's max softmax >= q), ``"entropy"`` (when its
         certainty ``1 - H / log C`` >= q) or ``"patience"`` (when ``patience`` consecutive ICs agree:
         give q = patience / ICs). ``temperatures`` (one per output) divide the logits: folded into
@@ -145,7 +158,9 @@ class EarlyExitEngine:
         if len(qs) != n_ics:
             raise ArgumentError(f"{len(qs)} thresholds for {n_ics} ICs")
         if not all(q >= 0.0 for q in qs):  # NaN fails too
-            raise ArgumentError(f"a `threshold` is a softmax confidence: a number >= 0 (above 1: no IC exits), got {qs}")
+            raise ArgumentError(
+                f"a `threshold` is a softmax confidence: a number >= 0 (above 1: no IC exits), got {qs}"
+            )
         if rule not in RULES:
             raise ArgumentError(f"unknown exit `rule` {rule!r}: choose one of {', '.join(RULES)}")
         if rule == "patience" and patience < 1:
@@ -194,10 +209,13 @@ class EarlyExitEngine:
         # ops, which read channels-last maps in place (at batch 256 on the development CPU 3-5x faster
         # than the folded head, whose reductions need NCHW memory)
         self._batch_heads = [_scaled(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
-        self._stage_fns_one = [self._stage_fn(blocks, at[1] if at is not None else self._final)
-                               for blocks, at in self._stages]
-        self._stage_fns = [self._stage_fn(blocks, self._batch_heads[at[0]] if at is not None else self._final)
-                           for blocks, at in self._stages]
+        self._stage_fns_one = [
+            self._stage_fn(blocks, at[1] if at is not None else self._final) for blocks, at in self._stages
+        ]
+        self._stage_fns = [
+            self._stage_fn(blocks, self._batch_heads[at[0]] if at is not None else self._final)
+            for blocks, at in self._stages
+        ]
         self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
 
     # ------------------------------------------------------------------------------------ paths
@@ -214,8 +232,9 @@ class EarlyExitEngine:
         """Classify one image ``[1, 3, H, W]`` (or ``[3, H, W]``): (prediction, exit, confidence)."""
         return self._one(x)[:3]
 
-    def _stage_fn(self, blocks: list, head: Callable[[torch.Tensor], torch.Tensor]
-                  ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def _stage_fn(
+        self, blocks: list, head: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """One stage as a function ``h -> (feature, logits)``: its blocks, then ``head`` (its IC's,
         or the final classifier); under bf16 autocast and compiled when the engine was asked to."""
 
@@ -234,6 +253,7 @@ class EarlyExitEngine:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     h, z = compiled_fn(h)
                 return h, z.float()
+
         return fn
 
     def _call_stage(self, k: int, h: torch.Tensor, one: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,8 +346,12 @@ class EarlyExitEngine:
     # ------------------------------------------------------------------------ the throughput engine
 
     @torch.inference_mode()
-    def stream(self, inputs: Iterable[torch.Tensor | tuple[torch.Tensor, ...]], batch_size: int = 256,
-               buckets: bool | None = None) -> Iterator[EngineResult]:
+    def stream(
+        self,
+        inputs: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
+        batch_size: int = 256,
+        buckets: bool | None = None,
+    ) -> Iterator[EngineResult]:
         """Classify a stream of image batches (any sizes; or a split's ``(images, labels)`` batches, as
         :func:`~shallowdeep.data.batches` makes them) with re-batching; yield results in input order.
 
@@ -377,9 +401,15 @@ class EarlyExitEngine:
 
     def _new_rows(self, x: torch.Tensor, start: int) -> _Rows:
         n, dev, dt = len(x), self.device, self._dtype
-        return _Rows(x, torch.arange(start, start + n), torch.full((n,), -1.0, dtype=dt, device=dev),
-                     torch.zeros(n, dtype=torch.int64, device=dev), torch.zeros(n, dtype=torch.int64, device=dev),
-                     torch.full((n,), -1, dtype=torch.int64, device=dev), torch.zeros(n, dtype=dt, device=dev))
+        return _Rows(
+            x,
+            torch.arange(start, start + n),
+            torch.full((n,), -1.0, dtype=dt, device=dev),
+            torch.zeros(n, dtype=torch.int64, device=dev),
+            torch.zeros(n, dtype=torch.int64, device=dev),
+            torch.full((n,), -1, dtype=torch.int64, device=dev),
+            torch.zeros(n, dtype=dt, device=dev),
+        )
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
         at = self._stages[k][1]
@@ -458,8 +488,9 @@ class _OneDecision:
         self.best = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident IC so far
         self.prev, self.run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
 
-    def at_ic(self, k: int, q: float, confidence: float, pred: int, certainty: float
-              ) -> tuple[int, int, float, int] | None:
+    def at_ic(
+        self, k: int, q: float, confidence: float, pred: int, certainty: float
+    ) -> tuple[int, int, float, int] | None:
         """IC ``k`` with threshold ``q``: (prediction, exit, confidence, output) if the input exits
         here, else ``None``. ``certainty`` is the rule's score (the entropy rule's, or the confidence)."""
         if self.rule == "patience":
@@ -495,10 +526,10 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def take(self, mask: torch.Tensor, mask_cpu: torch.Tensor) -> "_Rows":
+    def take(self, mask: torch.Tensor, mask_cpu: torch.Tensor) -> _Rows:
         return _Rows(self.h[mask], self.idx[mask_cpu], *(getattr(self, f)[mask] for f in _STATE))
 
-    def rows(self, start: int, stop: int | None = None) -> "_Rows":
+    def rows(self, start: int, stop: int | None = None) -> _Rows:
         """Inputs ``start:stop`` as views (no copy of the feature maps)."""
         return _Rows(self.h[start:stop], self.idx[start:stop], *(getattr(self, f)[start:stop] for f in _STATE))
 
@@ -519,8 +550,11 @@ def _pop(queue: list[_Rows], n: int) -> _Rows:
         got += len(r)
     if len(parts) == 1:
         return parts[0]
-    return _Rows(torch.cat([p.h for p in parts]), torch.cat([p.idx for p in parts]),
-                 *(torch.cat([getattr(p, f) for p in parts]) for f in _STATE))
+    return _Rows(
+        torch.cat([p.h for p in parts]),
+        torch.cat([p.idx for p in parts]),
+        *(torch.cat([getattr(p, f) for p in parts]) for f in _STATE),
+    )
 
 
 def _buckets(batch_size: int) -> list[int]:
@@ -547,8 +581,9 @@ class _Results:
     def reserve(self, upto: int) -> None:
         extra = upto - self.base - len(self.filled)
         if extra > 0:
-            self.pred, self.exit, self.ans = (torch.cat([t, torch.zeros(extra, dtype=torch.int64)])
-                                              for t in (self.pred, self.exit, self.ans))
+            self.pred, self.exit, self.ans = (
+                torch.cat([t, torch.zeros(extra, dtype=torch.int64)]) for t in (self.pred, self.exit, self.ans)
+            )
             self.conf = torch.cat([self.conf, torch.zeros(extra, dtype=torch.float64)])
             self.filled = torch.cat([self.filled, torch.zeros(extra, dtype=torch.bool)])
 
@@ -565,7 +600,8 @@ class _Results:
             return None
         res = EngineResult(self.pred[:n], self.exit[:n], self.conf[:n], self.costs[self.exit[:n]], self.ans[:n])
         self.pred, self.exit, self.ans, self.conf, self.filled = (
-            t[n:] for t in (self.pred, self.exit, self.ans, self.conf, self.filled))
+            t[n:] for t in (self.pred, self.exit, self.ans, self.conf, self.filled)
+        )
         self.base += n
         return res
 
@@ -574,5 +610,9 @@ def _concat(parts: list[EngineResult], relative_costs: torch.Tensor) -> EngineRe
     if not parts:
         z = torch.zeros(0, dtype=torch.int64)
         return EngineResult(z, z.clone(), torch.zeros(0, dtype=torch.float64), relative_costs[z], z.clone())
-    return EngineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                          ("predictions", "exits", "confidence", "relative_cost", "answered")))
+    return EngineResult(
+        *(
+            torch.cat([getattr(p, f) for p in parts])
+            for f in ("predictions", "exits", "confidence", "relative_cost", "answered")
+        )
+    )

@@ -4,6 +4,7 @@ The CAM methods come from the maintained ``grad-cam`` package (pytorch-grad-cam)
 thin adapter: :class:`OutputSelector` turns an SDN (or an SDN cut after IC k) into a network with the
 one output the library expects, and the target layer is the block whose output that output reads.
 """
+
 from __future__ import annotations
 
 import copy
@@ -92,8 +93,15 @@ def disagreements(record, limit: int) -> np.ndarray:
     return np.flatnonzero(c[:, 0] & ~c[:, -1])[:limit]
 
 
-PANEL_TITLES = ("input", "IC 1 Grad-CAM", "IC 1 guided BP", "IC 1 guided Grad-CAM",
-                "final Grad-CAM", "final guided BP", "final guided Grad-CAM")
+PANEL_TITLES = (
+    "input",
+    "IC 1 Grad-CAM",
+    "IC 1 guided BP",
+    "IC 1 guided Grad-CAM",
+    "final Grad-CAM",
+    "final guided BP",
+    "final guided Grad-CAM",
+)
 
 
 def explanation_panels(images: np.ndarray, first: Explanation, final: Explanation) -> np.ndarray:
@@ -103,11 +111,19 @@ def explanation_panels(images: np.ndarray, first: Explanation, final: Explanatio
     rows = []
     for i in range(len(images)):
         img = images[i].astype(np.float32) / 255
-        rows.append(np.stack([
-            images[i],
-            show_cam_on_image(img, first.cam[i], use_rgb=True), _deprocess(first.guided[i]), first.guided_cam[i],
-            show_cam_on_image(img, final.cam[i], use_rgb=True), _deprocess(final.guided[i]), final.guided_cam[i],
-        ]))
+        rows.append(
+            np.stack(
+                [
+                    images[i],
+                    show_cam_on_image(img, first.cam[i], use_rgb=True),
+                    _deprocess(first.guided[i]),
+                    first.guided_cam[i],
+                    show_cam_on_image(img, final.cam[i], use_rgb=True),
+                    _deprocess(final.guided[i]),
+                    final.guided_cam[i],
+                ]
+            )
+        )
     return np.stack(rows) if rows else np.zeros((0, 7, *images.shape[1:]), np.uint8)
 
 
@@ -116,5 +132,6 @@ def require_grad_cam() -> None:
     try:
         import pytorch_grad_cam  # noqa: F401
     except ImportError:
-        raise MissingExtraError("explanations need the optional grad-cam package, which is not installed",
-                                extra="explain") from None
+        raise MissingExtraError(
+            "explanations need the optional grad-cam package, which is not installed", extra="explain"
+        ) from None

@@ -6,6 +6,7 @@ the last stage runs the rest and the final classifier. Each stage is a static gr
 batch axis; :mod:`shallowdeep.deploy` (numpy + onnxruntime) runs them with real exits. The stages
 are the engine's inference copies (conv+BN folded), so ONNX and PyTorch compute the same thing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,10 @@ def stages(engine: EarlyExitEngine) -> list[nn.Module]:
     """The engine's stages as modules: its folded blocks up to each IC (the stem in the first) with the
     IC's head, then the rest with the final classifier. Temperatures are left to the runtime."""
     sdn = engine.sdn
-    return [_Stage(list(blocks), sdn.heads[k] if at is not None else sdn.cnn.head, at is not None).eval()
-            for k, (blocks, at) in enumerate(engine._stages)]
+    return [
+        _Stage(list(blocks), sdn.heads[k] if at is not None else sdn.cnn.head, at is not None).eval()
+        for k, (blocks, at) in enumerate(engine._stages)
+    ]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -79,21 +82,37 @@ def export_engine(engine: EarlyExitEngine, out: str | Path, info: dict[str, Any]
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-                    torch.onnx.export(stage, (x,), str(path), input_names=["x"], output_names=names,
-                                      dynamic_axes={n: {0: "n"} for n in ["x", *names]}, opset_version=opset,
-                                      dynamo=False)
+                    torch.onnx.export(
+                        stage,
+                        (x,),
+                        str(path),
+                        input_names=["x"],
+                        output_names=names,
+                        dynamic_axes={n: {0: "n"} for n in ["x", *names]},
+                        opset_version=opset,
+                        dynamo=False,
+                    )
                     x = stage(x)[0] if ic else x
             except Exception as e:  # the exporter's errors name the operator it has no ONNX form for
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ArgumentError(f"{sdn.arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another "
-                                    "`opset`") from None
+                raise ArgumentError(
+                    f"{sdn.arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another `opset`"
+                ) from None
             files.append({"file": path.name, "outputs": names, "sha256": sha256_bytes(path.read_bytes())})
         manifest = {
-            "format": FORMAT, "arch": sdn.arch, "opset": opset, "stages": files,
+            "format": FORMAT,
+            "arch": sdn.arch,
+            "opset": opset,
+            "stages": files,
             "input": {"size": size, "layout": "NHWC uint8 RGB", "mean": list(info["mean"]), "std": list(info["std"])},
             "classes": list(info.get("classes") or [str(i) for i in range(sdn.num_classes)]),
-            "exit": {"rule": engine.rule, "thresholds": list(engine.thresholds), "patience": engine.patience,
-                     "fallback": engine.fallback, "temperatures": list(engine.temperatures)},
+            "exit": {
+                "rule": engine.rule,
+                "thresholds": list(engine.thresholds),
+                "patience": engine.patience,
+                "fallback": engine.fallback,
+                "temperatures": list(engine.temperatures),
+            },
             "relative_costs": [float(c) for c in engine.relative_costs],
             "weights_sha256": info.get("weights_sha256"),
         }

@@ -1,4 +1,5 @@
 """The internal classifier (IC) head of the paper (spec section 3)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ It computes nothing: every number comes from a :class:`~shallowdeep.analysis.Run
 results). The HTML embeds its figures as base64 PNGs and links nothing outside itself, so it opens
 offline and can be mailed as one file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,8 +54,17 @@ def _svg(fig) -> str:
 
 def _style() -> None:
     plt = _plt()
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
-                         "xtick.labelsize": 8, "ytick.labelsize": 8, "svg.fonttype": "none"})
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.titlesize": 9.5,
+            "axes.labelsize": 9,
+            "legend.fontsize": 8,
+            "xtick.labelsize": 8,
+            "ytick.labelsize": 8,
+            "svg.fonttype": "none",
+        }
+    )
 
 
 def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
@@ -62,26 +72,59 @@ def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for split, style in (("val", "--"), ("test", "-")):
         c = curves[split]
-        ax.plot(c.relative_cost, c.accuracy * 100, style, lw=1.4,
-                label=f"early exits, {split} ({len(c.thresholds)} thresholds)")
+        ax.plot(
+            c.relative_cost,
+            c.accuracy * 100,
+            style,
+            lw=1.4,
+            label=f"early exits, {split} ({len(c.thresholds)} thresholds)",
+        )
     xs = [o.relative_cost for o in analysis.outputs]
     ys = [o.test_accuracy * 100 for o in analysis.outputs]
     ax.scatter(xs, ys, c="k", s=18, zorder=3, label="each output alone (test)")
     for o, x, y in zip(analysis.outputs, xs, ys):
         ax.annotate(o.output, (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.scatter([1.0], [analysis.outputs[-1].test_accuracy * 100], marker="s", s=50, c="tab:red", zorder=4,
-               label="final output (cost of the CNN alone: 1)")
+    ax.scatter(
+        [1.0],
+        [analysis.outputs[-1].test_accuracy * 100],
+        marker="s",
+        s=50,
+        c="tab:red",
+        zorder=4,
+        label="final output (cost of the CNN alone: 1)",
+    )
     cal = analysis.calibrated
     if cal.test is not None:
-        ax.scatter([cal.test.relative_cost], [cal.test.accuracy * 100], marker="*", s=160, c="tab:green", zorder=5,
-                   label=f"calibrated on val: q={cal.threshold:.4g} (test)")
+        ax.scatter(
+            [cal.test.relative_cost],
+            [cal.test.accuracy * 100],
+            marker="*",
+            s=160,
+            c="tab:green",
+            zorder=5,
+            label=f"calibrated on val: q={cal.threshold:.4g} (test)",
+        )
     per = analysis.per_ic
     if per.test is not None and per.thresholds is not None:
-        ax.scatter([per.test.relative_cost], [per.test.accuracy * 100], marker="P", s=90, c="tab:purple", zorder=5,
-                   label="per-IC thresholds, calibrated on val (test)")
+        ax.scatter(
+            [per.test.relative_cost],
+            [per.test.accuracy * 100],
+            marker="P",
+            s=90,
+            c="tab:purple",
+            zorder=5,
+            label="per-IC thresholds, calibrated on val (test)",
+        )
     rows = analysis.reference.rows
-    ax.scatter([r["relative_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="x", s=22,
-               c="tab:gray", zorder=3, label="reference's 11 thresholds (test)")
+    ax.scatter(
+        [r["relative_cost"] for r in rows],
+        [r["accuracy"] * 100 for r in rows],
+        marker="x",
+        s=22,
+        c="tab:gray",
+        zorder=3,
+        label="reference's 11 thresholds (test)",
+    )
     ax.set_xlabel("average cost / plain CNN cost")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -118,10 +161,12 @@ def fig_destructive(o: Overthinking) -> str:
     a1.set_ylabel("test inputs")
     a1.set_xlabel("IC")
     x = np.arange(len(per))
-    a2.bar(x - 0.2, [p.mean_confidence_destructive or 0 for p in per], 0.4, label="on destructive inputs",
-           color="tab:red")
-    a2.bar(x + 0.2, [p.mean_confidence_correct or 0 for p in per], 0.4, label="on all its correct inputs",
-           color="tab:blue")
+    a2.bar(
+        x - 0.2, [p.mean_confidence_destructive or 0 for p in per], 0.4, label="on destructive inputs", color="tab:red"
+    )
+    a2.bar(
+        x + 0.2, [p.mean_confidence_correct or 0 for p in per], 0.4, label="on all its correct inputs", color="tab:blue"
+    )
     a2.set_xticks(x, names)
     a2.set_ylim(0, 1)
     a2.set_xlabel("IC")
@@ -137,8 +182,10 @@ def fig_destructive(o: Overthinking) -> str:
 def fig_confusion(c: Confusion) -> str:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    for ax, sep, title, xlabel in ((axes[0], c.confusion, "SDN confusion (normalised)", "confusion score"),
-                                   (axes[1], c.confidence, "final output's max softmax", "confidence")):
+    for ax, sep, title, xlabel in (
+        (axes[0], c.confusion, "SDN confusion (normalised)", "confusion score"),
+        (axes[1], c.confidence, "final output's max softmax", "confidence"),
+    ):
         h = sep.histogram
         edges = np.asarray(h.edges)
         centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
@@ -157,8 +204,13 @@ def fig_confusion(c: Confusion) -> str:
 GRID_COLUMNS = 6
 
 
-def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record: ExitRecord, classes: list[str],
-                   output_of_row: list[int]) -> str:
+def fig_image_grid(
+    images: np.ndarray,
+    rows: list[tuple[str, list[int]]],
+    record: ExitRecord,
+    classes: list[str],
+    output_of_row: list[int],
+) -> str:
     """Rows of example images; each titled with the row's output prediction and the true label."""
     plt = _plt()
     rows = [(label, idx[:GRID_COLUMNS]) for label, idx in rows]  # few per row: captions stay readable
@@ -181,8 +233,14 @@ def fig_image_grid(images: np.ndarray, rows: list[tuple[str, list[int]]], record
             ax.imshow(images[i], interpolation="nearest", extent=(x0, x0 + iw, top + ih, top))
             pred, true = record.preds[i, out], record.labels[i]
             final = record.preds[i, -1]
-            ax.text(c * cell_w + cell_w / 2, top - 0.05, f"{classes[pred]}\n(true {classes[true]},\nfinal "
-                    f"{classes[final]})", fontsize=10.5, ha="center", va="bottom")
+            ax.text(
+                c * cell_w + cell_w / 2,
+                top - 0.05,
+                f"{classes[pred]}\n(true {classes[true]},\nfinal {classes[final]})",
+                fontsize=10.5,
+                ha="center",
+                va="bottom",
+            )
         ax.text(-0.1, top + box / 2, label, ha="right", va="center", fontsize=12)
     return _png(fig)
 
@@ -256,8 +314,15 @@ def fig_rules(comparison) -> str:
         if len(c.thresholds) > 1:
             ax.plot(c.relative_cost, c.accuracy * 100, lw=1.2, color=color, label=r.rule.label)
         t = r.calibration.test
-        ax.scatter([t.relative_cost], [t.accuracy * 100], marker="*", s=120, color=color, zorder=4,
-                   label=f"{r.rule.label}: chosen on val" if len(c.thresholds) > 1 else f"{r.rule.label} (one setting)")
+        ax.scatter(
+            [t.relative_cost],
+            [t.accuracy * 100],
+            marker="*",
+            s=120,
+            color=color,
+            zorder=4,
+            label=f"{r.rule.label}: chosen on val" if len(c.thresholds) > 1 else f"{r.rule.label} (one setting)",
+        )
     ax.set_xlabel("average cost / plain CNN cost")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -301,8 +366,13 @@ def explanation_grid(panels: np.ndarray, titles: tuple[str, ...], row_labels: li
     return png_bytes(fig, dpi=120)
 
 
-def figures(analysis: RunAnalysis, test: ExitRecord, images: np.ndarray, classes: list[str],
-            epochs: list[dict[str, Any]] | None = None) -> dict[str, str]:
+def figures(
+    analysis: RunAnalysis,
+    test: ExitRecord,
+    images: np.ndarray,
+    classes: list[str],
+    epochs: list[dict[str, Any]] | None = None,
+) -> dict[str, str]:
     """Every figure of the report by key: ``"svg:<base64>"`` charts, ``"png:<base64>"`` image grids."""
     _style()
     o = analysis.overthinking
@@ -354,8 +424,16 @@ def _calibration_rows(cal: Calibration, per_ic: Calibration | None = None) -> li
             continue
         for label, p in (("validation (chooses)", c.val), ("test (reports)", c.test)):
             if p is not None:
-                rows.append([f"{kind}: {label}", _thresholds_text(c), _pct(p.accuracy), _pct(p.final_accuracy),
-                             f"{100 * p.relative_cost:.1f}%", " ".join(map(str, p.exit_counts))])
+                rows.append(
+                    [
+                        f"{kind}: {label}",
+                        _thresholds_text(c),
+                        _pct(p.accuracy),
+                        _pct(p.final_accuracy),
+                        f"{100 * p.relative_cost:.1f}%",
+                        " ".join(map(str, p.exit_counts)),
+                    ]
+                )
     return rows
 
 
@@ -367,9 +445,16 @@ def _run_section(run_meta: dict[str, Any] | None) -> str:
     epochs = run_meta.get("epochs", [])
     seconds = sum(e.get("seconds", 0) for e in epochs)
     rows = [
-        ["architecture, mode", f"{cfg.get('arch')}, {cfg.get('mode')}" + (f" (from {cfg.get('from_run')})" if cfg.get("from_run") else "")],
-        ["data", f"{cfg.get('data')}: " + ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
-         + f"; {data.get('image_size')} px"],
+        [
+            "architecture, mode",
+            f"{cfg.get('arch')}, {cfg.get('mode')}" + (f" (from {cfg.get('from_run')})" if cfg.get("from_run") else ""),
+        ],
+        [
+            "data",
+            f"{cfg.get('data')}: "
+            + ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
+            + f"; {data.get('image_size')} px",
+        ],
         ["recipe", ", ".join(f"{k} {v}" for k, v in recipe.items())],
         ["seed", cfg.get("seed")],
         ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items() if k != "weights_sha256_per_rank")],
@@ -379,9 +464,16 @@ def _run_section(run_meta: dict[str, Any] | None) -> str:
     return f'<section id="run"><h2>Run</h2><table class=kv><tbody>{body}</tbody></table></section>'
 
 
-def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta_line: str,
-                extra_sections: list[str] = (), run_meta: dict[str, Any] | None = None,
-                classes: list[str] | None = None, engine: tuple[str, Calibration] | None = None) -> str:
+def render_html(
+    analysis: RunAnalysis,
+    figures: dict[str, str],
+    title: str,
+    meta_line: str,
+    extra_sections: list[str] = (),
+    run_meta: dict[str, Any] | None = None,
+    classes: list[str] | None = None,
+    engine: tuple[str, Calibration] | None = None,
+) -> str:
     """The report page: tables from ``analysis``; figures embedded (SVG charts, PNG image grids);
     ``engine``: the exit rule and calibration written for ``predict`` and the engine."""
     cal = analysis.calibrated
@@ -401,24 +493,29 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
     budget = ""
     if analysis.calibrated_budget is not None:
         b = analysis.calibrated_budget
-        budget = (f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>"
-                  + _table(["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", "exits per output"],
-                           _calibration_rows(b, analysis.per_ic_budget)))
+        budget = f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>" + _table(
+            ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", "exits per output"],
+            _calibration_rows(b, analysis.per_ic_budget),
+        )
     used = ""
     if engine is not None:
         rule, ec = engine
         kind = "one threshold per IC" if ec.thresholds is not None else "one threshold for every IC"
-        used = (f"<p><b>What <code>predict</code> and the engine use</b> (<code>calibration.json</code>): the "
-                f"{html.escape(rule)} rule, {kind}: {html.escape(_thresholds_text(ec))}; validation "
-                f"{_pct(ec.val.accuracy)} at {100 * ec.val.relative_cost:.1f}% of the CNN's cost"
-                + (f", test {_pct(ec.test.accuracy)} at {100 * ec.test.relative_cost:.1f}%" if ec.test else "")
-                + ".")
+        used = (
+            f"<p><b>What <code>predict</code> and the engine use</b> (<code>calibration.json</code>): the "
+            f"{html.escape(rule)} rule, {kind}: {html.escape(_thresholds_text(ec))}; validation "
+            f"{_pct(ec.val.accuracy)} at {100 * ec.val.relative_cost:.1f}% of the CNN's cost"
+            + (f", test {_pct(ec.test.accuracy)} at {100 * ec.test.relative_cost:.1f}%" if ec.test else "")
+            + "."
+        )
         cv = ec.cross_validation
         if cv and "per_ic" in cv:
-            used += (f" Chosen by {cv['folds']}-fold cross-validation on the validation split (thresholds fitted on four "
-                     "folds, exits measured on the fifth, pooled): one threshold "
-                     f"{_pct(cv['single']['accuracy'])} at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
-                     f"{_pct(cv['per_ic']['accuracy'])} at {100 * cv['per_ic']['relative_cost']:.1f}%.")
+            used += (
+                f" Chosen by {cv['folds']}-fold cross-validation on the validation split (thresholds fitted on four "
+                "folds, exits measured on the fifth, pooled): one threshold "
+                f"{_pct(cv['single']['accuracy'])} at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+                f"{_pct(cv['per_ic']['accuracy'])} at {100 * cv['per_ic']['relative_cost']:.1f}%."
+            )
         elif cv:
             used += f" One threshold: {html.escape(str(cv.get('reason')))} to cross-validate per-IC thresholds."
         used += "</p>"
@@ -428,19 +525,37 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
         f"<h1>{html.escape(title)}</h1>",
         f"<p class=meta>{html.escape(meta_line)}</p>",
         _run_section(run_meta),
-        ('<section id="training"><h2>Training</h2>' + img("training", "validation accuracy and loss per epoch")
-         + "</section>") if "training" in figures else "",
-        '<section id="outputs"><h2>Outputs</h2>' + _table(
+        (
+            '<section id="training"><h2>Training</h2>'
+            + img("training", "validation accuracy and loss per epoch")
+            + "</section>"
+        )
+        if "training" in figures
+        else "",
+        '<section id="outputs"><h2>Outputs</h2>'
+        + _table(
             ["output", "GFLOPs (cumulative)", "cost / CNN", "val accuracy", "test accuracy", "ECE (test)"],
-            [[p.output, f"{p.gflops:.4f}", f"{100 * p.relative_cost:.1f}%", _pct(p.val_accuracy),
-              _pct(p.test_accuracy), f"{r.ece:.3f}"] for p, r in zip(analysis.outputs, analysis.reliability)])
+            [
+                [
+                    p.output,
+                    f"{p.gflops:.4f}",
+                    f"{100 * p.relative_cost:.1f}%",
+                    _pct(p.val_accuracy),
+                    _pct(p.test_accuracy),
+                    f"{r.ece:.3f}",
+                ]
+                for p, r in zip(analysis.outputs, analysis.reliability)
+            ],
+        )
         + "</section>",
     ]
     if k == 1:
-        sections.append('<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
-                        "so there is nothing to exit early from and no overthinking to measure. Turn it into an SDN "
-                        "by training its ICs on this run (the <code>ic-only</code> training mode) and analyze that "
-                        "run.</p></section>")
+        sections.append(
+            '<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
+            "so there is nothing to exit early from and no overthinking to measure. Turn it into an SDN "
+            "by training its ICs on this run (the <code>ic-only</code> training mode) and analyze that "
+            "run.</p></section>"
+        )
     else:
         sections += [
             '<section id="early-exit"><h2>Early exits</h2>'
@@ -450,15 +565,20 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
             "there and move one IC at a time on the validation split (coordinate descent, also on cost minus a "
             "multiple of accuracy so that ICs can trade accuracy), never worse than one threshold on validation; "
             "the test rows say whether that holds on unseen data.</p>"
-            + _table(["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", exit_head],
-                     _calibration_rows(cal, analysis.per_ic))
-            + budget + used
+            + _table(
+                ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", exit_head],
+                _calibration_rows(cal, analysis.per_ic),
+            )
+            + budget
+            + used
             + img("exits", "where inputs leave at the calibrated threshold")
             + img("accuracy_cost", "accuracy against cost")
             + img("threshold", "accuracy and cost against the threshold")
             + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
-            + _table(["threshold", "test accuracy", "cost / CNN"],
-                     [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows])
+            + _table(
+                ["threshold", "test accuracy", "cost / CNN"],
+                [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows],
+            )
             + f"<p>Chosen on the test set: q = {ref.chosen_threshold}.</p></section>",
             '<section id="overthinking"><h2>Overthinking</h2>'
             f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
@@ -467,33 +587,70 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
             f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
             f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
             f"{o.final_errors} errors.</p>"
-            + _table(["output", "correct", "cumulatively correct", "first correct here",
-                      "destructive (IC right, final wrong)", "IC confidence: destructive / all correct"],
-                     [[names[i], o.correct[i], o.cumulative_correct[i], o.newly_correct[i],
-                       per[i].count if i < k - 1 else "",
-                       (f"{per[i].mean_confidence_destructive or 0:.3f} / "
-                        f"{per[i].mean_confidence_correct or 0:.3f}") if i < k - 1 else ""]
-                      for i in range(k)])
-            + img("overthinking", "correct per output") + img("destructive", "destructive overthinking")
+            + _table(
+                [
+                    "output",
+                    "correct",
+                    "cumulatively correct",
+                    "first correct here",
+                    "destructive (IC right, final wrong)",
+                    "IC confidence: destructive / all correct",
+                ],
+                [
+                    [
+                        names[i],
+                        o.correct[i],
+                        o.cumulative_correct[i],
+                        o.newly_correct[i],
+                        per[i].count if i < k - 1 else "",
+                        (f"{per[i].mean_confidence_destructive or 0:.3f} / {per[i].mean_confidence_correct or 0:.3f}")
+                        if i < k - 1
+                        else "",
+                    ]
+                    for i in range(k)
+                ],
+            )
+            + img("overthinking", "correct per output")
+            + img("destructive", "destructive overthinking")
             + "<h3>Inputs first classified correctly at each output (simple to complex)</h3>"
             + img("first_correct", "first correct")
             + "<h3>Inputs only the first IC gets right</h3>"
             + (img("only_first", "only the first IC") if "only_first" in figures else "<p>None in the test split.</p>")
             + "</section>",
         ]
-    sections += [] if k == 1 else [
-        '<section id="confusion"><h2>Confusion</h2>'
-        f"<p>Confusion of an input: the sum over outputs of the L1 distance between its softmax and the final's, "
-        f"normalised by the {html.escape(c.normalisation['from'])} (mean {c.normalisation['mean']:.4f}, "
-        f"std {c.normalisation['std']:.4f}). How well each score separates the final output's errors:</p>"
-        + _table(["score", "AUROC for errors", "mean on correct", "mean on wrong", "wrong beyond correct mean",
-                  "correct beyond wrong mean"],
-                 [[name, "n/a" if s.auroc is None else f"{s.auroc:.4f}",
-                   "n/a" if s.mean_correct is None else f"{s.mean_correct:.4f}",
-                   "n/a" if s.mean_wrong is None else f"{s.mean_wrong:.4f}",
-                   s.wrong_beyond_correct_mean, s.correct_beyond_wrong_mean]
-                  for name, s in (("SDN confusion", c.confusion), ("final max softmax", c.confidence))])
-        + img("confusion", "confusion histograms") + "</section>"]
+    sections += (
+        []
+        if k == 1
+        else [
+            '<section id="confusion"><h2>Confusion</h2>'
+            f"<p>Confusion of an input: the sum over outputs of the L1 distance between its softmax and the final's, "
+            f"normalised by the {html.escape(c.normalisation['from'])} (mean {c.normalisation['mean']:.4f}, "
+            f"std {c.normalisation['std']:.4f}). How well each score separates the final output's errors:</p>"
+            + _table(
+                [
+                    "score",
+                    "AUROC for errors",
+                    "mean on correct",
+                    "mean on wrong",
+                    "wrong beyond correct mean",
+                    "correct beyond wrong mean",
+                ],
+                [
+                    [
+                        name,
+                        "n/a" if s.auroc is None else f"{s.auroc:.4f}",
+                        "n/a" if s.mean_correct is None else f"{s.mean_correct:.4f}",
+                        "n/a" if s.mean_wrong is None else f"{s.mean_wrong:.4f}",
+                        s.wrong_beyond_correct_mean,
+                        s.correct_beyond_wrong_mean,
+                    ]
+                    for name, s in (("SDN confusion", c.confusion), ("final max softmax", c.confidence))
+                ],
+            )
+            + img("confusion", "confusion histograms")
+            + "</section>"
+        ]
+    )
     sections += [
         '<section id="calibration"><h2>Are the confidences calibrated?</h2><p>Reliability diagram of every output '
         "on the test split (15 equal-width confidence bins) and its expected calibration error (ECE): early exits "
@@ -507,72 +664,136 @@ def render_html(analysis: RunAnalysis, figures: dict[str, str], title: str, meta
             "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). Each "
             f"threshold is chosen on the validation split (cheapest within {100 * cal.rule.get('max_drop', 0):.1f} "
             "points of the final output) and reported on the test split.</p>"
-            + _table(["rule", "threshold", "val accuracy", "val cost", "test accuracy", "test cost",
-                      exit_head.replace("exits per output", "test exits")],
-                     [[r.rule.label, f"{r.calibration.threshold:.4g}", _pct(r.calibration.val.accuracy),
-                       f"{100 * r.calibration.val.relative_cost:.1f}%", _pct(r.calibration.test.accuracy),
-                       f"{100 * r.calibration.test.relative_cost:.1f}%", " ".join(map(str, r.calibration.test.exit_counts))]
-                      for r in rc.results])
+            + _table(
+                [
+                    "rule",
+                    "threshold",
+                    "val accuracy",
+                    "val cost",
+                    "test accuracy",
+                    "test cost",
+                    exit_head.replace("exits per output", "test exits"),
+                ],
+                [
+                    [
+                        r.rule.label,
+                        f"{r.calibration.threshold:.4g}",
+                        _pct(r.calibration.val.accuracy),
+                        f"{100 * r.calibration.val.relative_cost:.1f}%",
+                        _pct(r.calibration.test.accuracy),
+                        f"{100 * r.calibration.test.relative_cost:.1f}%",
+                        " ".join(map(str, r.calibration.test.exit_counts)),
+                    ]
+                    for r in rc.results
+                ],
+            )
             + img("rules", "accuracy against cost of every exit rule")
             + "<h3>Temperature scaling</h3>"
-            + _table(["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"],
-                     [[names[i], f"{rc.temperatures[i]:.3f}", f"{rc.ece_before[i]:.4f}", f"{rc.ece_after[i]:.4f}"]
-                      for i in range(k)])
-            + "</section>")
+            + _table(
+                ["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"],
+                [
+                    [names[i], f"{rc.temperatures[i]:.3f}", f"{rc.ece_before[i]:.4f}", f"{rc.ece_after[i]:.4f}"]
+                    for i in range(k)
+                ],
+            )
+            + "</section>"
+        )
     if classes is not None and len(classes) <= 200:
         pc = analysis.per_class
-        sections.append('<section id="classes"><h2>Accuracy per class (test)</h2>' + _table(
-            ["class", "inputs", "final output", f"early exits (q={cal.threshold:.3g})" if k > 1 else "—"],
-            [[classes[i], pc.counts[i], _pct(pc.final[i]), _pct(pc.early_exit[i]) if k > 1 else ""]
-             for i in range(len(classes))]) + "</section>")
+        sections.append(
+            '<section id="classes"><h2>Accuracy per class (test)</h2>'
+            + _table(
+                ["class", "inputs", "final output", f"early exits (q={cal.threshold:.3g})" if k > 1 else "—"],
+                [
+                    [classes[i], pc.counts[i], _pct(pc.final[i]), _pct(pc.early_exit[i]) if k > 1 else ""]
+                    for i in range(len(classes))
+                ],
+            )
+            + "</section>"
+        )
     sections += list(extra_sections)
-    style = ("body{font-family:system-ui,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;"
-             "font-size:15px;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
-             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}"
-             "td:first-child{text-align:left}img{max-width:100%;height:auto}figure{margin:.8em 0}.meta{color:#666}"
-             "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5}"
-             "table.kv th{text-align:left;white-space:nowrap}td.l{text-align:left}")
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;"
+        "font-size:15px;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
+        "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}"
+        "td:first-child{text-align:left}img{max-width:100%;height:auto}figure{margin:.8em 0}.meta{color:#666}"
+        "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5}"
+        "table.kv th{text-align:left;white-space:nowrap}td.l{text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
+    )
 
 
 def backdoor_section(b: BackdoorResult, outputs: list[str], classes: list[str]) -> str:
     """The HTML of the backdoor section."""
     t = b.trigger
-    rows = [["final output alone", _pct(b.clean_accuracy_final), _pct(b.triggered_accuracy_final),
-             _pct(b.attack_success_final), "100%"]]
+    rows = [
+        [
+            "final output alone",
+            _pct(b.clean_accuracy_final),
+            _pct(b.triggered_accuracy_final),
+            _pct(b.attack_success_final),
+            "100%",
+        ]
+    ]
     ee = b.early_exit
     if ee is not None:
-        rows.append([f"early exits (q = {ee.threshold:.4g}, calibrated on clean validation data)",
-                     _pct(ee.clean_accuracy), _pct(ee.triggered_accuracy), _pct(ee.attack_success),
-                     f"{100 * ee.triggered_relative_cost:.1f}%"])
+        rows.append(
+            [
+                f"early exits (q = {ee.threshold:.4g}, calibrated on clean validation data)",
+                _pct(ee.clean_accuracy),
+                _pct(ee.triggered_accuracy),
+                _pct(ee.attack_success),
+                f"{100 * ee.triggered_relative_cost:.1f}%",
+            ]
+        )
     per = b.per_output
-    text = (f"<p>Trigger: a white {t['size']}x{t['size']} px square at row {t['row']}, column {t['col']}; "
-            f"{100 * t['rate']:.1f}% of the training inputs poisoned and relabelled to class "
-            f"{html.escape(str(classes[t['target']]))}. Triggered set: {b.triggered_inputs} test inputs of other "
-            f"classes with the trigger pasted on, scored against their true labels.</p>")
+    text = (
+        f"<p>Trigger: a white {t['size']}x{t['size']} px square at row {t['row']}, column {t['col']}; "
+        f"{100 * t['rate']:.1f}% of the training inputs poisoned and relabelled to class "
+        f"{html.escape(str(classes[t['target']]))}. Triggered set: {b.triggered_inputs} test inputs of other "
+        f"classes with the trigger pasted on, scored against their true labels.</p>"
+    )
     if b.destructive_on_triggered:
         d = b.destructive_on_triggered
-        text += (f"<p>Destructive overthinking on triggered inputs: {d['union_count']} inputs some IC gets right and "
-                 f"the final output gets wrong ({_pct(d['union_share_of_final_errors'])} of its errors there); per IC "
-                 f"{', '.join(map(str, d['per_ic']))}.</p>")
-    return ('<section id="backdoor"><h2>Backdoor</h2>' + text
-            + _table(["", "clean accuracy", "accuracy on triggered inputs", "attack success", "cost on triggered"], rows)
-            + _table(["output", "clean accuracy", "triggered accuracy", "attack success"],
-                     [[name, _pct(per["clean_accuracy"][i]), _pct(per["triggered_accuracy"][i]),
-                       _pct(per["attack_success"][i])] for i, name in enumerate(outputs)])
-            + "</section>")
+        text += (
+            f"<p>Destructive overthinking on triggered inputs: {d['union_count']} inputs some IC gets right and "
+            f"the final output gets wrong ({_pct(d['union_share_of_final_errors'])} of its errors there); per IC "
+            f"{', '.join(map(str, d['per_ic']))}.</p>"
+        )
+    return (
+        '<section id="backdoor"><h2>Backdoor</h2>'
+        + text
+        + _table(["", "clean accuracy", "accuracy on triggered inputs", "attack success", "cost on triggered"], rows)
+        + _table(
+            ["output", "clean accuracy", "triggered accuracy", "attack success"],
+            [
+                [
+                    name,
+                    _pct(per["clean_accuracy"][i]),
+                    _pct(per["triggered_accuracy"][i]),
+                    _pct(per["attack_success"][i]),
+                ]
+                for i, name in enumerate(outputs)
+            ],
+        )
+        + "</section>"
+    )
 
 
 def explanations_section(count_total: int, split: str, shown: int, png_base64: str) -> str:
     """The HTML of the explanations section (the grid written by ``explain``)."""
-    return ('<section id="explanations"><h2>Why IC 1 and the final output disagree</h2>'
-            f"<p>{count_total} {html.escape(split)} inputs are right at IC 1 and wrong at the final output; the first "
-            f"{shown}: Grad-CAM, guided backprop and guided Grad-CAM of IC 1's prediction on the network cut after "
-            "IC 1, beside the same for the final output's prediction.</p>"
-            f'<figure id="fig-explanations"><img alt="explanations" src="data:image/png;base64,{png_base64}"></figure>'
-            "</section>")
+    return (
+        '<section id="explanations"><h2>Why IC 1 and the final output disagree</h2>'
+        f"<p>{count_total} {html.escape(split)} inputs are right at IC 1 and wrong at the final output; the first "
+        f"{shown}: Grad-CAM, guided backprop and guided Grad-CAM of IC 1's prediction on the network cut after "
+        "IC 1, beside the same for the final output's prediction.</p>"
+        f'<figure id="fig-explanations"><img alt="explanations" src="data:image/png;base64,{png_base64}"></figure>'
+        "</section>"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,13 +810,17 @@ def _auc(x: float | None) -> str:
 
 def reproduction_markdown(result: dict[str, Any]) -> str:
     """The reproduction table (``shallowdeep reproduce``) as markdown."""
-    lines = [f"# Reproduction on {result['data']} ({result['device']})", "",
-             f"Epochs: CNN {result['epochs']['cnn']}, IC-only {result['epochs']['ic-only']}, SDN {result['epochs']['sdn']}; "
-             f"{result['note']}.", "",
-             "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | what predict uses "
-             "(val-chosen): acc. / cost | reference protocol (q chosen on "
-             "test): acc. / cost | right at some IC | destructive share of final errors | AUROC confusion / confidence |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Reproduction on {result['data']} ({result['device']})",
+        "",
+        f"Epochs: CNN {result['epochs']['cnn']}, IC-only {result['epochs']['ic-only']}, SDN {result['epochs']['sdn']}; "
+        f"{result['note']}.",
+        "",
+        "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | what predict uses "
+        "(val-chosen): acc. / cost | reference protocol (q chosen on "
+        "test): acc. / cost | right at some IC | destructive share of final errors | AUROC confusion / confidence |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         cal, ref = r["calibrated"], r["reference_protocol"]
         lines.append(
@@ -604,7 +829,8 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
             f"{_p(ref['test_accuracy'], 2)} / "
             f"{_p(ref['test_relative_cost'])} (q={ref['threshold']}) | {_p(r['early_share'])} | "
             f"{_p(r['destructive_share'])} | "
-            f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])} |")
+            f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])} |"
+        )
     for lead, items in _reproduction_sections(result):
         lines += ["", lead] + ([""] + [f"- {i}" for i in items] if items else [])
     return "\n".join(lines) + "\n"
@@ -613,43 +839,96 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
 def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """What follows the reproduction table, as (lead sentence, items) pairs: the markdown and the
     HTML page render the same sections."""
-    out = [("Accuracy (test) and cost (relative to the CNN) of every output:", [
-        f"{r['arch']} {r['kind']}: " + ", ".join(f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}"
-                                                 for o in r["outputs"]) for r in result["rows"]])]
+    out = [
+        (
+            "Accuracy (test) and cost (relative to the CNN) of every output:",
+            [
+                f"{r['arch']} {r['kind']}: "
+                + ", ".join(
+                    f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"]
+                )
+                for r in result["rows"]
+            ],
+        )
+    ]
     stages = []
     for r in _first_row_per_arch(result):
         if "stage_seconds" not in r:
             continue
         total = sum(r["stage_seconds"].values())
         in_epochs, beside = r.get("stage_epoch_seconds", {}), r.get("stage_background_seconds", {})
-        stages.append(f"{r['arch']}: " + ", ".join(
-            f"{k} {v:.1f} s" + (f" ({in_epochs[k]:.1f} s)" if k in in_epochs else "")
-            + (f" (+{beside[k]:.1f} s in the background)" if k in beside else "")
-            for k, v in r["stage_seconds"].items()) + f"; total {total:.1f} s ({total / 60:.1f} min)")
-    out.append(("Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
-                "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
-                "analysis: records + report, or, for an analysis made in a background process while the next "
-                "stage trained, the records and the wait for it, its own time beside):", stages))
-    runs = [f"{r['arch']}: " + ", ".join(f"{k} ({_runtime_text(v)})" for k, v in r["stage_runtime"].items())
-            for r in _first_row_per_arch(result) if r.get("stage_runtime")]
+        stages.append(
+            f"{r['arch']}: "
+            + ", ".join(
+                f"{k} {v:.1f} s"
+                + (f" ({in_epochs[k]:.1f} s)" if k in in_epochs else "")
+                + (f" (+{beside[k]:.1f} s in the background)" if k in beside else "")
+                for k, v in r["stage_seconds"].items()
+            )
+            + f"; total {total:.1f} s ({total / 60:.1f} min)"
+        )
+    out.append(
+        (
+            "Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
+            "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
+            "analysis: records + report, or, for an analysis made in a background process while the next "
+            "stage trained, the records and the wait for it, its own time beside):",
+            stages,
+        )
+    )
+    runs = [
+        f"{r['arch']}: " + ", ".join(f"{k} ({_runtime_text(v)})" for k, v in r["stage_runtime"].items())
+        for r in _first_row_per_arch(result)
+        if r.get("stage_runtime")
+    ]
     if runs:
-        out.append(("How each stage trained (precision, compilation; a resumed stage keeps what it started with):",
-                    runs))
+        out.append(
+            ("How each stage trained (precision, compilation; a resumed stage keeps what it started with):", runs)
+        )
     if result.get("call_seconds") is not None:
-        out.append((f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
-                    "and model building included; stages kept from an earlier call cost it nothing).", []))
+        out.append(
+            (
+                f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
+                "and model building included; stages kept from an earlier call cost it nothing).",
+                [],
+            )
+        )
     if result.get("compiled_ahead"):
-        out.append(("Training steps compiled in a background process, in training order (a stage trains eagerly "
-                    "until its step is in the compiler's cache, then loads it): " + ", ".join(
-                        f"{r['stage']} " + (f"in {r['seconds']:.1f} s" if r["compiled"] else
-                                            f"not ({r.get('error', 'it would not compile')})")
-                        + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
-                        for r in result["compiled_ahead"]) + ".", []))
-    out.append(("Median epoch time: " + ", ".join(
-        f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s" for r in result["rows"]
-        if r.get("median_epoch_seconds") is not None), []))
-    out.append(("The paper's claims (spec sections 7-9):",
-                [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]))
+        out.append(
+            (
+                "Training steps compiled in a background process, in training order (a stage trains eagerly "
+                "until its step is in the compiler's cache, then loads it): "
+                + ", ".join(
+                    f"{r['stage']} "
+                    + (
+                        f"in {r['seconds']:.1f} s"
+                        if r["compiled"]
+                        else f"not ({r.get('error', 'it would not compile')})"
+                    )
+                    + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
+                    for r in result["compiled_ahead"]
+                )
+                + ".",
+                [],
+            )
+        )
+    out.append(
+        (
+            "Median epoch time: "
+            + ", ".join(
+                f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s"
+                for r in result["rows"]
+                if r.get("median_epoch_seconds") is not None
+            ),
+            [],
+        )
+    )
+    out.append(
+        (
+            "The paper's claims (spec sections 7-9):",
+            [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()],
+        )
+    )
     return out
 
 
@@ -685,22 +964,50 @@ def reproduction_html(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         cal, ref = r["calibrated"], r["reference_protocol"]
         link = f'<a href="{html.escape(r["report"])}">report</a>'
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(r["arch"]), html.escape(r["kind"]), _p(r["final_test_accuracy"], 2),
-            f"{_p(cal['test_accuracy'], 2)} / {_p(cal['test_relative_cost'])}", html.escape(_engine_text(r.get("engine"))),
-            f"{_p(ref['test_accuracy'], 2)} / {_p(ref['test_relative_cost'])}", _p(r["early_share"]),
-            _p(r["destructive_share"]),
-            f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])}", link)) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in (
-        "network", "SDN", "final acc.", "early exit (val-calibrated): acc. / cost",
-        "what predict uses (val-chosen): acc. / cost", "reference protocol (test-chosen): acc. / cost", "right at some IC", "destructive share",
-        "AUROC confusion / confidence", ""))
-    sections = "".join(f"<p>{html.escape(lead)}</p>" + (f"<ul>{''.join(f'<li>{html.escape(i)}</li>' for i in items)}</ul>"
-                                                         if items else "")
-                       for lead, items in _reproduction_sections(result))
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>shallowdeep reproduction</title>"
-            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style></head><body>"
-            f"<h1>Reproduction on {html.escape(str(result['data']))} ({html.escape(str(result['device']))})</h1>"
-            f"<p>{html.escape(result['note'])}.</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
-            f"</tbody></table>{sections}</body></html>\n")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{c}</td>"
+                for c in (
+                    html.escape(r["arch"]),
+                    html.escape(r["kind"]),
+                    _p(r["final_test_accuracy"], 2),
+                    f"{_p(cal['test_accuracy'], 2)} / {_p(cal['test_relative_cost'])}",
+                    html.escape(_engine_text(r.get("engine"))),
+                    f"{_p(ref['test_accuracy'], 2)} / {_p(ref['test_relative_cost'])}",
+                    _p(r["early_share"]),
+                    _p(r["destructive_share"]),
+                    f"{_auc(r['confusion_auroc'])} / {_auc(r['confidence_auroc'])}",
+                    link,
+                )
+            )
+            + "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "network",
+            "SDN",
+            "final acc.",
+            "early exit (val-calibrated): acc. / cost",
+            "what predict uses (val-chosen): acc. / cost",
+            "reference protocol (test-chosen): acc. / cost",
+            "right at some IC",
+            "destructive share",
+            "AUROC confusion / confidence",
+            "",
+        )
+    )
+    sections = "".join(
+        f"<p>{html.escape(lead)}</p>"
+        + (f"<ul>{''.join(f'<li>{html.escape(i)}</li>' for i in items)}</ul>" if items else "")
+        for lead, items in _reproduction_sections(result)
+    )
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>shallowdeep reproduction</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style></head><body>"
+        f"<h1>Reproduction on {html.escape(str(result['data']))} ({html.escape(str(result['device']))})</h1>"
+        f"<p>{html.escape(result['note'])}.</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+        f"</tbody></table>{sections}</body></html>\n"
+    )

@@ -5,6 +5,7 @@ Composed from :mod:`~shallowdeep.workflows` (analysis of a run) and the run fold
 steps compile in a background process (:mod:`~shallowdeep.runs.precompile`) and the IC-only SDN is
 analyzed in another while the SDN trains. Knows no command-line flag.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,15 +26,21 @@ STAGES = tuple(PAPER_EPOCHS)  # in the order they run
 # what the paper claims (spec sections 7-9), printed beside the measured figures
 PAPER_CLAIMS = {
     "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
-                  "with accuracy within a point of the final output",
+    "with accuracy within a point of the final output",
     "early_share": "up to about 95 % of inputs are right at some output before the final one",
     "destructive_share": "about 50 % of the final output's errors are right at some IC",
     "confusion": "confusion separates errors from correct answers better than the final output's confidence",
 }
 
 
-def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Callable[[], None] | None = None,
-           compile_ready: Callable[[], bool] | None = None) -> tuple[float, float, dict[str, Any] | None]:
+def _stage(
+    out: Path,
+    cfg: dict[str, Any],
+    log: Log,
+    progress: bool,
+    set_up: Callable[[], None] | None = None,
+    compile_ready: Callable[[], bool] | None = None,
+) -> tuple[float, float, dict[str, Any] | None]:
     """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
     stage's wall seconds over every call (a run written before they were recorded: its epochs' sum),
     the sum of its epochs' times (training and validation only), resumed epochs included, and how
@@ -46,8 +53,16 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Cal
     if folder.exists():
         meta = folder.meta()
         if meta.get("status") != "complete":
-            train_run(TrainConfig(out=str(out), resume=True, device=cfg.get("device"), precision=cfg.get("precision"),
-                                  compile=cfg.get("compile")), **hooks)
+            train_run(
+                TrainConfig(
+                    out=str(out),
+                    resume=True,
+                    device=cfg.get("device"),
+                    precision=cfg.get("precision"),
+                    compile=cfg.get("compile"),
+                ),
+                **hooks,
+            )
         elif log is not None:
             log(f"{out} is finished: kept")
     else:
@@ -58,10 +73,22 @@ def _stage(out: Path, cfg: dict[str, Any], log: Log, progress: bool, set_up: Cal
 
 
 @reuse_loaded()  # every stage and analysis of one call reads the same data set: listed and read once
-def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | None = None,
-              image_size: int | None = None, epochs: dict[str, int] | None = None, device: str | None = None,
-              precision: str | None = None, compile: bool | None = None, seed: int | None = None,
-              stages: tuple[str, ...] = STAGES, log: Log = print, progress: bool = True) -> dict[str, Any]:
+def reproduce(
+    data: str,
+    out: str | Path,
+    archs: list[str],
+    *,
+    data_root: str | None = None,
+    image_size: int | None = None,
+    epochs: dict[str, int] | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
+    seed: int | None = None,
+    stages: tuple[str, ...] = STAGES,
+    log: Log = print,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
     analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
     ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
@@ -78,8 +105,9 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
     unknown = [x for x in stages if x not in STAGES]
     if unknown or not stages:
-        raise ArgumentError(f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): "
-                            f"choose from {', '.join(STAGES)}")
+        raise ArgumentError(
+            f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): choose from {', '.join(STAGES)}"
+        )
     epochs = {**PAPER_EPOCHS, **(epochs or {})}
     for stage, n in epochs.items():
         if not (isinstance(n, int) and n >= 1):
@@ -93,8 +121,9 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     if "ic-only" in stages and "cnn" not in stages:
         for a in archs:
             if not RunFolder(out / a / "cnn").finished():
-                raise ArgumentError(f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: "
-                                    "add the cnn stage to `stages`")
+                raise ArgumentError(
+                    f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: add the cnn stage to `stages`"
+                )
     from .distributed import join
 
     # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
@@ -104,8 +133,14 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     out.mkdir(parents=True, exist_ok=True)
     from .core.io import write_bytes, write_json
 
-    result: dict[str, Any] = {"data": data, "device": dev, "epochs": epochs, "rows": [], "paper_claims": PAPER_CLAIMS,
-                              "note": "thresholds chosen on the validation split, reported on the test split"}
+    result: dict[str, Any] = {
+        "data": data,
+        "device": dev,
+        "epochs": epochs,
+        "rows": [],
+        "paper_claims": PAPER_CLAIMS,
+        "note": "thresholds chosen on the validation split, reported on the test split",
+    }
 
     def publish() -> None:  # after every analysis, so a killed reproduction still leaves its table so far
         result["call_seconds"] = time.perf_counter() - started
@@ -116,10 +151,21 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
     # the stages this call trains anew get their steps compiled in a background process, in training
     # order, and each trains eagerly until its step is in the compiler's cache (one process on one
     # GPU; under torchrun no stage compiles by default)
-    common_cfg = {"data": data, "data_root": data_root, "image_size": image_size, "device": device,
-                  "precision": precision, "compile": compile, "seed": seed}
-    beside = CompiledBeside([] if place.enabled or not compiles_beside(dev) else
-                             _compile_ahead_plan(out, archs, stages, epochs, common_cfg), log)
+    common_cfg = {
+        "data": data,
+        "data_root": data_root,
+        "image_size": image_size,
+        "device": device,
+        "precision": precision,
+        "compile": compile,
+        "seed": seed,
+    }
+    beside = CompiledBeside(
+        []
+        if place.enabled or not compiles_beside(dev)
+        else _compile_ahead_plan(out, archs, stages, epochs, common_cfg),
+        log,
+    )
 
     try:
         for arch in archs:
@@ -130,11 +176,21 @@ def reproduce(data: str, out: str | Path, archs: list[str], *, data_root: str | 
             if "cnn" in stages:
                 one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
             if "ic-only" in stages:
-                one.train("ic-only", {"mode": "ic-only", "from_run": str(out / arch / "cnn"), "seed": seed,
-                                      "epochs": epochs["ic-only"], "device": device, "precision": precision,
-                                      "compile": compile})
-                one.analyze("ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev,
-                                                                    place.enabled))
+                one.train(
+                    "ic-only",
+                    {
+                        "mode": "ic-only",
+                        "from_run": str(out / arch / "cnn"),
+                        "seed": seed,
+                        "epochs": epochs["ic-only"],
+                        "device": device,
+                        "precision": precision,
+                        "compile": compile,
+                    },
+                )
+                one.analyze(
+                    "ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev, place.enabled)
+                )
             if "sdn" in stages:
                 try:
                     one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
@@ -160,8 +216,18 @@ class _ArchStages:
     time of every stage and analysis so far (the rows of one architecture share these dicts, filled
     in as its stages finish)."""
 
-    def __init__(self, out: Path, arch: str, dev: str, main: bool, beside: CompiledBeside,
-                 rows: list[dict[str, Any]], publish: Callable[[], None], log: Log, progress: bool) -> None:
+    def __init__(
+        self,
+        out: Path,
+        arch: str,
+        dev: str,
+        main: bool,
+        beside: CompiledBeside,
+        rows: list[dict[str, Any]],
+        publish: Callable[[], None],
+        log: Log,
+        progress: bool,
+    ) -> None:
         self.out, self.base, self.arch, self.dev, self.main = out, out / arch, arch, dev, main
         self.beside, self.rows, self.publish, self.log, self.progress = beside, rows, publish, log, progress
         self.seconds: dict[str, float] = {}  # wall seconds per stage and analysis (an analysis: the pipeline's part)
@@ -173,7 +239,8 @@ class _ArchStages:
     def train(self, kind: str, cfg: dict[str, Any]) -> None:
         """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
         self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
-            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}"))
+            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}")
+        )
 
     def analyze(self, kind: str, beside_next: bool = False) -> None:
         """Analyze stage ``kind``: keep an analysis of these weights, else analyze it here, or, with
@@ -230,10 +297,15 @@ class _ArchStages:
     def _add_row(self, kind: str, json_path: Path) -> None:
         meta = RunFolder(self.base / kind).meta()
         epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
-        row = _reproduction_row(self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html",
-                                self.out)
-        row |= {"stage_seconds": self.seconds, "stage_epoch_seconds": self.in_epochs,
-                "stage_background_seconds": self.in_background, "stage_runtime": self.runtimes}
+        row = _reproduction_row(
+            self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html", self.out
+        )
+        row |= {
+            "stage_seconds": self.seconds,
+            "stage_epoch_seconds": self.in_epochs,
+            "stage_background_seconds": self.in_background,
+            "stage_runtime": self.runtimes,
+        }
         self.rows.append(row)
         self.publish()
 
@@ -260,9 +332,18 @@ def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
     from .core.children import python_child
 
     said = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, and a pipe fills up
-    process = python_child(["-c", "import sys; from shallowdeep.reproduction import _analyze_beside; "
-                                  "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])", str(run),
-                            repr(pipeline_seconds), device], stdout=subprocess.DEVNULL, stderr=said)
+    process = python_child(
+        [
+            "-c",
+            "import sys; from shallowdeep.reproduction import _analyze_beside; "
+            "_analyze_beside(sys.argv[1], float(sys.argv[2]), sys.argv[3])",
+            str(run),
+            repr(pipeline_seconds),
+            device,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=said,
+    )
     process.said = said
     return process
 
@@ -287,8 +368,9 @@ def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu
     return json_path
 
 
-def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int],
-                        common: dict[str, Any]) -> list[tuple[str, Any]]:
+def _compile_ahead_plan(
+    out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any]
+) -> list[tuple[str, Any]]:
     """The stages to compile in the background, in the order this call trains them, each as
     ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
     keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
@@ -306,27 +388,38 @@ def _compile_ahead_plan(out: Path, archs: list[str], stages: tuple[str, ...], ep
     return plan
 
 
-def _reproduction_row(arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float],
-                      html_path: Path, out: Path) -> dict[str, Any]:
+def _reproduction_row(
+    arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float], html_path: Path, out: Path
+) -> dict[str, Any]:
     ee = r["early_exit"]
     cal, ref = ee["calibrated"], ee["reference_protocol"]
     ref_row = next((x for x in ref["rows"] if x["threshold"] == ref["chosen_threshold"]), None)
     o, c = r["overthinking"], r["confusion"]
     return {
-        "arch": arch, "kind": kind,
-        "outputs": [{"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
-                    for x in r["outputs"]],
+        "arch": arch,
+        "kind": kind,
+        "outputs": [
+            {"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
+            for x in r["outputs"]
+        ],
         "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
-        "calibrated": {"threshold": cal["threshold"], "test_accuracy": cal["test"]["accuracy"],
-                       "test_relative_cost": cal["test"]["relative_cost"]},
+        "calibrated": {
+            "threshold": cal["threshold"],
+            "test_accuracy": cal["test"]["accuracy"],
+            "test_relative_cost": cal["test"]["relative_cost"],
+        },
         "engine": _engine_point(ee.get("engine")),
-        "reference_protocol": {"threshold": ref["chosen_threshold"],
-                               "test_accuracy": ref_row["accuracy"] if ref_row else None,
-                               "test_relative_cost": ref_row["relative_cost"] if ref_row else None},
+        "reference_protocol": {
+            "threshold": ref["chosen_threshold"],
+            "test_accuracy": ref_row["accuracy"] if ref_row else None,
+            "test_relative_cost": ref_row["relative_cost"] if ref_row else None,
+        },
         "early_share": o["early_share"],
         "destructive_share": o["destructive"]["union_share_of_final_errors"],
-        "confusion_auroc": c["confusion"]["auroc"], "confidence_auroc": c["confidence"]["auroc"],
-        "epochs": len(epoch_s), "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
+        "confusion_auroc": c["confusion"]["auroc"],
+        "confidence_auroc": c["confidence"]["auroc"],
+        "epochs": len(epoch_s),
+        "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
         "runtime": meta.get("runtime"),
         "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
     }
@@ -337,6 +430,10 @@ def _engine_point(engine: dict[str, Any] | None) -> dict[str, Any] | None:
     if not engine:
         return None
     cal = engine["calibration"]
-    return {"rule": engine["rule"], "per_ic": cal.get("thresholds") is not None,
-            "thresholds": cal.get("thresholds") or [cal["threshold"]],
-            "test_accuracy": cal["test"]["accuracy"], "test_relative_cost": cal["test"]["relative_cost"]}
+    return {
+        "rule": engine["rule"],
+        "per_ic": cal.get("thresholds") is not None,
+        "thresholds": cal.get("thresholds") or [cal["threshold"]],
+        "test_accuracy": cal["test"]["accuracy"],
+        "test_relative_cost": cal["test"]["relative_cost"],
+    }

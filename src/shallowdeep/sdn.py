@@ -1,4 +1,5 @@
 """The SDN type: a CNN's blocks, the positions of its internal classifiers (ICs) and their heads."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ class SDN(nn.Module):
     modules are shared, not copied: ``sdn.cnn`` is the very network the SDN was made from.
     """
 
-    def __init__(self, cnn: CNN, positions: Sequence[int] | None = None,
-                 heads: Sequence[nn.Module] | None = None) -> None:
+    def __init__(
+        self, cnn: CNN, positions: Sequence[int] | None = None, heads: Sequence[nn.Module] | None = None
+    ) -> None:
         super().__init__()
         positions = tuple(cnn.ic_positions if positions is None else positions)
         if list(positions) != sorted(set(positions)) or any(p < 0 or p >= len(cnn.blocks) - 1 for p in positions):
@@ -78,7 +80,7 @@ class SDN(nn.Module):
         outputs.append(self.cnn.head(x))
         return outputs
 
-    def cut(self, k: int) -> "CutSDN":
+    def cut(self, k: int) -> CutSDN:
         """The network up to IC ``k`` (0-based), whose last output is IC k; modules are shared."""
         if not 0 <= k < len(self.positions):
             raise ArgumentError(f"this SDN has ICs 0..{len(self.positions) - 1}, cannot cut after IC {k}")
@@ -101,8 +103,9 @@ class CutSDN(nn.Module):
         return run_blocks(self.stem, self.blocks, self.positions, self.heads, x)[0]
 
 
-def run_blocks(stem: nn.Module, blocks: Sequence[nn.Module], positions: Sequence[int],
-               heads: Sequence[nn.Module], x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def run_blocks(
+    stem: nn.Module, blocks: Sequence[nn.Module], positions: Sequence[int], heads: Sequence[nn.Module], x: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Run ``stem`` and ``blocks`` on ``x``; return each IC's logits and the last block's output."""
     outputs: list[torch.Tensor] = []
     k = 0

@@ -6,6 +6,7 @@ Training batches come from torchvision.transforms.v2 (RandomResizedCrop and a ho
 evaluation resizes the shorter side and takes the centre crop (:func:`~shallowdeep.core.images.fit_image`,
 as the in-memory path and the deployment runtime do), so both see the same pixels.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ def _stack(items: list[torch.Tensor]) -> torch.Tensor:
 class _LazyImages:
     """``images[index]`` of a :class:`StreamSet`: decodes those files (evaluation transform)."""
 
-    def __init__(self, owner: "StreamSet") -> None:
+    def __init__(self, owner: StreamSet) -> None:
         self.owner = owner
         self.device = torch.device("cpu")
         self.dtype = torch.uint8
@@ -64,8 +65,11 @@ class _LazyImages:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL releases the GIL
-            out = torch.stack(list(pool.map(files.__getitem__, range(len(files))))) if idx else \
-                torch.zeros(0, self.owner.size, self.owner.size, 3, dtype=torch.uint8)
+            out = (
+                torch.stack(list(pool.map(files.__getitem__, range(len(files)))))
+                if idx
+                else torch.zeros(0, self.owner.size, self.owner.size, 3, dtype=torch.uint8)
+            )
         return out[0] if isinstance(index, int) else out
 
 
@@ -85,23 +89,29 @@ class StreamSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "StreamSet":
+    def subset(self, index: torch.Tensor) -> StreamSet:
         return StreamSet([self.paths[i] for i in index.tolist()], self.labels[index], self.ids[index], self.size)
 
-    def to(self, device: torch.device | str) -> "StreamSet":
+    def to(self, device: torch.device | str) -> StreamSet:
         """Files stay where they are; batches move to the device as they are made."""
         return self
 
-    def batches(self, index_batches: list[list[int]], train: bool, seed: int,
-                workers: int | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self, index_batches: list[list[int]], train: bool, seed: int, workers: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """uint8 ``[B, S, S, 3]`` batches for the given position lists, decoded by worker processes."""
         if not index_batches:
             return iter(())
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
         loader = torch.utils.data.DataLoader(
-            _Files(self.paths, self.size, train), batch_sampler=index_batches, num_workers=workers,
-            collate_fn=_stack, generator=torch.Generator().manual_seed(seed), prefetch_factor=2 if workers else None,
-            persistent_workers=False)
+            _Files(self.paths, self.size, train),
+            batch_sampler=index_batches,
+            num_workers=workers,
+            collate_fn=_stack,
+            generator=torch.Generator().manual_seed(seed),
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+        )
         return iter(loader)
 
     def channel_stats(self, sample: int = 1000) -> tuple[tuple[float, ...], tuple[float, ...]]:

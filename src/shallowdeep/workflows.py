@@ -3,6 +3,7 @@ analyze it, explain it, export it. The paper's whole pipeline is :mod:`~shallowd
 
 Knows run folders, analyses and the report; knows no command-line flag.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,10 +29,19 @@ Log = Callable[[str], None] | None
 ANALYZED_SPLITS = ("train", "val", "test")
 
 
-def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: float = 0.01,
-                budget: float | None = None, fallback: str = "most_confident", device: str = "cpu",
-                rules: list[str] | None = None, rule: str = "max_softmax", thresholds: str = "auto",
-                log: Log = None) -> tuple[Path, Path]:
+def analyze_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    max_drop: float = 0.01,
+    budget: float | None = None,
+    fallback: str = "most_confident",
+    device: str = "cpu",
+    rules: list[str] | None = None,
+    rule: str = "max_softmax",
+    thresholds: str = "auto",
+    log: Log = None,
+) -> tuple[Path, Path]:
     """Collect (or reuse) a run's records, analyze them, write the engine's ``calibration.json``
     (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths.
 
@@ -49,7 +59,9 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < float("inf")):
         raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
     if thresholds not in ("auto", "per_ic", "single"):
-        raise ArgumentError(f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}")
+        raise ArgumentError(
+            f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}"
+        )
     pick_device(str(device))  # a device that does not exist: one line now, not PyTorch's error mid-collection
     from .analysis import compare_rules
 
@@ -88,27 +100,47 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
 
     if is_sdn:
         # the rules are compared at the max-drop operating point (a budget may be out of reach of patience)
-        analysis = replace(analysis, rules=compare_rules(records["val"], records["test"], compared, max_drop=max_drop,
-                                                         fallback=fallback))
+        analysis = replace(
+            analysis,
+            rules=compare_rules(records["val"], records["test"], compared, max_drop=max_drop, fallback=fallback),
+        )
     if backdoor is not None:
-        analysis = replace(analysis, backdoor=backdoor_figures(
-            records["test"], records["test+trigger"], backdoor.target, backdoor.to_json(),
-            analysis.calibrated.threshold if is_sdn else None, fallback))
+        analysis = replace(
+            analysis,
+            backdoor=backdoor_figures(
+                records["test"],
+                records["test+trigger"],
+                backdoor.target,
+                backdoor.to_json(),
+                analysis.calibrated.threshold if is_sdn else None,
+                fallback,
+            ),
+        )
     lap("analyses")
     cfg = meta.get("config", {})
     test = records["test"]
-    meta_line = (f"{cfg.get('arch')} trained in mode {cfg.get('mode')} on {cfg.get('data')}; {test.num_inputs} test, "
-                 f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
-                 f"{parts['analyses']:.2f}s")
+    meta_line = (
+        f"{cfg.get('arch')} trained in mode {cfg.get('mode')} on {cfg.get('data')}; {test.num_inputs} test, "
+        f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
+        f"{parts['analyses']:.2f}s"
+    )
     classes = data.meta.get("class_names", data.classes)
     figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.get("epochs"))
     lap("figures")
-    result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.get("arch"), "data": cfg.get("data"),
-                              "mode": cfg.get("mode"), "meta_line": meta_line, **analysis.to_json()}
+    result: dict[str, Any] = {
+        "run": str(folder.path.resolve()),
+        "arch": cfg.get("arch"),
+        "data": cfg.get("data"),
+        "mode": cfg.get("mode"),
+        "meta_line": meta_line,
+        **analysis.to_json(),
+    }
     o = analysis.overthinking
     result["images"] = {
-        "first_correct": {n: [int(test.ids[i]) for i in idx]
-                          for n, idx in zip([r.output for r in analysis.outputs], o.examples_first_correct)},
+        "first_correct": {
+            n: [int(test.ids[i]) for i in idx]
+            for n, idx in zip([r.output for r in analysis.outputs], o.examples_first_correct)
+        },
         "only_first_ic": [int(test.ids[i]) for i in o.examples_only_first],
         "note": "test-split ids (positions in the data set's test split)",
     }
@@ -119,8 +151,14 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
     if explain_json.is_file() and explain_png.is_file():
         ex = read_json(explain_json)
         try:
-            extra.append(report.explanations_section(int(ex["count_total"]), str(ex["split"]), len(ex["inputs"]),
-                                                     base64.b64encode(explain_png.read_bytes()).decode()))
+            extra.append(
+                report.explanations_section(
+                    int(ex["count_total"]),
+                    str(ex["split"]),
+                    len(ex["inputs"]),
+                    base64.b64encode(explain_png.read_bytes()).decode(),
+                )
+            )
             result["explanations"] = ex
         except (KeyError, TypeError, ValueError):
             raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
@@ -132,20 +170,42 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         # max_softmax honours a budget; another rule is calibrated at the max-drop point (a budget may be out
         # of patience's reach)
         goal = {"budget": budget} if budget is not None and chosen_rule.label == "max_softmax" else {}
-        chosen = rule_calibration(records["val"], records["test"], chosen_rule, np.asarray(temps) if temps else None,
-                                  max_drop=max_drop, fallback=fallback, per_ic=per_ic, **goal)
-        result["early_exit"]["engine"] = {"rule": chosen_rule.label, "thresholds": thresholds,
-                                          "calibration": chosen.to_json()}
+        chosen = rule_calibration(
+            records["val"],
+            records["test"],
+            chosen_rule,
+            np.asarray(temps) if temps else None,
+            max_drop=max_drop,
+            fallback=fallback,
+            per_ic=per_ic,
+            **goal,
+        )
+        result["early_exit"]["engine"] = {
+            "rule": chosen_rule.label,
+            "thresholds": thresholds,
+            "calibration": chosen.to_json(),
+        }
         lap("calibration")  # the engine's thresholds (per-IC ones are cross-validated)
-    page = report.render_html(analysis, figures, f"shallowdeep report: {folder.path.name}", meta_line, extra,
-                              run_meta=meta, classes=list(classes),
-                              engine=(chosen_rule.label, chosen) if chosen is not None else None)
+    page = report.render_html(
+        analysis,
+        figures,
+        f"shallowdeep report: {folder.path.name}",
+        meta_line,
+        extra,
+        run_meta=meta,
+        classes=list(classes),
+        engine=(chosen_rule.label, chosen) if chosen is not None else None,
+    )
     if is_sdn:
         save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
     lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
-    result |= {"weights_sha256": meta.get("weights_sha256"), "options": options,
-               "wall_seconds": time.perf_counter() - started, "time_parts": parts}
+    result |= {
+        "weights_sha256": meta.get("weights_sha256"),
+        "options": options,
+        "wall_seconds": time.perf_counter() - started,
+        "time_parts": parts,
+    }
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)
@@ -157,7 +217,11 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
         write_json(out / "report.json", result)
         write_bytes(out / "report.html", page.encode())
     if log is not None:
-        log(f"analyzed in {result['wall_seconds']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")")
+        log(
+            f"analyzed in {result['wall_seconds']:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+            + ")"
+        )
     return out / "report.html", out / "report.json"
 
 
@@ -165,8 +229,9 @@ def analyze_run(run: str | Path, out: str | Path | None = None, *, max_drop: flo
 _ANALYZE_DEFAULTS = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
 
 
-def _analysis_options(max_drop: float, budget: float | None, fallback: str, rules: list[str] | None, rule: str,
-                      thresholds: str) -> tuple[dict[str, Any], Any, list[Any]]:
+def _analysis_options(
+    max_drop: float, budget: float | None, fallback: str, rules: list[str] | None, rule: str, thresholds: str
+) -> tuple[dict[str, Any], Any, list[Any]]:
     """The analysis options as recorded in report.json, the rule predict uses and the rules compared
     (that one always among them)."""
     from .analysis import DEFAULT_RULES, parse_rule
@@ -175,8 +240,14 @@ def _analysis_options(max_drop: float, budget: float | None, fallback: str, rule
     compared = [parse_rule(r) for r in (rules if rules is not None else DEFAULT_RULES)]
     if chosen_rule.label not in [r.label for r in compared]:
         compared.append(chosen_rule)
-    options = {"max_drop": max_drop, "budget": budget, "fallback": fallback, "rules": [r.label for r in compared],
-               "rule": chosen_rule.label, "thresholds": thresholds}
+    options = {
+        "max_drop": max_drop,
+        "budget": budget,
+        "fallback": fallback,
+        "rules": [r.label for r in compared],
+        "rule": chosen_rule.label,
+        "thresholds": thresholds,
+    }
     return options, chosen_rule, compared
 
 
@@ -193,14 +264,20 @@ def kept_analysis(run: str | Path) -> Path | None:
         return None  # damaged: analyze again
     d = _ANALYZE_DEFAULTS
     defaults = _analysis_options(d["max_drop"], d["budget"], d["fallback"], d["rules"], d["rule"], d["thresholds"])[0]
-    if not (isinstance(rep, dict) and weights and rep.get("weights_sha256") == weights and rep.get("options") == defaults
-            and isinstance(rep.get("wall_seconds"), (int, float))):
+    if not (
+        isinstance(rep, dict)
+        and weights
+        and rep.get("weights_sha256") == weights
+        and rep.get("options") == defaults
+        and isinstance(rep.get("wall_seconds"), (int, float))
+    ):
         return None
     return path
 
 
-def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: str = "cpu",
-                log: Log = None) -> dict[str, Any]:
+def explain_run(
+    run: str | Path, split: str = "test", limit: int = 8, device: str = "cpu", log: Log = None
+) -> dict[str, Any]:
     """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json`` into the
     run's ``explain/`` folder, where the report finds them."""
     from . import report
@@ -209,8 +286,10 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
 
     folder = RunFolder(run)
     if folder.kind() != "sdn":
-        raise RunFolderError(f"{run} is a plain CNN run: explanations compare IC 1 with the final output; make it an "
-                             "SDN by ic-only training first")
+        raise RunFolderError(
+            f"{run} is a plain CNN run: explanations compare IC 1 with the final output; make it an "
+            "SDN by ic-only training first"
+        )
     if limit < 1:
         raise ArgumentError(f"`limit` must be at least 1, got {limit}")
     if split not in ("train", "val", "test"):
@@ -226,26 +305,39 @@ def explain_run(run: str | Path, split: str = "test", limit: int = 8, device: st
         if old.is_file() and not old.is_symlink():
             old.unlink()
     names = list(data.meta.get("class_names", data.classes))
-    result: dict[str, Any] = {"split": split, "count_total": int((record.correct[:, 0] & ~record.correct[:, -1]).sum()),
-                              "inputs": [], "files": []}
+    result: dict[str, Any] = {
+        "split": split,
+        "count_total": int((record.correct[:, 0] & ~record.correct[:, -1]).sum()),
+        "inputs": [],
+        "files": [],
+    }
     if len(pick):
         s = data.split(split)
         x = normalize(s.images[pick], data.mean, data.std).contiguous().to(device)
         first = explain_output(model, x, 0, record.preds[pick, 0])
         final = explain_output(model, x, model.num_outputs - 1, record.preds[pick, -1])
         panels = explanation_panels(s.images[pick].numpy(), first, final)
-        labels = [f"true {names[record.labels[i]]}\nIC 1: {names[record.preds[i, 0]]}\nfinal: {names[record.preds[i, -1]]}"
-                  for i in pick]
+        labels = [
+            f"true {names[record.labels[i]]}\nIC 1: {names[record.preds[i, 0]]}\nfinal: {names[record.preds[i, -1]]}"
+            for i in pick
+        ]
         folder.write_bytes(out / "explanations.png", report.explanation_grid(panels, PANEL_TITLES, labels))
         result["files"].append("explanations.png")
         for j, i in enumerate(pick):
             name = f"input_{int(record.ids[i])}.png"
-            folder.write_bytes(out / name, report.explanation_grid(panels[j:j + 1], PANEL_TITLES, labels[j:j + 1]))
+            folder.write_bytes(out / name, report.explanation_grid(panels[j : j + 1], PANEL_TITLES, labels[j : j + 1]))
             result["files"].append(name)
-            result["inputs"].append({"id": int(record.ids[i]), "true": names[record.labels[i]],
-                                     "ic1": names[record.preds[i, 0]], "final": names[record.preds[i, -1]],
-                                     "ic1_cam_mean": float(np.mean(first.cam[j])),
-                                     "final_cam_mean": float(np.mean(final.cam[j])), "file": name})
+            result["inputs"].append(
+                {
+                    "id": int(record.ids[i]),
+                    "true": names[record.labels[i]],
+                    "ic1": names[record.preds[i, 0]],
+                    "final": names[record.preds[i, -1]],
+                    "ic1_cam_mean": float(np.mean(first.cam[j])),
+                    "final_cam_mean": float(np.mean(final.cam[j])),
+                    "file": name,
+                }
+            )
     folder.write_json(out / "explain.json", result)
     return result | {"folder": str(out)}
 
@@ -258,8 +350,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     from .runs import train_run
     from .runs.train import may_compile
 
-    new = not from_env().enabled and compiles_beside(str(pick_device(cfg.device))) and \
-        not RunFolder(cfg.out).exists() and may_compile(cfg)
+    new = (
+        not from_env().enabled
+        and compiles_beside(str(pick_device(cfg.device)))
+        and not RunFolder(cfg.out).exists()
+        and may_compile(cfg)
+    )
     beside = CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
     try:
         return train_run(cfg, progress=progress, log=log, set_up=beside.start, compile_ready=beside.ready(str(cfg.out)))
@@ -295,6 +391,10 @@ def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Pa
     engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
     meta = folder.meta()
     d = meta.get("data", {})
-    info = {"mean": d.get("mean", [0.0, 0.0, 0.0]), "std": d.get("std", [1.0, 1.0, 1.0]),
-            "classes": d.get("class_names") or d.get("classes"), "weights_sha256": sha256_file(folder.weights)}
+    info = {
+        "mean": d.get("mean", [0.0, 0.0, 0.0]),
+        "std": d.get("std", [1.0, 1.0, 1.0]),
+        "classes": d.get("class_names") or d.get("classes"),
+        "weights_sha256": sha256_file(folder.weights),
+    }
     return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)

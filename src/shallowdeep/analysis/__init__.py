@@ -1,15 +1,66 @@
 """Analyses of exit records: pure, vectorised functions that never run the network (numpy only)."""
+
 from .backdoor import BackdoorResult, backdoor_figures
 from .confusion import Confusion, confusion
-from .early_exit import (FALLBACKS, REFERENCE_THRESHOLDS, Calibration, EarlyExit, OperatingPoint, ReferenceProtocol,
-                         Sweep, calibrate, default_thresholds, early_exit, reference_protocol, sweep)
+from .early_exit import (
+    FALLBACKS,
+    REFERENCE_THRESHOLDS,
+    Calibration,
+    EarlyExit,
+    OperatingPoint,
+    ReferenceProtocol,
+    Sweep,
+    calibrate,
+    default_thresholds,
+    early_exit,
+    reference_protocol,
+    sweep,
+)
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
-from .rules import DEFAULT_RULES, ExitRule, RuleComparison, compare_rules, fit_temperatures, parse_rule, rule_calibration
+from .rules import (
+    DEFAULT_RULES,
+    ExitRule,
+    RuleComparison,
+    compare_rules,
+    fit_temperatures,
+    parse_rule,
+    rule_calibration,
+)
 from .summary import RunAnalysis, analyze
 
-__all__ = ["DEFAULT_RULES", "ExitRule", "RuleComparison", "compare_rules", "fit_temperatures", "parse_rule", "rule_calibration",
-           "ClassAccuracy", "Reliability", "per_class", "reliability", "FALLBACKS", "REFERENCE_THRESHOLDS", "BackdoorResult", "Calibration", "Confusion", "EarlyExit", "ExitRecord",
-           "OperatingPoint", "Overthinking", "ReferenceProtocol", "RunAnalysis", "Sweep", "analyze", "backdoor_figures",
-           "calibrate", "confusion", "default_thresholds", "early_exit", "overthinking", "reference_protocol", "sweep"]
+__all__ = [
+    "DEFAULT_RULES",
+    "ExitRule",
+    "RuleComparison",
+    "compare_rules",
+    "fit_temperatures",
+    "parse_rule",
+    "rule_calibration",
+    "ClassAccuracy",
+    "Reliability",
+    "per_class",
+    "reliability",
+    "FALLBACKS",
+    "REFERENCE_THRESHOLDS",
+    "BackdoorResult",
+    "Calibration",
+    "Confusion",
+    "EarlyExit",
+    "ExitRecord",
+    "OperatingPoint",
+    "Overthinking",
+    "ReferenceProtocol",
+    "RunAnalysis",
+    "Sweep",
+    "analyze",
+    "backdoor_figures",
+    "calibrate",
+    "confusion",
+    "default_thresholds",
+    "early_exit",
+    "overthinking",
+    "reference_protocol",
+    "sweep",
+]

@@ -1,4 +1,5 @@
 """Backdoor figures (spec section 11) from a clean and a triggered record: pure, no network."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -44,8 +45,14 @@ class BackdoorResult:
         return {k: v for k, v in d.items() if v is not None}
 
 
-def backdoor_figures(clean: ExitRecord, triggered: ExitRecord, target: int, trigger: dict[str, Any],
-                     threshold: float | None, fallback: str) -> BackdoorResult:
+def backdoor_figures(
+    clean: ExitRecord,
+    triggered: ExitRecord,
+    target: int,
+    trigger: dict[str, Any],
+    threshold: float | None,
+    fallback: str,
+) -> BackdoorResult:
     """Every backdoor figure; ``target`` is the class the trigger points to, ``trigger`` its
     description (for the report), ``threshold`` the calibrated one (``None`` for a plain CNN)."""
     k = triggered.num_outputs
@@ -54,18 +61,34 @@ def backdoor_figures(clean: ExitRecord, triggered: ExitRecord, target: int, trig
     if threshold is not None and k > 1:
         e = early_exit(triggered, threshold, fallback)
         ec = early_exit(clean, threshold, fallback)
-        exits = BackdoorExits(threshold, fallback, e.accuracy, e.relative_cost, e.exit_counts,
-                              float((e.predictions == target).mean()) if triggered.num_inputs else 0.0,
-                              ec.accuracy, ec.relative_cost)
+        exits = BackdoorExits(
+            threshold,
+            fallback,
+            e.accuracy,
+            e.relative_cost,
+            e.exit_counts,
+            float((e.predictions == target).mean()) if triggered.num_inputs else 0.0,
+            ec.accuracy,
+            ec.relative_cost,
+        )
         o = overthinking(triggered)
-        destructive = {"union_count": o.destructive_union_count,
-                       "union_share_of_final_errors": o.destructive_union_share_of_final_errors,
-                       "per_ic": [d.count for d in o.destructive_per_ic], "early_share": o.early_share}
+        destructive = {
+            "union_count": o.destructive_union_count,
+            "union_share_of_final_errors": o.destructive_union_share_of_final_errors,
+            "per_ic": [d.count for d in o.destructive_per_ic],
+            "early_share": o.early_share,
+        }
     return BackdoorResult(
-        trigger=dict(trigger), triggered_inputs=triggered.num_inputs,
-        clean_accuracy_final=float(clean.accuracy()[-1]), attack_success_final=float(hit_target[-1]),
+        trigger=dict(trigger),
+        triggered_inputs=triggered.num_inputs,
+        clean_accuracy_final=float(clean.accuracy()[-1]),
+        attack_success_final=float(hit_target[-1]),
         triggered_accuracy_final=float(triggered.accuracy()[-1]),
-        per_output={"attack_success": hit_target.tolist(), "triggered_accuracy": triggered.accuracy().tolist(),
-                    "clean_accuracy": clean.accuracy().tolist()},
-        early_exit=exits, destructive_on_triggered=destructive,
+        per_output={
+            "attack_success": hit_target.tolist(),
+            "triggered_accuracy": triggered.accuracy().tolist(),
+            "clean_accuracy": clean.accuracy().tolist(),
+        },
+        early_exit=exits,
+        destructive_on_triggered=destructive,
     )

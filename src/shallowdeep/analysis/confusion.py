@@ -1,4 +1,5 @@
 """The confusion metric (paper section 5.2, spec section 9)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -54,8 +55,9 @@ def _histogram(values: np.ndarray, right: np.ndarray, bins: int) -> Histogram:
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
-    return Histogram(edges.tolist(), np.histogram(values[right], edges)[0].tolist(),
-                     np.histogram(values[~right], edges)[0].tolist())
+    return Histogram(
+        edges.tolist(), np.histogram(values[right], edges)[0].tolist(), np.histogram(values[~right], edges)[0].tolist()
+    )
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,13 @@ class Confusion:
 
     def to_json(self) -> dict[str, Any]:
         """Every figure but the per-input scores."""
-        return {"normalisation": dict(self.normalisation), "num_correct": self.num_correct, "num_wrong": self.num_wrong,
-                "confusion": self.confusion.to_json(), "confidence": self.confidence.to_json()}
+        return {
+            "normalisation": dict(self.normalisation),
+            "num_correct": self.num_correct,
+            "num_wrong": self.num_wrong,
+            "confusion": self.confusion.to_json(),
+            "confidence": self.confidence.to_json(),
+        }
 
 
 def confusion(record: ExitRecord, stats: tuple[float, float] | ExitRecord | None = None, bins: int = 30) -> Confusion:
@@ -128,5 +135,11 @@ def confusion(record: ExitRecord, stats: tuple[float, float] | ExitRecord | None
             histogram=_histogram(values, right, bins),
         )
 
-    return Confusion({"mean": mean, "std": std, "from": source}, int(right.sum()), int(wrong.sum()),
-                     separation(score, True), separation(conf, False), score)
+    return Confusion(
+        {"mean": mean, "std": std, "from": source},
+        int(right.sum()),
+        int(wrong.sum()),
+        separation(score, True),
+        separation(conf, False),
+        score,
+    )

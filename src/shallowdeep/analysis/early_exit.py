@@ -1,8 +1,9 @@
 """Confidence-based early exits (paper section 5.1, spec section 7): simulation, sweep, calibration."""
+
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,20 @@ from .record import ExitRecord
 
 REFERENCE_THRESHOLDS = (0.1, 0.15, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
-__all__ = ["FALLBACKS", "REFERENCE_THRESHOLDS", "Calibration", "EarlyExit", "OperatingPoint", "ReferenceProtocol",
-           "Sweep", "calibrate", "default_thresholds", "early_exit", "reference_protocol", "sweep"]
+__all__ = [
+    "FALLBACKS",
+    "REFERENCE_THRESHOLDS",
+    "Calibration",
+    "EarlyExit",
+    "OperatingPoint",
+    "ReferenceProtocol",
+    "Sweep",
+    "calibrate",
+    "default_thresholds",
+    "early_exit",
+    "reference_protocol",
+    "sweep",
+]
 
 
 @dataclass(frozen=True)
@@ -32,8 +45,13 @@ class EarlyExit:
     costs: np.ndarray
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "fallback": self.fallback, "accuracy": self.accuracy,
-                "relative_cost": self.relative_cost, "exit_counts": self.exit_counts}
+        return {
+            "threshold": self.threshold,
+            "fallback": self.fallback,
+            "accuracy": self.accuracy,
+            "relative_cost": self.relative_cost,
+            "exit_counts": self.exit_counts,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,8 +105,12 @@ class Calibration:
         return list(self.thresholds) if self.thresholds is not None else self.threshold
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"rule": dict(self.rule), "fallback": self.fallback, "threshold": self.threshold,
-                             "val": self.val.to_json()}
+        d: dict[str, Any] = {
+            "rule": dict(self.rule),
+            "fallback": self.fallback,
+            "threshold": self.threshold,
+            "val": self.val.to_json(),
+        }
         if self.test is not None:
             d["test"] = self.test.to_json()
         if self.thresholds is not None:
@@ -98,7 +120,7 @@ class Calibration:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Calibration":
+    def from_json(cls, d: dict[str, Any]) -> Calibration:
         """Rebuild a calibration from :meth:`to_json`; a malformed one is an :class:`ArgumentError`."""
         try:
             threshold = float(d["threshold"])
@@ -110,9 +132,15 @@ class Calibration:
                 per_ic = [float(q) for q in per_ic]
                 if not all(0.0 <= q <= 1.0 for q in per_ic):
                     raise ValueError(f"per-IC thresholds {per_ic} outside [0, 1]")
-            return cls(dict(d.get("rule") or {}), check_fallback(str(d.get("fallback", "most_confident"))), threshold,
-                       OperatingPoint(**d["val"]), OperatingPoint(**test) if test else None, per_ic,
-                       dict(d["cross_validation"]) if d.get("cross_validation") else None)
+            return cls(
+                dict(d.get("rule") or {}),
+                check_fallback(str(d.get("fallback", "most_confident"))),
+                threshold,
+                OperatingPoint(**d["val"]),
+                OperatingPoint(**test) if test else None,
+                per_ic,
+                dict(d["cross_validation"]) if d.get("cross_validation") else None,
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ArgumentError(f"not a calibration ({e})") from None
 
@@ -127,8 +155,12 @@ class ReferenceProtocol:
     chosen: OperatingPoint
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "rows": self.rows, "chosen_threshold": self.chosen_threshold,
-                "chosen": self.chosen.to_json()}
+        return {
+            "label": self.label,
+            "rows": self.rows,
+            "chosen_threshold": self.chosen_threshold,
+            "chosen": self.chosen.to_json(),
+        }
 
 
 def default_thresholds() -> np.ndarray:
@@ -152,8 +184,10 @@ def _ic_scores(record: ExitRecord, scores: np.ndarray | None) -> np.ndarray:
         return record.confidence[:, : record.num_outputs - 1]
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (record.num_inputs, record.num_outputs - 1):
-        raise ArgumentError(f"scores must be shaped [inputs, ICs] = {[record.num_inputs, record.num_outputs - 1]}, "
-                            f"got {list(scores.shape)}")
+        raise ArgumentError(
+            f"scores must be shaped [inputs, ICs] = {[record.num_inputs, record.num_outputs - 1]}, "
+            f"got {list(scores.shape)}"
+        )
     return scores
 
 
@@ -164,8 +198,9 @@ def _count_below(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.n
     return cum[np.searchsorted(values[order], q, side="left")]
 
 
-def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident",
-          scores: np.ndarray | None = None) -> Sweep:
+def sweep(
+    record: ExitRecord, thresholds=None, fallback: str = "most_confident", scores: np.ndarray | None = None
+) -> Sweep:
     """Accuracy, relative cost and exit counts of early exits at every threshold.
 
     An input reaches output i (exits there or later) exactly when the running maximum ``m`` of the
@@ -177,8 +212,9 @@ def sweep(record: ExitRecord, thresholds=None, fallback: str = "most_confident",
     k, n = record.num_outputs, record.num_inputs
     ic_conf = _ic_scores(record, scores).astype(np.float64)
     running = np.maximum.accumulate(ic_conf, axis=1) if k > 1 else ic_conf
-    right = np.concatenate([record.correct[:, : k - 1], (_fallback_preds(record, fallback) == record.labels)[:, None]],
-                           axis=1).astype(np.float64)  # [N, K]: column K-1 = no IC exit
+    right = np.concatenate(
+        [record.correct[:, : k - 1], (_fallback_preds(record, fallback) == record.labels)[:, None]], axis=1
+    ).astype(np.float64)  # [N, K]: column K-1 = no IC exit
     ones = np.ones(n)
     # reach[i][t] = inputs reaching output i; hits[i][t] = of those, right at output i
     reach = [np.full(len(q), float(n))] + [_count_below(running[:, i - 1], ones, q) for i in range(1, k)]
@@ -205,8 +241,12 @@ def _exits_per_ic(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(hit[np.arange(len(scores)), first], first, scores.shape[1])
 
 
-def early_exit(record: ExitRecord, threshold: float | Sequence[float], fallback: str = "most_confident",
-               scores: np.ndarray | None = None) -> EarlyExit:
+def early_exit(
+    record: ExitRecord,
+    threshold: float | Sequence[float],
+    fallback: str = "most_confident",
+    scores: np.ndarray | None = None,
+) -> EarlyExit:
     """Early exits at one threshold for every IC, or one threshold per IC.
 
     An input exits at the first IC whose maximum softmax is >= its threshold; one that exits at no
@@ -228,25 +268,39 @@ def early_exit(record: ExitRecord, threshold: float | Sequence[float], fallback:
     preds = np.where(exits < k - 1, ic_preds, fb)
     costs = record.costs[exits]
     return EarlyExit(
-        threshold=threshold, fallback=fallback,
+        threshold=threshold,
+        fallback=fallback,
         accuracy=float((preds == record.labels).mean()) if n else 0.0,
         relative_cost=float(costs.mean() / record.cnn_cost) if n else 0.0,
         exit_counts=np.bincount(exits, minlength=k).tolist(),
-        exits=exits, predictions=preds, costs=costs,
+        exits=exits,
+        predictions=preds,
+        costs=costs,
     )
 
 
-def _point(record: ExitRecord, threshold: float | list[float], fallback: str,
-           scores: np.ndarray | None = None) -> OperatingPoint:
+def _point(
+    record: ExitRecord, threshold: float | list[float], fallback: str, scores: np.ndarray | None = None
+) -> OperatingPoint:
     e = early_exit(record, threshold, fallback, scores)
-    return OperatingPoint(e.accuracy, e.relative_cost, float(record.accuracy()[-1]) if record.num_inputs else 0.0,
-                          e.exit_counts)
+    return OperatingPoint(
+        e.accuracy, e.relative_cost, float(record.accuracy()[-1]) if record.num_inputs else 0.0, e.exit_counts
+    )
 
 
-def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: float | None = 0.01,
-              budget: float | None = None, fallback: str = "most_confident", thresholds=None,
-              swept: Sweep | None = None, val_scores: np.ndarray | None = None,
-              test_scores: np.ndarray | None = None, per_ic: bool | str = False) -> Calibration:
+def calibrate(
+    val: ExitRecord,
+    test: ExitRecord | None = None,
+    *,
+    max_drop: float | None = 0.01,
+    budget: float | None = None,
+    fallback: str = "most_confident",
+    thresholds=None,
+    swept: Sweep | None = None,
+    val_scores: np.ndarray | None = None,
+    test_scores: np.ndarray | None = None,
+    per_ic: bool | str = False,
+) -> Calibration:
     """Choose a threshold on the validation record and report it on the test record.
 
     With ``budget`` (a relative cost): the most accurate threshold whose cost is within it.
@@ -269,8 +323,10 @@ def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: floa
     if budget is not None:
         ok = cost <= budget + 1e-12
         if not ok.any():
-            raise ArgumentError(f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
-                                f"(cheapest: {cost.min():.3f}): raise it")
+            raise ArgumentError(
+                f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
+                f"(cheapest: {cost.min():.3f}): raise it"
+            )
         order = np.lexsort((-q, -acc))  # best accuracy first, then higher threshold
         rule = {"budget": float(budget)}
     else:
@@ -289,15 +345,30 @@ def calibrate(val: ExitRecord, test: ExitRecord | None = None, *, max_drop: floa
     if per_ic and val.num_outputs > 1 and val.num_inputs:
         grid = np.union1d(default_thresholds() if thresholds is None else q, [chosen])
         per = _refine_per_ic(val, chosen, grid, rule, final_acc, fallback, val_scores)
-        return Calibration(rule, fallback, chosen, _point(val, per, fallback, val_scores),
-                           _point(test, per, fallback, test_scores) if test is not None else None, per, cv)
+        return Calibration(
+            rule,
+            fallback,
+            chosen,
+            _point(val, per, fallback, val_scores),
+            _point(test, per, fallback, test_scores) if test is not None else None,
+            per,
+            cv,
+        )
     val_point = OperatingPoint(float(acc[best]), float(cost[best]), final_acc, s.exit_counts[best].tolist())
-    return Calibration(rule, fallback, chosen, val_point,
-                       _point(test, chosen, fallback, test_scores) if test is not None else None, None, cv)
+    return Calibration(
+        rule,
+        fallback,
+        chosen,
+        val_point,
+        _point(test, chosen, fallback, test_scores) if test is not None else None,
+        None,
+        cv,
+    )
 
 
-def _cross_validate(val: ExitRecord, goal: dict[str, float | None], fallback: str, thresholds,
-                    scores: np.ndarray | None, folds: int = 5) -> dict[str, Any]:
+def _cross_validate(
+    val: ExitRecord, goal: dict[str, float | None], fallback: str, thresholds, scores: np.ndarray | None, folds: int = 5
+) -> dict[str, Any]:
     """Per-IC thresholds on held-out validation inputs against every single threshold.
 
     Each fold's per-IC thresholds are chosen on the other folds, and the held-out exits of all folds
@@ -317,8 +388,9 @@ def _cross_validate(val: ExitRecord, goal: dict[str, float | None], fallback: st
     for f in range(folds):
         fit, held = fold != f, fold == f
         fit_s, held_s = (None, None) if scores is None else (scores[fit], scores[held])
-        c = calibrate(val.subset(fit), None, **goal, fallback=fallback, thresholds=thresholds, val_scores=fit_s,
-                      per_ic=True)
+        c = calibrate(
+            val.subset(fit), None, **goal, fallback=fallback, thresholds=thresholds, val_scores=fit_s, per_ic=True
+        )
         held_rec = val.subset(held)  # one record (its softmax cached) for both choices
         for kind, q in (("single", c.threshold), ("per_ic", c.thresholds)):
             e = early_exit(held_rec, q, fallback, held_s)
@@ -331,12 +403,23 @@ def _cross_validate(val: ExitRecord, goal: dict[str, float | None], fallback: st
     best_single = float(curve.accuracy[within].max()) if within.any() else -1.0
     wins = pa > best_single + 1e-12 and (goal.get("budget") is None or pc <= float(goal["budget"]) + 1e-12)
     out["single_curve_accuracy_at_that_cost"] = best_single
-    return out | {"per_ic_wins": bool(wins), "single": {"accuracy": sa, "relative_cost": sc},
-                  "per_ic": {"accuracy": pa, "relative_cost": pc}}
+    return out | {
+        "per_ic_wins": bool(wins),
+        "single": {"accuracy": sa, "relative_cost": sc},
+        "per_ic": {"accuracy": pa, "relative_cost": pc},
+    }
 
 
-def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[str, float], final_acc: float,
-                   fallback: str, scores: np.ndarray | None, max_rounds: int = 30) -> list[float]:
+def _refine_per_ic(
+    val: ExitRecord,
+    start: float,
+    grid: np.ndarray,
+    rule: dict[str, float],
+    final_acc: float,
+    fallback: str,
+    scores: np.ndarray | None,
+    max_rounds: int = 30,
+) -> list[float]:
     """Per-IC thresholds chosen on the validation record, starting from ``start`` at every IC.
 
     Coordinate descent: one IC at a time, with the others fixed, its threshold moves to the grid
@@ -353,8 +436,9 @@ def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[s
     s = _ic_scores(val, scores).astype(np.float64)
     n, m = s.shape
     # right[:, j]: right if the input answers at exit j (the ICs, then the fallback); cost[j] / CNN
-    right = np.concatenate([val.correct[:, :m], (_fallback_preds(val, fallback) == val.labels)[:, None]],
-                           axis=1).astype(np.float64)
+    right = np.concatenate(
+        [val.correct[:, :m], (_fallback_preds(val, fallback) == val.labels)[:, None]], axis=1
+    ).astype(np.float64)
     cost = np.asarray(val.costs, dtype=np.float64) / val.cnn_cost
     rows = np.arange(n)
     orders = [np.argsort(s[:, k], kind="stable") for k in range(m)]
@@ -382,7 +466,8 @@ def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[s
                 cand = np.union1d(grid, [q[k]])
                 pos = np.searchsorted(s[idx, k], cand, side="left")
 
-                def below(w: np.ndarray) -> np.ndarray:  # sum of w over the reaching inputs scoring below t
+                # the sum of w over the reaching inputs scoring below t
+                def below(w: np.ndarray, pos: np.ndarray = pos) -> np.ndarray:
                     return np.concatenate([[0.0], np.cumsum(w)])[pos]
 
                 # exit at IC k iff score >= t: totals if all exit at k, plus (pass - stay) of those below t
@@ -399,8 +484,9 @@ def _refine_per_ic(val: ExitRecord, start: float, grid: np.ndarray, rule: dict[s
 
     def evaluate(q: np.ndarray) -> tuple:
         e = _exits_per_ic(s, q)
-        return tuple(x[0] for x in rule_key(np.array([right[rows, e].sum()]), np.array([cost[e].sum()]),
-                                            np.array([0.0])))[:3]
+        return tuple(
+            x[0] for x in rule_key(np.array([right[rows, e].sum()]), np.array([cost[e].sum()]), np.array([0.0]))
+        )[:3]
 
     q0 = np.full(m, float(start))
     best = descend(q0, rule_key)
@@ -422,8 +508,10 @@ def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str =
     chosen = calibrate(test, None, max_drop=max_drop, fallback=fallback, swept=s)
     return ReferenceProtocol(
         label="reference protocol: thresholds chosen on the test set (optimistic, not a fair estimate)",
-        rows=[{"threshold": float(q), "accuracy": float(a), "relative_cost": float(c)}
-              for q, a, c in zip(s.thresholds, s.accuracy, s.relative_cost)],
+        rows=[
+            {"threshold": float(q), "accuracy": float(a), "relative_cost": float(c)}
+            for q, a, c in zip(s.thresholds, s.accuracy, s.relative_cost)
+        ],
         chosen_threshold=chosen.threshold,
         chosen=chosen.val,
     )

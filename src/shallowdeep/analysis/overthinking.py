@@ -1,4 +1,5 @@
 """Wasteful and destructive overthinking (paper section 4, spec section 8)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -89,12 +90,14 @@ def overthinking(record: ExitRecord, examples: int = 8) -> Overthinking:
     conf = record.confidence
     per_ic = []
     for i in range(k - 1):
-        per_ic.append(DestructiveIC(
-            count=int(destructive[:, i].sum()),
-            share_of_final_errors=float(destructive[:, i].sum() / n_wrong) if n_wrong else None,
-            mean_confidence_destructive=_mean(conf[destructive[:, i], i]),
-            mean_confidence_correct=_mean(conf[correct[:, i], i]),
-        ))
+        per_ic.append(
+            DestructiveIC(
+                count=int(destructive[:, i].sum()),
+                share_of_final_errors=float(destructive[:, i].sum() / n_wrong) if n_wrong else None,
+                mean_confidence_destructive=_mean(conf[destructive[:, i], i]),
+                mean_confidence_correct=_mean(conf[correct[:, i], i]),
+            )
+        )
     only_first = correct[:, 0] & ~correct[:, 1:].any(1) if k > 1 else np.zeros(n, bool)
     return Overthinking(
         num_inputs=n,

@@ -4,6 +4,7 @@ Every analysis in :mod:`shallowdeep.analysis` is a pure function of records, so 
 once per split however many questions are asked. This module needs numpy only (no torch): a record
 is built from any model's outputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ class ExitRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_arrays(cls, logits, labels, costs, cnn_cost: float, ids=None, meta: dict | None = None) -> "ExitRecord":
+    def from_arrays(cls, logits, labels, costs, cnn_cost: float, ids=None, meta: dict | None = None) -> ExitRecord:
         """Build a record from any model's outputs (numpy arrays or torch tensors)."""
+
         def arr(x, dtype):
             if hasattr(x, "detach"):  # a torch tensor, without importing torch here
                 x = x.detach().cpu().numpy()
@@ -58,10 +60,11 @@ class ExitRecord:
         ids = np.arange(n, dtype=np.int64) if ids is None else arr(ids, np.int64).reshape(-1)
         return cls(logits, labels, costs, float(cnn_cost), ids, dict(meta or {}))
 
-    def subset(self, index: np.ndarray) -> "ExitRecord":
+    def subset(self, index: np.ndarray) -> ExitRecord:
         """The record of some inputs (an index array or a boolean mask)."""
-        return ExitRecord(self.logits[index], self.labels[index], self.costs, self.cnn_cost, self.ids[index],
-                          dict(self.meta))
+        return ExitRecord(
+            self.logits[index], self.labels[index], self.costs, self.cnn_cost, self.ids[index], dict(self.meta)
+        )
 
     @property
     def num_inputs(self) -> int:
@@ -117,7 +120,7 @@ class ExitRecord:
         write_bytes(path, arrays_to_bytes(arrays, {"cnn_cost": self.cnn_cost, "meta": self.meta}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ExitRecord":
+    def load(cls, path: str | Path) -> ExitRecord:
         """Read a record written by :meth:`save` (no pickle involved)."""
         t, m = read_arrays(path)
         try:

@@ -1,5 +1,6 @@
 """How well each output's confidence matches its accuracy: reliability curves and expected
 calibration error (ECE), per output, from a record (pure, numpy only)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -43,9 +44,16 @@ def reliability(record: ExitRecord, bins: int = 15) -> list[Reliability]:
             mc = conf_sum / counts
             acc = acc_sum / counts
         ece = float(np.nansum(counts * np.abs(acc - mc)) / n) if n else 0.0
-        out.append(Reliability(k, edges.tolist(), counts.tolist(),
-                               [None if c == 0 else float(v) for c, v in zip(counts, mc)],
-                               [None if c == 0 else float(v) for c, v in zip(counts, acc)], ece))
+        out.append(
+            Reliability(
+                k,
+                edges.tolist(),
+                counts.tolist(),
+                [None if c == 0 else float(v) for c, v in zip(counts, mc)],
+                [None if c == 0 else float(v) for c, v in zip(counts, acc)],
+                ece,
+            )
+        )
     return out
 
 

@@ -12,6 +12,7 @@ reaches the threshold q, so the sweep and calibration of :mod:`.early_exit` serv
 Each rule may run on temperature-scaled logits: one temperature per output, fitted on the
 validation record by minimising its negative log-likelihood (Guo et al. 2017).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ def parse_rule(text: str, temperature: bool = False) -> ExitRule:
         text, temperature = text[:-2], True
     name, _, arg = text.partition(":")
     if name not in RULES:
-        raise ArgumentError(f"unknown exit rule {text!r} in `rules`: choose max_softmax, entropy or patience:K, "
-                            "each optionally with +T (temperature-scaled)")
+        raise ArgumentError(
+            f"unknown exit rule {text!r} in `rules`: choose max_softmax, entropy or patience:K, "
+            "each optionally with +T (temperature-scaled)"
+        )
     if name == "patience":
         try:
             k = int(arg)
@@ -91,7 +94,7 @@ def fit_temperatures(val: ExitRecord, lo: float = 0.05, hi: float = 20.0) -> np.
     g = (np.sqrt(5) - 1) / 2
     for k in range(val.num_outputs):
         a, b = np.log(lo), np.log(hi)
-        f = lambda u: _nll(val.logits[:, k, :], val.labels, float(np.exp(u)))  # noqa: E731
+        f = lambda u, k=k: _nll(val.logits[:, k, :], val.labels, float(np.exp(u)))
         c, d = b - g * (b - a), a + g * (b - a)
         fc, fd = f(c), f(d)
         for _ in range(60):
@@ -109,8 +112,14 @@ def fit_temperatures(val: ExitRecord, lo: float = 0.05, hi: float = 20.0) -> np.
 
 def scaled(record: ExitRecord, temps: np.ndarray) -> ExitRecord:
     """The record with every output's logits divided by its temperature (predictions unchanged)."""
-    return ExitRecord.from_arrays(record.logits / np.asarray(temps, np.float32)[None, :, None], record.labels,
-                                  record.costs, record.cnn_cost, record.ids, record.meta)
+    return ExitRecord.from_arrays(
+        record.logits / np.asarray(temps, np.float32)[None, :, None],
+        record.labels,
+        record.costs,
+        record.cnn_cost,
+        record.ids,
+        record.meta,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,8 +166,13 @@ class RuleResult:
     temperatures: list[float] | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule.to_json(), "label": self.rule.label, "calibration": self.calibration.to_json(),
-                "temperatures": self.temperatures, "curve": self.curve.to_json()}
+        return {
+            "rule": self.rule.to_json(),
+            "label": self.rule.label,
+            "calibration": self.calibration.to_json(),
+            "temperatures": self.temperatures,
+            "curve": self.curve.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -172,13 +186,25 @@ class RuleComparison:
     ece_after: list[float]
 
     def to_json(self) -> dict[str, Any]:
-        return {"results": [r.to_json() for r in self.results], "temperatures": self.temperatures,
-                "ece_before": self.ece_before, "ece_after": self.ece_after}
+        return {
+            "results": [r.to_json() for r in self.results],
+            "temperatures": self.temperatures,
+            "ece_before": self.ece_before,
+            "ece_after": self.ece_after,
+        }
 
 
-def rule_calibration(val: ExitRecord, test: ExitRecord | None, rule: ExitRule, temperatures: np.ndarray | None = None,
-                     *, max_drop: float = 0.01, budget: float | None = None, fallback: str = "most_confident",
-                     per_ic: bool | str = False) -> Calibration:
+def rule_calibration(
+    val: ExitRecord,
+    test: ExitRecord | None,
+    rule: ExitRule,
+    temperatures: np.ndarray | None = None,
+    *,
+    max_drop: float = 0.01,
+    budget: float | None = None,
+    fallback: str = "most_confident",
+    per_ic: bool | str = False,
+) -> Calibration:
     """One rule's threshold (or, with ``per_ic``, thresholds per IC; ``"auto"``: if cross-validation
     favours them) chosen on the validation record and reported on the test record;
     ``temperatures`` (per output) serve the +T rules."""
@@ -186,13 +212,28 @@ def rule_calibration(val: ExitRecord, test: ExitRecord | None, rule: ExitRule, t
         if temperatures is None:
             raise ArgumentError(f"the {rule.label} rule needs per-output temperatures")
         val, test = scaled(val, temperatures), scaled(test, temperatures) if test is not None else None
-    return calibrate(val, test, max_drop=max_drop, budget=budget, fallback=fallback,
-                     thresholds=rule_thresholds(val, rule), val_scores=rule_scores(val, rule),
-                     test_scores=rule_scores(test, rule) if test is not None else None, per_ic=per_ic)
+    return calibrate(
+        val,
+        test,
+        max_drop=max_drop,
+        budget=budget,
+        fallback=fallback,
+        thresholds=rule_thresholds(val, rule),
+        val_scores=rule_scores(val, rule),
+        test_scores=rule_scores(test, rule) if test is not None else None,
+        per_ic=per_ic,
+    )
 
 
-def compare_rules(val: ExitRecord, test: ExitRecord, rules: list[ExitRule], *, max_drop: float = 0.01,
-                  budget: float | None = None, fallback: str = "most_confident") -> RuleComparison:
+def compare_rules(
+    val: ExitRecord,
+    test: ExitRecord,
+    rules: list[ExitRule],
+    *,
+    max_drop: float = 0.01,
+    budget: float | None = None,
+    fallback: str = "most_confident",
+) -> RuleComparison:
     """Each rule's sweep on the test record and its threshold chosen on the validation record."""
     temps = fit_temperatures(val)
     test_t = scaled(test, temps)
@@ -200,14 +241,26 @@ def compare_rules(val: ExitRecord, test: ExitRecord, rules: list[ExitRule], *, m
     for rule in rules:
         t = test_t if rule.temperature else test
         cal = rule_calibration(val, test, rule, temps, max_drop=max_drop, budget=budget, fallback=fallback)
-        results.append(RuleResult(rule, sweep(t, rule_thresholds(t, rule), fallback, rule_scores(t, rule)), cal,
-                                  temps.tolist() if rule.temperature else None))
-    return RuleComparison(results, temps.tolist(), [r.ece for r in reliability(test)],
-                          [r.ece for r in reliability(test_t)])
+        results.append(
+            RuleResult(
+                rule,
+                sweep(t, rule_thresholds(t, rule), fallback, rule_scores(t, rule)),
+                cal,
+                temps.tolist() if rule.temperature else None,
+            )
+        )
+    return RuleComparison(
+        results, temps.tolist(), [r.ece for r in reliability(test)], [r.ece for r in reliability(test_t)]
+    )
 
 
-def rule_exits(record: ExitRecord, rule: ExitRule, threshold: float, fallback: str = "most_confident",
-               temperatures: np.ndarray | None = None):
+def rule_exits(
+    record: ExitRecord,
+    rule: ExitRule,
+    threshold: float,
+    fallback: str = "most_confident",
+    temperatures: np.ndarray | None = None,
+):
     """Early exits of ``rule`` at ``threshold`` (the simulation the engine must match)."""
     r = scaled(record, temperatures) if temperatures is not None else record
     return early_exit(r, threshold, fallback, rule_scores(r, rule))

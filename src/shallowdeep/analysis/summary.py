@@ -1,4 +1,5 @@
 """Every analysis of one run's records at once: what the report shows and ``report.json`` holds."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -47,18 +48,27 @@ class RunAnalysis:
     rules: RuleComparison | None = None
 
     def to_json(self) -> dict[str, Any]:
-        ee: dict[str, Any] = {"fallback": self.fallback, "calibrated": self.calibrated.to_json(),
-                              "reference_protocol": self.reference.to_json(),
-                              "curves": {k: v.to_json() for k, v in self.curves.items()}}
+        ee: dict[str, Any] = {
+            "fallback": self.fallback,
+            "calibrated": self.calibrated.to_json(),
+            "reference_protocol": self.reference.to_json(),
+            "curves": {k: v.to_json() for k, v in self.curves.items()},
+        }
         if self.calibrated_budget is not None:
             ee["calibrated_budget"] = self.calibrated_budget.to_json()
         ee["per_ic"] = self.per_ic.to_json()
         if self.per_ic_budget is not None:
             ee["per_ic_budget"] = self.per_ic_budget.to_json()
-        d = {"num_outputs": self.num_outputs, "cnn_gflops": self.cnn_gflops,
-             "outputs": [asdict(o) for o in self.outputs], "early_exit": ee,
-             "overthinking": self.overthinking.to_json(), "confusion": self.confusion.to_json(),
-             "reliability": [r.to_json() for r in self.reliability], "per_class": self.per_class.to_json()}
+        d = {
+            "num_outputs": self.num_outputs,
+            "cnn_gflops": self.cnn_gflops,
+            "outputs": [asdict(o) for o in self.outputs],
+            "early_exit": ee,
+            "overthinking": self.overthinking.to_json(),
+            "confusion": self.confusion.to_json(),
+            "reliability": [r.to_json() for r in self.reliability],
+            "per_class": self.per_class.to_json(),
+        }
         if self.backdoor is not None:
             d["backdoor"] = self.backdoor.to_json()
         if self.rules is not None:
@@ -66,16 +76,25 @@ class RunAnalysis:
         return d
 
 
-def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: float | None = None,
-            fallback: str = "most_confident") -> RunAnalysis:
+def analyze(
+    records: dict[str, ExitRecord],
+    *,
+    max_drop: float = 0.01,
+    budget: float | None = None,
+    fallback: str = "most_confident",
+) -> RunAnalysis:
     """Every analysis from a run's ``"train"``, ``"val"`` and ``"test"`` records (train only
     normalises confusion). The validation sweep is computed once and shared with calibration."""
     val, test = records["val"], records["test"]
     k = test.num_outputs
     names = output_names(k)
     val_acc, test_acc = val.accuracy(), test.accuracy()
-    rows = [OutputRow(names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]),
-                      float(test_acc[i])) for i in range(k)]
+    rows = [
+        OutputRow(
+            names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]), float(test_acc[i])
+        )
+        for i in range(k)
+    ]
     curves = {"val": sweep(val, fallback=fallback), "test": sweep(test, fallback=fallback)}
     calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"])
 
@@ -83,13 +102,20 @@ def analyze(records: dict[str, ExitRecord], *, max_drop: float = 0.01, budget: f
         return calibrate(val, test, fallback=fallback, swept=curves["val"], per_ic=True, **goal)
 
     return RunAnalysis(
-        num_outputs=k, cnn_gflops=float(test.cnn_cost / 1e9), outputs=rows, fallback=fallback,
+        num_outputs=k,
+        cnn_gflops=float(test.cnn_cost / 1e9),
+        outputs=rows,
+        fallback=fallback,
         calibrated=calibrated,
-        calibrated_budget=(calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"])
-                           if budget is not None else None),
-        per_ic=per_ic(max_drop=max_drop), per_ic_budget=per_ic(budget=budget) if budget is not None else None,
-        reference=reference_protocol(test, max_drop, fallback), curves=curves,
-        overthinking=overthinking(test), confusion=confusion(test, stats=records.get("train")),
+        calibrated_budget=(
+            calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"]) if budget is not None else None
+        ),
+        per_ic=per_ic(max_drop=max_drop),
+        per_ic_budget=per_ic(budget=budget) if budget is not None else None,
+        reference=reference_protocol(test, max_drop, fallback),
+        curves=curves,
+        overthinking=overthinking(test),
+        confusion=confusion(test, stats=records.get("train")),
         reliability=reliability(test),
         per_class=per_class(test, early_exit(test, calibrated.threshold, fallback).predictions),
     )

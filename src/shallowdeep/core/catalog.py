@@ -1,6 +1,7 @@
 """The names the command line offers before anything heavy is imported: the built-in architectures
 and data sets with one line each. The registries (``models``, ``data``) hold the builders; a test
 keeps the two in step."""
+
 from __future__ import annotations
 
 ARCHITECTURES = {

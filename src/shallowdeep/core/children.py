@@ -1,5 +1,6 @@
 """Python child processes of this package (background work): the interpreter running now, this
 package imported from where this process imported it, whatever its ``sys.path`` was made of."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Messages speak of the library: arguments, files, shapes. A message names an argu
 (`` `epochs` ``); ``str(error)`` shows the bare name, and the command line swaps in the flag that
 sets it (``--epochs``), so no module below the command line knows a flag.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Names shared by the analyses, the engine and the report: the outputs and the fallback rules."""
+
 from __future__ import annotations
 
 from .errors import ArgumentError

@@ -3,6 +3,7 @@
 Training's evaluation batches (memory or streamed), ``predict --resize`` and the torch-free
 deployment runtime all call :func:`fit_image`, so a model sees the same pixels wherever it runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Tensors are passed as numpy arrays (``safetensors.numpy``), so this layer needs no torch; the
 layers above convert.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ def read_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path} does not exist") from None
     except (OSError, ValueError) as e:
-        raise RunFolderError(f"{path} is not readable JSON ({e}): the file is damaged; restore it or make it "
-                             "again") from None
+        raise RunFolderError(
+            f"{path} is not readable JSON ({e}): the file is damaged; restore it or make it again"
+        ) from None
     if not isinstance(obj, dict):
         raise RunFolderError(f"{path} does not hold a JSON object: the file is damaged; restore it or make it again")
     return obj
@@ -95,21 +97,24 @@ def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[by
     """
     path = Path(path)
     if max_bytes is not None and path.is_file() and path.stat().st_size > max_bytes:
-        raise RunFolderError(f"{path} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} its model can "
-                             "hold: it is foreign or damaged; retrain or restore it")
+        raise RunFolderError(
+            f"{path} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} its model can "
+            "hold: it is foreign or damaged; retrain or restore it"
+        )
     try:
         data = path.read_bytes()
         header_len = int.from_bytes(data[:8], "little")
         if len(data) < 8 or header_len > len(data) - 8:
             raise ValueError("header longer than the file")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except FileNotFoundError:
         raise RunFolderError(f"{path} does not exist") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{path} is not a valid safetensors file ({e}): it is truncated or foreign; "
-                             "retrain or restore it") from None
+        raise RunFolderError(
+            f"{path} is not a valid safetensors file ({e}): it is truncated or foreign; retrain or restore it"
+        ) from None
     meta_json = (header.get("__metadata__") or {}).get("json")
     try:
         meta = json.loads(meta_json) if meta_json else {}
@@ -118,8 +123,9 @@ def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[by
     return data, meta
 
 
-def load_safetensors(path: str | Path, load: Callable[[bytes], dict], max_bytes: int | None = None
-                     ) -> tuple[dict, dict[str, Any]]:
+def load_safetensors(
+    path: str | Path, load: Callable[[bytes], dict], max_bytes: int | None = None
+) -> tuple[dict, dict[str, Any]]:
     """A safetensors file through ``load`` (``safetensors.numpy.load`` or ``safetensors.torch.load``,
     so this layer needs no torch) plus its JSON metadata; one-line :class:`RunFolderError` otherwise."""
     from safetensors import SafetensorError
@@ -128,8 +134,10 @@ def load_safetensors(path: str | Path, load: Callable[[bytes], dict], max_bytes:
     try:
         return load(data), meta
     except (SafetensorError, ValueError) as e:
-        raise RunFolderError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated "
-                             "or foreign; retrain or restore it") from None
+        raise RunFolderError(
+            f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}): it is truncated "
+            "or foreign; retrain or restore it"
+        ) from None
 
 
 def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -13,6 +13,7 @@ layer of the network ever hands on.
 Models that torch.fx cannot trace may declare their blocks by module name instead
 (:func:`declared_chain`): the named modules, run in order, must compute the model's output.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,15 +28,48 @@ from ..core.errors import ArgumentError
 
 # the users that make a cut point "mid-layer": normalisations and activations of the same layer
 _MID_LAYER_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.Softplus, nn.GLU,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.PReLU,
+    nn.Softplus,
+    nn.GLU,
 )
 _MID_LAYER_FUNCTIONS = {
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.batch_norm, torch.layer_norm, torch.group_norm,
-    nn.functional.relu, nn.functional.relu6, nn.functional.silu, nn.functional.gelu, nn.functional.hardswish,
-    nn.functional.hardsigmoid, nn.functional.leaky_relu, nn.functional.elu, nn.functional.mish,
-    nn.functional.batch_norm, nn.functional.layer_norm, nn.functional.group_norm, nn.functional.sigmoid,
+    torch.relu,
+    torch.relu_,
+    torch.sigmoid,
+    torch.tanh,
+    torch.batch_norm,
+    torch.layer_norm,
+    torch.group_norm,
+    nn.functional.relu,
+    nn.functional.relu6,
+    nn.functional.silu,
+    nn.functional.gelu,
+    nn.functional.hardswish,
+    nn.functional.hardsigmoid,
+    nn.functional.leaky_relu,
+    nn.functional.elu,
+    nn.functional.mish,
+    nn.functional.batch_norm,
+    nn.functional.layer_norm,
+    nn.functional.group_norm,
+    nn.functional.sigmoid,
 }
 _MID_LAYER_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 
@@ -58,8 +92,15 @@ class Chain:
     mid-layer, and before ``head_cut``, where the classifier head starts).
     """
 
-    def __init__(self, model: nn.Module, image_size: int, num_classes: int, cuts: list[CutPoint],
-                 ic_cuts: list[CutPoint], splitter: Callable[[list[str]], list[nn.Module]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        num_classes: int,
+        cuts: list[CutPoint],
+        ic_cuts: list[CutPoint],
+        splitter: Callable[[list[str]], list[nn.Module]],
+    ) -> None:
         self.model = model
         self.image_size = image_size
         self.num_classes = num_classes
@@ -80,15 +121,19 @@ class Chain:
         for name in names:
             if name not in by_name:
                 near = ", ".join(c.name for c in self.ic_cuts[:8])
-                raise ArgumentError(f"`cuts` names {name!r}, which is not a single-tensor cut point of this model "
-                                    f"(candidates: {near}{', …' if len(self.ic_cuts) > 8 else ''}; "
-                                    "`shallowdeep info` lists them all)")
+                raise ArgumentError(
+                    f"`cuts` names {name!r}, which is not a single-tensor cut point of this model "
+                    f"(candidates: {near}{', …' if len(self.ic_cuts) > 8 else ''}; "
+                    "`shallowdeep info` lists them all)"
+                )
             found.append(by_name[name])
         if [c.index for c in found] != sorted({c.index for c in found}):
             raise ArgumentError(f"`cuts` must name distinct cut points in network order, got {list(names)}")
         if found and found[-1].index >= self.head_cut.index:
-            raise ArgumentError(f"cut point {found[-1].name!r} is where the classifier head starts, or after it: an IC needs "
-                                "a later part of the network to stop before")
+            raise ArgumentError(
+                f"cut point {found[-1].name!r} is where the classifier head starts, or after it: an IC needs "
+                "a later part of the network to stop before"
+            )
         return found
 
     def split(self, names: Sequence[str]) -> list[nn.Module]:
@@ -165,13 +210,15 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
             raise ArgumentError(
                 f"{name} cannot be traced by torch.fx{where}: {first[:200]}; declare its blocks by module name "
                 "instead (to_sdn(model, blocks=[...]), see docs/models.md) or keep that module whole "
-                "(leaf_modules=[...])") from None
+                "(leaf_modules=[...])"
+            ) from None
         _drop_fixed_inputs(graph)
         gm = fx.GraphModule(tracer.root, graph, name)
         inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(inputs) != 1:
-            raise ArgumentError(f"{name}.forward takes {len(inputs)} inputs; an image classifier takes one batch "
-                                "of images")
+            raise ArgumentError(
+                f"{name}.forward takes {len(inputs)} inputs; an image classifier takes one batch of images"
+            )
         x = torch.zeros(2, 3, image_size, image_size, device=device_of(model))
         try:
             with torch.no_grad():
@@ -179,12 +226,15 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
                 out = ShapeProp(gm).propagate(x)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ArgumentError(f"{name} cannot take {image_size} px images ({first[:160]}): choose another "
-                                "`image_size`") from None
+            raise ArgumentError(
+                f"{name} cannot take {image_size} px images ({first[:160]}): choose another `image_size`"
+            ) from None
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ArgumentError(f"{name} returns {shape}, not [N, classes] logits: give a classifier (its forward "
-                                "must return one logits tensor)")
+            raise ArgumentError(
+                f"{name} returns {shape}, not [N, classes] logits: give a classifier (its forward "
+                "must return one logits tensor)"
+            )
         return gm
     finally:
         model.train(was_training)
@@ -199,8 +249,11 @@ def _defaults(model: nn.Module) -> dict[str, object] | None:
         params = list(inspect.signature(model.forward).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
-    fixed = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    fixed = {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     return fixed or None
 
 
@@ -343,12 +396,16 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
     _no_inplace(model)
     names = list(blocks)
     if len(names) < 2:
-        raise ArgumentError("`blocks` must name at least two modules: the network's parts in order, the classifier last")
+        raise ArgumentError(
+            "`blocks` must name at least two modules: the network's parts in order, the classifier last"
+        )
     mods = dict(model.named_modules())
     missing = [b for b in names if b not in mods or b == ""]
     if missing:
-        raise ArgumentError(f"`blocks` names {missing[0]!r}, which is not a module of {type(model).__name__} "
-                            f"(its children: {', '.join(n for n, _ in model.named_children())})")
+        raise ArgumentError(
+            f"`blocks` names {missing[0]!r}, which is not a module of {type(model).__name__} "
+            f"(its children: {', '.join(n for n, _ in model.named_children())})"
+        )
     parts = [mods[b] for b in names]
     was_training = model.training
     model.eval()
@@ -362,15 +419,19 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
                 try:
                     h = _Run([mods[b]])(h)
                 except Exception as e:  # a shape mismatch: the names are not the forward's order
-                    raise ArgumentError(f"the `blocks` {names} run in order do not compute {type(model).__name__}'s "
-                                        f"output: {b!r} fails ({str(e).splitlines()[0][:120]}); name every module its "
-                                        "forward uses, in the order it uses them") from None
+                    raise ArgumentError(
+                        f"the `blocks` {names} run in order do not compute {type(model).__name__}'s "
+                        f"output: {b!r} fails ({str(e).splitlines()[0][:120]}); name every module its "
+                        "forward uses, in the order it uses them"
+                    ) from None
                 shapes.append(tuple(h.shape[1:]))
         if not isinstance(want, torch.Tensor) or want.dim() != 2:
             raise ArgumentError(f"{type(model).__name__} does not return [N, classes] logits: give a classifier")
         if h.shape != want.shape or not torch.allclose(h, want, rtol=1e-4, atol=1e-5):
-            raise ArgumentError(f"the `blocks` {names} run in order do not compute {type(model).__name__}'s output: "
-                                "name every module its forward uses, in the order it uses them")
+            raise ArgumentError(
+                f"the `blocks` {names} run in order do not compute {type(model).__name__}'s output: "
+                "name every module its forward uses, in the order it uses them"
+            )
     finally:
         model.train(was_training)
     cuts = [CutPoint(b, i, shapes[i], f"{b} ({type(parts[i]).__name__})") for i, b in enumerate(names[:-1])]
@@ -397,7 +458,7 @@ def place(cumulative: Sequence[float], total: float, fractions: Sequence[float] 
     if any(not (0 < f < 1) or math.isnan(f) for f in fractions) or list(fractions) != sorted(set(fractions)):
         raise ArgumentError(f"IC `fractions` must be increasing numbers between 0 and 1, got {list(fractions)}")
     chosen: list[int] = []
-    wanted = list(fractions)[-len(cumulative):] if len(cumulative) < len(fractions) else list(fractions)
+    wanted = list(fractions)[-len(cumulative) :] if len(cumulative) < len(fractions) else list(fractions)
     for j, f in enumerate(wanted):
         start = chosen[-1] + 1 if chosen else 0
         # leave one cut for every later fraction, so that no IC is lost to an early greedy pick

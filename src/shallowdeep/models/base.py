@@ -1,4 +1,5 @@
 """The plain CNN type shared by every backbone family: a stem, an ordered list of blocks, a head."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """MobileNet (v1) for small images, as in the SDN paper (spec section 4)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -7,8 +8,21 @@ from .base import CNN, mask_to_positions, require_size
 from .registry import register
 
 # (output channels, stride) of the 13 depthwise-separable blocks
-_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
-        (512, 1), (512, 1), (1024, 2), (1024, 1))
+_CFG = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 _MASK = "0 0 1 0 1 0 1 0 1 0 0 1 0"  # the reference mask: 5 ICs
 
 
@@ -34,5 +48,12 @@ def mobilenet(num_classes: int, image_size: int) -> CNN:
         blocks.append(_separable(cin, cout, stride))
         cin = cout
     head = nn.Sequential(nn.AvgPool2d(image_size // 16), nn.Flatten(), nn.Linear(cin, num_classes))
-    return CNN(stem, blocks, head, arch="mobilenet", num_classes=num_classes, image_size=image_size,
-               ic_positions=mask_to_positions(_MASK))
+    return CNN(
+        stem,
+        blocks,
+        head,
+        arch="mobilenet",
+        num_classes=num_classes,
+        image_size=image_size,
+        ic_positions=mask_to_positions(_MASK),
+    )

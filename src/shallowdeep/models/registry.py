@@ -1,7 +1,8 @@
 """A strict name -> builder registry: the CLI's choices and ``shallowdeep list`` come from here."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.errors import ArgumentError
 from .base import CNN

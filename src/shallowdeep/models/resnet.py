@@ -1,4 +1,5 @@
 """ResNet-56 for CIFAR-sized inputs, as in the SDN paper (spec section 4)."""
+
 from __future__ import annotations
 
 import torch
@@ -56,8 +57,15 @@ def resnet(num_classes: int, image_size: int, *, depth: int = 56, arch: str = "r
             blocks.append(BasicBlock(cin, width, 2 if stage > 0 and i == 0 else 1))
             cin = width
     head = nn.Sequential(nn.ReLU(), nn.AvgPool2d(8), nn.Flatten(), nn.Linear(cin, num_classes))
-    model = CNN(stem, blocks, head, arch=arch, num_classes=num_classes, image_size=image_size,
-                ic_positions=mask_to_positions(*_MASKS))
+    model = CNN(
+        stem,
+        blocks,
+        head,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        ic_positions=mask_to_positions(*_MASKS),
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,4 +1,5 @@
 """A small CNN for the embedded default data set and fast tests (not from the paper)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -19,12 +20,16 @@ def small(num_classes: int, image_size: int) -> CNN:
     blocks: list[nn.Module] = []
     cin = 16
     for cout, pool in _CFG:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                   nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
         if pool:
             layers.append(nn.MaxPool2d(2))
         blocks.append(nn.Sequential(*layers))
         cin = cout
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
-    return CNN(stem, blocks, head, arch="small", num_classes=num_classes, image_size=image_size,
-               ic_positions=(0, 1, 2, 3))
+    return CNN(
+        stem, blocks, head, arch="small", num_classes=num_classes, image_size=image_size, ic_positions=(0, 1, 2, 3)
+    )

@@ -1,4 +1,5 @@
 """VGG-16 with batch norm, as in the SDN paper (spec section 4)."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ def vgg(num_classes: int, image_size: int, *, arch: str = "vgg16_bn") -> CNN:
     flat = cin * (image_size // 32) ** 2
     blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5)))
     head = nn.Sequential(nn.Linear(hidden, middle), nn.Dropout(0.5), nn.Linear(middle, num_classes))
-    model = CNN(nn.Identity(), blocks, head, arch=arch, num_classes=num_classes, image_size=image_size,
-                ic_positions=mask_to_positions(_MASK))
+    model = CNN(
+        nn.Identity(),
+        blocks,
+        head,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        ic_positions=mask_to_positions(_MASK),
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels

@@ -1,4 +1,5 @@
 """Wide-ResNet-32-4 with pre-activation blocks, as in the SDN paper (spec section 4)."""
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ class WideBlock(nn.Module):
         return self.residual(x) + self.shortcut(x)
 
 
-def wide_resnet(num_classes: int, image_size: int, *, depth: int = 32, widen: int = 4,
-                dropout: float = 0.3, arch: str = "wrn32_4") -> CNN:
+def wide_resnet(
+    num_classes: int, image_size: int, *, depth: int = 32, widen: int = 4, dropout: float = 0.3, arch: str = "wrn32_4"
+) -> CNN:
     """WRN-depth-widen: three stages of (depth - 2) / 6 wide blocks at 16k/32k/64k channels."""
     require_size(arch, image_size, (32, 64))
     n = (depth - 2) // 6
@@ -45,10 +47,18 @@ def wide_resnet(num_classes: int, image_size: int, *, depth: int = 32, widen: in
         for i in range(n):
             blocks.append(WideBlock(cin, width, 2 if stage > 0 and i == 0 else 1, dropout))
             cin = width
-    head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AvgPool2d(8), nn.Flatten(),
-                         nn.Linear(cin, num_classes))
-    model = CNN(stem, blocks, head, arch=arch, num_classes=num_classes, image_size=image_size,
-                ic_positions=mask_to_positions(*_MASKS))
+    head = nn.Sequential(
+        nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AvgPool2d(8), nn.Flatten(), nn.Linear(cin, num_classes)
+    )
+    model = CNN(
+        stem,
+        blocks,
+        head,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        ic_positions=mask_to_positions(*_MASKS),
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

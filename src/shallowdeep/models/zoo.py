@@ -4,6 +4,7 @@ their pretrained weights, a user's weights file, and the classifier swap of fine
 Nothing here is unpickled: weights files are safetensors, or PyTorch files read with
 ``torch.load(weights_only=True)``; the zoos' own downloads go through the same restricted loading.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ def _timm():
 
 
 def _offline(arch: str, url: str, filename: str, where: str, e: BaseException) -> DataError:
-    return DataError(f"cannot download the pretrained weights of {arch} ({type(e).__name__}): fetch {url} and "
-                     f"put {filename} in {where}, or pass the file as `weights`")
+    return DataError(
+        f"cannot download the pretrained weights of {arch} ({type(e).__name__}): fetch {url} and "
+        f"put {filename} in {where}, or pass the file as `weights`"
+    )
 
 
 def default_input_size(arch: str) -> int:
@@ -69,9 +72,11 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
 
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
-            raise ArgumentError(f"unknown torchvision classifier {name!r} in `arch`: e.g. "
-                                f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
-                                "torchvision.models.list_models()")
+            raise ArgumentError(
+                f"unknown torchvision classifier {name!r} in `arch`: e.g. "
+                f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
+                "torchvision.models.list_models()"
+            )
         size = default_input_size(arch)
         if not pretrained:
             kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
@@ -98,10 +103,12 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
             cfg = timm.models.get_pretrained_cfg(name)
             hub_id = getattr(cfg, "hf_hub_id", None) or name
             # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
-            raise DataError(f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
-                            f"is network run `huggingface-cli download {hub_id} model.safetensors` and copy the "
-                            f"Hugging Face cache (HF_HOME) here, or fetch https://huggingface.co/{hub_id} "
-                            "model.safetensors and pass that file as `weights`") from None
+            raise DataError(
+                f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
+                f"is network run `huggingface-cli download {hub_id} model.safetensors` and copy the "
+                f"Hugging Face cache (HF_HOME) here, or fetch https://huggingface.co/{hub_id} "
+                "model.safetensors and pass that file as `weights`"
+            ) from None
         cfg = module.pretrained_cfg
         zm = ZooModel(module, int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
     else:
@@ -147,8 +154,9 @@ def replace_classifier(module: nn.Module, num_classes: int) -> None:
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
-                        bias=old.bias is not None)
+        new = nn.Conv2d(
+            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+        )
     parent_name, _, attr = name.rpartition(".")
     setattr(module.get_submodule(parent_name) if parent_name else module, attr, new.to(old.weight.device))
 
@@ -167,8 +175,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(p, map_location="cpu", weights_only=True)
             tensors = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
     except Exception as e:
-        raise DataError(f"cannot read `weights` {p} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
-                        "give a safetensors file or a plain PyTorch state dict") from None
+        raise DataError(
+            f"cannot read `weights` {p} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
+            "give a safetensors file or a plain PyTorch state dict"
+        ) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise DataError(f"`weights` {p} holds no state dict (name -> tensor)")
     return tensors
@@ -182,14 +192,22 @@ def load_backbone_weights(module: nn.Module, tensors: dict[str, torch.Tensor], s
     head_keys = {f"{head[0]}.{k}" for k in ("weight", "bias")} if head else set()
     for k, v in tensors.items():
         if k in expected and expected[k].shape != v.shape and k not in head_keys:
-            raise ArgumentError(f"`weights` {source} do not fit: {k} is {list(v.shape)} in the file, "
-                                f"{list(expected[k].shape)} in the model")
+            raise ArgumentError(
+                f"`weights` {source} do not fit: {k} is {list(v.shape)} in the file, "
+                f"{list(expected[k].shape)} in the model"
+            )
     missing = sorted(set(expected) - set(tensors) - head_keys)
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         k = (missing or extra)[0]
-        raise ArgumentError(f"`weights` {source} do not fit: {k} is {'missing from the file' if missing else 'not in the model'} "
-                            f"({len(missing)} missing, {len(extra)} unexpected)")
+        raise ArgumentError(
+            f"`weights` {source} do not fit: {k} is {'missing from the file' if missing else 'not in the model'} "
+            f"({len(missing)} missing, {len(extra)} unexpected)"
+        )
     skip = {k for k in head_keys if k in tensors and tensors[k].shape != expected[k].shape}
-    module.load_state_dict({k: v for k, v in tensors.items() if k not in skip}, strict=not skip and head_keys <= set(tensors))
-    return [f"classifier kept fresh: the file's has {len(tensors[k])} outputs" for k in sorted(skip) if k.endswith("bias")]
+    module.load_state_dict(
+        {k: v for k, v in tensors.items() if k not in skip}, strict=not skip and head_keys <= set(tensors)
+    )
+    return [
+        f"classifier kept fresh: the file's has {len(tensors[k])} outputs" for k in sorted(skip) if k.endswith("bias")
+    ]

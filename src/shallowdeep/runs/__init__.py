@@ -1,11 +1,32 @@
 """Run folders: the file names of a run, training into one, its records and its calibration."""
+
 from .calibration import engine_from_run, read_calibration, save_calibration
 from .folder import CALIBRATION, CHECKPOINT, FORMAT, RUN_JSON, WEIGHTS, RunFolder
 from .records import backdoor_of, run_data, run_records
 from .train import DEFAULT_SEED, TrainConfig, train_run
 from .weights import build_from, describe, load, load_weights, read_tensors, save_weights, tensors_to_bytes
 
-__all__ = ["CALIBRATION", "CHECKPOINT", "DEFAULT_SEED", "FORMAT", "RUN_JSON", "WEIGHTS", "RunFolder", "TrainConfig",
-           "backdoor_of", "build_from", "describe", "engine_from_run", "load", "load_weights", "read_calibration",
-           "read_tensors", "run_data", "run_records", "save_calibration", "save_weights", "tensors_to_bytes",
-           "train_run"]
+__all__ = [
+    "CALIBRATION",
+    "CHECKPOINT",
+    "DEFAULT_SEED",
+    "FORMAT",
+    "RUN_JSON",
+    "WEIGHTS",
+    "RunFolder",
+    "TrainConfig",
+    "backdoor_of",
+    "build_from",
+    "describe",
+    "engine_from_run",
+    "load",
+    "load_weights",
+    "read_calibration",
+    "read_tensors",
+    "run_data",
+    "run_records",
+    "save_calibration",
+    "save_weights",
+    "tensors_to_bytes",
+    "train_run",
+]

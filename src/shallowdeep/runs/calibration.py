@@ -1,4 +1,5 @@
 """The engine's threshold of a run: ``calibration.json``, tied to the weights it was chosen for."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,14 +15,25 @@ from .folder import RunFolder
 from .weights import load
 
 
-def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: str,
-                     exit_rule: dict | None = None, temperatures: list[float] | None = None) -> Path:
+def save_calibration(
+    run: str | Path,
+    calibration: Calibration,
+    weights_sha256: str,
+    exit_rule: dict | None = None,
+    temperatures: list[float] | None = None,
+) -> Path:
     """Write the threshold chosen on the validation split for these weights (and the exit rule it
     belongs to, with its temperatures); return the file."""
     folder = RunFolder(run)
-    folder.write_json(folder.calibration, calibration.to_json() | {
-        "weights_sha256": weights_sha256, "exit_rule": exit_rule or {"name": "max_softmax", "k": 0, "temperature": False},
-        "temperatures": temperatures})
+    folder.write_json(
+        folder.calibration,
+        calibration.to_json()
+        | {
+            "weights_sha256": weights_sha256,
+            "exit_rule": exit_rule or {"name": "max_softmax", "k": 0, "temperature": False},
+            "temperatures": temperatures,
+        },
+    )
     return folder.calibration
 
 
@@ -46,8 +58,9 @@ def _read(run: str | Path) -> tuple[Calibration, dict]:
         raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first or give a `threshold`")
     d = read_json(folder.calibration)
     if d.get("weights_sha256") != folder.weights_sha256():
-        raise NotCalibratedError(f"{folder.calibration} was calibrated for other weights: analyze the run again or "
-                                 "give a `threshold`")
+        raise NotCalibratedError(
+            f"{folder.calibration} was calibrated for other weights: analyze the run again or give a `threshold`"
+        )
     try:
         return Calibration.from_json(d), d
     except ArgumentError as e:
@@ -59,14 +72,14 @@ def read_calibration(run: str | Path) -> Calibration:
     return _read(run)[0]
 
 
-def engine_from_run(run: str | Path, threshold: float | None = None, fallback: str | None = None,
-                    device: torch.device | str = "cpu") -> EarlyExitEngine:
+def engine_from_run(
+    run: str | Path, threshold: float | None = None, fallback: str | None = None, device: torch.device | str = "cpu"
+) -> EarlyExitEngine:
     """The early-exit engine of a run, at its calibrated threshold unless one is given (an explicit
     threshold keeps the calibrated fallback when there is one)."""
     folder = RunFolder(run)
     if folder.kind() != "sdn":
-        raise RunFolderError(f"{run} is a plain CNN run: early exits need an SDN; make one from it by ic-only "
-                             "training")
+        raise RunFolderError(f"{run} is a plain CNN run: early exits need an SDN; make one from it by ic-only training")
     model = load(run, device)
     assert isinstance(model, SDN)
     rule, k, temps = "max_softmax", 0, None
@@ -80,7 +93,8 @@ def engine_from_run(run: str | Path, threshold: float | None = None, fallback: s
         except RunFolderError:
             pass  # no usable calibration: the default fallback
     try:
-        return EarlyExitEngine(model, threshold, fallback or "most_confident", device, rule=rule, patience=k,
-                               temperatures=temps)
+        return EarlyExitEngine(
+            model, threshold, fallback or "most_confident", device, rule=rule, patience=k, temperatures=temps
+        )
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} does not fit this model ({e}): analyze the run again") from None

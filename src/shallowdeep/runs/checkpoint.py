@@ -8,6 +8,7 @@ synchronisation. Here the loop only takes a snapshot, copied to the CPU with one
 one background thread serialises and writes it while the next epoch runs. One write is in flight at
 a time; a failed write is raised at the next checkpoint or when the run finishes.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,8 +23,10 @@ from .weights import tensors_to_bytes
 def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Copies of ``tensors`` on the CPU, contiguous, taken now (the training goes on mutating the
     originals in place). CUDA tensors are copied without a synchronisation each, then waited for once."""
-    out = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, non_blocking=True, copy=True)
-           for k, v in tensors.items()}
+    out = {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, non_blocking=True, copy=True)
+        for k, v in tensors.items()
+    }
     if any(v.is_cuda for v in tensors.values()):
         torch.cuda.synchronize()  # the asynchronous copies are complete before anyone reads them
     return out
@@ -42,8 +45,9 @@ class CheckpointWriter:
         tensors are copied. Waits for the previous checkpoint first (and raises its error)."""
         self.wait()
         snap = snapshot(tensors)
-        self._thread = threading.Thread(target=self._write, args=(snap, metadata, run_json), name="checkpoint",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._write, args=(snap, metadata, run_json), name="checkpoint", daemon=True
+        )
         self._thread.start()
 
     def _write(self, snap: dict[str, torch.Tensor], metadata: dict[str, Any], run_json: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@
 ``calibration.json`` (the engine's threshold, written by the analysis), ``records/`` (cached exit
 records), ``report/`` and ``explain/``. Writes are atomic and never follow a link out of the run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +33,7 @@ def check_meta(meta: dict[str, Any]) -> str | None:
     """What is wrong with a ``run.json`` (types and bounds of what the tool uses), or ``None``.
 
     Bounded sizes keep a crafted file from making the tool allocate without limit."""
+
     def is_int(v: Any, lo: int, hi: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -61,8 +63,10 @@ def check_meta(meta: dict[str, Any]) -> str | None:
         return "data std has a value <= 0"
     classes = data.get("class_names", data.get("classes"))
     if not isinstance(classes, list) or len(classes) != model["num_classes"]:
-        return f"the data set names {len(classes) if isinstance(classes, list) else 'no'} classes for a model of " \
-               f"{model['num_classes']}"
+        return (
+            f"the data set names {len(classes) if isinstance(classes, list) else 'no'} classes for a model of "
+            f"{model['num_classes']}"
+        )
     if not isinstance(meta.get("epochs", []), list):
         return "the epoch history is not a list"
     return None
@@ -134,18 +138,24 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a run folder: give the folder a training wrote")
         if not self.path.is_dir():
-            raise RunFolderError(f"{self.path} is not a run folder (no such directory): give the folder a "
-                                 "training wrote")
+            raise RunFolderError(
+                f"{self.path} is not a run folder (no such directory): give the folder a training wrote"
+            )
         if not self.run_json.is_file():
-            raise RunFolderError(f"{self.path} is not a run folder (it has no {RUN_JSON}): give the folder a "
-                                 "training wrote")
+            raise RunFolderError(
+                f"{self.path} is not a run folder (it has no {RUN_JSON}): give the folder a training wrote"
+            )
         if self.run_json.stat().st_size > MAX_RUN_JSON:
-            raise RunFolderError(f"{self.run_json} is {self.run_json.stat().st_size} bytes, far more than a run's "
-                                 "description: it is not a shallowdeep run.json; restore it")
+            raise RunFolderError(
+                f"{self.run_json} is {self.run_json.stat().st_size} bytes, far more than a run's "
+                "description: it is not a shallowdeep run.json; restore it"
+            )
         meta = read_json(self.run_json)
         if meta.get("format") != FORMAT:
-            raise RunFolderError(f"{self.run_json} is not a shallowdeep run (format {meta.get('format')!r}): give "
-                                 "the folder a training wrote")
+            raise RunFolderError(
+                f"{self.run_json} is not a shallowdeep run (format {meta.get('format')!r}): give "
+                "the folder a training wrote"
+            )
         problem = check_meta(meta)
         if problem:
             raise RunFolderError(f"{self.run_json} is damaged ({problem}): restore it or train the run again")
@@ -161,8 +171,10 @@ class RunFolder:
             return self.weights
         status = self.meta().get("status")
         if status == "complete":
-            raise RunFolderError(f"{self.path} finished training but its {WEIGHTS} is gone: restore the file or "
-                                 "train the run again into a new folder")
+            raise RunFolderError(
+                f"{self.path} finished training but its {WEIGHTS} is gone: restore the file or "
+                "train the run again into a new folder"
+            )
         raise RunFolderError(f"{self.path} has no {WEIGHTS}: training did not finish; continue it (`resume`)")
 
     def weights_sha256(self) -> str:
@@ -175,8 +187,9 @@ class RunFolder:
         root = self.path.resolve()
         resolved = target.resolve()
         if resolved != root and root not in resolved.parents:
-            raise RunFolderError(f"{target} leads outside the run folder {self.path} (a symbolic link?): remove the "
-                                 "link")
+            raise RunFolderError(
+                f"{target} leads outside the run folder {self.path} (a symbolic link?): remove the link"
+            )
         return target
 
     def subfolder(self, path: Path) -> Path:

@@ -12,6 +12,7 @@ stage whose step the child has not compiled yet trains eagerly meanwhile (``fit`
 ``compile_ready``), and loads the compiled step once :meth:`Ahead.done` says it is there; if the
 child failed, the stage compiles for itself, as without it.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,9 @@ def start(cfgs: list[TrainConfig]) -> Ahead | None:
         return None
     spec = json.dumps([{k: getattr(c, k) for k in _FIELDS} for c in cfgs])
     # stdout carries one JSON line per configuration; the child's warnings are not the user's business
-    process = python_child(["-m", "shallowdeep.runs.precompile", spec], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL)
+    process = python_child(
+        ["-m", "shallowdeep.runs.precompile", spec], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     return Ahead(process, len(cfgs))
 
 
@@ -139,12 +141,18 @@ class CompiledBeside:
         meanwhile (``None`` if it never started)."""
         if self.ahead is None:
             return None
-        rows = [{"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
-                for (name, cfg), row in zip(self.plan, self.ahead.finish())]
+        rows = [
+            {"stage": name} | row | {"eager_epochs": _eager_epochs(Path(cfg.out))}
+            for (name, cfg), row in zip(self.plan, self.ahead.finish())
+        ]
         if self.log is not None:
-            self.log("compiled in the background: " + "; ".join(
-                f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
-                for r in rows))
+            self.log(
+                "compiled in the background: "
+                + "; ".join(
+                    f"{r['stage']} {'yes' if r['compiled'] else 'no'}" + (f" ({r['error']})" if r.get("error") else "")
+                    for r in rows
+                )
+            )
         return rows
 
 

@@ -1,4 +1,5 @@
 """A run's exit records, cached in ``RUN/records/`` and reused while the weights and inputs match."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,9 @@ def run_data(run: str | Path) -> Dataset:
     cfg = meta.get("config", {})
     try:
         # never download or create anything for an existing run (its data_root is not trusted to write to)
-        data = load_dataset(cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False,
-                            mode=cfg.get("data_mode"))
+        data = load_dataset(
+            cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False, mode=cfg.get("data_mode")
+        )
     except KeyError:
         raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
     norm = recorded_normalisation(meta)
@@ -51,12 +53,22 @@ def _same_inputs(rec: ExitRecord, data: Dataset | None, split: str) -> bool:
     if data is None or "+" in split:
         return True
     s = data.split(split)
-    return len(s) == rec.num_inputs and np.array_equal(s.ids.numpy(), rec.ids) and np.array_equal(s.labels.numpy(), rec.labels)
+    return (
+        len(s) == rec.num_inputs
+        and np.array_equal(s.ids.numpy(), rec.ids)
+        and np.array_equal(s.labels.numpy(), rec.labels)
+    )
 
 
-def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *,
-                model: torch.nn.Module | None = None, data: Dataset | None = None,
-                device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, ExitRecord]:
+def run_records(
+    run: str | Path,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    *,
+    model: torch.nn.Module | None = None,
+    data: Dataset | None = None,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, ExitRecord]:
     """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
     the same (the cache stores the weights' SHA-256) and, when ``data`` is given, the split's ids and
     labels still match. ``"test+trigger"`` is the test split's non-target inputs with the run's
@@ -89,11 +101,19 @@ def run_records(run: str | Path, splits: tuple[str, ...] = ("train", "val", "tes
         if log is not None:
             log(f"collecting the {split} record ({len(source.split(base))} inputs)")
         started = time.perf_counter()
-        rec = collect(model, source, base, device=device, progress=log is not None,
-                      meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split})
+        rec = collect(
+            model,
+            source,
+            base,
+            device=device,
+            progress=log is not None,
+            meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split},
+        )
         if log is not None:
             seconds = time.perf_counter() - started
-            log(f"collected the {split} record in {seconds:.1f} s ({rec.num_inputs / max(seconds, 1e-9):,.0f} inputs/s)")
+            log(
+                f"collected the {split} record in {seconds:.1f} s ({rec.num_inputs / max(seconds, 1e-9):,.0f} inputs/s)"
+            )
         if current().main:  # under torchrun every rank holds the whole record; rank 0 caches it
             folder.subfolder(folder.records)
             rec.save(folder.inside(path))

@@ -4,6 +4,7 @@ The loop itself (:mod:`shallowdeep.training`) knows nothing of folders; this mod
 batches, the runtime and an ``on_epoch`` callback that checkpoints (written atomically behind the
 loop, :mod:`.checkpoint`). :func:`warm_compile` compiles a run's step ahead of the run (:mod:`.precompile`).
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,21 +17,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
+from ..collect import forward_batch_size
+from ..convert import build_model, module_arch, module_cnn
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
-from ..collect import forward_batch_size
 from ..costs import output_costs
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
-from ..convert import build_model, module_arch, module_cnn
 from ..models import list_archs
 from ..models.zoo import is_zoo_name
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
-from .. import distributed
 from .checkpoint import CheckpointWriter
 from .folder import FORMAT, RunFolder, recorded_normalisation
-from .weights import (describe, load, load_weights, optimizer_from_tensors, optimizer_to_tensors, read_tensors,
-                      save_weights, state_bytes, tensors_to_bytes)
+from .weights import (
+    describe,
+    load,
+    load_weights,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_tensors,
+    save_weights,
+    state_bytes,
+    tensors_to_bytes,
+)
 
 DEFAULT_SEED = 1221  # the reference code's
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
@@ -88,16 +98,29 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
         if cfg.arch is not None and cfg.arch != module_arch(cfg.module):
             raise ArgumentError("give a `module` or an `arch`, not both")
         cfg = replace(cfg, arch=module_arch(cfg.module))
-    for key in ("mode", "arch", "data", "from_run", "seed", "data_root", "image_size", "pretrained", "weights",
-                "ic_cuts", "ic_fractions", "data_mode"):
+    for key in (
+        "mode",
+        "arch",
+        "data",
+        "from_run",
+        "seed",
+        "data_root",
+        "image_size",
+        "pretrained",
+        "weights",
+        "ic_cuts",
+        "ic_fractions",
+        "data_mode",
+    ):
         asked = getattr(cfg, key)
         if key in ("ic_cuts", "ic_fractions") and asked is not None:
             asked = list(asked)  # as JSON keeps it
         if key in ("from_run", "data_root", "weights") and asked is not None:
             asked = str(Path(asked).resolve())  # the run must still find it from another folder
         if previous is not None and asked is not None and prev.get(key) != asked:
-            raise ArgumentError(f"{cfg.out} holds a different run (`{key}` {prev.get(key)!r}, not {asked!r}): "
-                                "choose another `out`")
+            raise ArgumentError(
+                f"{cfg.out} holds a different run (`{key}` {prev.get(key)!r}, not {asked!r}): choose another `out`"
+            )
         resolved[key] = asked if previous is None else prev.get(key)
     if resolved["mode"] is None:
         raise ArgumentError("`mode` is required: cnn, ic-only or sdn")
@@ -107,30 +130,45 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     if resolved["image_size"] is not None and not 8 <= resolved["image_size"] <= 1024:
         raise ArgumentError(f"`image_size` must lie in 8..1024 px, got {resolved['image_size']}")
     zoo = bool(resolved["arch"]) and is_zoo_name(resolved["arch"])
-    if (resolved["pretrained"] or resolved["weights"] or resolved["ic_cuts"] or resolved["ic_fractions"]) and \
-            not zoo and cfg.module is None:
-        raise ArgumentError("`pretrained`, `weights`, `ic_cuts` and `ic_fractions` are for zoo models (`arch` "
-                            "torchvision:NAME or timm:NAME) and user modules")
+    if (
+        (resolved["pretrained"] or resolved["weights"] or resolved["ic_cuts"] or resolved["ic_fractions"])
+        and not zoo
+        and cfg.module is None
+    ):
+        raise ArgumentError(
+            "`pretrained`, `weights`, `ic_cuts` and `ic_fractions` are for zoo models (`arch` "
+            "torchvision:NAME or timm:NAME) and user modules"
+        )
     if resolved["data_mode"] not in (None, "memory", "stream"):
         raise ArgumentError(f"`data_mode` is memory or stream, not {resolved['data_mode']!r}")
-    if resolved["mode"] == "ic-only" and not resolved["from_run"] and zoo and (resolved["pretrained"] or resolved["weights"]):
+    if (
+        resolved["mode"] == "ic-only"
+        and not resolved["from_run"]
+        and zoo
+        and (resolved["pretrained"] or resolved["weights"])
+    ):
         pass  # the ICs of a trained zoo backbone, frozen as it comes
     elif resolved["mode"] == "ic-only":
         if not resolved["from_run"]:
-            raise ArgumentError("ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
-                                "`pretrained` or `weights` whose classifier fits the data)")
+            raise ArgumentError(
+                "ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
+                "`pretrained` or `weights` whose classifier fits the data)"
+            )
         src_run = RunFolder(resolved["from_run"])
         src = src_run.meta()
         if src.get("model", {}).get("kind") != "cnn":
-            raise ArgumentError(f"`from_run` {resolved['from_run']} is not a CNN run (kind "
-                                f"{src.get('model', {}).get('kind')!r}): ic-only needs a run trained in mode cnn")
+            raise ArgumentError(
+                f"`from_run` {resolved['from_run']} is not a CNN run (kind "
+                f"{src.get('model', {}).get('kind')!r}): ic-only needs a run trained in mode cnn"
+            )
         if src.get("status") != "complete":
             raise ArgumentError(f"`from_run` {resolved['from_run']} has not finished training: resume it first")
         for key in ("arch", "data", "data_root", "image_size", "data_mode"):
             theirs = src.get("config", {}).get(key)
             if resolved[key] is not None and key in ("arch", "data") and resolved[key] != theirs:
-                raise ArgumentError(f"`{key}` {resolved[key]} contradicts the CNN run's {theirs}: leave it out "
-                                    "(ic-only uses the CNN's)")
+                raise ArgumentError(
+                    f"`{key}` {resolved[key]} contradicts the CNN run's {theirs}: leave it out (ic-only uses the CNN's)"
+                )
             if resolved[key] is None:
                 resolved[key] = theirs
         for key in ("pretrained", "weights"):
@@ -142,7 +180,9 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
     if not resolved["arch"]:
         raise ArgumentError(f"`arch` is required: choose one of {', '.join(list_archs())}")
     if not resolved["data"]:
-        raise ArgumentError("`data` is required: a registered data set (cifar10, cifar100, tinyimagenet, digits) or imagefolder:PATH")
+        raise ArgumentError(
+            "`data` is required: a registered data set (cifar10, cifar100, tinyimagenet, digits) or imagefolder:PATH"
+        )
     if resolved["seed"] is None:
         resolved["seed"] = DEFAULT_SEED
     if previous is not None:
@@ -151,8 +191,10 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
         resolved["backdoor"] = prev.get("backdoor")
     else:
         if cfg.backdoor is not None and resolved["mode"] == "ic-only":
-            raise ArgumentError("`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); ic-only trains "
-                                "the ICs of a (backdoored) CNN run on clean data")
+            raise ArgumentError(
+                "`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); ic-only trains "
+                "the ICs of a (backdoored) CNN run on clean data"
+            )
         resolved["backdoor"] = cfg.backdoor  # resolved to pixels once the data's image size is known
     return resolved
 
@@ -163,8 +205,9 @@ def _recipe(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None
         recipe = Recipe.from_json(previous["recipe"])
         for k, v in asked.items():
             if getattr(recipe, k) != (tuple(v) if k == "milestones" else v):
-                raise ArgumentError(f"{cfg.out} holds a different run (`{k}` {getattr(recipe, k)}, not {v}): choose "
-                                    "another `out`")
+                raise ArgumentError(
+                    f"{cfg.out} holds a different run (`{k}` {getattr(recipe, k)}, not {v}): choose another `out`"
+                )
         return recipe
     recipe = default_recipe(r["mode"], r["arch"], asked.get("epochs"))
     if "milestones" in asked:
@@ -196,9 +239,15 @@ def _check_out(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
-def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = print, set_up: Callable[[], None] | None = None,
-              compile_ready: Callable[[], bool] | None = None) -> Path:
+def train_run(
+    cfg: TrainConfig,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    set_up: Callable[[], None] | None = None,
+    compile_ready: Callable[[], bool] | None = None,
+) -> Path:
     """Train into the run folder ``cfg.out`` (creating or resuming it) and return its path.
 
     Every input is checked before anything is written, so bad input leaves no partial folder.
@@ -236,13 +285,17 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     r = _resolve(cfg, previous)
     parse_data_name(r["data"])
     if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
-        raise ArgumentError(f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}, or a zoo model "
-                            "torchvision:NAME or timm:NAME")
+        raise ArgumentError(
+            f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}, or a zoo model "
+            "torchvision:NAME or timm:NAME"
+        )
     recipe = _recipe(cfg, r, previous)
     device = torch.device(rank_device)
     if place.enabled and recipe.batch_size % place.world:
-        raise ArgumentError(f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
-                            f"{place.world} processes")
+        raise ArgumentError(
+            f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
+            f"{place.world} processes"
+        )
     mode = make_mode(r["mode"], recipe.label_smoothing)
 
     t = time.perf_counter()
@@ -265,9 +318,14 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     # so switching either would change the epochs still to come); a new one compiles by default on
     # one GPU when it has the steps to pay the compilation back
     was = (previous or {}).get("runtime", {})
-    runtime = Runtime.default(device, cfg.precision or was.get("precision"),
-                              cfg.compile if cfg.compile is not None else was.get("compile"), ddp=place.enabled,
-                              sync_bn=cfg.sync_bn, steps=_training_steps(data, recipe))
+    runtime = Runtime.default(
+        device,
+        cfg.precision or was.get("precision"),
+        cfg.compile if cfg.compile is not None else was.get("compile"),
+        ddp=place.enabled,
+        sync_bn=cfg.sync_bn,
+        steps=_training_steps(data, recipe),
+    )
     torch.manual_seed(r["seed"])  # weight initialisation
     t = time.perf_counter()
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
@@ -277,11 +335,15 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if r["mode"] == "ic-only" and r["from_run"] and previous is not None:
         theirs = sha256_file(RunFolder(r["from_run"]).require_weights())
         if theirs != previous.get("from_run_weights_sha256"):
-            raise RunFolderError(f"the CNN run {r['from_run']} changed since this ic-only run started (its weights "
-                                 "differ): train the ICs again into a new folder")
+            raise RunFolderError(
+                f"the CNN run {r['from_run']} changed since this ic-only run started (its weights "
+                "differ): train the ICs again into a new folder"
+            )
     if cnn.num_classes != data.num_classes or cnn.image_size != data.image_size:
-        raise ArgumentError(f"the CNN takes {cnn.num_classes} classes at {cnn.image_size} px, the data has "
-                            f"{data.num_classes} at {data.image_size} px")
+        raise ArgumentError(
+            f"the CNN takes {cnn.num_classes} classes at {cnn.image_size} px, the data has "
+            f"{data.num_classes} at {data.image_size} px"
+        )
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -296,6 +358,7 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
 
         def restore(opt: torch.optim.Optimizer) -> None:
             optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, ck["optimizer"])
+
     timed("setup_model", t)  # the CNN built, loaded or downloaded, and a checkpoint read
 
     meta: dict[str, Any] = {
@@ -317,16 +380,19 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         return {k: earlier_parts.get(k, 0.0) + parts.get(k, 0.0) for k in sorted(set(earlier_parts) | set(parts))}
 
     if r["mode"] == "ic-only" and r["from_run"]:
-        meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or \
-            sha256_file(RunFolder(r["from_run"]).require_weights())
+        meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or sha256_file(
+            RunFolder(r["from_run"]).require_weights()
+        )
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     if place.main:
         out.mkdir(parents=True, exist_ok=True)
         run.write_json(run.run_json, meta)
     if log is not None:
-        log(f"{'resuming' if start_epoch else 'training'} {r['arch']} ({r['mode']}) on {r['data']}: "
+        log(
+            f"{'resuming' if start_epoch else 'training'} {r['arch']} ({r['mode']}) on {r['data']}: "
             f"{len(data.train)} train / {len(data.val)} val images, {recipe.epochs} epochs, {device} "
-            f"({runtime.precision}{', compiled' if runtime.compile else ''})")
+            f"({runtime.precision}{', compiled' if runtime.compile else ''})"
+        )
 
     writer = CheckpointWriter(run)
 
@@ -342,8 +408,11 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         if place.main:
             opt_tensors, opt_meta = optimizer_to_tensors(opt)
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-            writer.submit(tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
-                          meta | {"epochs": list(history), "wall_seconds": wall(), "time_parts": time_parts()})
+            writer.submit(
+                tensors,
+                {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
+                meta | {"epochs": list(history), "wall_seconds": wall(), "time_parts": time_parts()},
+            )
         loop_started = timed("between_epochs", t)
 
     # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
@@ -362,10 +431,22 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
     if set_up is not None and place.main:
         set_up()
     try:
-        fit(model, mode, recipe, train_batches, lambda: batches(resident, "val", eval_batch, device=device,
-                                                                shard=shard),
-            seed=r["seed"], runtime=runtime, start_epoch=start_epoch, restore=restore, on_epoch=on_epoch,
-            stop_after=stop_after, progress=progress, log=log, compile_ready=compile_ready)
+        fit(
+            model,
+            mode,
+            recipe,
+            train_batches,
+            lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
+            seed=r["seed"],
+            runtime=runtime,
+            start_epoch=start_epoch,
+            restore=restore,
+            on_epoch=on_epoch,
+            stop_after=stop_after,
+            progress=progress,
+            log=log,
+            compile_ready=compile_ready,
+        )
     except BaseException:
         writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
         raise
@@ -383,8 +464,12 @@ def train_run(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool
         meta["runtime"] |= {"weights_sha256_per_rank": per_rank, "ranks_agree": len(set(per_rank)) == 1}
     if place.main:
         save_weights(run.inside(run.weights), model)
-        meta |= {"epochs": history, "status": "complete", "costs": output_costs(model.cpu()).to_json(),
-                 "weights_sha256": sha256_file(run.weights)}
+        meta |= {
+            "epochs": history,
+            "status": "complete",
+            "costs": output_costs(model.cpu()).to_json(),
+            "weights_sha256": sha256_file(run.weights),
+        }
         timed("finish", finish)
         meta |= {"wall_seconds": wall(), "time_parts": time_parts()}
         run.write_json(run.run_json, meta)
@@ -406,8 +491,9 @@ def may_compile(cfg: TrainConfig) -> bool:
     given steps enough (by default one CUDA device)."""
     if cfg.arch not in list_archs() or cfg.backdoor is not None or cfg.module is not None:
         return False
-    return Runtime.default(torch.device(str(pick_device(cfg.device))), cfg.precision, cfg.compile,
-                           steps=sys.maxsize).compile
+    return Runtime.default(
+        torch.device(str(pick_device(cfg.device))), cfg.precision, cfg.compile, steps=sys.maxsize
+    ).compile
 
 
 def warm_compile(cfg: TrainConfig) -> bool:
@@ -428,8 +514,7 @@ def warm_compile(cfg: TrainConfig) -> bool:
     if data.meta.get("data_mode") == "stream":
         return False
     # the stage's own decision, from the stage's own number of steps
-    runtime = Runtime.default(device, cfg.precision, cfg.compile,
-                              steps=_training_steps(data, recipe))
+    runtime = Runtime.default(device, cfg.precision, cfg.compile, steps=_training_steps(data, recipe))
     if not runtime.compile or len(data.train) < recipe.batch_size:
         return False
     torch.manual_seed(r["seed"])
@@ -440,9 +525,18 @@ def warm_compile(cfg: TrainConfig) -> bool:
     one = torch.arange(recipe.batch_size)
     probe = replace(data, train=data.train.subset(one), val=data.val.subset(one[:0]))
     resident = probe.to(device) if device.type == "cuda" else probe
-    fit(model, make_mode(r["mode"], recipe.label_smoothing), recipe,
-        _train_batches(resident, recipe, runtime, device, r["seed"], (0, 1)), lambda: [], seed=r["seed"],
-        runtime=runtime, stop_after=1, progress=False, log=None)
+    fit(
+        model,
+        make_mode(r["mode"], recipe.label_smoothing),
+        recipe,
+        _train_batches(resident, recipe, runtime, device, r["seed"], (0, 1)),
+        lambda: [],
+        seed=r["seed"],
+        runtime=runtime,
+        stop_after=1,
+        progress=False,
+        log=None,
+    )
     return True
 
 
@@ -451,13 +545,23 @@ def _training_steps(data: Dataset, recipe: Recipe) -> int:
     return len(data.train) // recipe.batch_size * recipe.epochs
 
 
-def _train_batches(resident: Dataset, recipe: Recipe, runtime: Runtime, device: torch.device, seed: int,
-                   shard: tuple[int, int]) -> Callable[[int], Batches]:
+def _train_batches(
+    resident: Dataset, recipe: Recipe, runtime: Runtime, device: torch.device, seed: int, shard: tuple[int, int]
+) -> Callable[[int], Batches]:
     """Each epoch's training batches, shuffled and augmented from that epoch's own seed."""
+
     def of_epoch(epoch: int) -> Batches:
         gen = torch.Generator(device=resident.train.images.device).manual_seed(epoch_seed(seed, epoch))
-        return batches(resident, "train", recipe.batch_size, train=True, generator=gen, device=device, shard=shard,
-                       drop_last=runtime.fixed_shapes)
+        return batches(
+            resident,
+            "train",
+            recipe.batch_size,
+            train=True,
+            generator=gen,
+            device=device,
+            shard=shard,
+            drop_last=runtime.fixed_shapes,
+        )
 
     return of_epoch
 
@@ -471,8 +575,9 @@ def _image_size(r: dict[str, Any]) -> int | None:
     return default_input_size(r["arch"])
 
 
-def _build_cnn(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None, data: Dataset,
-               run: RunFolder) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+def _build_cnn(
+    cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None, data: Dataset, run: RunFolder
+) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]] | None]:
     """The CNN to train and the normalisation its weights expect (``None``: the data's own)."""
     from .weights import build_from
 
@@ -485,16 +590,33 @@ def _build_cnn(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | N
         return load(r["from_run"]), recorded_normalisation(RunFolder(r["from_run"]).meta())
     if cfg.module is not None:
         return module_cnn(cfg.module, data.image_size, fractions=r["ic_fractions"], cuts=r["ic_cuts"]), None
-    cnn, zm = build_model(r["arch"], data.num_classes, data.image_size, pretrained=bool(r["pretrained"]),
-                          weights=r["weights"], cuts=r["ic_cuts"], fractions=r["ic_fractions"])
+    cnn, zm = build_model(
+        r["arch"],
+        data.num_classes,
+        data.image_size,
+        pretrained=bool(r["pretrained"]),
+        weights=r["weights"],
+        cuts=r["ic_cuts"],
+        fractions=r["ic_fractions"],
+    )
     if r["mode"] == "ic-only" and zm is not None and zm.notes:
-        raise ArgumentError(f"the {r['arch']} weights classify another number of classes than the data's "
-                            f"{data.num_classes} ({zm.notes[0]}): fine-tune it first (`mode` cnn) and train the ICs "
-                            "from that run (`from_run`)")
+        raise ArgumentError(
+            f"the {r['arch']} weights classify another number of classes than the data's "
+            f"{data.num_classes} ({zm.notes[0]}): fine-tune it first (`mode` cnn) and train the ICs "
+            "from that run (`from_run`)"
+        )
     return cnn, ((tuple(zm.mean), tuple(zm.std)) if zm is not None and zm.mean is not None else None)
 
 
 def _data_meta(name: str, data: Dataset) -> dict[str, Any]:
-    return {"name": name, "classes": data.classes, "image_size": data.image_size,
-            "mean": list(data.mean), "std": list(data.std), "flip": data.flip, "jitter": data.jitter,
-            "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}, **data.meta}
+    return {
+        "name": name,
+        "classes": data.classes,
+        "image_size": data.image_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "flip": data.flip,
+        "jitter": data.jitter,
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        **data.meta,
+    }

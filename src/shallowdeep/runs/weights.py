@@ -1,4 +1,5 @@
 """Models and optimiser state <-> safetensors files and run metadata. Nothing here is unpickled."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..convert import build_model, chain_cnn, chain_of
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import load_safetensors, write_bytes
-from ..convert import build_model, chain_cnn, chain_of
 from ..models import CNN
 from ..sdn import SDN
 from .folder import RunFolder
@@ -51,8 +52,10 @@ def build_from(meta: dict[str, Any], module: torch.nn.Module | None = None) -> C
     source = meta.get("source")
     if isinstance(source, dict) and source.get("kind") == "module":
         if module is None:
-            raise RunFolderError(f"this run was made from a user module ({source.get('class')}): load it from Python, "
-                                 "passing the module again (shallowdeep.load(RUN, module=...))")
+            raise RunFolderError(
+                f"this run was made from a user module ({source.get('class')}): load it from Python, "
+                "passing the module again (shallowdeep.load(RUN, module=...))"
+            )
         try:
             chain = chain_of(module, int(meta["image_size"]), source.get("blocks"))
             cnn = chain_cnn(chain, list(source["cuts"]), meta["arch"], {k: v for k, v in source.items() if k != "cuts"})
@@ -70,7 +73,9 @@ def build_from(meta: dict[str, Any], module: torch.nn.Module | None = None) -> C
             raise KeyError("kind")
         return SDN(cnn, tuple(meta["ic_positions"]))
     except (KeyError, TypeError, ValueError, ArgumentError) as e:
-        raise RunFolderError(f"run.json lacks a valid architecture description ({e}): the run folder is damaged") from None
+        raise RunFolderError(
+            f"run.json lacks a valid architecture description ({e}): the run folder is damaged"
+        ) from None
 
 
 def state_bytes(model: torch.nn.Module) -> int:
@@ -86,13 +91,17 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or extra or wrong:
         first = (missing or extra or wrong)[0]
-        raise RunFolderError(f"{source} does not fit this {getattr(model, 'arch', 'model')} "
-                        f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} mis-shaped tensors, "
-                        f"e.g. {first!r}): it belongs to another architecture")
+        raise RunFolderError(
+            f"{source} does not fit this {getattr(model, 'arch', 'model')} "
+            f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} mis-shaped tensors, "
+            f"e.g. {first!r}): it belongs to another architecture"
+        )
     model.load_state_dict(tensors, strict=True)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", module: torch.nn.Module | None = None) -> CNN | SDN:
+def load(
+    path: str | Path, map_location: str | torch.device = "cpu", module: torch.nn.Module | None = None
+) -> CNN | SDN:
     """Rebuild the trained model of a finished run folder (CNN or SDN), in eval mode. A run made from
     a user's own module is rebuilt around ``module`` (the same class; its weights are replaced)."""
     run = RunFolder(path)

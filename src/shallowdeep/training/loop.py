@@ -5,6 +5,7 @@
 speed-ups never touch the loop body. The loss is accumulated on the device: one host
 synchronisation per epoch, not per step.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..sdn import num_outputs, outputs_of
 from ..distributed import all_reduce_sum
+from ..sdn import num_outputs, outputs_of
 from .modes import Mode, Objective
 from .recipe import Recipe, make_optimizer, make_schedule
 from .runtime import Runtime
@@ -55,8 +56,9 @@ def _bar(total: int | None, desc: str, enabled: bool):
     from tqdm import tqdm
 
     # disable=None: no bar when stderr is not a terminal, so redirected logs hold no \r frames
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True,
-                disable=None if enabled else True)
+    return tqdm(
+        total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None if enabled else True
+    )
 
 
 @torch.no_grad()
@@ -79,13 +81,24 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None)
     if correct is None:
         return []
     # sharded validation (torchrun): every rank saw its share; sum the counts over ranks
-    counts = all_reduce_sum(torch.cat([correct.double(), torch.tensor([float(n)], dtype=torch.float64,
-                                                                       device=correct.device)]))
+    counts = all_reduce_sum(
+        torch.cat([correct.double(), torch.tensor([float(n)], dtype=torch.float64, device=correct.device)])
+    )
     return (counts[:-1].cpu() / max(float(counts[-1]), 1.0)).tolist()
 
 
-def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: Batches, opt: torch.optim.Optimizer,
-                    runtime: Runtime, epoch: int, epochs: int, progress: bool = True, desc: str = "") -> float:
+def train_one_epoch(
+    model: nn.Module,
+    stepped: nn.Module,
+    mode: Mode,
+    batches: Batches,
+    opt: torch.optim.Optimizer,
+    runtime: Runtime,
+    epoch: int,
+    epochs: int,
+    progress: bool = True,
+    desc: str = "",
+) -> float:
     """One pass over ``batches``; returns the mean loss. ``stepped`` is
     ``runtime.prepare(Objective(model, mode))``: called as ``stepped(x, y, weights)``, it returns the loss."""
     mode.set_train(model)
@@ -107,12 +120,23 @@ def train_one_epoch(model: nn.Module, stepped: nn.Module, mode: Mode, batches: B
     return float(both[0]) / max(float(both[1]), 1.0)
 
 
-def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[int], Batches],
-        val_batches: Callable[[], Batches], *, seed: int, runtime: Runtime | None = None, start_epoch: int = 0,
-        restore: Callable[[torch.optim.Optimizer], None] | None = None,
-        on_epoch: Callable[[EpochResult, torch.optim.Optimizer], None] | None = None,
-        stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-        compile_ready: Callable[[], bool] | None = None) -> list[EpochResult]:
+def fit(
+    model: nn.Module,
+    mode: Mode,
+    recipe: Recipe,
+    train_batches: Callable[[int], Batches],
+    val_batches: Callable[[], Batches],
+    *,
+    seed: int,
+    runtime: Runtime | None = None,
+    start_epoch: int = 0,
+    restore: Callable[[torch.optim.Optimizer], None] | None = None,
+    on_epoch: Callable[[EpochResult, torch.optim.Optimizer], None] | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    compile_ready: Callable[[], bool] | None = None,
+) -> list[EpochResult]:
     """Train ``model`` from ``start_epoch`` to ``recipe.epochs``, validating every output each epoch.
 
     ``train_batches(epoch)`` yields that epoch's batches; ``val_batches()`` the validation batches.
@@ -145,8 +169,18 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
             eager = None
             if log is not None and results:
                 log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
-        loss = train_one_epoch(model, eager if eager is not None else stepped, mode, train_batches(epoch), opt, runtime,
-                               epoch, recipe.epochs, progress, f"epoch {epoch + 1}/{recipe.epochs}")
+        loss = train_one_epoch(
+            model,
+            eager if eager is not None else stepped,
+            mode,
+            train_batches(epoch),
+            opt,
+            runtime,
+            epoch,
+            recipe.epochs,
+            progress,
+            f"epoch {epoch + 1}/{recipe.epochs}",
+        )
         schedule.step()
         runtime.end_epoch(model)
         acc = evaluate(model, val_batches(), runtime)
@@ -156,8 +190,11 @@ def fit(model: nn.Module, mode: Mode, recipe: Recipe, train_batches: Callable[[i
             n = len(acc)
             names = [f"IC{i + 1}" for i in range(n - 1)] + ["final"]
             how = ", eager while the step compiles" if result.eager else ""
-            log(f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
-                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc)) + f"  ({result.seconds:.1f}s{how})")
+            log(
+                f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
+                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc))
+                + f"  ({result.seconds:.1f}s{how})"
+            )
         if on_epoch is not None:
             on_epoch(result, opt)
         if stop_after is not None and len(results) >= stop_after:

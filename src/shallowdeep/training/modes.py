@@ -1,5 +1,6 @@
 """The paper's three training modes as small objects: which parameters learn, which modules stay in
 eval mode, and how the outputs' losses combine (spec section 5)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Training recipes: every hyperparameter of a run, the paper's by default (spec section 5), and the
 optimiser and learning-rate schedule they describe (``torch.optim`` and ``torch.optim.lr_scheduler``)."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ class Recipe:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
 
-    def check(self) -> "Recipe":
+    def check(self) -> Recipe:
         """Refuse values no training can use, naming the argument; returns ``self``."""
+
         def finite(name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
@@ -56,10 +58,12 @@ class Recipe:
             raise ArgumentError("`nesterov` needs the sgd `optimizer` with a positive `momentum`")
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
             raise ArgumentError(f"`warmup_epochs` must lie in 0..{self.epochs - 1}, got {self.warmup_epochs}")
-        if any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones) \
-                or list(self.milestones) != sorted(set(self.milestones)):
-            raise ArgumentError(f"`milestones` must be increasing epochs in 1..{self.epochs - 1}, got "
-                                f"{list(self.milestones)}")
+        if any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones) or list(
+            self.milestones
+        ) != sorted(set(self.milestones)):
+            raise ArgumentError(
+                f"`milestones` must be increasing epochs in 1..{self.epochs - 1}, got {list(self.milestones)}"
+            )
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -68,7 +72,7 @@ class Recipe:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Recipe":
+    def from_json(cls, d: dict[str, Any]) -> Recipe:
         """A recipe from :meth:`to_json` (older run folders lack the newer fields: defaults)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -115,8 +119,14 @@ def make_optimizer(params: list[nn.Parameter], recipe: Recipe, fused: bool = Fal
     one launch per step instead of one per parameter group chunk and operation)."""
     kw = {"fused": True} if fused else {}
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                               weight_decay=recipe.weight_decay, **kw)
+        return torch.optim.SGD(
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+            **kw,
+        )
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **kw)
     if recipe.optimizer == "adamw":
@@ -133,6 +143,9 @@ def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_
         return decay
     warm = LinearLR(opt, start_factor=1.0 / (recipe.warmup_epochs + 1), total_iters=recipe.warmup_epochs)
     # SequentialLR hands over at the warm-up's end; MultiStepLR then counts from 0, so shift milestones
-    decay = MultiStepLR(opt, milestones=[m - recipe.warmup_epochs for m in recipe.milestones
-                                         if m > recipe.warmup_epochs], gamma=recipe.gamma)
+    decay = MultiStepLR(
+        opt,
+        milestones=[m - recipe.warmup_epochs for m in recipe.milestones if m > recipe.warmup_epochs],
+        gamma=recipe.gamma,
+    )
     return SequentialLR(opt, [warm, decay], milestones=[recipe.warmup_epochs])

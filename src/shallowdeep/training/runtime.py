@@ -1,6 +1,7 @@
 """How a training step runs, kept out of the loop body: device, precision, memory format,
 compilation and distributed wrapping. The loop calls :meth:`Runtime.prepare` once and steps inside
 :meth:`Runtime.autocast`; everything that changes how fast a step runs lives here."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,16 +44,26 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.compile_backend not in COMPILE_BACKENDS:
-            raise ArgumentError(f"unknown `compile_backend` {self.compile_backend!r}: choose one of "
-                                f"{', '.join(COMPILE_BACKENDS)}")
+            raise ArgumentError(
+                f"unknown `compile_backend` {self.compile_backend!r}: choose one of {', '.join(COMPILE_BACKENDS)}"
+            )
         if self.precision not in PRECISIONS:
             raise ArgumentError(f"unknown `precision` {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.sync_bn and (self.device.type != "cuda" or not self.ddp):
-            raise ArgumentError("`sync_bn` synchronises batch norm across CUDA processes: it needs torchrun and CUDA devices")
+            raise ArgumentError(
+                "`sync_bn` synchronises batch norm across CUDA processes: it needs torchrun and CUDA devices"
+            )
 
     @classmethod
-    def default(cls, device: torch.device, precision: str | None = None, compile: bool | None = None,
-                ddp: bool = False, sync_bn: bool = False, steps: int | None = None) -> "Runtime":
+    def default(
+        cls,
+        device: torch.device,
+        precision: str | None = None,
+        compile: bool | None = None,
+        ddp: bool = False,
+        sync_bn: bool = False,
+        steps: int | None = None,
+    ) -> Runtime:
         """The defaults: bf16 autocast on a GPU that computes in bf16 natively (:func:`native_bf16`),
         fp32 elsewhere; channels-last on CUDA; compiled (CUDA graphs) on one CUDA device when the run
         has at least :data:`COMPILE_PAYBACK_STEPS` training ``steps``, the measured point where
@@ -76,8 +87,15 @@ class Runtime:
         if auto:
             compile = cuda and not ddp and steps is not None and steps >= COMPILE_PAYBACK_STEPS
         precision = precision or ("bf16" if native_bf16(device) else "fp32")
-        return cls(device, precision, channels_last=cuda, compile=bool(compile),
-                   ddp=ddp, sync_bn=sync_bn, compile_auto=auto and bool(compile))
+        return cls(
+            device,
+            precision,
+            channels_last=cuda,
+            compile=bool(compile),
+            ddp=ddp,
+            sync_bn=sync_bn,
+            compile_auto=auto and bool(compile),
+        )
 
     @property
     def fixed_shapes(self) -> bool:
@@ -97,11 +115,19 @@ class Runtime:
         return self.compile and self.device.type == "cuda" and not self.ddp
 
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile, "compile_auto": self.compile_auto,
-                "compile_backend": self.compile_backend, "cuda_graphs": self.cuda_graphs,
-                "fused_optimizer": self.fused_optimizer, "drop_last": self.fixed_shapes,
-                "ddp": self.ddp, "sync_bn": self.sync_bn}
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "compile_auto": self.compile_auto,
+            "compile_backend": self.compile_backend,
+            "cuda_graphs": self.cuda_graphs,
+            "fused_optimizer": self.fused_optimizer,
+            "drop_last": self.fixed_shapes,
+            "ddp": self.ddp,
+            "sync_bn": self.sync_bn,
+        }
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move ``model`` here (in place) and return the module to call for training steps."""
@@ -116,8 +142,9 @@ class Runtime:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # ic-only freezes the backbone: its parameters get no gradient, which DDP must be told
-            stepped = DistributedDataParallel(model, device_ids=ids,
-                                              find_unused_parameters=any(not p.requires_grad for p in model.parameters()))
+            stepped = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=any(not p.requires_grad for p in model.parameters())
+            )
         if self.compile:
             if self.compile_auto:  # the default must not stop a run the compiler cannot handle: eager instead
                 import torch._dynamo as dynamo
