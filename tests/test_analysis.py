@@ -390,11 +390,12 @@ def test_per_class_accuracy_matches_a_plain_loop():
 
 
 def test_rule_scores_match_plain_loops():
-    from shallowdeep.analysis.rules import parse_rule, rule_scores
+    from shallowdeep.analysis.rules import rule_scores
+    from shallowdeep.core.exit_rule import ExitRule
 
     r = random_record(7, n=80, k=5, c=6)
-    ent = rule_scores(r, parse_rule("entropy"))
-    pat = rule_scores(r, parse_rule("patience:2"))
+    ent = rule_scores(r, ExitRule.parse("entropy"))
+    pat = rule_scores(r, ExitRule.parse("patience:2"))
     for i in range(r.num_inputs):
         run, prev = 0, None
         for j in range(r.num_outputs - 1):
@@ -407,7 +408,8 @@ def test_rule_scores_match_plain_loops():
 
 
 def test_patience_exits_where_k_ics_first_agree():
-    from shallowdeep.analysis.rules import parse_rule, rule_exits
+    from shallowdeep.analysis.rules import rule_exits
+    from shallowdeep.core.exit_rule import ExitRule
 
     # input 0: ICs predict 1, 1, ... -> two agree at IC 2 (index 1); input 1: 0, 1, 2 -> never
     logits = np.full((2, 4, 3), -5.0, np.float32)
@@ -415,7 +417,7 @@ def test_patience_exits_where_k_ics_first_agree():
         for j, c in enumerate(preds):
             logits[i, j, c] = 5.0
     r = ExitRecord.from_arrays(logits, [1, 2], [1.0, 2.0, 3.0, 4.0], 4.0)
-    e = rule_exits(r, parse_rule("patience:2"), 2 / 3, "final")
+    e = rule_exits(r, ExitRule.parse("patience:2"), 2 / 3, "final")
     assert e.exits.tolist() == [1, 3] and e.predictions.tolist() == [1, 2]
 
 
@@ -432,7 +434,7 @@ def test_temperatures_minimise_the_validation_nll():
 
 
 def test_bad_rules_are_refused():
-    from shallowdeep.analysis.rules import parse_rule
+    from shallowdeep.core.exit_rule import ExitRule
 
     for text, pattern in (
         ("softmin", "unknown exit rule"),
@@ -441,8 +443,8 @@ def test_bad_rules_are_refused():
         ("entropy:3", "takes no ':' argument"),
     ):
         with pytest.raises(UserError, match=pattern):
-            parse_rule(text)
-    assert parse_rule("entropy+T").temperature and parse_rule("patience:3").k == 3
+            ExitRule.parse(text)
+    assert ExitRule.parse("entropy+T").temperature and ExitRule.parse("patience:3").k == 3
 
 
 def test_auto_per_ic_is_decided_by_cross_validation_on_validation_only():

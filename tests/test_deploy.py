@@ -34,7 +34,7 @@ def calibrated(copy_run):
     conf = engine_from_run(run).ic_confidences(x).numpy()
     path = run / "calibration.json"
     cal = json.loads(path.read_text())
-    cal["threshold"] = float(np.quantile(conf, 0.6))
+    cal["exit_rule"]["thresholds"] = [float(np.quantile(conf, 0.6))]  # what the engine carries out
     path.write_text(json.dumps(cal))
     return run
 

@@ -10,6 +10,7 @@ from shallowdeep.analysis import ExitRecord, early_exit
 from shallowdeep.collect import collect
 from shallowdeep.core import io
 from shallowdeep.core.errors import UserError
+from shallowdeep.core.exit_rule import ExitRule
 from shallowdeep.data import batches
 from shallowdeep.engine import EarlyExitEngine, _inference_head
 from shallowdeep.models import list_archs
@@ -282,7 +283,6 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
     from shallowdeep import output_costs
     from shallowdeep.analysis.rules import (
         fit_temperatures,
-        parse_rule,
         rule_exits,
         rule_scores,
         rule_thresholds,
@@ -295,7 +295,9 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
         logits = torch.stack(sdn(x), dim=1)
     costs = output_costs(sdn)
     record = ExitRecord.from_arrays(logits, digits.test.labels[:120], costs.outputs, costs.cnn)
-    rule = parse_rule(rule_text, temperature)
+    from shallowdeep.core.exit_rule import ExitRule
+
+    rule = ExitRule.parse(rule_text, temperature)
     temps = fit_temperatures(collect(sdn, digits, "val")) if temperature else None
     r = scaled(record, temps) if temps is not None else record
     fixed = rule_thresholds(r, rule)
@@ -313,14 +315,8 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
     assert qs
     for q in qs:
         sim = rule_exits(record, rule, q, "most_confident", temps)
-        eng = EarlyExitEngine(
-            sdn,
-            q,
-            "most_confident",
-            rule=rule.name,
-            patience=rule.k,
-            temperatures=None if temps is None else temps.tolist(),
-        )
+        temperatures = None if temps is None else temps.tolist()
+        eng = EarlyExitEngine(sdn, rule.calibrated(q, temperatures, "most_confident"))
         for batch_size in (1, 64):
             res = eng.classify(x, batch_size=batch_size)
             assert res.exits.tolist() == sim.exits.tolist(), (rule_text, q, batch_size)
@@ -333,12 +329,15 @@ def test_analyze_rule_choice_reaches_the_engine(copy_run):
     run = copy_run("ic")
     analyze_run(run, rules=["max_softmax", "patience:2"], rule="entropy+T", thresholds="per_ic")
     cal = io.read_json(run / "calibration.json")
-    assert cal["exit_rule"] == {"name": "entropy", "k": 0, "temperature": True} and len(cal["temperatures"]) == 5
+    rule = cal["exit_rule"]
+    assert (rule["name"], rule["k"], rule["temperature"], len(rule["temperatures"])) == ("entropy", 0, True, 5)
+    assert rule["thresholds"] == cal["thresholds"] and rule["fallback"] == cal["fallback"]
     report = io.read_json(run / "report" / "report.json")
     assert [r["label"] for r in report["rules"]["results"]] == ["max_softmax", "patience:2", "entropy+T"]
     chosen = report["rules"]["results"][-1]["calibration"]
     eng = engine_from_run(run)
-    assert (eng.rule, eng.temperatures) == ("entropy", cal["temperatures"]) and cal["threshold"] == chosen["threshold"]
+    assert (eng.rule.name, eng.temperatures) == ("entropy", rule["temperatures"])
+    assert cal["threshold"] == chosen["threshold"]
     assert eng.thresholds == cal["thresholds"]  # per IC, refined from the rule's own single threshold
 
 
@@ -363,7 +362,7 @@ def test_stream_equals_batch_one_in_order_whatever_the_batches(trained_sdn, digi
     x = images(digits, limit=240)
     record = collect(sdn, digits, "test")
     q = safe_thresholds(record, 3)[1] if rule != "patience" else patience / len(sdn.positions)
-    eng = EarlyExitEngine(sdn, q, rule=rule, patience=patience)
+    eng = EarlyExitEngine(sdn, ExitRule(rule, patience, thresholds=(q,)))
     parts = list(eng.stream(_odd_batches(x), batch_size=16, buckets=buckets))
     got = torch.cat([p.exits for p in parts]), torch.cat([p.predictions for p in parts])
     one = eng.classify(x, batch_size=1)
@@ -485,7 +484,7 @@ def test_pipelined_batch_one_decides_like_the_sequential_path(trained_sdn, digit
     queued before the decision of this one, computed on the device, is read. Same answers."""
     sdn, _ = trained_sdn
     x = images(digits, limit=60)
-    seq = EarlyExitEngine(sdn, 0.0, fallback, rule=rule, patience=patience, pipelined=False)
+    seq = EarlyExitEngine(sdn, ExitRule(rule, patience, thresholds=(0.0,), fallback=fallback), pipelined=False)
     assert not seq.pipelined and EarlyExitEngine(sdn, 0.5).pipelined is False  # off on the CPU by default
     if rule == "patience":
         qs = [2 / 4]
@@ -493,8 +492,9 @@ def test_pipelined_batch_one_decides_like_the_sequential_path(trained_sdn, digit
         scores = seq.ic_confidences(x).numpy() if rule == "max_softmax" else None
         qs = [float(np.quantile(scores, 0.6))] if scores is not None else [0.05, 0.15, 0.3]
     for q in qs:
-        a = EarlyExitEngine(sdn, q, fallback, rule=rule, patience=patience, pipelined=False).classify(x, batch_size=1)
-        b = EarlyExitEngine(sdn, q, fallback, rule=rule, patience=patience, pipelined=True).classify(x, batch_size=1)
+        calibrated = ExitRule(rule, patience, thresholds=(q,), fallback=fallback)
+        a = EarlyExitEngine(sdn, calibrated, pipelined=False).classify(x, batch_size=1)
+        b = EarlyExitEngine(sdn, calibrated, pipelined=True).classify(x, batch_size=1)
         assert torch.equal(a.exits, b.exits) and torch.equal(a.predictions, b.predictions)
         assert torch.equal(a.answered, b.answered) and torch.allclose(a.confidence, b.confidence, atol=1e-12)
         assert len(set(a.exits.tolist())) > 1, "the thresholds should spread the exits"

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .core.catalog import ARCHITECTURES, DATASETS
 from .core.errors import MissingExtraError, NotCalibratedError, UserError
-from .core.exits import FALLBACKS
+from .core.exit_rule import FALLBACKS
 
 DEFAULT_SEED = 1221  # the reference code's (runs.DEFAULT_SEED; a test keeps them equal)
 MODES = ("cnn", "ic-only", "sdn")
@@ -106,7 +106,7 @@ def _table(rows: list[dict[str, Any]], key: str = "val_acc") -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import runs
-    from .core.exits import output_names
+    from .core.outputs import output_names
     from .costs import output_costs
     from .data import dataset_shape, load_dataset
     from .sdn import SDN

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import DataError, MissingExtraError, RunFolderError
+from .core.errors import DataError, MissingExtraError, RunFolderError, UserError
+from .core.exit_rule import ExitRule, exit_scores, softmax
 from .core.images import fit_image, open_rgb
 
-FORMAT = "shallowdeep-export/1"
+FORMAT = "shallowdeep-export/2"
+FORMAT_1 = "shallowdeep-export/1"  # the exit entry before ExitRule; still loads
 
 
 class ExportError(RunFolderError):
@@ -46,26 +47,19 @@ class Classified:
         return [self.classes[i] for i in self.predictions]
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class Deployment:
     """An export loaded into onnxruntime sessions (see the module docstring)."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], sessions: list[Any]) -> None:
         self.folder, self.manifest, self.sessions = folder, manifest, sessions
-        inp, ex = manifest["input"], manifest["exit"]
+        inp = manifest["input"]
         self.size = int(inp["size"])
         self.mean = np.asarray(inp["mean"], np.float32).reshape(1, 1, 1, 3)
         self.std = np.asarray(inp["std"], np.float32).reshape(1, 1, 1, 3)
         self.classes = list(manifest["classes"])
-        self.rule, self.thresholds = ex["rule"], [float(q) for q in ex["thresholds"]]
-        self.patience, self.fallback = int(ex.get("patience", 0)), ex["fallback"]
-        self.temperatures = [float(t) for t in ex["temperatures"]]
+        self.rule = _exit_rule(manifest)
+        self.thresholds = self.rule.per_ic(len(sessions) - 1)
+        self.temperatures = self.rule.scales(len(sessions))
         self.relative_costs = np.asarray(manifest["relative_costs"], np.float64)
 
     @property
@@ -100,47 +94,45 @@ class Deployment:
         best_pred = np.zeros(n, np.int64)
         prev = np.full(n, -1, np.int64)
         run = np.zeros(n)
-        log_c = math.log(max(len(self.classes), 2))
         h = x
         for k, sess in enumerate(self.sessions):
             if not len(active):
                 break
             outs = sess.run(None, {"x": h})
+            p = softmax(outs[-1] / self.temperatures[k])
+            conf, pred = p.max(1), p.argmax(1)
             if k == last:
-                p = _softmax(outs[0] / self.temperatures[k])
-                conf, pred = p.max(1), p.argmax(1)
-                if self.fallback == "most_confident":
+                if self.rule.fallback == "most_confident":
                     use = best_conf >= conf
                     pred, conf = np.where(use, best_pred, pred), np.where(use, best_conf, conf)
                 preds[active], confs[active] = pred, conf
                 break
-            h, logits = outs
-            p = _softmax(logits / self.temperatures[k])
-            conf, pred = p.max(1), p.argmax(1)
-            if self.rule == "max_softmax":
-                score = conf
-            elif self.rule == "entropy":
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    score = 1.0 + np.where(p > 0, p * np.log(p), 0.0).sum(1) / log_c
-            else:
-                run = np.where(pred == prev, run + 1, 1.0)
-                prev = pred
-                score = run / (self.num_outputs - 1)
+            score, run = exit_scores(self.rule, p, pred, last, prev, run)
+            prev = pred
             out = score >= self.thresholds[k]
             better = conf > best_conf
             best_conf, best_pred = np.where(better, conf, best_conf), np.where(better, pred, best_pred)
             idx = active[out]
             preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
             keep = ~out
-            h = np.ascontiguousarray(h[keep])
-            active, best_conf, best_pred, prev, run = (
-                active[keep],
-                best_conf[keep],
-                best_pred[keep],
-                prev[keep],
-                run[keep],
-            )
+            h = np.ascontiguousarray(outs[0][keep])
+            active, best_conf, best_pred = active[keep], best_conf[keep], best_pred[keep]
+            prev, run = prev[keep], run[keep]
         return Classified(preds, exits, confs, self.classes)
+
+
+def _exit_rule(manifest: dict[str, Any]) -> ExitRule:
+    """The manifest's exit rule; an export of format 1 spelled it ``rule``/``patience``."""
+    ex = manifest["exit"]
+    if manifest.get("format") == FORMAT_1 and isinstance(ex, dict):
+        ex = {
+            "name": ex.get("rule"),
+            "k": ex.get("patience", 0),
+            "thresholds": ex.get("thresholds"),
+            "temperatures": ex.get("temperatures"),
+            "fallback": ex.get("fallback", "most_confident"),
+        }
+    return ExitRule.from_json(ex)
 
 
 def _read(path: str | Path, size: int) -> np.ndarray:
@@ -163,7 +155,7 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
         )
     try:
         manifest = json.loads(mpath.read_text())
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") not in (FORMAT, FORMAT_1):
             raise ValueError(f"format {manifest.get('format')!r}, not {FORMAT}")
         stages = manifest["stages"]
         for key in ("input", "exit", "classes", "relative_costs"):
@@ -185,4 +177,7 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
                 f"{path} does not match the manifest's hash (changed or from another export): export the run again"
             )
         sessions.append(ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"])))
-    return Deployment(folder, manifest, sessions)
+    try:
+        return Deployment(folder, manifest, sessions)
+    except (UserError, KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{mpath} is damaged ({e}): export the run again") from None

@@ -9,6 +9,10 @@ Two paths, with the same answers:
   on full batches (channels-last memory, the heads' own pooling ops); inputs that exit leave, the
   rest join the next queue, and results come back in input order.
 
+Every path makes its exit decision in one function, :meth:`EarlyExitEngine._decide`, from the
+engine's :class:`~shallowdeep.core.exit_rule.ExitRule` (the numpy runtime's twin is
+:func:`~shallowdeep.core.exit_rule.exit_scores`).
+
 An input that no IC lets out pays for the whole SDN and gets the fallback's prediction: the most
 confident output (``"most_confident"``, the reference's) or the final output (``"final"``).
 """
@@ -24,8 +28,7 @@ import torch
 from torch import nn
 
 from .core.errors import ArgumentError
-from .core.exits import EXIT_RULES as RULES
-from .core.exits import check_fallback
+from .core.exit_rule import ExitRule
 from .costs import output_costs
 from .heads import ICHead
 from .sdn import SDN
@@ -102,80 +105,61 @@ def _fold_bn(module: nn.Module) -> nn.Module:
         return module
 
 
-def _confidence(num_classes: int) -> Callable[[torch.Tensor], tuple[float, int]]:
-    """Max softmax and argmax of one logit row. For few classes plain Python on the row beats three
-    tensor ops; both compute in double precision, like the batched path."""
-    if num_classes <= 32:
-
-        def small(z: torch.Tensor) -> tuple[float, int]:
-            row = z.view(-1).tolist()
-            m = max(row)
-            return 1.0 / sum(math.exp(v - m) for v in row), row.index(m)
-
-        return small
-
-    def large(z: torch.Tensor) -> tuple[float, int]:
-        conf, pred = torch.softmax(z.double(), dim=1).max(dim=1)
-        return conf.item(), int(pred)
-
-    return large
-
-
 class EarlyExitEngine:
-    """Early-exit inference for an :class:`SDN` at a confidence ``threshold`` (one for every IC, or
-    one per IC). Build it once per model; the model is put in eval mode and must not change after."""
+    """Early-exit inference for an :class:`SDN` under an :class:`ExitRule` (its thresholds,
+    temperatures and fallback). Build it once per model; the model is put in eval mode and must not
+    change after."""
 
     def __init__(
         self,
         sdn: SDN,
-        threshold: float | Sequence[float],
-        fallback: str = "most_confident",
+        rule: ExitRule | float | Sequence[float],
+        fallback: str | None = None,
+        *,
         device: torch.device | str | None = None,
         fold_bn: bool = True,
-        rule: str = "max_softmax",
-        patience: int = 0,
-        temperatures: Sequence[float] | None = None,
         precision: str = "fp32",
         compile: bool = False,
         pipelined: bool | None = None,
     ) -> None:
-        """``rule``: ``"max_softmax"`` (exit when an IC's max softmax >= q), ``"entropy"`` (when its
-        certainty ``1 - H / log C`` >= q) or ``"patience"`` (when ``patience`` consecutive ICs agree:
-        give q = patience / ICs). ``temperatures`` (one per output) divide the logits: folded into
-        the IC heads' weights, and applied to the final classifier's output. ``precision``
-        ``"bf16"`` runs the stages under bfloat16 autocast (decisions stay float32/64).
-        ``compile`` compiles each stage (blocks and head) with ``torch.compile`` at fixed shapes; on
-        CUDA in ``reduce-overhead`` mode, i.e. one CUDA graph per stage and batch size, which the
-        throughput engine's buckets keep to a few. ``pipelined`` (default: on CUDA) runs batch 1 one
-        stage ahead: stage k+1 is queued on the device before stage k's exit decision, computed on
-        the device, is read back, so the device never idles while the host decides; an input that
-        exits wastes one queued stage."""
+        """``rule``: a calibrated :class:`ExitRule`, or a max-softmax threshold (one for every IC, or
+        one per IC) with its ``fallback`` (default ``most_confident``). The rule's temperatures
+        divide the logits: folded into the IC heads' weights, applied to the final classifier's
+        output. ``precision`` ``"bf16"`` runs the stages under bfloat16 autocast (decisions stay
+        float32/64). ``compile`` compiles each stage (blocks and head) with ``torch.compile`` at
+        fixed shapes; on CUDA in ``reduce-overhead`` mode, one CUDA graph per stage and batch size,
+        which the throughput engine's buckets keep to a few. ``pipelined`` (default: on CUDA) runs
+        batch 1 one stage ahead: stage k+1 is queued on the device before stage k's exit decision,
+        computed on the device, is read back, so the device never idles while the host decides; an
+        input that exits wastes one queued stage."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
-        check_fallback(fallback)
-        n_ics = len(sdn.positions)
-        qs = [float(threshold)] * n_ics if isinstance(threshold, (int, float)) else [float(q) for q in threshold]
-        if len(qs) != n_ics:
-            raise ArgumentError(f"{len(qs)} thresholds for {n_ics} ICs")
-        if not all(q >= 0.0 for q in qs):  # NaN fails too
-            raise ArgumentError(
-                f"a `threshold` is a softmax confidence: a number >= 0 (above 1: no IC exits), got {qs}"
-            )
-        if rule not in RULES:
-            raise ArgumentError(f"unknown exit `rule` {rule!r}: choose one of {', '.join(RULES)}")
-        if rule == "patience" and patience < 1:
-            raise ArgumentError("the patience rule needs `patience` >= 1 agreeing ICs")
-        temps = [1.0] * sdn.num_outputs if temperatures is None else [float(t) for t in temperatures]
-        if len(temps) != sdn.num_outputs or not all(t > 0 for t in temps):
-            raise ArgumentError(f"`temperatures` must be {sdn.num_outputs} positive numbers, got {temps}")
-        self.rule, self.patience, self.temperatures = rule, int(patience), temps
+        self.rule = _as_rule(rule, fallback)
+        self.thresholds = self.rule.per_ic(len(sdn.positions))
+        self.temperatures = self.rule.scales(sdn.num_outputs)
+        if precision not in ("fp32", "bf16"):
+            raise ArgumentError(f"`precision` is fp32 or bf16, not {precision!r}")
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
         self.sdn = sdn.eval().to(self.device)
-        self.thresholds = qs
-        self.fallback = fallback
         self.num_outputs = sdn.num_outputs
-        costs = output_costs(sdn)
-        self.relative_costs = torch.tensor(costs.relative, dtype=torch.float64)
+        self.relative_costs = torch.tensor(output_costs(sdn).relative, dtype=torch.float64)
+        self.precision, self.compiled = precision, bool(compile)
+        # the graphs of reduce-overhead compilation reuse their output buffers: copy what is kept
+        self._copy_out = self.compiled and self.device.type == "cuda"
+        # decisions in float64 on the CPU (as the records); on a GPU float32: no float64 on the device
+        self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+        self._build_stages(fold_bn)
+        self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
+
+    @property
+    def fallback(self) -> str:
+        """What an input no IC lets out gets: ``most_confident`` or ``final``."""
+        return self.rule.fallback
+
+    def _build_stages(self, fold_bn: bool) -> None:
+        """The stages: the blocks up to each IC (the stem first) with the IC, then the rest with the
+        final classifier; each as a batch-1 and a batched function (see :meth:`_stage_fn`)."""
+        sdn, temps = self.sdn, self.temperatures
         cnn = sdn.cnn
         # conv+BN folding is an inference-only rewrite of copies; the SDN itself is left untouched
         fold = _fold_bn if fold_bn else (lambda m: m)
@@ -183,40 +167,22 @@ class EarlyExitEngine:
         if temps[-1] != 1.0:
             head, t_final = cnn.head, temps[-1]
             self._final = lambda x: head(x) / t_final
-        self._conf = _confidence(sdn.num_classes)
-        self._log_c = math.log(max(sdn.num_classes, 2))
-        self._n_ics = n_ics
-        self._heads = [_inference_head(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
-        # position -> (IC index, head, threshold); None between ICs
-        self._at: list[tuple[int, Callable[[torch.Tensor], torch.Tensor], float] | None] = [None] * len(self._blocks)
-        for k, (p, h) in enumerate(zip(sdn.positions, self._heads)):
-            self._at[p] = (k, h, qs[k])
-        # the stages of the throughput engine: the blocks up to each IC (the stem first), then the rest
-        self._stages: list[tuple[list[Callable[[torch.Tensor], torch.Tensor]], Any]] = []
+        # two heads per IC: batch 1 the folded few-op function; batches the module's own pooling ops,
+        # which read channels-last maps in place (at batch 256 on the development CPU 3-5x faster than
+        # the folded head, whose reductions need NCHW memory)
+        one_heads = [_inference_head(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
+        batch_heads = [_scaled(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
+        # stage k: (its blocks, its IC index or None for the final classifier)
+        self._stages: list[tuple[list[nn.Module], int | None]] = []
+        self._stage_fns_one, self._stage_fns = [], []
         start = 0
-        for p in [*sdn.positions, len(self._blocks) - 1]:
+        for k, p in enumerate([*sdn.positions, len(self._blocks) - 1]):
             blocks = ([self._stem] if start == 0 else []) + self._blocks[start : p + 1]
-            self._stages.append((blocks, self._at[p] if p in sdn.positions else None))
+            ic = k if k < len(sdn.positions) else None
+            self._stages.append((blocks, ic))
+            self._stage_fns_one.append(self._stage_fn(blocks, one_heads[k] if ic is not None else self._final))
+            self._stage_fns.append(self._stage_fn(blocks, batch_heads[k] if ic is not None else self._final))
             start = p + 1
-        # decisions in float64 on the CPU (as the records); on a GPU float32: no float64 on the device
-        self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
-        if precision not in ("fp32", "bf16"):
-            raise ArgumentError(f"`precision` is fp32 or bf16, not {precision!r}")
-        self.precision, self.compiled = precision, bool(compile)
-        # the graphs of reduce-overhead compilation reuse their output buffers: copy what is kept
-        self._copy_out = self.compiled and self.device.type == "cuda"
-        # two heads per IC: batch 1 the folded few-op function above; batches the module's own pooling
-        # ops, which read channels-last maps in place (at batch 256 on the development CPU 3-5x faster
-        # than the folded head, whose reductions need NCHW memory)
-        self._batch_heads = [_scaled(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
-        self._stage_fns_one = [
-            self._stage_fn(blocks, at[1] if at is not None else self._final) for blocks, at in self._stages
-        ]
-        self._stage_fns = [
-            self._stage_fn(blocks, self._batch_heads[at[0]] if at is not None else self._final)
-            for blocks, at in self._stages
-        ]
-        self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
 
     # ------------------------------------------------------------------------------------ paths
 
@@ -270,72 +236,80 @@ class EarlyExitEngine:
         if x.shape[0] != 1:
             raise ArgumentError(f"classify_one takes one image, got a batch of {x.shape[0]}")
         # NCHW memory at batch 1: channels-last ran VGG-16-BN's batch 1 at half speed on the development CPU
-        x = x.contiguous()
+        rows = self._new_rows(x.contiguous(), 0)
         if self.pipelined:
-            return self._one_pipelined(x)
-        h = x
-        decide = _OneDecision(self.rule, self._n_ics, self.fallback, self.num_outputs - 1)
-        for s_k, (_, at) in enumerate(self._stages):
+            return self._one_pipelined(rows)
+        h = rows.h
+        for s_k, (_, ic) in enumerate(self._stages):
             h, z = self._call_stage(s_k, h, one=True)
-            c, pred = self._conf(z)
-            if at is None:
-                return decide.at_final(c, pred)
-            k, _, q = at
-            certainty = c
-            if self.rule == "entropy":
-                p = torch.softmax(z.double(), dim=1)
-                certainty = 1.0 + float(torch.special.xlogy(p, p).sum()) / self._log_c
-            exit_ = decide.at_ic(k, q, c, pred, certainty)
-            if exit_ is not None:
-                return exit_
+            pred, conf, answer = self._decide(z, rows, ic)
+            if ic is None:
+                return int(pred), self.num_outputs - 1, float(conf), int(answer)
+            if bool(answer):
+                return int(pred), ic, float(conf), ic
         raise AssertionError("the last stage is the final classifier")  # pragma: no cover
 
-    def _scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per row of logits, where they are: max softmax, argmax, and the score the rule compares
-        with the threshold (the entropy rule's certainty ``1 - H / log C``, else the max softmax;
-        the patience rule's run is kept by the caller)."""
-        p = torch.softmax(z.to(self._dtype), dim=1)
-        conf, pred = p.max(dim=1)
-        cert = 1.0 + torch.special.xlogy(p, p).sum(1) / self._log_c if self.rule == "entropy" else conf
-        return conf, pred, cert
+    def _one_pipelined(self, rows: _Rows) -> tuple[int, int, float, int]:
+        """Batch 1 with the next stage queued before this stage's decision is read (see ``pipelined``);
+        the same decisions as the sequential path, made on the device."""
+        n = len(self._stages)
+        h, z = self._call_stage(0, rows.h, one=True)
+        pending = self._read_back(self._decide(z, rows, self._stages[0][1]))
+        for s_k in range(n):
+            if s_k + 1 < n:  # queue the next stage (and its decision) before waiting for this one's
+                h, z = self._call_stage(s_k + 1, h, one=True)
+                following = self._read_back(self._decide(z, rows, self._stages[s_k + 1][1]))
+            host, event = pending
+            if event is not None:
+                event.synchronize()
+            pred, conf, answer = host.tolist()
+            if s_k == n - 1:  # the final classifier: ``answer`` is the output that answered
+                return int(pred), self.num_outputs - 1, conf, int(answer)
+            if answer:
+                return int(pred), s_k, conf, s_k
+            pending = following
+        raise AssertionError("the last stage is the final classifier")  # pragma: no cover
 
-    def _decision(self, z: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """One stage's decision inputs computed where the stage ran: ``[confidence, prediction,
-        certainty]`` of its logits, and a host copy under way (with its event on CUDA)."""
-        conf, pred, cert = self._scores(z)
-        d = torch.stack([conf, pred.to(conf.dtype), cert]).view(-1)
+    def _read_back(self, decision: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """A batch-1 decision (prediction, confidence, answer) copied to the host without waiting
+        (with the event to wait on, on CUDA)."""
+        d = torch.stack([t.to(torch.float64 if self.device.type != "cuda" else torch.float32) for t in decision])
         if self.device.type != "cuda":
-            return d, None
-        host = d.to("cpu", non_blocking=True)
+            return d.view(-1), None
+        host = d.view(-1).to("cpu", non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         return host, event
 
-    def _one_pipelined(self, x: torch.Tensor) -> tuple[int, int, float, int]:
-        """Batch 1 with the next stage queued before this stage's decision is read (see ``pipelined``);
-        the same decisions as the sequential path."""
-        decide = _OneDecision(self.rule, self._n_ics, self.fallback, self.num_outputs - 1)
-        n = len(self._stages)
-        h, z = self._call_stage(0, x, one=True)
-        pending = self._decision(z)
-        for s_k in range(n):
-            if s_k + 1 < n:  # queue the next stage before waiting for this one's decision
-                h, z = self._call_stage(s_k + 1, h, one=True)
-                following = self._decision(z)
-            d, event = pending
-            if event is not None:
-                event.synchronize()
-            c, pred_f, cert = d.tolist()
-            pred = int(pred_f)
-            at = self._stages[s_k][1]
-            if at is None:  # the final classifier
-                return decide.at_final(c, pred)
-            k, _, q = at
-            exit_ = decide.at_ic(k, q, c, pred, cert)
-            if exit_ is not None:
-                return exit_
-            pending = following
-        raise AssertionError("the last stage is the final classifier")  # pragma: no cover
+    def _decide(self, z: torch.Tensor, rows: _Rows, ic: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The torch runtime's exit decision, for every path: ``z`` is one stage's logits for ``rows``
+        (temperatures applied). At IC ``ic``: (prediction, max softmax, whether each input leaves),
+        the rule's per-input state in ``rows`` updated. At the final classifier (``ic`` None):
+        (prediction, confidence, the output that answered), the fallback applied."""
+        p = torch.softmax(z.to(self._dtype), dim=1)
+        conf, pred = p.max(dim=1)
+        if ic is None:
+            answered = torch.full_like(pred, self.num_outputs - 1)
+            if self.rule.fallback == "most_confident":
+                use_ic = rows.best_conf >= conf
+                pred, conf = torch.where(use_ic, rows.best_pred, pred), torch.where(use_ic, rows.best_conf, conf)
+                answered = torch.where(use_ic, rows.best_k, answered)
+            return pred, conf, answered
+        # state only a rule or fallback reads is kept (each op counts at batch 1: 10-20 us on a CPU)
+        if self.rule.name == "entropy":
+            score = 1.0 + torch.special.xlogy(p, p).sum(1) / math.log(max(p.shape[1], 2))
+        elif self.rule.name == "patience":
+            rows.run = torch.where(pred == rows.prev, rows.run + 1, torch.ones_like(rows.run))
+            rows.prev = pred
+            score = rows.run / (self.num_outputs - 1)
+        else:
+            score = conf
+        if self.rule.fallback == "most_confident":
+            better = conf > rows.best_conf
+            rows.best_conf = torch.where(better, conf, rows.best_conf)
+            rows.best_pred = torch.where(better, pred, rows.best_pred)
+            rows.best_k = torch.where(better, torch.full_like(rows.best_k, ic), rows.best_k)
+        return pred, conf, score >= self.thresholds[ic]
 
     def classify_batched(self, x: torch.Tensor) -> EngineResult:
         """Classify one batch with compaction: inputs that exit leave the working batch (the
@@ -412,36 +386,21 @@ class EarlyExitEngine:
         )
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
-        at = self._stages[k][1]
+        ic = self._stages[k][1]
         h, n = rows.h, len(rows)
         if pad is not None and pad > n:  # a bucketed shape: zero rows, dropped again below
             h = torch.cat([h, h.new_zeros((pad - n, *h.shape[1:]))])
         h, z = self._call_stage(k, h)
         h, z = h[:n], z[:n]
-        if at is None:  # the final classifier
-            conf, pred = torch.softmax(z.to(self._dtype), dim=1).max(dim=1)
-            answered = torch.full_like(pred, self.num_outputs - 1)
-            if self.fallback == "most_confident":
-                use_ic = rows.best_conf >= conf
-                pred, conf = torch.where(use_ic, rows.best_pred, pred), torch.where(use_ic, rows.best_conf, conf)
-                answered = torch.where(use_ic, rows.best_k, answered)
-            out.put(rows.idx, pred, self.num_outputs - 1, conf, answered)
+        pred, conf, answer = self._decide(z, rows, ic)
+        if ic is None:  # the final classifier: everyone left answers
+            out.put(rows.idx, pred, self.num_outputs - 1, conf, answer)
             return
-        k_ic, _, q = at
-        conf, pred, score = self._scores(z)
-        if self.rule == "patience":
-            rows.run = torch.where(pred == rows.prev, rows.run + 1, torch.ones_like(rows.run))
-            rows.prev = pred
-            score = rows.run / self._n_ics
-        leave = score >= q
-        better = conf > rows.best_conf
-        rows.best_conf = torch.where(better, conf, rows.best_conf)
-        rows.best_pred = torch.where(better, pred, rows.best_pred)
-        rows.best_k = torch.where(better, torch.full_like(rows.best_k, k_ic), rows.best_k)
+        leave = answer
         leave_cpu = leave.cpu()  # the one host synchronisation of this stage batch
         n_out = int(leave_cpu.sum())
         if n_out:
-            out.put(rows.idx[leave_cpu], pred[leave], k_ic, conf[leave], torch.full_like(pred[leave], k_ic))
+            out.put(rows.idx[leave_cpu], pred[leave], ic, conf[leave], torch.full_like(pred[leave], ic))
         if n_out < n:
             rows.h = h
             queues[k + 1].append(rows.take(~leave, ~leave_cpu) if n_out else rows)
@@ -451,12 +410,10 @@ class EarlyExitEngine:
         """Every IC's max softmax for ``x`` ``[N, 3, H, W]``, as this engine computes it: ``[N, ICs]``
         (float64). Useful to choose thresholds that produce a given exit pattern."""
         x = self._check(x)
-        out = []
-        h = self._stem(x)
-        for block, at in zip(self._blocks, self._at):
-            h = block(h)
-            if at is not None:
-                out.append(torch.softmax(at[1](h).double(), dim=1).max(dim=1)[0])
+        out, h = [], x
+        for s_k in range(len(self._stages) - 1):  # every IC's stage, with its batch-1 head
+            h, z = self._call_stage(s_k, h, one=True)
+            out.append(torch.softmax(z.double(), dim=1).max(dim=1)[0])
         return torch.stack(out, 1).cpu() if out else torch.zeros(x.shape[0], 0, dtype=torch.float64)
 
     def classify(self, x: torch.Tensor, batch_size: int = 256) -> EngineResult:
@@ -476,38 +433,6 @@ class EarlyExitEngine:
 
 # --------------------------------------------------------------------------------------------------
 # the throughput engine's bookkeeping
-
-
-class _OneDecision:
-    """One input's exit decision, IC by IC (both batch-1 paths share it): the rule's score against the
-    IC's threshold (the patience rule's score is the run of agreeing ICs), and the most confident IC
-    so far, which the ``most_confident`` fallback answers with at the final classifier."""
-
-    def __init__(self, rule: str, num_ics: int, fallback: str, last: int) -> None:
-        self.rule, self.num_ics, self.fallback, self.last = rule, num_ics, fallback, last
-        self.best = (-1.0, 0, 0)  # (confidence, prediction, output) of the most confident IC so far
-        self.prev, self.run = -1, 0  # the patience rule: previous IC's prediction, agreeing ICs so far
-
-    def at_ic(
-        self, k: int, q: float, confidence: float, pred: int, certainty: float
-    ) -> tuple[int, int, float, int] | None:
-        """IC ``k`` with threshold ``q``: (prediction, exit, confidence, output) if the input exits
-        here, else ``None``. ``certainty`` is the rule's score (the entropy rule's, or the confidence)."""
-        if self.rule == "patience":
-            self.run = self.run + 1 if pred == self.prev else 1
-            self.prev = pred
-            certainty = self.run / self.num_ics
-        if certainty >= q:
-            return pred, k, confidence, k
-        if confidence > self.best[0]:
-            self.best = (confidence, pred, k)
-        return None
-
-    def at_final(self, confidence: float, pred: int) -> tuple[int, int, float, int]:
-        """The final classifier's answer, or the most confident IC's if the fallback says so."""
-        if self.fallback == "most_confident" and self.best[0] >= confidence:
-            return self.best[1], self.last, self.best[0], self.best[2]
-        return pred, self.last, confidence, self.last
 
 
 @dataclass
@@ -616,3 +541,15 @@ def _concat(parts: list[EngineResult], relative_costs: torch.Tensor) -> EngineRe
             for f in ("predictions", "exits", "confidence", "relative_cost", "answered")
         )
     )
+
+
+def _as_rule(rule: ExitRule | float | Sequence[float], fallback: str | None) -> ExitRule:
+    """The engine's rule: an :class:`ExitRule` as given, or max softmax at the given thresholds."""
+    if isinstance(rule, ExitRule):
+        if fallback is not None and fallback != rule.fallback:
+            raise ArgumentError("the exit rule carries its own `fallback`: set it there")
+        if rule.thresholds is None:
+            raise ArgumentError(f"the {rule.label} rule has no `threshold`: calibrate it or give one")
+        return rule
+    qs = [rule] if isinstance(rule, (int, float)) else list(rule)
+    return ExitRule(thresholds=tuple(qs), fallback=fallback or "most_confident")

@@ -24,7 +24,7 @@ from .core.errors import ArgumentError
 from .core.io import write_json
 from .engine import EarlyExitEngine
 
-FORMAT = "shallowdeep-export/1"
+FORMAT = "shallowdeep-export/2"  # 2: the exit entry is an ExitRule
 MANIFEST = "manifest.json"
 DEFAULT_OPSET = 17
 
@@ -106,13 +106,8 @@ def export_engine(engine: EarlyExitEngine, out: str | Path, info: dict[str, Any]
             "stages": files,
             "input": {"size": size, "layout": "NHWC uint8 RGB", "mean": list(info["mean"]), "std": list(info["std"])},
             "classes": list(info.get("classes") or [str(i) for i in range(sdn.num_classes)]),
-            "exit": {
-                "rule": engine.rule,
-                "thresholds": list(engine.thresholds),
-                "patience": engine.patience,
-                "fallback": engine.fallback,
-                "temperatures": list(engine.temperatures),
-            },
+            # spelled out: one threshold per IC, one temperature per output
+            "exit": engine.rule.calibrated(engine.thresholds, engine.temperatures, engine.fallback).to_json(),
             "relative_costs": [float(c) for c in engine.relative_costs],
             "weights_sha256": info.get("weights_sha256"),
         }

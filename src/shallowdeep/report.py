@@ -16,7 +16,7 @@ import numpy as np
 
 from .analysis import BackdoorResult, Calibration, Confusion, Overthinking, ReferenceProtocol, RunAnalysis, Sweep
 from .analysis.record import ExitRecord
-from .core.exits import output_names
+from .core.outputs import output_names
 
 # --------------------------------------------------------------------------------------------------
 # figures

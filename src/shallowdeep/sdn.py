@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .core.errors import ArgumentError
-from .core.exits import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
+from .core.outputs import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
 from .heads import ICHead
 from .models.base import CNN
 

@@ -49,7 +49,7 @@ def analyze_run(
     ``"single"`` (one threshold for every IC, the paper's) or ``"auto"`` (per-IC if cross-validation
     on the validation split says they beat the single threshold on held-out inputs)."""
     from . import report
-    from .core.exits import check_fallback
+    from .core.exit_rule import check_fallback
 
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
@@ -197,7 +197,8 @@ def analyze_run(
         engine=(chosen_rule.label, chosen) if chosen is not None else None,
     )
     if is_sdn:
-        save_calibration(run, chosen, str(test.meta.get("weights_sha256")), chosen_rule.to_json(), temps)
+        engine_rule = chosen_rule.calibrated(chosen.exit_thresholds, temps, fallback)
+        save_calibration(run, chosen, str(test.meta.get("weights_sha256")), engine_rule)
     lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
     result |= {
@@ -234,10 +235,11 @@ def _analysis_options(
 ) -> tuple[dict[str, Any], Any, list[Any]]:
     """The analysis options as recorded in report.json, the rule predict uses and the rules compared
     (that one always among them)."""
-    from .analysis import DEFAULT_RULES, parse_rule
+    from .analysis import DEFAULT_RULES
+    from .core.exit_rule import ExitRule
 
-    chosen_rule = parse_rule(rule)
-    compared = [parse_rule(r) for r in (rules if rules is not None else DEFAULT_RULES)]
+    chosen_rule = ExitRule.parse(rule)
+    compared = [ExitRule.parse(r) for r in (rules if rules is not None else DEFAULT_RULES)]
     if chosen_rule.label not in [r.label for r in compared]:
         compared.append(chosen_rule)
     options = {

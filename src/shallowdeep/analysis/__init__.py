@@ -1,5 +1,6 @@
 """Analyses of exit records: pure, vectorised functions that never run the network (numpy only)."""
 
+from ..core.exit_rule import ExitRule
 from .backdoor import BackdoorResult, backdoor_figures
 from .confusion import Confusion, confusion
 from .early_exit import (
@@ -21,11 +22,9 @@ from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
 from .rules import (
     DEFAULT_RULES,
-    ExitRule,
     RuleComparison,
     compare_rules,
     fit_temperatures,
-    parse_rule,
     rule_calibration,
 )
 from .summary import RunAnalysis, analyze
@@ -36,7 +35,6 @@ __all__ = [
     "RuleComparison",
     "compare_rules",
     "fit_temperatures",
-    "parse_rule",
     "rule_calibration",
     "ClassAccuracy",
     "Reliability",

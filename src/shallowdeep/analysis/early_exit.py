@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..core.exits import FALLBACKS, check_fallback
+from ..core.exit_rule import FALLBACKS, check_fallback
 from .record import ExitRecord
 
 REFERENCE_THRESHOLDS = (0.1, 0.15, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)

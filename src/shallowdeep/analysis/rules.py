@@ -1,16 +1,10 @@
-"""Exit rules beyond max-softmax, compared on the same records (issue 14).
+"""Exit rules compared on the same records (issue 14); the rules themselves are
+:class:`~shallowdeep.core.exit_rule.ExitRule`.
 
 Every rule is a *score* per IC and input, in [0, 1], and an input exits at the first IC whose score
-reaches the threshold q, so the sweep and calibration of :mod:`.early_exit` serve every rule:
-
-- ``max_softmax``: the IC's maximum softmax (the paper's rule);
-- ``entropy``: certainty ``1 - H(p) / log(C)`` of the IC's softmax (BranchyNet exits on low entropy);
-- ``patience:k``: exit once ``k`` consecutive ICs agree (PABEE); the score of IC i is the length of
-  the run of equal predictions ending at i divided by the number of ICs, and the only threshold
-  is ``k / ICs``.
-
-Each rule may run on temperature-scaled logits: one temperature per output, fitted on the
-validation record by minimising its negative log-likelihood (Guo et al. 2017).
+reaches the threshold q, so the sweep and calibration of :mod:`.early_exit` serve every rule. Each
+rule may run on temperature-scaled logits: one temperature per output, fitted on the validation
+record by minimising its negative log-likelihood (Guo et al. 2017).
 """
 
 from __future__ import annotations
@@ -21,57 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..core.exits import EXIT_RULES as RULES
+from ..core.exit_rule import ExitRule, exit_scores
 from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
 from .record import ExitRecord
 from .reliability import reliability
 
-
-@dataclass(frozen=True)
-class ExitRule:
-    """A rule by name (``max_softmax``, ``entropy``, ``patience``), ``k`` for patience, and whether
-    it runs on temperature-scaled logits."""
-
-    name: str
-    k: int = 0
-    temperature: bool = False
-
-    @property
-    def label(self) -> str:
-        """The rule as written on the command line: ``entropy+T``, ``patience:2``."""
-        base = f"patience:{self.k}" if self.name == "patience" else self.name
-        return base + ("+T" if self.temperature else "")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "k": self.k, "temperature": self.temperature}
-
-
 DEFAULT_RULES = ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2")
-
-
-def parse_rule(text: str, temperature: bool = False) -> ExitRule:
-    """``"max_softmax"``, ``"entropy"`` or ``"patience:K"`` as an :class:`ExitRule`; a ``+T`` suffix
-    (or ``temperature``) runs it on temperature-scaled logits."""
-    text = text.strip()
-    if text.endswith("+T"):
-        text, temperature = text[:-2], True
-    name, _, arg = text.partition(":")
-    if name not in RULES:
-        raise ArgumentError(
-            f"unknown exit rule {text!r} in `rules`: choose max_softmax, entropy or patience:K, "
-            "each optionally with +T (temperature-scaled)"
-        )
-    if name == "patience":
-        try:
-            k = int(arg)
-        except ValueError:
-            raise ArgumentError(f"patience needs a count of agreeing ICs, as patience:2; got {text!r}") from None
-        if k < 1:
-            raise ArgumentError(f"patience:K needs K >= 1, got {k}")
-        return ExitRule(name, k, temperature)
-    if arg:
-        raise ArgumentError(f"the {name} rule takes no ':' argument, got {text!r}")
-    return ExitRule(name, 0, temperature)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,21 +76,16 @@ def scaled(record: ExitRecord, temps: np.ndarray) -> ExitRecord:
 
 
 def rule_scores(record: ExitRecord, rule: ExitRule) -> np.ndarray:
-    """The rule's score of every IC for every input, ``[inputs, ICs]`` in [0, 1]."""
-    k = record.num_outputs - 1
-    if rule.name == "max_softmax":
-        return record.confidence[:, :k]
-    if rule.name == "entropy":
-        p = record.probs[:, :k, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
-        return 1.0 - h / np.log(max(record.num_classes, 2))
-    # patience: length of the run of equal predictions ending at each IC, over the number of ICs
-    preds = record.preds[:, :k]
-    run = np.ones(preds.shape, dtype=np.float64)
-    for i in range(1, k):
-        run[:, i] = np.where(preds[:, i] == preds[:, i - 1], run[:, i - 1] + 1, 1)
-    return run / max(k, 1)
+    """The rule's score of every IC for every input, ``[inputs, ICs]`` in [0, 1]: the numpy
+    runtime's decision (:func:`~shallowdeep.core.exit_rule.exit_scores`) IC by IC, as deployed."""
+    k, n = record.num_outputs - 1, record.num_inputs
+    scores = np.zeros((n, k))
+    prev, run = np.full(n, -1), np.zeros(n)
+    for i in range(k):
+        pred = record.preds[:, i]
+        scores[:, i], run = exit_scores(rule, record.probs[:, i, :], pred, k, prev, run)
+        prev = pred
+    return scores
 
 
 def rule_thresholds(record: ExitRecord, rule: ExitRule) -> np.ndarray | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..core.exits import output_names
+from ..core.outputs import output_names
 from .backdoor import BackdoorResult
 from .confusion import Confusion, confusion
 from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, early_exit, reference_protocol, sweep

@@ -1,6 +1,6 @@
 """Run folders: the file names of a run, training into one, its records and its calibration."""
 
-from .calibration import engine_from_run, read_calibration, save_calibration
+from .calibration import engine_from_run, read_calibration, read_exit_rule, save_calibration
 from .folder import CALIBRATION, CHECKPOINT, FORMAT, RUN_JSON, WEIGHTS, RunFolder
 from .records import backdoor_of, run_data, run_records
 from .train import DEFAULT_SEED, TrainConfig, train_run
@@ -22,6 +22,7 @@ __all__ = [
     "load",
     "load_weights",
     "read_calibration",
+    "read_exit_rule",
     "read_tensors",
     "run_data",
     "run_records",

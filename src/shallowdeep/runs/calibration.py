@@ -1,13 +1,15 @@
-"""The engine's threshold of a run: ``calibration.json``, tied to the weights it was chosen for."""
+"""The engine's exit rule of a run: ``calibration.json``, tied to the weights it was chosen for."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..analysis.early_exit import Calibration
 from ..core.errors import ArgumentError, NotCalibratedError, RunFolderError
+from ..core.exit_rule import ExitRule
 from ..core.io import read_json
 from ..engine import EarlyExitEngine
 from ..sdn import SDN
@@ -15,44 +17,30 @@ from .folder import RunFolder
 from .weights import load
 
 
-def save_calibration(
-    run: str | Path,
-    calibration: Calibration,
-    weights_sha256: str,
-    exit_rule: dict | None = None,
-    temperatures: list[float] | None = None,
-) -> Path:
-    """Write the threshold chosen on the validation split for these weights (and the exit rule it
-    belongs to, with its temperatures); return the file."""
+def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: str, rule: ExitRule) -> Path:
+    """Write the threshold chosen on the validation split for these weights and the exit rule that
+    carries it out (with its thresholds, temperatures and fallback); return the file."""
     folder = RunFolder(run)
     folder.write_json(
         folder.calibration,
-        calibration.to_json()
-        | {
-            "weights_sha256": weights_sha256,
-            "exit_rule": exit_rule or {"name": "max_softmax", "k": 0, "temperature": False},
-            "temperatures": temperatures,
-        },
+        calibration.to_json() | {"weights_sha256": weights_sha256, "exit_rule": rule.to_json()},
     )
     return folder.calibration
 
 
-def _exit_rule(d: dict, path: Path) -> tuple[str, int, list[float] | None]:
-    r = d.get("exit_rule") or {"name": "max_softmax"}
-    temps = d.get("temperatures")
-    try:
-        name, k = str(r.get("name", "max_softmax")), int(r.get("k", 0))
-        if temps is not None:
-            temps = [float(t) for t in temps]
-            if not all(0 < t < float("inf") for t in temps):
-                raise ValueError("temperatures must be positive")
-    except (TypeError, ValueError, AttributeError) as e:
-        raise RunFolderError(f"{path} has a damaged exit rule ({e}): analyze the run again") from None
-    return name, k, temps
+def _rule_of(d: dict[str, Any], cal: Calibration) -> ExitRule:
+    """The file's exit rule; a file from 0.2.0 kept the rule's name apart from its thresholds and
+    temperatures, and reads the same."""
+    raw = d.get("exit_rule") or {"name": "max_softmax"}
+    if isinstance(raw, dict) and "thresholds" not in raw:  # 0.2.0: {"name", "k", "temperature"} + "temperatures"
+        raw = raw | {"thresholds": cal.exit_thresholds, "temperatures": d.get("temperatures"), "fallback": cal.fallback}
+        if isinstance(raw["thresholds"], float):
+            raw["thresholds"] = [raw["thresholds"]]
+    return ExitRule.from_json(raw)
 
 
-def _read(run: str | Path) -> tuple[Calibration, dict]:
-    """The run's calibration and the raw file, refused if missing, malformed or made for other weights."""
+def _read(run: str | Path) -> tuple[Calibration, ExitRule]:
+    """The run's calibration and exit rule, refused if missing, malformed or made for other weights."""
     folder = RunFolder(run)
     if not folder.calibration.is_file():
         raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first or give a `threshold`")
@@ -62,7 +50,8 @@ def _read(run: str | Path) -> tuple[Calibration, dict]:
             f"{folder.calibration} was calibrated for other weights: analyze the run again or give a `threshold`"
         )
     try:
-        return Calibration.from_json(d), d
+        cal = Calibration.from_json(d)
+        return cal, _rule_of(d, cal)
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} is damaged ({e}): analyze the run again") from None
 
@@ -72,29 +61,36 @@ def read_calibration(run: str | Path) -> Calibration:
     return _read(run)[0]
 
 
+def read_exit_rule(run: str | Path) -> ExitRule:
+    """The run's calibrated exit rule (thresholds, temperatures, fallback), refused as :func:`read_calibration`."""
+    return _read(run)[1]
+
+
 def engine_from_run(
-    run: str | Path, threshold: float | None = None, fallback: str | None = None, device: torch.device | str = "cpu"
+    run: str | Path,
+    threshold: float | None = None,
+    fallback: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> EarlyExitEngine:
-    """The early-exit engine of a run, at its calibrated threshold unless one is given (an explicit
-    threshold keeps the calibrated fallback when there is one)."""
+    """The early-exit engine of a run, at its calibrated rule unless a max-softmax ``threshold`` is
+    given (an explicit threshold keeps the calibrated fallback when there is one)."""
     folder = RunFolder(run)
     if folder.kind() != "sdn":
         raise RunFolderError(f"{run} is a plain CNN run: early exits need an SDN; make one from it by ic-only training")
     model = load(run, device)
     assert isinstance(model, SDN)
-    rule, k, temps = "max_softmax", 0, None
     if threshold is None:
-        cal, raw = _read(run)  # one read of the file, one hash of the weights
-        threshold, fallback = cal.exit_thresholds, fallback or cal.fallback
-        rule, k, temps = _exit_rule(raw, folder.calibration)
-    elif fallback is None and folder.calibration.is_file():
-        try:
-            fallback = read_calibration(run).fallback
-        except RunFolderError:
-            pass  # no usable calibration: the default fallback
+        rule = read_exit_rule(run)  # one read of the file, one hash of the weights
+        if fallback is not None:
+            rule = rule.calibrated(list(rule.thresholds or ()), rule.temperatures, fallback)
+    else:
+        if fallback is None and folder.calibration.is_file():
+            try:
+                fallback = read_calibration(run).fallback
+            except RunFolderError:
+                pass  # no usable calibration: the default fallback
+        rule = ExitRule(thresholds=(threshold,), fallback=fallback or "most_confident")
     try:
-        return EarlyExitEngine(
-            model, threshold, fallback or "most_confident", device, rule=rule, patience=k, temperatures=temps
-        )
+        return EarlyExitEngine(model, rule, device=device)
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} does not fit this model ({e}): analyze the run again") from None
