@@ -77,11 +77,30 @@ def test_catalogue_matches_the_registries():
 
 
 def test_cli_defaults_follow_the_library():
+    """One source for each fact: the seed and modes (core.catalog), the version (package metadata),
+    the flag table (the parser)."""
+    from importlib.metadata import version
+
+    import shallowdeep
     from shallowdeep import cli
     from shallowdeep.runs import DEFAULT_SEED
     from shallowdeep.training import MODES
 
-    assert cli.DEFAULT_SEED == DEFAULT_SEED and cli.MODES == MODES
+    assert cli.DEFAULT_SEED is DEFAULT_SEED and cli.MODES is MODES
+    assert shallowdeep.__version__ == version("shallowdeep")
+    proc = subprocess.run([sys.executable, "-m", "shallowdeep", "--version"], capture_output=True, text=True)
+    assert proc.stdout.strip() == f"shallowdeep {version('shallowdeep')}"
+    table = cli.flags()
+    assert (table["from_run"], table["limit"], table["cuts"], table["convention"]) == (
+        "--from",
+        "--max",
+        "--ic-cuts",
+        "--flops",
+    )
+    assert table["batch_size"] == "--batch-size" and table["thresholds"] == "--thresholds"
+    commands = cli.build_parser()._subparsers._group_actions[0].choices.values()
+    options = {o for command in commands for a in command._actions for o in a.option_strings}
+    assert set(table.values()) <= options and len(table) >= 50  # real flags only, every one of them
 
 
 def test_python_m_version_and_one_line_usage_errors():

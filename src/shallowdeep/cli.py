@@ -7,6 +7,7 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -16,69 +17,27 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .core.catalog import ARCHITECTURES, DATASETS
+from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES
 from .core.errors import MissingExtraError, NotCalibratedError, UserError
-from .core.exit_rule import FALLBACKS
 
-DEFAULT_SEED = 1221  # the reference code's (runs.DEFAULT_SEED; a test keeps them equal)
-MODES = ("cnn", "ic-only", "sdn")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 DEMO_MARKER = "DEMO"
 
-# library argument name -> the flag that sets it (error messages name the flag to change)
-FLAGS = {
-    "out": "--out",
-    "mode": "--mode",
-    "arch": "--arch",
-    "data": "--data",
-    "from_run": "--from",
-    "seed": "--seed",
-    "data_root": "--data-root",
-    "image_size": "--image-size",
-    "device": "--device",
-    "resume": "--resume",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "optimizer": "--optimizer",
-    "lr": "--lr",
-    "momentum": "--momentum",
-    "nesterov": "--nesterov",
-    "weight_decay": "--weight-decay",
-    "milestones": "--milestones",
-    "gamma": "--gamma",
-    "warmup_epochs": "--warmup-epochs",
-    "label_smoothing": "--label-smoothing",
-    "precision": "--precision",
-    "compile": "--compile",
-    "backdoor": "--backdoor",
-    "poison_rate": "--poison-rate",
-    "target_class": "--target-class",
-    "trigger_size": "--trigger-size",
-    "trigger_pos": "--trigger-pos",
-    "threshold": "--threshold",
-    "fallback": "--fallback",
-    "max_drop": "--max-drop",
-    "budget": "--budget",
-    "limit": "--max",
-    "split": "--split",
-    "rules": "--rules",
-    "rule": "--rule",
-    "sync_bn": "--sync-bn",
-    "archs": "--archs",
-    "stages": "--stages",
-    "resize": "--resize",
-    "convention": "--flops",
-    "config": "--config",
-    "pretrained": "--pretrained",
-    "weights": "--weights",
-    "ic_cuts": "--ic-cuts",
-    "ic_fractions": "--ic-fractions",
-    "data_mode": "--data-mode",
-    "cuts": "--ic-cuts",
-    "fractions": "--ic-fractions",
-    "opset": "--opset",
-    "thresholds": "--thresholds",
-}
+# library argument names that differ from the parser's destination for the same value
+_LIBRARY_NAMES = {"limit": "max", "convention": "flops", "cuts": "ic_cuts", "fractions": "ic_fractions"}
+
+
+@functools.cache
+def flags() -> dict[str, str]:
+    """Library argument name -> the flag that sets it (error messages name the flag to change),
+    read from the parser itself, so a new flag is named without a second table."""
+    table: dict[str, str] = {}
+    for action in build_parser()._subparsers._group_actions[0].choices.values():  # one parser per command
+        for arg in action._actions:
+            longs = [o for o in arg.option_strings if o.startswith("--")]
+            if longs and arg.dest != "help":
+                table.setdefault(arg.dest, longs[0])
+    return table | {name: table[dest] for name, dest in _LIBRARY_NAMES.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -333,7 +292,7 @@ def _train_config(args: argparse.Namespace):
                 v = [kind(x.strip()) for x in v.split(",") if x.strip()]
             except ValueError:
                 raise UserError(
-                    f"{FLAGS[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
+                    f"{flags()[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
                     f"got {settings[key]!r}"
                 ) from None
         if v is not None:
@@ -923,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _message(e: UserError, args: argparse.Namespace) -> str:
-    msg = e.render(FLAGS)
+    msg = e.render(flags())
     if isinstance(e, NotCalibratedError):
         msg += f" (`shallowdeep analyze {getattr(args, 'run', 'RUN')}`)"
     if isinstance(e, MissingExtraError):

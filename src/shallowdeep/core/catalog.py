@@ -4,6 +4,13 @@ keeps the two in step."""
 
 from __future__ import annotations
 
+# the training modes (training.modes builds them) and the reference code's seed: one definition each
+MODES = ("cnn", "ic-only", "sdn")
+DEFAULT_SEED = 1221
+# exit rules and what an input no IC lets out gets (core.exit_rule carries them out)
+EXIT_RULES = ("max_softmax", "entropy", "patience")
+FALLBACKS = ("most_confident", "final")
+
 ARCHITECTURES = {
     "mobilenet": "MobileNet (v1) at 32 or 64 px, 5 ICs (the paper's)",
     "resnet56": "ResNet-56 at 32 or 64 px, 6 ICs (the paper's)",

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from .catalog import EXIT_RULES, FALLBACKS
 from .errors import ArgumentError
 
-RULES = ("max_softmax", "entropy", "patience")
-FALLBACKS = ("most_confident", "final")
+RULES = EXIT_RULES
 
 
 def check_fallback(fallback: str) -> str:

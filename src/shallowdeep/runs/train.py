@@ -20,6 +20,7 @@ from torch import nn
 from .. import distributed
 from ..collect import forward_batch_size
 from ..convert import build_model, module_arch, module_cnn
+from ..core.catalog import DEFAULT_SEED
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
 from ..costs import output_costs
@@ -42,7 +43,6 @@ from .weights import (
     tensors_to_bytes,
 )
 
-DEFAULT_SEED = 1221  # the reference code's
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
 MAX_SEED = 2**63 - 1
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.catalog import MODES
 from ..core.errors import ArgumentError
 from ..sdn import outputs_of
 
 IC_CAPS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
-MODES = ("cnn", "ic-only", "sdn")
 
 
 class Mode:
