@@ -16,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # under pytest-xdist the workers share the cores: one intra-op pool each, not one per core each
+# (and the processes a test starts use the same count: training in a child and resuming it here
+# compare weights bit for bit, which holds only at one thread count)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -75,14 +75,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise UserError("give either a RUN folder or --arch and --data, not both")
         model = runs.load(args.run)
         meta = runs.RunFolder(args.run).meta()
-        val_acc = meta["epochs"][-1]["val_acc"] if meta.get("epochs") else None
-        cfg = meta.get("config", {})
+        val_acc = meta.last_val_acc
         head = {
             "run": str(args.run),
             "arch": model.arch,
-            "data": cfg.get("data"),
-            "kind": meta["model"]["kind"],
-            "mode": cfg.get("mode"),
+            "data": meta.config.data,
+            "kind": meta.model.kind,
+            "mode": meta.config.mode,
         }
     else:
         if not (args.arch and args.data):
@@ -513,9 +512,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold is a softmax confidence in [0, 1], got {args.threshold}")
     files = image_paths(args.paths)
     engine = engine_from_run(args.run, args.threshold, args.fallback, _device(args))
-    meta = RunFolder(args.run).meta()["data"]
+    meta = RunFolder(args.run).meta().data
     size = engine.sdn.image_size
-    mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    mean, std = meta.mean, meta.std
     chunk = max(args.batch_size, 64)
 
     def batches():  # files decoded a chunk at a time: memory does not grow with the number of images
@@ -532,8 +531,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         parts = list(engine.stream(batches(), args.batch_size))
     fields = ("predictions", "exits", "confidence", "relative_cost", "answered")
     res = {f: torch.cat([getattr(p, f) for p in parts]) for f in fields}
-    names = meta.get("class_names", meta["classes"])
-    folders = {c: i for i, c in enumerate(meta["classes"])}
+    names = meta.class_names
+    folders = {c: i for i, c in enumerate(meta.classes)}
     last = engine.num_outputs - 1
     rows = []
     for n, f in enumerate(files):

@@ -17,6 +17,7 @@ import numpy as np
 from .analysis import BackdoorResult, Calibration, Confusion, Overthinking, ReferenceProtocol, RunAnalysis, Sweep
 from .analysis.record import ExitRecord
 from .core.outputs import output_names
+from .runs.meta import RunMeta
 
 # --------------------------------------------------------------------------------------------------
 # figures
@@ -437,28 +438,23 @@ def _calibration_rows(cal: Calibration, per_ic: Calibration | None = None) -> li
     return rows
 
 
-def _run_section(run_meta: dict[str, Any] | None) -> str:
-    if not run_meta:
+def _run_section(run_meta: RunMeta | None) -> str:
+    if run_meta is None:
         return ""
-    cfg, recipe, data = run_meta.get("config", {}), run_meta.get("recipe", {}), run_meta.get("data", {})
-    rt = run_meta.get("runtime", {})
-    epochs = run_meta.get("epochs", [])
-    seconds = sum(e.get("seconds", 0) for e in epochs)
+    cfg, data, rt = run_meta.config, run_meta.data, run_meta.runtime
+    seconds = sum(run_meta.epoch_seconds())
     rows = [
-        [
-            "architecture, mode",
-            f"{cfg.get('arch')}, {cfg.get('mode')}" + (f" (from {cfg.get('from_run')})" if cfg.get("from_run") else ""),
-        ],
+        ["architecture, mode", f"{cfg.arch}, {cfg.mode}" + (f" (from {cfg.from_run})" if cfg.from_run else "")],
         [
             "data",
-            f"{cfg.get('data')}: "
-            + ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
-            + f"; {data.get('image_size')} px",
+            f"{cfg.data}: "
+            + ", ".join(f"{k} {v}" for k, v in (data.details.get("sizes") or {}).items())
+            + f"; {data.image_size} px",
         ],
-        ["recipe", ", ".join(f"{k} {v}" for k, v in recipe.items())],
-        ["seed", cfg.get("seed")],
+        ["recipe", ", ".join(f"{k} {v}" for k, v in run_meta.recipe.to_json().items())],
+        ["seed", cfg.seed],
         ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items() if k != "weights_sha256_per_rank")],
-        ["training time", f"{seconds:.1f} s over {len(epochs)} epochs (validation included)"],
+        ["training time", f"{seconds:.1f} s over {len(run_meta.epochs)} epochs (validation included)"],
     ]
     body = "".join(f"<tr><th>{html.escape(str(a))}</th><td class=l>{html.escape(str(b))}</td></tr>" for a, b in rows)
     return f'<section id="run"><h2>Run</h2><table class=kv><tbody>{body}</tbody></table></section>'
@@ -470,7 +466,7 @@ def render_html(
     title: str,
     meta_line: str,
     extra_sections: list[str] = (),
-    run_meta: dict[str, Any] | None = None,
+    run_meta: RunMeta | None = None,
     classes: list[str] | None = None,
     engine: tuple[str, Calibration] | None = None,
 ) -> str:

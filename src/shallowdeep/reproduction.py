@@ -52,7 +52,7 @@ def _stage(
     hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
     if folder.exists():
         meta = folder.meta()
-        if meta.get("status") != "complete":
+        if not meta.complete:
             train_run(
                 TrainConfig(
                     out=str(out),
@@ -68,8 +68,8 @@ def _stage(
     else:
         train_run(TrainConfig(out=str(out), **cfg), **hooks)
     meta = folder.meta()
-    epochs = float(sum(e["seconds"] for e in meta.get("epochs", [])))
-    return float(meta.get("wall_seconds", epochs)), epochs, meta.get("runtime")
+    epochs = float(sum(meta.epoch_seconds()))
+    return meta.wall_seconds or epochs, epochs, meta.runtime
 
 
 @reuse_loaded()  # every stage and analysis of one call reads the same data set: listed and read once
@@ -296,7 +296,7 @@ class _ArchStages:
 
     def _add_row(self, kind: str, json_path: Path) -> None:
         meta = RunFolder(self.base / kind).meta()
-        epoch_s = sorted(e["seconds"] for e in meta.get("epochs", []))
+        epoch_s = sorted(meta.epoch_seconds())
         row = _reproduction_row(
             self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html", self.out
         )
@@ -420,7 +420,7 @@ def _reproduction_row(
         "confidence_auroc": c["confidence"]["auroc"],
         "epochs": len(epoch_s),
         "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
-        "runtime": meta.get("runtime"),
+        "runtime": meta.runtime,
         "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
     }
 

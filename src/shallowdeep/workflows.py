@@ -68,7 +68,7 @@ def analyze_run(
     options, chosen_rule, compared = _analysis_options(max_drop, budget, fallback, rules, rule, thresholds)
     folder = RunFolder(run)
     meta = folder.meta()
-    is_sdn = meta.get("model", {}).get("kind") == "sdn"
+    is_sdn = meta.model.kind == "sdn"
     out = Path(out) if out else folder.report
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
@@ -117,21 +117,21 @@ def analyze_run(
             ),
         )
     lap("analyses")
-    cfg = meta.get("config", {})
+    cfg = meta.config
     test = records["test"]
     meta_line = (
-        f"{cfg.get('arch')} trained in mode {cfg.get('mode')} on {cfg.get('data')}; {test.num_inputs} test, "
+        f"{cfg.arch} trained in mode {cfg.mode} on {cfg.data}; {test.num_inputs} test, "
         f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
         f"{parts['analyses']:.2f}s"
     )
     classes = data.meta.get("class_names", data.classes)
-    figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.get("epochs"))
+    figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.epochs)
     lap("figures")
     result: dict[str, Any] = {
         "run": str(folder.path.resolve()),
-        "arch": cfg.get("arch"),
-        "data": cfg.get("data"),
-        "mode": cfg.get("mode"),
+        "arch": cfg.arch,
+        "data": cfg.data,
+        "mode": cfg.mode,
         "meta_line": meta_line,
         **analysis.to_json(),
     }
@@ -202,7 +202,7 @@ def analyze_run(
     lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
     result |= {
-        "weights_sha256": meta.get("weights_sha256"),
+        "weights_sha256": meta.weights_sha256,
         "options": options,
         "wall_seconds": time.perf_counter() - started,
         "time_parts": parts,
@@ -261,7 +261,7 @@ def kept_analysis(run: str | Path) -> Path | None:
     if not (path.is_file() and folder.calibration.is_file()):
         return None
     try:
-        rep, weights = read_json(path), folder.meta().get("weights_sha256")
+        rep, weights = read_json(path), folder.meta().weights_sha256
     except UserError:
         return None  # damaged: analyze again
     d = _ANALYZE_DEFAULTS
@@ -392,11 +392,10 @@ def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Pa
     folder = RunFolder(run)
     engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
     meta = folder.meta()
-    d = meta.get("data", {})
     info = {
-        "mean": d.get("mean", [0.0, 0.0, 0.0]),
-        "std": d.get("std", [1.0, 1.0, 1.0]),
-        "classes": d.get("class_names") or d.get("classes"),
+        "mean": list(meta.data.mean),
+        "std": list(meta.data.std),
+        "classes": meta.data.class_names,
         "weights_sha256": sha256_file(folder.weights),
     }
     return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)

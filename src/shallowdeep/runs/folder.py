@@ -13,8 +13,8 @@ from typing import Any
 
 from ..core.errors import RunFolderError
 from ..core.io import read_json, sha256_file, write_bytes, write_json
+from .meta import FORMAT, MetaError, RunMeta
 
-FORMAT = "shallowdeep-run/1"
 RUN_JSON = "run.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
@@ -25,61 +25,6 @@ EXPLAIN = "explain"
 
 
 MAX_RUN_JSON = 64 << 20  # a run.json with every epoch of a long run is a few MB
-MAX_CLASSES = 100_000
-SIZES = (8, 1024)
-
-
-def check_meta(meta: dict[str, Any]) -> str | None:
-    """What is wrong with a ``run.json`` (types and bounds of what the tool uses), or ``None``.
-
-    Bounded sizes keep a crafted file from making the tool allocate without limit."""
-
-    def is_int(v: Any, lo: int, hi: int) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    model, cfg, data = meta.get("model"), meta.get("config"), meta.get("data")
-    if not isinstance(model, dict):
-        return "no model description"
-    if model.get("kind") not in ("cnn", "sdn") or not isinstance(model.get("arch"), str):
-        return "model kind or architecture missing"
-    if not is_int(model.get("num_classes"), 1, MAX_CLASSES):
-        return f"num_classes {model.get('num_classes')!r} is not an integer in 1..{MAX_CLASSES}"
-    if not is_int(model.get("image_size"), *SIZES):
-        return f"image_size {model.get('image_size')!r} is not an integer in {SIZES[0]}..{SIZES[1]}"
-    pos = model.get("ic_positions")
-    if not isinstance(pos, list) or not all(is_int(p, 0, 10_000) for p in pos):
-        return "ic_positions is not a list of block indices"
-    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), str) for k in ("mode", "arch", "data")):
-        return "the configuration (mode, arch, data) is missing"
-    if not isinstance(meta.get("recipe"), dict):
-        return "the recipe is missing"
-    if not isinstance(data, dict):
-        return "the data description is missing"
-    for key in ("mean", "std"):
-        v = data.get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-            return f"data {key} is not three numbers"
-    if any(x <= 0 for x in data["std"]):
-        return "data std has a value <= 0"
-    classes = data.get("class_names", data.get("classes"))
-    if not isinstance(classes, list) or len(classes) != model["num_classes"]:
-        return (
-            f"the data set names {len(classes) if isinstance(classes, list) else 'no'} classes for a model of "
-            f"{model['num_classes']}"
-        )
-    if not isinstance(meta.get("epochs", []), list):
-        return "the epoch history is not a list"
-    return None
-
-
-def recorded_normalisation(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The per-channel mean and std a run's model was trained with (``run.json``'s data section), or
-    ``None`` when it records none."""
-    d = meta.get("data", {}) if isinstance(meta, dict) else {}
-    mean, std = d.get("mean"), d.get("std")
-    if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3:
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    return None
 
 
 class RunFolder:
@@ -131,9 +76,9 @@ class RunFolder:
 
     def finished(self) -> bool:
         """Whether the folder holds a run that finished training."""
-        return self.exists() and self.meta().get("status") == "complete"
+        return self.exists() and self.meta().complete
 
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> RunMeta:
         """``run.json``, checked to be a shallowdeep run."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a run folder: give the folder a training wrote")
@@ -151,26 +96,26 @@ class RunFolder:
                 "description: it is not a shallowdeep run.json; restore it"
             )
         meta = read_json(self.run_json)
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise RunFolderError(
-                f"{self.run_json} is not a shallowdeep run (format {meta.get('format')!r}): give "
+                f"{self.run_json} is not a shallowdeep run (format "
+                f"{meta.get('format') if isinstance(meta, dict) else None!r}): give "
                 "the folder a training wrote"
             )
-        problem = check_meta(meta)
-        if problem:
-            raise RunFolderError(f"{self.run_json} is damaged ({problem}): restore it or train the run again")
-        return meta
+        try:
+            return RunMeta.from_json(meta)
+        except MetaError as e:
+            raise RunFolderError(f"{self.run_json} is damaged ({e}): restore it or train the run again") from None
 
     def kind(self) -> str:
         """``"cnn"`` or ``"sdn"``."""
-        return str(self.meta().get("model", {}).get("kind"))
+        return self.meta().model.kind
 
     def require_weights(self) -> Path:
         """The final weights, or an error saying how the run can get them."""
         if self.weights.is_file():
             return self.weights
-        status = self.meta().get("status")
-        if status == "complete":
+        if self.meta().complete:
             raise RunFolderError(
                 f"{self.path} finished training but its {WEIGHTS} is gone: restore the file or "
                 "train the run again into a new folder"

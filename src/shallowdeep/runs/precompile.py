@@ -160,7 +160,7 @@ def _eager_epochs(run: Path) -> int:
     """How many epochs a compiled run trained eagerly while its step compiled elsewhere."""
     folder = RunFolder(run)
     try:
-        return sum(1 for e in folder.meta().get("epochs", []) if e.get("eager")) if folder.exists() else 0
+        return sum(1 for e in folder.meta().epochs if e.get("eager")) if folder.exists() else 0
     except UserError:  # a damaged run.json: said by whatever reads it next, not by this count
         return 0
 

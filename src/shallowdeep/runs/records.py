@@ -16,34 +16,28 @@ from ..collect import collect
 from ..core.errors import RunFolderError, UserError
 from ..data import Dataset, load_dataset
 from ..distributed import current
-from .folder import RunFolder, recorded_normalisation
+from .folder import RunFolder
 from .weights import load
 
 
 def run_data(run: str | Path) -> Dataset:
     """The data set a run was trained on, from its ``run.json`` alone."""
     meta = RunFolder(run).meta()
-    cfg = meta.get("config", {})
-    try:
-        # never download or create anything for an existing run (its data_root is not trusted to write to)
-        data = load_dataset(
-            cfg["data"], cfg.get("data_root"), cfg.get("image_size"), download=False, mode=cfg.get("data_mode")
-        )
-    except KeyError:
-        raise RunFolderError(f"{run}/run.json names no data set: the run folder is damaged") from None
-    norm = recorded_normalisation(meta)
+    cfg = meta.config
+    # never download or create anything for an existing run (its data_root is not trusted to write to)
+    data = load_dataset(cfg.data, cfg.data_root, cfg.image_size, download=False, mode=cfg.data_mode)
     # the normalisation the model was trained with (a pretrained zoo model's, not the data's own)
-    return data if norm is None else replace(data, mean=norm[0], std=norm[1])
+    return replace(data, mean=meta.data.mean, std=meta.data.std)
 
 
 def backdoor_of(run: str | Path) -> Backdoor | None:
     """The backdoor a run was trained with, or that the CNN an IC-only run came from was."""
     folder = RunFolder(run)
-    cfg = folder.meta().get("config", {})
-    if cfg.get("backdoor"):
-        return Backdoor.from_json(cfg["backdoor"])
-    if cfg.get("mode") == "ic-only" and cfg.get("from_run") and RunFolder(cfg["from_run"]).exists():
-        return backdoor_of(cfg["from_run"])
+    cfg = folder.meta().config
+    if cfg.backdoor:
+        return Backdoor.from_json(cfg.backdoor)
+    if cfg.mode == "ic-only" and cfg.from_run and RunFolder(cfg.from_run).exists():
+        return backdoor_of(cfg.from_run)
     return None
 
 
@@ -107,7 +101,7 @@ def run_records(
             base,
             device=device,
             progress=log is not None,
-            meta={"weights_sha256": sha, "run": meta.get("config", {}).get("arch"), "split_name": split},
+            meta={"weights_sha256": sha, "run": meta.config.arch, "split_name": split},
         )
         if log is not None:
             seconds = time.perf_counter() - started

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..convert import build_model, module_arch, module_cnn
 from ..core.catalog import DEFAULT_SEED
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import remove_stale_temps, sha256_file
+from ..core.stopwatch import Stopwatch
 from ..costs import output_costs
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
 from ..models import list_archs
@@ -30,9 +31,9 @@ from ..models.zoo import is_zoo_name
 from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
 from .checkpoint import CheckpointWriter
-from .folder import FORMAT, RunFolder, recorded_normalisation
+from .folder import RunFolder
+from .meta import DataMeta, ModelMeta, RunConfig, RunMeta
 from .weights import (
-    describe,
     load,
     load_weights,
     optimizer_from_tensors,
@@ -90,28 +91,56 @@ class TrainConfig:
         return {k: getattr(self, k) for k in RECIPE_KEYS if getattr(self, k) is not None}
 
 
-def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge the request with a resumed run's settings; a contradiction is an error."""
-    prev = (previous or {}).get("config", {})
-    resolved: dict[str, Any] = {}
+# the request's fields a run records in its configuration (run.json's "config")
+_RECORDED = (
+    "mode",
+    "arch",
+    "data",
+    "from_run",
+    "seed",
+    "data_root",
+    "image_size",
+    "pretrained",
+    "weights",
+    "ic_cuts",
+    "ic_fractions",
+    "data_mode",
+)
+
+
+def _resolve(cfg: TrainConfig, previous: RunMeta | None) -> RunConfig:
+    """Merge the request with a resumed run's settings (a contradiction is an error), fill an ic-only
+    run's data from its CNN run and the defaults."""
     if cfg.module is not None:
         if cfg.arch is not None and cfg.arch != module_arch(cfg.module):
             raise ArgumentError("give a `module` or an `arch`, not both")
         cfg = replace(cfg, arch=module_arch(cfg.module))
-    for key in (
-        "mode",
-        "arch",
-        "data",
-        "from_run",
-        "seed",
-        "data_root",
-        "image_size",
-        "pretrained",
-        "weights",
-        "ic_cuts",
-        "ic_fractions",
-        "data_mode",
-    ):
+    r = _merged(cfg, previous)
+    _check_values(r, user_module=cfg.module is not None)
+    zoo = bool(r["arch"]) and is_zoo_name(r["arch"])
+    if r["mode"] == "ic-only" and not r["from_run"] and zoo and (r["pretrained"] or r["weights"]):
+        pass  # the ICs of a trained zoo backbone, frozen as it comes
+    elif r["mode"] == "ic-only":
+        _from_cnn_run(r)
+    elif r["from_run"]:
+        raise ArgumentError("`from_run` is only for the ic-only `mode`")
+    if not r["arch"]:
+        raise ArgumentError(f"`arch` is required: choose one of {', '.join(list_archs())}")
+    if not r["data"]:
+        raise ArgumentError(
+            "`data` is required: a registered data set (cifar10, cifar100, tinyimagenet, digits) or imagefolder:PATH"
+        )
+    if r["seed"] is None:
+        r["seed"] = DEFAULT_SEED
+    r["backdoor"] = _backdoor_asked(cfg, previous, r["mode"])
+    return RunConfig(**r)
+
+
+def _merged(cfg: TrainConfig, previous: RunMeta | None) -> dict[str, Any]:
+    """The recorded fields: as asked for a new run; a resumed run's own, refusing a different request."""
+    prev = previous.config.to_json() if previous is not None else {}
+    resolved: dict[str, Any] = {}
+    for key in _RECORDED:
         asked = getattr(cfg, key)
         if key in ("ic_cuts", "ic_fractions") and asked is not None:
             asked = list(asked)  # as JSON keeps it
@@ -122,100 +151,88 @@ def _resolve(cfg: TrainConfig, previous: dict[str, Any] | None) -> dict[str, Any
                 f"{cfg.out} holds a different run (`{key}` {prev.get(key)!r}, not {asked!r}): choose another `out`"
             )
         resolved[key] = asked if previous is None else prev.get(key)
-    if resolved["mode"] is None:
+    return resolved
+
+
+def _check_values(r: dict[str, Any], user_module: bool) -> None:
+    """Each recorded value on its own: present, in range, meant for this kind of model."""
+    if r["mode"] is None:
         raise ArgumentError("`mode` is required: cnn, ic-only or sdn")
-    make_mode(resolved["mode"])
-    if resolved["seed"] is not None and not (isinstance(resolved["seed"], int) and 0 <= resolved["seed"] <= MAX_SEED):
-        raise ArgumentError(f"`seed` must be an integer in 0..{MAX_SEED}, got {resolved['seed']}")
-    if resolved["image_size"] is not None and not 8 <= resolved["image_size"] <= 1024:
-        raise ArgumentError(f"`image_size` must lie in 8..1024 px, got {resolved['image_size']}")
-    zoo = bool(resolved["arch"]) and is_zoo_name(resolved["arch"])
-    if (
-        (resolved["pretrained"] or resolved["weights"] or resolved["ic_cuts"] or resolved["ic_fractions"])
-        and not zoo
-        and cfg.module is None
-    ):
+    make_mode(r["mode"])
+    if r["seed"] is not None and not (isinstance(r["seed"], int) and 0 <= r["seed"] <= MAX_SEED):
+        raise ArgumentError(f"`seed` must be an integer in 0..{MAX_SEED}, got {r['seed']}")
+    if r["image_size"] is not None and not 8 <= r["image_size"] <= 1024:
+        raise ArgumentError(f"`image_size` must lie in 8..1024 px, got {r['image_size']}")
+    zoo = bool(r["arch"]) and is_zoo_name(r["arch"])
+    if (r["pretrained"] or r["weights"] or r["ic_cuts"] or r["ic_fractions"]) and not zoo and not user_module:
         raise ArgumentError(
             "`pretrained`, `weights`, `ic_cuts` and `ic_fractions` are for zoo models (`arch` "
             "torchvision:NAME or timm:NAME) and user modules"
         )
-    if resolved["data_mode"] not in (None, "memory", "stream"):
-        raise ArgumentError(f"`data_mode` is memory or stream, not {resolved['data_mode']!r}")
-    if (
-        resolved["mode"] == "ic-only"
-        and not resolved["from_run"]
-        and zoo
-        and (resolved["pretrained"] or resolved["weights"])
-    ):
-        pass  # the ICs of a trained zoo backbone, frozen as it comes
-    elif resolved["mode"] == "ic-only":
-        if not resolved["from_run"]:
-            raise ArgumentError(
-                "ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
-                "`pretrained` or `weights` whose classifier fits the data)"
-            )
-        src_run = RunFolder(resolved["from_run"])
-        src = src_run.meta()
-        if src.get("model", {}).get("kind") != "cnn":
-            raise ArgumentError(
-                f"`from_run` {resolved['from_run']} is not a CNN run (kind "
-                f"{src.get('model', {}).get('kind')!r}): ic-only needs a run trained in mode cnn"
-            )
-        if src.get("status") != "complete":
-            raise ArgumentError(f"`from_run` {resolved['from_run']} has not finished training: resume it first")
-        for key in ("arch", "data", "data_root", "image_size", "data_mode"):
-            theirs = src.get("config", {}).get(key)
-            if resolved[key] is not None and key in ("arch", "data") and resolved[key] != theirs:
-                raise ArgumentError(
-                    f"`{key}` {resolved[key]} contradicts the CNN run's {theirs}: leave it out (ic-only uses the CNN's)"
-                )
-            if resolved[key] is None:
-                resolved[key] = theirs
-        for key in ("pretrained", "weights"):
-            if resolved[key]:
-                raise ArgumentError(f"`{key}` contradicts `from_run`: ic-only uses the CNN run's weights")
-        resolved["ic_cuts"] = resolved["ic_cuts"] or None
-    elif resolved["from_run"]:
-        raise ArgumentError("`from_run` is only for the ic-only `mode`")
-    if not resolved["arch"]:
-        raise ArgumentError(f"`arch` is required: choose one of {', '.join(list_archs())}")
-    if not resolved["data"]:
+    if r["data_mode"] not in (None, "memory", "stream"):
+        raise ArgumentError(f"`data_mode` is memory or stream, not {r['data_mode']!r}")
+
+
+def _from_cnn_run(r: dict[str, Any]) -> None:
+    """An ic-only run takes its architecture and data from a finished CNN run (``from_run``)."""
+    if not r["from_run"]:
         raise ArgumentError(
-            "`data` is required: a registered data set (cifar10, cifar100, tinyimagenet, digits) or imagefolder:PATH"
+            "ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
+            "`pretrained` or `weights` whose classifier fits the data)"
         )
-    if resolved["seed"] is None:
-        resolved["seed"] = DEFAULT_SEED
-    if previous is not None:
-        if cfg.backdoor is not None and not prev.get("backdoor"):
-            raise ArgumentError(f"{cfg.out} holds a different run (not backdoored): choose another `out`")
-        resolved["backdoor"] = prev.get("backdoor")
-    else:
-        if cfg.backdoor is not None and resolved["mode"] == "ic-only":
+    src = RunFolder(r["from_run"]).meta()
+    if src.model.kind != "cnn":
+        raise ArgumentError(
+            f"`from_run` {r['from_run']} is not a CNN run (kind {src.model.kind!r}): ic-only needs a run "
+            "trained in mode cnn"
+        )
+    if not src.complete:
+        raise ArgumentError(f"`from_run` {r['from_run']} has not finished training: resume it first")
+    for key in ("arch", "data", "data_root", "image_size", "data_mode"):
+        theirs = getattr(src.config, key)
+        if r[key] is not None and key in ("arch", "data") and r[key] != theirs:
             raise ArgumentError(
-                "`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); ic-only trains "
-                "the ICs of a (backdoored) CNN run on clean data"
+                f"`{key}` {r[key]} contradicts the CNN run's {theirs}: leave it out (ic-only uses the CNN's)"
             )
-        resolved["backdoor"] = cfg.backdoor  # resolved to pixels once the data's image size is known
-    return resolved
+        if r[key] is None:
+            r[key] = theirs
+    for key in ("pretrained", "weights"):
+        if r[key]:
+            raise ArgumentError(f"`{key}` contradicts `from_run`: ic-only uses the CNN run's weights")
+    r["ic_cuts"] = r["ic_cuts"] or None
 
 
-def _recipe(cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None) -> Recipe:
+def _backdoor_asked(cfg: TrainConfig, previous: RunMeta | None, mode: str) -> dict[str, Any] | None:
+    """A resumed run's backdoor, or the options asked for (resolved to pixels once the data's size is known)."""
+    if previous is not None:
+        if cfg.backdoor is not None and not previous.config.backdoor:
+            raise ArgumentError(f"{cfg.out} holds a different run (not backdoored): choose another `out`")
+        return previous.config.backdoor
+    if cfg.backdoor is not None and mode == "ic-only":
+        raise ArgumentError(
+            "`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); ic-only trains "
+            "the ICs of a (backdoored) CNN run on clean data"
+        )
+    return cfg.backdoor
+
+
+def _recipe(cfg: TrainConfig, r: RunConfig, previous: RunMeta | None) -> Recipe:
     asked = cfg.recipe_overrides()
     if previous is not None:
-        recipe = Recipe.from_json(previous["recipe"])
+        recipe = previous.recipe
         for k, v in asked.items():
             if getattr(recipe, k) != (tuple(v) if k == "milestones" else v):
                 raise ArgumentError(
                     f"{cfg.out} holds a different run (`{k}` {getattr(recipe, k)}, not {v}): choose another `out`"
                 )
         return recipe
-    recipe = default_recipe(r["mode"], r["arch"], asked.get("epochs"))
+    recipe = default_recipe(r.mode, r.arch, asked.get("epochs"))
     if "milestones" in asked:
         asked["milestones"] = tuple(asked["milestones"])
     return replace(recipe, **asked).check()
 
 
-def _check_out(out: Path, resume: bool) -> dict[str, Any] | None:
+def _check_out(out: Path, resume: bool) -> RunMeta | None:
     """The previous ``run.json`` when resuming, after checking the folder may be written."""
     run = RunFolder(out)
     if out.exists() and not out.is_dir():
@@ -224,7 +241,7 @@ def _check_out(out: Path, resume: bool) -> dict[str, Any] | None:
         previous = run.meta()
         if not resume:
             raise ArgumentError(f"{out} already holds a run: continue it (`resume`) or choose another `out`")
-        if previous.get("status") == "complete":
+        if previous.complete:
             raise ArgumentError(f"{out} holds a finished run: nothing to resume; choose another `out`")
         return previous
     if resume:
@@ -237,6 +254,21 @@ def _check_out(out: Path, resume: bool) -> dict[str, Any] | None:
                 raise ArgumentError(f"{parent} is a file, so `out` {out} cannot be created below it")
             break
     return None
+
+
+@dataclass
+class _Setup:
+    """A run ready to train: what it resolved to, what it trains and how, and where it resumes."""
+
+    config: RunConfig
+    recipe: Recipe
+    runtime: Runtime
+    data: Dataset
+    model: nn.Module
+    device: torch.device
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    restore: Callable[[torch.optim.Optimizer], None] | None = None
 
 
 def train_run(
@@ -263,80 +295,56 @@ def train_run(
     out = Path(cfg.out)
     run = RunFolder(out)
     previous = _check_out(out, cfg.resume)
-    # the stage's wall time over every call that worked on it (data loading, model building,
-    # compilation and checkpoints included; a kill loses what ran after the last checkpoint)
-    earlier = float((previous or {}).get("wall_seconds", 0.0))
+    clock = Stopwatch()
+    setup = _set_up(cfg, previous, run, torch.device(rank_device), place, clock)
+    training = _Training(setup, run, _started_meta(setup, previous, place), place, clock, started)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if place.main:
+        out.mkdir(parents=True, exist_ok=True)
+        run.write_json(run.run_json, training.meta.to_json())
+    if log is not None:
+        r, data, rt = setup.config, setup.data, setup.runtime
+        log(
+            f"{'resuming' if setup.start_epoch else 'training'} {r.arch} ({r.mode}) on {r.data}: "
+            f"{len(data.train)} train / {len(data.val)} val images, {setup.recipe.epochs} epochs, {setup.device} "
+            f"({rt.precision}{', compiled' if rt.compile else ''})"
+        )
+    if training.fit(stop_after, progress, log, set_up, compile_ready):
+        training.finish()
+    return out
 
-    def wall() -> float:
-        return earlier + time.perf_counter() - started
 
-    # where this call's wall time went beside the epochs, added to the earlier calls' in run.json
-    # (``time_parts``): the setup's data loading, model building and copy to the device; the start of
-    # the loop up to its first epoch (background compiler started, optimiser, restored state); the
-    # time between epochs (checkpoint snapshots and waits, logging); the finish (last checkpoint
-    # written, weights, costs)
-    parts: dict[str, float] = {}
-
-    def timed(key: str, since: float) -> float:
-        now = time.perf_counter()
-        parts[key] = parts.get(key, 0.0) + now - since
-        return now
-
+def _set_up(
+    cfg: TrainConfig, previous: RunMeta | None, run: RunFolder, device: torch.device, place: Any, clock: Stopwatch
+) -> _Setup:
+    """Resolve the run, read its data, build (or restore) its model: everything before the first step."""
     r = _resolve(cfg, previous)
-    parse_data_name(r["data"])
-    if r["arch"] not in list_archs() and not is_zoo_name(r["arch"]) and cfg.module is None:
+    parse_data_name(r.data)
+    if r.arch not in list_archs() and not is_zoo_name(r.arch) and cfg.module is None:
         raise ArgumentError(
-            f"unknown `arch` {r['arch']!r}: choose one of {', '.join(list_archs())}, or a zoo model "
+            f"unknown `arch` {r.arch!r}: choose one of {', '.join(list_archs())}, or a zoo model "
             "torchvision:NAME or timm:NAME"
         )
     recipe = _recipe(cfg, r, previous)
-    device = torch.device(rank_device)
     if place.enabled and recipe.batch_size % place.world:
         raise ArgumentError(
             f"the `batch_size` {recipe.batch_size} is the global batch and must split evenly over "
             f"{place.world} processes"
         )
-    mode = make_mode(r["mode"], recipe.label_smoothing)
-
     t = time.perf_counter()
-    data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
-    t = timed("setup_data", t)
-    if data.meta.get("data_mode") == "stream":  # record what was chosen, so analyses see the same pixels
-        r["data_mode"], r["image_size"] = "stream", data.image_size
-    if r["backdoor"] is not None:
-        if data.meta.get("data_mode") == "stream":
-            raise ArgumentError("`backdoor` poisons images held in memory: use `data_mode` memory")
-        from ..backdoor import Backdoor, poisoned_dataset
-
-        bd = r["backdoor"]
-        if previous is None:  # options (any of them None) -> the spec's trigger scaled to this data
-            pos = tuple(bd["pos"]) if bd.get("pos") is not None else None
-            b = Backdoor.default(data.image_size, bd.get("rate"), bd.get("target"), bd.get("size"), pos)
-            r["backdoor"] = b.to_json()
-        data = poisoned_dataset(data, Backdoor.from_json(r["backdoor"]))
-    # a resumed run keeps its precision and compilation (compiled runs drop the last partial batch,
-    # so switching either would change the epochs still to come); a new one compiles by default on
-    # one GPU when it has the steps to pay the compilation back
-    was = (previous or {}).get("runtime", {})
-    runtime = Runtime.default(
-        device,
-        cfg.precision or was.get("precision"),
-        cfg.compile if cfg.compile is not None else was.get("compile"),
-        ddp=place.enabled,
-        sync_bn=cfg.sync_bn,
-        steps=_training_steps(data, recipe),
-    )
-    torch.manual_seed(r["seed"])  # weight initialisation
-    t = time.perf_counter()
+    data = _load_data(r, new=previous is None)
+    t = clock.add("setup_data", t)
+    runtime = _runtime(cfg, previous, device, data, recipe, ddp=place.enabled)
+    torch.manual_seed(r.seed)  # weight initialisation
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
         data = replace(data, mean=norm[0], std=norm[1])
-    model: nn.Module = cnn if r["mode"] == "cnn" else SDN(cnn)
-    if r["mode"] == "ic-only" and r["from_run"] and previous is not None:
-        theirs = sha256_file(RunFolder(r["from_run"]).require_weights())
-        if theirs != previous.get("from_run_weights_sha256"):
+    model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn)
+    if r.mode == "ic-only" and r.from_run and previous is not None:
+        theirs = sha256_file(RunFolder(r.from_run).require_weights())
+        if theirs != previous.from_run_weights_sha256:
             raise RunFolderError(
-                f"the CNN run {r['from_run']} changed since this ic-only run started (its weights "
+                f"the CNN run {r.from_run} changed since this ic-only run started (its weights "
                 "differ): train the ICs again into a new folder"
             )
     if cnn.num_classes != data.num_classes or cnn.image_size != data.image_size:
@@ -344,145 +352,193 @@ def train_run(
             f"the CNN takes {cnn.num_classes} classes at {cnn.image_size} px, the data has "
             f"{data.num_classes} at {data.image_size} px"
         )
+    setup = _Setup(r, recipe, runtime, data, model, device)
+    _resume_state(setup, previous, run, place.main)
+    clock.add("setup_model", t)  # the CNN built, loaded or downloaded, and a checkpoint read
+    return setup
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    restore = None
-    if previous is not None and place.main:
-        remove_stale_temps(out)  # a kill during a write leaves its temporary file behind
-    if previous is not None and run.checkpoint.is_file():
-        # weights, optimiser state (up to two moments per parameter) and a JSON history: bounded
-        tensors, ck = read_tensors(run.checkpoint, max_bytes=4 * state_bytes(model) + (64 << 20))
-        load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run.checkpoint)
-        start_epoch, history = int(ck["epoch"]), list(ck["history"])
 
-        def restore(opt: torch.optim.Optimizer) -> None:
-            optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, ck["optimizer"])
+def _load_data(r: RunConfig, new: bool) -> Dataset:
+    """The run's data set (recording a streamed folder's choice in ``r``), poisoned for a backdoor run."""
+    data = load_dataset(r.data, r.data_root, _image_size(r), mode=r.data_mode)
+    if data.meta.get("data_mode") == "stream":  # record what was chosen, so analyses see the same pixels
+        r.data_mode, r.image_size = "stream", data.image_size
+    if r.backdoor is None:
+        return data
+    if data.meta.get("data_mode") == "stream":
+        raise ArgumentError("`backdoor` poisons images held in memory: use `data_mode` memory")
+    from ..backdoor import Backdoor, poisoned_dataset
 
-    timed("setup_model", t)  # the CNN built, loaded or downloaded, and a checkpoint read
+    if new:  # options (any of them None) -> the spec's trigger scaled to this data
+        bd = r.backdoor
+        pos = tuple(bd["pos"]) if bd.get("pos") is not None else None
+        r.backdoor = Backdoor.default(data.image_size, bd.get("rate"), bd.get("target"), bd.get("size"), pos).to_json()
+    return poisoned_dataset(data, Backdoor.from_json(r.backdoor))
 
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "status": "running",
-        "model": describe(model),
-        "config": r,
-        "recipe": recipe.to_json(),
-        "runtime": runtime.describe() | ({"world_size": place.world} if place.enabled else {}),
-        "data": _data_meta(r["data"], data),
-        "epochs": history,
-        "wall_seconds": earlier,
-        "setup_seconds": float((previous or {}).get("setup_seconds", 0.0)),
-        "time_parts": _seconds_by_key((previous or {}).get("time_parts")),
-    }
-    earlier_parts = dict(meta["time_parts"])
 
-    def time_parts() -> dict[str, float]:
-        return {k: earlier_parts.get(k, 0.0) + parts.get(k, 0.0) for k in sorted(set(earlier_parts) | set(parts))}
+def _runtime(
+    cfg: TrainConfig, previous: RunMeta | None, device: torch.device, data: Dataset, recipe: Recipe, ddp: bool = False
+) -> Runtime:
+    """How the step runs. A resumed run keeps its precision and compilation (compiled runs drop the
+    last partial batch, so switching either would change the epochs still to come); a new one
+    compiles by default on one GPU when it has the steps to pay the compilation back."""
+    was = previous.runtime if previous is not None else {}
+    return Runtime.default(
+        device,
+        cfg.precision or was.get("precision"),
+        cfg.compile if cfg.compile is not None else was.get("compile"),
+        ddp=ddp,
+        sync_bn=cfg.sync_bn,
+        steps=_training_steps(data, recipe),
+    )
 
-    if r["mode"] == "ic-only" and r["from_run"]:
-        meta["from_run_weights_sha256"] = (previous or {}).get("from_run_weights_sha256") or sha256_file(
-            RunFolder(r["from_run"]).require_weights()
-        )
-    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
-    if place.main:
-        out.mkdir(parents=True, exist_ok=True)
-        run.write_json(run.run_json, meta)
-    if log is not None:
-        log(
-            f"{'resuming' if start_epoch else 'training'} {r['arch']} ({r['mode']}) on {r['data']}: "
-            f"{len(data.train)} train / {len(data.val)} val images, {recipe.epochs} epochs, {device} "
-            f"({runtime.precision}{', compiled' if runtime.compile else ''})"
-        )
 
-    writer = CheckpointWriter(run)
+def _resume_state(setup: _Setup, previous: RunMeta | None, run: RunFolder, main: bool) -> None:
+    """A resumed run's weights, epoch, history and optimiser state, from its checkpoint."""
+    if previous is not None and main:
+        remove_stale_temps(run.path)  # a kill during a write leaves its temporary file behind
+    if previous is None or not run.checkpoint.is_file():
+        return
+    # weights, optimiser state (up to two moments per parameter) and a JSON history: bounded
+    tensors, ck = read_tensors(run.checkpoint, max_bytes=4 * state_bytes(setup.model) + (64 << 20))
+    load_weights(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run.checkpoint)
+    setup.start_epoch, setup.history = int(ck["epoch"]), list(ck["history"])
 
-    loop_started = 0.0  # when the loop was set off; then when the last epoch's checkpoint was submitted
+    def restore(opt: torch.optim.Optimizer) -> None:
+        optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, ck["optimizer"])
 
-    def on_epoch(result: EpochResult, opt: torch.optim.Optimizer) -> None:
-        nonlocal loop_started
+    setup.restore = restore
+
+
+def _started_meta(setup: _Setup, previous: RunMeta | None, place: Any) -> RunMeta:
+    """run.json as training starts (or resumes): the earlier calls' times carried over."""
+    r = setup.config
+    meta = RunMeta(
+        status="running",
+        model=ModelMeta.of(setup.model),
+        config=r,
+        recipe=setup.recipe,
+        data=_data_meta(r.data, setup.data),
+        runtime=setup.runtime.describe() | ({"world_size": place.world} if place.enabled else {}),
+        epochs=setup.history,
+        wall_seconds=previous.wall_seconds if previous is not None else 0.0,
+        setup_seconds=previous.setup_seconds if previous is not None else 0.0,
+        time_parts=dict(previous.time_parts) if previous is not None else {},
+    )
+    if r.mode == "ic-only" and r.from_run:
+        kept = previous.from_run_weights_sha256 if previous is not None else None
+        meta.from_run_weights_sha256 = kept or sha256_file(RunFolder(r.from_run).require_weights())
+    return meta
+
+
+class _Training:
+    """One call's training of a set-up run: the loop, a checkpoint each epoch (written behind it),
+    where the time went, and the finished run written at the end."""
+
+    def __init__(
+        self, setup: _Setup, run: RunFolder, meta: RunMeta, place: Any, clock: Stopwatch, started: float
+    ) -> None:
+        self.setup, self.run, self.meta, self.place, self.clock = setup, run, meta, place, clock
+        # the stage's wall time over every call that worked on it (data loading, model building,
+        # compilation and checkpoints included; a kill loses what ran after the last checkpoint)
+        self.started, self.earlier_wall, self.earlier_parts = started, meta.wall_seconds, dict(meta.time_parts)
+        self.writer = CheckpointWriter(run)
+        self.loop_started = 0.0  # when the loop was set off; then when the last epoch's checkpoint was submitted
+        self.finish_started = 0.0
+
+    def wall(self) -> float:
+        return self.earlier_wall + time.perf_counter() - self.started
+
+    def time_parts(self) -> dict[str, float]:
+        """Where the wall time went beside the epochs, over every call: the setup's data loading,
+        model building and copy to the device; the start of the loop up to its first epoch; the
+        time between epochs (checkpoint snapshots and waits, logging); the finish."""
+        return self.clock.merged(self.earlier_parts)
+
+    def on_epoch(self, result: EpochResult, opt: torch.optim.Optimizer) -> None:
         t = time.perf_counter()
         # the start of the loop (first epoch of this call) or the time between two epochs, less the epoch
-        parts_key = "between_epochs" if "loop_start" in parts else "loop_start"
-        parts[parts_key] = parts.get(parts_key, 0.0) + max(0.0, t - loop_started - result.seconds)
+        key = "between_epochs" if "loop_start" in self.clock.parts else "loop_start"
+        self.clock.add_seconds(key, max(0.0, t - self.loop_started - result.seconds))
+        history = self.setup.history
         history.append(result.to_json())
-        if place.main:
+        if self.place.main:
             opt_tensors, opt_meta = optimizer_to_tensors(opt)
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-            writer.submit(
-                tensors,
-                {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta},
-                meta | {"epochs": list(history), "wall_seconds": wall(), "time_parts": time_parts()},
+            tensors = {f"model.{k}": v for k, v in self.setup.model.state_dict().items()} | opt_tensors
+            meta = replace(self.meta, epochs=list(history), wall_seconds=self.wall(), time_parts=self.time_parts())
+            self.writer.submit(
+                tensors, {"epoch": result.epoch, "history": list(history), "optimizer": opt_meta}, meta.to_json()
             )
-        loop_started = timed("between_epochs", t)
+        self.loop_started = self.clock.add("between_epochs", t)
 
-    # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
-    # the same code runs where it is (and a resume there replays epochs bit for bit)
-    t = time.perf_counter()
-    resident = data.to(device) if device.type == "cuda" else data
-    timed("setup_device", t)
-    eval_batch = forward_batch_size(device)
+    def fit(
+        self,
+        stop_after: int | None,
+        progress: bool,
+        log: Callable[[str], None] | None,
+        set_up: Callable[[], None] | None,
+        compile_ready: Callable[[], bool] | None,
+    ) -> bool:
+        """Train this call's epochs; whether the run has all of its epochs now."""
+        s = self.setup
+        # on CUDA the data set lives on the GPU as uint8 and is shuffled and augmented there; on the CPU
+        # the same code runs where it is (and a resume there replays epochs bit for bit)
+        t = time.perf_counter()
+        resident = s.data.to(s.device) if s.device.type == "cuda" else s.data
+        self.clock.add("setup_device", t)
+        eval_batch = forward_batch_size(s.device)
+        shard = (self.place.rank, self.place.world)
+        train_batches = _train_batches(resident, s.recipe, s.runtime, s.device, s.config.seed, shard)
+        # the part of the wall time before the first step (data loading and building), over every call
+        self.meta.setup_seconds += time.perf_counter() - self.started
+        self.loop_started = time.perf_counter()
+        if set_up is not None and self.place.main:
+            set_up()
+        try:
+            fit(
+                s.model,
+                make_mode(s.config.mode, s.recipe.label_smoothing),
+                s.recipe,
+                train_batches,
+                lambda: batches(resident, "val", eval_batch, device=s.device, shard=shard),
+                seed=s.config.seed,
+                runtime=s.runtime,
+                start_epoch=s.start_epoch,
+                restore=s.restore,
+                on_epoch=self.on_epoch,
+                stop_after=stop_after,
+                progress=progress,
+                log=log,
+                compile_ready=compile_ready,
+            )
+        except BaseException:
+            self.writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
+            raise
+        self.finish_started = time.perf_counter()
+        self.writer.wait()
+        return len(s.history) >= s.recipe.epochs  # else stopped early on request: a resume continues
 
-    shard = (place.rank, place.world)
-    train_batches = _train_batches(resident, recipe, runtime, device, r["seed"], shard)
+    def finish(self) -> None:
+        """The trained weights, the costs and the finished run.json; the checkpoint goes."""
+        model, meta, run = self.setup.model, self.meta, self.run
+        model.eval()
+        model.to(memory_format=torch.contiguous_format)
+        if self.place.enabled:  # DDP keeps replicas equal; check it rather than assume it
+            import hashlib
 
-    # the part of the wall time before the first step (data loading and building), over every call
-    meta["setup_seconds"] += time.perf_counter() - started
-    loop_started = time.perf_counter()
-    if set_up is not None and place.main:
-        set_up()
-    try:
-        fit(
-            model,
-            mode,
-            recipe,
-            train_batches,
-            lambda: batches(resident, "val", eval_batch, device=device, shard=shard),
-            seed=r["seed"],
-            runtime=runtime,
-            start_epoch=start_epoch,
-            restore=restore,
-            on_epoch=on_epoch,
-            stop_after=stop_after,
-            progress=progress,
-            log=log,
-            compile_ready=compile_ready,
-        )
-    except BaseException:
-        writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
-        raise
-    finish = time.perf_counter()
-    writer.wait()
-    if len(history) < recipe.epochs:
-        return out  # stopped early on request: the checkpoint lets a resume continue
-    model.eval()
-    model.to(memory_format=torch.contiguous_format)
-    if place.enabled:  # DDP keeps replicas equal; check it rather than assume it
-        import hashlib
-
-        digest = hashlib.sha256(tensors_to_bytes(model.state_dict())).hexdigest()
-        per_rank = distributed.all_equal(digest)
-        meta["runtime"] |= {"weights_sha256_per_rank": per_rank, "ranks_agree": len(set(per_rank)) == 1}
-    if place.main:
-        save_weights(run.inside(run.weights), model)
-        meta |= {
-            "epochs": history,
-            "status": "complete",
-            "costs": output_costs(model.cpu()).to_json(),
-            "weights_sha256": sha256_file(run.weights),
-        }
-        timed("finish", finish)
-        meta |= {"wall_seconds": wall(), "time_parts": time_parts()}
-        run.write_json(run.run_json, meta)
-        run.checkpoint.unlink(missing_ok=True)
-    distributed.barrier()
-    return out
-
-
-def _seconds_by_key(d: Any) -> dict[str, float]:
-    """A run.json's ``time_parts`` as recorded, or empty (a run from before they were, or a damaged entry)."""
-    if not isinstance(d, dict):
-        return {}
-    return {str(k): float(v) for k, v in d.items() if isinstance(v, (int, float))}
+            digest = hashlib.sha256(tensors_to_bytes(model.state_dict())).hexdigest()
+            per_rank = distributed.all_equal(digest)
+            meta.runtime = meta.runtime | {"weights_sha256_per_rank": per_rank, "ranks_agree": len(set(per_rank)) == 1}
+        if self.place.main:
+            save_weights(run.inside(run.weights), model)
+            meta.epochs, meta.status = self.setup.history, "complete"
+            meta.costs = output_costs(model.cpu()).to_json()
+            meta.weights_sha256 = sha256_file(run.weights)
+            self.clock.add("finish", self.finish_started)
+            meta.wall_seconds, meta.time_parts = self.wall(), self.time_parts()
+            run.write_json(run.run_json, meta.to_json())
+            run.checkpoint.unlink(missing_ok=True)
+        distributed.barrier()
 
 
 def may_compile(cfg: TrainConfig) -> bool:
@@ -498,28 +554,28 @@ def may_compile(cfg: TrainConfig) -> bool:
 
 def warm_compile(cfg: TrainConfig) -> bool:
     """Compile the training step a new run of ``cfg`` would compile, on random weights and one batch
-    of its data, so that the compiler's on-disk cache holds it when that run starts. An ic-only
-    ``cfg`` names its ``arch`` and ``data`` instead of ``from_run`` (the CNN run need not exist yet:
-    its weights are not part of the compiled code). Returns whether a step was compiled: ``False``
-    for a run that would not compile (the CPU's default, too few steps), that streams its data,
-    poisons it, or trains a zoo model (whose weights may need a download)."""
+    of its data, so that the compiler's on-disk cache holds it when that run starts; the setup is
+    the run's own (:func:`_resolve`, :func:`_recipe`, :func:`_load_data`, :func:`_runtime`,
+    :func:`_build_cnn`). An ic-only ``cfg`` names its ``arch`` and ``data`` instead of ``from_run``
+    (the CNN run need not exist yet: its weights are not part of the compiled code). Returns whether
+    a step was compiled: ``False`` for a run that would not compile (the CPU's default, too few
+    steps), that streams its data, poisons it, or trains a zoo model (whose weights may need a download)."""
     if not may_compile(cfg):
         return False
     device = torch.device(str(pick_device(cfg.device)))
     ic_only = cfg.mode == "ic-only"
     r = _resolve(replace(cfg, mode="sdn" if ic_only else cfg.mode, from_run=None, resume=False), None)
-    r["mode"] = cfg.mode
+    r.mode = cfg.mode
     recipe = _recipe(cfg, r, None)
-    data = load_dataset(r["data"], r["data_root"], _image_size(r), mode=r["data_mode"])
+    data = _load_data(r, new=True)
     if data.meta.get("data_mode") == "stream":
         return False
-    # the stage's own decision, from the stage's own number of steps
-    runtime = Runtime.default(device, cfg.precision, cfg.compile, steps=_training_steps(data, recipe))
+    runtime = _runtime(cfg, None, device, data, recipe)  # the stage's own decision, from its own steps
     if not runtime.compile or len(data.train) < recipe.batch_size:
         return False
-    torch.manual_seed(r["seed"])
-    cnn, _ = build_model(r["arch"], data.num_classes, data.image_size)
-    model = cnn if r["mode"] == "cnn" else SDN(cnn)
+    torch.manual_seed(r.seed)
+    cnn, _ = _build_cnn(cfg, r, None, data, None)
+    model = cnn if r.mode == "cnn" else SDN(cnn)
     if ic_only:
         cnn.eval()  # as a finished CNN run is loaded
     one = torch.arange(recipe.batch_size)
@@ -527,11 +583,11 @@ def warm_compile(cfg: TrainConfig) -> bool:
     resident = probe.to(device) if device.type == "cuda" else probe
     fit(
         model,
-        make_mode(r["mode"], recipe.label_smoothing),
+        make_mode(r.mode, recipe.label_smoothing),
         recipe,
-        _train_batches(resident, recipe, runtime, device, r["seed"], (0, 1)),
+        _train_batches(resident, recipe, runtime, device, r.seed, (0, 1)),
         lambda: [],
-        seed=r["seed"],
+        seed=r.seed,
         runtime=runtime,
         stop_after=1,
         progress=False,
@@ -566,57 +622,54 @@ def _train_batches(
     return of_epoch
 
 
-def _image_size(r: dict[str, Any]) -> int | None:
+def _image_size(r: RunConfig) -> int | None:
     """The size images are decoded at: asked, else (streamed data for a zoo model) the zoo's input size."""
-    if r["image_size"] is not None or not is_zoo_name(r["arch"]) or r["data_mode"] != "stream":
-        return r["image_size"]
+    if r.image_size is not None or not is_zoo_name(r.arch) or r.data_mode != "stream":
+        return r.image_size
     from ..models.zoo import default_input_size
 
-    return default_input_size(r["arch"])
+    return default_input_size(r.arch)
 
 
 def _build_cnn(
-    cfg: TrainConfig, r: dict[str, Any], previous: dict[str, Any] | None, data: Dataset, run: RunFolder
+    cfg: TrainConfig, r: RunConfig, previous: RunMeta | None, data: Dataset, run: RunFolder | None
 ) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]] | None]:
     """The CNN to train and the normalisation its weights expect (``None``: the data's own)."""
     from .weights import build_from
 
-    if previous is not None and run.checkpoint.is_file():
+    if previous is not None and run is not None and run.checkpoint.is_file():
         # the checkpoint holds every weight: rebuild the recorded split, no download, same normalisation
-        model = build_from(previous["model"], cfg.module)
+        model = build_from(previous.model, cfg.module)
         cnn = model.cnn if isinstance(model, SDN) else model
-        return cnn, recorded_normalisation(previous)
-    if r["mode"] == "ic-only" and r["from_run"]:
-        return load(r["from_run"]), recorded_normalisation(RunFolder(r["from_run"]).meta())
+        return cnn, (previous.data.mean, previous.data.std)
+    if r.mode == "ic-only" and r.from_run:
+        trained = RunFolder(r.from_run).meta().data
+        return load(r.from_run), (trained.mean, trained.std)
     if cfg.module is not None:
-        return module_cnn(cfg.module, data.image_size, fractions=r["ic_fractions"], cuts=r["ic_cuts"]), None
+        return module_cnn(cfg.module, data.image_size, fractions=r.ic_fractions, cuts=r.ic_cuts), None
     cnn, zm = build_model(
-        r["arch"],
+        r.arch,
         data.num_classes,
         data.image_size,
-        pretrained=bool(r["pretrained"]),
-        weights=r["weights"],
-        cuts=r["ic_cuts"],
-        fractions=r["ic_fractions"],
+        pretrained=bool(r.pretrained),
+        weights=r.weights,
+        cuts=r.ic_cuts,
+        fractions=r.ic_fractions,
     )
-    if r["mode"] == "ic-only" and zm is not None and zm.notes:
+    if r.mode == "ic-only" and zm is not None and zm.notes:
         raise ArgumentError(
-            f"the {r['arch']} weights classify another number of classes than the data's "
+            f"the {r.arch} weights classify another number of classes than the data's "
             f"{data.num_classes} ({zm.notes[0]}): fine-tune it first (`mode` cnn) and train the ICs "
             "from that run (`from_run`)"
         )
     return cnn, ((tuple(zm.mean), tuple(zm.std)) if zm is not None and zm.mean is not None else None)
 
 
-def _data_meta(name: str, data: Dataset) -> dict[str, Any]:
-    return {
-        "name": name,
-        "classes": data.classes,
-        "image_size": data.image_size,
-        "mean": list(data.mean),
-        "std": list(data.std),
+def _data_meta(name: str, data: Dataset) -> DataMeta:
+    details = {
         "flip": data.flip,
         "jitter": data.jitter,
         "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        **data.meta,
     }
+    mean, std = (tuple(float(v) for v in data.mean), tuple(float(v) for v in data.std))
+    return DataMeta(name, list(data.classes), data.image_size, mean, std, details | dict(data.meta))

@@ -16,6 +16,7 @@ from ..core.io import load_safetensors, write_bytes
 from ..models import CNN
 from ..sdn import SDN
 from .folder import RunFolder
+from .meta import ModelMeta
 
 
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> bytes:
@@ -34,44 +35,28 @@ def read_tensors(path: str | Path, max_bytes: int | None = None) -> tuple[dict[s
 # models <-> run metadata
 
 
-def describe(model: CNN | SDN) -> dict[str, Any]:
-    """The architecture part of ``run.json``: enough to rebuild ``model`` with no other input."""
-    cnn = model.cnn if isinstance(model, SDN) else model
-    return {
-        "kind": "sdn" if isinstance(model, SDN) else "cnn",
-        "arch": cnn.arch,
-        "num_classes": cnn.num_classes,
-        "image_size": cnn.image_size,
-        "ic_positions": list(model.positions) if isinstance(model, SDN) else [],
-    } | ({"source": cnn.source} if cnn.source is not None else {})
-
-
-def build_from(meta: dict[str, Any], module: torch.nn.Module | None = None) -> CNN | SDN:
+def build_from(meta: ModelMeta, module: torch.nn.Module | None = None) -> CNN | SDN:
     """Rebuild an (untrained) model from ``run.json``'s architecture fields; a run made from a user's
     own module needs that ``module`` again (no run executes code it names)."""
-    source = meta.get("source")
-    if isinstance(source, dict) and source.get("kind") == "module":
+    source = meta.source
+    if source is not None and source.get("kind") == "module":
         if module is None:
             raise RunFolderError(
                 f"this run was made from a user module ({source.get('class')}): load it from Python, "
                 "passing the module again (shallowdeep.load(RUN, module=...))"
             )
         try:
-            chain = chain_of(module, int(meta["image_size"]), source.get("blocks"))
-            cnn = chain_cnn(chain, list(source["cuts"]), meta["arch"], {k: v for k, v in source.items() if k != "cuts"})
+            chain = chain_of(module, meta.image_size, source.get("blocks"))
+            cnn = chain_cnn(chain, list(source["cuts"]), meta.arch, {k: v for k, v in source.items() if k != "cuts"})
         except ArgumentError as e:
             raise RunFolderError(f"the module given does not match this run ({e})") from None
-        return cnn if meta["kind"] == "cnn" else SDN(cnn, tuple(meta["ic_positions"]))
+        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions)
     try:
-        cuts = list(source["cuts"]) if isinstance(source, dict) else None
-        cnn, _ = build_model(meta["arch"], int(meta["num_classes"]), int(meta["image_size"]), cuts=cuts)
-        if isinstance(source, dict):
+        cuts = list(source["cuts"]) if source is not None else None
+        cnn, _ = build_model(meta.arch, meta.num_classes, meta.image_size, cuts=cuts)
+        if source is not None:
             cnn.source = source
-        if meta["kind"] == "cnn":
-            return cnn
-        if meta["kind"] != "sdn":
-            raise KeyError("kind")
-        return SDN(cnn, tuple(meta["ic_positions"]))
+        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions)
     except (KeyError, TypeError, ValueError, ArgumentError) as e:
         raise RunFolderError(
             f"run.json lacks a valid architecture description ({e}): the run folder is damaged"
@@ -107,7 +92,7 @@ def load(
     run = RunFolder(path)
     meta = run.meta()
     weights = run.require_weights()
-    model = build_from(meta.get("model", {}), module)
+    model = build_from(meta.model, module)
     tensors, _ = read_tensors(weights, max_bytes=state_bytes(model) * 2 + (1 << 20))
     load_weights(model, tensors, weights)
     return model.to(map_location).eval()
