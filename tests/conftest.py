@@ -20,7 +20,7 @@ SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shar
 # compare weights bit for bit, which holds only at one thread count)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # not setdefault: xdist workers inherit the controller's
 torch.set_num_threads(_THREADS)
 
 

@@ -348,32 +348,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # the reports collect every output's logits once; the tables below read them from there
     reports = [analyze_run(out / name, log=None) for name in ("ic-only", "sdn")]
     summaries = []
-    for name, (_, json_path) in zip(("ic-only", "sdn"), reports):
-        r = json.loads(json_path.read_text())
+    for name, done in zip(("ic-only", "sdn"), reports):
+        a = done.analysis
         rows = [
-            {
-                "output": o["output"],
-                "gflops": o["gflops"],
-                "relative_cost": o["relative_cost"],
-                "test_acc": o["test_accuracy"],
-            }
-            for o in r["outputs"]
+            {"output": o.output, "gflops": o.gflops, "relative_cost": o.relative_cost, "test_acc": o.test_accuracy}
+            for o in a.outputs
         ]
         print(f"\n{name} SDN (small on digits): test accuracy and cost of each output")
         print(_table(rows, "test_acc"))
-        cal, o = r["early_exit"]["calibrated"], r["overthinking"]
         summaries.append(
-            f"{name}: early exits at q={cal['threshold']:.3g} (chosen on validation): test accuracy "
-            f"{100 * cal['test']['accuracy']:.1f}% (final output {100 * cal['test']['final_accuracy']:.1f}%) at "
-            f"{100 * cal['test']['relative_cost']:.1f}% of the CNN's cost; "
-            f"{100 * o['early_share']:.1f}% of test inputs "
-            f"are right at some IC; {o['destructive']['union_count']} of the final output's {o['final_errors']} errors "
-            "are right at some IC"
+            f"{name}: early exits at {_early_exit_line(a.calibrated, 1, '.3g')}; {_overthinking_line(a, 'are ')}"
         )
     print("\n" + "\n".join(summaries))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; runs in {out}")
-    for html_path, _ in reports:
-        print(f"report: {html_path}")
+    for done in reports:
+        print(f"report: {done.html}")
     return 0
 
 
@@ -432,7 +421,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .workflows import analyze_run
 
     rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
-    html_path, json_path = analyze_run(
+    done = analyze_run(
         args.run,
         args.out,
         max_drop=args.max_drop,
@@ -446,58 +435,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     if not place.main:
         return 0
-    r = json.loads(json_path.read_text())
     if not args.quiet:
-        ee = r["early_exit"]
-        for key, label in (
-            ("calibrated", f"within {100 * args.max_drop:g} points of the final output"),
-            ("calibrated_budget", f"most accurate within a cost of {args.budget}"),
+        _print_analysis(done.analysis, args)
+    print(f"report: {done.html}\nfigures: {done.json}")
+    return 0
+
+
+def _early_exit_line(cal: Any, digits: int, q: str) -> str:
+    """A calibration's test point: its threshold, accuracy beside the final output's, and cost."""
+    t = cal.test
+    return (
+        f"q={cal.threshold:{q}} (chosen on validation): test accuracy {100 * t.accuracy:.{digits}f}% "
+        f"(final output {100 * t.final_accuracy:.{digits}f}%) at {100 * t.relative_cost:.1f}% of the CNN's cost"
+    )
+
+
+def _overthinking_line(a: Any, are: str = "") -> str:
+    o = a.overthinking
+    return (
+        f"{100 * o.early_share:.1f}% of test inputs {are}right at some IC; {o.destructive_union_count} of the final "
+        f"output's {o.final_errors} errors are right at some IC"
+    )
+
+
+def _print_analysis(a: Any, args: argparse.Namespace) -> None:
+    """What ``analyze`` prints: the calibrated early exits, the engine's rule, each rule, overthinking."""
+    if a.num_outputs > 1:
+        for cal, label in (
+            (a.calibrated, f"within {100 * args.max_drop:g} points of the final output"),
+            (a.calibrated_budget, f"most accurate within a cost of {args.budget}"),
         ):
-            cal = ee.get(key)
-            if cal and "test" in cal and r["num_outputs"] > 1:
-                print(
-                    f"early exits, {label}: q={cal['threshold']:.4g} (chosen on validation): test accuracy "
-                    f"{100 * cal['test']['accuracy']:.2f}% (final output {100 * cal['test']['final_accuracy']:.2f}%) "
-                    f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost"
-                )
-        per = ee.get("per_ic")
-        if per and "test" in per and per.get("thresholds") and r["num_outputs"] > 1:
+            if cal is not None and cal.test is not None:
+                print(f"early exits, {label}: {_early_exit_line(cal, 2, '.4g')}")
+        per = a.per_ic
+        if per.test is not None and per.thresholds:
             print(
-                f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per['thresholds'])} (chosen on validation): "
-                f"test accuracy {100 * per['test']['accuracy']:.2f}% at {100 * per['test']['relative_cost']:.1f}% "
+                f"  per-IC thresholds {' '.join(f'{q:.3g}' for q in per.thresholds)} (chosen on validation): "
+                f"test accuracy {100 * per.test.accuracy:.2f}% at {100 * per.test.relative_cost:.1f}% "
                 "of the CNN's cost"
             )
-        if "engine" in ee:
-            used = ee["engine"]["calibration"]
-            qs = used.get("thresholds") or [used["threshold"]]
-            cv = used.get("cross_validation")
-            if cv and "per_ic" in cv:
-                print(
-                    f"  cross-validated on validation (held-out, {cv['folds']} folds): one threshold "
-                    f"{100 * cv['single']['accuracy']:.2f}% at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
-                    f"{100 * cv['per_ic']['accuracy']:.2f}% at {100 * cv['per_ic']['relative_cost']:.1f}%: "
-                    f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen"
-                )
-            budget_point = ee.get("calibrated_budget") and args.rule == "max_softmax"
+    if a.engine is not None:
+        used = a.engine.calibration
+        qs = used.thresholds or [used.threshold]
+        cv = used.cross_validation
+        if cv and "per_ic" in cv:
             print(
-                f"predict uses the {ee['engine']['rule']} rule at "
-                f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
-                f"({'the --budget point' if budget_point else 'the --max-drop point'})"
+                f"  cross-validated on validation (held-out, {cv['folds']} folds): one threshold "
+                f"{100 * cv['single']['accuracy']:.2f}% at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+                f"{100 * cv['per_ic']['accuracy']:.2f}% at {100 * cv['per_ic']['relative_cost']:.1f}%: "
+                f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen"
             )
-        for res in (r.get("rules") or {}).get("results", []):
-            cal = res["calibration"]
-            print(
-                f"  rule {res['label']:<15} q={cal['threshold']:.4g}: "
-                f"test accuracy {100 * cal['test']['accuracy']:.2f}% "
-                f"at {100 * cal['test']['relative_cost']:.1f}% of the CNN's cost"
-            )
-        o = r["overthinking"]
+        budget_point = a.calibrated_budget is not None and args.rule == "max_softmax"
         print(
-            f"overthinking: {100 * o['early_share']:.1f}% of test inputs right at some IC; "
-            f"{o['destructive']['union_count']} of the final output's {o['final_errors']} errors are right at some IC"
+            f"predict uses the {a.engine.rule.label} rule at "
+            f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
+            f"({'the --budget point' if budget_point else 'the --max-drop point'})"
         )
-    print(f"report: {html_path}\nfigures: {json_path}")
-    return 0
+    for res in a.rules.results if a.rules is not None else []:
+        cal = res.calibration
+        print(
+            f"  rule {res.rule.label:<15} q={cal.threshold:.4g}: test accuracy {100 * cal.test.accuracy:.2f}% "
+            f"at {100 * cal.test.relative_cost:.1f}% of the CNN's cost"
+        )
+    print(f"overthinking: {_overthinking_line(a)}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -593,7 +593,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     for f in res["files"]:
         print(f"  {Path(res['folder']) / f}")
-    html_path, _ = analyze_run(args.run, device=device, log=log)
+    html_path = analyze_run(args.run, device=device, log=log).html
     print(f"report (with the explanations): {html_path}")
     return 0
 
@@ -620,7 +620,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="shallowdeep", description="Shallow-Deep Networks: ICs, overthinking, early exits.")
     p.add_argument("--version", action="version", version=f"shallowdeep {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub, shared)
+    _add_info(sub, shared)
+    _add_export(sub, shared)
+    _add_list(sub, shared)
+    _add_analyze(sub, shared)
+    _add_predict(sub, shared)
+    _add_explain(sub, shared)
+    _add_reproduce(sub, shared)
+    _add_demo(sub, shared)
+    return p
 
+
+def _add_train(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``train`` command and its flags."""
     t = sub.add_parser(
         "train",
         parents=[shared["device"], shared["quiet"], shared["data"]],
@@ -641,6 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED}, the reference's)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
+    _recipe_flags(t)
+    _speed_flags(t)
+    _zoo_flags(t)
+    _backdoor_flags(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _recipe_flags(t: argparse.ArgumentParser) -> None:
+    """Train: the recipe's flags (default: the paper's for the mode)."""
     r = t.add_argument_group("recipe (default: the paper's for the mode)")
     r.add_argument("--epochs", type=int, help="epochs (paper: 100, ic-only 25); default milestones scale with it")
     r.add_argument("--batch-size", type=int, help="batch size (paper: 128)")
@@ -656,6 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gamma", type=float, help="learning-rate decay factor at each milestone (paper: 0.1)")
     r.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (paper: 0)")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (paper: 0)")
+
+
+def _speed_flags(t: argparse.ArgumentParser) -> None:
+    """Train: how fast it trains (the results stay the recipe's)."""
     s = t.add_argument_group("speed (the results stay the paper's recipe)")
     s.add_argument(
         "--precision",
@@ -676,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under torchrun on CUDA: synchronise batch-norm statistics across processes",
     )
+
+
+def _zoo_flags(t: argparse.ArgumentParser) -> None:
+    """Train: zoo models, their weights and IC placement, and how data is held."""
     z = t.add_argument_group("zoo models (--arch torchvision:NAME or timm:NAME) and data")
     z.add_argument(
         "--pretrained",
@@ -699,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("memory", "stream"),
         help="image folders: decode once into memory, or per batch by workers (default: stream above 2 GiB)",
     )
+
+
+def _backdoor_flags(t: argparse.ArgumentParser) -> None:
+    """Train: the backdoor experiment's flags (spec section 11)."""
     bd = t.add_argument_group("backdoor (spec section 11)")
     bd.add_argument(
         "--backdoor",
@@ -709,8 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--target-class", type=int, help="class the trigger points to (default 0)")
     bd.add_argument("--trigger-size", type=int, help="side in pixels (default 5 at 32 px, scaled to the image size)")
     bd.add_argument("--trigger-pos", metavar="ROW,COL", help="top-left corner (default 26,26 at 32 px, scaled)")
-    t.set_defaults(func=cmd_train)
 
+
+def _add_info(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``info`` command and its flags."""
     i = sub.add_parser(
         "info",
         parents=[shared["data"]],
@@ -736,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pretrained", action="store_true", default=None, help="zoo models: with the zoo's weights")
     i.set_defaults(func=cmd_info)
 
+
+def _add_export(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``export`` command and its flags."""
     ex = sub.add_parser(
         "export",
         help="ONNX graphs per stage + manifest, for early exits outside PyTorch",
@@ -749,11 +788,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_list(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``list`` command and its flags."""
     ls = sub.add_parser(
         "list", help="registered architectures and data sets", description="List architectures and data sets."
     )
     ls.set_defaults(func=cmd_list)
 
+
+def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``analyze`` command and its flags."""
     a = sub.add_parser(
         "analyze",
         parents=[shared["device"], shared["quiet"]],
@@ -792,6 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_analyze)
 
+
+def _add_predict(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``predict`` command and its flags."""
     pr = sub.add_parser(
         "predict",
         parents=[shared["device"]],
@@ -815,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_explain(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``explain`` command and its flags."""
     e = sub.add_parser(
         "explain",
         parents=[shared["device"], shared["quiet"]],
@@ -828,6 +879,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max", type=int, default=8, help="explain at most this many inputs (default 8)")
     e.set_defaults(func=cmd_explain)
 
+
+def _add_reproduce(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``reproduce`` command and its flags."""
     rp = sub.add_parser(
         "reproduce",
         parents=[shared["device"], shared["quiet"], shared["data"]],
@@ -865,6 +919,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(func=cmd_reproduce)
 
+
+def _add_demo(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``demo`` command and its flags."""
     d = sub.add_parser(
         "demo",
         parents=[shared["device"], shared["quiet"]],
@@ -877,7 +934,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ic-epochs", type=int, default=10, help="epochs of the IC-only run")
     d.add_argument("--seed", type=int, default=DEFAULT_SEED)
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def _message(e: UserError, args: argparse.Namespace) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import BackdoorResult, Calibration, Confusion, Overthinking, ReferenceProtocol, RunAnalysis, Sweep
+from .analysis import BackdoorResult, Calibration, Confusion, Overthinking, RunAnalysis, Sweep
 from .analysis.record import ExitRecord
 from .core.outputs import output_names
 from .runs.meta import RunMeta
@@ -460,6 +460,33 @@ def _run_section(run_meta: RunMeta | None) -> str:
     return f'<section id="run"><h2>Run</h2><table class=kv><tbody>{body}</tbody></table></section>'
 
 
+class _Figures:
+    """The page's embedded figures by key (``svg:BASE64`` or ``png:BASE64``)."""
+
+    def __init__(self, figures: dict[str, str]) -> None:
+        self.figures = figures
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.figures
+
+    def img(self, key: str, alt: str) -> str:
+        if key not in self.figures:
+            return ""
+        kind, _, data = self.figures[key].partition(":")
+        mime = "image/svg+xml" if kind == "svg" else "image/png"
+        return f'<figure id="fig-{key}"><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"></figure>'
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;"
+    "font-size:15px;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}"
+    "td:first-child{text-align:left}img{max-width:100%;height:auto}figure{margin:.8em 0}.meta{color:#666}"
+    "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5}"
+    "table.kv th{text-align:left;white-space:nowrap}td.l{text-align:left}"
+)
+
+
 def render_html(
     analysis: RunAnalysis,
     figures: dict[str, str],
@@ -471,63 +498,59 @@ def render_html(
     engine: tuple[str, Calibration] | None = None,
 ) -> str:
     """The report page: tables from ``analysis``; figures embedded (SVG charts, PNG image grids);
-    ``engine``: the exit rule and calibration written for ``predict`` and the engine."""
-    cal = analysis.calibrated
-    o = analysis.overthinking
-    c = analysis.confusion
-    ref: ReferenceProtocol = analysis.reference
-    names = [p.output for p in analysis.outputs]
-    k = len(names)
-
-    def img(key: str, alt: str) -> str:
-        if key not in figures:
-            return ""
-        kind, _, data = figures[key].partition(":")
-        mime = "image/svg+xml" if kind == "svg" else "image/png"
-        return f'<figure id="fig-{key}"><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"></figure>'
-
-    budget = ""
-    if analysis.calibrated_budget is not None:
-        b = analysis.calibrated_budget
-        budget = f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>" + _table(
-            ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", "exits per output"],
-            _calibration_rows(b, analysis.per_ic_budget),
-        )
-    used = ""
-    if engine is not None:
-        rule, ec = engine
-        kind = "one threshold per IC" if ec.thresholds is not None else "one threshold for every IC"
-        used = (
-            f"<p><b>What <code>predict</code> and the engine use</b> (<code>calibration.json</code>): the "
-            f"{html.escape(rule)} rule, {kind}: {html.escape(_thresholds_text(ec))}; validation "
-            f"{_pct(ec.val.accuracy)} at {100 * ec.val.relative_cost:.1f}% of the CNN's cost"
-            + (f", test {_pct(ec.test.accuracy)} at {100 * ec.test.relative_cost:.1f}%" if ec.test else "")
-            + "."
-        )
-        cv = ec.cross_validation
-        if cv and "per_ic" in cv:
-            used += (
-                f" Chosen by {cv['folds']}-fold cross-validation on the validation split (thresholds fitted on four "
-                "folds, exits measured on the fifth, pooled): one threshold "
-                f"{_pct(cv['single']['accuracy'])} at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
-                f"{_pct(cv['per_ic']['accuracy'])} at {100 * cv['per_ic']['relative_cost']:.1f}%."
-            )
-        elif cv:
-            used += f" One threshold: {html.escape(str(cv.get('reason')))} to cross-validate per-IC thresholds."
-        used += "</p>"
-    per = o.destructive_per_ic
-    exit_head = "exits per output (" + ", ".join(names[:-1] + ["no IC exit"]) + ")"
+    ``engine``: the exit rule and calibration written for ``predict`` and the engine. One function
+    per section below."""
+    fig = _Figures(figures)
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class=meta>{html.escape(meta_line)}</p>",
         _run_section(run_meta),
         (
             '<section id="training"><h2>Training</h2>'
-            + img("training", "validation accuracy and loss per epoch")
+            + fig.img("training", "validation accuracy and loss per epoch")
             + "</section>"
         )
-        if "training" in figures
+        if "training" in fig
         else "",
+        _outputs_section(analysis),
+    ]
+    if analysis.num_outputs == 1:
+        sections.append(
+            '<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
+            "so there is nothing to exit early from and no overthinking to measure. Turn it into an SDN "
+            "by training its ICs on this run (the <code>ic-only</code> training mode) and analyze that "
+            "run.</p></section>"
+        )
+    else:
+        sections += [
+            _early_exit_section(analysis, fig, engine),
+            _overthinking_section(analysis, fig),
+            _confusion_section(analysis.confusion, fig),
+        ]
+    sections.append(
+        '<section id="calibration"><h2>Are the confidences calibrated?</h2><p>Reliability diagram of every output '
+        "on the test split (15 equal-width confidence bins) and its expected calibration error (ECE): early exits "
+        "trust these confidences.</p>" + fig.img("reliability", "reliability diagrams") + "</section>"
+    )
+    if analysis.rules is not None:
+        sections.append(_rules_section(analysis, fig))
+    if classes is not None and len(classes) <= 200:
+        sections.append(_classes_section(analysis, classes))
+    sections += list(extra_sections)
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
+    )
+
+
+def _exit_head(analysis: RunAnalysis) -> str:
+    names = [p.output for p in analysis.outputs]
+    return "exits per output (" + ", ".join(names[:-1] + ["no IC exit"]) + ")"
+
+
+def _outputs_section(analysis: RunAnalysis) -> str:
+    return (
         '<section id="outputs"><h2>Outputs</h2>'
         + _table(
             ["output", "GFLOPs (cumulative)", "cost / CNN", "val accuracy", "test accuracy", "ECE (test)"],
@@ -543,183 +566,182 @@ def render_html(
                 for p, r in zip(analysis.outputs, analysis.reliability)
             ],
         )
-        + "</section>",
-    ]
-    if k == 1:
-        sections.append(
-            '<section id="early-exit"><h2>Early exits</h2><p>This is a plain CNN: it has one output, '
-            "so there is nothing to exit early from and no overthinking to measure. Turn it into an SDN "
-            "by training its ICs on this run (the <code>ic-only</code> training mode) and analyze that "
-            "run.</p></section>"
-        )
-    else:
-        sections += [
-            '<section id="early-exit"><h2>Early exits</h2>'
-            f"<p>Threshold calibrated on the <b>validation</b> split: the cheapest whose accuracy is within "
-            f"{100 * cal.rule.get('max_drop', 0):.1f} points of the final output's; fallback when no IC is confident: "
-            f"{html.escape(analysis.fallback)}. One threshold for every IC is the paper's; per-IC thresholds start "
-            "there and move one IC at a time on the validation split (coordinate descent, also on cost minus a "
-            "multiple of accuracy so that ICs can trade accuracy), never worse than one threshold on validation; "
-            "the test rows say whether that holds on unseen data.</p>"
-            + _table(
-                ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", exit_head],
-                _calibration_rows(cal, analysis.per_ic),
-            )
-            + budget
-            + used
-            + img("exits", "where inputs leave at the calibrated threshold")
-            + img("accuracy_cost", "accuracy against cost")
-            + img("threshold", "accuracy and cost against the threshold")
-            + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
-            + _table(
-                ["threshold", "test accuracy", "cost / CNN"],
-                [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows],
-            )
-            + f"<p>Chosen on the test set: q = {ref.chosen_threshold}.</p></section>",
-            '<section id="overthinking"><h2>Overthinking</h2>'
-            f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
-            f"by some IC before the final output (wasteful overthinking). An oracle that stops each input at the first "
-            f"output that gets it right would cost {_pct(o.oracle_relative_cost)} of the CNN. "
-            f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
-            f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
-            f"{o.final_errors} errors.</p>"
-            + _table(
-                [
-                    "output",
-                    "correct",
-                    "cumulatively correct",
-                    "first correct here",
-                    "destructive (IC right, final wrong)",
-                    "IC confidence: destructive / all correct",
-                ],
-                [
-                    [
-                        names[i],
-                        o.correct[i],
-                        o.cumulative_correct[i],
-                        o.newly_correct[i],
-                        per[i].count if i < k - 1 else "",
-                        (f"{per[i].mean_confidence_destructive or 0:.3f} / {per[i].mean_confidence_correct or 0:.3f}")
-                        if i < k - 1
-                        else "",
-                    ]
-                    for i in range(k)
-                ],
-            )
-            + img("overthinking", "correct per output")
-            + img("destructive", "destructive overthinking")
-            + "<h3>Inputs first classified correctly at each output (simple to complex)</h3>"
-            + img("first_correct", "first correct")
-            + "<h3>Inputs only the first IC gets right</h3>"
-            + (img("only_first", "only the first IC") if "only_first" in figures else "<p>None in the test split.</p>")
-            + "</section>",
-        ]
-    sections += (
-        []
-        if k == 1
-        else [
-            '<section id="confusion"><h2>Confusion</h2>'
-            f"<p>Confusion of an input: the sum over outputs of the L1 distance between its softmax and the final's, "
-            f"normalised by the {html.escape(c.normalisation['from'])} (mean {c.normalisation['mean']:.4f}, "
-            f"std {c.normalisation['std']:.4f}). How well each score separates the final output's errors:</p>"
-            + _table(
-                [
-                    "score",
-                    "AUROC for errors",
-                    "mean on correct",
-                    "mean on wrong",
-                    "wrong beyond correct mean",
-                    "correct beyond wrong mean",
-                ],
-                [
-                    [
-                        name,
-                        "n/a" if s.auroc is None else f"{s.auroc:.4f}",
-                        "n/a" if s.mean_correct is None else f"{s.mean_correct:.4f}",
-                        "n/a" if s.mean_wrong is None else f"{s.mean_wrong:.4f}",
-                        s.wrong_beyond_correct_mean,
-                        s.correct_beyond_wrong_mean,
-                    ]
-                    for name, s in (("SDN confusion", c.confusion), ("final max softmax", c.confidence))
-                ],
-            )
-            + img("confusion", "confusion histograms")
-            + "</section>"
-        ]
+        + "</section>"
     )
-    sections += [
-        '<section id="calibration"><h2>Are the confidences calibrated?</h2><p>Reliability diagram of every output '
-        "on the test split (15 equal-width confidence bins) and its expected calibration error (ECE): early exits "
-        "trust these confidences.</p>" + img("reliability", "reliability diagrams") + "</section>",
-    ]
-    if analysis.rules is not None:
-        rc = analysis.rules
-        sections.append(
-            '<section id="rules"><h2>Exit rules compared</h2><p>Each rule exits at the first IC whose score reaches '
-            "the threshold: max softmax; certainty 1 - H/log C (entropy); patience:k, k consecutive ICs agreeing. "
-            "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). Each "
-            f"threshold is chosen on the validation split (cheapest within {100 * cal.rule.get('max_drop', 0):.1f} "
-            "points of the final output) and reported on the test split.</p>"
-            + _table(
-                [
-                    "rule",
-                    "threshold",
-                    "val accuracy",
-                    "val cost",
-                    "test accuracy",
-                    "test cost",
-                    exit_head.replace("exits per output", "test exits"),
-                ],
-                [
-                    [
-                        r.rule.label,
-                        f"{r.calibration.threshold:.4g}",
-                        _pct(r.calibration.val.accuracy),
-                        f"{100 * r.calibration.val.relative_cost:.1f}%",
-                        _pct(r.calibration.test.accuracy),
-                        f"{100 * r.calibration.test.relative_cost:.1f}%",
-                        " ".join(map(str, r.calibration.test.exit_counts)),
-                    ]
-                    for r in rc.results
-                ],
-            )
-            + img("rules", "accuracy against cost of every exit rule")
-            + "<h3>Temperature scaling</h3>"
-            + _table(
-                ["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"],
-                [
-                    [names[i], f"{rc.temperatures[i]:.3f}", f"{rc.ece_before[i]:.4f}", f"{rc.ece_after[i]:.4f}"]
-                    for i in range(k)
-                ],
-            )
-            + "</section>"
-        )
-    if classes is not None and len(classes) <= 200:
-        pc = analysis.per_class
-        sections.append(
-            '<section id="classes"><h2>Accuracy per class (test)</h2>'
-            + _table(
-                ["class", "inputs", "final output", f"early exits (q={cal.threshold:.3g})" if k > 1 else "—"],
-                [
-                    [classes[i], pc.counts[i], _pct(pc.final[i]), _pct(pc.early_exit[i]) if k > 1 else ""]
-                    for i in range(len(classes))
-                ],
-            )
-            + "</section>"
-        )
-    sections += list(extra_sections)
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;"
-        "font-size:15px;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
-        "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}"
-        "td:first-child{text-align:left}img{max-width:100%;height:auto}figure{margin:.8em 0}.meta{color:#666}"
-        "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5}"
-        "table.kv th{text-align:left;white-space:nowrap}td.l{text-align:left}"
+
+
+def _budget_table(analysis: RunAnalysis) -> str:
+    b = analysis.calibrated_budget
+    if b is None:
+        return ""
+    return f"<h3>Most accurate within a cost budget of {100 * b.rule['budget']:.1f}% of the CNN</h3>" + _table(
+        ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", "exits per output"],
+        _calibration_rows(b, analysis.per_ic_budget),
     )
+
+
+def _engine_paragraph(engine: tuple[str, Calibration] | None) -> str:
+    """What ``predict`` and the engine use, and how cross-validation chose it."""
+    if engine is None:
+        return ""
+    rule, ec = engine
+    kind = "one threshold per IC" if ec.thresholds is not None else "one threshold for every IC"
+    used = (
+        f"<p><b>What <code>predict</code> and the engine use</b> (<code>calibration.json</code>): the "
+        f"{html.escape(rule)} rule, {kind}: {html.escape(_thresholds_text(ec))}; validation "
+        f"{_pct(ec.val.accuracy)} at {100 * ec.val.relative_cost:.1f}% of the CNN's cost"
+        + (f", test {_pct(ec.test.accuracy)} at {100 * ec.test.relative_cost:.1f}%" if ec.test else "")
+        + "."
+    )
+    cv = ec.cross_validation
+    if cv and "per_ic" in cv:
+        used += (
+            f" Chosen by {cv['folds']}-fold cross-validation on the validation split (thresholds fitted on four "
+            "folds, exits measured on the fifth, pooled): one threshold "
+            f"{_pct(cv['single']['accuracy'])} at {100 * cv['single']['relative_cost']:.1f}%, per-IC "
+            f"{_pct(cv['per_ic']['accuracy'])} at {100 * cv['per_ic']['relative_cost']:.1f}%."
+        )
+    elif cv:
+        used += f" One threshold: {html.escape(str(cv.get('reason')))} to cross-validate per-IC thresholds."
+    return used + "</p>"
+
+
+def _early_exit_section(analysis: RunAnalysis, fig: _Figures, engine: tuple[str, Calibration] | None) -> str:
+    cal, ref = analysis.calibrated, analysis.reference
     return (
-        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
+        '<section id="early-exit"><h2>Early exits</h2>'
+        f"<p>Threshold calibrated on the <b>validation</b> split: the cheapest whose accuracy is within "
+        f"{100 * cal.rule.get('max_drop', 0):.1f} points of the final output's; fallback when no IC is confident: "
+        f"{html.escape(analysis.fallback)}. One threshold for every IC is the paper's; per-IC thresholds start "
+        "there and move one IC at a time on the validation split (coordinate descent, also on cost minus a "
+        "multiple of accuracy so that ICs can trade accuracy), never worse than one threshold on validation; "
+        "the test rows say whether that holds on unseen data.</p>"
+        + _table(
+            ["", "threshold(s)", "accuracy", "final output alone", "cost / CNN", _exit_head(analysis)],
+            _calibration_rows(cal, analysis.per_ic),
+        )
+        + _budget_table(analysis)
+        + _engine_paragraph(engine)
+        + fig.img("exits", "where inputs leave at the calibrated threshold")
+        + fig.img("accuracy_cost", "accuracy against cost")
+        + fig.img("threshold", "accuracy and cost against the threshold")
+        + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
+        + _table(
+            ["threshold", "test accuracy", "cost / CNN"],
+            [[r["threshold"], _pct(r["accuracy"]), f"{100 * r['relative_cost']:.1f}%"] for r in ref.rows],
+        )
+        + f"<p>Chosen on the test set: q = {ref.chosen_threshold}.</p></section>"
+    )
+
+
+def _overthinking_section(analysis: RunAnalysis, fig: _Figures) -> str:
+    o, names = analysis.overthinking, [p.output for p in analysis.outputs]
+    per, k = o.destructive_per_ic, len(names)
+    rows = [
+        [
+            names[i],
+            o.correct[i],
+            o.cumulative_correct[i],
+            o.newly_correct[i],
+            per[i].count if i < k - 1 else "",
+            (f"{per[i].mean_confidence_destructive or 0:.3f} / {per[i].mean_confidence_correct or 0:.3f}")
+            if i < k - 1
+            else "",
+        ]
+        for i in range(k)
+    ]
+    head = ["output", "correct", "cumulatively correct", "first correct here"]
+    head += ["destructive (IC right, final wrong)", "IC confidence: destructive / all correct"]
+    return (
+        '<section id="overthinking"><h2>Overthinking</h2>'
+        f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
+        f"by some IC before the final output (wasteful overthinking). An oracle that stops each input at the first "
+        f"output that gets it right would cost {_pct(o.oracle_relative_cost)} of the CNN. "
+        f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
+        f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
+        f"{o.final_errors} errors.</p>"
+        + _table(head, rows)
+        + fig.img("overthinking", "correct per output")
+        + fig.img("destructive", "destructive overthinking")
+        + "<h3>Inputs first classified correctly at each output (simple to complex)</h3>"
+        + fig.img("first_correct", "first correct")
+        + "<h3>Inputs only the first IC gets right</h3>"
+        + (fig.img("only_first", "only the first IC") if "only_first" in fig else "<p>None in the test split.</p>")
+        + "</section>"
+    )
+
+
+def _confusion_section(c: Confusion, fig: _Figures) -> str:
+    head = ["score", "AUROC for errors", "mean on correct", "mean on wrong"]
+    head += ["wrong beyond correct mean", "correct beyond wrong mean"]
+    rows = [
+        [
+            name,
+            "n/a" if s.auroc is None else f"{s.auroc:.4f}",
+            "n/a" if s.mean_correct is None else f"{s.mean_correct:.4f}",
+            "n/a" if s.mean_wrong is None else f"{s.mean_wrong:.4f}",
+            s.wrong_beyond_correct_mean,
+            s.correct_beyond_wrong_mean,
+        ]
+        for name, s in (("SDN confusion", c.confusion), ("final max softmax", c.confidence))
+    ]
+    return (
+        '<section id="confusion"><h2>Confusion</h2>'
+        f"<p>Confusion of an input: the sum over outputs of the L1 distance between its softmax and the final's, "
+        f"normalised by the {html.escape(c.normalisation['from'])} (mean {c.normalisation['mean']:.4f}, "
+        f"std {c.normalisation['std']:.4f}). How well each score separates the final output's errors:</p>"
+        + _table(head, rows)
+        + fig.img("confusion", "confusion histograms")
+        + "</section>"
+    )
+
+
+def _rules_section(analysis: RunAnalysis, fig: _Figures) -> str:
+    rc, cal, names = analysis.rules, analysis.calibrated, [p.output for p in analysis.outputs]
+    head = ["rule", "threshold", "val accuracy", "val cost", "test accuracy", "test cost"]
+    head.append(_exit_head(analysis).replace("exits per output", "test exits"))
+    rows = [
+        [
+            r.rule.label,
+            f"{r.calibration.threshold:.4g}",
+            _pct(r.calibration.val.accuracy),
+            f"{100 * r.calibration.val.relative_cost:.1f}%",
+            _pct(r.calibration.test.accuracy),
+            f"{100 * r.calibration.test.relative_cost:.1f}%",
+            " ".join(map(str, r.calibration.test.exit_counts)),
+        ]
+        for r in rc.results
+    ]
+    temps = [
+        [names[i], f"{rc.temperatures[i]:.3f}", f"{rc.ece_before[i]:.4f}", f"{rc.ece_after[i]:.4f}"]
+        for i in range(len(names))
+    ]
+    return (
+        '<section id="rules"><h2>Exit rules compared</h2><p>Each rule exits at the first IC whose score reaches '
+        "the threshold: max softmax; certainty 1 - H/log C (entropy); patience:k, k consecutive ICs agreeing. "
+        "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). Each "
+        f"threshold is chosen on the validation split (cheapest within {100 * cal.rule.get('max_drop', 0):.1f} "
+        "points of the final output) and reported on the test split.</p>"
+        + _table(head, rows)
+        + fig.img("rules", "accuracy against cost of every exit rule")
+        + "<h3>Temperature scaling</h3>"
+        + _table(["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"], temps)
+        + "</section>"
+    )
+
+
+def _classes_section(analysis: RunAnalysis, classes: list[str]) -> str:
+    pc, cal, k = analysis.per_class, analysis.calibrated, analysis.num_outputs
+    return (
+        '<section id="classes"><h2>Accuracy per class (test)</h2>'
+        + _table(
+            ["class", "inputs", "final output", f"early exits (q={cal.threshold:.3g})" if k > 1 else "—"],
+            [
+                [classes[i], pc.counts[i], _pct(pc.final[i]), _pct(pc.early_exit[i]) if k > 1 else ""]
+                for i in range(len(classes))
+            ],
+        )
+        + "</section>"
     )
 
 

@@ -95,9 +95,65 @@ def reproduce(
     run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
     only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
     from . import report
-    from .models import list_archs
+    from .distributed import join
 
     started = time.perf_counter()
+    out = Path(out)
+    epochs = _checked_request(data, out, archs, stages, epochs)
+    # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
+    place, dev = join(str(pick_device(device)))
+    if not place.main:
+        log, progress = None, False
+    out.mkdir(parents=True, exist_ok=True)
+    note = "thresholds chosen on the validation split, reported on the test split"
+    result: dict[str, Any] = {"data": data, "device": dev, "epochs": epochs, "rows": []}
+    result |= {"paper_claims": PAPER_CLAIMS, "note": note}
+
+    publish = _publisher(out, result, started)
+    common = {"data": data, "data_root": data_root, "image_size": image_size, "device": device}
+    common |= {"precision": precision, "compile": compile, "seed": seed}
+    # the stages this call trains anew get their steps compiled in a background process, in training
+    # order, and each trains eagerly until its step is in the compiler's cache (one process on one
+    # GPU; under torchrun no stage compiles by default)
+    plan = [] if place.enabled or not compiles_beside(dev) else _compile_ahead_plan(out, archs, stages, epochs, common)
+    beside = CompiledBeside(plan, log)
+    try:
+        for arch in archs:
+            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
+            after = _analysis_beside("sdn" in stages, out / arch / "sdn", dev, place.enabled)
+            _run_stages(one, stages, epochs, {"arch": arch, **common}, after)
+    finally:
+        compiled = beside.finish()
+        if compiled is not None:
+            result["compiled_ahead"] = compiled
+    if place.main:
+        publish()
+    if log is not None:
+        log(report.reproduction_markdown(result))
+    return result
+
+
+def _publisher(out: Path, result: dict[str, Any], started: float) -> Callable[[], None]:
+    """Writes the table so far (after every analysis, so a killed reproduction still leaves it)."""
+    from . import report
+    from .core.io import write_bytes, write_json
+
+    def publish() -> None:
+        result["call_seconds"] = time.perf_counter() - started
+        write_json(out / "reproduction.json", result)
+        write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
+        write_bytes(out / "index.html", report.reproduction_html(result).encode())
+
+    return publish
+
+
+def _checked_request(
+    data: str, out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int] | None
+) -> dict[str, int]:
+    """Every argument checked before any folder is made; the epochs of every stage."""
+    from .data import parse_data_name
+    from .models import list_archs
+
     if not archs:
         raise ArgumentError("`archs` names no architecture: give at least one")
     for a in archs:
@@ -112,10 +168,7 @@ def reproduce(
     for stage, n in epochs.items():
         if not (isinstance(n, int) and n >= 1):
             raise ArgumentError(f"the {stage} stage needs at least one epoch, got {n}")
-    from .data import parse_data_name
-
     parse_data_name(data)  # an unknown data set is refused before any folder is made
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     if "ic-only" in stages and "cnn" not in stages:
@@ -124,90 +177,31 @@ def reproduce(
                 raise ArgumentError(
                     f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: add the cnn stage to `stages`"
                 )
-    from .distributed import join
+    return epochs
 
-    # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
-    place, dev = join(str(pick_device(device)))
-    if not place.main:
-        log, progress = None, False
-    out.mkdir(parents=True, exist_ok=True)
-    from .core.io import write_bytes, write_json
 
-    result: dict[str, Any] = {
-        "data": data,
-        "device": dev,
-        "epochs": epochs,
-        "rows": [],
-        "paper_claims": PAPER_CLAIMS,
-        "note": "thresholds chosen on the validation split, reported on the test split",
-    }
-
-    def publish() -> None:  # after every analysis, so a killed reproduction still leaves its table so far
-        result["call_seconds"] = time.perf_counter() - started
-        write_json(out / "reproduction.json", result)
-        write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
-        write_bytes(out / "index.html", report.reproduction_html(result).encode())
-
-    # the stages this call trains anew get their steps compiled in a background process, in training
-    # order, and each trains eagerly until its step is in the compiler's cache (one process on one
-    # GPU; under torchrun no stage compiles by default)
-    common_cfg = {
-        "data": data,
-        "data_root": data_root,
-        "image_size": image_size,
-        "device": device,
-        "precision": precision,
-        "compile": compile,
-        "seed": seed,
-    }
-    beside = CompiledBeside(
-        []
-        if place.enabled or not compiles_beside(dev)
-        else _compile_ahead_plan(out, archs, stages, epochs, common_cfg),
-        log,
-    )
-
-    try:
-        for arch in archs:
-            common = {"arch": arch, **common_cfg}
-            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
-            # the IC-only SDN is analyzed before the SDN from scratch trains: the paper's central results
-            # (overthinking, early exits of a trained CNN) exist even if the last stage is cut short
-            if "cnn" in stages:
-                one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
-            if "ic-only" in stages:
-                one.train(
-                    "ic-only",
-                    {
-                        "mode": "ic-only",
-                        "from_run": str(out / arch / "cnn"),
-                        "seed": seed,
-                        "epochs": epochs["ic-only"],
-                        "device": device,
-                        "precision": precision,
-                        "compile": compile,
-                    },
-                )
-                one.analyze(
-                    "ic-only", beside_next=_analysis_beside("sdn" in stages, out / arch / "sdn", dev, place.enabled)
-                )
-            if "sdn" in stages:
-                try:
-                    one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
-                except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
-                    one.wait_background()
-                    raise
-                one.finish_background()
-                one.analyze("sdn")
-    finally:
-        compiled = beside.finish()
-        if compiled is not None:
-            result["compiled_ahead"] = compiled
-    if place.main:
-        publish()
-    if log is not None:
-        log(report.reproduction_markdown(result))
-    return result
+def _run_stages(
+    one: _ArchStages, stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any], beside_next: Any
+) -> None:
+    """One architecture's stages in order. The IC-only SDN is analyzed before the SDN from scratch
+    trains: the paper's central results (overthinking, early exits of a trained CNN) exist even if
+    the last stage is cut short."""
+    if "cnn" in stages:
+        one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
+    if "ic-only" in stages:
+        keep = ("seed", "device", "precision", "compile")
+        cnn_run = str(one.base / "cnn")
+        cfg = {"mode": "ic-only", "from_run": cnn_run, "epochs": epochs["ic-only"]} | {k: common[k] for k in keep}
+        one.train("ic-only", cfg)
+        one.analyze("ic-only", beside_next=beside_next)
+    if "sdn" in stages:
+        try:
+            one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
+        except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
+            one.wait_background()
+            raise
+        one.finish_background()
+        one.analyze("sdn")
 
 
 class _ArchStages:
@@ -257,7 +251,7 @@ class _ArchStages:
             self.pending.append((kind, here, _analysis_process(run, here, self.dev)))
             return
         if json_path is None:
-            _, json_path = analyze_run(run, device=self.dev, log=self.log)
+            json_path = analyze_run(run, device=self.dev, log=self.log).json
             self.seconds[f"analyze {kind}"] = time.perf_counter() - t0
         else:  # analyzed by an earlier call: its time, as it was measured then
             rep = read_json(json_path)
@@ -283,7 +277,7 @@ class _ArchStages:
             if json_path is None:
                 if self.log is not None:
                     self.log(f"the background analysis of {self.base / kind} failed ({why}): analyzing it here")
-                _, json_path = analyze_run(self.base / kind, device=self.dev, log=self.log)
+                json_path = analyze_run(self.base / kind, device=self.dev, log=self.log).json
             else:
                 self.in_background[f"analyze {kind}"] = float(read_json(json_path)["wall_seconds"])
             self.seconds[f"analyze {kind}"] = here + time.perf_counter() - t0  # the part the pipeline waited for
@@ -361,7 +355,7 @@ def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu
     as a reproduction's background process runs it; ``report.json`` also records
     ``pipeline_seconds``, what the pipeline spent on this analysis itself (starting it), so that a
     later call keeping this analysis counts that part, not the background time, in the table's total."""
-    _, json_path = analyze_run(run, device=device)
+    json_path = analyze_run(run, device=device).json
     rep = read_json(json_path)
     rep["pipeline_seconds"] = float(pipeline_seconds)
     RunFolder(run).write_json(json_path, rep)

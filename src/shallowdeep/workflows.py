@@ -10,23 +10,37 @@ import base64
 import inspect
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .analysis import analyze, backdoor_figures, rule_calibration
+from . import distributed
+from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, RunAnalysis, analyze
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import read_json
+from .core.stopwatch import Stopwatch
+from .data import Dataset
 from .devices import pick_device
-from .runs import RunFolder, TrainConfig, backdoor_of, run_data, run_records, save_calibration
+from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.precompile import CompiledBeside, compiles_beside
 from .runs.weights import load
 
 Log = Callable[[str], None] | None
 # the splits an analysis collects records of (and, for a backdoored run, the triggered test split)
 ANALYZED_SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class AnalyzedRun:
+    """What :func:`analyze_run` made: the report's page and JSON, and the typed analysis they show
+    (``None`` on a torchrun rank that only helped collect the records)."""
+
+    html: Path
+    json: Path
+    analysis: RunAnalysis | None
 
 
 def analyze_run(
@@ -41,151 +55,89 @@ def analyze_run(
     rule: str = "max_softmax",
     thresholds: str = "auto",
     log: Log = None,
-) -> tuple[Path, Path]:
-    """Collect (or reuse) a run's records, analyze them, write the engine's ``calibration.json``
-    (SDN runs) and the report (``report.html`` and ``report.json``); return the report's paths.
-
-    ``thresholds``: ``"per_ic"`` (the engine gets one threshold per IC, chosen on validation),
-    ``"single"`` (one threshold for every IC, the paper's) or ``"auto"`` (per-IC if cross-validation
-    on the validation split says they beat the single threshold on held-out inputs)."""
-    from . import report
-    from .core.exit_rule import check_fallback
-
+) -> AnalyzedRun:
+    """Collect (or reuse) a run's records, analyze them (:func:`~shallowdeep.analysis.analyze`,
+    options as :class:`~shallowdeep.analysis.AnalysisOptions`), write the engine's
+    ``calibration.json`` (SDN runs) and the report (``report.html`` and ``report.json``)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
-    check_fallback(fallback)
-    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 1):  # NaN fails too
-        raise ArgumentError(f"`max_drop` is an accuracy drop in [0, 1], got {max_drop}")
-    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < float("inf")):
-        raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {budget}")
-    if thresholds not in ("auto", "per_ic", "single"):
-        raise ArgumentError(
-            f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {thresholds!r}"
-        )
+    compared = tuple(rules) if rules is not None else DEFAULT_RULES
+    options = AnalysisOptions(max_drop, budget, fallback, compared, rule, thresholds)
     pick_device(str(device))  # a device that does not exist: one line now, not PyTorch's error mid-collection
-    from .analysis import compare_rules
-
-    options, chosen_rule, compared = _analysis_options(max_drop, budget, fallback, rules, rule, thresholds)
     folder = RunFolder(run)
     meta = folder.meta()
-    is_sdn = meta.model.kind == "sdn"
     out = Path(out) if out else folder.report
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     # where the analysis's time went (report.json's time_parts): the data set, the records (collected
-    # or read from the cache), the analyses, the figures and the page with what it embeds
-    parts: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(part: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        parts[part] = now - clock
-        clock = now
-
+    # or read from the cache), the analyses, the engine's calibration, the figures, the page
+    clock = Stopwatch()
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
-    from .distributed import current
-
-    lap("data")
+    clock.lap("data")
     records = run_records(run, splits, data=data, device=device, log=log)
-    lap("records")
-    if not current().main:  # under torchrun the other ranks helped collect; rank 0 analyzes and writes
-        return out / "report.html", out / "report.json"
+    clock.lap("records")
+    if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
+        return AnalyzedRun(out / "report.html", out / "report.json", None)
     if log is not None:
         log("analyzing the records and drawing the report")
-    analysis = analyze(records, max_drop=max_drop, budget=budget, fallback=fallback)
-    from dataclasses import replace
+    spec = BackdoorSpec(backdoor.target, backdoor.to_json()) if backdoor is not None else None
+    analysis = analyze(records, options, backdoor=spec, clock=clock)
+    page, result = _report_page(folder, meta, analysis, records, data, clock)
+    if analysis.engine is not None:  # the engine's rule, chosen on the validation split, tied to these weights
+        sha = str(records["test"].meta.get("weights_sha256"))
+        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule)
+    clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
+    # what this report was made from and with, so a reproduction run again can keep it
+    result |= {
+        "weights_sha256": meta.weights_sha256,
+        "options": options.to_json(),
+        "wall_seconds": time.perf_counter() - started,
+        "time_parts": clock.parts,
+    }
+    _write_report(folder, out, result, page)
+    if log is not None:
+        laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
+        log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
+    return AnalyzedRun(out / "report.html", out / "report.json", analysis)
 
-    if is_sdn:
-        # the rules are compared at the max-drop operating point (a budget may be out of reach of patience)
-        analysis = replace(
-            analysis,
-            rules=compare_rules(records["val"], records["test"], compared, max_drop=max_drop, fallback=fallback),
-        )
-    if backdoor is not None:
-        analysis = replace(
-            analysis,
-            backdoor=backdoor_figures(
-                records["test"],
-                records["test+trigger"],
-                backdoor.target,
-                backdoor.to_json(),
-                analysis.calibrated.threshold if is_sdn else None,
-                fallback,
-            ),
-        )
-    lap("analyses")
-    cfg = meta.config
-    test = records["test"]
+
+def _report_page(
+    folder: RunFolder,
+    meta: RunMeta,
+    analysis: RunAnalysis,
+    records: dict[str, ExitRecord],
+    data: Dataset,
+    clock: Stopwatch,
+) -> tuple[str, dict[str, Any]]:
+    """The report's HTML and report.json's body (the analysis, the example images' ids, a kept explanation)."""
+    from . import report
+
+    cfg, test = meta.config, records["test"]
     meta_line = (
         f"{cfg.arch} trained in mode {cfg.mode} on {cfg.data}; {test.num_inputs} test, "
         f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
-        f"{parts['analyses']:.2f}s"
+        f"{clock.parts['analyses']:.2f}s"
     )
     classes = data.meta.get("class_names", data.classes)
     figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.epochs)
-    lap("figures")
-    result: dict[str, Any] = {
-        "run": str(folder.path.resolve()),
-        "arch": cfg.arch,
-        "data": cfg.data,
-        "mode": cfg.mode,
-        "meta_line": meta_line,
-        **analysis.to_json(),
-    }
+    clock.lap("figures")
+    names = [r.output for r in analysis.outputs]
     o = analysis.overthinking
+    result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.arch, "data": cfg.data, "mode": cfg.mode}
+    result |= {"meta_line": meta_line, **analysis.to_json()}
     result["images"] = {
-        "first_correct": {
-            n: [int(test.ids[i]) for i in idx]
-            for n, idx in zip([r.output for r in analysis.outputs], o.examples_first_correct)
-        },
+        "first_correct": {n: [int(test.ids[i]) for i in idx] for n, idx in zip(names, o.examples_first_correct)},
         "only_first_ic": [int(test.ids[i]) for i in o.examples_only_first],
         "note": "test-split ids (positions in the data set's test split)",
     }
-    extra = []
-    if analysis.backdoor is not None:
-        extra.append(report.backdoor_section(analysis.backdoor, [r.output for r in analysis.outputs], classes))
-    explain_json, explain_png = folder.explain / "explain.json", folder.explain / "explanations.png"
-    if explain_json.is_file() and explain_png.is_file():
-        ex = read_json(explain_json)
-        try:
-            extra.append(
-                report.explanations_section(
-                    int(ex["count_total"]),
-                    str(ex["split"]),
-                    len(ex["inputs"]),
-                    base64.b64encode(explain_png.read_bytes()).decode(),
-                )
-            )
-            result["explanations"] = ex
-        except (KeyError, TypeError, ValueError):
-            raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
-    chosen = None
-    if is_sdn:  # the engine's thresholds: chosen on the validation split, tied to these weights;
-        # with a budget, the operating point asked for is the budget's (the max-drop one stays in the report)
-        per_ic = {"auto": "auto", "per_ic": True, "single": False}[thresholds]
-        temps = analysis.rules.temperatures if chosen_rule.temperature else None
-        # max_softmax honours a budget; another rule is calibrated at the max-drop point (a budget may be out
-        # of patience's reach)
-        goal = {"budget": budget} if budget is not None and chosen_rule.label == "max_softmax" else {}
-        chosen = rule_calibration(
-            records["val"],
-            records["test"],
-            chosen_rule,
-            np.asarray(temps) if temps else None,
-            max_drop=max_drop,
-            fallback=fallback,
-            per_ic=per_ic,
-            **goal,
-        )
-        result["early_exit"]["engine"] = {
-            "rule": chosen_rule.label,
-            "thresholds": thresholds,
-            "calibration": chosen.to_json(),
-        }
-        lap("calibration")  # the engine's thresholds (per-IC ones are cross-validated)
+    extra = [report.backdoor_section(analysis.backdoor, names, classes)] if analysis.backdoor is not None else []
+    explained = _kept_explanation(folder)
+    if explained is not None:
+        extra.append(explained[0])
+        result["explanations"] = explained[1]
+    engine = analysis.engine
     page = report.render_html(
         analysis,
         figures,
@@ -194,63 +146,48 @@ def analyze_run(
         extra,
         run_meta=meta,
         classes=list(classes),
-        engine=(chosen_rule.label, chosen) if chosen is not None else None,
+        engine=(engine.rule.label, engine.calibration) if engine is not None else None,
     )
-    if is_sdn:
-        engine_rule = chosen_rule.calibrated(chosen.exit_thresholds, temps, fallback)
-        save_calibration(run, chosen, str(test.meta.get("weights_sha256")), engine_rule)
-    lap("page")  # the HTML (figures embedded), the engine's calibration.json
-    # what this report was made from and with, so a reproduction run again can keep it
-    result |= {
-        "weights_sha256": meta.weights_sha256,
-        "options": options,
-        "wall_seconds": time.perf_counter() - started,
-        "time_parts": parts,
-    }
+    return page, result
+
+
+def _kept_explanation(folder: RunFolder) -> tuple[str, dict[str, Any]] | None:
+    """The report section of the run's explanations (``explain``) and their JSON, if they are there."""
+    from . import report
+
+    explain_json, explain_png = folder.explain / "explain.json", folder.explain / "explanations.png"
+    if not (explain_json.is_file() and explain_png.is_file()):
+        return None
+    ex = read_json(explain_json)
+    try:
+        picture = base64.b64encode(explain_png.read_bytes()).decode()
+        return report.explanations_section(int(ex["count_total"]), str(ex["split"]), len(ex["inputs"]), picture), ex
+    except (KeyError, TypeError, ValueError):
+        raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
+
+
+def _write_report(folder: RunFolder, out: Path, result: dict[str, Any], page: str) -> None:
+    """report.json and report.html: in the run (through its link checks) or in a folder of the user's."""
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)
         folder.write_bytes(out / "report.html", page.encode())
-    else:
-        from .core.io import write_bytes, write_json
+        return
+    from .core.io import write_bytes, write_json
 
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "report.json", result)
-        write_bytes(out / "report.html", page.encode())
-    if log is not None:
-        log(
-            f"analyzed in {result['wall_seconds']:.1f} s ("
-            + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
-            + ")"
-        )
-    return out / "report.html", out / "report.json"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", result)
+    write_bytes(out / "report.html", page.encode())
 
 
 # analyze_run's own defaults: what `reproduce` analyzes with, read from one place
 _ANALYZE_DEFAULTS = {k: p.default for k, p in inspect.signature(analyze_run).parameters.items()}
 
 
-def _analysis_options(
-    max_drop: float, budget: float | None, fallback: str, rules: list[str] | None, rule: str, thresholds: str
-) -> tuple[dict[str, Any], Any, list[Any]]:
-    """The analysis options as recorded in report.json, the rule predict uses and the rules compared
-    (that one always among them)."""
-    from .analysis import DEFAULT_RULES
-    from .core.exit_rule import ExitRule
-
-    chosen_rule = ExitRule.parse(rule)
-    compared = [ExitRule.parse(r) for r in (rules if rules is not None else DEFAULT_RULES)]
-    if chosen_rule.label not in [r.label for r in compared]:
-        compared.append(chosen_rule)
-    options = {
-        "max_drop": max_drop,
-        "budget": budget,
-        "fallback": fallback,
-        "rules": [r.label for r in compared],
-        "rule": chosen_rule.label,
-        "thresholds": thresholds,
-    }
-    return options, chosen_rule, compared
+def _default_options() -> AnalysisOptions:
+    d = _ANALYZE_DEFAULTS
+    rules = tuple(d["rules"]) if d["rules"] is not None else DEFAULT_RULES
+    return AnalysisOptions(d["max_drop"], d["budget"], d["fallback"], rules, d["rule"], d["thresholds"])
 
 
 def kept_analysis(run: str | Path) -> Path | None:
@@ -264,13 +201,11 @@ def kept_analysis(run: str | Path) -> Path | None:
         rep, weights = read_json(path), folder.meta().weights_sha256
     except UserError:
         return None  # damaged: analyze again
-    d = _ANALYZE_DEFAULTS
-    defaults = _analysis_options(d["max_drop"], d["budget"], d["fallback"], d["rules"], d["rule"], d["thresholds"])[0]
     if not (
         isinstance(rep, dict)
         and weights
         and rep.get("weights_sha256") == weights
-        and rep.get("options") == defaults
+        and rep.get("options") == _default_options().to_json()
         and isinstance(rep.get("wall_seconds"), (int, float))
     ):
         return None

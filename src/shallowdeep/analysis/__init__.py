@@ -27,7 +27,7 @@ from .rules import (
     fit_temperatures,
     rule_calibration,
 )
-from .summary import RunAnalysis, analyze
+from .summary import AnalysisOptions, BackdoorSpec, EngineChoice, RunAnalysis, analyze
 
 __all__ = [
     "DEFAULT_RULES",
@@ -50,6 +50,9 @@ __all__ = [
     "OperatingPoint",
     "Overthinking",
     "ReferenceProtocol",
+    "AnalysisOptions",
+    "BackdoorSpec",
+    "EngineChoice",
     "RunAnalysis",
     "Sweep",
     "analyze",

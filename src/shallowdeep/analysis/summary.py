@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from ..core.errors import ArgumentError
+from ..core.exit_rule import ExitRule, check_fallback
 from ..core.outputs import output_names
-from .backdoor import BackdoorResult
+from ..core.stopwatch import Stopwatch
+from .backdoor import BackdoorResult, backdoor_figures
 from .confusion import Confusion, confusion
 from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, early_exit, reference_protocol, sweep
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
-from .rules import RuleComparison
+from .rules import DEFAULT_RULES, RuleComparison, compare_rules, rule_calibration
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,74 @@ class OutputRow:
     relative_cost: float
     val_accuracy: float
     test_accuracy: float
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How a run is analyzed: the accuracy drop (or the cost ``budget``) the thresholds may spend,
+    the fallback, the exit rules compared, the ``rule`` the engine runs and how its thresholds are
+    chosen (``thresholds``: ``"per_ic"`` one per IC, ``"single"`` one for every IC, the paper's;
+    ``"auto"``: per-IC if cross-validation on the validation split says they win on held-out inputs)."""
+
+    max_drop: float = 0.01
+    budget: float | None = None
+    fallback: str = "most_confident"
+    rules: tuple[str, ...] = DEFAULT_RULES
+    rule: str = "max_softmax"
+    thresholds: str = "auto"
+    # parsed once in __post_init__: the rules compared (the engine's always among them), the engine's
+    compared: tuple[ExitRule, ...] = field(init=False, repr=False, compare=False)
+    chosen: ExitRule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_fallback(self.fallback)
+        if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop <= 1):  # NaN fails too
+            raise ArgumentError(f"`max_drop` is an accuracy drop in [0, 1], got {self.max_drop}")
+        b = self.budget
+        if b is not None and not (isinstance(b, (int, float)) and 0 < b < float("inf")):
+            raise ArgumentError(f"`budget` is a cost relative to the CNN's and must be a positive number, got {b}")
+        if self.thresholds not in ("auto", "per_ic", "single"):
+            raise ArgumentError(
+                f"`thresholds` is auto, per_ic (one per IC) or single (one for all ICs), not {self.thresholds!r}"
+            )
+        chosen = ExitRule.parse(self.rule)
+        compared = [ExitRule.parse(r) for r in self.rules]
+        if chosen.label not in [r.label for r in compared]:
+            compared.append(chosen)
+        object.__setattr__(self, "chosen", chosen)
+        object.__setattr__(self, "compared", tuple(compared))
+
+    def to_json(self) -> dict[str, Any]:
+        """As report.json records them (a kept report is reused only for the same options)."""
+        return {
+            "max_drop": self.max_drop,
+            "budget": self.budget,
+            "fallback": self.fallback,
+            "rules": [r.label for r in self.compared],
+            "rule": self.chosen.label,
+            "thresholds": self.thresholds,
+        }
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What ``predict`` and ``export`` run: the calibrated rule (thresholds chosen on validation,
+    temperatures, fallback), how its thresholds were chosen, and its calibration's figures."""
+
+    rule: ExitRule
+    thresholds: str
+    calibration: Calibration
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule.label, "thresholds": self.thresholds, "calibration": self.calibration.to_json()}
+
+
+@dataclass(frozen=True)
+class BackdoorSpec:
+    """A backdoored run's trigger: the class it points to and its description (for the report)."""
+
+    target: int
+    trigger: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -46,6 +119,7 @@ class RunAnalysis:
     per_class: ClassAccuracy  # final output and early exits at the calibrated threshold, test record
     backdoor: BackdoorResult | None = None
     rules: RuleComparison | None = None
+    engine: EngineChoice | None = None  # an SDN's: the rule predict runs
 
     def to_json(self) -> dict[str, Any]:
         ee: dict[str, Any] = {
@@ -73,49 +147,109 @@ class RunAnalysis:
             d["backdoor"] = self.backdoor.to_json()
         if self.rules is not None:
             d["rules"] = self.rules.to_json()
+        if self.engine is not None:
+            ee["engine"] = self.engine.to_json()
         return d
 
 
 def analyze(
     records: dict[str, ExitRecord],
+    options: AnalysisOptions | None = None,
     *,
     max_drop: float = 0.01,
     budget: float | None = None,
     fallback: str = "most_confident",
+    backdoor: BackdoorSpec | None = None,
+    clock: Stopwatch | None = None,
 ) -> RunAnalysis:
     """Every analysis from a run's ``"train"``, ``"val"`` and ``"test"`` records (train only
-    normalises confusion). The validation sweep is computed once and shared with calibration."""
+    normalises confusion): the outputs, early exits, overthinking, confusion, reliability; for an
+    SDN the exit rules compared and the engine's rule calibrated; with ``backdoor`` (and a
+    ``"test+trigger"`` record) the backdoor's figures. ``options`` (or ``max_drop``, ``budget``,
+    ``fallback`` for the other options' defaults) say how; ``clock`` gets the ``analyses`` and the
+    engine's ``calibration`` parts."""
+    o = options if options is not None else AnalysisOptions(max_drop, budget, fallback)
     val, test = records["val"], records["test"]
-    k = test.num_outputs
-    names = output_names(k)
-    val_acc, test_acc = val.accuracy(), test.accuracy()
-    rows = [
-        OutputRow(
-            names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]), float(test_acc[i])
-        )
-        for i in range(k)
-    ]
-    curves = {"val": sweep(val, fallback=fallback), "test": sweep(test, fallback=fallback)}
-    calibrated = calibrate(val, test, max_drop=max_drop, fallback=fallback, swept=curves["val"])
+    curves = {"val": sweep(val, fallback=o.fallback), "test": sweep(test, fallback=o.fallback)}
+    calibrated = calibrate(val, test, max_drop=o.max_drop, fallback=o.fallback, swept=curves["val"])
 
     def per_ic(**goal: float) -> Calibration:
-        return calibrate(val, test, fallback=fallback, swept=curves["val"], per_ic=True, **goal)
+        return calibrate(val, test, fallback=o.fallback, swept=curves["val"], per_ic=True, **goal)
 
-    return RunAnalysis(
-        num_outputs=k,
+    def at_budget(per: bool) -> Calibration | None:
+        if o.budget is None:
+            return None
+        if per:
+            return per_ic(budget=o.budget)
+        return calibrate(val, test, budget=o.budget, fallback=o.fallback, swept=curves["val"])
+
+    sdn = test.num_outputs > 1
+    # the rules are compared at the max-drop operating point (a budget may be out of reach of patience)
+    rules = compare_rules(val, test, list(o.compared), max_drop=o.max_drop, fallback=o.fallback) if sdn else None
+    analysis = RunAnalysis(
+        num_outputs=test.num_outputs,
         cnn_gflops=float(test.cnn_cost / 1e9),
-        outputs=rows,
-        fallback=fallback,
+        outputs=_output_rows(val, test),
+        fallback=o.fallback,
         calibrated=calibrated,
-        calibrated_budget=(
-            calibrate(val, test, budget=budget, fallback=fallback, swept=curves["val"]) if budget is not None else None
-        ),
-        per_ic=per_ic(max_drop=max_drop),
-        per_ic_budget=per_ic(budget=budget) if budget is not None else None,
-        reference=reference_protocol(test, max_drop, fallback),
+        calibrated_budget=at_budget(False),
+        per_ic=per_ic(max_drop=o.max_drop),
+        per_ic_budget=at_budget(True),
+        reference=reference_protocol(test, o.max_drop, o.fallback),
         curves=curves,
         overthinking=overthinking(test),
         confusion=confusion(test, stats=records.get("train")),
         reliability=reliability(test),
-        per_class=per_class(test, early_exit(test, calibrated.threshold, fallback).predictions),
+        per_class=per_class(test, early_exit(test, calibrated.threshold, o.fallback).predictions),
+        backdoor=_backdoor(records, backdoor, calibrated.threshold if sdn else None, o.fallback),
+        rules=rules,
     )
+    if clock is not None:
+        clock.lap("analyses")
+    if rules is None:
+        return analysis
+    engine = _engine_choice(val, test, o, rules)  # per-IC thresholds are cross-validated: the slow part
+    if clock is not None:
+        clock.lap("calibration")
+    return replace(analysis, engine=engine)
+
+
+def _output_rows(val: ExitRecord, test: ExitRecord) -> list[OutputRow]:
+    names, val_acc, test_acc = output_names(test.num_outputs), val.accuracy(), test.accuracy()
+    return [
+        OutputRow(
+            names[i], float(test.costs[i] / 1e9), float(test.relative_costs[i]), float(val_acc[i]), float(test_acc[i])
+        )
+        for i in range(test.num_outputs)
+    ]
+
+
+def _backdoor(
+    records: dict[str, ExitRecord], spec: BackdoorSpec | None, threshold: float | None, fallback: str
+) -> BackdoorResult | None:
+    if spec is None:
+        return None
+    if "test+trigger" not in records:
+        raise ArgumentError("a backdoor analysis needs the triggered test record (`test+trigger`)")
+    return backdoor_figures(records["test"], records["test+trigger"], spec.target, spec.trigger, threshold, fallback)
+
+
+def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules: RuleComparison) -> EngineChoice:
+    """The engine's rule, its thresholds chosen on validation. With a budget, the operating point is
+    the budget's for max softmax (the max-drop one stays in the report); another rule is calibrated
+    at the max-drop point (a budget may be out of patience's reach)."""
+    rule = o.chosen
+    temps = rules.temperatures if rule.temperature else None
+    goal = {"budget": o.budget} if o.budget is not None and rule.label == "max_softmax" else {}
+    per_ic = {"auto": "auto", "per_ic": True, "single": False}[o.thresholds]
+    cal = rule_calibration(
+        val,
+        test,
+        rule,
+        np.asarray(temps) if temps else None,
+        max_drop=o.max_drop,
+        fallback=o.fallback,
+        per_ic=per_ic,
+        **goal,
+    )
+    return EngineChoice(rule.calibrated(cal.exit_thresholds, temps, o.fallback), o.thresholds, cal)
