@@ -24,7 +24,7 @@ import torch
 from shallowdeep import deploy
 from shallowdeep.convert import build_model
 from shallowdeep.engine import EarlyExitEngine
-from shallowdeep.export import export_engine
+from shallowdeep.export import ExportInfo, export_engine
 from shallowdeep.sdn import SDN
 
 PATTERNS = {"early": 0.6, "mixed": 0.3, "late": 0.1}  # share of inputs leaving at each IC (roughly)
@@ -88,7 +88,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
             probe = EarlyExitEngine(sdn, 2.0)  # nobody exits: every IC's confidence
-            info = {"mean": [0.5] * 3, "std": [0.25] * 3, "classes": None, "weights_sha256": None}
+            info = ExportInfo((0.5,) * 3, (0.25,) * 3)
             export_engine(probe, d / "probe", info)
             dep_probe = deploy.load(d / "probe")
             conf = probe.ic_confidences(torch.from_numpy(dep_probe.preprocess(images))).numpy()

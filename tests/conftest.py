@@ -16,12 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # under pytest-xdist the workers share the cores: one intra-op pool each, not one per core each
-# (and the processes a test starts use the same count: training in a child and resuming it here
-# compare weights bit for bit, which holds only at one thread count)
+# (the processes a test starts keep torch's default; a test that compares a child's weights with
+# this process's bit for bit gives the child this process's count)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
-os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # not setdefault: xdist workers inherit the controller's
-torch.set_num_threads(_THREADS)
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ def three_runtimes(tiny_runs, tmp_path_factory):
     import shallowdeep as sd
     from shallowdeep.collect import collect
     from shallowdeep.costs import output_costs
-    from shallowdeep.export import export_engine
+    from shallowdeep.export import ExportInfo, export_engine
     from shallowdeep.runs import run_data
 
     pytest.importorskip("onnxruntime")
@@ -46,7 +46,7 @@ def three_runtimes(tiny_runs, tmp_path_factory):
     record = ExitRecord.from_arrays(logits, data.test.labels[:150], costs.outputs, costs.cnn)
     temps = fit_temperatures(collect(sdn, data, "val"))
     out = tmp_path_factory.mktemp("rule-export") / "export"
-    export_engine(EarlyExitEngine(sdn, 0.5), out, {"mean": data.mean, "std": data.std})
+    export_engine(EarlyExitEngine(sdn, 0.5), out, ExportInfo(data.mean, data.std))
     return sdn, x, raw.numpy(), record, temps, out  # images are stored uint8 [N, H, W, 3], as deployed
 
 

@@ -254,10 +254,12 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
         TrainConfig(out=str(tmp_path / "whole"), mode="cnn", arch="small", data="digits", epochs=4, seed=5), **QUIET
     )
     killed = tmp_path / "killed"
+    # the child computes with this process's thread count: bit-for-bit equality holds only at one count
     proc = subprocess.Popen(
         [sys.executable, "-m", "shallowdeep.cli", "train", *args, "--out", str(killed)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     deadline = time.time() + 120
     while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:

@@ -64,46 +64,18 @@ def _table(rows: list[dict[str, Any]], key: str = "val_acc") -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import runs
     from .core.outputs import output_names
     from .costs import output_costs
-    from .data import dataset_shape, load_dataset
     from .sdn import SDN
 
     if args.run:
-        if args.arch or args.data:
-            raise UserError("give either a RUN folder or --arch and --data, not both")
-        model = runs.load(args.run)
-        meta = runs.RunFolder(args.run).meta()
-        val_acc = meta.last_val_acc
-        head = {
-            "run": str(args.run),
-            "arch": model.arch,
-            "data": meta.config.data,
-            "kind": meta.model.kind,
-            "mode": meta.config.mode,
-        }
+        model, val_acc, head = _info_of_run(args)
     else:
         if not (args.arch and args.data):
             raise UserError("give a RUN folder, or both --arch and --data")
-        classes, size = dataset_shape(args.data) or (None, None)
-        if classes is None:  # a folder data set: list it (streamed: one image decoded) for its classes and size
-            d = load_dataset(args.data, args.data_root, args.image_size, mode="stream")
-            classes, size = d.num_classes, d.image_size
-        from .convert import build_model
-        from .models.zoo import is_zoo_name
-
-        # a zoo model on an image folder takes its own input size; otherwise the data's
-        folder = dataset_shape(args.data) is None
-        image_size = (
-            args.image_size if args.image_size is not None else (None if is_zoo_name(args.arch) and folder else size)
-        )
         if args.cuts:
-            return _print_cuts(args, classes, image_size)
-        cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
-        model = SDN(cnn)
-        val_acc = None
-        head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
+            return _print_cuts(args, *_info_shape(args))
+        model, val_acc, head = _info_of_arch(args), None, {"arch": args.arch, "data": args.data, "kind": "sdn"}
     if args.cuts:
         raise UserError(
             "--cuts lists the cut points of a zoo model: give --arch torchvision:NAME (or timm:NAME) and --data"
@@ -136,6 +108,44 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
         print(_table(rows))
     return 0
+
+
+def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, dict[str, Any]]:
+    """A run's model, its last validation accuracies and what info says of it."""
+    from . import runs
+
+    if args.arch or args.data:
+        raise UserError("give either a RUN folder or --arch and --data, not both")
+    model = runs.load(args.run)
+    meta = runs.RunFolder(args.run).meta()
+    head = {"run": str(args.run), "arch": model.arch, "data": meta.config.data}
+    return model, meta.last_val_acc, head | {"kind": meta.model.kind, "mode": meta.config.mode}
+
+
+def _info_shape(args: argparse.Namespace) -> tuple[int, int | None]:
+    """The classes and image size ``--arch`` gets on ``--data``: a zoo model on an image folder takes
+    its own input size; otherwise the data's."""
+    from .data import dataset_shape, load_dataset
+    from .models.zoo import is_zoo_name
+
+    classes, size = dataset_shape(args.data) or (None, None)
+    if classes is None:  # a folder data set: list it (streamed: one image decoded) for its classes and size
+        d = load_dataset(args.data, args.data_root, args.image_size, mode="stream")
+        classes, size = d.num_classes, d.image_size
+    folder = dataset_shape(args.data) is None
+    if args.image_size is not None:
+        return classes, args.image_size
+    return classes, None if is_zoo_name(args.arch) and folder else size
+
+
+def _info_of_arch(args: argparse.Namespace) -> Any:
+    """An untrained SDN of ``--arch`` for ``--data``."""
+    from .convert import build_model
+    from .sdn import SDN
+
+    classes, image_size = _info_shape(args)
+    cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
+    return SDN(cnn)
 
 
 def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) -> int:
@@ -531,9 +541,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         parts = list(engine.stream(batches(), args.batch_size))
     fields = ("predictions", "exits", "confidence", "relative_cost", "answered")
     res = {f: torch.cat([getattr(p, f) for p in parts]) for f in fields}
-    names = meta.class_names
-    folders = {c: i for i, c in enumerate(meta.classes)}
-    last = engine.num_outputs - 1
+    rows = _prediction_rows(files, res, meta, engine.num_outputs - 1)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_predictions(rows, engine, float(res["relative_cost"].mean()))
+    return 0
+
+
+def _prediction_rows(files: list[Path], res: dict[str, Any], meta: Any, last: int) -> list[dict[str, Any]]:
+    """One row per image: its class, the output that answered, confidence, cost; the true class of
+    an image in a class folder."""
+    names, folders = meta.class_names, {c: i for i, c in enumerate(meta.classes)}
     rows = []
     for n, f in enumerate(files):
         p, e, a = int(res["predictions"][n]), int(res["exits"][n]), int(res["answered"][n])
@@ -551,34 +570,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if f.parent.name in folders:  # a class folder: the true label is known
             row |= {"true_class": names[folders[f.parent.name]], "correct": folders[f.parent.name] == p}
         rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        width = max(len(r["file"]) for r in rows)
-        labelled = [r for r in rows if "correct" in r]
+    return rows
+
+
+def _print_predictions(rows: list[dict[str, Any]], engine: Any, mean_cost: float) -> None:
+    width = max(len(r["file"]) for r in rows)
+    labelled = [r for r in rows if "correct" in r]
+    print(
+        f"{'file':<{width}}  {'class':<14} {'answered by':<16} {'conf.':>6} {'rel. cost':>9}"
+        + ("  true class" if labelled else "")
+    )
+    for r in rows:
+        truth = f"  {r['true_class'][:14]}{'' if r['correct'] else '  (wrong)'}" if "correct" in r else ""
         print(
-            f"{'file':<{width}}  {'class':<14} {'answered by':<16} {'conf.':>6} {'rel. cost':>9}"
-            + ("  true class" if labelled else "")
+            f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['answered_by']:<16} {r['confidence']:>6.3f} "
+            f"{100 * r['relative_cost']:>8.1f}%{truth}"
         )
-        for r in rows:
-            truth = f"  {r['true_class'][:14]}{'' if r['correct'] else '  (wrong)'}" if "correct" in r else ""
-            print(
-                f"{r['file']:<{width}}  {r['class'][:14]:<14} {r['answered_by']:<16} {r['confidence']:>6.3f} "
-                f"{100 * r['relative_cost']:>8.1f}%{truth}"
-            )
-        qs = engine.thresholds
-        q = f"{qs[0]:.6g}" if len(set(qs)) == 1 else "per IC " + ", ".join(f"{v:.4g}" for v in qs)
-        print(
-            f"threshold {q}, fallback {engine.fallback}; average cost "
-            f"{100 * float(res['relative_cost'].mean()):.1f}% of the CNN"
-            + (
-                f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
-                "in class folders"
-                if labelled
-                else ""
-            )
-        )
-    return 0
+    qs = engine.thresholds
+    q = f"{qs[0]:.6g}" if len(set(qs)) == 1 else "per IC " + ", ".join(f"{v:.4g}" for v in qs)
+    accuracy = (
+        f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
+        "in class folders"
+        if labelled
+        else ""
+    )
+    print(f"threshold {q}, fallback {engine.fallback}; average cost {100 * mean_cost:.1f}% of the CNN{accuracy}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,60 +59,38 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export_engine(engine: EarlyExitEngine, out: str | Path, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> Path:
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an export needs beside the engine: the input normalisation the model was trained with,
+    the class names, and the weights' hash (``None``: not recorded)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] | None = None
+    weights_sha256: str | None = None
+
+
+def export_engine(engine: EarlyExitEngine, out: str | Path, info: ExportInfo, opset: int = DEFAULT_OPSET) -> Path:
     """Write one ONNX file per stage and ``manifest.json`` into the new folder ``out``, atomically (the
-    folder appears whole or not at all). ``info`` adds what the engine does not know: input
-    normalisation (``mean``, ``std``), ``classes``, ``weights_sha256``."""
+    folder appears whole or not at all)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArgumentError(f"`out` {out} exists and is not an empty folder: choose another")
     if not 7 <= opset <= 21:
         raise ArgumentError(f"`opset` must lie in 7..21, got {opset}")
     sdn = engine.sdn.cpu()
-    size = sdn.image_size
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
         files = []
-        x = torch.zeros(2, 3, size, size)
+        x = torch.zeros(2, 3, sdn.image_size, sdn.image_size)
         for k, stage in enumerate(stages(engine)):
-            ic = k < len(sdn.positions)
-            names = ["h", "logits"] if ic else ["logits"]
+            names = ["h", "logits"] if k < len(sdn.positions) else ["logits"]
             path = tmp / f"stage{k}.onnx"
-            try:
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-                    torch.onnx.export(
-                        stage,
-                        (x,),
-                        str(path),
-                        input_names=["x"],
-                        output_names=names,
-                        dynamic_axes={n: {0: "n"} for n in ["x", *names]},
-                        opset_version=opset,
-                        dynamo=False,
-                    )
-                    x = stage(x)[0] if ic else x
-            except Exception as e:  # the exporter's errors name the operator it has no ONNX form for
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ArgumentError(
-                    f"{sdn.arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another `opset`"
-                ) from None
+            x = _export_stage(stage, x, path, names, opset, (sdn.arch, k))
             files.append({"file": path.name, "outputs": names, "sha256": sha256_bytes(path.read_bytes())})
-        manifest = {
-            "format": FORMAT,
-            "arch": sdn.arch,
-            "opset": opset,
-            "stages": files,
-            "input": {"size": size, "layout": "NHWC uint8 RGB", "mean": list(info["mean"]), "std": list(info["std"])},
-            "classes": list(info.get("classes") or [str(i) for i in range(sdn.num_classes)]),
-            # spelled out: one threshold per IC, one temperature per output
-            "exit": engine.rule.calibrated(engine.thresholds, engine.temperatures, engine.fallback).to_json(),
-            "relative_costs": [float(c) for c in engine.relative_costs],
-            "weights_sha256": info.get("weights_sha256"),
-        }
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, _manifest(engine, files, info, opset))
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -119,3 +98,45 @@ def export_engine(engine: EarlyExitEngine, out: str | Path, info: dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _export_stage(
+    stage: nn.Module, x: torch.Tensor, path: Path, names: list[str], opset: int, where: tuple[str, int]
+) -> torch.Tensor:
+    """One stage's graph at ``path``, with a dynamic batch axis; the next stage's input."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(
+                stage,
+                (x,),
+                str(path),
+                input_names=["x"],
+                output_names=names,
+                dynamic_axes={n: {0: "n"} for n in ["x", *names]},
+                opset_version=opset,
+                dynamo=False,
+            )
+            return stage(x)[0] if len(names) == 2 else x
+    except Exception as e:  # the exporter's errors name the operator it has no ONNX form for
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        arch, k = where
+        raise ArgumentError(
+            f"{arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another `opset`"
+        ) from None
+
+
+def _manifest(engine: EarlyExitEngine, files: list[dict[str, Any]], info: ExportInfo, opset: int) -> dict[str, Any]:
+    sdn = engine.sdn
+    return {
+        "format": FORMAT,
+        "arch": sdn.arch,
+        "opset": opset,
+        "stages": files,
+        "input": {"size": sdn.image_size, "layout": "NHWC uint8 RGB", "mean": list(info.mean), "std": list(info.std)},
+        "classes": list(info.classes or [str(i) for i in range(sdn.num_classes)]),
+        # spelled out: one threshold per IC, one temperature per output
+        "exit": engine.rule.calibrated(engine.thresholds, engine.temperatures, engine.fallback).to_json(),
+        "relative_costs": [float(c) for c in engine.relative_costs],
+        "weights_sha256": info.weights_sha256,
+    }

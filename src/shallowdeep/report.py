@@ -68,6 +68,21 @@ def _style() -> None:
     )
 
 
+def _mark_calibrations(ax: Any, analysis: RunAnalysis) -> None:
+    """The calibrated operating points (one threshold, per-IC) and the reference's 11 thresholds."""
+    cal, per, rows = analysis.calibrated, analysis.per_ic, analysis.reference.rows
+    if cal.test is not None:
+        label = f"calibrated on val: q={cal.threshold:.4g} (test)"
+        style = {"marker": "*", "s": 160, "c": "tab:green", "zorder": 5, "label": label}
+        ax.scatter([cal.test.relative_cost], [cal.test.accuracy * 100], **style)
+    if per.test is not None and per.thresholds is not None:
+        label = "per-IC thresholds, calibrated on val (test)"
+        style = {"marker": "P", "s": 90, "c": "tab:purple", "zorder": 5, "label": label}
+        ax.scatter([per.test.relative_cost], [per.test.accuracy * 100], **style)
+    style = {"marker": "x", "s": 22, "c": "tab:gray", "zorder": 3, "label": "reference's 11 thresholds (test)"}
+    ax.scatter([r["relative_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], **style)
+
+
 def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -94,38 +109,7 @@ def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
         zorder=4,
         label="final output (cost of the CNN alone: 1)",
     )
-    cal = analysis.calibrated
-    if cal.test is not None:
-        ax.scatter(
-            [cal.test.relative_cost],
-            [cal.test.accuracy * 100],
-            marker="*",
-            s=160,
-            c="tab:green",
-            zorder=5,
-            label=f"calibrated on val: q={cal.threshold:.4g} (test)",
-        )
-    per = analysis.per_ic
-    if per.test is not None and per.thresholds is not None:
-        ax.scatter(
-            [per.test.relative_cost],
-            [per.test.accuracy * 100],
-            marker="P",
-            s=90,
-            c="tab:purple",
-            zorder=5,
-            label="per-IC thresholds, calibrated on val (test)",
-        )
-    rows = analysis.reference.rows
-    ax.scatter(
-        [r["relative_cost"] for r in rows],
-        [r["accuracy"] * 100 for r in rows],
-        marker="x",
-        s=22,
-        c="tab:gray",
-        zorder=3,
-        label="reference's 11 thresholds (test)",
-    )
+    _mark_calibrations(ax, analysis)
     ax.set_xlabel("average cost / plain CNN cost")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -857,18 +841,51 @@ def reproduction_markdown(result: dict[str, Any]) -> str:
 def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """What follows the reproduction table, as (lead sentence, items) pairs: the markdown and the
     HTML page render the same sections."""
-    out = [
-        (
-            "Accuracy (test) and cost (relative to the CNN) of every output:",
-            [
-                f"{r['arch']} {r['kind']}: "
-                + ", ".join(
-                    f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"]
-                )
-                for r in result["rows"]
-            ],
-        )
+    outputs = [
+        f"{r['arch']} {r['kind']}: "
+        + ", ".join(f"{o['output']} {_p(o['test_accuracy'])} @ {_p(o['relative_cost'], 0)}" for o in r["outputs"])
+        for r in result["rows"]
     ]
+    out = [("Accuracy (test) and cost (relative to the CNN) of every output:", outputs)]
+    out.append(
+        (
+            "Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
+            "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
+            "analysis: records + report, or, for an analysis made in a background process while the next "
+            "stage trained, the records and the wait for it, its own time beside):",
+            _stage_times(result),
+        )
+    )
+    runs = [
+        f"{r['arch']}: " + ", ".join(f"{k} ({_runtime_text(v)})" for k, v in r["stage_runtime"].items())
+        for r in _first_row_per_arch(result)
+        if r.get("stage_runtime")
+    ]
+    if runs:
+        out.append(
+            ("How each stage trained (precision, compilation; a resumed stage keeps what it started with):", runs)
+        )
+    if result.get("call_seconds") is not None:
+        lead = (
+            f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
+            "and model building included; stages kept from an earlier call cost it nothing)."
+        )
+        out.append((lead, []))
+    if result.get("compiled_ahead"):
+        out.append((_compiled_ahead_text(result["compiled_ahead"]), []))
+    medians = [
+        f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s"
+        for r in result["rows"]
+        if r.get("median_epoch_seconds") is not None
+    ]
+    out.append(("Median epoch time: " + ", ".join(medians), []))
+    claims = [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()]
+    out.append(("The paper's claims (spec sections 7-9):", claims))
+    return out
+
+
+def _stage_times(result: dict[str, Any]) -> list[str]:
+    """Each architecture's stages' wall time (in epochs, in the background) and their total."""
     stages = []
     for r in _first_row_per_arch(result):
         if "stage_seconds" not in r:
@@ -885,69 +902,21 @@ def _reproduction_sections(result: dict[str, Any]) -> list[tuple[str, list[str]]
             )
             + f"; total {total:.1f} s ({total / 60:.1f} min)"
         )
-    out.append(
-        (
-            "Wall time of the stages (training: the stage's runs over every call, data loading, model building, "
-            "compilation and checkpoints included, in brackets the part spent in epochs with validation; "
-            "analysis: records + report, or, for an analysis made in a background process while the next "
-            "stage trained, the records and the wait for it, its own time beside):",
-            stages,
+    return stages
+
+
+def _compiled_ahead_text(rows: list[dict[str, Any]]) -> str:
+    return (
+        "Training steps compiled in a background process, in training order (a stage trains eagerly "
+        "until its step is in the compiler's cache, then loads it): "
+        + ", ".join(
+            f"{r['stage']} "
+            + (f"in {r['seconds']:.1f} s" if r["compiled"] else f"not ({r.get('error', 'it would not compile')})")
+            + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
+            for r in rows
         )
+        + "."
     )
-    runs = [
-        f"{r['arch']}: " + ", ".join(f"{k} ({_runtime_text(v)})" for k, v in r["stage_runtime"].items())
-        for r in _first_row_per_arch(result)
-        if r.get("stage_runtime")
-    ]
-    if runs:
-        out.append(
-            ("How each stage trained (precision, compilation; a resumed stage keeps what it started with):", runs)
-        )
-    if result.get("call_seconds") is not None:
-        out.append(
-            (
-                f"This call of `reproduce` took {result['call_seconds']:.1f} s of wall time so far (data loading "
-                "and model building included; stages kept from an earlier call cost it nothing).",
-                [],
-            )
-        )
-    if result.get("compiled_ahead"):
-        out.append(
-            (
-                "Training steps compiled in a background process, in training order (a stage trains eagerly "
-                "until its step is in the compiler's cache, then loads it): "
-                + ", ".join(
-                    f"{r['stage']} "
-                    + (
-                        f"in {r['seconds']:.1f} s"
-                        if r["compiled"]
-                        else f"not ({r.get('error', 'it would not compile')})"
-                    )
-                    + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
-                    for r in result["compiled_ahead"]
-                )
-                + ".",
-                [],
-            )
-        )
-    out.append(
-        (
-            "Median epoch time: "
-            + ", ".join(
-                f"{r['arch']} {r['kind']} {r['median_epoch_seconds']:.2f} s"
-                for r in result["rows"]
-                if r.get("median_epoch_seconds") is not None
-            ),
-            [],
-        )
-    )
-    out.append(
-        (
-            "The paper's claims (spec sections 7-9):",
-            [f"{k.replace('_', ' ')}: {v}" for k, v in result["paper_claims"].items()],
-        )
-    )
-    return out
 
 
 def _first_row_per_arch(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -217,9 +217,7 @@ def explain_run(
 ) -> dict[str, Any]:
     """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json`` into the
     run's ``explain/`` folder, where the report finds them."""
-    from . import report
-    from .data import normalize
-    from .explain import PANEL_TITLES, disagreements, explain_output, explanation_panels, require_grad_cam
+    from .explain import disagreements, require_grad_cam
 
     folder = RunFolder(run)
     if folder.kind() != "sdn":
@@ -241,7 +239,6 @@ def explain_run(
     for old in out.glob("input_*.png"):  # images of an earlier, possibly longer, explanation
         if old.is_file() and not old.is_symlink():
             old.unlink()
-    names = list(data.meta.get("class_names", data.classes))
     result: dict[str, Any] = {
         "split": split,
         "count_total": int((record.correct[:, 0] & ~record.correct[:, -1]).sum()),
@@ -249,34 +246,55 @@ def explain_run(
         "files": [],
     }
     if len(pick):
-        s = data.split(split)
-        x = normalize(s.images[pick], data.mean, data.std).contiguous().to(device)
-        first = explain_output(model, x, 0, record.preds[pick, 0])
-        final = explain_output(model, x, model.num_outputs - 1, record.preds[pick, -1])
-        panels = explanation_panels(s.images[pick].numpy(), first, final)
-        labels = [
-            f"true {names[record.labels[i]]}\nIC 1: {names[record.preds[i, 0]]}\nfinal: {names[record.preds[i, -1]]}"
-            for i in pick
-        ]
-        folder.write_bytes(out / "explanations.png", report.explanation_grid(panels, PANEL_TITLES, labels))
-        result["files"].append("explanations.png")
-        for j, i in enumerate(pick):
-            name = f"input_{int(record.ids[i])}.png"
-            folder.write_bytes(out / name, report.explanation_grid(panels[j : j + 1], PANEL_TITLES, labels[j : j + 1]))
-            result["files"].append(name)
-            result["inputs"].append(
-                {
-                    "id": int(record.ids[i]),
-                    "true": names[record.labels[i]],
-                    "ic1": names[record.preds[i, 0]],
-                    "final": names[record.preds[i, -1]],
-                    "ic1_cam_mean": float(np.mean(first.cam[j])),
-                    "final_cam_mean": float(np.mean(final.cam[j])),
-                    "file": name,
-                }
-            )
+        _write_explanations(folder, out, model, data, record, pick, split, device, result)
     folder.write_json(out / "explain.json", result)
     return result | {"folder": str(out)}
+
+
+def _write_explanations(
+    folder: RunFolder,
+    out: Path,
+    model: Any,
+    data: Dataset,
+    record: ExitRecord,
+    pick: np.ndarray,
+    split: str,
+    device: str,
+    result: dict[str, Any],
+) -> None:
+    """Grad-CAM of IC 1 and the final output for the ``pick``ed inputs: one grid of all, one per
+    input, each listed in ``result``."""
+    from . import report
+    from .data import normalize
+    from .explain import PANEL_TITLES, explain_output, explanation_panels
+
+    names = list(data.meta.get("class_names", data.classes))
+    s = data.split(split)
+    x = normalize(s.images[pick], data.mean, data.std).contiguous().to(device)
+    first = explain_output(model, x, 0, record.preds[pick, 0])
+    final = explain_output(model, x, model.num_outputs - 1, record.preds[pick, -1])
+    panels = explanation_panels(s.images[pick].numpy(), first, final)
+    labels = [
+        f"true {names[record.labels[i]]}\nIC 1: {names[record.preds[i, 0]]}\nfinal: {names[record.preds[i, -1]]}"
+        for i in pick
+    ]
+    folder.write_bytes(out / "explanations.png", report.explanation_grid(panels, PANEL_TITLES, labels))
+    result["files"].append("explanations.png")
+    for j, i in enumerate(pick):
+        name = f"input_{int(record.ids[i])}.png"
+        folder.write_bytes(out / name, report.explanation_grid(panels[j : j + 1], PANEL_TITLES, labels[j : j + 1]))
+        result["files"].append(name)
+        result["inputs"].append(
+            {
+                "id": int(record.ids[i]),
+                "true": names[record.labels[i]],
+                "ic1": names[record.preds[i, 0]],
+                "final": names[record.preds[i, -1]],
+                "ic1_cam_mean": float(np.mean(first.cam[j])),
+                "final_cam_mean": float(np.mean(final.cam[j])),
+                "file": name,
+            }
+        )
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
@@ -321,16 +339,11 @@ def _pictures(images: Any) -> Any:
 def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Path:
     """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.export`)."""
     from .core.io import sha256_file
-    from .export import DEFAULT_OPSET, export_engine
+    from .export import DEFAULT_OPSET, ExportInfo, export_engine
     from .runs import engine_from_run
 
     folder = RunFolder(run)
     engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
     meta = folder.meta()
-    info = {
-        "mean": list(meta.data.mean),
-        "std": list(meta.data.std),
-        "classes": meta.data.class_names,
-        "weights_sha256": sha256_file(folder.weights),
-    }
+    info = ExportInfo(meta.data.mean, meta.data.std, meta.data.class_names, sha256_file(folder.weights))
     return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -288,6 +288,32 @@ def _point(
     )
 
 
+def _choose_single(
+    s: Sweep, final_acc: float, max_drop: float | None, budget: float | None
+) -> tuple[int, dict[str, float]]:
+    """The swept threshold the rule picks (its index) and the rule as recorded. With ``budget``: the
+    most accurate within it; else the cheapest within ``max_drop`` of the final output. Ties go to
+    the higher accuracy, then the higher threshold."""
+    q, acc, cost = s.thresholds, s.accuracy, s.relative_cost
+    if budget is not None:
+        ok = cost <= budget + 1e-12
+        if not ok.any():
+            raise ArgumentError(
+                f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
+                f"(cheapest: {cost.min():.3f}): raise it"
+            )
+        order = np.lexsort((-q, -acc))  # best accuracy first, then higher threshold
+        rule = {"budget": float(budget)}
+    else:
+        drop = 0.01 if max_drop is None else max_drop
+        ok = acc >= final_acc - drop - 1e-12
+        if not ok.any():  # cannot happen with a threshold above every confidence, but stay total
+            ok = acc >= acc.max()
+        order = np.lexsort((-q, -acc, cost))  # cheapest first, then more accurate, then higher threshold
+        rule = {"max_drop": float(drop)}
+    return int(next(i for i in order if ok[i])), rule
+
+
 def calibrate(
     val: ExitRecord,
     test: ExitRecord | None = None,
@@ -320,23 +346,7 @@ def calibrate(
     s = sweep(val, thresholds, fallback, val_scores) if swept is None else swept
     q, acc, cost = s.thresholds, s.accuracy, s.relative_cost
     final_acc = float(val.accuracy()[-1]) if val.num_inputs else 0.0
-    if budget is not None:
-        ok = cost <= budget + 1e-12
-        if not ok.any():
-            raise ArgumentError(
-                f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
-                f"(cheapest: {cost.min():.3f}): raise it"
-            )
-        order = np.lexsort((-q, -acc))  # best accuracy first, then higher threshold
-        rule = {"budget": float(budget)}
-    else:
-        drop = 0.01 if max_drop is None else max_drop
-        ok = acc >= final_acc - drop - 1e-12
-        if not ok.any():  # cannot happen with a threshold above every confidence, but stay total
-            ok = acc >= acc.max()
-        order = np.lexsort((-q, -acc, cost))  # cheapest first, then more accurate, then higher threshold
-        rule = {"max_drop": float(drop)}
-    best = next(i for i in order if ok[i])
+    best, rule = _choose_single(s, final_acc, max_drop, budget)
     chosen = float(q[best])
     cv = None
     if per_ic == "auto" and val.num_outputs > 1:
@@ -423,82 +433,105 @@ def _refine_per_ic(
     """Per-IC thresholds chosen on the validation record, starting from ``start`` at every IC.
 
     Coordinate descent: one IC at a time, with the others fixed, its threshold moves to the grid
-    value that serves an objective best. With the other ICs fixed, an input that reaches IC k either
-    exits there or goes on to a fixed outcome, so all grid values of IC k are answered by one
-    cumulative sum over the reaching inputs in score order (each IC's scores are sorted once).
-    Under the rule itself (max-drop: cheapest with accuracy within the drop, then more accurate,
-    then higher; budget: most accurate within the budget, then cheaper, then higher) no step can
-    trade accuracy between ICs, so descent also runs on ``cost - lam * accuracy`` for a range of
-    ``lam``, and each feasible result is polished under the rule; the best under the rule wins. The
-    start is feasible and among the candidates, so the result is never worse than the single
-    threshold on validation. A local optimum: the exact search is combinatorial in the ICs.
+    value that serves an objective best (:class:`_PerICSearch`). Under the rule itself (max-drop:
+    cheapest with accuracy within the drop, then more accurate, then higher; budget: most accurate
+    within the budget, then cheaper, then higher) no step can trade accuracy between ICs, so descent
+    also runs on ``cost - lam * accuracy`` for a range of ``lam``, and each feasible result is
+    polished under the rule; the best under the rule wins. The start is feasible and among the
+    candidates, so the result is never worse than the single threshold on validation. A local
+    optimum: the exact search is combinatorial in the ICs.
     """
-    s = _ic_scores(val, scores).astype(np.float64)
-    n, m = s.shape
-    # right[:, j]: right if the input answers at exit j (the ICs, then the fallback); cost[j] / CNN
-    right = np.concatenate(
-        [val.correct[:, :m], (_fallback_preds(val, fallback) == val.labels)[:, None]], axis=1
-    ).astype(np.float64)
-    cost = np.asarray(val.costs, dtype=np.float64) / val.cnn_cost
-    rows = np.arange(n)
-    orders = [np.argsort(s[:, k], kind="stable") for k in range(m)]
+    search = _PerICSearch(val, grid, rule, final_acc, fallback, scores, max_rounds)
+    q0 = np.full(search.m, float(start))
+    best = search.descend(q0, search.rule_key)
+    best_key = search.evaluate(best)
+    for lam in np.geomspace(0.05, 20.0, 24):  # cost given up per unit of accuracy, both as shares
+        q = search.descend(q0, search.lagrange_key(lam))
+        if search.evaluate(q)[0] == 0:  # feasible under the rule: polish it there
+            q = search.descend(q, search.rule_key)
+            q_key = search.evaluate(q)
+            if q_key < best_key:
+                best, best_key = q, q_key
+    return best.tolist()
 
-    def rule_key(acc_count: np.ndarray, cost_sum: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
+
+class _PerICSearch:
+    """The coordinate descent of :func:`_refine_per_ic`. With the other ICs fixed, an input that
+    reaches IC k either exits there or goes on to a fixed outcome, so all grid values of IC k are
+    answered by one cumulative sum over the reaching inputs in score order (each IC's scores are
+    sorted once)."""
+
+    def __init__(
+        self,
+        val: ExitRecord,
+        grid: np.ndarray,
+        rule: dict[str, float],
+        final_acc: float,
+        fallback: str,
+        scores: np.ndarray | None,
+        max_rounds: int,
+    ) -> None:
+        self.s = _ic_scores(val, scores).astype(np.float64)
+        self.n, self.m = self.s.shape
+        # right[:, j]: right if the input answers at exit j (the ICs, then the fallback); cost[j] / CNN
+        self.right = np.concatenate(
+            [val.correct[:, : self.m], (_fallback_preds(val, fallback) == val.labels)[:, None]], axis=1
+        ).astype(np.float64)
+        self.cost = np.asarray(val.costs, dtype=np.float64) / val.cnn_cost
+        self.rows = np.arange(self.n)
+        self.orders = [np.argsort(self.s[:, k], kind="stable") for k in range(self.m)]
+        self.grid, self.rule, self.final_acc, self.max_rounds = grid, rule, final_acc, max_rounds
+
+    def rule_key(self, acc_count: np.ndarray, cost_sum: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
         # counts of right inputs are exact; costs are rounded so summation order cannot flip a choice
-        c = np.round(cost_sum / n, 12)
-        if "budget" in rule:
-            return [(c > rule["budget"] + 1e-12).astype(float), -acc_count, c, -t]
-        return [(acc_count < (final_acc - rule["max_drop"]) * n - 1e-9).astype(float), c, -acc_count, -t]
+        c = np.round(cost_sum / self.n, 12)
+        if "budget" in self.rule:
+            return [(c > self.rule["budget"] + 1e-12).astype(float), -acc_count, c, -t]
+        short = acc_count < (self.final_acc - self.rule["max_drop"]) * self.n - 1e-9
+        return [short.astype(float), c, -acc_count, -t]
 
-    def lagrange_key(lam: float):
-        return lambda acc_count, cost_sum, t: [np.round((cost_sum - lam * acc_count) / n, 12), -t]
+    def lagrange_key(self, lam: float) -> Callable[..., list[np.ndarray]]:
+        return lambda acc_count, cost_sum, t: [np.round((cost_sum - lam * acc_count) / self.n, 12), -t]
 
-    def descend(q: np.ndarray, key) -> np.ndarray:
+    def descend(self, q: np.ndarray, key: Callable[..., list[np.ndarray]]) -> np.ndarray:
         q = q.copy()
-        for _ in range(max_rounds):
+        for _ in range(self.max_rounds):
             moved = False
-            for k in range(m):
-                before = _exits_per_ic(s[:, :k], q[:k]) if k else np.zeros(n, int)
-                reach = before == k  # no IC before k let it out
-                later = _exits_per_ic(s[:, k + 1 :], q[k + 1 :]) + k + 1  # where it goes if IC k lets it pass
-                fixed_right, fixed_cost = right[rows[~reach], before[~reach]].sum(), cost[before[~reach]].sum()
-                idx = orders[k][reach[orders[k]]]  # the inputs reaching IC k, by its score (sorted once)
-                cand = np.union1d(grid, [q[k]])
-                pos = np.searchsorted(s[idx, k], cand, side="left")
-
-                # the sum of w over the reaching inputs scoring below t
-                def below(w: np.ndarray, pos: np.ndarray = pos) -> np.ndarray:
-                    return np.concatenate([[0.0], np.cumsum(w)])[pos]
-
-                # exit at IC k iff score >= t: totals if all exit at k, plus (pass - stay) of those below t
-                stay_right, pass_right = right[idx, k], right[idx, later[idx]]
-                acc_count = fixed_right + stay_right.sum() + below(pass_right - stay_right)
-                cost_sum = fixed_cost + cost[k] * len(idx) + below(cost[later[idx]] - cost[k])
-                keys = key(acc_count, cost_sum, cand)
-                best, cur = np.lexsort(keys[::-1])[0], int(np.searchsorted(cand, q[k]))
-                if best != cur and tuple(x[best] for x in keys) < tuple(x[cur] for x in keys):
-                    q[k], moved = float(cand[best]), True
+            for k in range(self.m):
+                moved = self._move(q, k, key) or moved
             if not moved:
                 break
         return q
 
-    def evaluate(q: np.ndarray) -> tuple:
-        e = _exits_per_ic(s, q)
-        return tuple(
-            x[0] for x in rule_key(np.array([right[rows, e].sum()]), np.array([cost[e].sum()]), np.array([0.0]))
-        )[:3]
+    def _move(self, q: np.ndarray, k: int, key: Callable[..., list[np.ndarray]]) -> bool:
+        """IC ``k``'s threshold to the best grid value under ``key`` (in place); whether it moved."""
+        s, right, cost, n = self.s, self.right, self.cost, self.n
+        before = _exits_per_ic(s[:, :k], q[:k]) if k else np.zeros(n, int)
+        reach = before == k  # no IC before k let it out
+        later = _exits_per_ic(s[:, k + 1 :], q[k + 1 :]) + k + 1  # where it goes if IC k lets it pass
+        fixed_right, fixed_cost = right[self.rows[~reach], before[~reach]].sum(), cost[before[~reach]].sum()
+        idx = self.orders[k][reach[self.orders[k]]]  # the inputs reaching IC k, by its score (sorted once)
+        cand = np.union1d(self.grid, [q[k]])
+        pos = np.searchsorted(s[idx, k], cand, side="left")
 
-    q0 = np.full(m, float(start))
-    best = descend(q0, rule_key)
-    best_key = evaluate(best)
-    for lam in np.geomspace(0.05, 20.0, 24):  # cost given up per unit of accuracy, both as shares
-        q = descend(q0, lagrange_key(lam))
-        if evaluate(q)[0] == 0:  # feasible under the rule: polish it there
-            q = descend(q, rule_key)
-            q_key = evaluate(q)
-            if q_key < best_key:
-                best, best_key = q, q_key
-    return best.tolist()
+        def below(w: np.ndarray) -> np.ndarray:  # the sum of w over the reaching inputs scoring below t
+            return np.concatenate([[0.0], np.cumsum(w)])[pos]
+
+        # exit at IC k iff score >= t: totals if all exit at k, plus (pass - stay) of those below t
+        stay_right, pass_right = right[idx, k], right[idx, later[idx]]
+        acc_count = fixed_right + stay_right.sum() + below(pass_right - stay_right)
+        cost_sum = fixed_cost + cost[k] * len(idx) + below(cost[later[idx]] - cost[k])
+        keys = key(acc_count, cost_sum, cand)
+        best, cur = np.lexsort(keys[::-1])[0], int(np.searchsorted(cand, q[k]))
+        if best != cur and tuple(x[best] for x in keys) < tuple(x[cur] for x in keys):
+            q[k] = float(cand[best])
+            return True
+        return False
+
+    def evaluate(self, q: np.ndarray) -> tuple:
+        e = _exits_per_ic(self.s, q)
+        keys = self.rule_key(np.array([self.right[self.rows, e].sum()]), np.array([self.cost[e].sum()]), np.zeros(1))
+        return tuple(x[0] for x in keys)[:3]
 
 
 def reference_protocol(test: ExitRecord, max_drop: float = 0.01, fallback: str = "most_confident") -> ReferenceProtocol:

@@ -123,6 +123,29 @@ def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[by
     return data, meta
 
 
+def check_safetensors_extent(path: str | Path) -> None:
+    """Refuse a safetensors file longer than its header says it is (read from its first bytes), before
+    anything reads or hashes the whole of it: a file padded to gigabytes is refused at once."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < header_len <= min(size - 8, 100 << 20):
+            return  # not parseable: read_safetensors says what is wrong when the file is read
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+            return
+    extent = 8 + header_len + max(ends, default=0)
+    if size > extent:
+        raise RunFolderError(
+            f"{path} is {size:,} bytes, more than the {extent:,} its header declares: it is damaged; "
+            "retrain or restore it"
+        )
+
+
 def load_safetensors(
     path: str | Path, load: Callable[[bytes], dict], max_bytes: int | None = None
 ) -> tuple[dict, dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RunFolderError
-from ..core.io import read_json, sha256_file, write_bytes, write_json
+from ..core.io import check_safetensors_extent, read_json, sha256_file, write_bytes, write_json
 from .meta import FORMAT, MetaError, RunMeta
 
 RUN_JSON = "run.json"
@@ -123,7 +123,10 @@ class RunFolder:
         raise RunFolderError(f"{self.path} has no {WEIGHTS}: training did not finish; continue it (`resume`)")
 
     def weights_sha256(self) -> str:
-        return sha256_file(self.require_weights())
+        """The final weights' SHA-256 (a file longer than its header declares is refused unhashed)."""
+        weights = self.require_weights()
+        check_safetensors_extent(weights)
+        return sha256_file(weights)
 
     # ---------------------------------------------------------------------------------- writes
     def inside(self, target: Path) -> Path:

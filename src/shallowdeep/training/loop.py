@@ -120,6 +120,36 @@ def train_one_epoch(
     return float(both[0]) / max(float(both[1]), 1.0)
 
 
+def _optimiser(
+    params: list[nn.Parameter],
+    recipe: Recipe,
+    runtime: Runtime,
+    start_epoch: int,
+    restore: Callable[[torch.optim.Optimizer], None] | None,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and its schedule, at ``start_epoch`` (a resumed run's state restored)."""
+    opt = make_optimizer(params, recipe, fused=runtime.fused_optimizer)
+    schedule = make_schedule(opt, recipe)
+    with warnings.catch_warnings():  # replaying before any optimiser step is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):  # the schedule is a function of the epoch: replay it
+            schedule.step()
+    if restore is not None:
+        restore(opt)
+    return opt, schedule
+
+
+def _epoch_line(result: EpochResult, epochs: int) -> str:
+    """The log line of one epoch: rate, loss, every output's validation accuracy, seconds."""
+    names = [f"IC{i + 1}" for i in range(len(result.val_acc) - 1)] + ["final"]
+    how = ", eager while the step compiles" if result.eager else ""
+    return (
+        f"epoch {result.epoch}/{epochs}  lr {result.lr:.3g}  loss {result.train_loss:.4f}  val acc "
+        + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, result.val_acc))
+        + f"  ({result.seconds:.1f}s{how})"
+    )
+
+
 def fit(
     model: nn.Module,
     mode: Mode,
@@ -152,14 +182,7 @@ def fit(
     stepped = runtime.prepare(Objective(model, mode))
     # torch.compile compiles at the first call: the module it wraps steps eagerly until then
     eager = getattr(stepped, "_orig_mod", None) if compile_ready is not None and runtime.compile else None
-    opt = make_optimizer(params, recipe, fused=runtime.fused_optimizer)
-    schedule = make_schedule(opt, recipe)
-    with warnings.catch_warnings():  # replaying before any optimiser step is intended here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(start_epoch):  # the schedule is a function of the epoch: replay it
-            schedule.step()
-    if restore is not None:
-        restore(opt)
+    opt, schedule = _optimiser(params, recipe, runtime, start_epoch, restore)
     results = []
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.perf_counter()
@@ -169,17 +192,9 @@ def fit(
             eager = None
             if log is not None and results:
                 log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
+        step, label = eager if eager is not None else stepped, f"epoch {epoch + 1}/{recipe.epochs}"
         loss = train_one_epoch(
-            model,
-            eager if eager is not None else stepped,
-            mode,
-            train_batches(epoch),
-            opt,
-            runtime,
-            epoch,
-            recipe.epochs,
-            progress,
-            f"epoch {epoch + 1}/{recipe.epochs}",
+            model, step, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs, progress, label
         )
         schedule.step()
         runtime.end_epoch(model)
@@ -187,14 +202,7 @@ def fit(
         result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0, eager=eager is not None)
         results.append(result)
         if log is not None:
-            n = len(acc)
-            names = [f"IC{i + 1}" for i in range(n - 1)] + ["final"]
-            how = ", eager while the step compiles" if result.eager else ""
-            log(
-                f"epoch {epoch + 1}/{recipe.epochs}  lr {lr:.3g}  loss {loss:.4f}  val acc "
-                + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, acc))
-                + f"  ({result.seconds:.1f}s{how})"
-            )
+            log(_epoch_line(result, recipe.epochs))
         if on_epoch is not None:
             on_epoch(result, opt)
         if stop_after is not None and len(results) >= stop_after:
