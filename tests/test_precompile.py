@@ -68,7 +68,7 @@ from shallowdeep.reproduction import reproduce
 precompile.COMPILE_BESIDE_ON = ("cuda", "cpu")  # as on a GPU (the CPU compiles in-process by default)
 result = reproduce("digits", sys.argv[1], ["small"], epochs={"cnn": 1, "ic-only": 1, "sdn": 1}, device="cpu",
                    compile=True, log=None, progress=False)
-print(json.dumps({"compiled_ahead": result["compiled_ahead"], "inductor": dict(du.counters["inductor"])}))
+print(json.dumps({"compiled_ahead": result.compiled_ahead, "inductor": dict(du.counters["inductor"])}))
 """
 
 

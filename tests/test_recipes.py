@@ -213,7 +213,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     reads = []
     real_digits = data_mod._DATASETS["digits"]
     monkeypatch.setitem(data_mod._DATASETS, "digits", lambda *a: reads.append(a) or real_digits(*a))
-    result = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    result = reproduce(
+        "digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False
+    ).to_json()
     assert len(reads) == 1  # three stages and two analyses of one data set: read once (data.reuse_loaded)
     data_mod.load_dataset("digits")
     assert len(reads) == 2  # after the call nothing is kept
@@ -261,7 +263,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(
         reproduction, "analyze_run", lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k)
     )
-    again = reproduce("digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False)
+    again = reproduce(
+        "digits", out, ["small"], epochs={"cnn": 2, "ic-only": 1, "sdn": 1}, log=None, progress=False
+    ).to_json()
     assert calls == []
     strip = lambda rows: [{k: v for k, v in r.items() if k != "stage_seconds"} for r in rows]  # noqa: E731
     assert strip(again["rows"]) == strip(result["rows"])
@@ -286,11 +290,11 @@ def test_reproduce_some_stages_then_the_rest(tmp_path):
     with pytest.raises(UserError, match="unknown or no stage"):
         reproduce("digits", out, ["small"], epochs=epochs, stages=("sdn", "fine-tune"), log=None, progress=False)
     assert not (out / "small").exists()
-    result = reproduce("digits", out, ["small"], epochs=epochs, stages=("sdn",), log=None, progress=False)
+    result = reproduce("digits", out, ["small"], epochs=epochs, stages=("sdn",), log=None, progress=False).to_json()
     assert [r["kind"] for r in result["rows"]] == ["sdn"] and not (out / "small" / "cnn").exists()
     weights = (out / "small" / "sdn" / "model.safetensors").read_bytes()
     said: list[str] = []
-    result = reproduce("digits", out, ["small"], epochs=epochs, log=said.append, progress=False)
+    result = reproduce("digits", out, ["small"], epochs=epochs, log=said.append, progress=False).to_json()
     assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
     assert any("sdn is finished: kept" in line for line in said)
     assert (out / "small" / "sdn" / "model.safetensors").read_bytes() == weights
@@ -315,7 +319,7 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     )
     epochs = {"cnn": 1, "ic-only": 1, "sdn": 1}
     said: list[str] = []
-    result = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=said.append, progress=False)
+    result = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=said.append, progress=False).to_json()
     assert [r["kind"] for r in result["rows"]] == ["ic-only", "sdn"]
     assert any("in a background process while the next stage trains" in line for line in said)
     beside = result["rows"][0]["stage_background_seconds"]
@@ -334,7 +338,7 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
     assert 0 < report["pipeline_seconds"] <= stages["analyze ic-only"]  # starting the child, waiting for it
     assert collected_here == ["sdn"] and (ic_only / "records" / "test.safetensors").is_file()  # by the child
     # a later call keeps the analysis and still counts only the pipeline's part in the total
-    again = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=None, progress=False)
+    again = reproduce("digits", tmp_path / "a", ["small"], epochs=epochs, log=None, progress=False).to_json()
     assert again["rows"][0]["stage_seconds"]["analyze ic-only"] == report["pipeline_seconds"]
     assert again["rows"][0]["stage_background_seconds"] == {"analyze ic-only": report["wall_seconds"]}
 
@@ -346,7 +350,7 @@ def test_reproduce_analyzes_the_ic_only_sdn_beside_the_next_stage(tmp_path, monk
         lambda run, seconds, device: real_process(tmp_path / "nowhere", seconds, device),
     )
     said.clear()
-    failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=said.append, progress=False)
+    failed = reproduce("digits", tmp_path / "b", ["small"], epochs=epochs, log=said.append, progress=False).to_json()
     # why it failed reaches the user: the last line of its error
     why = [line.split(" failed (")[1] for line in said if "background analysis" in line]
     assert len(why) == 1 and "nowhere" in why[0] and why[0].endswith("): analyzing it here"), said

@@ -9,11 +9,11 @@ and early exits recover accuracy on triggered inputs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import torch
 
 from .core.errors import ArgumentError
+from .core.io import JSONObject
 from .data import Dataset, ImageSet
 
 POISON_SEED = 0  # fixed, so that a resumed run poisons exactly the same inputs
@@ -66,11 +66,11 @@ class Backdoor:
         if not 0 <= self.target < num_classes:
             raise ArgumentError(f"`target_class` must lie in 0..{num_classes - 1}, got {self.target}")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Backdoor:
+    def from_json(cls, d: JSONObject) -> Backdoor:
         return cls(int(d["size"]), int(d["row"]), int(d["col"]), float(d["rate"]), int(d["target"]))
 
 

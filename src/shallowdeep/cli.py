@@ -14,11 +14,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES
 from .core.errors import MissingExtraError, NotCalibratedError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .core.io import JSONObject
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 DEMO_MARKER = "DEMO"
@@ -51,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 # commands
 
 
-def _table(rows: list[dict[str, Any]], key: str = "val_acc") -> str:
+def _table(rows: list[JSONObject], key: str = "val_acc") -> str:
     """A text table of per-output rows; the accuracy column is ``key`` ("val_acc" -> "val acc")."""
     has_acc = bool(rows) and key in rows[0]
     lines = [f"{'output':<8} {'GFLOPs':>10} {'rel. cost':>10}" + (f" {key.replace('_', ' '):>8}" if has_acc else "")]
@@ -110,7 +115,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, dict[str, Any]]:
+def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, JSONObject]:
     """A run's model, its last validation accuracies and what info says of it."""
     from . import runs
 
@@ -195,7 +200,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_file(path: str) -> dict[str, Any]:
+def _config_file(path: str) -> JSONObject:
     """Training settings from a JSON or YAML file, or from a finished run's ``run.json`` (replay)."""
     p = Path(path)
     if not p.is_file():
@@ -256,7 +261,7 @@ TRAIN_KEYS = (
 def _train_config(args: argparse.Namespace):
     from .runs import TrainConfig
 
-    settings: dict[str, Any] = {}
+    settings: JSONObject = {}
     backdoor = None
     if args.config:
         settings = _config_file(args.config)
@@ -549,7 +554,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prediction_rows(files: list[Path], res: dict[str, Any], meta: Any, last: int) -> list[dict[str, Any]]:
+def _prediction_rows(files: list[Path], res: dict[str, torch.Tensor], meta: Any, last: int) -> list[JSONObject]:
     """One row per image: its class, the output that answered, confidence, cost; the true class of
     an image in a class folder."""
     names, folders = meta.class_names, {c: i for i, c in enumerate(meta.classes)}
@@ -573,7 +578,7 @@ def _prediction_rows(files: list[Path], res: dict[str, Any], meta: Any, last: in
     return rows
 
 
-def _print_predictions(rows: list[dict[str, Any]], engine: Any, mean_cost: float) -> None:
+def _print_predictions(rows: list[JSONObject], engine: Any, mean_cost: float) -> None:
     width = max(len(r["file"]) for r in rows)
     labelled = [r for r in rows if "correct" in r]
     print(

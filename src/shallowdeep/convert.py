@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from .core.errors import ArgumentError
+from .core.io import JSONObject
 from .costs import flops
 from .models import CNN, build_cnn, list_archs
 from .models.adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, device_of, place, traced_chain
@@ -32,7 +32,7 @@ class Candidate:
     flops: float
     relative: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "name": self.cut.name,
             "where": self.cut.where,
@@ -87,7 +87,7 @@ def choose_cuts(
     return [cands[i].cut.name for i in picked]
 
 
-def chain_cnn(chain: Chain, cut_names: Sequence[str], arch: str, source: dict[str, Any]) -> CNN:
+def chain_cnn(chain: Chain, cut_names: Sequence[str], arch: str, source: JSONObject) -> CNN:
     """The model of ``chain`` as a :class:`CNN` split at ``cut_names`` (one IC position after each)."""
     segments = chain.split(cut_names)
     cnn = CNN(

@@ -24,6 +24,7 @@ import numpy as np
 from .core.errors import DataError, MissingExtraError, RunFolderError, UserError
 from .core.exit_rule import ExitRule, exit_scores, softmax
 from .core.images import fit_image, open_rgb
+from .core.io import JSONObject
 
 FORMAT = "shallowdeep-export/2"
 FORMAT_1 = "shallowdeep-export/1"  # the exit entry before ExitRule; still loads
@@ -50,7 +51,7 @@ class Classified:
 class Deployment:
     """An export loaded into onnxruntime sessions (see the module docstring)."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], sessions: list[Any]) -> None:
+    def __init__(self, folder: Path, manifest: JSONObject, sessions: list[Any]) -> None:
         self.folder, self.manifest, self.sessions = folder, manifest, sessions
         inp = manifest["input"]
         self.size = int(inp["size"])
@@ -121,7 +122,7 @@ class Deployment:
         return Classified(preds, exits, confs, self.classes)
 
 
-def _exit_rule(manifest: dict[str, Any]) -> ExitRule:
+def _exit_rule(manifest: JSONObject) -> ExitRule:
     """The manifest's exit rule; an export of format 1 spelled it ``rule``/``patience``."""
     ex = manifest["exit"]
     if manifest.get("format") == FORMAT_1 and isinstance(ex, dict):

@@ -16,13 +16,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from .core.errors import ArgumentError
-from .core.io import write_json
+from .core.io import JSONObject, write_json
 from .engine import EarlyExitEngine
 
 FORMAT = "shallowdeep-export/2"  # 2: the exit entry is an ExitRule
@@ -126,7 +125,7 @@ def _export_stage(
         ) from None
 
 
-def _manifest(engine: EarlyExitEngine, files: list[dict[str, Any]], info: ExportInfo, opset: int) -> dict[str, Any]:
+def _manifest(engine: EarlyExitEngine, files: list[JSONObject], info: ExportInfo, opset: int) -> JSONObject:
     sdn = engine.sdn
     return {
         "format": FORMAT,

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import ArgumentError
-from .core.io import read_json
+from .core.io import JSONObject, read_json
 from .data import reuse_loaded
 from .devices import pick_device
+from .reproduction_table import Reproduction, TableRow
 from .runs import RunFolder, TrainConfig
 from .runs.precompile import CompiledBeside, compiles_beside
 from .workflows import Log, analyze_run, kept_analysis
@@ -88,7 +89,7 @@ def reproduce(
     stages: tuple[str, ...] = STAGES,
     log: Log = print,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Reproduction:
     """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
     analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
     ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
@@ -105,9 +106,7 @@ def reproduce(
     if not place.main:
         log, progress = None, False
     out.mkdir(parents=True, exist_ok=True)
-    note = "thresholds chosen on the validation split, reported on the test split"
-    result: dict[str, Any] = {"data": data, "device": dev, "epochs": epochs, "rows": []}
-    result |= {"paper_claims": PAPER_CLAIMS, "note": note}
+    result = Reproduction(data, dev, epochs, paper_claims=dict(PAPER_CLAIMS))
 
     publish = _publisher(out, result, started)
     common = {"data": data, "data_root": data_root, "image_size": image_size, "device": device}
@@ -119,13 +118,13 @@ def reproduce(
     beside = CompiledBeside(plan, log)
     try:
         for arch in archs:
-            one = _ArchStages(out, arch, dev, place.main, beside, result["rows"], publish, log, progress)
+            one = _ArchStages(out, arch, dev, place.main, beside, result.rows, publish, log, progress)
             after = _analysis_beside("sdn" in stages, out / arch / "sdn", dev, place.enabled)
             _run_stages(one, stages, epochs, {"arch": arch, **common}, after)
     finally:
         compiled = beside.finish()
         if compiled is not None:
-            result["compiled_ahead"] = compiled
+            result.compiled_ahead = compiled
     if place.main:
         publish()
     if log is not None:
@@ -133,14 +132,14 @@ def reproduce(
     return result
 
 
-def _publisher(out: Path, result: dict[str, Any], started: float) -> Callable[[], None]:
+def _publisher(out: Path, result: Reproduction, started: float) -> Callable[[], None]:
     """Writes the table so far (after every analysis, so a killed reproduction still leaves it)."""
     from . import report
     from .core.io import write_bytes, write_json
 
     def publish() -> None:
-        result["call_seconds"] = time.perf_counter() - started
-        write_json(out / "reproduction.json", result)
+        result.call_seconds = time.perf_counter() - started
+        write_json(out / "reproduction.json", result.to_json())
         write_bytes(out / "reproduction.md", report.reproduction_markdown(result).encode())
         write_bytes(out / "index.html", report.reproduction_html(result).encode())
 
@@ -217,7 +216,7 @@ class _ArchStages:
         dev: str,
         main: bool,
         beside: CompiledBeside,
-        rows: list[dict[str, Any]],
+        rows: list[TableRow],
         publish: Callable[[], None],
         log: Log,
         progress: bool,
@@ -227,7 +226,7 @@ class _ArchStages:
         self.seconds: dict[str, float] = {}  # wall seconds per stage and analysis (an analysis: the pipeline's part)
         self.in_epochs: dict[str, float] = {}  # training stages: the part spent in epochs
         self.in_background: dict[str, float] = {}  # analyses run beside a stage: their own wall time
-        self.runtimes: dict[str, Any] = {}  # how each training stage ran (run.json's runtime)
+        self.runtimes: dict[str, JSONObject] = {}  # how each training stage ran (run.json's runtime)
         self.pending: list[tuple[str, float, Any]] = []  # (kind, seconds spent here, analysis process)
 
     def train(self, kind: str, cfg: dict[str, Any]) -> None:
@@ -291,15 +290,10 @@ class _ArchStages:
     def _add_row(self, kind: str, json_path: Path) -> None:
         meta = RunFolder(self.base / kind).meta()
         epoch_s = sorted(meta.epoch_seconds())
-        row = _reproduction_row(
-            self.arch, kind, read_json(json_path), meta, epoch_s, json_path.parent / "report.html", self.out
-        )
-        row |= {
-            "stage_seconds": self.seconds,
-            "stage_epoch_seconds": self.in_epochs,
-            "stage_background_seconds": self.in_background,
-            "stage_runtime": self.runtimes,
-        }
+        report = json_path.parent / "report.html"
+        row = TableRow.from_report(self.arch, kind, read_json(json_path), epoch_s, meta.runtime, report, self.out)
+        row.stage_seconds, row.stage_epoch_seconds = self.seconds, self.in_epochs
+        row.stage_background_seconds, row.stage_runtime = self.in_background, self.runtimes
         self.rows.append(row)
         self.publish()
 
@@ -380,54 +374,3 @@ def _compile_ahead_plan(
                 if may_compile(cfg):
                     plan.append((f"{arch}/{kind}", cfg))
     return plan
-
-
-def _reproduction_row(
-    arch: str, kind: str, r: dict[str, Any], meta: dict[str, Any], epoch_s: list[float], html_path: Path, out: Path
-) -> dict[str, Any]:
-    ee = r["early_exit"]
-    cal, ref = ee["calibrated"], ee["reference_protocol"]
-    ref_row = next((x for x in ref["rows"] if x["threshold"] == ref["chosen_threshold"]), None)
-    o, c = r["overthinking"], r["confusion"]
-    return {
-        "arch": arch,
-        "kind": kind,
-        "outputs": [
-            {"output": x["output"], "relative_cost": x["relative_cost"], "test_accuracy": x["test_accuracy"]}
-            for x in r["outputs"]
-        ],
-        "final_test_accuracy": r["outputs"][-1]["test_accuracy"],
-        "calibrated": {
-            "threshold": cal["threshold"],
-            "test_accuracy": cal["test"]["accuracy"],
-            "test_relative_cost": cal["test"]["relative_cost"],
-        },
-        "engine": _engine_point(ee.get("engine")),
-        "reference_protocol": {
-            "threshold": ref["chosen_threshold"],
-            "test_accuracy": ref_row["accuracy"] if ref_row else None,
-            "test_relative_cost": ref_row["relative_cost"] if ref_row else None,
-        },
-        "early_share": o["early_share"],
-        "destructive_share": o["destructive"]["union_share_of_final_errors"],
-        "confusion_auroc": c["confusion"]["auroc"],
-        "confidence_auroc": c["confidence"]["auroc"],
-        "epochs": len(epoch_s),
-        "median_epoch_seconds": epoch_s[len(epoch_s) // 2] if epoch_s else None,
-        "runtime": meta.runtime,
-        "report": str(html_path.relative_to(out)) if html_path.is_relative_to(out) else str(html_path),
-    }
-
-
-def _engine_point(engine: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What ``predict`` uses after the analysis: one threshold or per-IC ones, and their test point."""
-    if not engine:
-        return None
-    cal = engine["calibration"]
-    return {
-        "rule": engine["rule"],
-        "per_ic": cal.get("thresholds") is not None,
-        "thresholds": cal.get("thresholds") or [cal["threshold"]],
-        "test_accuracy": cal["test"]["accuracy"],
-        "test_relative_cost": cal["test"]["relative_cost"],
-    }

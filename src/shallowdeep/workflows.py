@@ -20,7 +20,7 @@ import torch
 from . import distributed
 from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, RunAnalysis, analyze
 from .core.errors import ArgumentError, RunFolderError, UserError
-from .core.io import read_json
+from .core.io import JSONObject, read_json
 from .core.stopwatch import Stopwatch
 from .data import Dataset
 from .devices import pick_device
@@ -110,7 +110,7 @@ def _report_page(
     records: dict[str, ExitRecord],
     data: Dataset,
     clock: Stopwatch,
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, JSONObject]:
     """The report's HTML and report.json's body (the analysis, the example images' ids, a kept explanation)."""
     from . import report
 
@@ -125,7 +125,7 @@ def _report_page(
     clock.lap("figures")
     names = [r.output for r in analysis.outputs]
     o = analysis.overthinking
-    result: dict[str, Any] = {"run": str(folder.path.resolve()), "arch": cfg.arch, "data": cfg.data, "mode": cfg.mode}
+    result: JSONObject = {"run": str(folder.path.resolve()), "arch": cfg.arch, "data": cfg.data, "mode": cfg.mode}
     result |= {"meta_line": meta_line, **analysis.to_json()}
     result["images"] = {
         "first_correct": {n: [int(test.ids[i]) for i in idx] for n, idx in zip(names, o.examples_first_correct)},
@@ -151,7 +151,7 @@ def _report_page(
     return page, result
 
 
-def _kept_explanation(folder: RunFolder) -> tuple[str, dict[str, Any]] | None:
+def _kept_explanation(folder: RunFolder) -> tuple[str, JSONObject] | None:
     """The report section of the run's explanations (``explain``) and their JSON, if they are there."""
     from . import report
 
@@ -166,7 +166,7 @@ def _kept_explanation(folder: RunFolder) -> tuple[str, dict[str, Any]] | None:
         raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
 
 
-def _write_report(folder: RunFolder, out: Path, result: dict[str, Any], page: str) -> None:
+def _write_report(folder: RunFolder, out: Path, result: JSONObject, page: str) -> None:
     """report.json and report.html: in the run (through its link checks) or in a folder of the user's."""
     if out == folder.report:
         folder.subfolder(out)
@@ -214,7 +214,7 @@ def kept_analysis(run: str | Path) -> Path | None:
 
 def explain_run(
     run: str | Path, split: str = "test", limit: int = 8, device: str = "cpu", log: Log = None
-) -> dict[str, Any]:
+) -> JSONObject:
     """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json`` into the
     run's ``explain/`` folder, where the report finds them."""
     from .explain import disagreements, require_grad_cam
@@ -239,7 +239,7 @@ def explain_run(
     for old in out.glob("input_*.png"):  # images of an earlier, possibly longer, explanation
         if old.is_file() and not old.is_symlink():
             old.unlink()
-    result: dict[str, Any] = {
+    result: JSONObject = {
         "split": split,
         "count_total": int((record.correct[:, 0] & ~record.correct[:, -1]).sum()),
         "inputs": [],
@@ -260,7 +260,7 @@ def _write_explanations(
     pick: np.ndarray,
     split: str,
     device: str,
-    result: dict[str, Any],
+    result: JSONObject,
 ) -> None:
     """Grad-CAM of IC 1 and the final output for the ``pick``ed inputs: one grid of all, one per
     input, each listed in ``result``."""

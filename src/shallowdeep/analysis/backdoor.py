@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
+from ..core.io import JSONObject
 from .early_exit import early_exit
 from .overthinking import overthinking
 from .record import ExitRecord
@@ -31,16 +31,16 @@ class BackdoorResult:
     """Clean accuracy, attack success and accuracy on triggered inputs (against true labels), for
     the final output, every output and early exits; destructive overthinking on triggered inputs."""
 
-    trigger: dict[str, Any]
+    trigger: JSONObject
     triggered_inputs: int
     clean_accuracy_final: float
     attack_success_final: float
     triggered_accuracy_final: float
     per_output: dict[str, list[float]]  # attack_success, triggered_accuracy, clean_accuracy
     early_exit: BackdoorExits | None = None
-    destructive_on_triggered: dict[str, Any] | None = None
+    destructive_on_triggered: JSONObject | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = asdict(self)
         return {k: v for k, v in d.items() if v is not None}
 
@@ -49,7 +49,7 @@ def backdoor_figures(
     clean: ExitRecord,
     triggered: ExitRecord,
     target: int,
-    trigger: dict[str, Any],
+    trigger: JSONObject,
     threshold: float | None,
     fallback: str,
 ) -> BackdoorResult:

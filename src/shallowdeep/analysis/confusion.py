@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
+from ..core.io import JSONObject
 from .record import ExitRecord
 
 
@@ -46,7 +46,7 @@ class Histogram:
     correct: list[int]
     wrong: list[int]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
@@ -71,7 +71,7 @@ class Separation:
     correct_beyond_wrong_mean: int | None
     histogram: Histogram
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
@@ -80,14 +80,14 @@ class Confusion:
     """Normalised confusion scores per input and their separation of errors, beside the final
     output's max softmax (the CNN's confidence for an IC-only SDN)."""
 
-    normalisation: dict[str, Any]  # mean, std, from
+    normalisation: JSONObject  # mean, std, from
     num_correct: int
     num_wrong: int
     confusion: Separation
     confidence: Separation
     scores: np.ndarray = field(repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Every figure but the per-input scores."""
         return {
             "normalisation": dict(self.normalisation),

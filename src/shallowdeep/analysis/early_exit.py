@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
 from ..core.errors import ArgumentError
 from ..core.exit_rule import FALLBACKS, check_fallback
+from ..core.io import JSONObject
 from .record import ExitRecord
 
 REFERENCE_THRESHOLDS = (0.1, 0.15, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -44,7 +44,7 @@ class EarlyExit:
     predictions: np.ndarray
     costs: np.ndarray
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "threshold": self.threshold,
             "fallback": self.fallback,
@@ -64,7 +64,7 @@ class Sweep:
     relative_cost: np.ndarray
     exit_counts: np.ndarray
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {k: v.tolist() for k, v in asdict(self).items()}
 
 
@@ -77,7 +77,7 @@ class OperatingPoint:
     final_accuracy: float
     exit_counts: list[int]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
@@ -97,15 +97,15 @@ class Calibration:
     val: OperatingPoint
     test: OperatingPoint | None = None
     thresholds: list[float] | None = None
-    cross_validation: dict[str, Any] | None = None  # per_ic="auto": held-out figures of both choices
+    cross_validation: JSONObject | None = None  # per_ic="auto": held-out figures of both choices
 
     @property
     def exit_thresholds(self) -> float | list[float]:
         """What the engine compares each IC's score with: the per-IC thresholds, else the single one."""
         return list(self.thresholds) if self.thresholds is not None else self.threshold
 
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+    def to_json(self) -> JSONObject:
+        d: JSONObject = {
             "rule": dict(self.rule),
             "fallback": self.fallback,
             "threshold": self.threshold,
@@ -120,7 +120,7 @@ class Calibration:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Calibration:
+    def from_json(cls, d: JSONObject) -> Calibration:
         """Rebuild a calibration from :meth:`to_json`; a malformed one is an :class:`ArgumentError`."""
         try:
             threshold = float(d["threshold"])
@@ -154,7 +154,7 @@ class ReferenceProtocol:
     chosen_threshold: float
     chosen: OperatingPoint
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "label": self.label,
             "rows": self.rows,
@@ -378,7 +378,7 @@ def calibrate(
 
 def _cross_validate(
     val: ExitRecord, goal: dict[str, float | None], fallback: str, thresholds, scores: np.ndarray | None, folds: int = 5
-) -> dict[str, Any]:
+) -> JSONObject:
     """Per-IC thresholds on held-out validation inputs against every single threshold.
 
     Each fold's per-IC thresholds are chosen on the other folds, and the held-out exits of all folds
@@ -390,7 +390,7 @@ def _cross_validate(
     way are reported beside.
     """
     n = val.num_inputs
-    out: dict[str, Any] = {"folds": folds, "inputs": n}
+    out: JSONObject = {"folds": folds, "inputs": n}
     if n < 20 * folds:
         return out | {"per_ic_wins": False, "reason": f"fewer than {20 * folds} validation inputs"}
     fold = np.random.default_rng(0).permutation(n) % folds

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
+from ..core.io import JSONObject
 from .record import ExitRecord
 
 
@@ -44,7 +44,7 @@ class Overthinking:
     examples_first_correct: list[list[int]]  # per output: input positions first right there
     examples_only_first: list[int]  # input positions only IC 1 gets right
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = asdict(self)
         d["destructive"] = {
             "per_ic": d.pop("destructive_per_ic"),

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..core.errors import ArgumentError, RunFolderError
-from ..core.io import arrays_to_bytes, read_arrays, write_bytes
+from ..core.io import JSONObject, arrays_to_bytes, read_arrays, write_bytes
 
 
 @dataclass(eq=False)
@@ -32,7 +31,7 @@ class ExitRecord:
     costs: np.ndarray
     cnn_cost: float
     ids: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: JSONObject = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, logits, labels, costs, cnn_cost: float, ids=None, meta: dict | None = None) -> ExitRecord:

@@ -4,10 +4,10 @@ calibration error (ECE), per output, from a record (pure, numpy only)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
+from ..core.io import JSONObject
 from .record import ExitRecord
 
 
@@ -23,7 +23,7 @@ class Reliability:
     accuracy: list[float | None]
     ece: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
@@ -65,7 +65,7 @@ class ClassAccuracy:
     final: list[float | None]
     early_exit: list[float | None]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 

@@ -10,12 +10,12 @@ record by minimising its negative log-likelihood (Guo et al. 2017).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule, exit_scores
+from ..core.io import JSONObject
 from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
 from .record import ExitRecord
 from .reliability import reliability
@@ -109,7 +109,7 @@ class RuleResult:
     calibration: Calibration
     temperatures: list[float] | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "rule": self.rule.to_json(),
             "label": self.rule.label,
@@ -129,7 +129,7 @@ class RuleComparison:
     ece_before: list[float]
     ece_after: list[float]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "results": [r.to_json() for r in self.results],
             "temperatures": self.temperatures,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule, check_fallback
+from ..core.io import JSONObject
 from ..core.outputs import output_names
 from ..core.stopwatch import Stopwatch
 from .backdoor import BackdoorResult, backdoor_figures
@@ -66,7 +66,7 @@ class AnalysisOptions:
         object.__setattr__(self, "chosen", chosen)
         object.__setattr__(self, "compared", tuple(compared))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """As report.json records them (a kept report is reused only for the same options)."""
         return {
             "max_drop": self.max_drop,
@@ -87,7 +87,7 @@ class EngineChoice:
     thresholds: str
     calibration: Calibration
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {"rule": self.rule.label, "thresholds": self.thresholds, "calibration": self.calibration.to_json()}
 
 
@@ -96,7 +96,7 @@ class BackdoorSpec:
     """A backdoored run's trigger: the class it points to and its description (for the report)."""
 
     target: int
-    trigger: dict[str, Any]
+    trigger: JSONObject
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ class RunAnalysis:
     rules: RuleComparison | None = None
     engine: EngineChoice | None = None  # an SDN's: the rule predict runs
 
-    def to_json(self) -> dict[str, Any]:
-        ee: dict[str, Any] = {
+    def to_json(self) -> JSONObject:
+        ee: JSONObject = {
             "fallback": self.fallback,
             "calibrated": self.calibrated.to_json(),
             "reference_protocol": self.reference.to_json(),

@@ -26,6 +26,7 @@ import numpy as np
 
 from .catalog import EXIT_RULES, FALLBACKS
 from .errors import ArgumentError
+from .io import JSONObject
 
 RULES = EXIT_RULES
 
@@ -135,7 +136,7 @@ class ExitRule:
             raise ArgumentError(f"`temperatures` must be {num_outputs} positive numbers, got {temps}")
         return temps
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "name": self.name,
             "k": self.k,

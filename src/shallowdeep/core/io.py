@@ -12,11 +12,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import numpy as np
 
 from .errors import RunFolderError
+
+# What JSON files hold once parsed, and what every ``to_json`` returns: the type of the tool's
+# serialised documents (run.json, report.json, calibration.json, manifests, safetensors metadata).
+JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+JSONObject: TypeAlias = dict[str, JSONValue]
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -81,7 +86,7 @@ def read_json(path: str | Path) -> dict:
     return obj
 
 
-def arrays_to_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> bytes:
+def arrays_to_bytes(arrays: dict[str, np.ndarray], metadata: JSONObject | None = None) -> bytes:
     """Serialise numpy arrays as safetensors; ``metadata`` (JSON-able) goes into its header."""
     from safetensors.numpy import save
 
@@ -89,7 +94,7 @@ def arrays_to_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, Any] | No
     return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=meta)
 
 
-def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[bytes, dict[str, Any]]:
+def read_safetensors(path: str | Path, max_bytes: int | None = None) -> tuple[bytes, JSONObject]:
     """The bytes of a safetensors file and the JSON metadata in its header, checked to parse.
 
     ``max_bytes`` refuses a file larger than what it should hold, before reading it. Raises a
@@ -148,7 +153,7 @@ def check_safetensors_extent(path: str | Path) -> None:
 
 def load_safetensors(
     path: str | Path, load: Callable[[bytes], dict], max_bytes: int | None = None
-) -> tuple[dict, dict[str, Any]]:
+) -> tuple[dict, JSONObject]:
     """A safetensors file through ``load`` (``safetensors.numpy.load`` or ``safetensors.torch.load``,
     so this layer needs no torch) plus its JSON metadata; one-line :class:`RunFolderError` otherwise."""
     from safetensors import SafetensorError
@@ -163,7 +168,7 @@ def load_safetensors(
         ) from None
 
 
-def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], JSONObject]:
     """Read a safetensors file as numpy arrays plus its JSON metadata."""
     from safetensors.numpy import load
 

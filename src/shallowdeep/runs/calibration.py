@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..analysis.early_exit import Calibration
 from ..core.errors import ArgumentError, NotCalibratedError, RunFolderError
 from ..core.exit_rule import ExitRule
-from ..core.io import read_json
+from ..core.io import JSONObject, read_json
 from ..engine import EarlyExitEngine
 from ..sdn import SDN
 from .folder import RunFolder
@@ -28,7 +27,7 @@ def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: 
     return folder.calibration
 
 
-def _rule_of(d: dict[str, Any], cal: Calibration) -> ExitRule:
+def _rule_of(d: JSONObject, cal: Calibration) -> ExitRule:
     """The file's exit rule; a file from 0.2.0 kept the rule's name apart from its thresholds and
     temperatures, and reads the same."""
     raw = d.get("exit_rule") or {"name": "max_softmax"}

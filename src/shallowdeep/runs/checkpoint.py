@@ -12,10 +12,10 @@ a time; a failed write is raised at the next checkpoint or when the run finishes
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import torch
 
+from ..core.io import JSONObject
 from .folder import RunFolder
 from .weights import tensors_to_bytes
 
@@ -40,7 +40,7 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], run_json: dict[str, Any]) -> None:
+    def submit(self, tensors: dict[str, torch.Tensor], metadata: JSONObject, run_json: JSONObject) -> None:
         """Checkpoint ``tensors`` (with JSON ``metadata``) and then write ``run_json``; returns once the
         tensors are copied. Waits for the previous checkpoint first (and raises its error)."""
         self.wait()
@@ -50,7 +50,7 @@ class CheckpointWriter:
         )
         self._thread.start()
 
-    def _write(self, snap: dict[str, torch.Tensor], metadata: dict[str, Any], run_json: dict[str, Any]) -> None:
+    def _write(self, snap: dict[str, torch.Tensor], metadata: JSONObject, run_json: JSONObject) -> None:
         try:
             self.run.write_bytes(self.run.checkpoint, tensors_to_bytes(snap, metadata))
             self.run.write_json(self.run.run_json, run_json)  # after the checkpoint it describes

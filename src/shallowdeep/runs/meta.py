@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..core.errors import ArgumentError
+from ..core.io import JSONObject
 from ..sdn import CNN, SDN
 from ..training import Recipe
 
@@ -38,7 +39,7 @@ class ModelMeta:
     num_classes: int
     image_size: int
     ic_positions: tuple[int, ...] = ()
-    source: dict[str, Any] | None = None
+    source: JSONObject | None = None
 
     @classmethod
     def of(cls, model: CNN | SDN) -> ModelMeta:
@@ -48,7 +49,7 @@ class ModelMeta:
         kind = "sdn" if isinstance(model, SDN) else "cnn"
         return cls(kind, cnn.arch, cnn.num_classes, cnn.image_size, positions, cnn.source)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = {
             "kind": self.kind,
             "arch": self.arch,
@@ -95,9 +96,9 @@ class RunConfig:
     ic_cuts: list[str] | None = None
     ic_fractions: list[float] | None = None
     data_mode: str | None = None
-    backdoor: dict[str, Any] | None = None  # Backdoor.to_json() once resolved
+    backdoor: JSONObject | None = None  # Backdoor.to_json() once resolved
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
@@ -123,7 +124,7 @@ class DataMeta:
     image_size: int | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    details: dict[str, Any] = field(default_factory=dict)
+    details: JSONObject = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -131,7 +132,7 @@ class DataMeta:
         names = self.details.get("class_names")
         return list(names) if isinstance(names, list) else list(self.classes)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         base = {"name": self.name, "classes": self.classes, "image_size": self.image_size}
         return base | {"mean": list(self.mean), "std": list(self.std)} | self.details
 
@@ -167,14 +168,14 @@ class RunMeta:
     config: RunConfig
     recipe: Recipe
     data: DataMeta
-    runtime: dict[str, Any] = field(default_factory=dict)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
+    runtime: JSONObject = field(default_factory=dict)
+    epochs: list[JSONObject] = field(default_factory=list)
     wall_seconds: float = 0.0
     setup_seconds: float = 0.0
     time_parts: dict[str, float] = field(default_factory=dict)
     from_run_weights_sha256: str | None = None
     weights_sha256: str | None = None
-    costs: dict[str, Any] | None = None
+    costs: JSONObject | None = None
 
     @property
     def complete(self) -> bool:
@@ -190,7 +191,7 @@ class RunMeta:
         """Each epoch's seconds, as recorded."""
         return [float(e["seconds"]) for e in self.epochs if isinstance(e.get("seconds"), (int, float))]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = {
             "format": FORMAT,
             "status": self.status,

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from ..core.children import python_child
 from ..core.errors import UserError
+from ..core.io import JSONObject
 from ..data import reuse_loaded
 from .folder import RunFolder
 from .train import TrainConfig, warm_compile
@@ -43,7 +43,7 @@ class Ahead:
 
     def __init__(self, process: subprocess.Popen, count: int) -> None:
         self.process, self.count = process, count
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[JSONObject] = []
         self.ended = False  # the child exited and every line it wrote is read
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -72,7 +72,7 @@ class Ahead:
             self._changed.wait_for(lambda: len(self.rows) >= n or self.ended, timeout)
             return len(self.rows) >= n
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[JSONObject]:
         """Stop the child if it still runs; what it did per configuration (``compiled``,
         ``seconds``, or ``error``), as far as it got."""
         if self.process.poll() is None:
@@ -136,7 +136,7 @@ class CompiledBeside:
         i = names.index(name)
         return lambda: self.ahead is None or self.ahead.done(i)
 
-    def finish(self) -> list[dict[str, Any]] | None:
+    def finish(self) -> list[JSONObject] | None:
         """Stop the child; per planned run what it did and how many epochs the run trained eagerly
         meanwhile (``None`` if it never started)."""
         if self.ahead is None:
@@ -175,7 +175,7 @@ def _main() -> None:
             t0 = time.perf_counter()
             cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in _FIELDS})
             try:
-                row: dict[str, Any] = {"compiled": warm_compile(cfg)}
+                row: JSONObject = {"compiled": warm_compile(cfg)}
             except Exception as e:  # noqa: BLE001  (the stage compiles for itself; say why this did not)
                 row = {"compiled": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
             row["seconds"] = round(time.perf_counter() - t0, 2)

@@ -22,7 +22,7 @@ from ..collect import forward_batch_size
 from ..convert import build_model, module_arch, module_cnn
 from ..core.catalog import DEFAULT_SEED
 from ..core.errors import ArgumentError, RunFolderError
-from ..core.io import remove_stale_temps, sha256_file
+from ..core.io import JSONObject, remove_stale_temps, sha256_file
 from ..core.stopwatch import Stopwatch
 from ..costs import output_costs
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
@@ -65,7 +65,7 @@ class TrainConfig:
     precision: str | None = None
     compile: bool | None = None
     sync_bn: bool = False
-    backdoor: dict[str, Any] | None = None  # {"rate", "target", "size", "pos"}: any may be None
+    backdoor: JSONObject | None = None  # {"rate", "target", "size", "pos"}: any may be None
     # zoo models: the zoo's weights or a weights file, and where the ICs go (names, or cost fractions)
     pretrained: bool | None = None
     weights: str | None = None
@@ -202,7 +202,7 @@ def _from_cnn_run(r: dict[str, Any]) -> None:
     r["ic_cuts"] = r["ic_cuts"] or None
 
 
-def _backdoor_asked(cfg: TrainConfig, previous: RunMeta | None, mode: str) -> dict[str, Any] | None:
+def _backdoor_asked(cfg: TrainConfig, previous: RunMeta | None, mode: str) -> JSONObject | None:
     """A resumed run's backdoor, or the options asked for (resolved to pixels once the data's size is known)."""
     if previous is not None:
         if cfg.backdoor is not None and not previous.config.backdoor:
@@ -267,7 +267,7 @@ class _Setup:
     model: nn.Module
     device: torch.device
     start_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[JSONObject] = field(default_factory=list)
     restore: Callable[[torch.optim.Optimizer], None] | None = None
 
 

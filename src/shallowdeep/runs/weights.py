@@ -12,20 +12,20 @@ from safetensors.torch import save as st_save
 
 from ..convert import build_model, chain_cnn, chain_of
 from ..core.errors import ArgumentError, RunFolderError
-from ..core.io import load_safetensors, write_bytes
+from ..core.io import JSONObject, load_safetensors, write_bytes
 from ..models import CNN
 from ..sdn import SDN
 from .folder import RunFolder
 from .meta import ModelMeta
 
 
-def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> bytes:
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: JSONObject | None = None) -> bytes:
     """Serialise tensors as safetensors; ``metadata`` (JSON-able) goes into its header."""
     meta = {"json": json.dumps(metadata)} if metadata is not None else None
     return st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
 
 
-def read_tensors(path: str | Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_tensors(path: str | Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], JSONObject]:
     """Read a safetensors file and its JSON metadata, or raise a one-line :class:`RunFolderError`.
     ``max_bytes`` refuses a file larger than what it should hold before reading it."""
     return load_safetensors(path, st_load, max_bytes)
@@ -107,11 +107,11 @@ def save_weights(path: str | Path, model: torch.nn.Module) -> None:
 # optimiser state as tensors + JSON
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], JSONObject]:
     """Split an optimiser's state dict into tensors (for safetensors) and JSON."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict[str, Any]] = {}
+    plain: dict[str, JSONObject] = {}
     for idx, state in sd["state"].items():
         for k, v in state.items():
             if isinstance(v, torch.Tensor):
@@ -121,7 +121,7 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     return tensors, {"param_groups": sd["param_groups"], "plain": plain}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: JSONObject) -> None:
     """Restore what :func:`optimizer_to_tensors` wrote."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():

@@ -13,11 +13,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from ..core.io import JSONObject
 from ..distributed import all_reduce_sum
 from ..sdn import num_outputs, outputs_of
 from .modes import Mode, Objective
@@ -39,7 +39,7 @@ class EpochResult:
     seconds: float
     eager: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = asdict(self)
         if not self.eager:  # said only where it happened
             del d["eager"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
+from ..core.io import JSONObject
 
 # weight decay of the paper's recipes by architecture (spec section 5); others use 5e-4
 WEIGHT_DECAY = {"vgg16_bn": 5e-4, "wrn32_4": 5e-4, "resnet56": 1e-4, "mobilenet": 1e-4}
@@ -66,13 +66,13 @@ class Recipe:
             )
         return self
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Recipe:
+    def from_json(cls, d: JSONObject) -> Recipe:
         """A recipe from :meth:`to_json` (older run folders lack the newer fields: defaults)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
+from ..core.io import JSONObject
 from ..devices import native_bf16, pick_device  # noqa: F401  (pick_device re-exported)
 
 PRECISIONS = ("fp32", "bf16")
@@ -114,7 +114,7 @@ class Runtime:
         between the backward's kernels)."""
         return self.compile and self.device.type == "cuda" and not self.ddp
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JSONObject:
         return {
             "device": str(self.device),
             "precision": self.precision,
