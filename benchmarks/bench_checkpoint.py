@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from shallowdeep.convert import build_model
+from shallowdeep.models.convert import build_model
+from shallowdeep.models.sdn import SDN
 from shallowdeep.runs.checkpoint import CheckpointWriter
 from shallowdeep.runs.folder import RunFolder
 from shallowdeep.runs.weights import optimizer_to_tensors, tensors_to_bytes
-from shallowdeep.sdn import SDN
 
 
 def main() -> None:

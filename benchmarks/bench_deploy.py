@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shallowdeep import deploy
-from shallowdeep.convert import build_model
-from shallowdeep.engine import EarlyExitEngine
-from shallowdeep.export import ExportInfo, export_engine
-from shallowdeep.sdn import SDN
+from shallowdeep.inference import deploy
+from shallowdeep.inference.engine import EarlyExitEngine
+from shallowdeep.inference.export import ExportInfo, export_engine
+from shallowdeep.models.convert import build_model
+from shallowdeep.models.sdn import SDN
 
 PATTERNS = {"early": 0.6, "mixed": 0.3, "late": 0.1}  # share of inputs leaving at each IC (roughly)
 

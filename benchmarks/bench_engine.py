@@ -30,8 +30,8 @@ import time
 import numpy as np
 import torch
 
-from shallowdeep.engine import EarlyExitEngine
-from shallowdeep.sdn import SDN, build_sdn
+from shallowdeep.inference.engine import EarlyExitEngine
+from shallowdeep.models.sdn import SDN, build_sdn
 
 PATTERNS = {  # share of inputs leaving at IC 1..6 and at the final output (no IC exit)
     "early": (0.40, 0.20, 0.15, 0.10, 0.05, 0.05, 0.05),

@@ -32,7 +32,7 @@ import traceback
 import torch
 
 from shallowdeep.data import Dataset, ImageSet, batches, load_dataset
-from shallowdeep.sdn import build_sdn
+from shallowdeep.models.sdn import build_sdn
 from shallowdeep.training import (
     Objective,
     Runtime,

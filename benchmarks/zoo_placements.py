@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from shallowdeep.convert import build_model, candidates, chain_of
-from shallowdeep.costs import output_costs
+from shallowdeep.models.convert import build_model, candidates, chain_of
+from shallowdeep.models.costs import output_costs
+from shallowdeep.models.sdn import SDN
 from shallowdeep.models.zoo import zoo_model
-from shallowdeep.sdn import SDN
 
 MODELS = (
     "torchvision:resnet18,torchvision:resnet50,torchvision:vgg16_bn,torchvision:mobilenet_v3_large,"

@@ -19,9 +19,9 @@ from shallowdeep.analysis import (
     sweep,
 )
 from shallowdeep.analysis.early_exit import REFERENCE_THRESHOLDS, reference_protocol
-from shallowdeep.collect import collect
 from shallowdeep.core.errors import UserError
-from shallowdeep.sdn import build_sdn
+from shallowdeep.inference.collect import collect
+from shallowdeep.models.sdn import build_sdn
 
 
 def onehotish(preds, confs, classes=3):

@@ -57,7 +57,7 @@ def test_the_top_level_to_sdn_is_the_any_model_converter(zoo, name):
         import torchvision
 
         model = getattr(torchvision.models, name)(num_classes=10)
-    from shallowdeep.convert import to_sdn
+    from shallowdeep.models.convert import to_sdn
 
     assert sd.to_sdn is to_sdn
     sdn = sd.to_sdn(model.eval(), image_size=64).eval()

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from shallowdeep.analysis import ExitRecord, early_exit
-from shallowdeep.collect import collect
 from shallowdeep.core import io
 from shallowdeep.core.errors import UserError
 from shallowdeep.core.exit_rule import ExitRule
 from shallowdeep.data import batches
-from shallowdeep.engine import EarlyExitEngine, _inference_head
+from shallowdeep.inference.collect import collect
+from shallowdeep.inference.engine import EarlyExitEngine, _inference_head
 from shallowdeep.models import list_archs
+from shallowdeep.models.sdn import build_sdn
 from shallowdeep.runs import engine_from_run
-from shallowdeep.sdn import build_sdn
 
 
 def safe_thresholds(record: ExitRecord, n: int, margin: float = 1e-4) -> list[float]:
@@ -408,7 +408,7 @@ def test_stream_hands_results_back_before_the_stream_ends(random_sdn):
 
 
 def test_buckets_pad_partial_batches_to_few_shapes(random_sdn, monkeypatch):
-    from shallowdeep import engine as engine_mod
+    from shallowdeep.inference import engine as engine_mod
 
     assert engine_mod._buckets(256) == [8, 16, 32, 64, 128, 256] and engine_mod._buckets(5) == [5]
     shapes = set()

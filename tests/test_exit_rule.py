@@ -15,7 +15,7 @@ from shallowdeep.analysis.rules import fit_temperatures, rule_exits, rule_scores
 from shallowdeep.core.errors import UserError
 from shallowdeep.core.exit_rule import ExitRule
 from shallowdeep.data import normalize
-from shallowdeep.engine import EarlyExitEngine
+from shallowdeep.inference.engine import EarlyExitEngine
 
 # every rule the tool knows, raw and temperature-scaled, under both fallbacks
 TABLE = [
@@ -30,9 +30,9 @@ def three_runtimes(tiny_runs, tmp_path_factory):
     """The tiny SDN run's model, its test images (uint8 and normalised), its test record, the
     validation record's temperatures and one ONNX export of it."""
     import shallowdeep as sd
-    from shallowdeep.collect import collect
-    from shallowdeep.costs import output_costs
-    from shallowdeep.export import ExportInfo, export_engine
+    from shallowdeep.inference.collect import collect
+    from shallowdeep.inference.export import ExportInfo, export_engine
+    from shallowdeep.models.costs import output_costs
     from shallowdeep.runs import run_data
 
     pytest.importorskip("onnxruntime")
@@ -63,7 +63,7 @@ def _thresholds(record: ExitRecord, rule: ExitRule) -> list[float]:
 
 @pytest.mark.parametrize("text, fallback", TABLE)
 def test_every_rule_decides_alike_in_records_engine_and_deployment(three_runtimes, text, fallback):
-    from shallowdeep import deploy
+    from shallowdeep.inference import deploy
 
     sdn, x, nhwc, record, temps, export = three_runtimes
     rule = ExitRule.parse(text)
@@ -111,7 +111,7 @@ def test_an_exit_rule_round_trips_and_refuses_what_is_not_one():
     with pytest.raises(UserError, match="2 thresholds for 4 ICs"):
         ExitRule(thresholds=(0.1, 0.2)).per_ic(4)
     with pytest.raises(UserError, match="has no threshold"):
-        from shallowdeep.sdn import build_sdn
+        from shallowdeep.models.sdn import build_sdn
 
         EarlyExitEngine(build_sdn("small", 10, 32), ExitRule("entropy"))
 

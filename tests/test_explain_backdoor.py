@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from shallowdeep.backdoor import Backdoor, apply_trigger, poison, poisoned_dataset, triggered_split
 from shallowdeep.cli import main
 from shallowdeep.core.errors import UserError
-from shallowdeep.explain import OutputSelector, explain_output, target_block
+from shallowdeep.data.poison import Backdoor, apply_trigger, poison, poisoned_dataset, triggered_split
+from shallowdeep.inference.explain import OutputSelector, explain_output, target_block
+from shallowdeep.models.sdn import build_sdn
 from shallowdeep.runs import TrainConfig, train_run
-from shallowdeep.sdn import build_sdn
 
 QUIET = dict(progress=False, log=None)
 

@@ -137,7 +137,7 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path):
 def test_compiled_step_matches_eager_on_the_cpu():
     """torch.compile wraps the step only: a few compiled steps give the same loss as eager ones."""
     from shallowdeep.data import batches, load_dataset
-    from shallowdeep.sdn import build_sdn
+    from shallowdeep.models.sdn import build_sdn
     from shallowdeep.training import Objective, Runtime, make_mode, make_optimizer, train_one_epoch
 
     data = load_dataset("digits")
@@ -402,7 +402,7 @@ def test_precision_default_is_bf16_on_gpus_that_have_it(monkeypatch):
     """bf16 autocast by default on a GPU that computes in bf16 natively (issue 10; measured within
     0.07 points of fp32), fp32 on an older GPU and on the CPU; an explicit precision, or a resumed
     run's recorded one, wins either way."""
-    from shallowdeep import devices
+    from shallowdeep.compute import devices
     from shallowdeep.training import Runtime, runtime
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: nothing runs on them

@@ -14,8 +14,8 @@ from shallowdeep import runs
 from shallowdeep.core import io
 from shallowdeep.core.errors import UserError
 from shallowdeep.data import batches
+from shallowdeep.models.sdn import SDN, build_sdn
 from shallowdeep.runs import TrainConfig, train_run
-from shallowdeep.sdn import SDN, build_sdn
 from shallowdeep.training import SDNMode, default_recipe, evaluate
 
 QUIET = dict(progress=False, log=None)

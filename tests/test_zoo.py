@@ -15,13 +15,13 @@ from torch import nn
 
 import shallowdeep
 from shallowdeep.analysis import early_exit
-from shallowdeep.collect import collect
-from shallowdeep.convert import build_model, candidates, chain_of, to_sdn
 from shallowdeep.core.errors import UserError
-from shallowdeep.costs import output_costs
 from shallowdeep.data import Batches, load_dataset
-from shallowdeep.engine import EarlyExitEngine
+from shallowdeep.inference.collect import collect
+from shallowdeep.inference.engine import EarlyExitEngine
 from shallowdeep.models.adapter import PAPER_FRACTIONS, place
+from shallowdeep.models.convert import build_model, candidates, chain_of, to_sdn
+from shallowdeep.models.costs import output_costs
 from shallowdeep.runs import TrainConfig, train_run
 
 timm = pytest.importorskip("timm")
@@ -125,7 +125,7 @@ def test_engine_exits_agree_with_records_on_zoo_models(zoo, name):
 
 
 def test_non_square_features_get_a_pooled_head():
-    from shallowdeep.heads import ICHead
+    from shallowdeep.models.heads import ICHead
 
     h = ICHead((8, 12, 6), 5)
     assert h.kernel == (3, 1) and h(torch.randn(2, 8, 12, 6)).shape == (2, 5)

@@ -19,13 +19,13 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 _API = {
     # models
     "CNN": "models",
-    "SDN": "sdn",
+    "SDN": "models.sdn",
     "build_cnn": "models",
-    "build_sdn": "sdn",
-    "to_sdn": "convert",
+    "build_sdn": "models.sdn",
+    "to_sdn": "models.convert",
     "list_archs": "models",
-    "output_costs": "costs",
-    "Costs": "costs",
+    "output_costs": "models.costs",
+    "Costs": "models.costs",
     # data
     "Dataset": "data",
     "ImageSet": "data",
@@ -42,7 +42,7 @@ _API = {
     "save_weights": "runs",
     # records and analyses
     "ExitRecord": "analysis",
-    "collect": "collect",
+    "collect": "inference.collect",
     "run_records": "runs",
     "analyze": "analysis",
     "overthinking": "analysis",
@@ -51,7 +51,7 @@ _API = {
     "calibrate": "analysis",
     "confusion": "analysis",
     # inference
-    "EarlyExitEngine": "engine",
+    "EarlyExitEngine": "inference.engine",
     "engine_from_run": "runs",
     "analyze_run": "workflows",
     "export_run": "workflows",
@@ -59,10 +59,18 @@ _API = {
     "UserError": "core.errors",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = sorted(_API) + ["__version__", "deploy"]
+
+
+# public module -> where it lives: ``from shallowdeep import deploy`` loads the torch-free runtime only
+_MODULES = {"deploy": "inference.deploy"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        module = importlib.import_module(f".{_MODULES[name]}", __name__)
+        globals()[name] = module
+        return module
     if name in _API:
         value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
         globals()[name] = value
@@ -76,14 +84,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .analysis import ExitRecord, analyze, calibrate, confusion, early_exit, overthinking, sweep
-    from .collect import collect
-    from .convert import to_sdn
     from .core.errors import UserError
-    from .costs import Costs, output_costs
     from .data import Dataset, ImageSet, list_datasets, load_dataset
-    from .engine import EarlyExitEngine
+    from .inference.collect import collect
+    from .inference.engine import EarlyExitEngine
     from .models import CNN, build_cnn, list_archs
+    from .models.convert import to_sdn
+    from .models.costs import Costs, output_costs
+    from .models.sdn import SDN, build_sdn
     from .runs import RunFolder, TrainConfig, engine_from_run, load, run_records, save_weights, train_run
-    from .sdn import SDN, build_sdn
     from .training import Recipe, Runtime, fit
     from .workflows import analyze_run, export_run

@@ -70,8 +70,8 @@ def _table(rows: list[JSONObject], key: str = "val_acc") -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .core.outputs import output_names
-    from .costs import output_costs
-    from .sdn import SDN
+    from .models.costs import output_costs
+    from .models.sdn import SDN
 
     if args.run:
         model, val_acc, head = _info_of_run(args)
@@ -145,8 +145,8 @@ def _info_shape(args: argparse.Namespace) -> tuple[int, int | None]:
 
 def _info_of_arch(args: argparse.Namespace) -> Any:
     """An untrained SDN of ``--arch`` for ``--data``."""
-    from .convert import build_model
-    from .sdn import SDN
+    from .models.convert import build_model
+    from .models.sdn import SDN
 
     classes, image_size = _info_shape(args)
     cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
@@ -155,7 +155,7 @@ def _info_of_arch(args: argparse.Namespace) -> Any:
 
 def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) -> int:
     """Every cut point of a zoo model an IC may follow, with the paper's placement marked."""
-    from .convert import candidates, chain_of, choose_cuts
+    from .models.convert import candidates, chain_of, choose_cuts
     from .models.zoo import is_zoo_name, zoo_model
 
     if not is_zoo_name(args.arch):
@@ -186,7 +186,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .workflows import export_run
 
     out = export_run(args.run, args.out, args.opset)
-    print(f"exported to {out} (manifest.json + one ONNX graph per stage); run it with shallowdeep.deploy.load")
+    print(
+        f"exported to {out} (manifest.json + one ONNX graph per stage); run it with shallowdeep.inference.deploy.load"
+    )
     return 0
 
 
@@ -318,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .workflows import train
 
     out = train(_train_config(args), progress=not args.quiet, log=None if args.quiet else print)
-    from .distributed import current
+    from .compute.distributed import current
 
     if current().main:
         print(f"run written to {out}")
@@ -414,7 +416,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         log=log,
         progress=not args.quiet,
     )
-    from .distributed import current
+    from .compute.distributed import current
 
     if current().main:
         print(f"reproduction written to {Path(args.out) / 'reproduction.md'} (and .json, index.html)")
@@ -422,13 +424,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace) -> str:
-    from .devices import pick_device
+    from .compute.devices import pick_device
 
     return str(pick_device(args.device))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .distributed import join
+    from .compute.distributed import join
 
     place, device = join(_device(args))  # under torchrun the records are collected in shards
     if not place.main:
@@ -972,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = _run(args)
     if _torchrun_worker():
-        from .distributed import exit_worker
+        from .compute.distributed import exit_worker
 
         exit_worker(status)  # leaves the group; the worker's end is the group's business (see exit_worker)
     return status

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .compute.devices import pick_device
 from .core.errors import ArgumentError
 from .core.io import JSONObject, read_json
 from .data import reuse_loaded
-from .devices import pick_device
 from .reproduction_table import Reproduction, TableRow
 from .runs import RunFolder, TrainConfig
 from .runs.precompile import CompiledBeside, compiles_beside
@@ -96,7 +96,7 @@ def reproduce(
     run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
     only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
     from . import report
-    from .distributed import join
+    from .compute.distributed import join
 
     started = time.perf_counter()
     out = Path(out)

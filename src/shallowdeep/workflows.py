@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
 from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, RunAnalysis, analyze
+from .compute import distributed
+from .compute.devices import pick_device
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import JSONObject, read_json
 from .core.stopwatch import Stopwatch
 from .data import Dataset
-from .devices import pick_device
 from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.precompile import CompiledBeside, compiles_beside
 from .runs.weights import load
@@ -217,7 +217,7 @@ def explain_run(
 ) -> JSONObject:
     """Explain a run's IC-1-right/final-wrong inputs; write PNG grids and ``explain.json`` into the
     run's ``explain/`` folder, where the report finds them."""
-    from .explain import disagreements, require_grad_cam
+    from .inference.explain import disagreements, require_grad_cam
 
     folder = RunFolder(run)
     if folder.kind() != "sdn":
@@ -266,7 +266,7 @@ def _write_explanations(
     input, each listed in ``result``."""
     from . import report
     from .data import normalize
-    from .explain import PANEL_TITLES, explain_output, explanation_panels
+    from .inference.explain import PANEL_TITLES, explain_output, explanation_panels
 
     names = list(data.meta.get("class_names", data.classes))
     s = data.split(split)
@@ -301,7 +301,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     """Train a run like :func:`~shallowdeep.runs.train_run`; a new run that compiles (by default on one
     GPU) has its step compiled by a background process while it trains its first epochs eagerly,
     instead of waiting for the compiler (not under torchrun, not for a resumed run)."""
-    from .distributed import from_env
+    from .compute.distributed import from_env
     from .runs import train_run
     from .runs.train import may_compile
 
@@ -337,9 +337,9 @@ def _pictures(images: Any) -> Any:
 
 
 def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Path:
-    """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.export`)."""
+    """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.inference.export`)."""
     from .core.io import sha256_file
-    from .export import DEFAULT_OPSET, ExportInfo, export_engine
+    from .inference.export import DEFAULT_OPSET, ExportInfo, export_engine
     from .runs import engine_from_run
 
     folder = RunFolder(run)

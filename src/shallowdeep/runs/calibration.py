@@ -10,8 +10,8 @@ from ..analysis.early_exit import Calibration
 from ..core.errors import ArgumentError, NotCalibratedError, RunFolderError
 from ..core.exit_rule import ExitRule
 from ..core.io import JSONObject, read_json
-from ..engine import EarlyExitEngine
-from ..sdn import SDN
+from ..inference.engine import EarlyExitEngine
+from ..models.sdn import SDN
 from .folder import RunFolder
 from .weights import load
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.errors import ArgumentError
 from ..core.io import JSONObject
-from ..sdn import CNN, SDN
+from ..models.sdn import CNN, SDN
 from ..training import Recipe
 
 FORMAT = "shallowdeep-run/1"
@@ -160,7 +160,7 @@ class DataMeta:
 @dataclass
 class RunMeta:
     """``run.json``. ``runtime`` (precision, compilation, devices, DDP facts) and each epoch's
-    figures are reported as training recorded them; ``costs`` is :class:`~shallowdeep.costs.Costs`
+    figures are reported as training recorded them; ``costs`` is :class:`~shallowdeep.models.costs.Costs`
     as JSON, once training finished."""
 
     status: str

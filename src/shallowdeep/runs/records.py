@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from ..analysis.record import ExitRecord
-from ..backdoor import Backdoor, triggered_split
-from ..collect import collect
+from ..compute.distributed import current
 from ..core.errors import RunFolderError, UserError
 from ..data import Dataset, load_dataset
-from ..distributed import current
+from ..data.poison import Backdoor, triggered_split
+from ..inference.collect import collect
 from .folder import RunFolder
 from .weights import load
 

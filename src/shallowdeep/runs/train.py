@@ -17,18 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
-from ..collect import forward_batch_size
-from ..convert import build_model, module_arch, module_cnn
+from ..compute import distributed
 from ..core.catalog import DEFAULT_SEED
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
 from ..core.stopwatch import Stopwatch
-from ..costs import output_costs
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
+from ..inference.collect import forward_batch_size
 from ..models import list_archs
+from ..models.convert import build_model, module_arch, module_cnn
+from ..models.costs import output_costs
+from ..models.sdn import SDN
 from ..models.zoo import is_zoo_name
-from ..sdn import SDN
 from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
 from .checkpoint import CheckpointWriter
 from .folder import RunFolder
@@ -367,7 +367,7 @@ def _load_data(r: RunConfig, new: bool) -> Dataset:
         return data
     if data.meta.get("data_mode") == "stream":
         raise ArgumentError("`backdoor` poisons images held in memory: use `data_mode` memory")
-    from ..backdoor import Backdoor, poisoned_dataset
+    from ..data.poison import Backdoor, poisoned_dataset
 
     if new:  # options (any of them None) -> the spec's trigger scaled to this data
         bd = r.backdoor

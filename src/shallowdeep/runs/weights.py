@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..convert import build_model, chain_cnn, chain_of
 from ..core.errors import ArgumentError, RunFolderError
 from ..core.io import JSONObject, load_safetensors, write_bytes
 from ..models import CNN
-from ..sdn import SDN
+from ..models.convert import build_model, chain_cnn, chain_of
+from ..models.sdn import SDN
 from .folder import RunFolder
 from .meta import ModelMeta
 

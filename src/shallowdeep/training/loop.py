@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..compute.distributed import all_reduce_sum
 from ..core.io import JSONObject
-from ..distributed import all_reduce_sum
-from ..sdn import num_outputs, outputs_of
+from ..models.sdn import num_outputs, outputs_of
 from .modes import Mode, Objective
 from .recipe import Recipe, make_optimizer, make_schedule
 from .runtime import Runtime

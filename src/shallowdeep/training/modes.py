@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from ..core.catalog import MODES
 from ..core.errors import ArgumentError
-from ..sdn import outputs_of
+from ..models.sdn import outputs_of
 
 IC_CAPS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
 

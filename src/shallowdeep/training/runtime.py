@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..compute.devices import native_bf16, pick_device  # noqa: F401  (pick_device re-exported)
 from ..core.errors import ArgumentError
 from ..core.io import JSONObject
-from ..devices import native_bf16, pick_device  # noqa: F401  (pick_device re-exported)
 
 PRECISIONS = ("fp32", "bf16")
 COMPILE_BACKENDS = ("inductor", "cudagraphs")
@@ -165,7 +165,7 @@ class Runtime:
     def end_epoch(self, model: nn.Module) -> None:
         """After an epoch's steps: replicas share rank 0's BN statistics (DDP only)."""
         if self.ddp:
-            from ..distributed import broadcast_buffers
+            from ..compute.distributed import broadcast_buffers
 
             broadcast_buffers(model)
 

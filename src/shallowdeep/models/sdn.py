@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .core.errors import ArgumentError
-from .core.outputs import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
+from ..core.errors import ArgumentError
+from ..core.outputs import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
+from .base import CNN
 from .heads import ICHead
-from .models.base import CNN
 
 
 def feature_shapes(cnn: CNN) -> list[tuple[int, ...]]:
@@ -131,6 +131,6 @@ def num_outputs(model: nn.Module) -> int:
 
 def build_sdn(arch: str, num_classes: int, image_size: int) -> SDN:
     """Build an untrained SDN with the paper's IC placement for ``arch``."""
-    from .models import build_cnn
+    from . import build_cnn
 
     return SDN(build_cnn(arch, num_classes, image_size))

@@ -1,6 +1,6 @@
 """Early exits outside PyTorch: run an export (``shallowdeep export``) with onnxruntime and numpy only.
 
-    from shallowdeep import deploy
+    from shallowdeep.inference import deploy
     model = deploy.load("exported/")                # checks every graph against the manifest's hashes
     result = model.classify(images)                 # uint8 RGB [N, H, W, 3] (or image paths)
     result.predictions, result.exits, result.confidence, result.classes
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import DataError, MissingExtraError, RunFolderError, UserError
-from .core.exit_rule import ExitRule, exit_scores, softmax
-from .core.images import fit_image, open_rgb
-from .core.io import JSONObject
+from ..core.errors import DataError, MissingExtraError, RunFolderError, UserError
+from ..core.exit_rule import ExitRule, exit_scores, softmax
+from ..core.images import fit_image, open_rgb
+from ..core.io import JSONObject
 
 FORMAT = "shallowdeep-export/2"
 FORMAT_1 = "shallowdeep-export/1"  # the exit entry before ExitRule; still loads

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .analysis.record import ExitRecord
-from .costs import output_costs
-from .data import Dataset, batches
-from .distributed import current, gather_rows
-from .sdn import outputs_of
+from ..analysis.record import ExitRecord
+from ..compute.distributed import current, gather_rows
+from ..data import Dataset, batches
+from ..models.costs import output_costs
+from ..models.sdn import outputs_of
 
 
 def forward_batch_size(device: torch.device | str) -> int:

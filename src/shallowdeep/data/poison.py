@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .core.errors import ArgumentError
-from .core.io import JSONObject
-from .data import Dataset, ImageSet
+from ..core.errors import ArgumentError
+from ..core.io import JSONObject
+from . import Dataset, ImageSet
 
 POISON_SEED = 0  # fixed, so that a resumed run poisons exactly the same inputs
 DEFAULT_RATE = 0.1  # the spec gives none: a common BadNets-style share, recorded in run.json

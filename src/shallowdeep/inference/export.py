@@ -3,7 +3,7 @@
 Exporting a whole SDN computes every output, and exporters refuse a data-dependent exit. Split at
 the ICs instead: stage k runs the blocks up to IC k and returns both the feature and IC k's logits;
 the last stage runs the rest and the final classifier. Each stage is a static graph with a dynamic
-batch axis; :mod:`shallowdeep.deploy` (numpy + onnxruntime) runs them with real exits. The stages
+batch axis; :mod:`shallowdeep.inference.deploy` (numpy + onnxruntime) runs them with real exits. The stages
 are the engine's inference copies (conv+BN folded), so ONNX and PyTorch compute the same thing.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core.errors import ArgumentError
-from .core.io import JSONObject, write_json
+from ..core.errors import ArgumentError
+from ..core.io import JSONObject, write_json
 from .engine import EarlyExitEngine
 
 FORMAT = "shallowdeep-export/2"  # 2: the exit entry is an ExitRule

@@ -17,7 +17,7 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)

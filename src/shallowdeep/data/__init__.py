@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core.catalog import DATASETS
-from .core.errors import ArgumentError, DataError
-from .core.images import fit_image, fitted_array, open_rgb, read_fitted
-from .stream import StreamSet
+from ..core.catalog import DATASETS
+from ..core.errors import ArgumentError, DataError
+from ..core.images import fit_image, fitted_array, open_rgb, read_fitted
+from .streamed import StreamSet
 
 VAL_FRACTION = 0.1
 VAL_SEED = 0  # fixed, independent of the training seed, so every run of a data set shares one split
@@ -443,7 +443,7 @@ def _decode_in_processes(paths: list[Path], size: int) -> list[tuple[np.ndarray,
     import subprocess
     import tempfile
 
-    from .core.children import python_child
+    from ..core.children import python_child
 
     n = _decode_processes()
     step = -(-len(paths) // n)
@@ -562,7 +562,7 @@ def _decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
             pass  # a damaged cache entry is rebuilt below
     arr = _decode(paths, size)
     try:
-        from .core.io import atomic_write
+        from ..core.io import atomic_write
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda f: np.save(f, arr, allow_pickle=False))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core.errors import ArgumentError, MissingExtraError
-from .sdn import SDN, feature_shapes
+from ..core.errors import ArgumentError, MissingExtraError
+from ..models.sdn import SDN, feature_shapes
 
 
 class OutputSelector(nn.Module):

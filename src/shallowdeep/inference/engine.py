@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.errors import ArgumentError
-from .core.exit_rule import ExitRule
-from .costs import output_costs
-from .heads import ICHead
-from .sdn import SDN
+from ..core.errors import ArgumentError
+from ..core.exit_rule import ExitRule
+from ..models.costs import output_costs
+from ..models.heads import ICHead
+from ..models.sdn import SDN
 
 
 @dataclass

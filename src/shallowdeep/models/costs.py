@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from .core.errors import ArgumentError
-from .models.base import CNN
+from ..core.errors import ArgumentError
+from .base import CNN
 from .sdn import SDN
 
 

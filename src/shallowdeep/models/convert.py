@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .core.errors import ArgumentError
-from .core.io import JSONObject
+from ..core.errors import ArgumentError
+from ..core.io import JSONObject
+from . import CNN, build_cnn, list_archs
+from .adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, device_of, place, traced_chain
 from .costs import flops
-from .models import CNN, build_cnn, list_archs
-from .models.adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, device_of, place, traced_chain
-from .models.zoo import ZooModel, is_zoo_name, load_backbone_weights, read_weights_file, zoo_model
 from .sdn import SDN
+from .zoo import ZooModel, is_zoo_name, load_backbone_weights, read_weights_file, zoo_model
 
 
 @dataclass(frozen=True)
@@ -191,12 +191,12 @@ def build_model(
     zm = zoo_model(arch, num_classes, pretrained)
     weights_sha = None
     if weights:
-        from .core.io import sha256_file
+        from ..core.io import sha256_file
 
         zm.notes += load_backbone_weights(zm.module, read_weights_file(weights), str(weights))
         weights_sha = sha256_file(weights)
         if zm.mean is None:
-            from .models.zoo import IMAGENET_MEAN, IMAGENET_STD
+            from .zoo import IMAGENET_MEAN, IMAGENET_STD
 
             zm.mean, zm.std = IMAGENET_MEAN, IMAGENET_STD  # trained weights came with the zoo's normalisation
     size = zm.input_size if image_size is None else image_size

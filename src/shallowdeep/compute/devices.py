@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core.errors import ArgumentError
+from ..core.errors import ArgumentError
 
 
 def pick_device(name: str | None) -> torch.device:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.images import fit_image, open_rgb
+from ..core.images import fit_image, open_rgb
 
 
 class _Files(torch.utils.data.Dataset):

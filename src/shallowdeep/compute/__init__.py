@@ -1,0 +1,1 @@
+"""Where the computation runs: device choice and the torchrun process group."""
