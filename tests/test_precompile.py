@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shallowdeep.runs import TrainConfig, train_run
 from shallowdeep.runs.precompile import start
-from shallowdeep.runs.train import may_compile
+from shallowdeep.runs.train import ReadyWhen, may_compile
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -25,6 +25,7 @@ import torch._dynamo.utils as du
 from dataclasses import replace
 from shallowdeep.runs import TrainConfig, train_run
 from shallowdeep.runs.precompile import start
+from shallowdeep.runs.train import ReadyWhen
 out = Path(sys.argv[1])
 common = dict(arch="small", data="digits", epochs=1, device="cpu", compile=True)
 ic_only = TrainConfig(out=str(out / "ic-only"), mode="ic-only", from_run=str(out / "cnn"), **common)
@@ -32,9 +33,9 @@ sdn = TrainConfig(out=str(out / "sdn"), mode="sdn", **(common | {"epochs": 2}))
 ahead = start([replace(ic_only, from_run=None), sdn])
 train_run(TrainConfig(out=str(out / "cnn"), mode="cnn", **(common | {"compile": False})), progress=False, log=None)
 assert ahead.wait_for(2, timeout=900), ahead.finish()
-train_run(ic_only, progress=False, log=None, compile_ready=lambda: True)
+train_run(ic_only, progress=False, log=None, beside=ReadyWhen(lambda: True))
 answers = iter([False, True])  # the SDN's first epoch eager, its second compiled: a switch mid-run
-train_run(sdn, progress=False, log=None, compile_ready=lambda: next(answers))
+train_run(sdn, progress=False, log=None, beside=ReadyWhen(lambda: next(answers)))
 print(json.dumps({"ahead": ahead.finish(), "inductor": dict(du.counters["inductor"]),
                   "aot": dict(du.counters["aot_autograd"])}))
 """
@@ -217,6 +218,6 @@ def test_train_compiles_a_new_runs_step_beside_it(tmp_path, monkeypatch, fake_co
     half = TrainConfig(
         out=str(tmp_path / "u"), mode="cnn", arch="small", data="digits", epochs=2, device="cpu", compile=True
     )
-    train_run(half, stop_after=1, progress=False, log=None, compile_ready=lambda: False)
+    train_run(half, stop_after=1, progress=False, log=None, beside=ReadyWhen(lambda: False))
     train(replace(half, resume=True), progress=False, log=None)  # resumed: compiles for itself
     assert started == [] and fake_compile  # the resumed epoch stepped its compiled module

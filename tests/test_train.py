@@ -16,6 +16,7 @@ from shallowdeep.core.errors import UserError
 from shallowdeep.data import batches
 from shallowdeep.models.sdn import SDN, build_sdn
 from shallowdeep.runs import TrainConfig, train_run
+from shallowdeep.runs.train import ReadyWhen
 from shallowdeep.training import SDNMode, default_recipe, evaluate
 
 QUIET = dict(progress=False, log=None)
@@ -369,7 +370,7 @@ def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, fake_co
         TrainConfig(out=str(out), mode="sdn", arch="small", data="digits", epochs=4, compile=True),
         progress=False,
         log=lines.append,
-        compile_ready=ready,
+        beside=ReadyWhen(ready),
     )
     meta = json.loads((out / "run.json").read_text())
     assert [e.get("eager", False) for e in meta["epochs"]] == [True, True, False, False]

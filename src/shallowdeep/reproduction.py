@@ -39,18 +39,17 @@ def _stage(
     cfg: dict[str, Any],
     log: Log,
     progress: bool,
-    set_up: Callable[[], None] | None = None,
-    compile_ready: Callable[[], bool] | None = None,
-) -> tuple[float, float, dict[str, Any] | None]:
+    beside: CompiledBeside | None = None,
+) -> tuple[float, float, JSONObject | None]:
     """Train one stage into ``out`` unless it is finished: a new run, or a resumed one. Returns the
     stage's wall seconds over every call (a run written before they were recorded: its epochs' sum),
     the sum of its epochs' times (training and validation only), resumed epochs included, and how
     it trained (run.json's ``runtime``).
-    ``set_up`` and ``compile_ready`` go to :func:`~shallowdeep.runs.train_run`."""
+    ``beside`` (the background compiler) goes to :func:`~shallowdeep.runs.train_run`."""
     from .runs import train_run
 
     folder = RunFolder(out)
-    hooks = {"progress": progress, "log": log, "set_up": set_up, "compile_ready": compile_ready}
+    hooks = {"progress": progress, "log": log, "beside": beside}
     if folder.exists():
         meta = folder.meta()
         if not meta.complete:
@@ -232,7 +231,7 @@ class _ArchStages:
     def train(self, kind: str, cfg: dict[str, Any]) -> None:
         """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
         self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
-            self.base / kind, cfg, self.log, self.progress, self.beside.start, self.beside.ready(f"{self.arch}/{kind}")
+            self.base / kind, cfg, self.log, self.progress, self.beside
         )
 
     def analyze(self, kind: str, beside_next: bool = False) -> None:

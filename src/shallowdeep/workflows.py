@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Log = print) -> Path:
     )
     beside = CompiledBeside([(str(cfg.out), cfg)] if new else [], log)
     try:
-        return train_run(cfg, progress=progress, log=log, set_up=beside.start, compile_ready=beside.ready(str(cfg.out)))
+        return train_run(cfg, progress=progress, log=log, beside=beside)
     finally:
         beside.finish()
 

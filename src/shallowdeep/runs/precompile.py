@@ -110,7 +110,8 @@ def compiles_beside(dev: str) -> bool:
 
 class CompiledBeside:
     """Runs' training steps compiled by one background process (:func:`start`) while this process
-    trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order."""
+    trains them: ``plan`` is ``(name, TrainConfig)`` per run, in training order. It is the
+    :class:`~shallowdeep.runs.train.CompileAhead` that :func:`~shallowdeep.runs.train_run` takes."""
 
     def __init__(self, plan: list[tuple[str, TrainConfig]], log: Log) -> None:
         self.plan, self.log = plan, log
@@ -127,13 +128,13 @@ class CompiledBeside:
         if self.ahead is not None and self.log is not None:
             self.log(f"compiling the training steps in a background process: {', '.join(n for n, _ in self.plan)}")
 
-    def ready(self, name: str) -> Callable[[], bool] | None:
-        """The planned run's ``compile_ready`` (``None`` for a run not planned: it compiles for itself,
-        if at all): yes once the child compiled its step, failed at it, or is not running."""
-        names = [n for n, _ in self.plan]
-        if name not in names:
+    def ready_for(self, out: str | Path) -> Callable[[], bool] | None:
+        """The ``compile_ready`` of the run in ``out`` (``None`` for a run not planned: it compiles for
+        itself, if at all): yes once the child compiled its step, failed at it, or is not running."""
+        outs = [Path(cfg.out).resolve() for _, cfg in self.plan]
+        if Path(out).resolve() not in outs:
             return None
-        i = names.index(name)
+        i = outs.index(Path(out).resolve())
         return lambda: self.ahead is None or self.ahead.done(i)
 
     def finish(self) -> list[JSONObject] | None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -256,6 +256,30 @@ def _check_out(out: Path, resume: bool) -> RunMeta | None:
     return None
 
 
+class CompileAhead(Protocol):
+    """A compiler of runs' training steps in another process (``runs.precompile.CompiledBeside``):
+    ``start()`` once a run is set up; ``ready_for(out)`` the run's question "is the step in the
+    compiler's cache yet?" (``None``: the run compiles for itself)."""
+
+    def start(self) -> None: ...
+
+    def ready_for(self, out: str | Path) -> Callable[[], bool] | None: ...
+
+
+@dataclass(frozen=True)
+class ReadyWhen:
+    """A :class:`CompileAhead` whose answer is ``ready()`` for every run, for a step compiled
+    elsewhere by other means (the tests' stand-in)."""
+
+    ready: Callable[[], bool]
+
+    def start(self) -> None:
+        return None
+
+    def ready_for(self, out: str | Path) -> Callable[[], bool] | None:
+        return self.ready
+
+
 @dataclass
 class _Setup:
     """A run ready to train: what it resolved to, what it trains and how, and where it resumes."""
@@ -277,16 +301,15 @@ def train_run(
     stop_after: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
-    set_up: Callable[[], None] | None = None,
-    compile_ready: Callable[[], bool] | None = None,
+    beside: CompileAhead | None = None,
 ) -> Path:
     """Train into the run folder ``cfg.out`` (creating or resuming it) and return its path.
 
     Every input is checked before anything is written, so bad input leaves no partial folder.
     Under torchrun every rank trains its shard; only rank 0 prints and writes the run folder.
-    ``set_up()`` runs on rank 0 once the run is set up, before its first step (its data decoded
-    and cached, on CUDA its context taken); ``compile_ready`` goes to
-    :func:`~shallowdeep.training.fit` (a compiled run trains eagerly until it says yes).
+    ``beside`` compiles the run's step in another process (:class:`CompileAhead`): started on rank 0
+    once the run is set up, before its first step (its data decoded and cached, on CUDA its context
+    taken); a compiled run trains eagerly until it says the step is ready.
     """
     started = time.perf_counter()
     place, rank_device = distributed.join(str(pick_device(cfg.device)))
@@ -309,7 +332,7 @@ def train_run(
             f"{len(data.train)} train / {len(data.val)} val images, {setup.recipe.epochs} epochs, {setup.device} "
             f"({rt.precision}{', compiled' if rt.compile else ''})"
         )
-    if training.fit(stop_after, progress, log, set_up, compile_ready):
+    if training.fit(stop_after, progress, log, beside):
         training.finish()
     return out
 
@@ -476,8 +499,7 @@ class _Training:
         stop_after: int | None,
         progress: bool,
         log: Callable[[str], None] | None,
-        set_up: Callable[[], None] | None,
-        compile_ready: Callable[[], bool] | None,
+        beside: CompileAhead | None,
     ) -> bool:
         """Train this call's epochs; whether the run has all of its epochs now."""
         s = self.setup
@@ -492,8 +514,9 @@ class _Training:
         # the part of the wall time before the first step (data loading and building), over every call
         self.meta.setup_seconds += time.perf_counter() - self.started
         self.loop_started = time.perf_counter()
-        if set_up is not None and self.place.main:
-            set_up()
+        if beside is not None and self.place.main:
+            beside.start()
+        compile_ready = beside.ready_for(self.run.path) if beside is not None else None
         try:
             fit(
                 s.model,
