@@ -230,34 +230,17 @@ def _config_file(path: str) -> JSONObject:
     return {k.replace("-", "_"): v for k, v in obj.items()}
 
 
-TRAIN_KEYS = (
-    "mode",
-    "arch",
-    "data",
-    "from_run",
-    "seed",
-    "data_root",
-    "image_size",
-    "device",
-    "precision",
-    "compile",
-    "pretrained",
-    "weights",
-    "ic_cuts",
-    "ic_fractions",
-    "data_mode",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "milestones",
-    "gamma",
-    "warmup_epochs",
-    "label_smoothing",
-)
+# TrainConfig's fields a flag or a --config file may set (the rest: the output folder, resuming,
+# DDP's batch-norm sync, the backdoor's own flags, a Python module)
+_NOT_SETTINGS = {"out", "resume", "sync_bn", "backdoor", "module"}
+
+
+def _train_keys() -> list[str]:
+    from dataclasses import fields
+
+    from .runs import TrainConfig
+
+    return [f.name for f in fields(TrainConfig) if f.name not in _NOT_SETTINGS]
 
 
 def _train_config(args: argparse.Namespace):
@@ -275,10 +258,10 @@ def _train_config(args: argparse.Namespace):
                 "size": b.get("size"),
                 "pos": [b["row"], b["col"]] if "row" in b else b.get("pos"),
             }
-        unknown = sorted(set(settings) - set(TRAIN_KEYS) - {"backdoor"})
+        unknown = sorted(set(settings) - set(_train_keys()) - {"backdoor"})
         if unknown:
             raise UserError(f"--config {args.config} has unknown settings: {', '.join(unknown)}")
-    for key in TRAIN_KEYS:  # flags override the file
+    for key in _train_keys():  # flags override the file
         v = getattr(args, key, None)
         if v is not None:
             settings[key] = v
