@@ -76,7 +76,7 @@ def test_every_rule_decides_alike_in_records_engine_and_deployment(three_runtime
         calibrated = rule.calibrated(q, t, fallback)
         sim = rule_exits(record, rule, q, fallback, temps if rule.temperature else None)
         engine = EarlyExitEngine(sdn, calibrated)
-        manifest["exit"] = calibrated.calibrated(engine.thresholds, engine.temperatures, fallback).to_json()
+        manifest["exit"] = engine.rule.to_json()
         manifest_path.write_text(json.dumps(manifest))
         deployed = deploy.load(export).classify(nhwc)
         for batch_size in (1, 32):

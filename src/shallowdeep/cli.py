@@ -133,11 +133,12 @@ def _info_shape(args: argparse.Namespace) -> tuple[int, int | None]:
     from .data import dataset_shape, load_dataset
     from .models.zoo import is_zoo_name
 
-    classes, size = dataset_shape(args.data) or (None, None)
-    if classes is None:  # a folder data set: list it (streamed: one image decoded) for its classes and size
+    shape = dataset_shape(args.data)
+    folder = shape is None
+    classes, size = shape or (None, None)
+    if folder:  # a folder data set: list it (streamed: one image decoded) for its classes and size
         d = load_dataset(args.data, args.data_root, args.image_size, mode="stream")
         classes, size = d.num_classes, d.image_size
-    folder = dataset_shape(args.data) is None
     if args.image_size is not None:
         return classes, args.image_size
     return classes, None if is_zoo_name(args.arch) and folder else size

@@ -134,9 +134,11 @@ class EarlyExitEngine:
         input that exits wastes one queued stage."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
-        self.rule = _as_rule(rule, fallback)
-        self.thresholds = self.rule.per_ic(len(sdn.positions))
-        self.temperatures = self.rule.scales(sdn.num_outputs)
+        given = _as_rule(rule, fallback)
+        self.thresholds = given.per_ic(len(sdn.positions))
+        self.temperatures = given.scales(sdn.num_outputs)
+        # the rule as carried out, spelled out: one threshold per IC, one temperature per output
+        self.rule = given.calibrated(self.thresholds, self.temperatures, given.fallback)
         if precision not in ("fp32", "bf16"):
             raise ArgumentError(f"`precision` is fp32 or bf16, not {precision!r}")
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device

@@ -134,8 +134,7 @@ def _manifest(engine: EarlyExitEngine, files: list[JSONObject], info: ExportInfo
         "stages": files,
         "input": {"size": sdn.image_size, "layout": "NHWC uint8 RGB", "mean": list(info.mean), "std": list(info.std)},
         "classes": list(info.classes or [str(i) for i in range(sdn.num_classes)]),
-        # spelled out: one threshold per IC, one temperature per output
-        "exit": engine.rule.calibrated(engine.thresholds, engine.temperatures, engine.fallback).to_json(),
+        "exit": engine.rule.to_json(),  # spelled out: one threshold per IC, one temperature per output
         "relative_costs": [float(c) for c in engine.relative_costs],
         "weights_sha256": info.weights_sha256,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ def engine_from_run(
     if threshold is None:
         rule = read_exit_rule(run)  # one read of the file, one hash of the weights
         if fallback is not None:
-            rule = rule.calibrated(list(rule.thresholds or ()), rule.temperatures, fallback)
+            rule = replace(rule, fallback=fallback)
     else:
         if fallback is None and folder.calibration.is_file():
             try:
