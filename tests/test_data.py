@@ -191,12 +191,12 @@ def test_batches_normalised_channels_last(digits):
 def test_batches_travel_as_stored_and_are_normalised_where_they_go(digits, monkeypatch):
     """To another device a batch goes as uint8 (a quarter of the floats' bytes) and is normalised
     there ("meta" stands in for a GPU here: the same path, no arithmetic)."""
-    from shallowdeep import data as data_mod
+    from shallowdeep.data import batching
 
     seen = []
-    real = data_mod.normalize
+    real = batching.normalize
     monkeypatch.setattr(
-        data_mod,
+        batching,
         "normalize",
         lambda images, m, s: seen.append((images.dtype, images.device.type, m.device.type)) or real(images, m, s),
     )
@@ -245,7 +245,7 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     """Image folders decode JPEGs through torchvision (faster); the pixels must be PIL's, which
     prediction and the deployed runtime use."""
     from shallowdeep.core.images import read_fitted
-    from shallowdeep.data import _decode, _decode_jpegs
+    from shallowdeep.data.decode import _decode, _decode_jpegs
 
     rng = np.random.default_rng(0)
     smooth = np.clip(np.cumsum(rng.integers(-9, 10, (40, 40, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
@@ -273,7 +273,7 @@ def test_jpegs_decode_to_the_pixels_pil_gives(tmp_path):
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         _decode([paths[0], tmp_path / "broken.jpg"], 40)
     # a header claiming 30000 x 30000 pixels: PIL's decompression-bomb guard still decides
-    from shallowdeep.data import _jpeg_size
+    from shallowdeep.data.decode import _jpeg_size
 
     raw = bytearray(paths[0].read_bytes())
     sof = raw.index(b"\xff\xc0")
@@ -291,7 +291,7 @@ def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_pat
     worker that fails (a bad file) leaves the folder to this process, whose error names the file."""
     import tempfile
 
-    import shallowdeep.data as data
+    from shallowdeep.data import decode
 
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the shares are handed over
@@ -302,16 +302,16 @@ def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_pat
         p = tmp_path / (f"{i:02d}.png" if i == 5 else f"{i:02d}.jpg")
         Image.fromarray(a.astype(np.uint8)).save(p)
         paths.append(p)
-    monkeypatch.setattr(data, "_decode_processes", lambda: 1)
+    monkeypatch.setattr(decode, "_decode_processes", lambda: 1)
     with pytest.warns(UserWarning, match="8 of 23 images are not square"):
-        here = data._decode(paths, 32)
-    monkeypatch.setattr(data, "PROCESS_MIN_FILES", 10)
-    monkeypatch.setattr(data, "_decode_processes", lambda: 3)
+        here = decode._decode(paths, 32)
+    monkeypatch.setattr(decode, "PROCESS_MIN_FILES", 10)
+    monkeypatch.setattr(decode, "_decode_processes", lambda: 3)
     shares = []
-    real = data._decode_in_processes
-    monkeypatch.setattr(data, "_decode_in_processes", lambda p, s: shares.append(len(p)) or real(p, s))
+    real = decode._decode_in_processes
+    monkeypatch.setattr(decode, "_decode_in_processes", lambda p, s: shares.append(len(p)) or real(p, s))
     with pytest.warns(UserWarning, match="8 of 23 images are not square"):
-        there = data._decode(paths, 32)
+        there = decode._decode(paths, 32)
     assert shares == [23] and there.dtype == np.uint8 and np.array_equal(here, there)
     by_workers = real(paths, 32)  # not None: the workers decoded it (a failure would be hidden above)
     assert by_workers is not None and np.array_equal(np.stack([a for a, _ in by_workers]), here)
@@ -319,14 +319,14 @@ def test_many_small_images_decode_in_worker_processes_to_the_same_pixels(tmp_pat
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     assert real(paths + [tmp_path / "broken.jpg"], 32) is None
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
-        data._decode(paths + [tmp_path / "broken.jpg"], 32)
+        decode._decode(paths + [tmp_path / "broken.jpg"], 32)
     assert not list((tmp_path / "tmp").glob("shallowdeep-decode-*"))  # the shares' folders are gone
 
 
 def test_reuse_loaded_reads_a_data_set_once_inside_it_only(tmp_path, monkeypatch):
     """Inside ``reuse_loaded`` the same arguments give the same data set without reading the files
     again (another size or mode is read anew); outside, every call reads them."""
-    from shallowdeep import data as data_mod
+    from shallowdeep.data import registry as data_mod
 
     reads = []
     real = data_mod._DATASETS["digits"]

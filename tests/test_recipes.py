@@ -208,7 +208,7 @@ def test_reproduce_end_to_end_and_resume(tmp_path, monkeypatch):
     )
     assert _meta(out / "small" / "cnn")["status"] == "running"
     killed_wall = _meta(out / "small" / "cnn")["wall_seconds"]
-    from shallowdeep import data as data_mod
+    from shallowdeep.data import registry as data_mod
 
     reads = []
     real_digits = data_mod._DATASETS["digits"]

@@ -14,7 +14,7 @@ import torch
 
 from ..core.errors import ArgumentError
 from ..core.io import JSONObject
-from . import Dataset, ImageSet
+from .sets import Dataset, ImageSet
 
 POISON_SEED = 0  # fixed, so that a resumed run poisons exactly the same inputs
 DEFAULT_RATE = 0.1  # the spec gives none: a common BadNets-style share, recorded in run.json
