@@ -21,6 +21,20 @@ SHARED_DATA = Path(os.environ.get("SHALLOWDEEP_SHARED_DATA", REPO.parent / "shar
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
+# the compiler's disk cache starts empty in every session, as on a fresh CI machine (a warm
+# /tmp/torchinductor_$USER would hide what compiled tests cost), and is shared by the session's
+# workers (set here in the controller, inherited by the xdist workers it starts): every graph the
+# suite compiles is compiled once, then loaded. Tests of the cache itself give their children their
+# own folder.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="shallowdeep-test-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
