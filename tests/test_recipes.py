@@ -153,7 +153,7 @@ def test_compiled_step_matches_eager_on_the_cpu():
         import itertools
 
         steps = itertools.islice(
-            iter(batches(data, "train", 64, train=True, generator=torch.Generator().manual_seed(1))), 3
+            iter(batches(data, "train", 100, train=True, generator=torch.Generator().manual_seed(1))), 3
         )
         losses.append(train_one_epoch(sdn, stepped, mode, steps, opt, runtime, 0, 2, progress=False))
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
