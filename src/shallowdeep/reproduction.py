@@ -145,6 +145,65 @@ def _publisher(out: Path, result: Reproduction, started: float) -> Callable[[], 
     return publish
 
 
+def _check_same_stage(out: Path, data: str, arch: str, stage: str, epochs: int) -> None:
+    """A stage found in ``out`` is kept (or resumed) only if it is the one asked for: the same mode,
+    epochs and, trained from scratch, data set and architecture (an IC-only stage: from this
+    reproduction's CNN)."""
+    meta = RunFolder(out).meta()
+    have: dict[str, Any] = {"mode": meta.config.mode, "epochs": meta.recipe.epochs}
+    want: dict[str, Any] = {"mode": stage, "epochs": epochs}
+    if stage == "ic-only":
+        have["from"] = str(Path(meta.config.from_run or "").resolve())
+        want["from"] = str((out.parent / "cnn").resolve())
+    else:
+        have |= {"data": _data_key(meta.config.data), "arch": meta.config.arch}
+        want |= {"data": _data_key(data), "arch": arch}
+    differ = [k for k in want if have[k] != want[k]]
+    if differ:
+        said = ", ".join(f"{k} {have[k]!r} (asked: {want[k]!r})" for k in differ)
+        raise ArgumentError(
+            f"{out} holds another stage than this reproduction asks for: {said}; give another `out`, "
+            "or leave that stage out of `stages`"
+        )
+
+
+def _data_key(spec: str) -> str:
+    """A data set's name with an image folder's path resolved (relative and absolute paths agree)."""
+    name, _, arg = spec.partition(":")
+    return f"{name}:{Path(arg).expanduser().resolve()}" if arg else name
+
+
+RESULTS = ("reproduction.json", "reproduction.md", "index.html")
+
+
+def _check_destinations(out: Path, archs: list[str]) -> None:
+    """Every path a reproduction writes, checked before the first write: ``out`` holds no training
+    run, its results are files, and each architecture's folder and stage folders lie inside ``out``
+    once links are resolved and hold a run or nothing."""
+    if RunFolder(out).exists():
+        raise ArgumentError(
+            f"{out} holds a training run (run.json): give `out` a new folder, or one a reproduction wrote"
+        )
+    for name in RESULTS:
+        p = out / name
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise ArgumentError(f"{p} is a link or a folder, not a result file: remove it, or give another `out`")
+    root = out.resolve()
+    for arch in archs:
+        for part in (out / arch, *(out / arch / stage for stage in STAGES)):
+            resolved = part.resolve()
+            if part.is_symlink() or (resolved != root and root not in resolved.parents):
+                raise ArgumentError(
+                    f"{part} leads outside {out} (a symbolic link): remove the link, or give another `out`"
+                )
+            if part.exists() and not part.is_dir():
+                raise ArgumentError(f"{part} exists and is not a folder: remove it, or give another `out`")
+        for stage in STAGES:
+            part = out / arch / stage
+            if part.is_dir() and any(part.iterdir()) and not RunFolder(part).exists():
+                raise ArgumentError(f"{part} holds files but no run (no run.json): remove them, or give another `out`")
+
+
 def _checked_request(
     data: str, out: Path, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int] | None
 ) -> dict[str, int]:
@@ -162,13 +221,21 @@ def _checked_request(
         raise ArgumentError(
             f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): choose from {', '.join(STAGES)}"
         )
+    strange = sorted(set(epochs or {}) - set(STAGES))
+    if strange:
+        raise ArgumentError(f"`epochs` names unknown stages ({', '.join(map(str, strange))}): use {', '.join(STAGES)}")
     epochs = {**PAPER_EPOCHS, **(epochs or {})}
     for stage, n in epochs.items():
-        if not (isinstance(n, int) and n >= 1):
-            raise ArgumentError(f"the {stage} stage needs at least one epoch, got {n}")
+        if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 100_000):
+            raise ArgumentError(f"the {stage} stage needs a whole number of epochs in 1..100000, got {n!r}")
     parse_data_name(data)  # an unknown data set is refused before any folder is made
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    _check_destinations(out, archs)
+    for a in archs:
+        for stage in stages:
+            if RunFolder(out / a / stage).exists():
+                _check_same_stage(out / a / stage, data, a, stage, epochs[stage])
     if "ic-only" in stages and "cnn" not in stages:
         for a in archs:
             if not RunFolder(out / a / "cnn").finished():
