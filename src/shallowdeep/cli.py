@@ -253,6 +253,10 @@ def _train_config(args: argparse.Namespace):
         settings = _config_file(args.config)
         if settings.get("backdoor"):
             b = settings["backdoor"]
+            if not isinstance(b, dict):
+                raise UserError(
+                    f"--config {args.config}: backdoor must be a mapping (rate, target, size, row, col), got {b!r}"
+                )
             backdoor = {
                 "rate": b.get("rate"),
                 "target": b.get("target"),
@@ -283,8 +287,6 @@ def _train_config(args: argparse.Namespace):
             settings["milestones"] = tuple(int(m) for m in settings["milestones"].split(",") if m.strip())
         except ValueError:
             raise UserError(f"--milestones takes comma-separated epochs, got {settings['milestones']!r}") from None
-    if settings.get("milestones") is not None:
-        settings["milestones"] = tuple(settings["milestones"])
     for key, kind in (("ic_cuts", str), ("ic_fractions", float)):
         v = settings.get(key)
         if isinstance(v, str):
@@ -295,8 +297,8 @@ def _train_config(args: argparse.Namespace):
                     f"{flags()[key]} takes comma-separated {'numbers' if kind is float else 'names'}, "
                     f"got {settings[key]!r}"
                 ) from None
-        if v is not None:
-            settings[key] = tuple(v)
+        if isinstance(v, list):
+            settings[key] = tuple(v)  # else TrainConfig refuses it, naming the setting
     return TrainConfig(out=args.out, resume=args.resume, backdoor=backdoor, sync_bn=args.sync_bn, **settings)
 
 
@@ -957,7 +959,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     status = _run(args)
-    if _torchrun_worker():
+    try:
+        worker = _torchrun_worker()
+    except UserError:  # torchrun's variables are wrong: _run has said so, and there is no group to leave
+        worker = False
+    if worker:
         from .compute.distributed import exit_worker
 
         exit_worker(status)  # leaves the group; the worker's end is the group's business (see exit_worker)
@@ -970,7 +976,9 @@ TORCHRUN_COMMANDS = ("train", "analyze", "reproduce")
 
 
 def _torchrun_worker() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from .core.torchrun import torchrun_place
+
+    return torchrun_place()[1] > 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -67,8 +67,7 @@ def analyze_run(
     folder = RunFolder(run)
     meta = folder.meta()
     out = Path(out) if out else folder.report
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    _check_report_folder(folder, out)
     # where the analysis's time went (report.json's time_parts): the data set, the records (collected
     # or read from the cache), the analyses, the engine's calibration, the figures, the page
     clock = Stopwatch()
@@ -85,9 +84,6 @@ def analyze_run(
     spec = BackdoorSpec(backdoor.target, backdoor.to_json()) if backdoor is not None else None
     analysis = analyze(records, options, backdoor=spec, clock=clock)
     page, result = _report_page(folder, meta, analysis, records, data, clock)
-    if analysis.engine is not None:  # the engine's rule, chosen on the validation split, tied to these weights
-        sha = str(records["test"].meta.get("weights_sha256"))
-        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule)
     clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
     result |= {
@@ -97,6 +93,10 @@ def analyze_run(
         "time_parts": clock.parts,
     }
     _write_report(folder, out, result, page)
+    if analysis.engine is not None:  # the engine's rule, chosen on the validation split, tied to these weights
+        # after the report: a report that cannot be written leaves the calibration it had
+        sha = str(records["test"].meta.get("weights_sha256"))
+        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule)
     if log is not None:
         laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
         log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
@@ -164,6 +164,22 @@ def _kept_explanation(folder: RunFolder) -> tuple[str, JSONObject] | None:
         return report.explanations_section(int(ex["count_total"]), str(ex["split"]), len(ex["inputs"]), picture), ex
     except (KeyError, TypeError, ValueError):
         raise RunFolderError(f"{explain_json} is damaged: explain the run again") from None
+
+
+def _check_report_folder(folder: RunFolder, out: Path) -> None:
+    """The report's folder, checked before anything is collected or written (nothing is made yet):
+    a folder or nothing, inside the run when it is the run's own, and in a writable place."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
+    if out == folder.report:
+        folder.inside(out)
+    there = out
+    while not there.exists() and there != there.parent:
+        there = there.parent  # the folder the missing ones would be made in
+    if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):
+        raise ArgumentError(f"the report cannot be written in {there} (not a writable folder): choose another `out`")
 
 
 def _write_report(folder: RunFolder, out: Path, result: JSONObject, page: str) -> None:

@@ -152,6 +152,31 @@ class RunAnalysis:
         return d
 
 
+def _feasible_rules(o: AnalysisOptions, num_ics: int) -> AnalysisOptions:
+    """The options with every patience rule checked against the ICs there are: asked for, one that
+    needs more agreeing ICs than the network has is refused (its threshold would lie above 1); among
+    the default rules compared, it is left out."""
+
+    def fits(text: str) -> bool:
+        rule = ExitRule.parse(text)
+        return rule.name != "patience" or rule.k <= num_ics
+
+    if not fits(o.rule):
+        raise ArgumentError(
+            f"the `rule` {o.rule} needs more agreeing ICs than the network's {num_ics}: "
+            f"choose patience:K with K in 1..{num_ics}"
+        )
+    if o.rules == DEFAULT_RULES:
+        return replace(o, rules=tuple(r for r in o.rules if fits(r)))
+    too_many = [r for r in o.rules if not fits(r)]
+    if too_many:
+        raise ArgumentError(
+            f"`rules` {', '.join(too_many)} need more agreeing ICs than the network's {num_ics}: "
+            f"choose patience:K with K in 1..{num_ics}"
+        )
+    return o
+
+
 def analyze(
     records: dict[str, ExitRecord],
     options: AnalysisOptions | None = None,
@@ -170,6 +195,8 @@ def analyze(
     engine's ``calibration`` parts."""
     o = options if options is not None else AnalysisOptions(max_drop, budget, fallback)
     val, test = records["val"], records["test"]
+    if test.num_outputs > 1:
+        o = _feasible_rules(o, test.num_outputs - 1)
     curves = {"val": sweep(val, fallback=o.fallback), "test": sweep(test, fallback=o.fallback)}
     calibrated = calibrate(val, test, max_drop=o.max_drop, fallback=o.fallback, swept=curves["val"])
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.errors import UserError
+from ..core.torchrun import torchrun_place
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class Dist:
 
 def from_env() -> Dist:
     """The place torchrun gave this process (one process alone when it set nothing)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world, local_rank = torchrun_place()
+    return Dist(rank, world, local_rank)
 
 
 def setup(device_type: str) -> Dist:
@@ -73,7 +74,7 @@ def join(device: str) -> tuple[Dist, str]:
 def current() -> Dist:
     """The place of this process in an initialised group (or alone)."""
     if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return Dist(dist.get_rank(), dist.get_world_size(), torchrun_place()[2])
     return Dist()
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from ..compute import distributed
 from ..core.catalog import DEFAULT_SEED
 from ..core.errors import ArgumentError, RunFolderError
+from ..core.fields import check_fields
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
 from ..core.stopwatch import Stopwatch
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
@@ -85,6 +86,9 @@ class TrainConfig:
     gamma: float | None = None
     warmup_epochs: int | None = None
     label_smoothing: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, skip=("module",))  # a module is checked where it is built
 
     def recipe_overrides(self) -> dict[str, Any]:
         """The recipe fields this configuration sets."""
