@@ -20,7 +20,7 @@ def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args if a is not type(None))
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict or hint is dict:
         return "a mapping"
@@ -48,11 +48,11 @@ def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value  # ranges (finite, positive) are the recipe's to check
     if hint is str:
         return isinstance(value, str), value
-    if origin is tuple:
+    if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             return False, value
         kept = [_fits(v, args[0]) for v in value]
-        return all(ok for ok, _ in kept), tuple(v for _, v in kept)
+        return all(ok for ok, _ in kept), origin(v for _, v in kept)
     if origin is dict or hint is dict:
         return isinstance(value, dict), value
     return isinstance(value, hint) if isinstance(hint, type) else True, value

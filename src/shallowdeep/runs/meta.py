@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..core.errors import ArgumentError
+from ..core.fields import check_fields
 from ..core.io import JSONObject
 from ..models.sdn import CNN, SDN
 from ..training import Recipe
@@ -111,7 +112,12 @@ class RunConfig:
             raise MetaError(f"the configured image_size {d['image_size']!r} is not an integer in 8..1024")
         if d.get("backdoor") is not None and not isinstance(d["backdoor"], dict):
             raise MetaError("the backdoor is not an object")
-        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+        config = cls(**{f.name: d.get(f.name) for f in fields(cls)})
+        try:
+            check_fields(config)
+        except ArgumentError as e:
+            raise MetaError(f"the configuration is damaged ({e})") from None
+        return config
 
 
 @dataclass(frozen=True)

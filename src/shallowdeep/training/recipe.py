@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
+from ..core.fields import check_fields
 from ..core.io import JSONObject
 
 # weight decay of the paper's recipes by architecture (spec section 5); others use 5e-4
@@ -78,10 +79,13 @@ class Recipe:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ArgumentError(f"unknown recipe fields {', '.join(unknown)}")
+        milestones = d.get("milestones", ())
         try:
-            return cls(**{**d, "milestones": tuple(int(m) for m in d.get("milestones", ()))})
+            recipe = cls(**{**d, "milestones": tuple(milestones) if isinstance(milestones, list) else milestones})
         except TypeError as e:
             raise ArgumentError(f"not a recipe ({e})") from None
+        check_fields(recipe)
+        return recipe.check()
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``, as the schedule of :func:`make_schedule` sets it."""

@@ -1,0 +1,64 @@
+"""Hostile run folders (issue 27): every key of run.json and calibration.json damaged in turn."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from hostile_json import damaged
+
+import shallowdeep
+from shallowdeep.core.errors import UserError
+from shallowdeep.inference.engine import EarlyExitEngine
+from shallowdeep.runs import engine_from_run
+from shallowdeep.runs.calibration import read_exit_rule
+
+
+def test_every_run_json_key_damaged_gives_a_typed_error_or_a_working_model(copy_run):
+    """Loading a run whose run.json has one key deleted or one value of a wrong type, NaN, an
+    infinity, a negative, a huge number or a list of the wrong length: a UserError, or a model that
+    gives finite logits for every class. Never another exception."""
+    run = copy_run("ic")
+    good = json.loads((run / "run.json").read_text())
+    refused = loaded = 0
+    for path, done, doc in damaged(good):
+        (run / "run.json").write_text(json.dumps(doc))
+        try:
+            model = shallowdeep.load(run)
+        except UserError:
+            refused += 1
+            continue
+        loaded += 1
+        size, classes = good["model"]["image_size"], good["model"]["num_classes"]
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, size, size))
+        last = out[-1] if isinstance(out, (list, tuple)) else out
+        assert last.shape == (2, classes) and torch.isfinite(last).all(), (path, done)
+    assert refused and loaded
+    print(f"{refused + loaded} damaged run.json files: {refused} refused with a UserError, {loaded} load")
+
+
+def test_every_calibration_key_damaged_gives_a_typed_error_or_a_working_engine(copy_run):
+    """The same for calibration.json: its rule refused with a UserError, or an engine that exits."""
+    from shallowdeep.workflows import analyze_run
+
+    run = copy_run("ic")
+    analyze_run(run)
+    good = json.loads((run / "calibration.json").read_text())
+    x = torch.zeros(3, 3, 32, 32)
+    model = shallowdeep.load(run)  # what engine_from_run loads, once: the calibration is what changes
+    assert engine_from_run(run).rule == EarlyExitEngine(model, read_exit_rule(run)).rule
+    refused = loaded = 0
+    for path, done, doc in damaged(good):
+        (run / "calibration.json").write_text(json.dumps(doc))
+        try:
+            engine = EarlyExitEngine(model, read_exit_rule(run))
+        except UserError:
+            refused += 1
+            continue
+        loaded += 1
+        got = engine.classify(x)
+        assert ((got.exits >= 0) & (got.exits < engine.num_outputs)).all(), (path, done)
+        assert torch.isfinite(got.confidence).all(), (path, done)
+    assert refused and loaded
+    print(f"{refused + loaded} damaged calibration.json files: {refused} refused, {loaded} load")
