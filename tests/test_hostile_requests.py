@@ -51,3 +51,35 @@ def test_train_config_values_of_the_wrong_type_are_refused(kw, said):
 def test_train_config_keeps_lists_as_tuples():
     cfg = TrainConfig(out="x", milestones=[1, 2], ic_fractions=[0.5, 1], ic_cuts=["a"])
     assert cfg.milestones == (1, 2) and cfg.ic_fractions == (0.5, 1.0) and cfg.ic_cuts == ("a",)
+
+
+def test_a_model_without_cut_points_is_refused_in_one_line():
+    """A token model (timm's ViT, shrunk) had 0 cut points and gave `min() arg is an empty sequence`."""
+    timm = pytest.importorskip("timm")
+    import shallowdeep as sd
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2)
+    with pytest.raises(UserError, match="has no cut point where an IC can go"):
+        sd.to_sdn(model, image_size=32)
+
+
+def test_streamed_files_that_are_empty_or_unreadable_give_one_line(tmp_path):
+    """An empty file in a streamed folder is refused when the folder is listed (it trained, then
+    broke the analysis); a damaged one met by a DataLoader worker is the tool's line, not the
+    worker's traceback."""
+    from test_zoo import write_folder
+
+    from shallowdeep.data import batches, load_dataset
+
+    root = write_folder(tmp_path / "f")
+    bad = root / "test" / "cat" / "0.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(UserError, match=r"0\.jpg is empty \(0 bytes\)"):
+        load_dataset(f"imagefolder:{root}", mode="stream")
+    bad.write_bytes(b"not an image")
+    data = load_dataset(f"imagefolder:{root}", mode="stream", image_size=32)
+    with pytest.raises(UserError) as caught:
+        for _ in batches(data, "test", 4):
+            pass
+    assert len(str(caught.value).splitlines()) == 1 and "0.jpg" in str(caught.value)
+    assert "Traceback" not in str(caught.value)

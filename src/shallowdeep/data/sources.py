@@ -148,6 +148,7 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
     meta = {"path": str(base.resolve()), "data_mode": mode, "val_from": "val/" if "val" in found else "train/"}
     sets: dict[str, ImageSet | StreamSet] = {}
     if mode == "stream":
+        _refuse_empty_files(found)  # read per batch, an empty file would fail only when its batch comes
         # photographs come down to 224 px; a folder of small images keeps their size (a CIFAR-like
         # folder streamed because it is large must not be blown up sevenfold)
         size = image_size or min(first_size(found["train"][0][0]), STREAM_SIZE)
@@ -160,6 +161,13 @@ def imagefolder(root: Path | None, arg: str | None, image_size: int | None) -> D
             size = arr.shape[1]  # the other splits take the training images' size
             sets[part] = as_set(arr, found[part][1])
     return finish(f"imagefolder:{base}", classes, sets["train"], sets["test"], None, meta=meta, val=sets.get("val"))
+
+
+def _refuse_empty_files(found: dict[str, tuple[list[Path], list[int]]]) -> None:
+    for part, (paths, _) in found.items():
+        for p in paths:
+            if os.stat(p).st_size == 0:
+                raise DataError(f"{p} is empty (0 bytes), not an image: remove it or replace it ({part}/ split)")
 
 
 def _tiny_root(root: Path | None) -> Path:

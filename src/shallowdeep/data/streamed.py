@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import UserError
 from ..core.images import fit_image, open_rgb
 
 
@@ -112,7 +113,7 @@ class StreamSet:
             prefetch_factor=2 if workers else None,
             persistent_workers=False,
         )
-        return iter(loader)
+        return _one_line_errors(loader)
 
     def channel_stats(self, sample: int = 1000) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std in [0, 1] from an evenly spaced sample of the files."""
@@ -120,3 +121,21 @@ class StreamSet:
         pick = torch.linspace(0, n - 1, min(n, sample)).round().long().unique()
         x = self.images[pick].reshape(-1, 3).double() / 255
         return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
+
+
+def _one_line_errors(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
+    """The loader's batches; a file a worker could not read (a :class:`UserError` there) comes back
+    as that error's own line, not the worker's traceback that DataLoader wraps it in."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except UserError as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            last = lines[-1] if lines else type(e).__name__
+            name = type(e).__name__
+            said = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+            raise type(e)(said) from None
+        yield batch

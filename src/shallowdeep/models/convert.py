@@ -83,6 +83,12 @@ def choose_cuts(
     if cuts is not None:
         return [c.name for c in chain.find(cuts)]
     cands = candidates(chain) if cands is None else cands
+    if not cands:
+        raise ArgumentError(
+            f"{type(chain.model).__name__} has no cut point where an IC can go (no point in its graph where "
+            "one feature map carries everything later layers use): name the blocks yourself (`blocks`), "
+            "or choose another model"
+        )
     picked = place([c.relative for c in cands], 1.0, PAPER_FRACTIONS if fractions is None else fractions)
     return [cands[i].cut.name for i in picked]
 
