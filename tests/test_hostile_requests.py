@@ -83,3 +83,16 @@ def test_streamed_files_that_are_empty_or_unreadable_give_one_line(tmp_path):
             pass
     assert len(str(caught.value).splitlines()) == 1 and "0.jpg" in str(caught.value)
     assert "Traceback" not in str(caught.value)
+
+
+def test_pretrained_weights_offline_fail_at_once(monkeypatch):
+    """Offline, --pretrained printed the hub client's retries for 54 s before its line: now, weights
+    not in the hub's cache and a hub that does not answer give the tool's line at once."""
+    timm = pytest.importorskip("timm")
+    from shallowdeep.models import zoo
+
+    monkeypatch.setattr(zoo, "_hub_cached", lambda hub_id: False)
+    monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("the hub was asked"))
+    with pytest.raises(UserError, match="cannot download the pretrained weights of timm:resnet18"):
+        zoo.zoo_model("timm:resnet18", 10, pretrained=True)

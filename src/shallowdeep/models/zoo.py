@@ -52,6 +52,53 @@ def _offline(arch: str, url: str, filename: str, where: str, e: BaseException) -
     )
 
 
+def _hub_cached(hub_id: str) -> bool:
+    """Whether the hub's cache already holds the model's weights (then no network is needed)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds (behind a proxy,
+    or with the hub offline on purpose, the hub's own client decides)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _quiet_hub():
+    """The hub client's warnings and log lines silenced: a failure becomes the tool's one line."""
+    import contextlib
+    import logging
+    import warnings
+
+    @contextlib.contextmanager
+    def quiet():
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            hub_log.setLevel(level)
+
+    return quiet()
+
+
 def default_input_size(arch: str) -> int:
     """The input size a zoo model is made for (no model is built): torchvision's 224 (299 for
     Inception), timm's from its pretrained configuration."""
@@ -97,11 +144,14 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
         if not pretrained:
             module = timm.create_model(name, pretrained=False, num_classes=num_classes)
             return ZooModel(module, default_input_size(arch))
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) or name
         try:
-            module = timm.create_model(name, pretrained=True)
+            if not _hub_cached(hub_id) and not _hub_reachable():
+                raise ConnectionError("the Hugging Face hub cannot be reached")  # at once, not after its retries
+            with _quiet_hub():
+                module = timm.create_model(name, pretrained=True)
         except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
-            cfg = timm.models.get_pretrained_cfg(name)
-            hub_id = getattr(cfg, "hf_hub_id", None) or name
             # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
             raise DataError(
                 f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
