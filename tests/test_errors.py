@@ -181,6 +181,10 @@ SETUPS = {
     "cal_not_json": lambda ctx: (ctx["ic_copy"] / "calibration.json").write_text("{"),
     "cfg_bad_json": lambda ctx: (ctx["tmp"] / "c.json").write_text("{nope"),
     "cfg_unknown": lambda ctx: (ctx["tmp"] / "c.json").write_text('{"arch": "small", "colour": 1}'),
+    "cfg_alias_bomb": lambda ctx: (ctx["tmp"] / "c.yaml").write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n"
+    ),
+    "cfg_binary": lambda ctx: (ctx["tmp"] / "c.json").write_bytes(bytes(range(128, 256))),
     "cfg_epochs_word": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nepochs: ten\n"),
     "cfg_milestones_int": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nmilestones: 5\n"),
     "cfg_backdoor_yes": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nbackdoor: yes\n"),
@@ -629,6 +633,27 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
         ["train", "--config", "{tmp}/c.yaml", "--out", "{tmp}/out"],
         "is not valid YAML",
         "cfg_bad_yaml",
+        "{tmp}/out",
+    ),
+    (
+        "--config a YAML alias bomb",
+        ["train", "--config", "{tmp}/c.yaml", "--out", "{tmp}/out"],
+        "uses YAML aliases",
+        "cfg_alias_bomb",
+        "{tmp}/out",
+    ),
+    (
+        "--config /dev/zero",
+        ["train", "--config", "/dev/zero", "--out", "{tmp}/out"],
+        "is not a regular file",
+        None,
+        "{tmp}/out",
+    ),
+    (
+        "--config not text",
+        ["train", "--config", "{tmp}/c.json", "--out", "{tmp}/out"],
+        "is not valid JSON",
+        "cfg_binary",
         "{tmp}/out",
     ),
     (

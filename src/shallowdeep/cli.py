@@ -203,20 +203,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CONFIG = 1 << 20  # a settings file is a few hundred bytes; a run.json replayed, a few MB at most
+
+
 def _config_file(path: str) -> JSONObject:
     """Training settings from a JSON or YAML file, or from a finished run's ``run.json`` (replay)."""
     p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, a FIFO, /dev/zero: never read
+        raise UserError(f"--config {path} is not a regular file: give a JSON or YAML file (or a run's run.json)")
     if not p.is_file():
         raise UserError(f"--config {path} does not exist: give a JSON or YAML file (or a run's run.json)")
-    text = p.read_text()
+    if p.stat().st_size > MAX_CONFIG:
+        raise UserError(
+            f"--config {path} is {p.stat().st_size} bytes, far more than a settings file: give the right file"
+        )
     try:
+        text = p.read_text()
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
+            # aliases can make a few bytes stand for a billion values (a "billion laughs" file);
+            # settings never need them
+            if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise UserError(f"--config {path} uses YAML aliases (*name): write every setting out")
             obj = yaml.safe_load(text)
         else:
             obj = json.loads(text)
-    except Exception as e:  # any parse error of either format: one line
+    except UserError:
+        raise
+    except Exception as e:  # any parse error of either format (or not text at all): one line
         raise UserError(
             f"--config {path} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
             f"{str(e).splitlines()[0]}"
@@ -949,6 +964,8 @@ def _message(e: UserError, args: argparse.Namespace) -> str:
     msg = e.render(flags())
     if isinstance(e, NotCalibratedError):
         msg += f" (`shallowdeep analyze {getattr(args, 'run', 'RUN')}`)"
+        if hasattr(args, "threshold"):  # only the commands that take one are told to give one
+            msg += ", or give --threshold"
     if isinstance(e, MissingExtraError):
         msg += f": install it with pip install 'shallowdeep[{e.extra}]'"
     return msg

@@ -117,6 +117,10 @@ def _export_stage(
                 dynamo=False,
             )
             return stage(x)[0] if len(names) == 2 else x
+    except OSError as e:  # a full disk, a folder that went away: nothing an opset changes
+        raise ArgumentError(
+            f"cannot write {path} ({e.strerror or type(e).__name__}): free space there or choose another `out`"
+        ) from None
     except Exception as e:  # the exporter's errors name the operator it has no ONNX form for
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         arch, k = where

@@ -43,12 +43,10 @@ def _read(run: str | Path) -> tuple[Calibration, ExitRule]:
     """The run's calibration and exit rule, refused if missing, malformed or made for other weights."""
     folder = RunFolder(run)
     if not folder.calibration.is_file():
-        raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first or give a `threshold`")
+        raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first")
     d = read_json(folder.calibration)
     if d.get("weights_sha256") != folder.weights_sha256():
-        raise NotCalibratedError(
-            f"{folder.calibration} was calibrated for other weights: analyze the run again or give a `threshold`"
-        )
+        raise NotCalibratedError(f"{folder.calibration} was calibrated for other weights: analyze the run again")
     try:
         cal = Calibration.from_json(d)
         return cal, _rule_of(d, cal)

@@ -79,7 +79,8 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
         raise RunFolderError(
             f"{source} does not fit this {getattr(model, 'arch', 'model')} "
             f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} mis-shaped tensors, "
-            f"e.g. {first!r}): it belongs to another architecture"
+            f"e.g. {first!r}): it belongs to another architecture; give the weights this model was "
+            "trained to, or train it again"
         )
     model.load_state_dict(tensors, strict=True)
 
