@@ -96,3 +96,13 @@ def test_pretrained_weights_offline_fail_at_once(monkeypatch):
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("the hub was asked"))
     with pytest.raises(UserError, match="cannot download the pretrained weights of timm:resnet18"):
         zoo.zoo_model("timm:resnet18", 10, pretrained=True)
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(monkeypatch):
+    """A crafted run.json (or --arch) naming a giant zoo model ended in the allocator's traceback:
+    its parameters are counted on the meta device first."""
+    from shallowdeep.models import zoo
+
+    monkeypatch.setattr(zoo, "_memory_bytes", lambda: 64 << 20)  # a machine of 64 MiB
+    with pytest.raises(UserError, match=r"torchvision:resnet18 has 0\.0 billion parameters .* choose a smaller"):
+        zoo.zoo_model("torchvision:resnet18", 10)

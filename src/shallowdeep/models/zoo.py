@@ -7,6 +7,7 @@ Nothing here is unpickled: weights files are safetensors, or PyTorch files read 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,30 @@ def default_input_size(arch: str) -> int:
     return 299 if name.startswith("inception") else 224
 
 
+def _memory_bytes() -> int:
+    """This machine's physical memory (a large number where the system does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 50
+
+
+def _check_size(arch: str, build: Callable[[], nn.Module]) -> None:
+    """Refuse a model whose parameters alone would not fit in half this machine's memory, counted
+    on the meta device (nothing allocated): a run.json naming a giant model must not end in the
+    allocator's traceback."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build().parameters())
+    need, have = params * 4, _memory_bytes()
+    if need > have // 2:
+        raise ArgumentError(
+            f"{arch} has {params / 1e9:.1f} billion parameters ({need / 2**30:.0f} GiB in fp32), more than half "
+            f"of this machine's {have / 2**30:.0f} GiB: choose a smaller `arch`"
+        )
+
+
 def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel:
     """Build ``arch`` (``torchvision:NAME`` or ``timm:NAME``) for ``num_classes`` classes; with
     ``pretrained`` the zoo's weights are loaded (downloaded when online) and the classifier replaced
@@ -125,8 +150,9 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
                 "torchvision.models.list_models()"
             )
         size = default_input_size(arch)
+        kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+        _check_size(arch, lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs))
         if not pretrained:
-            kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
             return ZooModel(torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), size)
         weights = torchvision.models.get_model_weights(name).DEFAULT
         hub = Path(torch.hub.get_dir()) / "checkpoints"
@@ -141,6 +167,7 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
         timm = _timm()
         if not timm.is_model(name):
             raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
+        _check_size(arch, lambda: timm.create_model(name, pretrained=False, num_classes=num_classes))
         if not pretrained:
             module = timm.create_model(name, pretrained=False, num_classes=num_classes)
             return ZooModel(module, default_input_size(arch))
