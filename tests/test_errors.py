@@ -185,6 +185,10 @@ SETUPS = {
         "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n"
     ),
     "cfg_binary": lambda ctx: (ctx["tmp"] / "c.json").write_bytes(bytes(range(128, 256))),
+    "foreign_run_json": lambda ctx: (
+        (ctx["tmp"] / "theirs").mkdir(),
+        (ctx["tmp"] / "theirs" / "run.json").write_text('{"format": "x"}'),
+    ),
     "cfg_epochs_word": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nepochs: ten\n"),
     "cfg_milestones_int": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nmilestones: 5\n"),
     "cfg_backdoor_yes": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("arch: small\nbackdoor: yes\n"),
@@ -636,6 +640,13 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
         "{tmp}/out",
     ),
     (
+        "train --out a folder with someone else's run.json",
+        ["train", "--mode", "cnn", "--arch", "small", "--data", "digits", "--out", "{tmp}/theirs"],
+        "holds a run.json that is not a readable shallowdeep run: choose another --out",
+        "foreign_run_json",
+        "{tmp}/theirs/model.safetensors",
+    ),
+    (
         "--config a YAML alias bomb",
         ["train", "--config", "{tmp}/c.yaml", "--out", "{tmp}/out"],
         "uses YAML aliases",
@@ -861,7 +872,7 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     (
         "predict without calibration",
         ["predict", "{ic}", "{tmp}/imgs"],
-        "has no calibrated threshold: analyze the run first or give a --threshold",
+        "has no calibrated threshold: analyze the run first (`shallowdeep analyze",
         "imgs",
         None,
     ),

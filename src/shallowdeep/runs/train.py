@@ -242,7 +242,15 @@ def _check_out(out: Path, resume: bool) -> RunMeta | None:
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{out} exists and is not a folder: choose another `out`")
     if run.exists():
-        previous = run.meta()
+        try:
+            previous = run.meta()
+        except RunFolderError:
+            if resume:  # its own message says how to restore it
+                raise
+            # a new run needs a new folder: this one is someone else's (or a damaged run)
+            raise ArgumentError(
+                f"{out} holds a run.json that is not a readable shallowdeep run: choose another `out`"
+            ) from None
         if not resume:
             raise ArgumentError(f"{out} already holds a run: continue it (`resume`) or choose another `out`")
         if previous.complete:
