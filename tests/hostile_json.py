@@ -8,7 +8,7 @@ import math
 WRONG = [None, True, -1, 0, 1.5, math.nan, math.inf, -math.inf, 10**30, "", "x" * 10, [], [1] * 5000, {}, {"a": 1}]
 
 
-def key_paths(obj, prefix=()):
+def key_paths(obj, prefix=(), depth=None):
     """Every key path of a JSON object; of a list, its first and last entries (the ones between
     follow the same schema: one per stage, per epoch, per class)."""
     if isinstance(obj, dict):
@@ -19,8 +19,8 @@ def key_paths(obj, prefix=()):
         items = []
     for k, v in items:
         yield (*prefix, k)
-        if isinstance(v, (dict, list)) and len(v) < 16:
-            yield from key_paths(v, (*prefix, k))
+        if isinstance(v, (dict, list)) and len(v) < 16 and (depth is None or len(prefix) + 1 < depth):
+            yield from key_paths(v, (*prefix, k), depth)
 
 
 def edited(doc: dict, path: tuple, value, delete: bool = False) -> dict:
@@ -36,10 +36,30 @@ def edited(doc: dict, path: tuple, value, delete: bool = False) -> dict:
     return m
 
 
-def damaged(doc: dict):
-    """Every damaged copy of ``doc``: (key path, what was done, the copy): each key deleted, and each
-    value replaced by each of :data:`WRONG`."""
-    for path in key_paths(doc):
-        yield path, "deleted", edited(doc, path, None, delete=True)
-        for value in WRONG:
-            yield path, repr(value)[:20], edited(doc, path, value)
+def damaged(doc: dict, depth=None, values=WRONG, only=None):
+    """Every damaged version of ``doc``: (key path, what was done, the document): each key (down to
+    ``depth`` levels; with ``only``, the paths it accepts) deleted, and each value replaced by each
+    of ``values``. The document is changed in place and restored before the next one (copying a
+    report of half a megabyte per case would be most of the test's time): use it at once."""
+    for path in list(key_paths(doc, depth=depth)):
+        if only is not None and not only(path):
+            continue
+        node = doc
+        for k in path[:-1]:
+            node = node[k]
+        key, old = path[-1], node[path[-1]]
+        if isinstance(node, list):
+            node.pop(key)
+            yield path, "deleted", doc
+            node.insert(key, old)
+        else:
+            keys = list(node)
+            del node[key]
+            yield path, "deleted", doc
+            node[key] = old
+            for k in keys[keys.index(key) + 1 :]:  # the key back in its place (order as written)
+                node[k] = node.pop(k)
+        for value in values:
+            node[key] = value
+            yield path, repr(value)[:20], doc
+        node[key] = old

@@ -62,3 +62,31 @@ def test_every_calibration_key_damaged_gives_a_typed_error_or_a_working_engine(c
         assert torch.isfinite(got.confidence).all(), (path, done)
     assert refused and loaded
     print(f"{refused + loaded} damaged calibration.json files: {refused} refused, {loaded} load")
+
+
+def test_every_report_json_key_damaged_is_analyzed_again_or_read(copy_run):
+    """A kept report.json (what `reproduce` reuses instead of analyzing again) with one key damaged:
+    either it is not kept (the run is analyzed again) or the reproduction's table reads it."""
+    from shallowdeep.reproduction_table import TableRow
+    from shallowdeep.workflows import analyze_run, kept_analysis
+
+    run = copy_run("ic")
+    path = analyze_run(run).json
+    good = json.loads(path.read_text())
+    assert kept_analysis(run) == path
+    kept = 0
+    # every top-level key, and inside what the table reads (the curves and rules it does not read
+    # are half a megabyte: damaged as a whole); each value a wrong type, a NaN, a negative
+    read = ("early_exit", "overthinking", "confusion", "outputs")
+
+    def only(p: tuple) -> bool:
+        return len(p) == 1 or (p[0] in read and p[:2] != ("early_exit", "curves"))
+
+    for key_path, done, doc in damaged(good, depth=4, values=[None, "x", -1, float("nan")], only=only):
+        path.write_text(json.dumps(doc))
+        if kept_analysis(run) is not None:
+            kept += 1
+            row = TableRow.from_report("small", "ic-only", doc, [1.0], {}, path.parent / "report.html", run)
+            assert row.arch == "small" and row.kind == "ic-only", (key_path, done)
+    assert kept  # keys the table does not read leave the report kept
+    print(f"damaged report.json files: {kept} kept and read by the table, the rest analyzed again")

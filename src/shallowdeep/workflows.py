@@ -225,6 +225,12 @@ def kept_analysis(run: str | Path) -> Path | None:
         and isinstance(rep.get("wall_seconds"), (int, float))
     ):
         return None
+    from .reproduction_table import TableRow
+
+    try:  # what a reproduction reads from it: a report its table cannot read is analyzed again
+        TableRow.from_report("-", "-", rep, [], {}, path, path.parent)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration):
+        return None
     return path
 
 
