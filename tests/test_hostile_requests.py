@@ -106,3 +106,29 @@ def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(monkeyp
     monkeypatch.setattr(zoo, "_memory_bytes", lambda: 64 << 20)  # a machine of 64 MiB
     with pytest.raises(UserError, match=r"torchvision:resnet18 has 0\.0 billion parameters .* choose a smaller"):
         zoo.zoo_model("torchvision:resnet18", 10)
+
+
+def test_a_data_error_mid_run_says_the_run_can_be_continued(tmp_path, monkeypatch):
+    """A file that fails in the second epoch (a streamed folder's worker meets it): the error says
+    the run keeps its finished epoch and how to continue; resuming then finishes it."""
+    from shallowdeep.core.errors import DataError
+    from shallowdeep.data import batching
+    from shallowdeep.runs import RunFolder, train_run
+
+    real, calls = batching.augment, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 12:  # the digits' training split is 11 batches of 128: the second epoch's first
+            raise DataError("cannot read image x.jpg: truncated; remove or replace the file")
+        return real(*a, **k)
+
+    monkeypatch.setattr(batching, "augment", failing)
+    out = tmp_path / "r"
+    cfg = TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2)
+    with pytest.raises(UserError, match=r"keeps its 1 finished epochs: fix that and continue it \(resume\)"):
+        train_run(cfg, progress=False, log=None)
+    assert RunFolder(out).meta().status == "running"
+    monkeypatch.setattr(batching, "augment", real)
+    train_run(TrainConfig(out=str(out), resume=True), progress=False, log=None)
+    assert RunFolder(out).finished()

@@ -191,12 +191,10 @@ def analyze(
     normalises confusion): the outputs, early exits, overthinking, confusion, reliability; for an
     SDN the exit rules compared and the engine's rule calibrated; with ``backdoor`` (and a
     ``"test+trigger"`` record) the backdoor's figures. ``options`` (or ``max_drop``, ``budget``,
-    ``fallback`` for the other options' defaults) say how; ``clock`` gets the ``analyses`` and the
-    engine's ``calibration`` parts."""
+    ``fallback``) say how; ``clock`` gets the ``analyses`` and the engine's ``calibration`` parts."""
     o = options if options is not None else AnalysisOptions(max_drop, budget, fallback)
     val, test = records["val"], records["test"]
-    if test.num_outputs > 1:
-        o = _feasible_rules(o, test.num_outputs - 1)
+    o = _feasible_rules(o, test.num_outputs - 1) if test.num_outputs > 1 else o
     curves = {"val": sweep(val, fallback=o.fallback), "test": sweep(test, fallback=o.fallback)}
     calibrated = calibrate(val, test, max_drop=o.max_drop, fallback=o.fallback, swept=curves["val"])
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..compute import distributed
 from ..core.catalog import DEFAULT_SEED
-from ..core.errors import ArgumentError, RunFolderError
+from ..core.errors import ArgumentError, RunFolderError, UserError
 from ..core.fields import check_fields
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
 from ..core.stopwatch import Stopwatch
@@ -546,6 +546,13 @@ class _Training:
                 log=log,
                 compile_ready=compile_ready,
             )
+        except UserError as e:  # a file the data loader met mid-run, say: the run can go on once it is fixed
+            self.writer.wait(raise_error=False)
+            done = len(s.history)
+            if e.args and done:
+                kept = f"{self.run.path} keeps its {done} finished epochs: fix that and continue it (`resume`)"
+                e.args = (f"{e.args[0]}; {kept}",)
+            raise
         except BaseException:
             self.writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
             raise
