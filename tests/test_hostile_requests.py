@@ -93,7 +93,13 @@ def test_pretrained_weights_offline_fail_at_once(monkeypatch):
 
     monkeypatch.setattr(zoo, "_hub_cached", lambda hub_id: False)
     monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("the hub was asked"))
+    real = timm.create_model
+
+    def create(*a, pretrained=False, **k):
+        assert not pretrained, "the hub was asked"
+        return real(*a, pretrained=False, **k)
+
+    monkeypatch.setattr(timm, "create_model", create)
     with pytest.raises(UserError, match="cannot download the pretrained weights of timm:resnet18"):
         zoo.zoo_model("timm:resnet18", 10, pretrained=True)
 

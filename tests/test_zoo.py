@@ -279,6 +279,9 @@ def test_timm_pretrained_offline_is_one_line_naming_the_hub_file_and_cache(tmp_p
         raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
 
     monkeypatch.setattr(hub, "hf_hub_download", offline)
+    from shallowdeep.models import zoo
+
+    monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=3.0: True)  # the host answers; the download fails
     with pytest.raises(UserError) as e:
         build_model("timm:resnet18", 10, 32, pretrained=True)
     msg = str(e.value)
