@@ -203,7 +203,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-MAX_CONFIG = 1 << 20  # a settings file is a few hundred bytes; a run.json replayed, a few MB at most
+MAX_CONFIG = 64 << 20  # a settings file is a few hundred bytes; a replayed run.json is bounded as run.json is
 
 
 def _config_file(path: str) -> JSONObject:
