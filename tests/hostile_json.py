@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 WRONG = [None, True, -1, 0, 1.5, math.nan, math.inf, -math.inf, 10**30, "", "x" * 10, [], [1] * 5000, {}, {"a": 1}]
@@ -21,19 +20,6 @@ def key_paths(obj, prefix=(), depth=None):
         yield (*prefix, k)
         if isinstance(v, (dict, list)) and len(v) < 16 and (depth is None or len(prefix) + 1 < depth):
             yield from key_paths(v, (*prefix, k), depth)
-
-
-def edited(doc: dict, path: tuple, value, delete: bool = False) -> dict:
-    """A copy of ``doc`` with the key at ``path`` deleted or set to ``value``."""
-    m = copy.deepcopy(doc)
-    node = m
-    for k in path[:-1]:
-        node = node[k]
-    if delete:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return m
 
 
 def damaged(doc: dict, depth=None, values=WRONG, only=None):

@@ -15,7 +15,7 @@ from typing import Any
 
 from .compute.devices import pick_device
 from .core.errors import ArgumentError
-from .core.io import JSONObject, read_json
+from .core.io import JSONObject, lies_inside, read_json
 from .data import reuse_loaded
 from .reproduction_table import Reproduction, TableRow
 from .runs import RunFolder, TrainConfig
@@ -188,19 +188,15 @@ def _check_destinations(out: Path, archs: list[str]) -> None:
         p = out / name
         if p.is_symlink() or (p.exists() and not p.is_file()):
             raise ArgumentError(f"{p} is a link or a folder, not a result file: remove it, or give another `out`")
-    root = out.resolve()
     for arch in archs:
         for part in (out / arch, *(out / arch / stage for stage in STAGES)):
-            resolved = part.resolve()
-            if part.is_symlink() or (resolved != root and root not in resolved.parents):
+            if part.is_symlink() or not lies_inside(part, out):
                 raise ArgumentError(
                     f"{part} leads outside {out} (a symbolic link): remove the link, or give another `out`"
                 )
             if part.exists() and not part.is_dir():
                 raise ArgumentError(f"{part} exists and is not a folder: remove it, or give another `out`")
-        for stage in STAGES:
-            part = out / arch / stage
-            if part.is_dir() and any(part.iterdir()) and not RunFolder(part).exists():
+            if part != out / arch and part.is_dir() and any(part.iterdir()) and not RunFolder(part).exists():
                 raise ArgumentError(f"{part} holds files but no run (no run.json): remove them, or give another `out`")
 
 

@@ -41,8 +41,7 @@ class Dist:
 
 def from_env() -> Dist:
     """The place torchrun gave this process (one process alone when it set nothing)."""
-    rank, world, local_rank = torchrun_place()
-    return Dist(rank, world, local_rank)
+    return Dist(*torchrun_place())
 
 
 def setup(device_type: str) -> Dist:

@@ -24,6 +24,12 @@ JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dic
 JSONObject: TypeAlias = dict[str, JSONValue]
 
 
+def lies_inside(target: str | Path, root: str | Path) -> bool:
+    """Whether ``target`` is ``root`` or lies below it once links are resolved."""
+    resolved, base = Path(target).resolve(), Path(root).resolve()
+    return resolved == base or base in resolved.parents
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write a file through ``write(f)`` into a temporary sibling, fsync it, then rename over ``path``.
 

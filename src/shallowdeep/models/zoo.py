@@ -7,7 +7,10 @@ Nothing here is unpickled: weights files are safetensors, or PyTorch files read 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,25 +82,18 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _quiet_hub():
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
     """The hub client's warnings and log lines silenced: a failure becomes the tool's one line."""
-    import contextlib
-    import logging
-    import warnings
-
-    @contextlib.contextmanager
-    def quiet():
-        hub_log = logging.getLogger("huggingface_hub")
-        level = hub_log.level
-        hub_log.setLevel(logging.CRITICAL)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            hub_log.setLevel(level)
-
-    return quiet()
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def default_input_size(arch: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RunFolderError
-from ..core.io import check_safetensors_extent, read_json, sha256_file, write_bytes, write_json
+from ..core.io import check_safetensors_extent, lies_inside, read_json, sha256_file, write_bytes, write_json
 from .meta import FORMAT, MetaError, RunMeta
 
 RUN_JSON = "run.json"
@@ -132,9 +132,7 @@ class RunFolder:
     def inside(self, target: Path) -> Path:
         """``target`` if it lies inside this run once links are resolved, else a :class:`RunFolderError`
         (a link named ``records`` or ``report`` must not send writes elsewhere)."""
-        root = self.path.resolve()
-        resolved = target.resolve()
-        if resolved != root and root not in resolved.parents:
+        if not lies_inside(target, self.path):
             raise RunFolderError(
                 f"{target} leads outside the run folder {self.path} (a symbolic link?): remove the link"
             )

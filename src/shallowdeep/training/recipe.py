@@ -79,9 +79,8 @@ class Recipe:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ArgumentError(f"unknown recipe fields {', '.join(unknown)}")
-        milestones = d.get("milestones", ())
         try:
-            recipe = cls(**{**d, "milestones": tuple(milestones) if isinstance(milestones, list) else milestones})
+            recipe = cls(**d)  # check_fields below makes a milestones list the tuple the field is
         except TypeError as e:
             raise ArgumentError(f"not a recipe ({e})") from None
         check_fields(recipe)
