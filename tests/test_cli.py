@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -173,9 +174,9 @@ def test_info_on_an_image_folder_reads_its_shape(tmp_path, capsys):
     assert obj["num_classes"] == 3 and obj["image_size"] == 16
 
 
-def test_inductors_tf32_hint_is_not_passed_on(recwarn):
+def test_inductors_tf32_hint_is_not_passed_on(capsys):
     """Every compiled fp32 CUDA run made inductor print a hint naming a PyTorch call the command line
-    cannot make; other warnings still arrive."""
+    cannot make; other warnings still arrive, one line each."""
     import argparse
     import warnings
 
@@ -192,5 +193,50 @@ def test_inductors_tf32_hint_is_not_passed_on(recwarn):
         return 0
 
     assert cli._run(argparse.Namespace(command="train", func=command)) == 0
-    seen = [str(w.message) for w in recwarn]
-    assert seen == ["12 of 40 images are not square"]
+    assert capsys.readouterr().err == "shallowdeep train: warning: 12 of 40 images are not square\n"
+
+
+def _png_claiming(path: Path, side: int) -> None:
+    """A PNG whose header claims ``side`` x ``side`` px and whose pixel data is cut short."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    )
+
+
+def test_another_packages_warning_shows_only_when_the_command_ends_well(tiny_runs, tmp_path, capsys):
+    """PIL warns about an image (100 M px: "could be a decompression bomb") and then fails to read it:
+    the user sees the error's one line. A warning on a command that works still arrives, once."""
+    import warnings
+
+    from PIL import Image
+
+    _png_claiming(tmp_path / "big.png", 10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not once per place in this process: every time
+        assert main(["predict", str(tiny_runs / "ic"), str(tmp_path / "big.png"), "--threshold", "0.5"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("shallowdeep predict: error: cannot read image") and err.count("\n") == 1, err
+        palette = Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").convert("P")
+        for i in range(2):
+            palette.save(tmp_path / f"p{i}.png", transparency=b"\0" * 8)  # PIL: "should be converted to RGBA"
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_runs / "ic"),
+                    *(str(tmp_path / f"p{i}.png") for i in range(2)),
+                    "--threshold",
+                    "0.5",
+                ]
+            )
+            == 0
+        )
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "warning: Palette images with Transparency" in err[0] and err[0].endswith("(2 times)"), err

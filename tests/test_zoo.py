@@ -220,10 +220,24 @@ def test_bad_models_and_cuts_are_one_line_errors(model, kw, msg):
     assert "\n" not in str(e.value)
 
 
-def test_image_size_the_model_cannot_take():
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+class FixedReshape(nn.Module):
+    """Fails inside the traced code itself (a reshape to a fixed size), not inside a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 30 * 30, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).reshape(x.shape[0], 4 * 30 * 30))
+
+
+@pytest.mark.parametrize("model", [nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(3600, 3)), FixedReshape()])
+def test_image_size_the_model_cannot_take(model, capfd):
+    """One line and nothing else: torch.fx prints its generated code and a traceback for an error
+    raised in that code, before the error reaches the tool."""
     with pytest.raises(UserError, match="cannot take 16 px images"):
-        to_sdn(m, 16)
+        to_sdn(model, 16)
+    assert capfd.readouterr().err == ""
 
 
 # --------------------------------------------------------------------------------------------------

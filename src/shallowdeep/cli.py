@@ -998,12 +998,54 @@ def _torchrun_worker() -> bool:
     return torchrun_place()[1] > 1
 
 
+class _Warnings:
+    """Warnings as one line each, like errors (no source line). The library's are printed at once;
+    other packages' (PIL's about an image, torch's) are held and printed when the command ends well,
+    once each: where a bad input ends the command, its one line is all that shows (PIL warns about a
+    file it then fails to read)."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.held = command, {}
+        self._own = str(Path(__file__).resolve().parent)
+
+    def __enter__(self) -> _Warnings:
+        import warnings
+
+        self._saved = warnings.showwarning
+        warnings.showwarning = self._show
+        return self
+
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = f"shallowdeep {self.command}: warning: {message}"
+        if str(filename).startswith(self._own):
+            print(text, file=sys.stderr)
+        else:
+            self.held[text] = self.held.get(text, 0) + 1
+
+    def release(self) -> None:
+        """Print what was held (a repeated warning once, with its count)."""
+        for text, n in self.held.items():
+            print(text + (f" ({n} times)" if n > 1 else ""), file=sys.stderr)
+        self.held.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.showwarning = self._saved
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; expected failures become one line and a status."""
+    with _Warnings(args.command) as said:
+        status = _run_command(args)
+        if status == 0:
+            said.release()
+    return status
+
+
+def _run_command(args: argparse.Namespace) -> int:
     import warnings
 
-    # the library's warnings as one line each, like its errors (no source line)
-    warnings.formatwarning = lambda message, category, *rest, **kw: f"shallowdeep {args.command}: warning: {message}\n"
     # inductor's hint on every compiled fp32 CUDA run names a PyTorch call the command line cannot
     # make; fp32 keeps full-precision matrix products on purpose (docs/reproduction.md), and the
     # faster numerics are `--precision bf16`

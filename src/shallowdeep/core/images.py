@@ -18,16 +18,23 @@ def open_rgb(path: str | Path):
     from PIL import Image
 
     try:
-        im = Image.open(path)
-        im.load()
+        with Image.open(path) as im:  # closed however reading ends (an unclosed file warns)
+            im.load()
+            return _rgb(im)
     except Image.DecompressionBombError as e:
         raise DataError(f"{path} claims to be too large to be a real image ({e}); remove or replace the file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def _rgb(im):
+    """A loaded PIL image as a new RGB image."""
+    from PIL import Image
+
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        return Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     return im.convert("RGB")
 
 

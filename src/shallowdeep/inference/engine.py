@@ -29,6 +29,7 @@ from torch import nn
 
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule
+from ..models.adapter import quiet
 from ..models.costs import output_costs
 from ..models.heads import ICHead
 from ..models.sdn import SDN
@@ -100,7 +101,7 @@ def _fold_bn(module: nn.Module) -> nn.Module:
     if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
         return module
     try:
-        return fuse(module, inplace=False)
+        return quiet(fuse(module, inplace=False))
     except Exception:  # an untraceable custom block keeps its BN; results are the same either way
         return module
 

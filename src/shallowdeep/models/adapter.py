@@ -193,6 +193,14 @@ def _no_inplace(model: nn.Module) -> None:
             m.inplace = False
 
 
+def quiet(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` called as a plain module: torch.fx's call wrapper prints the generated code and a
+    traceback to stderr for any error raised in it, before the tool can turn the error into its one
+    line. Every graph module has a class of its own, so only ``gm`` changes."""
+    type(gm).__call__ = nn.Module.__call__
+    return gm
+
+
 def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.GraphModule:
     """Trace ``model`` with torch.fx (timm's untraceable layers and ``leaf_modules`` kept whole) and
     annotate every node with its shape for one ``image_size`` input; one-line errors otherwise."""
@@ -213,7 +221,7 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
                 "(leaf_modules=[...])"
             ) from None
         _drop_fixed_inputs(graph)
-        gm = fx.GraphModule(tracer.root, graph, name)
+        gm = quiet(fx.GraphModule(tracer.root, graph, name))
         inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(inputs) != 1:
             raise ArgumentError(
@@ -222,7 +230,7 @@ def trace(model: nn.Module, image_size: int, leaf_modules: Sequence[type[nn.Modu
         x = torch.zeros(2, 3, image_size, image_size, device=device_of(model))
         try:
             with torch.no_grad():
-                gm(x)  # first plainly: ShapeProp prints its own traceback for an error
+                gm(x)  # first plainly: ShapeProp prints a traceback for an error before raising it
                 out = ShapeProp(gm).propagate(x)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -348,7 +356,7 @@ def split_graph(gm: fx.GraphModule, names: Sequence[str]) -> list[fx.GraphModule
         else:
             g.node_copy(nodes[-1], lookup)
         g.lint()
-        segments.append(fx.GraphModule(gm, g, f"Segment{s}"))
+        segments.append(quiet(fx.GraphModule(gm, g, f"Segment{s}")))
     return segments
 
 
