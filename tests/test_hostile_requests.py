@@ -132,7 +132,7 @@ def test_a_data_error_mid_run_says_the_run_can_be_continued(tmp_path, monkeypatc
     monkeypatch.setattr(batching, "augment", failing)
     out = tmp_path / "r"
     cfg = TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2)
-    with pytest.raises(UserError, match=r"keeps its 1 finished epochs: fix that and continue it \(resume\)"):
+    with pytest.raises(UserError, match=r"keeps its 1 finished epoch: fix that and continue it \(resume\)"):
         train_run(cfg, progress=False, log=None)
     assert RunFolder(out).meta().status == "running"
     monkeypatch.setattr(batching, "augment", real)

@@ -354,6 +354,36 @@ def test_a_failed_checkpoint_write_stops_the_run_with_its_error(tmp_path, monkey
     assert meta["status"] == "running" and not (tmp_path / "r" / "model.safetensors").exists()
 
 
+def test_a_full_disk_mid_run_names_the_file_and_the_epochs_kept(tmp_path, monkeypatch, capsys):
+    """The disk fills while the second epoch's checkpoint is written: the one line names that file
+    (the operating system's error names none) and says the run keeps its first epoch, and how to go on."""
+    from shallowdeep.cli import main
+    from shallowdeep.runs.folder import RunFolder
+
+    real, written = RunFolder.write_bytes, []
+
+    def full_disk(self, path, data):
+        if path.name == RunFolder(tmp_path).checkpoint.name:
+            written.append(path)
+            if len(written) == 2:  # as a write into a full disk fails: inside the file, no name given
+                return atomic_write(self.inside(path), lambda f: (_ for _ in ()).throw(OSError(28, "No space left")))
+        return real(self, path, data)
+
+    from shallowdeep.core.io import atomic_write
+
+    monkeypatch.setattr(RunFolder, "write_bytes", full_disk)
+    out = tmp_path / "r"
+    argv = ["train", "--mode", "cnn", "--arch", "small", "--data", "digits", "--epochs", "3", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{written[1]}: No space left" in err[0], err
+    assert f"{out} keeps its 1 finished epoch:" in err[0] and "(--resume)" in err[0], err
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []  # nothing half-written
+    monkeypatch.setattr(RunFolder, "write_bytes", real)
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert len(json.loads((out / "run.json").read_text())["epochs"]) == 3
+
+
 def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, fake_compile, digits):
     """While another process compiles the step (``compile_ready`` says no), the epochs step the
     uncompiled module; from the epoch it says yes, the compiled one; it is not asked again."""

@@ -1080,9 +1080,10 @@ def _run_command(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f"{e.filename}: " if e.filename else ""
+        kept = "".join(f"; {UserError(note).render(flags())}" for note in getattr(e, "__notes__", []))
         print(
             f"shallowdeep {args.command}: error: {where}{e.strerror or e}: check that the folder exists, is writable "
-            "and has space",
+            f"and has space{kept}",
             file=sys.stderr,
         )
         return 2

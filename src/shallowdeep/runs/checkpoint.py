@@ -39,6 +39,7 @@ class CheckpointWriter:
         self.run = run
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.saved_epochs = 0  # the epochs in the last checkpoint written whole (what a resume continues)
 
     def submit(self, tensors: dict[str, torch.Tensor], metadata: JSONObject, run_json: JSONObject) -> None:
         """Checkpoint ``tensors`` (with JSON ``metadata``) and then write ``run_json``; returns once the
@@ -54,6 +55,7 @@ class CheckpointWriter:
         try:
             self.run.write_bytes(self.run.checkpoint, tensors_to_bytes(snap, metadata))
             self.run.write_json(self.run.run_json, run_json)  # after the checkpoint it describes
+            self.saved_epochs = len(run_json.get("epochs") or [])
         except BaseException as e:  # noqa: BLE001  (kept for the training's thread, which raises it)
             self._error = e
 

@@ -23,6 +23,7 @@ from ..core.errors import ArgumentError, RunFolderError, UserError
 from ..core.fields import check_fields
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
 from ..core.stopwatch import Stopwatch
+from ..core.words import counted
 from ..data import Batches, Dataset, batches, load_dataset, parse_data_name
 from ..inference.collect import forward_batch_size
 from ..models import list_archs
@@ -478,6 +479,7 @@ class _Training:
         # compilation and checkpoints included; a kill loses what ran after the last checkpoint)
         self.started, self.earlier_wall, self.earlier_parts = started, meta.wall_seconds, dict(meta.time_parts)
         self.writer = CheckpointWriter(run)
+        self.writer.saved_epochs = setup.start_epoch  # a resumed run's checkpoint holds its earlier epochs
         self.loop_started = 0.0  # when the loop was set off; then when the last epoch's checkpoint was submitted
         self.finish_started = 0.0
 
@@ -546,11 +548,13 @@ class _Training:
                 log=log,
                 compile_ready=compile_ready,
             )
-        except UserError as e:  # a file the data loader met mid-run, say: the run can go on once it is fixed
+        except (UserError, OSError) as e:  # a file the data loader met mid-run, a full disk: the run can go on
             self.writer.wait(raise_error=False)
-            done = len(s.history)
-            if e.args and done:
-                kept = f"{self.run.path} keeps its {done} finished epochs: fix that and continue it (`resume`)"
+            done = self.writer.saved_epochs  # on disk: the checkpoint that failed, if one did, is not
+            kept = f"{self.run.path} keeps its {counted(done, 'finished epoch')}: fix that and continue it (`resume`)"
+            if isinstance(e, OSError) and done:
+                e.add_note(kept)
+            elif e.args and done:
                 e.args = (f"{e.args[0]}; {kept}",)
             raise
         except BaseException:
