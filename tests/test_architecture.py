@@ -130,3 +130,15 @@ def test_lower_layers_load_without_torch(module):
     code = f"import sys, {module}\nprint('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_counts_read_as_words():
+    from shallowdeep.core.words import counted
+
+    assert [counted(1, "epoch"), counted(2, "epoch"), counted(0, "input")] == ["1 epoch", "2 epochs", "0 inputs"]
+    assert [counted(100 * 0.01, "point"), counted(0.5, "point"), counted(10**6, "input")] == [
+        "1 point",
+        "0.5 points",
+        "1000000 inputs",
+    ]
+    assert counted(3, "class", "classes") == "3 classes"

@@ -20,6 +20,35 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: shallowdeep" in capsys.readouterr().out
 
 
+def test_every_flag_of_every_command_says_what_it_does(capsys):
+    """Every flag and argument has help text, a usage error points to its own command's help, and
+    `--arch` names the zoo prefixes as `list` does."""
+    import argparse
+
+    from shallowdeep.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    silent = [
+        (name, a.option_strings or a.dest)
+        for name, parser in commands.items()
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and a.help in (None, "", argparse.SUPPRESS)
+    ]
+    assert silent == []
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--no-such-flag"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.endswith(f"(see shallowdeep {name} --help)\n"), err
+    for name in ("train", "info"):
+        arch = next(a for a in commands[name]._actions if "--arch" in a.option_strings)
+        assert "torchvision:NAME" in arch.help and "timm:NAME" in arch.help
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision:NAME" in out and "timm:NAME" in out
+
+
 def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -40,7 +40,17 @@ def calibrated(copy_run):
 
 
 def test_onnx_runtime_exits_equal_the_engine_on_every_test_input(calibrated, tmp_path):
-    out = export_run(calibrated, tmp_path / "export")
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = export_run(calibrated, tmp_path / "export")
+    finally:
+        os.umask(mask)
+    # as a plain mkdir makes it (it was drwx------, a private temporary folder renamed into place)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o644}
     manifest = json.loads((out / "manifest.json").read_text())
     engine = engine_from_run(calibrated)
     assert len(manifest["stages"]) == engine.num_outputs and manifest["exit"]["thresholds"] == engine.thresholds

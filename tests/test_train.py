@@ -125,7 +125,9 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     with pytest.raises(UserError, match="did not finish"):
         shallowdeep.load(killed)
     train_run(TrainConfig(out=str(killed), resume=True), stop_after=1, **QUIET)  # a second kill
-    train_run(TrainConfig(out=str(killed), resume=True), **QUIET)
+    said: list[str] = []
+    train_run(TrainConfig(out=str(killed), resume=True), progress=False, log=said.append)
+    assert said[0].startswith("resuming at epoch 3 of small (sdn) on digits") and ", 3 epochs, " in said[0], said
     a, b = _weights(tmp_path / "whole"), _weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma = json.loads((tmp_path / "whole" / "run.json").read_text())
@@ -242,8 +244,11 @@ def test_nothing_is_unpickled():
         assert all("weights_only=True" in c for c in calls), (py, calls)
 
 
-def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL a real training process after its first checkpoint, resume it, compare weights."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_process_resumes_to_the_same_weights(tmp_path, sig):
+    """Kill a real training process after its first checkpoint, resume it, compare weights. SIGKILL
+    leaves it where it was; SIGTERM (what schedulers send) ends it with one line naming the epochs it
+    keeps and the command that continues it."""
     import os
     import signal
     import subprocess
@@ -259,15 +264,26 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "shallowdeep.cli", "train", *args, "--out", str(killed)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())},
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONWARNINGS": "ignore"},
     )
     deadline = time.time() + 120
     while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, getattr(signal, sig))
+    err = proc.communicate()[1]
     assert not (killed / "model.safetensors").exists(), "the process finished before it could be killed"
+    if sig == "SIGTERM":
+        from shallowdeep.core.words import counted
+
+        meta = json.loads((killed / "run.json").read_text())
+        kept = counted(len(meta["epochs"]), "finished epoch")
+        assert proc.returncode == 143 and meta["status"] == "running" and meta["epochs"], (proc.returncode, meta)
+        assert err == (
+            f"shallowdeep train: terminated: {killed} keeps its {kept}; continue it with "
+            f"`shallowdeep train --out {killed} --resume`\n"
+        ), err
     # as if the kill had landed inside a checkpoint write
     (killed / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"torn")
     train_run(TrainConfig(out=str(killed), resume=True), **QUIET)

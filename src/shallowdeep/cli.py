@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES
+from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES, ZOO_ARCH_HELP, ZOO_PREFIXES
 from .core.errors import MissingExtraError, NotCalibratedError, UserError
+from .core.words import counted
 
 if TYPE_CHECKING:
     import torch
@@ -196,10 +197,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     print("architectures:")
     for name, doc in ARCHITECTURES.items():
-        print(f"  {name:<13} {doc}")
+        print(f"  {name:<18} {doc}")
+    for prefix, doc in ZOO_PREFIXES.items():
+        print(f"  {prefix + 'NAME':<18} {doc}")
     print("data sets:")
     for name, doc in DATASETS.items():
-        print(f"  {name:<13} {doc}")
+        print(f"  {name:<18} {doc}")
     return 0
 
 
@@ -480,7 +483,7 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
     """What ``analyze`` prints: the calibrated early exits, the engine's rule, each rule, overthinking."""
     if a.num_outputs > 1:
         for cal, label in (
-            (a.calibrated, f"within {100 * args.max_drop:g} points of the final output"),
+            (a.calibrated, f"within {counted(100 * args.max_drop, 'point')} of the final output"),
             (a.calibrated_budget, f"most accurate within a cost of {args.budget}"),
         ):
             if cal is not None and cal.test is not None:
@@ -597,7 +600,7 @@ def _print_predictions(rows: list[JSONObject], engine: Any, mean_cost: float) ->
     qs = engine.thresholds
     q = f"{qs[0]:.6g}" if len(set(qs)) == 1 else "per IC " + ", ".join(f"{v:.4g}" for v in qs)
     accuracy = (
-        f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {len(labelled)} images "
+        f"; accuracy {sum(r['correct'] for r in labelled) / len(labelled):.1%} on {counted(len(labelled), 'image')} "
         "in class folders"
         if labelled
         else ""
@@ -612,7 +615,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     log = None if args.quiet else print
     res = explain_run(args.run, args.split, args.max, device, log=log)
     print(
-        f"{res['count_total']} {args.split} inputs are right at IC 1 and wrong at the final output; explained "
+        f"{counted(res['count_total'], args.split + ' input')} {'is' if res['count_total'] == 1 else 'are'} right "
+        "at IC 1 and wrong at the final output; explained "
         f"{len(res['inputs'])}"
     )
     for f in res["files"]:
@@ -664,10 +668,13 @@ def _add_train(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         help="train a CNN, an SDN from scratch, or the ICs of a trained CNN",
         description="Train into a run folder (safetensors + JSON). The paper's recipe is the default.",
     )
-    t.add_argument("--arch", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    t.add_argument("--arch", help=f"architecture: {', '.join(ARCHITECTURES)}, {ZOO_ARCH_HELP}")
     t.add_argument("--data", help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
     t.add_argument(
-        "--mode", choices=MODES, help="cnn: plain CNN; ic-only: ICs on a frozen CNN run (--from); sdn: from scratch"
+        "--mode",
+        choices=MODES,
+        help="required for a new run (a --config file may give it; --resume takes the run's): cnn: plain CNN; "
+        "ic-only: ICs on a frozen CNN run (--from); sdn: from scratch",
     )
     t.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
     t.add_argument("--from", dest="from_run", metavar="RUN", help="the trained CNN run (for --mode ic-only)")
@@ -779,7 +786,7 @@ def _add_info(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         "parameters of the CNN and the SDN; a run's validation accuracy.",
     )
     i.add_argument("run", nargs="?", help="a run folder")
-    i.add_argument("--arch", help="architecture (instead of a run)")
+    i.add_argument("--arch", help=f"architecture (instead of a run): {', '.join(ARCHITECTURES)}, {ZOO_ARCH_HELP}")
     i.add_argument("--data", help="data set (instead of a run): sets classes and image size")
     i.add_argument(
         "--flops",
@@ -899,7 +906,12 @@ def _add_explain(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         "output's; PNG grids in RUN/explain/, added to the run's HTML report.",
     )
     e.add_argument("run", help="an SDN run folder")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="the split whose inputs to explain (default test)",
+    )
     e.add_argument("--max", type=int, default=8, help="explain at most this many inputs (default 8)")
     e.set_defaults(func=cmd_explain)
 
@@ -956,7 +968,7 @@ def _add_demo(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     d.add_argument("--out", default="runs/demo", help="folder for the three runs (default runs/demo)")
     d.add_argument("--epochs", type=int, default=15, help="epochs of the CNN and SDN runs")
     d.add_argument("--ic-epochs", type=int, default=10, help="epochs of the IC-only run")
-    d.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    d.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of all three runs (default {DEFAULT_SEED})")
     d.set_defaults(func=cmd_demo)
 
 
@@ -974,7 +986,9 @@ def _message(e: UserError, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit status 2, never a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse says so from the top parser, pointing to `shallowdeep --help`; the command's own helps
+        parser._subparsers._group_actions[0].choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     status = _run(args)
     try:
         worker = _torchrun_worker()
@@ -1034,12 +1048,40 @@ class _Warnings:
         warnings.showwarning = self._saved
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `kill` send), ended as Ctrl-C is: the checkpoint in flight is
+    written whole, and the one line says how far the run got."""
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise _Terminated()
+
+
+def _how_to_continue(e: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """What an interrupted command leaves and the command that continues it."""
+    notes = "; ".join(getattr(e, "__notes__", []))
+    if args.command == "train" and notes:
+        return f": {notes}; continue it with `shallowdeep train --out {args.out} --resume`"
+    if args.command == "reproduce":
+        return f": {notes + '; ' if notes else ''}the same `shallowdeep reproduce` command continues it"
+    return f": {notes}" if notes else ""
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; expected failures become one line and a status."""
-    with _Warnings(args.command) as said:
-        status = _run_command(args)
-        if status == 0:
-            said.release()
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        with _Warnings(args.command) as said:
+            status = _run_command(args)
+            if status == 0:
+                said.release()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return status
 
 
@@ -1066,9 +1108,10 @@ def _run_command(args: argparse.Namespace) -> int:
     except UserError as e:
         print(f"shallowdeep {args.command}: error: {_message(e, args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"shallowdeep {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        ended = "terminated" if isinstance(e, _Terminated) else "interrupted"
+        print(f"shallowdeep {args.command}: {ended}{_how_to_continue(e, args)}", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except MemoryError:
         print(
             f"shallowdeep {args.command}: error: out of memory: use a smaller --batch-size or --image-size",

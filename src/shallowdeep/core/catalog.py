@@ -19,6 +19,13 @@ ARCHITECTURES = {
     "wrn32_4": "Wide-ResNet-32-4 at 32 or 64 px, 6 ICs (the paper's)",
 }
 
+# any classifier of these zoos, converted (models.zoo builds them)
+ZOO_PREFIXES = {
+    "torchvision:": "any torchvision classifier, converted to an SDN: torchvision:resnet18",
+    "timm:": "any timm classifier (the `zoo` extra), converted to an SDN: timm:resnet18",
+}
+ZOO_ARCH_HELP = "or a zoo model: torchvision:NAME (torchvision:resnet18) or timm:NAME"
+
 DATASETS = {
     "cifar10": "CIFAR-10 (torchvision; downloads into the data root when online)",
     "cifar100": "CIFAR-100 (torchvision; downloads into the data root when online)",

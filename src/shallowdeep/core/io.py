@@ -64,6 +64,14 @@ def _naming(e: OSError, path: Path) -> OSError:
     return named
 
 
+def temp_folder(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` to fill and then rename into place, with the permissions a plain
+    ``mkdir`` gives (``tempfile.mkdtemp`` makes it private, 0700, and the rename keeps that)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)

@@ -1,8 +1,10 @@
-"""Counts in sentences: "1 epoch", "2 epochs"."""
+"""Counts in sentences: "1 epoch", "2 epochs", "0.5 points"."""
 
 from __future__ import annotations
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and ``noun``, the noun plural (``plural``, else ``noun + "s"``) unless ``n`` is 1."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+def counted(n: float, noun: str, plural: str | None = None) -> str:
+    """``n`` (a float in its shortest form) and ``noun``, the noun plural (``plural``, else
+    ``noun + "s"``) unless ``n`` is 1."""
+    text = f"{n:g}" if isinstance(n, float) else str(n)
+    return f"{text} {noun if n == 1 else plural or noun + 's'}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
-from ..core.io import JSONObject, write_json
+from ..core.io import JSONObject, temp_folder, write_json
 from .engine import EarlyExitEngine
 
 FORMAT = "shallowdeep-export/2"  # 2: the exit entry is an ExitRule
@@ -80,7 +79,7 @@ def export_engine(engine: EarlyExitEngine, out: str | Path, info: ExportInfo, op
     sdn = engine.sdn.cpu()
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    tmp = temp_folder(parent, f".{out.name}.")
     try:
         files = []
         x = torch.zeros(2, 3, sdn.image_size, sdn.image_size)

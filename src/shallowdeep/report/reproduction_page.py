@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 from ..core.io import JSONObject
+from ..core.words import counted
 from ..reproduction_table import EnginePoint, Reproduction
 
 
@@ -117,7 +118,7 @@ def _compiled_ahead_text(rows: list[JSONObject]) -> str:
         + ", ".join(
             f"{r['stage']} "
             + (f"in {r['seconds']:.1f} s" if r["compiled"] else f"not ({r.get('error', 'it would not compile')})")
-            + (f" ({r['eager_epochs']} epochs eager meanwhile)" if r.get("eager_epochs") else "")
+            + (f" ({counted(r['eager_epochs'], 'epoch')} eager meanwhile)" if r.get("eager_epochs") else "")
             for r in rows
         )
         + "."

@@ -11,6 +11,7 @@ import html
 from typing import Any
 
 from ..analysis import BackdoorResult, Calibration, Confusion, RunAnalysis
+from ..core.words import counted
 from ..runs.meta import RunMeta
 
 
@@ -64,7 +65,7 @@ def _run_section(run_meta: RunMeta | None) -> str:
         ["recipe", ", ".join(f"{k} {v}" for k, v in run_meta.recipe.to_json().items())],
         ["seed", cfg.seed],
         ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items() if k != "weights_sha256_per_rank")],
-        ["training time", f"{seconds:.1f} s over {len(run_meta.epochs)} epochs (validation included)"],
+        ["training time", f"{seconds:.1f} s over {counted(len(run_meta.epochs), 'epoch')} (validation included)"],
     ]
     body = "".join(f"<tr><th>{html.escape(str(a))}</th><td class=l>{html.escape(str(b))}</td></tr>" for a, b in rows)
     return f'<section id="run"><h2>Run</h2><table class=kv><tbody>{body}</tbody></table></section>'
@@ -267,9 +268,9 @@ def _overthinking_section(analysis: RunAnalysis, fig: _Figures) -> str:
         f"<p>{o.early_count} of {o.num_inputs} test inputs ({_pct(o.early_share)}) are classified correctly "
         f"by some IC before the final output (wasteful overthinking). An oracle that stops each input at the first "
         f"output that gets it right would cost {_pct(o.oracle_relative_cost)} of the CNN. "
-        f"Destructive overthinking: {o.destructive_union_count} inputs some IC gets right and the final output "
-        f"gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
-        f"{o.final_errors} errors.</p>"
+        f"Destructive overthinking: {counted(o.destructive_union_count, 'input')} some IC gets right and the final "
+        f"output gets wrong, {_pct(o.destructive_union_share_of_final_errors)} of the final output's "
+        f"{counted(o.final_errors, 'error')}.</p>"
         + _table(head, rows)
         + fig.img("overthinking", "correct per output")
         + fig.img("destructive", "destructive overthinking")
@@ -388,8 +389,8 @@ def backdoor_section(b: BackdoorResult, outputs: list[str], classes: list[str]) 
     if b.destructive_on_triggered:
         d = b.destructive_on_triggered
         text += (
-            f"<p>Destructive overthinking on triggered inputs: {d['union_count']} inputs some IC gets right and "
-            f"the final output gets wrong ({_pct(d['union_share_of_final_errors'])} of its errors there); per IC "
+            f"<p>Destructive overthinking on triggered inputs: {counted(d['union_count'], 'input')} some IC gets right "
+            f"and the final output gets wrong ({_pct(d['union_share_of_final_errors'])} of its errors there); per IC "
             f"{', '.join(map(str, d['per_ic']))}.</p>"
         )
     return (
@@ -416,7 +417,8 @@ def explanations_section(count_total: int, split: str, shown: int, png_base64: s
     """The HTML of the explanations section (the grid written by ``explain``)."""
     return (
         '<section id="explanations"><h2>Why IC 1 and the final output disagree</h2>'
-        f"<p>{count_total} {html.escape(split)} inputs are right at IC 1 and wrong at the final output; the first "
+        f"<p>{counted(count_total, html.escape(split) + ' input')} {'is' if count_total == 1 else 'are'} right at IC 1 "
+        "and wrong at the final output; the first "
         f"{shown}: Grad-CAM, guided backprop and guided Grad-CAM of IC 1's prediction on the network cut after "
         "IC 1, beside the same for the final output's prediction.</p>"
         f'<figure id="fig-explanations"><img alt="explanations" src="data:image/png;base64,{png_base64}"></figure>'

@@ -341,8 +341,9 @@ def train_run(
     if log is not None:
         r, data, rt = setup.config, setup.data, setup.runtime
         log(
-            f"{'resuming' if setup.start_epoch else 'training'} {r.arch} ({r.mode}) on {r.data}: "
-            f"{len(data.train)} train / {len(data.val)} val images, {setup.recipe.epochs} epochs, {setup.device} "
+            f"{f'resuming at epoch {setup.start_epoch + 1} of' if setup.start_epoch else 'training'} {r.arch} "
+            f"({r.mode}) on {r.data}: {len(data.train)} train / {len(data.val)} val images, "
+            f"{counted(setup.recipe.epochs, 'epoch')}, {setup.device} "
             f"({rt.precision}{', compiled' if rt.compile else ''})"
         )
     if training.fit(stop_after, progress, log, beside):
@@ -557,8 +558,10 @@ class _Training:
             elif e.args and done:
                 e.args = (f"{e.args[0]}; {kept}",)
             raise
-        except BaseException:
+        except BaseException as e:
             self.writer.wait(raise_error=False)  # the last checkpoint is whole on disk before the error leaves
+            if isinstance(e, KeyboardInterrupt):  # Ctrl-C or SIGTERM (the command line makes it one)
+                e.add_note(f"{self.run.path} keeps its {counted(self.writer.saved_epochs, 'finished epoch')}")
             raise
         self.finish_started = time.perf_counter()
         self.writer.wait()
