@@ -423,3 +423,31 @@ def test_a_compiled_run_trains_eagerly_until_its_step_is_ready(tmp_path, fake_co
     assert len(asked) == 3 and "the compiled step is ready: compiled from epoch 3" in lines
     assert len(compiled_steps) == 2 * (len(digits.train) // meta["recipe"]["batch_size"])  # drop_last: compiled
     assert meta["status"] == "complete" and "eager while the step compiles" in lines[1]
+
+
+def test_off_a_terminal_training_says_how_it_goes(tmp_path, monkeypatch, capsys):
+    """No bar in a log file: a line every so often with the batch, the rate and when the epoch ends;
+    every epoch line has its images per second (run.json too) and when the run should end."""
+    import re
+
+    import shallowdeep.training.loop as loop
+
+    monkeypatch.setattr(loop, "HEARTBEAT_SECONDS", 0.0)  # every batch, here
+    said: list[str] = []
+    out = tmp_path / "r"
+    train_run(
+        TrainConfig(out=str(out), mode="cnn", arch="small", data="digits", epochs=2), progress=True, log=said.append
+    )
+    beats = capsys.readouterr().err.splitlines()
+    n = len(beats) // 2
+    assert n > 2 and all(
+        re.fullmatch(r"epoch [12]/2  batch \d+/\d+  [\d,]+ img/s  epoch ends in 0:\d\d", b) for b in beats
+    )
+    assert beats[n - 1].startswith(f"epoch 1/2  batch {n}/{n}  ")
+    assert re.search(r"\(\d+\.\ds, [\d,]+ img/s; run ends in ~0:\d\d\)$", said[1]), said
+    assert re.search(r"\(\d+\.\ds, [\d,]+ img/s\)$", said[2]), said  # the last: nothing left
+    epochs = json.loads((out / "run.json").read_text())["epochs"]
+    assert all(e["images_per_second"] > 0 for e in epochs)
+    monkeypatch.setattr(loop, "HEARTBEAT_SECONDS", 3600.0)
+    train_run(TrainConfig(out=str(tmp_path / "q"), mode="cnn", arch="small", data="digits", epochs=1), progress=True)
+    assert capsys.readouterr().err == ""  # no line before its time

@@ -38,11 +38,13 @@ class EpochResult:
     val_acc: list[float]
     seconds: float
     eager: bool = False
+    images_per_second: float = 0.0  # training images (every rank's) over the training part of the epoch
 
     def to_json(self) -> JSONObject:
         d = asdict(self)
         if not self.eager:  # said only where it happened
             del d["eager"]
+        d["images_per_second"] = round(self.images_per_second, 1)
         return d
 
 
@@ -59,6 +61,36 @@ def _bar(total: int | None, desc: str, enabled: bool):
     return tqdm(
         total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None if enabled else True
     )
+
+
+# off a terminal (a log file, a scheduler's output) there is no bar: a line this often instead
+HEARTBEAT_SECONDS = 30.0
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class _Heartbeat:
+    """Lines for a log: every :data:`HEARTBEAT_SECONDS` the batch, the rate and when the epoch ends
+    (host clocks and counts only: no device synchronisation)."""
+
+    def __init__(self, desc: str, total: int | None, enabled: bool) -> None:
+        self.desc, self.total = desc, total
+        self.enabled = enabled and not sys.stderr.isatty()  # a terminal has the bar
+        self.started = self.last = time.perf_counter()
+
+    def beat(self, batches: int, images: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < HEARTBEAT_SECONDS:
+            return
+        self.last, rate = now, images / max(now - self.started, 1e-9)
+        where = f"batch {batches}/{self.total}" if self.total else f"batch {batches}"
+        ends = ""
+        if self.total:
+            ends = f"  epoch ends in {_clock((self.total - batches) * (now - self.started) / batches)}"
+        print(f"{self.desc}  {where}  {rate:,.0f} img/s{ends}", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -101,12 +133,30 @@ def train_one_epoch(
 ) -> float:
     """One pass over ``batches``; returns the mean loss. ``stepped`` is
     ``runtime.prepare(Objective(model, mode))``: called as ``stepped(x, y, weights)``, it returns the loss."""
+    return _train_epoch(model, stepped, mode, batches, opt, runtime, epoch, epochs, progress, desc)[0]
+
+
+def _train_epoch(
+    model: nn.Module,
+    stepped: nn.Module,
+    mode: Mode,
+    batches: Batches,
+    opt: torch.optim.Optimizer,
+    runtime: Runtime,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+    desc: str,
+) -> tuple[float, int]:
+    """:func:`train_one_epoch`, and the number of training images (every rank's)."""
     mode.set_train(model)
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     weights = torch.tensor(mode.output_weights(num_outputs(model), epoch, epochs), device=runtime.device)
     count = 0
-    with _bar(len(batches) if hasattr(batches, "__len__") else None, desc, progress) as bar:
-        for x, y in batches:
+    total_batches = len(batches) if hasattr(batches, "__len__") else None
+    heartbeat = _Heartbeat(desc, total_batches, progress)
+    with _bar(total_batches, desc, progress) as bar:
+        for i, (x, y) in enumerate(batches):
             runtime.step_begin()
             with runtime.autocast():
                 loss = stepped(x, y, weights)
@@ -116,8 +166,9 @@ def train_one_epoch(
             total += loss.detach().double() * len(y)
             count += len(y)
             bar.update(1)
+            heartbeat.beat(i + 1, count)
     both = all_reduce_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)]))
-    return float(both[0]) / max(float(both[1]), 1.0)
+    return float(both[0]) / max(float(both[1]), 1.0), int(both[1])
 
 
 def _optimiser(
@@ -139,14 +190,16 @@ def _optimiser(
     return opt, schedule
 
 
-def _epoch_line(result: EpochResult, epochs: int) -> str:
-    """The log line of one epoch: rate, loss, every output's validation accuracy, seconds."""
+def _epoch_line(result: EpochResult, epochs: int, left: float | None = None) -> str:
+    """The log line of one epoch: learning rate, loss, every output's validation accuracy, seconds,
+    training images per second, and (``left``: seconds) when the run should end."""
     names = [f"IC{i + 1}" for i in range(len(result.val_acc) - 1)] + ["final"]
     how = ", eager while the step compiles" if result.eager else ""
+    ends = f"; run ends in ~{_clock(left)}" if left else ""
     return (
         f"epoch {result.epoch}/{epochs}  lr {result.lr:.3g}  loss {result.train_loss:.4f}  val acc "
         + " ".join(f"{name} {100 * a:.1f}" for name, a in zip(names, result.val_acc))
-        + f"  ({result.seconds:.1f}s{how})"
+        + f"  ({result.seconds:.1f}s, {result.images_per_second:,.0f} img/s{how}{ends})"
     )
 
 
@@ -193,16 +246,18 @@ def fit(
             if log is not None and results:
                 log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
         step, label = eager if eager is not None else stepped, f"epoch {epoch + 1}/{recipe.epochs}"
-        loss = train_one_epoch(
+        loss, images = _train_epoch(
             model, step, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs, progress, label
         )
+        rate = images / max(time.perf_counter() - t0, 1e-9)  # after the loss's synchronisation: all stepped
         schedule.step()
         runtime.end_epoch(model)
         acc = evaluate(model, val_batches(), runtime)
-        result = EpochResult(epoch + 1, lr, loss, acc, time.perf_counter() - t0, eager=eager is not None)
+        seconds = time.perf_counter() - t0
+        result = EpochResult(epoch + 1, lr, loss, acc, seconds, eager=eager is not None, images_per_second=rate)
         results.append(result)
         if log is not None:
-            log(_epoch_line(result, recipe.epochs))
+            log(_epoch_line(result, recipe.epochs, left=seconds * (recipe.epochs - epoch - 1)))
         if on_epoch is not None:
             on_epoch(result, opt)
         if stop_after is not None and len(results) >= stop_after:
