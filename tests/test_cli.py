@@ -269,3 +269,47 @@ def test_another_packages_warning_shows_only_when_the_command_ends_well(tiny_run
         )
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "warning: Palette images with Transparency" in err[0] and err[0].endswith("(2 times)"), err
+
+
+@pytest.mark.parametrize(
+    "arch,data,flags",
+    [
+        ("small", "digits", []),
+        ("small", "digits", ["--image-size", "40"]),
+        ("resnet56", "cifar100", []),
+        ("small", "tinyimagenet", []),
+        ("small", "folder", ["--image-size", "32"]),  # (it takes multiples of 4: not the folder's 30 px)
+        ("torchvision:resnet18", "folder", []),
+        ("torchvision:resnet18", "folder", ["--data-mode", "stream"]),
+        ("torchvision:resnet18", "folder", ["--data-mode", "stream", "--image-size", "40"]),
+        ("timm:resnet18", "folder", ["--data-mode", "stream"]),
+    ],
+)
+def test_info_and_train_agree_on_classes_and_size(arch, data, flags, request, fake_cifar, tmp_path, capsys):
+    """`info` builds what `train` with the same flags trains: the same classes and image size, with
+    where each came from (it said 224 px for a zoo model that trained on a folder at 32 px, and 200
+    classes for a Tiny ImageNet slice of 10)."""
+    import torch
+    from test_zoo import write_folder
+
+    from shallowdeep.compute import distributed
+    from shallowdeep.core.stopwatch import Stopwatch
+    from shallowdeep.runs.folder import RunFolder
+    from shallowdeep.runs.train import TrainConfig, _set_up
+
+    where = []
+    if data == "tinyimagenet":
+        where = ["--data-root", str(request.getfixturevalue("tiny_root"))]  # the real slice: 10 of 200 classes
+    elif data == "cifar100":
+        where = ["--data-root", str(fake_cifar("cifar100")[0])]
+    elif data == "folder":
+        data = f"imagefolder:{write_folder(tmp_path / 'f')}"  # images of 36 px and 30 x 44 px
+    assert main(["info", "--arch", arch, "--data", data, *where, *flags, "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    options = dict(zip([f[2:].replace("-", "_") for f in (where + flags)[::2]], (where + flags)[1::2]))
+    options = {k: int(v) if k == "image_size" else v for k, v in options.items()}
+    cfg = TrainConfig(out=str(tmp_path / "r"), mode="sdn", arch=arch, data=data, device="cpu", **options)
+    place, _ = distributed.join("cpu")
+    setup = _set_up(cfg, None, RunFolder(tmp_path / "r"), torch.device("cpu"), place, Stopwatch())
+    assert (said["num_classes"], said["image_size"]) == (setup.data.num_classes, setup.model.image_size), said
+    assert said["classes_from"].startswith("the files of") and said["image_size_from"], said

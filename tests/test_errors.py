@@ -722,7 +722,7 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     (
         "info --image-size 0",
         ["info", "--arch", "small", "--data", "digits", "--image-size", "0"],
-        "small takes images of at least 8 px",
+        "--image-size must be an integer in 8..1024 px",
         None,
         None,
     ),

@@ -79,16 +79,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         if not (args.arch and args.data):
             raise UserError("give a RUN folder, or both --arch and --data")
+        shape = _info_shape(args)
         if args.cuts:
-            return _print_cuts(args, *_info_shape(args))
-        model, val_acc, head = _info_of_arch(args), None, {"arch": args.arch, "data": args.data, "kind": "sdn"}
+            return _print_cuts(args, shape.num_classes, shape.image_size)
+        head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
+        head |= {"classes_from": shape.classes_from, "image_size_from": shape.size_from}
+        model, val_acc = _info_of_arch(args, shape), None
     if args.cuts:
         raise UserError(
             "--cuts lists the cut points of a zoo model: give --arch torchvision:NAME (or timm:NAME) and --data"
         )
     costs = output_costs(model, args.flops)
     cnn = model.cnn if isinstance(model, SDN) else model
-    p_cnn, p_sdn = sum(p.numel() for p in cnn.parameters()), sum(p.numel() for p in model.parameters())
+    p_cnn = sum(p.numel() for p in cnn.parameters())
+    p_sdn = sum(p.numel() for p in model.parameters()) if isinstance(model, SDN) else None  # a CNN run has no ICs
     rows = []
     for i, name in enumerate(output_names(len(costs.outputs))):
         row = {"output": name, "gflops": costs.outputs[i] / 1e9, "relative_cost": costs.relative[i]}
@@ -107,11 +111,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(obj, indent=2))
     else:
+        sources = f" (classes: {head['classes_from']}; size: {head['image_size_from']})" if not args.run else ""
         print(
-            f"{obj['arch']} on {obj['data']} ({model.num_classes} classes, {model.image_size} px)"
-            + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else "")
+            f"{obj['arch']} on {obj['data']} ({counted(model.num_classes, 'class', 'classes')}, {model.image_size} px)"
+            + (f", {obj['kind']} run trained with --mode {obj['mode']}" if args.run else sources)
         )
-        print(f"parameters: CNN {p_cnn:,}  SDN {p_sdn:,}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
+        sdn = f"  SDN {p_sdn:,}" if p_sdn is not None else ""
+        print(f"parameters: CNN {p_cnn:,}{sdn}   CNN GFLOPs {costs.cnn / 1e9:.4f} ({args.flops} count)")
         print(_table(rows))
     return 0
 
@@ -128,34 +134,23 @@ def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, JSO
     return model, meta.last_val_acc, head | {"kind": meta.model.kind, "mode": meta.config.mode}
 
 
-def _info_shape(args: argparse.Namespace) -> tuple[int, int | None]:
-    """The classes and image size ``--arch`` gets on ``--data``: a zoo model on an image folder takes
-    its own input size; otherwise the data's."""
-    from .data import dataset_shape, load_dataset
-    from .models.zoo import is_zoo_name
+def _info_shape(args: argparse.Namespace) -> Any:
+    """The classes and image size ``train`` gives ``--arch`` on ``--data`` with the same flags."""
+    from .runs.shape import planned_shape
 
-    shape = dataset_shape(args.data)
-    folder = shape is None
-    classes, size = shape or (None, None)
-    if folder:  # a folder data set: list it (streamed: one image decoded) for its classes and size
-        d = load_dataset(args.data, args.data_root, args.image_size, mode="stream")
-        classes, size = d.num_classes, d.image_size
-    if args.image_size is not None:
-        return classes, args.image_size
-    return classes, None if is_zoo_name(args.arch) and folder else size
+    return planned_shape(args.arch, args.data, args.data_root, args.image_size, args.data_mode)
 
 
-def _info_of_arch(args: argparse.Namespace) -> Any:
+def _info_of_arch(args: argparse.Namespace, shape: Any) -> Any:
     """An untrained SDN of ``--arch`` for ``--data``."""
     from .models.convert import build_model
     from .models.sdn import SDN
 
-    classes, image_size = _info_shape(args)
-    cnn, _ = build_model(args.arch, classes, image_size, pretrained=bool(args.pretrained))
+    cnn, _ = build_model(args.arch, shape.num_classes, shape.image_size, pretrained=bool(args.pretrained))
     return SDN(cnn)
 
 
-def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) -> int:
+def _print_cuts(args: argparse.Namespace, classes: int, image_size: int) -> int:
     """Every cut point of a zoo model an IC may follow, with the paper's placement marked."""
     from .models.convert import candidates, chain_of, choose_cuts
     from .models.zoo import is_zoo_name, zoo_model
@@ -163,7 +158,7 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int | None) 
     if not is_zoo_name(args.arch):
         raise UserError(f"{args.arch} declares its blocks (see `info` without --cuts); --cuts is for zoo models")
     zm = zoo_model(args.arch, classes, bool(args.pretrained))
-    chain = chain_of(zm.module, image_size or zm.input_size)
+    chain = chain_of(zm.module, image_size)
     cands = candidates(chain)
     chosen = set(choose_cuts(chain, cands=cands))
     rows = [c.to_json() | {"paper_placement": c.cut.name in chosen} for c in cands]
@@ -801,6 +796,11 @@ def _add_info(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         help="zoo models: list every cut point an IC may follow, with its cumulative cost and feature shape",
     )
     i.add_argument("--pretrained", action="store_true", default=None, help="zoo models: with the zoo's weights")
+    i.add_argument(
+        "--data-mode",
+        choices=("memory", "stream"),
+        help="as for train: a zoo model on a streamed folder takes its own input size unless --image-size",
+    )
     i.set_defaults(func=cmd_info)
 
 

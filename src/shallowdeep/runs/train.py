@@ -35,6 +35,7 @@ from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed,
 from .checkpoint import CheckpointWriter
 from .folder import RunFolder
 from .meta import DataMeta, ModelMeta, RunConfig, RunMeta
+from .shape import decode_size
 from .weights import (
     load,
     load_weights,
@@ -672,12 +673,8 @@ def _train_batches(
 
 
 def _image_size(r: RunConfig) -> int | None:
-    """The size images are decoded at: asked, else (streamed data for a zoo model) the zoo's input size."""
-    if r.image_size is not None or not is_zoo_name(r.arch) or r.data_mode != "stream":
-        return r.image_size
-    from ..models.zoo import default_input_size
-
-    return default_input_size(r.arch)
+    """The size images are decoded at (:func:`~.shape.decode_size`, the rule ``info`` follows too)."""
+    return decode_size(r.arch, r.image_size, r.data_mode)
 
 
 def _build_cnn(
