@@ -470,3 +470,19 @@ def test_auto_per_ic_is_decided_by_cross_validation_on_validation_only():
     assert (
         s.thresholds is None and not s.cross_validation["per_ic_wins"] and "fewer than" in s.cross_validation["reason"]
     )
+
+
+def test_examples_are_spread_over_the_classes_and_reproducible():
+    """The image grids and explain took the first inputs of a selection: on a split stored by class
+    (CIFAR's test split), one or two classes only."""
+    from shallowdeep.analysis.examples import spread_over_classes
+
+    labels = np.repeat(np.arange(5), 20)  # stored class by class
+    mask = np.ones(100, bool)
+    mask[::7] = False
+    got = spread_over_classes(mask, labels, 10)
+    assert got == sorted(got) and len(got) == 10 and all(mask[got])
+    assert np.bincount(labels[got], minlength=5).tolist() == [2] * 5
+    assert got == spread_over_classes(mask, labels, 10) and got != spread_over_classes(mask, labels, 10, seed=1)
+    assert spread_over_classes(labels == 3, labels, 50) == list(range(60, 80))  # fewer than asked: all of them
+    assert spread_over_classes(~mask & False, labels, 5) == [] and spread_over_classes(mask, labels, 0) == []

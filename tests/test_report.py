@@ -49,6 +49,11 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
     page.feed(text)
     for section in ("run", "training", "outputs", "early-exit", "overthinking", "confusion", "calibration", "classes"):
         assert section in page.ids
+    # the headline numbers first: what predict's exits keep (calibration.json's own figures) and at what cost
+    summary = text[text.index('<section id="summary">') :].split("</section>")[0]
+    assert text.index('<section id="summary">') < text.index('<section id="run">')
+    used = json.loads((sdn_run / "calibration.json").read_text())["test"]
+    assert f"{100 * used['accuracy']:.2f}% test accuracy at {100 * used['relative_cost']:.1f}% of the CNN" in summary
     for fig in (
         "training",
         "exits",
@@ -173,3 +178,16 @@ def test_report_says_where_the_analysis_time_went(sdn_run, tmp_path, monkeypatch
     assert sum(parts.values()) <= rep["wall_seconds"] <= sum(parts.values()) + 0.5
     assert sum(line.startswith("collected the ") and " record in " in line for line in lines) == 3
     assert lines[-1].startswith(f"analyzed in {rep['wall_seconds']:.1f} s (data ")
+
+
+def test_a_cnn_runs_analysis_says_it_has_no_ics(copy_run, capsys):
+    """A plain CNN: no '0.0 % of test inputs right at some IC', no IC sections; the summary says why."""
+    run = copy_run("cnn")
+    assert main(["analyze", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "a CNN run has no ICs" in out and "right at some IC" not in out, out
+    text = (run / "report" / "report.html").read_text()
+    page = Page()
+    page.feed(text)
+    assert "summary" in page.ids and not {"overthinking", "confusion", "rules"} & page.ids
+    assert "a plain CNN: no ICs" in text

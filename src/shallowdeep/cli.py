@@ -513,7 +513,13 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
             f"  rule {res.rule.label:<15} q={cal.threshold:.4g}: test accuracy {100 * cal.test.accuracy:.2f}% "
             f"at {100 * cal.test.relative_cost:.1f}% of the CNN's cost"
         )
-    print(f"overthinking: {_overthinking_line(a)}")
+    if a.num_outputs > 1:
+        print(f"overthinking: {_overthinking_line(a)}")
+    else:  # "0.0 % of test inputs right at some IC" said nothing true of a network without ICs
+        print(
+            f"a CNN run has no ICs: no overthinking or early exits to measure (train them: `shallowdeep train "
+            f"--mode ic-only --from {args.run} --out RUN`)"
+        )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

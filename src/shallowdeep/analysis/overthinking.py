@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..core.io import JSONObject
+from .examples import spread_over_classes
 from .record import ExitRecord
 
 
@@ -116,6 +117,6 @@ def overthinking(record: ExitRecord, examples: int = 8) -> Overthinking:
         destructive_union_count=int(union.sum()),
         destructive_union_share_of_final_errors=float(union.sum() / n_wrong) if n_wrong else None,
         destructive_union_share_of_inputs=float(union.mean()) if n else 0.0,
-        examples_first_correct=[np.flatnonzero(first == i)[:examples].tolist() for i in range(k)],
-        examples_only_first=np.flatnonzero(only_first)[:examples].tolist(),
+        examples_first_correct=[spread_over_classes(first == i, record.labels, examples) for i in range(k)],
+        examples_only_first=spread_over_classes(only_first, record.labels, examples),
     )

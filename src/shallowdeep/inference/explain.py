@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.examples import spread_over_classes
 from ..core.errors import ArgumentError, MissingExtraError
 from ..models.sdn import SDN, feature_shapes
 
@@ -86,11 +87,12 @@ def explain_output(sdn: SDN, x: torch.Tensor, output: int, classes: np.ndarray) 
 
 
 def disagreements(record, limit: int) -> np.ndarray:
-    """Positions of inputs the first IC gets right and the final output gets wrong (at most ``limit``)."""
+    """Positions of inputs the first IC gets right and the final output gets wrong (at most
+    ``limit``, spread over the classes: :func:`~shallowdeep.analysis.examples.spread_over_classes`)."""
     c = record.correct
     if record.num_outputs < 2:
         return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(c[:, 0] & ~c[:, -1])[:limit]
+    return np.asarray(spread_over_classes(c[:, 0] & ~c[:, -1], record.labels, limit), dtype=np.int64)
 
 
 PANEL_TITLES = (

@@ -230,12 +230,13 @@ def fig_training(epochs: list[JSONObject]) -> str:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.2))
     x = [e["epoch"] for e in epochs]
     k = len(epochs[0]["val_acc"])
+    dots = {"marker": "o", "ms": 4} if len(epochs) < 3 else {}  # one epoch is a point: a line alone shows nothing
     for i, name in enumerate(output_names(k)):
-        a1.plot(x, [100 * e["val_acc"][i] for e in epochs], lw=1.4, label=name)
+        a1.plot(x, [100 * e["val_acc"][i] for e in epochs], lw=1.4, label=name, **dots)
     a1.set_xlabel("epoch")
     a1.set_ylabel("validation accuracy (%)")
     a1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    a2.plot(x, [e["train_loss"] for e in epochs], color="k", lw=1.4)
+    a2.plot(x, [e["train_loss"] for e in epochs], color="k", lw=1.4, **dots)
     a2.set_xlabel("epoch")
     a2.set_ylabel("training loss")
     from matplotlib.ticker import MaxNLocator

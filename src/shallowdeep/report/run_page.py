@@ -115,6 +115,7 @@ def render_html(
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class=meta>{html.escape(meta_line)}</p>",
+        _summary_section(analysis, engine),
         _run_section(run_meta),
         (
             '<section id="training"><h2>Training</h2>'
@@ -153,6 +154,31 @@ def render_html(
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
     )
+
+
+def _summary_section(analysis: RunAnalysis, engine: tuple[str, Calibration] | None) -> str:
+    """The headline numbers a user acts on, before any detail: the final output's test accuracy and,
+    for an SDN, what ``predict``'s early exits keep of it and at what cost, and how often an IC was
+    already right."""
+    final = analysis.outputs[-1]
+    items = [f"final output: {_pct(final.test_accuracy)} test accuracy at {final.gflops:.4g} GFLOPs"]
+    if analysis.num_outputs == 1:
+        items.append("a plain CNN: no ICs, so no early exits or overthinking (train its ICs with ic-only)")
+    else:
+        if engine is not None and engine[1].test is not None:
+            rule, ec = engine
+            items.append(
+                f"early exits as <code>predict</code> runs them ({html.escape(rule)} rule, "
+                f"{'per-IC thresholds ' if ec.thresholds is not None else 'threshold '}"
+                f"{html.escape(_thresholds_text(ec))}): {_pct(ec.test.accuracy)} test accuracy at "
+                f"{100 * ec.test.relative_cost:.1f}% of the CNN's cost"
+            )
+        o = analysis.overthinking
+        items.append(
+            f"{_pct(o.early_share)} of test inputs are right at some IC before the final output; "
+            f"{counted(o.destructive_union_count, 'input')} some IC gets right the final output gets wrong"
+        )
+    return '<section id="summary"><h2>Summary</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></section>"
 
 
 def _exit_head(analysis: RunAnalysis) -> str:
