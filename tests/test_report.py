@@ -74,6 +74,8 @@ def test_analyze_writes_self_contained_report(sdn_run, tmp_path, capsys):
 
     svgs = [base64.b64decode(src.split(",", 1)[1]).decode() for src in page.imgs if src.startswith("data:image/svg")]
     assert len(svgs) >= 6 and all("<svg" in v and 'href="http' not in v for v in svgs)  # vector charts, nothing fetched
+    # the exits drawn are predict's, and the chart says which thresholds they are
+    assert sum("as predict exits: max_softmax, " in v for v in svgs) == 1
     assert not page.links and not page.scripts
     assert "http://" not in text and "https://" not in text and "url(" not in text
     assert "chosen on the test set" in text.lower()  # the reference protocol is labelled as such

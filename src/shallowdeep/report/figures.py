@@ -266,10 +266,11 @@ def fig_threshold(curves: dict[str, Sweep], chosen: float) -> str:
     return _svg(fig)
 
 
-def fig_exits(cal: Calibration, names: list[str]) -> str:
-    """Where inputs leave at the calibrated threshold, validation and test (share of inputs)."""
+def fig_exits(cal: Calibration, names: list[str], title: str) -> str:
+    """Where inputs leave at ``cal``'s thresholds (named in ``title``), validation and test (share of inputs)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    ax.set_title(title)
     x = np.arange(len(names))
     for j, (split, point) in enumerate((("validation", cal.val), ("test", cal.test))):
         if point is None:
@@ -346,6 +347,17 @@ def explanation_grid(panels: np.ndarray, titles: tuple[str, ...], row_labels: li
     return png_bytes(fig, dpi=120)
 
 
+def _exits_shown(analysis: RunAnalysis) -> tuple[Calibration, str]:
+    """The exits the report draws: those ``predict`` makes (the engine's rule and thresholds), else
+    the one calibrated threshold; with the title that names them."""
+    if analysis.engine is not None:
+        e = analysis.engine
+        qs = e.calibration.thresholds or [e.calibration.threshold]
+        shown = f"per-IC thresholds {' '.join(f'{q:.3g}' for q in qs)}" if len(qs) > 1 else f"q={qs[0]:.4g}"
+        return e.calibration, f"as predict exits: {e.rule.label}, {shown}"
+    return analysis.calibrated, f"one threshold for every IC: q={analysis.calibrated.threshold:.4g}"
+
+
 def figures(
     analysis: RunAnalysis,
     test: ExitRecord,
@@ -369,7 +381,8 @@ def figures(
     if k > 1:
         figs["accuracy_cost"] = fig_accuracy_cost(analysis.curves, analysis)
         figs["threshold"] = fig_threshold(analysis.curves, analysis.calibrated.threshold)
-        figs["exits"] = fig_exits(analysis.calibrated, names)
+        shown, title = _exits_shown(analysis)
+        figs["exits"] = fig_exits(shown, names, title)
         figs["overthinking"] = fig_overthinking(o)
         figs["destructive"] = fig_destructive(o)
     if analysis.rules is not None:

@@ -259,7 +259,7 @@ def _early_exit_section(analysis: RunAnalysis, fig: _Figures, engine: tuple[str,
         )
         + _budget_table(analysis)
         + _engine_paragraph(engine)
-        + fig.img("exits", "where inputs leave at the calibrated threshold")
+        + fig.img("exits", "where inputs leave as predict exits them")
         + fig.img("accuracy_cost", "accuracy against cost")
         + fig.img("threshold", "accuracy and cost against the threshold")
         + f"<h3>For comparison: {html.escape(ref.label)}</h3>"
