@@ -88,11 +88,11 @@ def batch1(plain, engine, x, device, reps):
     """Total plain and engine time over the inputs, one at a time (median of reps per input)."""
     for i in range(min(8, len(x))):  # warm-up
         plain(x[i : i + 1])
-        engine.classify_one(x[i : i + 1])
+        engine.classify_one(x[i : i + 1], normalized=True)
     tp = te = 0.0
     for i in range(len(x)):
         xi = x[i : i + 1]
-        a, b = time_pair(lambda: plain(xi), lambda: engine.classify_one(xi), device, reps)
+        a, b = time_pair(lambda: plain(xi), lambda: engine.classify_one(xi, normalized=True), device, reps)
         tp += a
         te += b
     return tp, te
@@ -236,21 +236,24 @@ def main() -> None:
             f"with like ({100 * (te / tp - 1):+.2f}% vs the CNN as trained; ICs' FLOPs {100 * (rel[-1] - 1):+.2f}%)"
         )
         t_stage1 = stage_times(never, x1[:1], device, 4 * args.reps + 1)  # thresholds do not change stage costs
-        conf1, confb = never.ic_confidences(x1).numpy(), never.ic_confidences(xs).numpy()
+        conf1, confb = (
+            never.ic_confidences(x1, normalized=True).numpy(),
+            never.ic_confidences(xs, normalized=True).numpy(),
+        )
         for pname, shares in PATTERNS.items():
             eng1 = EarlyExitEngine(sdn, thresholds_for(conf1, shares), **opts)
             t_plain1, t_eng1 = batch1(lambda v: folded(v), eng1, x1, device, args.reps)
-            exits1 = eng1.classify(x1, batch_size=1).exits.numpy()
+            exits1 = eng1.classify(x1, batch_size=1, normalized=True).exits.numpy()
             pred1, real1 = 1 - rel[exits1].mean(), 1 - t_eng1 / t_plain1
             time1 = time_predicted(t_stage1, exits1)
 
             engb = EarlyExitEngine(sdn, thresholds_for(confb, shares), **opts)
-            run_engine = lambda: list(engb.stream(chunks, args.batch))  # noqa: E731
+            run_engine = lambda: list(engb.stream(chunks, args.batch, normalized=True))  # noqa: E731
             with torch.inference_mode():
                 run_engine(), cnn_batched()  # warm-up
                 pairs: list[float] = []
                 time_pair(cnn_batched, run_engine, device, args.reps, pairs)
-            exitsb = engb.classify(xs, batch_size=args.batch).exits.numpy()
+            exitsb = engb.classify(xs, batch_size=args.batch, normalized=True).exits.numpy()
             # the median of the per-pair ratios: each pair ran back to back, so a slow spell of the
             # machine hits both sides of a pair and cancels, where it would skew a ratio of medians
             predb, realb = 1 - rel[exitsb].mean(), 1 - statistics.median(pairs)

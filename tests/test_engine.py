@@ -60,11 +60,11 @@ def test_engine_matches_record_simulation(which, fallback, fold_bn, random_sdn, 
     for q in safe_thresholds(record, 5):
         sim = early_exit(record, q, fallback)
         eng = EarlyExitEngine(sdn, q, fallback, fold_bn=fold_bn)
-        batched = eng.classify(x, batch_size=64)
+        batched = eng.classify(x, batch_size=64, normalized=True)
         assert torch.equal(batched.exits, torch.from_numpy(sim.exits))
         assert torch.equal(batched.predictions, torch.from_numpy(sim.predictions))
         assert np.allclose(batched.relative_cost.numpy(), sim.costs / record.cnn_cost)
-        one = eng.classify(x[:80], batch_size=1)
+        one = eng.classify(x[:80], batch_size=1, normalized=True)
         assert torch.equal(one.exits, batched.exits[:80]) and torch.equal(one.predictions, batched.predictions[:80])
         assert torch.allclose(one.confidence, batched.confidence[:80], atol=1e-5)
 
@@ -73,7 +73,7 @@ def test_exit_counts_cover_every_output(trained_sdn, digits):
     sdn, _ = trained_sdn
     record = collect(sdn, digits, "test")
     q = safe_thresholds(record, 3)[1]
-    res = EarlyExitEngine(sdn, q).classify(images(digits))
+    res = EarlyExitEngine(sdn, q).classify(images(digits), normalized=True)
     assert np.bincount(res.exits.numpy(), minlength=sdn.num_outputs).tolist() == early_exit(record, q).exit_counts
 
 
@@ -82,38 +82,38 @@ def test_order_is_preserved_under_compaction(trained_sdn, digits):
     x = images(digits, limit=200)
     q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
     eng = EarlyExitEngine(sdn, q)
-    res = eng.classify(x, batch_size=200)
+    res = eng.classify(x, batch_size=200, normalized=True)
     perm = torch.randperm(200, generator=torch.Generator().manual_seed(0))
-    res_p = eng.classify(x[perm], batch_size=200)
+    res_p = eng.classify(x[perm], batch_size=200, normalized=True)
     assert torch.equal(res_p.predictions, res.predictions[perm]) and torch.equal(res_p.exits, res.exits[perm])
     assert len(set(res.exits.tolist())) > 1, "the test needs inputs leaving at different outputs"
 
 
 def test_threshold_zero_everyone_exits_first_and_above_one_nobody(random_sdn, digits):
     x = images(digits, limit=50)
-    first = EarlyExitEngine(random_sdn, 0.0).classify(x)
+    first = EarlyExitEngine(random_sdn, 0.0).classify(x, normalized=True)
     assert first.exits.eq(0).all() and torch.allclose(first.relative_cost, first.relative_cost[0])
-    none = EarlyExitEngine(random_sdn, 1.0).classify(x)
+    none = EarlyExitEngine(random_sdn, 1.0).classify(x, normalized=True)
     assert none.exits.eq(random_sdn.num_outputs - 1).all()
     assert none.relative_cost[0] > 1.0  # every IC was paid for
     with torch.no_grad():
         final = random_sdn(x)[-1].argmax(1)
-    assert torch.equal(EarlyExitEngine(random_sdn, 1.0, "final").classify(x).predictions, final)
-    one = EarlyExitEngine(random_sdn, 1.0).classify(x[:5], batch_size=1)
+    assert torch.equal(EarlyExitEngine(random_sdn, 1.0, "final").classify(x, normalized=True).predictions, final)
+    one = EarlyExitEngine(random_sdn, 1.0).classify(x[:5], batch_size=1, normalized=True)
     assert one.exits.eq(random_sdn.num_outputs - 1).all()
 
 
 def test_empty_input(random_sdn):
-    res = EarlyExitEngine(random_sdn, 0.5).classify(torch.zeros(0, 3, 32, 32))
+    res = EarlyExitEngine(random_sdn, 0.5).classify(torch.zeros(0, 3, 32, 32), normalized=True)
     assert len(res) == 0 and res.exits.dtype == torch.int64
 
 
 def test_wrong_size_or_channels_is_clear(random_sdn):
     eng = EarlyExitEngine(random_sdn, 0.5)
     with pytest.raises(UserError, match=r"expects images shaped \[N, 3, 32, 32\]"):
-        eng.classify(torch.zeros(2, 3, 28, 28))
+        eng.classify(torch.zeros(2, 3, 28, 28), normalized=True)
     with pytest.raises(UserError, match="expects images"):
-        eng.classify(torch.zeros(2, 1, 32, 32))
+        eng.classify(torch.zeros(2, 1, 32, 32), normalized=True)
     with pytest.raises(UserError, match="SDN"):
         EarlyExitEngine(random_sdn.cnn, 0.5)
     with pytest.raises(UserError, match="fallback"):
@@ -137,7 +137,7 @@ def test_engine_agrees_with_records_for_every_registered_architecture(arch):
         sim = early_exit(record, q)
         engine = EarlyExitEngine(sdn, q)
         for batch_size in (1, 8):
-            res = engine.classify(x, batch_size=batch_size)
+            res = engine.classify(x, batch_size=batch_size, normalized=True)
             assert res.exits.tolist() == sim.exits.tolist(), (arch, q, batch_size)
             assert res.predictions.tolist() == sim.predictions.tolist(), (arch, q, batch_size)
 
@@ -174,7 +174,7 @@ def test_from_run_uses_the_calibrated_threshold(copy_run, tmp_path, digits):
     assert report["early_exit"]["engine"]["calibration"]["thresholds"] == cal["thresholds"]
     assert report["early_exit"]["per_ic"]["thresholds"] == cal["thresholds"]
     # the engine, run on the test split, exits where the calibration's test point says
-    res = eng.classify(images(digits), batch_size=64)
+    res = eng.classify(images(digits), batch_size=64, normalized=True)
     assert np.bincount(res.exits.numpy(), minlength=5).tolist() == cal["test"]["exit_counts"]
     assert engine_from_run(run, threshold=0.3).thresholds == [0.3] * 4
     analyze_run(run, tmp_path / "rep", thresholds="single")  # the paper's: one threshold for every IC
@@ -204,7 +204,7 @@ def test_predict_command(trained_sdn, tmp_path, digits, capsys):
     assert len(rows) == 4 and {"class_index", "class", "exit", "confidence", "relative_cost"} <= rows[0].keys()
     # the same answers as the engine on the same (normalised) images
     eng = EarlyExitEngine(shallowdeep_load(run), 0.5)
-    res = eng.classify(images(digits, limit=4), batch_size=1)
+    res = eng.classify(images(digits, limit=4), batch_size=1, normalized=True)
     assert [r["class_index"] for r in rows] == res.predictions.tolist() and [
         r["exit"] for r in rows
     ] == res.exits.tolist()
@@ -318,7 +318,7 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
         temperatures = None if temps is None else temps.tolist()
         eng = EarlyExitEngine(sdn, rule.calibrated(q, temperatures, "most_confident"))
         for batch_size in (1, 64):
-            res = eng.classify(x, batch_size=batch_size)
+            res = eng.classify(x, batch_size=batch_size, normalized=True)
             assert res.exits.tolist() == sim.exits.tolist(), (rule_text, q, batch_size)
             assert res.predictions.tolist() == sim.predictions.tolist(), (rule_text, q, batch_size)
 
@@ -363,9 +363,9 @@ def test_stream_equals_batch_one_in_order_whatever_the_batches(trained_sdn, digi
     record = collect(sdn, digits, "test")
     q = safe_thresholds(record, 3)[1] if rule != "patience" else patience / len(sdn.positions)
     eng = EarlyExitEngine(sdn, ExitRule(rule, patience, thresholds=(q,)))
-    parts = list(eng.stream(_odd_batches(x), batch_size=16, buckets=buckets))
+    parts = list(eng.stream(_odd_batches(x), batch_size=16, buckets=buckets, normalized=True))
     got = torch.cat([p.exits for p in parts]), torch.cat([p.predictions for p in parts])
-    one = eng.classify(x, batch_size=1)
+    one = eng.classify(x, batch_size=1, normalized=True)
     assert torch.equal(got[0], one.exits) and torch.equal(got[1], one.predictions)
     assert torch.equal(torch.cat([p.answered for p in parts]), one.answered)
     assert len(set(one.exits.tolist())) > 1
@@ -384,7 +384,7 @@ def test_every_stage_runs_full_batches_and_queues_stay_bounded(trained_sdn, digi
         return real(self, k, rows, queues, out, pad)
 
     monkeypatch.setattr(EarlyExitEngine, "_run_stage", spy)
-    res = eng.classify(x, batch_size=32)
+    res = eng.classify(x, batch_size=32, normalized=True)
     exits = res.exits.numpy()
     for k in range(eng.num_outputs):
         runs = [n for kk, n, _ in seen if kk == k]
@@ -403,7 +403,7 @@ def test_stream_hands_results_back_before_the_stream_ends(random_sdn):
             consumed.append(i)
             yield torch.randn(8, 3, 32, 32)
 
-    first = next(iter(eng.stream(source(), batch_size=8)))
+    first = next(iter(eng.stream(source(), batch_size=8, normalized=True)))
     assert len(first) == 8 and len(consumed) < 10
 
 
@@ -421,9 +421,9 @@ def test_buckets_pad_partial_batches_to_few_shapes(random_sdn, monkeypatch):
 
     eng._stage_fns[0] = first_stage
     x = torch.randn(45, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    padded = eng.classify(x, batch_size=32)  # a full 32, then 13 left: padded to 16
+    padded = eng.classify(x, batch_size=32, normalized=True)  # a full 32, then 13 left: padded to 16
     assert shapes <= {32, 16} or not eng.device.type == "cuda"
-    on = torch.cat([r.exits for r in eng.stream([x], 32, buckets=True)])
+    on = torch.cat([r.exits for r in eng.stream([x], 32, buckets=True, normalized=True)])
     assert torch.equal(on, padded.exits)
     assert 16 in shapes, "the partial batch ran at a bucket size"
 
@@ -432,22 +432,22 @@ def test_answered_names_the_ic_the_fallback_picked(trained_sdn, digits):
     sdn, _ = trained_sdn
     x = images(digits, limit=200)
     eng = EarlyExitEngine(sdn, 2.0)  # nobody exits: the fallback answers
-    res = eng.classify(x, batch_size=16)
+    res = eng.classify(x, batch_size=16, normalized=True)
     with torch.no_grad():
         outs = torch.stack(sdn(x), 1)
     picked = outs[torch.arange(len(x)), res.answered].argmax(1)
     assert torch.equal(picked, res.predictions)
     assert res.exits.eq(sdn.num_outputs - 1).all()
     assert (res.answered < sdn.num_outputs - 1).any() and res.answered.eq(sdn.num_outputs - 1).any()
-    assert torch.equal(eng.classify(x, batch_size=1).answered, res.answered)
+    assert torch.equal(eng.classify(x, batch_size=1, normalized=True).answered, res.answered)
 
 
 def test_stream_takes_a_splits_batches(trained_sdn, digits):
     sdn, _ = trained_sdn
     q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
     eng = EarlyExitEngine(sdn, q)
-    from_split = torch.cat([r.exits for r in eng.stream(batches(digits, "test", 50), batch_size=64)])
-    assert torch.equal(from_split, eng.classify(images(digits), batch_size=64).exits)
+    from_split = torch.cat([r.exits for r in eng.stream(batches(digits, "test", 50), batch_size=64, normalized=True)])
+    assert torch.equal(from_split, eng.classify(images(digits), batch_size=64, normalized=True).exits)
 
 
 def test_compiled_stages_give_the_same_exits(trained_sdn, digits):
@@ -456,11 +456,11 @@ def test_compiled_stages_give_the_same_exits(trained_sdn, digits):
     sdn, _ = trained_sdn
     x = images(digits, limit=100)
     q = safe_thresholds(collect(sdn, digits, "test"), 3, margin=1e-3)[1]
-    eager = EarlyExitEngine(sdn, q).classify(x, batch_size=32)
+    eager = EarlyExitEngine(sdn, q).classify(x, batch_size=32, normalized=True)
     compiled = EarlyExitEngine(sdn, q, compile=True)
-    res = compiled.classify(x, batch_size=32)  # buckets on by default when compiled: 32, then 4 -> 8
+    res = compiled.classify(x, batch_size=32, normalized=True)  # buckets on by default when compiled: 32, then 4 -> 8
     assert torch.equal(res.exits, eager.exits) and torch.equal(res.predictions, eager.predictions)
-    assert torch.equal(compiled.classify(x[:4], batch_size=1).exits, eager.exits[:4])
+    assert torch.equal(compiled.classify(x[:4], batch_size=1, normalized=True).exits, eager.exits[:4])
     assert len(set(eager.exits.tolist())) > 1
 
 
@@ -468,8 +468,8 @@ def test_bf16_inference_keeps_most_answers(trained_sdn, digits):
     sdn, _ = trained_sdn
     x = images(digits, limit=200)
     q = safe_thresholds(collect(sdn, digits, "test"), 3)[1]
-    fp32 = EarlyExitEngine(sdn, q).classify(x, batch_size=64)
-    bf16 = EarlyExitEngine(sdn, q, precision="bf16").classify(x, batch_size=64)
+    fp32 = EarlyExitEngine(sdn, q).classify(x, batch_size=64, normalized=True)
+    bf16 = EarlyExitEngine(sdn, q, precision="bf16").classify(x, batch_size=64, normalized=True)
     assert bf16.confidence.dtype == torch.float64  # decisions stay in full precision on the CPU
     assert (bf16.predictions == fp32.predictions).float().mean() > 0.9
     assert (bf16.exits == fp32.exits).float().mean() > 0.8
@@ -489,12 +489,55 @@ def test_pipelined_batch_one_decides_like_the_sequential_path(trained_sdn, digit
     if rule == "patience":
         qs = [2 / 4]
     else:
-        scores = seq.ic_confidences(x).numpy() if rule == "max_softmax" else None
+        scores = seq.ic_confidences(x, normalized=True).numpy() if rule == "max_softmax" else None
         qs = [float(np.quantile(scores, 0.6))] if scores is not None else [0.05, 0.15, 0.3]
     for q in qs:
         calibrated = ExitRule(rule, patience, thresholds=(q,), fallback=fallback)
-        a = EarlyExitEngine(sdn, calibrated, pipelined=False).classify(x, batch_size=1)
-        b = EarlyExitEngine(sdn, calibrated, pipelined=True).classify(x, batch_size=1)
+        a = EarlyExitEngine(sdn, calibrated, pipelined=False).classify(x, batch_size=1, normalized=True)
+        b = EarlyExitEngine(sdn, calibrated, pipelined=True).classify(x, batch_size=1, normalized=True)
         assert torch.equal(a.exits, b.exits) and torch.equal(a.predictions, b.predictions)
         assert torch.equal(a.answered, b.answered) and torch.allclose(a.confidence, b.confidence, atol=1e-12)
         assert len(set(a.exits.tolist())) > 1, "the thresholds should spread the exits"
+
+
+def test_one_image_convention_at_every_entry_point(trained_sdn, digits, tmp_path):
+    """uint8 RGB images (a tensor, a numpy array, files) are normalised with the run's statistics,
+    as predict and the deploy runtime take them; a float tensor only when the caller says it is
+    normalised (unnormalised [0, 1] floats went through silently: 15.5 % where predict gave 37.5 %)."""
+    from PIL import Image
+
+    from shallowdeep.runs import RunFolder
+
+    sdn, run = trained_sdn
+    stats = RunFolder(run).meta().data  # what engine_from_run gives it (test_deploy runs that path)
+    engine = EarlyExitEngine(sdn, 0.5, mean=stats.mean, std=stats.std)
+    raw = digits.test.images[:40]  # uint8 [N, H, W, 3]
+    want = engine.classify(images(digits, limit=40), normalized=True)
+    for given in (raw, raw.numpy()):
+        got = engine.classify(given)
+        assert torch.equal(got.exits, want.exits) and torch.equal(got.predictions, want.predictions)
+    for i in range(3):
+        Image.fromarray(raw[i].numpy()).save(tmp_path / f"{i}.png")
+    from_files = engine.classify(sorted(tmp_path.glob("*.png")))
+    assert torch.equal(from_files.predictions, want.predictions[:3])
+    assert torch.equal(engine.classify(str(tmp_path), batch_size=1).exits, want.exits[:3])  # a folder
+    assert engine.classify_one(raw[0])[:2] == (int(want.predictions[0]), int(want.exits[0]))
+    streamed = torch.cat([r.exits for r in engine.stream([raw[:25], raw[25:].numpy()], batch_size=16)])
+    assert torch.equal(streamed, want.exits)
+    # (the same numbers up to rounding: the split's batches keep NHWC memory, the engine's normalised copy NCHW)
+    same = engine.ic_confidences(images(digits, limit=40), normalized=True)
+    assert torch.allclose(engine.ic_confidences(raw), same, atol=1e-6)
+    refused = [
+        (lambda: engine.classify(raw.float() / 255), "normalized=True"),  # [0, 1] floats, unnormalised
+        (lambda: engine.classify(raw, normalized=True), "uint8 images are not normalised"),
+        (lambda: engine.classify(raw.permute(0, 3, 1, 2).contiguous()), r"RGB \[N, H, W, 3\]"),
+        (lambda: engine.classify(raw.int()), "normalized=True"),
+        (lambda: engine.classify([1, 2]), "image paths"),
+        (lambda: EarlyExitEngine(engine.sdn, 0.5).classify(raw), "give mean and std"),
+        (lambda: EarlyExitEngine(engine.sdn, 0.5, mean=(0.5, 0.5), std=(1, 1, 1)), "three finite numbers"),
+        (lambda: EarlyExitEngine(engine.sdn, 0.5, mean=(0.5,) * 3, std=(0, 1, 1)), "std > 0"),
+    ]
+    for call, message in refused:
+        with pytest.raises(UserError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value)

@@ -80,7 +80,7 @@ def test_every_rule_decides_alike_in_records_engine_and_deployment(three_runtime
         manifest_path.write_text(json.dumps(manifest))
         deployed = deploy.load(export).classify(nhwc)
         for batch_size in (1, 32):
-            res = engine.classify(x, batch_size=batch_size)
+            res = engine.classify(x, batch_size=batch_size, normalized=True)
             assert res.exits.tolist() == sim.exits.tolist(), (text, fallback, q, batch_size)
             assert res.predictions.tolist() == sim.predictions.tolist(), (text, fallback, q, batch_size)
         assert deployed.exits.tolist() == sim.exits.tolist(), (text, fallback, q, "deploy")

@@ -57,7 +57,7 @@ def test_every_calibration_key_damaged_gives_a_typed_error_or_a_working_engine(c
             refused += 1
             continue
         loaded += 1
-        got = engine.classify(x)
+        got = engine.classify(x, normalized=True)
         assert ((got.exits >= 0) & (got.exits < engine.num_outputs)).all(), (path, done)
         assert torch.isfinite(got.confidence).all(), (path, done)
     assert refused and loaded

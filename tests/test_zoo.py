@@ -120,7 +120,7 @@ def test_engine_exits_agree_with_records_on_zoo_models(zoo, name):
         sim = early_exit(rec, q)
         eng = EarlyExitEngine(sdn, q)
         for bs in (1, 8):
-            res = eng.classify(x, batch_size=bs)
+            res = eng.classify(x, batch_size=bs, normalized=True)
             assert res.exits.tolist() == sim.exits.tolist() and res.predictions.tolist() == sim.predictions.tolist()
 
 
@@ -177,11 +177,22 @@ def test_user_module_round_trip_and_ic_cuts(tmp_path, digits):
     )
     meta = json.loads((out / "run.json").read_text())
     assert meta["model"]["source"]["kind"] == "module" and meta["model"]["arch"] == "module:Tiny"
-    with pytest.raises(UserError, match="pass.*module"):
+    with pytest.raises(UserError, match="passing the module again"):
         shallowdeep.load(out)
     loaded = shallowdeep.load(out, module=Tiny(10))
     rec = collect(loaded, digits, "test")
     assert rec.num_outputs == loaded.num_outputs
+    # analyzed and run early-exit from Python with the module given again (engine_from_run said to
+    # pass the module, and had no such argument)
+    from shallowdeep.runs import engine_from_run
+    from shallowdeep.workflows import analyze_run
+
+    with pytest.raises(UserError, match="passing the module again"):
+        analyze_run(out)
+    assert (analyze_run(out, module=Tiny(10)).html).is_file()
+    engine = engine_from_run(out, module=Tiny(10))
+    got = engine.classify(digits.test.images[:16])  # uint8, normalised with the run's statistics
+    assert len(got.exits) == 16 and (got.exits < engine.num_outputs).all()
 
 
 def test_untraceable_model_names_the_module_and_the_way_out():
@@ -399,7 +410,7 @@ def test_zoo_cnn_then_ic_only_on_a_streamed_folder_analyze_predict(tmp_path):
     rec = collect(sdn, data, "test")
     q = safe_thresholds(rec, 3, margin=1e-6)[0]
     x = torch.cat([x for x, _ in Batches(data, "test", 64)])
-    assert EarlyExitEngine(sdn, q).classify(x).exits.tolist() == early_exit(rec, q).exits.tolist()
+    assert EarlyExitEngine(sdn, q).classify(x, normalized=True).exits.tolist() == early_exit(rec, q).exits.tolist()
     # Grad-CAM on a traced zoo model: the explanations run and land where the report finds them
     r = run_cli("explain", str(ic_run), "--device", "cpu", "--split", "train", "--max", "2")
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES, ZOO_ARCH_HELP, ZOO_PREFIXES
-from .core.errors import MissingExtraError, NotCalibratedError, UserError
+from .core.errors import MissingExtraError, NotCalibratedError, UserError, render_names
 from .core.words import counted
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.cuts:
             return _print_cuts(args, shape.num_classes, shape.image_size)
         head = {"arch": args.arch, "data": args.data, "kind": "sdn"}
-        head |= {"classes_from": shape.classes_from, "image_size_from": shape.size_from}
+        head |= {"classes_from": shape.classes_from, "image_size_from": render_names(shape.size_from, flags())}
         model, val_acc = _info_of_arch(args, shape), None
     if args.cuts:
         raise UserError(
@@ -264,8 +264,8 @@ def _train_config(args: argparse.Namespace):
     backdoor = None
     if args.config:
         settings = _config_file(args.config)
-        if settings.get("backdoor"):
-            b = settings["backdoor"]
+        b = settings.pop("backdoor", None)
+        if b is not None and b is not False:  # false or absent: no backdoor
             if not isinstance(b, dict):
                 raise UserError(
                     f"--config {args.config}: backdoor must be a mapping (rate, target, size, row, col), got {b!r}"
@@ -274,9 +274,9 @@ def _train_config(args: argparse.Namespace):
                 "rate": b.get("rate"),
                 "target": b.get("target"),
                 "size": b.get("size"),
-                "pos": [b["row"], b["col"]] if "row" in b else b.get("pos"),
+                "pos": [b.get("row"), b.get("col")] if "row" in b or "col" in b else b.get("pos"),
             }
-        unknown = sorted(set(settings) - set(_train_keys()) - {"backdoor"})
+        unknown = sorted(set(settings) - set(_train_keys()))
         if unknown:
             raise UserError(f"--config {args.config} has unknown settings: {', '.join(unknown)}")
     for key in _train_keys():  # flags override the file
@@ -525,7 +525,7 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import image_paths, normalize, read_image
+    from .data import image_paths, read_image
     from .runs import RunFolder, engine_from_run
 
     if args.batch_size < 1:
@@ -536,15 +536,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = engine_from_run(args.run, args.threshold, args.fallback, _device(args))
     meta = RunFolder(args.run).meta().data
     size = engine.sdn.image_size
-    mean, std = meta.mean, meta.std
     chunk = max(args.batch_size, 64)
 
     def batches():  # files decoded a chunk at a time: memory does not grow with the number of images
         for i in range(0, len(files), chunk):
-            images = torch.stack(
-                [torch.from_numpy(read_image(f, size, resize=args.resize)) for f in files[i : i + chunk]]
-            )
-            x = normalize(images, mean, std).contiguous()
+            # uint8 [N, H, W, 3], the engine's one convention: it normalises with the run's statistics
+            x = torch.stack([torch.from_numpy(read_image(f, size, resize=args.resize)) for f in files[i : i + chunk]])
             yield from (x[j : j + 1] for j in range(len(x))) if args.batch_size == 1 else (x,)
 
     if args.batch_size == 1:  # latency: one image at a time through the batch-1 path

@@ -55,10 +55,12 @@ def analyze_run(
     rule: str = "max_softmax",
     thresholds: str = "auto",
     log: Log = None,
+    module: torch.nn.Module | None = None,
 ) -> AnalyzedRun:
     """Collect (or reuse) a run's records, analyze them (:func:`~shallowdeep.analysis.analyze`,
     options as :class:`~shallowdeep.analysis.AnalysisOptions`), write the engine's
-    ``calibration.json`` (SDN runs) and the report (``report.html`` and ``report.json``)."""
+    ``calibration.json`` (SDN runs) and the report (``report.html`` and ``report.json``). A run of
+    the user's own module is rebuilt around ``module`` (see :func:`~shallowdeep.runs.load`)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
@@ -75,7 +77,8 @@ def analyze_run(
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
     clock.lap("data")
-    records = run_records(run, splits, data=data, device=device, log=log)
+    model = load(run, device, module=module) if module is not None else None  # else loaded if a record is missing
+    records = run_records(run, splits, model=model, data=data, device=device, log=log)
     clock.lap("records")
     if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
         return AnalyzedRun(out / "report.html", out / "report.json", None)

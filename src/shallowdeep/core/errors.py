@@ -13,13 +13,19 @@ from collections.abc import Mapping
 _ARG = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
+def render_names(text: str, names: Mapping[str, str] | None = None) -> str:
+    """``text`` with each `` `argument` `` written as ``names[argument]`` (a flag, on the command
+    line) or its bare name: the library names arguments, only the command line knows flags."""
+    names = names or {}
+    return _ARG.sub(lambda m: names.get(m.group(1), m.group(1)), text)
+
+
 class UserError(Exception):
     """Bad input from the user: the message names the problem and what to do about it."""
 
     def render(self, names: Mapping[str, str] | None = None) -> str:
         """The message with each `` `argument` `` written as ``names[argument]`` (or its bare name)."""
-        names = names or {}
-        return _ARG.sub(lambda m: names.get(m.group(1), m.group(1)), str(self.args[0]) if self.args else "")
+        return render_names(str(self.args[0]) if self.args else "", names)
 
     def __str__(self) -> str:
         return self.render()

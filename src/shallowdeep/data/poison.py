@@ -8,6 +8,7 @@ and early exits recover accuracy on triggered inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -47,6 +48,31 @@ class Backdoor:
         s = size if size is not None else max(1, round(5 * scale))
         r, c = pos if pos is not None else (round(26 * scale), round(26 * scale))
         return cls(s, r, c, DEFAULT_RATE if rate is None else rate, DEFAULT_TARGET if target is None else target)
+
+    @classmethod
+    def from_options(cls, image_size: int, options: dict) -> Backdoor:
+        """:meth:`default` from a request's options (``rate``, ``target``, ``size``, ``pos``; any of
+        them missing or ``None``), each checked for its type where it enters (a --config file's
+        values reach here as they were written)."""
+
+        def number(key: str, name: str, whole: bool) -> float | int | None:
+            v = options.get(key)
+            ok = isinstance(v, int) if whole else isinstance(v, (int, float)) and math.isfinite(v)
+            if v is not None and (isinstance(v, bool) or not ok):
+                kind = "an integer" if whole else "a number"
+                raise ArgumentError(f"`{name}` must be {kind}, got {v!r}")
+            return v
+
+        rate = number("rate", "poison_rate", False)
+        target, size = number("target", "target_class", True), number("size", "trigger_size", True)
+        pos = options.get("pos")
+        if pos is not None and (
+            not isinstance(pos, (list, tuple))
+            or len(pos) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pos)
+        ):
+            raise ArgumentError(f"`trigger_pos` takes two integers (row, column), got {pos!r}")
+        return cls.default(image_size, rate, target, size, tuple(pos) if pos is not None else None)
 
     def check(self, image_size: int, num_classes: int) -> None:
         """Refuse a trigger off the image, a share outside (0, 1], or an unknown target class."""

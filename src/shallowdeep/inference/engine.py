@@ -22,8 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,6 +88,26 @@ def _inference_head(head: ICHead, scale: float = 1.0) -> Callable[[torch.Tensor]
     return forward
 
 
+# what the entry points take (see EarlyExitEngine.images)
+Images = torch.Tensor | np.ndarray | str | Path | Sequence[str | Path]
+IMAGES = "the engine takes uint8 RGB images [N, H, W, 3] (a tensor or a numpy array) or image paths"
+
+
+def _channel_stats(
+    mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``mean`` and ``std`` checked where they enter: both or neither, three finite numbers each, ``std`` > 0."""
+    if mean is None and std is None:
+        return None, None
+    try:
+        m, sd = tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ArgumentError(f"`mean` and `std` are three numbers each (RGB), got {mean!r} and {std!r}") from None
+    if len(m) != 3 or len(sd) != 3 or not all(map(math.isfinite, m + sd)) or min(sd) <= 0:
+        raise ArgumentError(f"`mean` and `std` are three finite numbers each (RGB; std > 0), got {m} and {sd}")
+    return m, sd
+
+
 def _scaled(head: ICHead, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The head module itself (its pooling ops), its logits times ``scale`` (1 / temperature)."""
     if scale == 1.0:
@@ -122,6 +144,8 @@ class EarlyExitEngine:
         precision: str = "fp32",
         compile: bool = False,
         pipelined: bool | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         """``rule``: a calibrated :class:`ExitRule`, or a max-softmax threshold (one for every IC, or
         one per IC) with its ``fallback`` (default ``most_confident``). The rule's temperatures
@@ -132,7 +156,8 @@ class EarlyExitEngine:
         which the throughput engine's buckets keep to a few. ``pipelined`` (default: on CUDA) runs
         batch 1 one stage ahead: stage k+1 is queued on the device before stage k's exit decision,
         computed on the device, is read back, so the device never idles while the host decides; an
-        input that exits wastes one queued stage."""
+        input that exits wastes one queued stage. ``mean`` and ``std`` (per RGB channel) normalise
+        uint8 images (:func:`engine_from_run` gives the run's)."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         given = _as_rule(rule, fallback)
@@ -153,6 +178,7 @@ class EarlyExitEngine:
         self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
         self._build_stages(fold_bn)
         self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
+        self.mean, self.std = _channel_stats(mean, std)
 
     @property
     def fallback(self) -> str:
@@ -191,15 +217,64 @@ class EarlyExitEngine:
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise ArgumentError("the engine takes a float tensor of images shaped [N, 3, H, W]")
+            raise ArgumentError(IMAGES)
         if x.dim() == 4 and x.shape[0] == 0:
             return x
         self.sdn.cnn.check_input(x)
         return x.to(self.device, torch.float32)
 
-    def classify_one(self, x: torch.Tensor) -> tuple[int, int, float]:
-        """Classify one image ``[1, 3, H, W]`` (or ``[3, H, W]``): (prediction, exit, confidence)."""
-        return self._one(x)[:3]
+    def images(self, x: Images, normalized: bool = False) -> torch.Tensor:
+        """What every entry point takes, as the stages take it (a float ``[N, 3, H, W]`` batch on the
+        engine's device). The one image convention: uint8 RGB ``[N, H, W, 3]`` (or ``[H, W, 3]``;
+        a tensor or a numpy array) or image files (paths, or folders of images), normalised here with
+        the engine's ``mean`` and ``std``; a float ``[N, 3, H, W]`` tensor only with ``normalized=True``
+        (the caller normalised it). Anything else is refused in one line."""
+        if isinstance(x, (str, Path)) or (
+            isinstance(x, (list, tuple)) and x and all(isinstance(p, (str, Path)) for p in x)
+        ):
+            x = self._read(x)
+        elif isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if not isinstance(x, torch.Tensor):
+            raise ArgumentError(f"{IMAGES}, not {type(x).__name__}")
+        if x.dtype == torch.uint8:
+            if normalized:
+                raise ArgumentError("uint8 images are not normalised: leave out normalized=True")
+            return self._check(self._normalize(x))
+        if not x.is_floating_point() or not normalized:
+            raise ArgumentError(
+                f"{IMAGES}; got a {str(x.dtype).removeprefix('torch.')} tensor: a float tensor [N, 3, H, W] "
+                "already normalised with the run's mean and std goes in with normalized=True"
+            )
+        return self._check(x)
+
+    def _read(self, paths: str | Path | Sequence[str | Path]) -> torch.Tensor:
+        from ..data import image_paths, read_image
+
+        files = image_paths([paths] if isinstance(paths, (str, Path)) else list(paths))
+        size = self.sdn.image_size
+        return torch.from_numpy(np.stack([read_image(f, size, resize=False) for f in files]))
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        from ..data import normalize
+
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ArgumentError(f"uint8 images are RGB [N, H, W, 3] (or [H, W, 3]), got {list(x.shape)}")
+        if self.mean is None or self.std is None:
+            raise ArgumentError(
+                "this engine has no normalisation for uint8 images: give `mean` and `std` (engine_from_run "
+                "gives the run's), or pass images you normalised with normalized=True"
+            )
+        return normalize(x.to(self.device), self.mean, self.std).contiguous()
+
+    def classify_one(self, x: Images, *, normalized: bool = False) -> tuple[int, int, float]:
+        """Classify one image (see :meth:`images`; a float one ``[1, 3, H, W]`` or ``[3, H, W]``):
+        (prediction, exit, confidence)."""
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 3:
+            x = x.unsqueeze(0)
+        return self._one(self.images(x, normalized))[:3]
 
     def _stage_fn(
         self, blocks: list, head: Callable[[torch.Tensor], torch.Tensor]
@@ -314,20 +389,22 @@ class EarlyExitEngine:
             rows.best_k = torch.where(better, torch.full_like(rows.best_k, ic), rows.best_k)
         return pred, conf, score >= self.thresholds[ic]
 
-    def classify_batched(self, x: torch.Tensor) -> EngineResult:
-        """Classify one batch with compaction: inputs that exit leave the working batch (the
-        throughput engine on a single batch of ``len(x)``)."""
-        x = self._check(x)
-        return _concat(list(self.stream([x], batch_size=max(len(x), 1))), self.relative_costs)
+    def classify_batched(self, x: Images, *, normalized: bool = False) -> EngineResult:
+        """Classify one batch (see :meth:`images`) with compaction: inputs that exit leave the working
+        batch (the throughput engine on a single batch of ``len(x)``)."""
+        x = self.images(x, normalized)
+        return _concat(list(self.stream([x], batch_size=max(len(x), 1), normalized=True)), self.relative_costs)
 
     # ------------------------------------------------------------------------ the throughput engine
 
     @torch.inference_mode()
     def stream(
         self,
-        inputs: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
+        inputs: Iterable[Images | tuple[torch.Tensor, ...]],
         batch_size: int = 256,
         buckets: bool | None = None,
+        *,
+        normalized: bool = False,
     ) -> Iterator[EngineResult]:
         """Classify a stream of image batches (any sizes; or a split's ``(images, labels)`` batches, as
         :func:`~shallowdeep.data.batches` makes them) with re-batching; yield results in input order.
@@ -339,7 +416,8 @@ class EarlyExitEngine:
         is proportional to the inputs that reach it, and no queue holds ``2 * batch_size`` inputs
         whatever the stream's length. With ``buckets`` (default: on CUDA or compiled) a flushed partial batch is
         padded to the next of ``batch_size, batch_size / 2, …, 8``, so only a few shapes occur.
-        One host synchronisation per stage batch: the count of inputs that exit.
+        One host synchronisation per stage batch: the count of inputs that exit. Each batch is taken
+        as :meth:`images` takes it (a split's batches are normalised: ``normalized=True``).
         """
         if batch_size < 1:
             raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
@@ -348,9 +426,9 @@ class EarlyExitEngine:
         queues: list[list[_Rows]] = [[] for _ in self._stages]
         seen = 0
         for x in inputs:
-            if isinstance(x, (tuple, list)):  # (images, labels) batches of a data split
-                x = x[0]
-            x = self._check(x)
+            if isinstance(x, tuple) or (isinstance(x, list) and x and isinstance(x[0], torch.Tensor)):
+                x = x[0]  # (images, labels) batches of a data split
+            x = self.images(x, normalized)
             if not len(x):
                 continue
             # NHWC memory (what the data pipeline makes anyway): on the development CPU it ran
@@ -409,20 +487,20 @@ class EarlyExitEngine:
             queues[k + 1].append(rows.take(~leave, ~leave_cpu) if n_out else rows)
 
     @torch.inference_mode()
-    def ic_confidences(self, x: torch.Tensor) -> torch.Tensor:
-        """Every IC's max softmax for ``x`` ``[N, 3, H, W]``, as this engine computes it: ``[N, ICs]``
-        (float64). Useful to choose thresholds that produce a given exit pattern."""
-        x = self._check(x)
+    def ic_confidences(self, x: Images, *, normalized: bool = False) -> torch.Tensor:
+        """Every IC's max softmax for ``x`` (see :meth:`images`), as this engine computes it:
+        ``[N, ICs]`` (float64). Useful to choose thresholds that produce a given exit pattern."""
+        x = self.images(x, normalized)
         out, h = [], x
         for s_k in range(len(self._stages) - 1):  # every IC's stage, with its batch-1 head
             h, z = self._call_stage(s_k, h, one=True)
             out.append(torch.softmax(z.double(), dim=1).max(dim=1)[0])
         return torch.stack(out, 1).cpu() if out else torch.zeros(x.shape[0], 0, dtype=torch.float64)
 
-    def classify(self, x: torch.Tensor, batch_size: int = 256) -> EngineResult:
-        """Classify ``x`` ``[N, 3, H, W]``: one at a time when ``batch_size == 1``, else through the
-        throughput engine (:meth:`stream`) at ``batch_size``. Results are in input order."""
-        x = self._check(x)
+    def classify(self, x: Images, batch_size: int = 256, *, normalized: bool = False) -> EngineResult:
+        """Classify ``x`` (see :meth:`images`): one at a time when ``batch_size == 1``, else through
+        the throughput engine (:meth:`stream`) at ``batch_size``. Results are in input order."""
+        x = self.images(x, normalized)
         if batch_size < 1:
             raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
         if batch_size == 1:
@@ -431,7 +509,7 @@ class EarlyExitEngine:
             confs = torch.tensor([r[2] for r in rows], dtype=torch.float64)
             return EngineResult(preds, exits, confs, self.relative_costs[exits], answered)
         chunks = (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
-        return _concat(list(self.stream(chunks, batch_size)), self.relative_costs)
+        return _concat(list(self.stream(chunks, batch_size, normalized=True)), self.relative_costs)
 
 
 # --------------------------------------------------------------------------------------------------

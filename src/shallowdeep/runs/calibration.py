@@ -69,13 +69,17 @@ def engine_from_run(
     threshold: float | None = None,
     fallback: str | None = None,
     device: torch.device | str = "cpu",
+    module: torch.nn.Module | None = None,
 ) -> EarlyExitEngine:
     """The early-exit engine of a run, at its calibrated rule unless a max-softmax ``threshold`` is
-    given (an explicit threshold keeps the calibrated fallback when there is one)."""
+    given (an explicit threshold keeps the calibrated fallback when there is one); it normalises
+    uint8 images with the run's recorded statistics. A run of the user's own module is rebuilt
+    around ``module`` (see :func:`~shallowdeep.runs.load`)."""
     folder = RunFolder(run)
     if folder.kind() != "sdn":
         raise RunFolderError(f"{run} is a plain CNN run: early exits need an SDN; make one from it by ic-only training")
-    model = load(run, device)
+    model = load(run, device, module=module)
+    data = folder.meta().data
     assert isinstance(model, SDN)
     if threshold is None:
         rule = read_exit_rule(run)  # one read of the file, one hash of the weights
@@ -89,6 +93,6 @@ def engine_from_run(
                 pass  # no usable calibration: the default fallback
         rule = ExitRule(thresholds=(threshold,), fallback=fallback or "most_confident")
     try:
-        return EarlyExitEngine(model, rule, device=device)
+        return EarlyExitEngine(model, rule, device=device, mean=data.mean, std=data.std)
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} does not fit this model ({e}): analyze the run again") from None

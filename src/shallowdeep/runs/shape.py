@@ -45,7 +45,7 @@ def planned_shape(
     size = decode_size(arch, image_size, data_mode)
     name, _ = parse_data_name(data)
     if image_size is not None:
-        size_from = "--image-size"
+        size_from = "`image_size`"
     elif size is not None:
         size_from = f"{arch}'s input size (streamed data)"
     else:

@@ -408,9 +408,7 @@ def _load_data(r: RunConfig, new: bool) -> Dataset:
     from ..data.poison import Backdoor, poisoned_dataset
 
     if new:  # options (any of them None) -> the spec's trigger scaled to this data
-        bd = r.backdoor
-        pos = tuple(bd["pos"]) if bd.get("pos") is not None else None
-        r.backdoor = Backdoor.default(data.image_size, bd.get("rate"), bd.get("target"), bd.get("size"), pos).to_json()
+        r.backdoor = Backdoor.from_options(data.image_size, r.backdoor).to_json()
     return poisoned_dataset(data, Backdoor.from_json(r.backdoor))
 
 
