@@ -167,11 +167,12 @@ def fig_confusion(c: Confusion) -> str:
     ):
         h = sep.histogram
         edges = np.asarray(h.edges)
-        centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
         for group, counts, color in (("correct", h.correct, "tab:blue"), ("wrong", h.wrong, "tab:red")):
             counts = np.asarray(counts, dtype=float)
             dens = counts / counts.sum() if counts.sum() else counts
-            ax.bar(centers, dens, width, alpha=0.5, color=color, label=f"{group} ({int(counts.sum())})")
+            # one filled step outline per group, not a bar per bin: the same picture, a fraction of the
+            # drawing time and of the SVG (two 50-bin panels: 200 patches)
+            ax.stairs(dens, edges, fill=True, alpha=0.5, color=color, label=f"{group} ({int(counts.sum())})")
         ax.set_title(f"{title}\nAUROC for errors: {'n/a' if sep.auroc is None else f'{sep.auroc:.3f}'}")
         ax.set_ylabel("share of group")
         ax.set_xlabel(xlabel)
