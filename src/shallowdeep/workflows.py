@@ -57,10 +57,9 @@ def analyze_run(
     log: Log = None,
     module: torch.nn.Module | None = None,
 ) -> AnalyzedRun:
-    """Collect (or reuse) a run's records, analyze them (:func:`~shallowdeep.analysis.analyze`,
-    options as :class:`~shallowdeep.analysis.AnalysisOptions`), write the engine's
-    ``calibration.json`` (SDN runs) and the report (``report.html`` and ``report.json``). A run of
-    the user's own module is rebuilt around ``module`` (see :func:`~shallowdeep.runs.load`)."""
+    """Collect (or reuse) a run's records, analyze them (options: :class:`~shallowdeep.analysis.AnalysisOptions`),
+    write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
+    a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
