@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,37 @@ def test_deploy_refuses_what_is_not_an_export(calibrated, tmp_path):
     (out / "manifest.json").write_text("{nope")
     with pytest.raises(UserError, match="is damaged"):
         deploy.load(out)
+
+
+def test_the_deploy_distribution_installs_and_classifies_without_torch(calibrated, tmp_path):
+    """`pip install ./deploy` into a fresh environment installs no torch (numpy, onnxruntime, onnx,
+    Pillow), and its command classifies image files as the engine does; bad input is one line."""
+    import os
+
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    out = export_run(calibrated, tmp_path / "export")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    images = run_data(calibrated).test.images[:12].numpy()
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "-c", str(repo / "constraints-dev.txt"), str(repo / "deploy")]
+    done = subprocess.run(pip, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    python = str(venv / "bin" / "python")
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True, env=env).returncode != 0
+    cmd = [str(venv / "bin" / "shallowdeep-deploy"), "classify", str(out), str(folder), "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    engine = engine_from_run(calibrated)
+    want, last = engine.classify(images), engine.num_outputs - 1
+    assert [row["class_index"] for row in rows] == want.predictions.tolist()
+    assert [row["exit"] for row in rows] == ["final" if e == last else f"IC {e + 1}" for e in want.exits.tolist()]
+    bad = subprocess.run(cmd[:2] + [str(tmp_path / "nothing"), str(folder)], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "is not" in bad.stderr, bad.stderr

@@ -7,9 +7,8 @@ from __future__ import annotations
 # the training modes (training.modes builds them) and the reference code's seed: one definition each
 MODES = ("cnn", "ic-only", "sdn")
 DEFAULT_SEED = 1221
-# exit rules and what an input no IC lets out gets (core.exit_rule carries them out)
-EXIT_RULES = ("max_softmax", "entropy", "patience")
-FALLBACKS = ("most_confident", "final")
+# exit rules and what an input no IC lets out gets: the deploy runtime's names (one definition)
+from shallowdeep_deploy.names import EXIT_RULES, FALLBACKS  # noqa: E402,F401
 
 ARCHITECTURES = {
     "mobilenet": "MobileNet (v1) at 32 or 64 px, 5 ICs (the paper's)",

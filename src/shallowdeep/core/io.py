@@ -12,16 +12,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, Any
 
 import numpy as np
 
-from .errors import RunFolderError
+# the type of every serialised document: one definition, the runtime's (shallowdeep_deploy.names)
+from shallowdeep_deploy.names import JSONObject, JSONValue  # noqa: E402,F401
 
-# What JSON files hold once parsed, and what every ``to_json`` returns: the type of the tool's
-# serialised documents (run.json, report.json, calibration.json, manifests, safetensors metadata).
-JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
-JSONObject: TypeAlias = dict[str, JSONValue]
+from .errors import RunFolderError
 
 
 def lies_inside(target: str | Path, root: str | Path) -> bool:

@@ -1,0 +1,91 @@
+"""``shallowdeep-deploy classify EXPORT IMAGE_OR_FOLDER...``: early exits of an export, no torch.
+
+One line per image (its class, the output that answered, the confidence), or ``--json``; bad input
+ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (imports nothing heavy)."""
+    p = _Parser(prog="shallowdeep-deploy", description="Early exits of a shallowdeep export, without torch.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    c = sub.add_parser("classify", help="classify images with the export's early exits")
+    c.add_argument("export", help="a folder `shallowdeep export` wrote")
+    c.add_argument("paths", nargs="+", help="image files or folders of images")
+    c.add_argument("--json", action="store_true", help="print one JSON list, a row per image")
+    c.add_argument("--threads", type=int, help="onnxruntime's intra-op threads (default: its own)")
+    return p
+
+
+def _files(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise UserError(f"{p} does not exist: give image files or folders of images")
+    if not found:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(paths)}")
+    return found
+
+
+def classify(args: argparse.Namespace) -> list[dict]:
+    """The rows ``classify`` prints."""
+    from .runtime import load
+
+    files = _files(args.paths)
+    model = load(args.export, threads=args.threads)
+    res = model.classify([str(f) for f in files])
+    last = model.num_outputs - 1
+    return [
+        {
+            "file": str(f),
+            "class_index": int(p),
+            "class": model.classes[int(p)],
+            "exit": "final" if int(e) == last else f"IC {int(e) + 1}",
+            "confidence": round(float(c), 6),
+        }
+        for f, p, e, c in zip(files, res.predictions, res.exits, res.confidence)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and status 2 for bad input, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        rows = classify(args)
+    except UserError as e:
+        print(f"shallowdeep-deploy {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"shallowdeep-deploy {args.command}: error: {e.filename or ''} {e.strerror or e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['file']}: {r['class']} (at {r['exit']}, confidence {r['confidence']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Early exits outside PyTorch: run an export (``shallowdeep export``) with onnxruntime and numpy only.
+
+    import shallowdeep_deploy as deploy             # or: from shallowdeep.inference import deploy
+    model = deploy.load("exported/")                # checks every graph against the manifest's hashes
+    result = model.classify(images)                 # uint8 RGB [N, H, W, 3] (or image paths)
+    result.predictions, result.exits, result.confidence, result.classes
+
+This distribution (``pip install shallowdeep-deploy``: numpy, onnxruntime, onnx, Pillow) imports no
+torch (tested in an environment without it). Inputs run stage by stage; after each IC the inputs that
+exit leave the batch (compaction), the rest go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArgumentError, DataError, MissingExtraError, RunFolderError, UserError
+from .exit_rule import ExitRule, exit_scores, softmax
+from .images import fit_image, open_rgb
+
+FORMAT = "shallowdeep-export/2"
+FORMAT_1 = "shallowdeep-export/1"  # the exit entry before ExitRule; still loads
+
+
+class ExportError(RunFolderError):
+    """A folder that is not a usable export."""
+
+
+@dataclass
+class Classified:
+    """Per input: ``predictions`` (class index), ``exits`` (output index; the last = no IC exit),
+    ``confidence`` (max softmax of the output that answered); ``classes`` names the predictions."""
+
+    predictions: np.ndarray
+    exits: np.ndarray
+    confidence: np.ndarray
+    classes: list[str]
+
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.predictions]
+
+
+@dataclass(frozen=True)
+class StageFile:
+    """One stage's graph: its file (a name inside the export), output names and SHA-256."""
+
+    file: str
+    outputs: tuple[str, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``, checked: stages in order, the input's size and normalisation, class names,
+    the exit rule (thresholds per IC, temperatures per output) and each output's relative cost."""
+
+    stages: tuple[StageFile, ...]
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    classes: tuple[str, ...]
+    rule: ExitRule
+    relative_costs: tuple[float, ...]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Manifest:
+        """The manifest from its JSON; anything else is a :class:`ValueError` naming the key."""
+        m = _object(raw, "the manifest")
+        if m.get("format") not in (FORMAT, FORMAT_1):
+            raise ValueError(f"format {m.get('format')!r}, not {FORMAT}")
+        stages = tuple(_stage_file(st, k) for k, st in enumerate(_list(m.get("stages"), "stages", 2, MAX_STAGES)))
+        inp = _object(m.get("input"), "input")
+        size = inp.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
+            raise ValueError(f"input.size must be an integer in 8..1024, got {size!r}")
+        mean, std = _floats(inp.get("mean"), "input.mean", 3, 3), _floats(inp.get("std"), "input.std", 3, 3)
+        if any(v <= 0 for v in std):
+            raise ValueError(f"input.std must be positive, got {list(std)}")
+        classes = _list(m.get("classes"), "classes", 2, MAX_CLASSES)
+        if not all(isinstance(c, str) and len(c) <= 1000 for c in classes):
+            raise ValueError("classes must be names (strings)")
+        n = len(stages)
+        try:
+            rule = _exit_rule(m)
+            rule.per_ic(n - 1), rule.scales(n)  # one threshold per IC, one temperature per output
+        except UserError as e:
+            raise ValueError(f"exit: {e}") from None
+        costs = _floats(m.get("relative_costs"), "relative_costs", n, n)
+        if any(c < 0 for c in costs):
+            raise ValueError(f"relative_costs must be numbers >= 0, got {list(costs)}")
+        return cls(stages, size, mean, std, tuple(classes), rule, costs)  # type: ignore[arg-type]
+
+
+MAX_STAGES, MAX_CLASSES = 1024, 1_000_000
+
+
+def _object(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _list(v: Any, what: str, least: int, most: int) -> list[Any]:
+    if not isinstance(v, list) or not least <= len(v) <= most:
+        got = f"{len(v)} entries" if isinstance(v, list) else type(v).__name__
+        raise ValueError(f"{what} must be a list of {least}..{most} entries, got {got}")
+    return v
+
+
+def _floats(v: Any, what: str, least: int, most: int) -> tuple[float, ...]:
+    values = _list(v, what, least, most)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+        raise ValueError(f"{what} must hold finite numbers, got {values!r}")
+    return tuple(float(x) for x in values)
+
+
+def _stage_file(st: Any, k: int) -> StageFile:
+    st = _object(st, f"stages[{k}]")
+    file, digest, outputs = st.get("file"), st.get("sha256"), st.get("outputs", ["h", "logits"])
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+        raise ValueError(f"stages[{k}].file must be a file name inside the export, got {file!r}")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError(f"stages[{k}].sha256 must be a SHA-256 in hex, got {digest!r}")
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ValueError(f"stages[{k}].outputs must be a list of names, got {outputs!r}")
+    return StageFile(file, tuple(outputs), digest)
+
+
+class Deployment:
+    """An export loaded into onnxruntime sessions (see the module docstring)."""
+
+    def __init__(self, folder: Path, manifest: Manifest, sessions: list[Any]) -> None:
+        self.folder, self.manifest, self.sessions = folder, manifest, sessions
+        self.size = manifest.size
+        self.mean = np.asarray(manifest.mean, np.float32).reshape(1, 1, 1, 3)
+        self.std = np.asarray(manifest.std, np.float32).reshape(1, 1, 1, 3)
+        self.classes = list(manifest.classes)
+        self.rule = manifest.rule
+        self.thresholds = self.rule.per_ic(len(sessions) - 1)
+        self.temperatures = self.rule.scales(len(sessions))
+        self.relative_costs = np.asarray(manifest.relative_costs, np.float64)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.sessions)
+
+    def preprocess(self, images: np.ndarray | Sequence[str | Path]) -> np.ndarray:
+        """uint8 RGB ``[N, H, W, 3]`` (or image paths) -> normalised float32 ``[N, 3, S, S]``."""
+        if not isinstance(images, np.ndarray):
+            images = (
+                np.stack([_read(p, self.size) for p in images])
+                if len(images)
+                else np.zeros((0, self.size, self.size, 3), np.uint8)
+            )
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
+            raise DataError(
+                f"images must be uint8 RGB shaped [N, {self.size}, {self.size}, 3], got "
+                f"{images.dtype} {list(images.shape)}: resize them to {self.size}x{self.size}"
+            )
+        x = (images.astype(np.float32) / 255.0 - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def classify(self, images: np.ndarray | Sequence[str | Path]) -> Classified:
+        """Classify a batch with real exits: each input stops at the first IC its rule lets out."""
+        x = self.preprocess(images)
+        n, last = x.shape[0], self.num_outputs - 1
+        preds = np.zeros(n, np.int64)
+        exits = np.full(n, last, np.int64)
+        confs = np.zeros(n, np.float64)
+        active = np.arange(n)
+        best_conf = np.full(n, -1.0)
+        best_pred = np.zeros(n, np.int64)
+        prev = np.full(n, -1, np.int64)
+        run = np.zeros(n)
+        h = x
+        for k, sess in enumerate(self.sessions):
+            if not len(active):
+                break
+            outs = self._run(k, sess, h)
+            p = softmax(outs[-1] / self.temperatures[k])
+            conf, pred = p.max(1), p.argmax(1)
+            if k == last:
+                if self.rule.fallback == "most_confident":
+                    use = best_conf >= conf
+                    pred, conf = np.where(use, best_pred, pred), np.where(use, best_conf, conf)
+                preds[active], confs[active] = pred, conf
+                break
+            score, run = exit_scores(self.rule, p, pred, last, prev, run)
+            prev = pred
+            out = score >= self.thresholds[k]
+            better = conf > best_conf
+            best_conf, best_pred = np.where(better, conf, best_conf), np.where(better, pred, best_pred)
+            idx = active[out]
+            preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
+            keep = ~out
+            h = np.ascontiguousarray(outs[0][keep])
+            active, best_conf, best_pred = active[keep], best_conf[keep], best_pred[keep]
+            prev, run = prev[keep], run[keep]
+        return Classified(preds, exits, confs, self.classes)
+
+    def _run(self, k: int, sess: Any, h: np.ndarray) -> list[np.ndarray]:
+        """Stage ``k`` on ``h``; an onnxruntime failure becomes the export's error."""
+        try:
+            return sess.run(None, {"x": h})
+        except Exception as e:  # onnxruntime's own error types (Fail, InvalidArgument, ...)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ExportError(
+                f"stage {k} of {self.folder} failed on its input ({first}): export the run again"
+            ) from None
+
+
+def _exit_rule(manifest: dict[str, Any]) -> ExitRule:
+    """The manifest's exit rule; an export of format 1 spelled it ``rule``/``patience``."""
+    ex = manifest.get("exit")
+    if manifest.get("format") == FORMAT_1 and isinstance(ex, dict):
+        ex = {
+            "name": ex.get("rule"),
+            "k": ex.get("patience", 0),
+            "thresholds": ex.get("thresholds"),
+            "temperatures": ex.get("temperatures"),
+            "fallback": ex.get("fallback", "most_confident"),
+        }
+    return ExitRule.from_json(ex)
+
+
+def _read(path: str | Path, size: int) -> np.ndarray:
+    return np.asarray(fit_image(open_rgb(path), size), np.uint8)
+
+
+def load(folder: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> Deployment:
+    """Load an export; every graph's hash must match the manifest. ``providers``: onnxruntime's
+    execution providers (default: CPU); ``threads``: intra-op threads per session (default:
+    onnxruntime's, one per core; 1 is often faster at batch 1, where the stages' pools compete)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingExtraError("deployment needs onnxruntime, a dependency of shallowdeep-deploy", "deploy") from None
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+        raise ArgumentError(f"`threads` must be an integer in 1..1024, got {threads!r}")
+    if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
+        raise ArgumentError(f"`providers` must be a list of onnxruntime provider names, got {providers!r}")
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    sessions = [_session(ort, folder, st, opts, providers) for st in manifest.stages]
+    _check_chain(folder, manifest, sessions)
+    return Deployment(folder, manifest, sessions)
+
+
+MAX_MANIFEST = 16 << 20  # a manifest is a few kB; one class name per class of a large data set stays far below
+
+
+def _read_manifest(folder: Path) -> Manifest:
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise ExportError(
+            f"{folder} is not an export (no manifest.json): export a calibrated run first (shallowdeep export)"
+        )
+    try:
+        if mpath.stat().st_size > MAX_MANIFEST:
+            raise ValueError(f"{mpath.stat().st_size} bytes, far more than a manifest")
+        return Manifest.from_json(json.loads(mpath.read_bytes()))
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise ExportError(f"{mpath} is damaged ({str(e)[:300]}): export the run again") from None
+
+
+def _session(ort: Any, folder: Path, st: StageFile, opts: Any, providers: Sequence[str] | None) -> Any:
+    """One stage's session, from a graph that matches its hash and keeps all its data inside itself."""
+    path = folder / st.file
+    if not path.is_file() or path.is_symlink():
+        raise ExportError(f"{folder} lacks {st.file} named by its manifest (or it is a link): export the run again")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != st.sha256:
+        raise ExportError(
+            f"{path} does not match the manifest's hash (changed or from another export): export the run again"
+        )
+    _refuse_external_data(path, data)
+    try:
+        return ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as e:  # onnxruntime's own error types: not a graph, an operator it lacks, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExportError(f"{path} is not a graph onnxruntime can run ({first}): export the run again") from None
+
+
+def _refuse_external_data(path: Path, data: bytes) -> None:
+    """Refuse a graph whose tensors live in other files: loaded from bytes, their paths would be
+    read relative to the process's working directory, outside the export (an export never has any)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:
+        raise MissingExtraError(
+            "deployment needs onnx (to check graphs), a dependency of shallowdeep-deploy", "deploy"
+        ) from None
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ExportError(f"{path} is not an ONNX graph ({type(e).__name__}): export the run again") from None
+    if any(uses_external_data(t) or t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model)):
+        raise ExportError(
+            f"{path} keeps tensors in external files, which an export never does (a replaced graph?): "
+            "export the run again"
+        )
+
+
+def _tensors(model: Any) -> Iterator[Any]:
+    """Every tensor of a model: initializers and the tensors of node attributes, subgraphs and
+    functions included."""
+    graphs = [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for sp in g.sparse_initializer:
+                yield sp.values
+                yield sp.indices
+            nodes.extend(g.node)
+            continue
+        for a in nodes.pop().attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sp in [a.sparse_tensor] * a.HasField("sparse_tensor") + list(a.sparse_tensors):
+                yield sp.values
+                yield sp.indices
+            graphs.extend([a.g] * a.HasField("g") + list(a.graphs))
+
+
+def _check_chain(folder: Path, manifest: Manifest, sessions: list[Any]) -> None:
+    """Each stage takes ``x`` shaped as the previous stage's ``h`` (the first: the images) and gives
+    the outputs its manifest names: a stage swapped for another or reordered is refused here."""
+    want = ["n", 3, manifest.size, manifest.size]
+    last = len(sessions) - 1
+    for k, (st, sess) in enumerate(zip(manifest.stages, sessions)):
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        names = [o.name for o in outputs]
+        expected = ["logits"] if k == last else ["h", "logits"]
+        shape = list(inputs[0].shape) if len(inputs) == 1 and inputs[0].name == "x" else None
+        if shape is None or names != expected or list(st.outputs) != expected or shape[1:] != want[1:]:
+            raise ExportError(
+                f"{folder / st.file} does not fit stage {k} of the manifest (input {shape}, outputs {names}; "
+                f"expected input {want}, outputs {expected}): export the run again"
+            )
+        logits = list(outputs[-1].shape)
+        if len(logits) != 2 or logits[1] != len(manifest.classes):
+            raise ExportError(
+                f"{folder / st.file} gives logits shaped {logits}, not [n, {len(manifest.classes)}] for the "
+                "manifest's classes: export the run again"
+            )
+        if k < last:
+            want = list(outputs[0].shape)
