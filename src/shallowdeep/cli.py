@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from .core.io import JSONObject
+    from .runs.shape import PlannedShape
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 DEMO_MARKER = "DEMO"
@@ -134,14 +135,14 @@ def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, JSO
     return model, meta.last_val_acc, head | {"kind": meta.model.kind, "mode": meta.config.mode}
 
 
-def _info_shape(args: argparse.Namespace) -> Any:
+def _info_shape(args: argparse.Namespace) -> PlannedShape:
     """The classes and image size ``train`` gives ``--arch`` on ``--data`` with the same flags."""
     from .runs.shape import planned_shape
 
     return planned_shape(args.arch, args.data, args.data_root, args.image_size, args.data_mode)
 
 
-def _info_of_arch(args: argparse.Namespace, shape: Any) -> Any:
+def _info_of_arch(args: argparse.Namespace, shape: PlannedShape) -> Any:
     """An untrained SDN of ``--arch`` for ``--data``."""
     from .models.convert import build_model
     from .models.sdn import SDN
