@@ -177,7 +177,7 @@ def test_user_module_round_trip_and_ic_cuts(tmp_path, digits):
     )
     meta = json.loads((out / "run.json").read_text())
     assert meta["model"]["source"]["kind"] == "module" and meta["model"]["arch"] == "module:Tiny"
-    with pytest.raises(UserError, match="passing the module again"):
+    with pytest.raises(UserError, match="give that module again"):
         shallowdeep.load(out)
     loaded = shallowdeep.load(out, module=Tiny(10))
     rec = collect(loaded, digits, "test")
@@ -187,12 +187,48 @@ def test_user_module_round_trip_and_ic_cuts(tmp_path, digits):
     from shallowdeep.runs import engine_from_run
     from shallowdeep.workflows import analyze_run
 
-    with pytest.raises(UserError, match="passing the module again"):
+    with pytest.raises(UserError, match="give that module again"):
         analyze_run(out)
     assert (analyze_run(out, module=Tiny(10)).html).is_file()
     engine = engine_from_run(out, module=Tiny(10))
     got = engine.classify(digits.test.images[:16])  # uint8, normalised with the run's statistics
     assert len(got.exits) == 16 and (got.exits < engine.num_outputs).all()
+    _module_run_on_the_command_line(out, tmp_path, digits)
+
+
+def _module_run_on_the_command_line(out, tmp_path, digits):
+    """info, analyze and predict take such a run with --import-module MODULE:FACTORY, the flag that
+    says it runs code; without it, one line naming the flag."""
+    import contextlib
+    import io
+    import os
+
+    from PIL import Image
+
+    from shallowdeep.cli import main
+
+    here = Path(__file__).resolve().parent
+    (tmp_path / "mynets_zoo.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(here)!r})\nfrom test_zoo import Tiny\n\n"
+        "def make():\n    return Tiny(10)\n"
+    )
+    Image.fromarray(digits.test.images[0].numpy()).save(tmp_path / "one.png")
+    flag = ["--import-module", "mynets_zoo:make"]
+    err = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the factory's module is imported from the current folder
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            assert main(["info", str(out)]) == 2
+            assert main(["info", str(out), *flag]) == 0
+            assert main(["analyze", str(out), "--quiet", *flag]) == 0
+            assert main(["predict", str(out), str(tmp_path / "one.png"), *flag]) == 0
+            assert main(["predict", str(out), str(tmp_path / "one.png"), "--import-module", "mynets_zoo:nope"]) == 2
+    finally:
+        os.chdir(cwd)
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2 and "give that module again (--import-module)" in lines[0], lines
+    assert "--import-module mynets_zoo:nope: AttributeError" in lines[1], lines
 
 
 def test_untraceable_model_names_the_module_and_the_way_out():

@@ -31,7 +31,13 @@ DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 DEMO_MARKER = "DEMO"
 
 # library argument names that differ from the parser's destination for the same value
-_LIBRARY_NAMES = {"limit": "max", "convention": "flops", "cuts": "ic_cuts", "fractions": "ic_fractions"}
+_LIBRARY_NAMES = {
+    "limit": "max",
+    "convention": "flops",
+    "cuts": "ic_cuts",
+    "fractions": "ic_fractions",
+    "module": "import_module",
+}
 
 
 @functools.cache
@@ -68,6 +74,32 @@ def _table(rows: list[JSONObject], key: str = "val_acc") -> str:
             line += f" {100 * r[key]:>7.2f}%"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _user_module(args: argparse.Namespace) -> torch.nn.Module | None:
+    """The module ``--import-module MODULE:FACTORY`` names, built by calling ``FACTORY()``: the one
+    place the tool imports and runs code, and only when the user asks by that flag."""
+    spec = getattr(args, "import_module", None)
+    if spec is None:
+        return None
+    import importlib
+
+    import torch
+
+    name, sep, attr = spec.partition(":")
+    if not (sep and name and attr.isidentifier()):
+        raise UserError(f"--import-module takes MODULE:FACTORY (for example mynets:make), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script's path lacks the current folder
+    try:
+        factory = getattr(importlib.import_module(name), attr)
+        module = factory()
+    except Exception as e:  # the user's code: any error it raises is theirs, said in one line
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"--import-module {spec}: {type(e).__name__}: {first}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise UserError(f"--import-module {spec}: {attr}() returned a {type(module).__name__}, not an nn.Module")
+    return module
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -129,7 +161,7 @@ def _info_of_run(args: argparse.Namespace) -> tuple[Any, list[float] | None, JSO
 
     if args.arch or args.data:
         raise UserError("give either a RUN folder or --arch and --data, not both")
-    model = runs.load(args.run)
+    model = runs.load(args.run, module=_user_module(args))
     meta = runs.RunFolder(args.run).meta()
     head = {"run": str(args.run), "arch": model.arch, "data": meta.config.data}
     return model, meta.last_val_acc, head | {"kind": meta.model.kind, "mode": meta.config.mode}
@@ -449,6 +481,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         rule=args.rule,
         thresholds=args.thresholds.replace("-", "_"),
         log=None if args.quiet else print,
+        module=_user_module(args),
     )
     if not place.main:
         return 0
@@ -534,7 +567,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # NaN fails too
         raise UserError(f"--threshold is a softmax confidence in [0, 1], got {args.threshold}")
     files = image_paths(args.paths)
-    engine = engine_from_run(args.run, args.threshold, args.fallback, _device(args))
+    engine = engine_from_run(args.run, args.threshold, args.fallback, _device(args), module=_user_module(args))
     meta = RunFolder(args.run).meta().data
     size = engine.sdn.image_size
     chunk = max(args.batch_size, 64)
@@ -638,7 +671,14 @@ def _shared() -> dict[str, argparse.ArgumentParser]:
     data = _Parser(add_help=False)
     data.add_argument("--data-root", help="folder holding (or receiving) the data set files")
     data.add_argument("--image-size", type=int, help="resize images to this size (default: the data set's own)")
-    return {"device": device, "quiet": quiet, "data": data}
+    module = _Parser(add_help=False)
+    module.add_argument(
+        "--import-module",
+        metavar="MODULE:FACTORY",
+        help="IMPORTS AND RUNS CODE: for a run trained from your own nn.Module, the module (FACTORY() "
+        "builds it, e.g. mynets:make; imported from the current folder or PYTHONPATH); give only your own",
+    )
+    return {"device": device, "quiet": quiet, "data": data, "module": module}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -779,7 +819,7 @@ def _add_info(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     """The ``info`` command and its flags."""
     i = sub.add_parser(
         "info",
-        parents=[shared["data"]],
+        parents=[shared["data"], shared["module"]],
         help="costs, parameters and accuracy of each output",
         description="For each output: cumulative GFLOPs and cost relative to the plain CNN; "
         "parameters of the CNN and the SDN; a run's validation accuracy.",
@@ -836,7 +876,7 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     """The ``analyze`` command and its flags."""
     a = sub.add_parser(
         "analyze",
-        parents=[shared["device"], shared["quiet"]],
+        parents=[shared["device"], shared["quiet"], shared["module"]],
         help="overthinking, calibrated early exits and confusion of a run, as an HTML report",
         description="Collect every output's logits once per split (cached in RUN/records/), then write "
         "a self-contained HTML report and a JSON of every figure.",
@@ -877,7 +917,7 @@ def _add_predict(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     """The ``predict`` command and its flags."""
     pr = sub.add_parser(
         "predict",
-        parents=[shared["device"]],
+        parents=[shared["device"], shared["module"]],
         help="classify image files with early exits",
         description="Classify images with the run's SDN, each stopping at the first confident IC. "
         "The threshold is the run's calibrated one (`shallowdeep analyze`) unless given.",

@@ -42,8 +42,8 @@ def build_from(meta: ModelMeta, module: torch.nn.Module | None = None) -> CNN | 
     if source is not None and source.get("kind") == "module":
         if module is None:
             raise RunFolderError(
-                f"this run was made from a user module ({source.get('class')}): use it from Python, passing "
-                "the module again (`module`: shallowdeep.load, engine_from_run and analyze_run take it)"
+                f"this run was made from a user module ({source.get('class')}): give that module again "
+                "(`module`), as an instance of the same class"
             )
         try:
             chain = chain_of(module, meta.image_size, source.get("blocks"))
