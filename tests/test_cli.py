@@ -93,6 +93,12 @@ def test_info_json_for_a_run(cli_runs, capsys):
     assert {"params_cnn", "params_sdn", "gflops_cnn", "outputs"} <= obj.keys()
     assert len(obj["outputs"]) == 5 and all({"gflops", "relative_cost", "val_acc"} <= o.keys() for o in obj["outputs"])
     assert obj["outputs"][-1]["relative_cost"] > 1.0  # the final output pays for every IC on the way
+    assert obj["params_sdn"] > obj["params_cnn"]
+    # a CNN run has no ICs: no SDN parameter count (it printed the CNN's under that name)
+    assert main(["info", str(cli_runs / "cnn"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_sdn"] is None
+    assert main(["info", str(cli_runs / "cnn")]) == 0
+    assert "SDN" not in capsys.readouterr().out.splitlines()[1]
 
 
 def _assert_one_line_error(proc, pattern: str):

@@ -193,3 +193,22 @@ def test_a_cnn_runs_analysis_says_it_has_no_ics(copy_run, capsys):
     page.feed(text)
     assert "summary" in page.ids and not {"overthinking", "confusion", "rules"} & page.ids
     assert "a plain CNN: no ICs" in text
+
+
+def test_a_short_trainings_chart_marks_its_points():
+    """One epoch drawn as a line alone shows nothing: one or two epochs are drawn as points."""
+    import base64
+    import importlib
+    import sys
+
+    importlib.import_module("shallowdeep.report.figures")
+    figures = sys.modules["shallowdeep.report.figures"]  # (the package re-exports a function of that name)
+    epoch = {"val_acc": [0.2, 0.5], "train_loss": 2.0}
+
+    def svg(n: int) -> str:
+        return base64.b64decode(figures.fig_training([epoch | {"epoch": i + 1} for i in range(n)])[4:]).decode()
+
+    import re
+
+    circle = re.compile(r'<path id="[^"]+" d="M [^"]*C ')  # a round marker's defined path (ticks are lines)
+    assert circle.search(svg(1)) and circle.search(svg(2)) and not circle.search(svg(5))
