@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from .errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+from .images import image_paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,25 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _files(paths: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise UserError(f"{p} does not exist: give image files or folders of images")
-    if not found:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(paths)}")
-    return found
-
-
 def classify(args: argparse.Namespace) -> list[dict]:
     """The rows ``classify`` prints."""
     from .runtime import load
 
-    files = _files(args.paths)
+    files = image_paths(args.paths)
     model = load(args.export, threads=args.threads)
     res = model.classify([str(f) for f in files])
     last = model.num_outputs - 1

@@ -12,6 +12,23 @@ import numpy as np
 
 from .errors import DataError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def image_paths(paths: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the folders named."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p} does not exist: give image files or folders of images")
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, paths))}")
+    return found
+
 
 def open_rgb(path: str | Path):
     """One image file as a PIL RGB image (16-bit and float images scaled, not clipped)."""

@@ -2,9 +2,17 @@
 so that training, ``predict`` and a deployment see the same pixels. ``python -m shallowdeep.core.images
 FOLDER SHARE SIZE`` is one decoding worker (PIL and numpy only: it starts without torch)."""
 
-from shallowdeep_deploy.images import decode_share, fit_image, fitted_array, open_rgb, read_fitted
+from shallowdeep_deploy.images import (
+    IMAGE_SUFFIXES,
+    decode_share,
+    fit_image,
+    fitted_array,
+    image_paths,
+    open_rgb,
+    read_fitted,
+)
 
-__all__ = ["decode_share", "fit_image", "fitted_array", "open_rgb", "read_fitted"]
+__all__ = ["IMAGE_SUFFIXES", "decode_share", "fit_image", "fitted_array", "image_paths", "open_rgb", "read_fitted"]
 
 if __name__ == "__main__":
     import sys

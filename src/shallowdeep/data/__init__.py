@@ -9,10 +9,11 @@ below are the layer's public face; importing the package registers every source.
 
 from __future__ import annotations
 
+from ..core.images import image_paths
 from . import sources as _sources  # noqa: F401  (registers the data sets)
 from .augmentation import augment, normalize
 from .batching import Batches, batches
-from .decode import image_paths, read_image
+from .decode import read_image
 from .registry import (
     dataset_shape,
     default_root,

@@ -13,7 +13,6 @@ import torch
 from ..core.errors import DataError
 from ..core.images import fit_image, fitted_array, open_rgb, read_fitted
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 MIN_SIZE, MAX_SIZE = 8, 1024
 
 
@@ -29,21 +28,6 @@ def read_image(path: str | Path, size: int | None = None, resize: bool = True) -
             )
         im = fit_image(im, size)
     return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it without a warning
-
-
-def image_paths(paths: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the folders named."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise DataError(f"{p} does not exist: give image files or folders of images")
-    if not found:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, paths))}")
-    return found
 
 
 def _decode(paths: list[Path], size: int | None) -> np.ndarray:

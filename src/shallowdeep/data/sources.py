@@ -9,7 +9,8 @@ import torch
 
 from ..core.catalog import DATASETS
 from ..core.errors import DataError
-from .decode import IMAGE_SUFFIXES, decode_cached, first_size
+from ..core.images import IMAGE_SUFFIXES
+from .decode import decode_cached, first_size
 from .registry import default_root, downloads_allowed, register_dataset, requested_mode
 from .sets import Dataset, ImageSet, as_set, finish, resize
 from .streamed import StreamSet
