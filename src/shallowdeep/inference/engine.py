@@ -54,8 +54,9 @@ class EngineResult:
         return len(self.predictions)
 
 
-def _inference_head(head: ICHead, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An :class:`ICHead` as a plain function for inference, with as few ops as we found.
+def _inference_head(head: nn.Module, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An :class:`ICHead` as a plain function for inference, with as few ops as we found (any other
+    head, a token head, as itself: a norm, a mean and one matrix product leave nothing to fold).
 
     At batch 1 on a CPU each extra op costs far more between convolutions than alone (its code is
     cold), so the mixed pooling is two contiguous reductions per statistic and the mixing weight and
@@ -63,6 +64,8 @@ def _inference_head(head: ICHead, scale: float = 1.0) -> Callable[[torch.Tensor]
     ``logits = (a W) max_r(x) + ((1 - a) / r^2 W) sum_r(x) + b``. ``scale`` (1 / temperature) is
     folded into W and b as well.
     """
+    if not isinstance(head, ICHead):
+        return _scaled(head, scale)
     w = head.linear.weight.detach() * scale
     b = head.linear.bias.detach().clone() * scale
     rh, rw = head.kernel
@@ -108,7 +111,7 @@ def _channel_stats(
     return m, sd
 
 
-def _scaled(head: ICHead, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def _scaled(head: nn.Module, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The head module itself (its pooling ops), its logits times ``scale`` (1 / temperature)."""
     if scale == 1.0:
         return head

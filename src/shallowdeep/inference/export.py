@@ -115,7 +115,10 @@ def _export_stage(
                 opset_version=opset,
                 dynamo=False,
             )
-            return stage(x)[0] if len(names) == 2 else x
+            out = stage(x)
+            outs = list(out) if len(names) == 2 else [out]
+            _static_dims(path, [tuple(o.shape[1:]) for o in outs])
+            return outs[0] if len(names) == 2 else x
     except OSError as e:  # a full disk, a folder that went away: nothing an opset changes
         raise ArgumentError(
             f"cannot write {path} ({e.strerror or type(e).__name__}): free space there or choose another `out`"
@@ -126,6 +129,22 @@ def _export_stage(
         raise ArgumentError(
             f"{arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another `opset`"
         ) from None
+
+
+def _static_dims(path: Path, shapes: list[tuple[int, ...]]) -> None:
+    """Write the outputs' sizes after the batch into the graph: the exporter names a size it traced
+    through a reshape (a Swin stage's ``[n, 28, 28, 192]`` becomes ``[n, Reshape_dim_1, ...]``), and
+    the runtime checks each stage's input against the previous stage's output. The sizes are the
+    traced ones: the stage was exported at this image size."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for output, shape in zip(model.graph.output, shapes):
+        dims = output.type.tensor_type.shape.dim
+        for d, size in zip(list(dims)[1:], shape):
+            d.ClearField("dim_param")
+            d.dim_value = int(size)
+    onnx.save(model, str(path))
 
 
 def _manifest(engine: EarlyExitEngine, files: list[JSONObject], info: ExportInfo, opset: int) -> JSONObject:

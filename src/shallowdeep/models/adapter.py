@@ -25,6 +25,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..core.errors import ArgumentError
+from .layout import CHW, TOKENS, declared_prefix, graph_layout, prefix_tokens, reads_shape_only, shape_layout
 
 # the users that make a cut point "mid-layer": normalisations and activations of the same layer
 _MID_LAYER_MODULES: tuple[type[nn.Module], ...] = (
@@ -77,19 +78,23 @@ _MID_LAYER_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 @dataclass(frozen=True)
 class CutPoint:
     """One place a model can be split: ``name`` (graph node or module name), ``index`` (graph order),
-    ``shape`` (the feature's shape without batch) and ``where`` (the module or function producing it)."""
+    ``shape`` (the feature's shape without batch), ``where`` (the module or function producing it) and
+    ``layout`` (what its axes are: :mod:`.layout`) with, for tokens, ``prefix``: the class and
+    distillation tokens before the patch grid."""
 
     name: str
     index: int
     shape: tuple[int, ...]
     where: str
+    layout: str = CHW
+    prefix: int = 0
 
 
 class Chain:
     """A model seen as a chain of cut points; :meth:`split` makes the segments between chosen ones.
 
-    ``cuts`` are every single-tensor cut point in order; ``ic_cuts`` those an IC may follow (not
-    mid-layer, and before ``head_cut``, where the classifier head starts).
+    ``cuts`` are every single-tensor cut point in order; ``ic_cuts`` those an IC may follow (a
+    module's output, not mid-layer, and before ``head_cut``, where the classifier head starts).
     """
 
     def __init__(
@@ -110,8 +115,8 @@ class Chain:
 
     @property
     def head_cut(self) -> CutPoint:
-        """Where the classifier head starts: the last cut point with a feature map (so the head is
-        pooling + classifier, and Grad-CAM of the final output sees the last map), else the last."""
+        """Where the classifier head starts: the last cut point with a feature map or tokens (so the
+        head is pooling + classifier, and Grad-CAM of the final output sees the last map), else the last."""
         return head_cut(self.cuts)
 
     def find(self, names: Sequence[str]) -> list[CutPoint]:
@@ -144,8 +149,8 @@ class Chain:
 
 
 def head_cut(cuts: Sequence[CutPoint]) -> CutPoint:
-    """The last cut point with a ``[C, H, W]`` feature, else the last cut point."""
-    maps = [c for c in cuts if len(c.shape) == 3]
+    """The last cut point with a map or tokens (two or three axes), else the last cut point."""
+    maps = [c for c in cuts if len(c.shape) in (2, 3)]
     return maps[-1] if maps else cuts[-1]
 
 
@@ -299,7 +304,14 @@ def _where(gm: fx.GraphModule, node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def _mid_layer(gm: fx.GraphModule, user: fx.Node) -> bool:
+def _mid_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether every layer reading ``node`` is a norm or an activation of the same layer (a pre-norm
+    block's output also feeds the residual sum, so it is not mid-layer)."""
+    readers = [u for u in node.users if not reads_shape_only(u)]
+    return bool(readers) and all(_mid_layer_op(gm, u) for u in readers)
+
+
+def _mid_layer_op(gm: fx.GraphModule, user: fx.Node) -> bool:
     if user.op == "call_module":
         return isinstance(gm.get_submodule(user.target), _MID_LAYER_MODULES)
     if user.op == "call_function":
@@ -307,9 +319,9 @@ def _mid_layer(gm: fx.GraphModule, user: fx.Node) -> bool:
     return user.op == "call_method" and user.target in _MID_LAYER_METHODS
 
 
-def cut_points(gm: fx.GraphModule) -> list[CutPoint]:
+def cut_points(gm: fx.GraphModule, prefix: int | None = None) -> list[CutPoint]:
     """Every single-tensor cut point of a traced (shape-annotated) graph, in graph order; the output's
-    producer (the logits) is not one."""
+    producer (the logits) is not one. ``prefix``: the class tokens the model declares."""
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     last_use = [max((index[u] for u in n.users), default=i) for i, n in enumerate(nodes)]
@@ -321,7 +333,9 @@ def cut_points(gm: fx.GraphModule) -> list[CutPoint]:
         if n.op in ("call_module", "call_function", "call_method") and alive_until <= i and n is not logits:
             shape = _shape(n)
             if shape is not None and len(shape) >= 1:
-                cuts.append(CutPoint(n.name, i, shape, _where(gm, n)))
+                layout = graph_layout(gm, n, shape)
+                first = prefix_tokens(shape[0], prefix) if layout == TOKENS else 0
+                cuts.append(CutPoint(n.name, i, shape, _where(gm, n), layout, first))
         if n.op != "get_attr":  # parameters and buffers are copied into every segment that reads them
             alive_until = max(alive_until, last_use[i])
     return cuts
@@ -364,18 +378,44 @@ def traced_chain(model: nn.Module, image_size: int, leaf_modules: Sequence[type[
     """``model`` traced into a :class:`Chain` (see the module's docstring for what counts as a cut)."""
     _no_inplace(model)
     gm = trace(model, image_size, leaf_modules)
-    cuts = cut_points(gm)
+    cuts = cut_points(gm, declared_prefix(model))
     if not cuts:
         raise ArgumentError(f"{type(model).__name__} has no single-tensor cut point: nothing to attach an IC to")
     end = head_cut(cuts).index
-    ic_cuts = [c for c in cuts if c.index < end and not any(_mid_layer(gm, u) for u in _node(gm, c.name).users)]
+    nodes, modules = list(gm.graph.nodes), dict(model.named_modules())
+    ic_cuts = [
+        c
+        for c in cuts
+        if c.index < end and _module_output(modules, nodes, c.index) and not _mid_layer(gm, nodes[c.index])
+    ]
     logits = list(gm.graph.nodes)[-1].args[0]  # trace() checked it is one [N, classes] tensor
     num_classes = int(logits.meta["tensor_meta"].shape[1])
     return Chain(model, image_size, num_classes, cuts, ic_cuts, lambda names: list(split_graph(gm, names)))
 
 
-def _node(gm: fx.GraphModule, name: str) -> fx.Node:
-    return next(n for n in gm.graph.nodes if n.name == name)
+def _scopes(node: fx.Node) -> list[str]:
+    """The module calls ``node`` was made in, outermost first (a module's own call included)."""
+    return [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def _module_output(modules: dict[str, nn.Module], nodes: list[fx.Node], i: int) -> bool:
+    """Whether node ``i`` is where a block ends: it ends a module call that is a block (a module with
+    parts of its own) or one step of a sequence (a layer of an ``nn.Sequential``, of the model's own
+    forward). A point inside a block (between a transformer block's attention and its MLP, inside a
+    patch merging) is not. A graph traced without module scopes has no way to tell: every node counts."""
+    if not any("nn_module_stack" in n.meta for n in nodes):
+        return True
+    later = next((n for n in nodes[i + 1 :] if n.op not in ("get_attr", "output")), None)
+    if later is None:
+        return True
+    ending = [p for p in _scopes(nodes[i]) if p not in set(_scopes(later))]
+
+    def is_step(path: str) -> bool:
+        parent = modules.get(path.rpartition(".")[0]) if "." in path else None
+        has_parts = next(modules[path].children(), None) is not None if path in modules else False
+        return has_parts or "." not in path or isinstance(parent, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+
+    return any(is_step(p) for p in ending)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,7 +482,18 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
             )
     finally:
         model.train(was_training)
-    cuts = [CutPoint(b, i, shapes[i], f"{b} ({type(parts[i]).__name__})") for i, b in enumerate(names[:-1])]
+    prefix = declared_prefix(model)
+    cuts = [
+        CutPoint(
+            b,
+            i,
+            shapes[i],
+            f"{b} ({type(parts[i]).__name__})",
+            shape_layout(shapes[i]),
+            prefix_tokens(shapes[i][0], prefix) if len(shapes[i]) == 2 else 0,
+        )
+        for i, b in enumerate(names[:-1])
+    ]
 
     def splitter(at: list[str]) -> list[nn.Module]:
         bounds = [names.index(a) + 1 for a in at]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ArgumentError
+from .layout import FeatureLayout
 
 
 class CNN(nn.Module):
@@ -36,6 +37,8 @@ class CNN(nn.Module):
         self.ic_positions = tuple(ic_positions)
         # where a model that was not declared here came from (zoo, name, cut points); see convert.py
         self.source: dict | None = None
+        # each block's output layout where the graph said (a traced model); else the shape decides
+        self.layouts: tuple[FeatureLayout, ...] | None = None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for a batch that this network cannot take."""

@@ -20,6 +20,7 @@ from ..core.io import JSONObject
 from . import CNN, build_cnn, list_archs
 from .adapter import PAPER_FRACTIONS, Chain, CutPoint, declared_chain, device_of, place, traced_chain
 from .costs import flops
+from .layout import FeatureLayout
 from .sdn import SDN
 from .zoo import ZooModel, is_zoo_name, load_backbone_weights, read_weights_file, zoo_model
 
@@ -85,9 +86,9 @@ def choose_cuts(
     cands = candidates(chain) if cands is None else cands
     if not cands:
         raise ArgumentError(
-            f"{type(chain.model).__name__} has no cut point where an IC can go (no point in its graph where "
-            "one feature map carries everything later layers use): name the blocks yourself (`blocks`), "
-            "or choose another model"
+            f"{type(chain.model).__name__} has no cut point where an IC can go (no block output in its graph "
+            "carries everything later layers use): declare its blocks by module name (to_sdn(model, "
+            "blocks=[...]), see docs/models.md), or choose another model"
         )
     picked = place([c.relative for c in cands], 1.0, PAPER_FRACTIONS if fractions is None else fractions)
     return [cands[i].cut.name for i in picked]
@@ -106,6 +107,8 @@ def chain_cnn(chain: Chain, cut_names: Sequence[str], arch: str, source: JSONObj
         ic_positions=tuple(range(len(cut_names))),
     )
     cnn.source = source | {"cuts": list(cut_names)}
+    ends = chain.find(cut_names) + [chain.head_cut]
+    cnn.layouts = tuple(FeatureLayout(c.layout, c.prefix) for c in ends)
     return cnn
 
 

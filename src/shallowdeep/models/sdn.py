@@ -10,7 +10,8 @@ from torch import nn
 from ..core.errors import ArgumentError
 from ..core.outputs import output_names  # noqa: F401  (re-exported: part of the model's vocabulary)
 from .base import CNN
-from .heads import ICHead
+from .heads import make_head
+from .layout import FeatureLayout, shape_layout
 
 
 def feature_shapes(cnn: CNN) -> list[tuple[int, ...]]:
@@ -30,10 +31,16 @@ class SDN(nn.Module):
 
     The outputs are ordered by depth: IC 0 … IC k-1, then the CNN's own final classifier. The CNN's
     modules are shared, not copied: ``sdn.cnn`` is the very network the SDN was made from.
+    ``token_pool`` is how heads on tokens reduce them (``mean`` or ``cls``; default: what the CNN's
+    source recorded, else ``mean``).
     """
 
     def __init__(
-        self, cnn: CNN, positions: Sequence[int] | None = None, heads: Sequence[nn.Module] | None = None
+        self,
+        cnn: CNN,
+        positions: Sequence[int] | None = None,
+        heads: Sequence[nn.Module] | None = None,
+        token_pool: str | None = None,
     ) -> None:
         super().__init__()
         positions = tuple(cnn.ic_positions if positions is None else positions)
@@ -44,9 +51,15 @@ class SDN(nn.Module):
             )
         self.cnn = cnn
         self.positions = positions
+        recorded = (cnn.source or {}).get("token_pool", "mean")
+        self.token_pool: str = recorded if token_pool is None else token_pool
         if heads is None:
             shapes = feature_shapes(cnn)
-            heads = [ICHead(shapes[p], cnn.num_classes) for p in positions]
+            layouts = cnn.layouts or tuple(FeatureLayout(shape_layout(s)) for s in shapes)
+            heads = [
+                make_head(shapes[p], cnn.num_classes, layouts[p].axes, layouts[p].prefix, self.token_pool)
+                for p in positions
+            ]
             device = next(cnn.parameters()).device
             heads = [h.to(device) for h in heads]
         if len(heads) != len(positions):

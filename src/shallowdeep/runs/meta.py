@@ -48,7 +48,10 @@ class ModelMeta:
         cnn = model.cnn if isinstance(model, SDN) else model
         positions = tuple(model.positions) if isinstance(model, SDN) else ()
         kind = "sdn" if isinstance(model, SDN) else "cnn"
-        return cls(kind, cnn.arch, cnn.num_classes, cnn.image_size, positions, cnn.source)
+        source = cnn.source
+        if isinstance(model, SDN) and source is not None:  # how its token heads pool, to rebuild them
+            source = source | {"token_pool": model.token_pool}
+        return cls(kind, cnn.arch, cnn.num_classes, cnn.image_size, positions, source)
 
     def to_json(self) -> JSONObject:
         d = {
