@@ -75,6 +75,8 @@ def check(arch: str, inputs: int, onnx: bool) -> str:
     torch.manual_seed(0)
     cnn, _ = build_model(arch, 10, size)
     sdn = SDN(cnn).eval()
+    for h in sdn.heads:  # random ICs of real spread: the fresh heads' logits are all near 0
+        torch.nn.init.normal_(h.linear.weight, 0.0, 3.0 / h.linear.in_features**0.5)
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (inputs, size, size, 3), dtype=torch.uint8, generator=g)
     x = normalize(images, MEAN, STD).contiguous()
@@ -91,15 +93,17 @@ def check(arch: str, inputs: int, onnx: bool) -> str:
         for bs in (1, inputs):
             res = eng.classify(images, batch_size=bs)
             agree &= res.exits.tolist() == sim.exits.tolist() and res.predictions.tolist() == sim.predictions.tolist()
-    parity = onnx_parity(EarlyExitEngine(sdn, qs[1], mean=MEAN, std=STD), images.numpy(), qs[1]) if onnx else "-"
+    q = qs[len(qs) // 2] if qs else 0.5
+    parity = onnx_parity(EarlyExitEngine(sdn, q, mean=MEAN, std=STD), images.numpy(), q) if onnx else "-"
     heads = ",".join(getattr(h, "layout", "chw") for h in sdn.heads)
+    exits = np.bincount(early_exit(rec, q).exits, minlength=sdn.num_outputs).tolist()
     rel = [round(100 * r, 1) for r in costs.relative[:-1]]
     off = max(abs(r / 100 - f) for r, f in zip(rel, PAPER_FRACTIONS)) if len(rel) == 6 else float("nan")
     increasing = all(a < b for a, b in zip(costs.relative, costs.relative[1:]))
     return (
         f"{arch} {size}px candidates={len(cands)} ics={len(sdn.heads)} heads={heads} ic_cost%={rel} "
         f"max_off_paper={off:.3f} increasing={increasing} final_exact={exact} engine_equals_records={agree} "
-        f"onnx_same={parity} ({time.perf_counter() - t0:.0f} s)"
+        f"exits_at_q={exits} onnx_same={parity} ({time.perf_counter() - t0:.0f} s)"
     )
 
 

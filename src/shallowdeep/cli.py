@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .core.catalog import ARCHITECTURES, DATASETS, DEFAULT_SEED, FALLBACKS, MODES, ZOO_ARCH_HELP, ZOO_PREFIXES
+from .core.catalog import (
+    ARCHITECTURES,
+    DATASETS,
+    DEFAULT_SEED,
+    FALLBACKS,
+    MODES,
+    TOKEN_POOLS,
+    ZOO_ARCH_HELP,
+    ZOO_PREFIXES,
+)
 from .core.errors import MissingExtraError, NotCalibratedError, UserError, render_names
 from .core.words import counted
 
@@ -190,7 +199,7 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int) -> int:
 
     if not is_zoo_name(args.arch):
         raise UserError(f"{args.arch} declares its blocks (see `info` without --cuts); --cuts is for zoo models")
-    zm = zoo_model(args.arch, classes, bool(args.pretrained))
+    zm = zoo_model(args.arch, classes, bool(args.pretrained), image_size)
     chain = chain_of(zm.module, image_size)
     cands = candidates(chain)
     chosen = set(choose_cuts(chain, cands=cands))
@@ -202,12 +211,13 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int) -> int:
         f"{args.arch} at {chain.image_size} px: {len(rows)} cut points an IC may follow "
         "(* the paper's placement: closest to 15/30/45/60/75/90 % of the FLOPs)"
     )
-    print(f"  {'cut point':<32} {'cost':>7}  {'feature':<16} produced by")
+    print(f"  {'cut point':<32} {'cost':>7}  {'feature':<16} {'layout':<9} produced by")
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"])
+        layout = r["layout"] + (f"+{r['prefix']}" if r["prefix"] else "")
         print(
             f"{'*' if r['paper_placement'] else ' '} {r['name']:<32} {100 * r['relative']:>6.1f}%  "
-            f"{shape:<16} {r['where']}"
+            f"{shape:<16} {layout:<9} {r['where']}"
         )
     return 0
 
@@ -748,6 +758,14 @@ def _recipe_flags(t: argparse.ArgumentParser) -> None:
     r.add_argument("--gamma", type=float, help="learning-rate decay factor at each milestone (paper: 0.1)")
     r.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs (paper: 0)")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (paper: 0)")
+    r.add_argument(
+        "--schedule",
+        choices=("multistep", "cosine"),
+        help="learning-rate schedule after the warm-up: x--gamma at each milestone (paper) or a half cosine to 0",
+    )
+    r.add_argument(
+        "--clip-grad-norm", type=float, metavar="NORM", help="clip the gradients' global norm to NORM (paper: off)"
+    )
 
 
 def _speed_flags(t: argparse.ArgumentParser) -> None:
@@ -793,6 +811,11 @@ def _zoo_flags(t: argparse.ArgumentParser) -> None:
         "--ic-fractions",
         metavar="F,F,...",
         help="ICs at the cut points closest to these fractions of the FLOPs (default 0.15,...,0.9)",
+    )
+    z.add_argument(
+        "--token-pool",
+        choices=TOKEN_POOLS,
+        help="ICs on transformer tokens read their mean (default) or the class token (where there is one)",
     )
     z.add_argument(
         "--data-mode",

@@ -7,6 +7,8 @@ from __future__ import annotations
 # the training modes (training.modes builds them) and the reference code's seed: one definition each
 MODES = ("cnn", "ic-only", "sdn")
 DEFAULT_SEED = 1221
+# how an IC head on transformer tokens reduces them: their mean (the default) or the class token
+TOKEN_POOLS = ("mean", "cls")
 # exit rules and what an input no IC lets out gets: the deploy runtime's names (one definition)
 from shallowdeep_deploy.names import EXIT_RULES, FALLBACKS  # noqa: E402,F401
 

@@ -8,6 +8,7 @@ one output the library expects, and the target layer is the block whose output t
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..analysis.examples import spread_over_classes
 from ..core.errors import ArgumentError, MissingExtraError
+from ..models.layout import CHW, HWC, TOKENS, FeatureLayout, shape_layout, token_grid
 from ..models.sdn import SDN, feature_shapes
 
 
@@ -31,14 +33,49 @@ class OutputSelector(nn.Module):
         return self.model(x)[self.index]
 
 
-def target_block(sdn: SDN, output: int) -> nn.Module:
-    """The last block with a spatial (4-D) output at or before the point ``output`` reads from."""
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CamTarget:
+    """The block Grad-CAM reads, and ``reshape``: its output as a ``[N, C, h, w]`` map (``None``: it is
+    one), for channels-last maps and for tokens on a square patch grid (class tokens left out)."""
+
+    block: nn.Module
+    reshape: Reshape | None
+
+
+def _map_view(shape: tuple[int, ...], layout: FeatureLayout) -> tuple[bool, Reshape | None]:
+    """Whether a feature of ``shape`` and ``layout`` is a map Grad-CAM can read, and how."""
+    if layout.axes == CHW and len(shape) == 3:
+        return True, None
+    if layout.axes == HWC:
+        return True, lambda t: t.permute(0, 3, 1, 2)
+    side = token_grid(shape[0], layout.prefix) if layout.axes == TOKENS else None
+    if side is None:
+        return False, None
+    p = layout.prefix
+    return True, lambda t: t[:, p:].reshape(t.shape[0], side, side, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def cam_target(sdn: SDN, output: int) -> CamTarget:
+    """The last block with a map (or tokens on a patch grid) at or before the point ``output`` reads from."""
     shapes = feature_shapes(sdn.cnn)
+    layouts = sdn.cnn.layouts or tuple(FeatureLayout(shape_layout(s)) for s in shapes)
     last = sdn.positions[output] if output < len(sdn.positions) else len(sdn.cnn.blocks) - 1
     for i in range(last, -1, -1):
-        if len(shapes[i]) == 3:
-            return sdn.cnn.blocks[i]
-    raise ArgumentError(f"{sdn.arch} has no convolutional block before output {output}: Grad-CAM needs one")
+        is_map, reshape = _map_view(shapes[i], layouts[i])
+        if is_map:
+            return CamTarget(sdn.cnn.blocks[i], reshape)
+    raise ArgumentError(
+        f"{sdn.arch} has no block with a feature map, or tokens on a square patch grid, before output "
+        f"{output}: Grad-CAM needs one"
+    )
+
+
+def target_block(sdn: SDN, output: int) -> nn.Module:
+    """The block of :func:`cam_target`."""
+    return cam_target(sdn, output).block
 
 
 @dataclass
@@ -75,7 +112,8 @@ def explain_output(sdn: SDN, x: torch.Tensor, output: int, classes: np.ndarray) 
     wrapped = OutputSelector(net, -1)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
     with torch.enable_grad():
-        with GradCAM(model=wrapped, target_layers=[target_block(sdn, output)]) as cam:
+        target = cam_target(sdn, output)
+        with GradCAM(model=wrapped, target_layers=[target.block], reshape_transform=target.reshape) as cam:
             masks = cam(input_tensor=x, targets=targets)  # [N, H, W], scaled to [0, 1]
         private = copy.deepcopy(wrapped)
         for p in private.parameters():

@@ -9,10 +9,14 @@ are the engine's inference copies (conv+BN folded), so ONNX and PyTorch compute 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +107,7 @@ def _export_stage(
 ) -> torch.Tensor:
     """One stage's graph at ``path``, with a dynamic batch axis; the next stage's input."""
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _exporting():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
             torch.onnx.export(
                 stage,
@@ -129,6 +133,32 @@ def _export_stage(
         raise ArgumentError(
             f"{arch} cannot be exported to ONNX (stage {k}): {first[:200]}; try another `opset`"
         ) from None
+
+
+@contextlib.contextmanager
+def _exporting() -> Iterator[None]:
+    """What the exporter needs around it: nn.MultiheadAttention's inference fast path off (its fused
+    kernel has no ONNX form; the plain path computes the same attention: torchvision's ViT), and the
+    graph dump it writes to the process's stdout or stderr for an operator it cannot export sent
+    nowhere (the error is said in one line below)."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _static_dims(path: Path, shapes: list[tuple[int, ...]]) -> None:

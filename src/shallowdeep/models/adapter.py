@@ -301,7 +301,12 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
 def _where(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_module":
         return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
-    return getattr(node.target, "__name__", str(node.target))
+    op = getattr(node.target, "__name__", str(node.target))
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return op
+    path, cls = stack[-1]  # the block whose forward ends in this op (a residual sum, a reshape)
+    return f"{op} in {path} ({getattr(cls, '__name__', cls)})"
 
 
 def _mid_layer(gm: fx.GraphModule, node: fx.Node) -> bool:

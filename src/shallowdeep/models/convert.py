@@ -27,7 +27,9 @@ from .zoo import ZooModel, is_zoo_name, load_backbone_weights, read_weights_file
 
 @dataclass(frozen=True)
 class Candidate:
-    """A cut point an IC may follow, with the backbone's cumulative cost up to it (``relative``: / total)."""
+    """A cut point an IC may follow, with the backbone's cumulative cost up to it (``relative``: / total);
+    its JSON names the feature's layout (``chw``, ``hwc``, ``tokens``) and, for tokens, the class
+    tokens before the patch grid (``prefix``)."""
 
     cut: CutPoint
     flops: float
@@ -38,6 +40,8 @@ class Candidate:
             "name": self.cut.name,
             "where": self.cut.where,
             "shape": list(self.cut.shape),
+            "layout": self.cut.layout,
+            "prefix": self.cut.prefix,
             "flops": self.flops,
             "relative": self.relative,
         }
@@ -197,7 +201,7 @@ def build_model(
         return build_cnn(arch, num_classes, 32 if image_size is None else image_size), None
     if pretrained and weights:
         raise ArgumentError("give `pretrained` or `weights`, not both")
-    zm = zoo_model(arch, num_classes, pretrained)
+    zm = zoo_model(arch, num_classes, pretrained, image_size)
     weights_sha = None
     if weights:
         from ..core.io import sha256_file

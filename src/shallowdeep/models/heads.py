@@ -6,11 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.catalog import TOKEN_POOLS
 from ..core.errors import ArgumentError
 from .layout import HWC, TOKENS, shape_layout
-
-# how a token head reduces the tokens: their mean (the default) or the class token
-TOKEN_POOLS = ("mean", "cls")
 
 
 class ICHead(nn.Module):

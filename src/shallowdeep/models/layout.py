@@ -33,6 +33,7 @@ class FeatureLayout:
     axes: str
     prefix: int = 0
 
+
 _CHANNELS_FIRST_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.ConvTranspose2d,

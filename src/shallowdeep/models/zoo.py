@@ -130,11 +130,14 @@ def _check_size(arch: str, build: Callable[[], nn.Module]) -> None:
         )
 
 
-def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel:
+def zoo_model(arch: str, num_classes: int, pretrained: bool = False, image_size: int | None = None) -> ZooModel:
     """Build ``arch`` (``torchvision:NAME`` or ``timm:NAME``) for ``num_classes`` classes; with
     ``pretrained`` the zoo's weights are loaded (downloaded when online) and the classifier replaced
-    when the class count differs."""
+    when the class count differs. ``image_size`` other than the model's own is given to a model built
+    for one size (a ViT's patch grid and position embedding: timm's ``img_size``, torchvision's
+    ``image_size``; timm interpolates pretrained position embeddings to it)."""
     zoo, _, name = arch.partition(":")
+    sized = _size_kwargs(arch, image_size)
     if zoo == "torchvision":
         import torchvision
 
@@ -147,9 +150,16 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
             )
         size = default_input_size(arch)
         kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+        if sized and pretrained:
+            raise ArgumentError(
+                f"torchvision's pretrained {name} is for {size} px images only: use its `image_size` {size}, "
+                "or a timm model (timm interpolates position embeddings)"
+            )
+        kwargs |= sized
         _check_size(arch, lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs))
         if not pretrained:
-            return ZooModel(torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), size)
+            module = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+            return ZooModel(module, image_size if sized else size)
         weights = torchvision.models.get_model_weights(name).DEFAULT
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         filename = weights.url.rsplit("/", 1)[-1]
@@ -163,17 +173,17 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
         timm = _timm()
         if not timm.is_model(name):
             raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
-        _check_size(arch, lambda: timm.create_model(name, pretrained=False, num_classes=num_classes))
+        _check_size(arch, lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, **sized))
         if not pretrained:
-            module = timm.create_model(name, pretrained=False, num_classes=num_classes)
-            return ZooModel(module, default_input_size(arch))
+            module = timm.create_model(name, pretrained=False, num_classes=num_classes, **sized)
+            return ZooModel(module, image_size if sized else default_input_size(arch))
         cfg = timm.models.get_pretrained_cfg(name)
         hub_id = getattr(cfg, "hf_hub_id", None) or name
         try:
             if not _hub_cached(hub_id) and not _hub_reachable():
                 raise ConnectionError("the Hugging Face hub cannot be reached")  # at once, not after its retries
             with _quiet_hub():
-                module = timm.create_model(name, pretrained=True)
+                module = timm.create_model(name, pretrained=True, **sized)
         except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
             # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
             raise DataError(
@@ -183,13 +193,51 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False) -> ZooModel
                 "model.safetensors and pass that file as `weights`"
             ) from None
         cfg = module.pretrained_cfg
-        zm = ZooModel(module, int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+        size = image_size if sized else int(cfg.get("input_size", (3, 224, 224))[-1])
+        zm = ZooModel(module, size, tuple(cfg["mean"]), tuple(cfg["std"]))
     else:
         raise ArgumentError(f"unknown model zoo {zoo!r} in `arch`: use {' or '.join(z + ':NAME' for z in ZOOS)}")
     if classes_of(zm.module) != num_classes:
         replace_classifier(zm.module, num_classes)
         zm.notes.append(f"classifier replaced: {num_classes} classes (pretrained for another count)")
     return zm
+
+
+def _timm_filtered(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` through the ``checkpoint_filter_fn`` of the timm family ``module`` belongs to, where
+    it has one and it takes them; else ``tensors`` unchanged (the shape check then names a mismatch)."""
+    import sys
+
+    family = sys.modules.get(type(module).__module__) if type(module).__module__.startswith("timm.") else None
+    fn = getattr(family, "checkpoint_filter_fn", None)
+    if fn is None:
+        return tensors
+    try:
+        out = fn(dict(tensors), module)
+    except Exception:  # a file of another layout: the shape check below says where it differs
+        return tensors
+    return out if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()) else tensors
+
+
+def _size_kwargs(arch: str, image_size: int | None) -> dict[str, int]:
+    """The constructor argument that builds ``arch`` for ``image_size`` px, where the model is built for
+    one size and the size is not its own; else nothing (a CNN takes any size). timm's: ``img_size``
+    where its constructor takes it (tried on the meta device: nothing is allocated); torchvision's
+    ViTs: ``image_size``."""
+    if image_size is None or image_size == default_input_size(arch):
+        return {}
+    zoo, _, name = arch.partition(":")
+    if zoo == "torchvision":
+        return {"image_size": image_size} if name.startswith("vit_") else {}
+    timm = _timm()
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, img_size=image_size)
+    except TypeError:  # "unexpected keyword argument 'img_size'": a model of any size
+        return {}
+    except Exception:  # it takes the argument but not this size: the trace says so in one line
+        return {"img_size": image_size}
+    return {"img_size": image_size}
 
 
 def classes_of(module: nn.Module) -> int | None:
@@ -259,7 +307,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load a state dict into ``module``; a classifier of another class count is left freshly initialised
-    (the fine-tuning path). Any other mismatch raises, naming the first key and both shapes."""
+    (the fine-tuning path). Any other mismatch raises, naming the first key and both shapes. A timm
+    model's own checkpoint filter runs first, as timm's loader runs it: it interpolates a ViT's position
+    embedding to the model's patch grid (weights for 224 px into a model built for 32 px)."""
+    tensors = _timm_filtered(module, tensors)
     expected = module.state_dict()
     head = _classifier(module)
     head_keys = {f"{head[0]}.{k}" for k in ("weight", "bias")} if head else set()

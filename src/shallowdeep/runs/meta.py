@@ -101,6 +101,7 @@ class RunConfig:
     ic_fractions: list[float] | None = None
     data_mode: str | None = None
     backdoor: JSONObject | None = None  # Backdoor.to_json() once resolved
+    token_pool: str | None = None  # how IC heads on tokens pool them (None: mean)
 
     def to_json(self) -> JSONObject:
         return {f.name: getattr(self, f.name) for f in fields(self)}

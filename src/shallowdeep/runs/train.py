@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..compute import distributed
-from ..core.catalog import DEFAULT_SEED
+from ..core.catalog import DEFAULT_SEED, TOKEN_POOLS
 from ..core.errors import ArgumentError, RunFolderError, UserError
 from ..core.fields import check_fields
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
@@ -75,6 +75,7 @@ class TrainConfig:
     ic_cuts: tuple[str, ...] | None = None
     ic_fractions: tuple[float, ...] | None = None
     data_mode: str | None = None  # "memory", "stream" or None (chosen by the data's size)
+    token_pool: str | None = None  # IC heads on tokens: "mean" (None) or "cls"
     module: nn.Module | None = None  # the Python API's own classifier (never recorded as code)
     # recipe: None keeps the paper's value for the mode
     epochs: int | None = None
@@ -88,6 +89,8 @@ class TrainConfig:
     gamma: float | None = None
     warmup_epochs: int | None = None
     label_smoothing: float | None = None
+    schedule: str | None = None
+    clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, skip=("module",))  # a module is checked where it is built
@@ -111,6 +114,7 @@ _RECORDED = (
     "ic_cuts",
     "ic_fractions",
     "data_mode",
+    "token_pool",
 )
 
 
@@ -177,6 +181,11 @@ def _check_values(r: dict[str, Any], user_module: bool) -> None:
         )
     if r["data_mode"] not in (None, "memory", "stream"):
         raise ArgumentError(f"`data_mode` is memory or stream, not {r['data_mode']!r}")
+    if r["token_pool"] is not None:
+        if r["token_pool"] not in TOKEN_POOLS:
+            raise ArgumentError(f"`token_pool` is {' or '.join(TOKEN_POOLS)}, not {r['token_pool']!r}")
+        if r["mode"] == "cnn":
+            raise ArgumentError("`token_pool` chooses how the ICs pool tokens: for the ic-only or sdn `mode`")
 
 
 def _from_cnn_run(r: dict[str, Any]) -> None:
@@ -235,6 +244,8 @@ def _recipe(cfg: TrainConfig, r: RunConfig, previous: RunMeta | None) -> Recipe:
     recipe = default_recipe(r.mode, r.arch, asked.get("epochs"))
     if "milestones" in asked:
         asked["milestones"] = tuple(asked["milestones"])
+    elif asked.get("schedule") == "cosine":
+        asked["milestones"] = ()  # the paper's milestones belong to its multistep schedule
     return replace(recipe, **asked).check()
 
 
@@ -377,7 +388,7 @@ def _set_up(
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
         data = replace(data, mean=norm[0], std=norm[1])
-    model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn)
+    model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean")
     if r.mode == "ic-only" and r.from_run and previous is not None:
         theirs = sha256_file(RunFolder(r.from_run).require_weights())
         if theirs != previous.from_run_weights_sha256:
@@ -623,7 +634,7 @@ def warm_compile(cfg: TrainConfig) -> bool:
         return False
     torch.manual_seed(r.seed)
     cnn, _ = _build_cnn(cfg, r, None, data, None)
-    model = cnn if r.mode == "cnn" else SDN(cnn)
+    model = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean")
     if ic_only:
         cnn.eval()  # as a finished CNN run is loaded
     one = torch.arange(recipe.batch_size)

@@ -130,10 +130,12 @@ def train_one_epoch(
     epochs: int,
     progress: bool = True,
     desc: str = "",
+    clip_grad_norm: float = 0.0,
 ) -> float:
     """One pass over ``batches``; returns the mean loss. ``stepped`` is
-    ``runtime.prepare(Objective(model, mode))``: called as ``stepped(x, y, weights)``, it returns the loss."""
-    return _train_epoch(model, stepped, mode, batches, opt, runtime, epoch, epochs, progress, desc)[0]
+    ``runtime.prepare(Objective(model, mode))``: called as ``stepped(x, y, weights)``, it returns the loss.
+    ``clip_grad_norm`` > 0 clips the optimised parameters' gradient norm before each step."""
+    return _train_epoch(model, stepped, mode, batches, opt, runtime, epoch, epochs, progress, desc, clip_grad_norm)[0]
 
 
 def _train_epoch(
@@ -147,8 +149,10 @@ def _train_epoch(
     epochs: int,
     progress: bool,
     desc: str,
+    clip_grad_norm: float = 0.0,
 ) -> tuple[float, int]:
     """:func:`train_one_epoch`, and the number of training images (every rank's)."""
+    params = [p for g in opt.param_groups for p in g["params"]] if clip_grad_norm > 0 else []
     mode.set_train(model)
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     weights = torch.tensor(mode.output_weights(num_outputs(model), epoch, epochs), device=runtime.device)
@@ -162,6 +166,8 @@ def _train_epoch(
                 loss = stepped(x, y, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if params:
+                nn.utils.clip_grad_norm_(params, clip_grad_norm)
             opt.step()
             total += loss.detach().double() * len(y)
             count += len(y)
@@ -247,7 +253,17 @@ def fit(
                 log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
         step, label = eager if eager is not None else stepped, f"epoch {epoch + 1}/{recipe.epochs}"
         loss, images = _train_epoch(
-            model, step, mode, train_batches(epoch), opt, runtime, epoch, recipe.epochs, progress, label
+            model,
+            step,
+            mode,
+            train_batches(epoch),
+            opt,
+            runtime,
+            epoch,
+            recipe.epochs,
+            progress,
+            label,
+            recipe.clip_grad_norm,
         )
         rate = images / max(time.perf_counter() - t0, 1e-9)  # after the loss's synchronisation: all stepped
         schedule.step()

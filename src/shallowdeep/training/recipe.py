@@ -16,12 +16,15 @@ from ..core.io import JSONObject
 # weight decay of the paper's recipes by architecture (spec section 5); others use 5e-4
 WEIGHT_DECAY = {"vgg16_bn": 5e-4, "wrn32_4": 5e-4, "resnet56": 1e-4, "mobilenet": 1e-4}
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("multistep", "cosine")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Every hyperparameter of a training run. ``milestones`` are 0-based epochs at which the rate
-    is multiplied by ``gamma``; ``warmup_epochs`` ramp it up linearly first."""
+    """Every hyperparameter of a training run. ``schedule`` ``multistep`` multiplies the rate by
+    ``gamma`` at each of the 0-based ``milestones``; ``cosine`` decays it to 0 along a half cosine
+    over the epochs after the warm-up; ``warmup_epochs`` ramp it up linearly first.
+    ``clip_grad_norm`` (0: off) clips the gradients' global norm before each step, as ViT recipes do."""
 
     epochs: int
     batch_size: int = 128
@@ -34,6 +37,8 @@ class Recipe:
     gamma: float = 0.1
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    schedule: str = "multistep"
+    clip_grad_norm: float = 0.0
 
     def check(self) -> Recipe:
         """Refuse values no training can use, naming the argument; returns ``self``."""
@@ -55,6 +60,11 @@ class Recipe:
         finite("weight_decay", 0.0)
         finite("gamma", 0.0, lo_open=True)
         finite("label_smoothing", 0.0, 1.0)
+        finite("clip_grad_norm", 0.0)
+        if self.schedule not in SCHEDULES:
+            raise ArgumentError(f"unknown `schedule` {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "cosine" and self.milestones:
+            raise ArgumentError("`milestones` are for the multistep `schedule`; the cosine one takes none")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ArgumentError("`nesterov` needs the sgd `optimizer` with a positive `momentum`")
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
@@ -138,17 +148,17 @@ def make_optimizer(params: list[nn.Parameter], recipe: Recipe, fused: bool = Fal
 
 
 def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: linear warm-up over ``warmup_epochs``, then ×``gamma`` at each milestone."""
-    from torch.optim.lr_scheduler import LinearLR, MultiStepLR, SequentialLR
+    """Per-epoch schedule: linear warm-up over ``warmup_epochs``, then ×``gamma`` at each milestone
+    (``multistep``) or a half cosine down to 0 at the last epoch's end (``cosine``)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
 
-    decay = MultiStepLR(opt, milestones=list(recipe.milestones), gamma=recipe.gamma)
-    if not recipe.warmup_epochs:
+    w = recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        decay: torch.optim.lr_scheduler.LRScheduler = CosineAnnealingLR(opt, T_max=recipe.epochs - w)
+    else:
+        # SequentialLR hands over at the warm-up's end; MultiStepLR then counts from 0, so shift milestones
+        decay = MultiStepLR(opt, milestones=[m - w for m in recipe.milestones if m > w], gamma=recipe.gamma)
+    if not w:
         return decay
-    warm = LinearLR(opt, start_factor=1.0 / (recipe.warmup_epochs + 1), total_iters=recipe.warmup_epochs)
-    # SequentialLR hands over at the warm-up's end; MultiStepLR then counts from 0, so shift milestones
-    decay = MultiStepLR(
-        opt,
-        milestones=[m - recipe.warmup_epochs for m in recipe.milestones if m > recipe.warmup_epochs],
-        gamma=recipe.gamma,
-    )
-    return SequentialLR(opt, [warm, decay], milestones=[recipe.warmup_epochs])
+    warm = LinearLR(opt, start_factor=1.0 / (w + 1), total_iters=w)
+    return SequentialLR(opt, [warm, decay], milestones=[w])
