@@ -1,6 +1,7 @@
 """Wall-clock savings of early exits, like with like, at batch 1 and through the throughput engine.
 
-ResNet-56 and VGG-16-BN (10 classes, 32 px), seeded random weights, or a trained SDN from ``--run``.
+ResNet-56 and VGG-16-BN (10 classes, 32 px), seeded random weights, or a trained SDN from ``--run``;
+``--archs`` takes zoo models too (``timm:vit_tiny_patch16_224`` at its 224 px, or ``--size``).
 The exit pattern is *set directly*: per-IC thresholds are chosen from the ICs' own confidences on the
 benchmark inputs so that a chosen share of inputs leaves at each output.
 
@@ -31,7 +32,9 @@ import numpy as np
 import torch
 
 from shallowdeep.inference.engine import EarlyExitEngine
+from shallowdeep.models.convert import build_model
 from shallowdeep.models.sdn import SDN, build_sdn
+from shallowdeep.models.zoo import is_zoo_name
 
 PATTERNS = {  # share of inputs leaving at IC 1..6 and at the final output (no IC exit)
     "early": (0.40, 0.20, 0.15, 0.10, 0.05, 0.05, 0.05),
@@ -126,7 +129,7 @@ def stage_times(engine: EarlyExitEngine, x: torch.Tensor, device, reps: int) -> 
         blocks_t.append(median_time(run_blocks))
         h = run_blocks()
         # the head each path runs: batch 1 the folded head, batches the module's pooling ops
-        head = engine._final if at is None else (at[1] if len(x) == 1 else engine._batch_heads[at[0]])
+        head = engine._final if at is None else (engine._one_heads if len(x) == 1 else engine._batch_heads)[at]
         heads_t.append(median_time(lambda h=h, head=head: head(h)))
     return blocks_t, heads_t
 
@@ -158,13 +161,15 @@ def like_with_like(cnn: torch.nn.Module, device: torch.device, args: argparse.Na
     return fn
 
 
-def load_sdn(arch: str, run: str | None, device) -> SDN:
+def load_sdn(arch: str, run: str | None, device, size: int | None = None) -> SDN:
     if run:
         import shallowdeep
 
         return shallowdeep.load(run).eval().to(device)
     torch.manual_seed(0)
-    return build_sdn(arch, 10, 32).eval().to(device)
+    if is_zoo_name(arch):  # a zoo model (a ViT: timm:vit_tiny_patch16_224) at its own size or --size
+        return SDN(build_model(arch, 10, size)[0]).eval().to(device)
+    return build_sdn(arch, 10, size or 32).eval().to(device)
 
 
 def main() -> None:
@@ -174,7 +179,8 @@ def main() -> None:
     ap.add_argument("--inputs-batched", type=int, default=1024, help="inputs through the throughput engine")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--archs", default="resnet56,vgg16_bn")
+    ap.add_argument("--archs", default="resnet56,vgg16_bn", help="paper backbones or zoo models (timm:NAME)")
+    ap.add_argument("--size", type=int, help="image size (default: 32 for the paper's, a zoo model's own)")
     ap.add_argument("--run", help="a trained SDN run folder instead of random weights (--archs is ignored)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="engine and CNN alike")
     ap.add_argument(
@@ -204,7 +210,7 @@ def main() -> None:
     }
     b1, bb, b1_t, bb_t = [], [], [], []
     for arch in [None] if args.run else args.archs.split(","):
-        sdn = load_sdn(arch, args.run, device)
+        sdn = load_sdn(arch, args.run, device, args.size)
         arch = sdn.arch
         size = sdn.image_size
         never = EarlyExitEngine(sdn, 2.0)

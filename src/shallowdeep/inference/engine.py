@@ -204,6 +204,7 @@ class EarlyExitEngine:
         # the folded head, whose reductions need NCHW memory)
         one_heads = [_inference_head(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
         batch_heads = [_scaled(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
+        self._one_heads, self._batch_heads = one_heads, batch_heads  # what each path runs (benchmarks time them)
         # stage k: (its blocks, its IC index or None for the final classifier)
         self._stages: list[tuple[list[nn.Module], int | None]] = []
         self._stage_fns_one, self._stage_fns = [], []

@@ -77,16 +77,16 @@ def _vote(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | 
         if isinstance(m, nn.LayerNorm):  # timm's LayerNorm2d subclasses it and normalises channels first
             if type(m).__name__.endswith("2d"):
                 return CHW
-            return HWC if tuple(m.normalized_shape) == (last,) and last != channels else None
-        if isinstance(m, nn.Linear):
-            return HWC if m.in_features == last and last != channels else None
+            return HWC if tuple(m.normalized_shape) == (last,) else None
+        if isinstance(m, nn.Linear):  # a layer over the last axis: that axis is the channels
+            return HWC if m.in_features == last else None
         if isinstance(m, _CHANNELS_FIRST_MODULES):
             return CHW
         return None
     if node.op == "call_function":
         if node.target in _CHANNELS_FIRST_FUNCTIONS:
             return CHW
-        if node.target in _LAST_AXIS_FUNCTIONS and last != channels:
+        if node.target in _LAST_AXIS_FUNCTIONS:
             return HWC
     if _permute(node) == (0, 3, 1, 2):
         return HWC  # it reads channels last to make them first
@@ -103,7 +103,7 @@ def _made(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | 
         return CHW
     if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Linear):
         m = gm.get_submodule(str(node.target))
-        return HWC if m.out_features == last and last != channels else None
+        return HWC if m.out_features == last else None
     return _vote(gm, node, channels, last)  # norms and convolutions keep the layout they read
 
 
