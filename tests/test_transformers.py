@@ -121,7 +121,8 @@ def test_vit_blocks_are_cut_points_with_token_heads(name, prefix):
 
 
 def test_engine_exits_equal_the_records_on_a_vit_and_a_swin():
-    for model, size in ((vit(), 32), (timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=64), 64)):
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=64)
+    for model, size in ((vit(), 32), (swin, 64)):
         torch.manual_seed(0)
         sdn = to_sdn(model.eval(), size).eval()
         for h in sdn.heads:  # spread the random ICs' confidences

@@ -443,6 +443,19 @@ class _Run(nn.Module):
         return x
 
 
+def _declared_cuts(
+    model: nn.Module, names: list[str], parts: list[nn.Module], shapes: list[tuple[int, ...]]
+) -> list[CutPoint]:
+    """The cut point after each declared block, its layout read from its shape (there is no graph)."""
+    prefix = declared_prefix(model)
+    return [
+        CutPoint(
+            b, i, s, f"{b} ({type(m).__name__})", shape_layout(s), prefix_tokens(s[0], prefix) if len(s) == 2 else 0
+        )
+        for i, (b, m, s) in enumerate(zip(names, parts, shapes))
+    ]
+
+
 def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> Chain:
     """A :class:`Chain` from module names whose modules, run in order, compute ``model``'s output (checked
     on a random input). Every name but the last is a cut point; the last is the classifier."""
@@ -487,18 +500,7 @@ def declared_chain(model: nn.Module, image_size: int, blocks: Sequence[str]) -> 
             )
     finally:
         model.train(was_training)
-    prefix = declared_prefix(model)
-    cuts = [
-        CutPoint(
-            b,
-            i,
-            shapes[i],
-            f"{b} ({type(parts[i]).__name__})",
-            shape_layout(shapes[i]),
-            prefix_tokens(shapes[i][0], prefix) if len(shapes[i]) == 2 else 0,
-        )
-        for i, b in enumerate(names[:-1])
-    ]
+    cuts = _declared_cuts(model, names[:-1], parts, shapes)
 
     def splitter(at: list[str]) -> list[nn.Module]:
         bounds = [names.index(a) + 1 for a in at]

@@ -139,64 +139,13 @@ def zoo_model(arch: str, num_classes: int, pretrained: bool = False, image_size:
     zoo, _, name = arch.partition(":")
     sized = _size_kwargs(arch, image_size)
     if zoo == "torchvision":
-        import torchvision
-
-        known = torchvision.models.list_models(module=torchvision.models)
-        if name not in known:
-            raise ArgumentError(
-                f"unknown torchvision classifier {name!r} in `arch`: e.g. "
-                f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
-                "torchvision.models.list_models()"
-            )
-        size = default_input_size(arch)
-        kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
-        if sized and pretrained:
-            raise ArgumentError(
-                f"torchvision's pretrained {name} is for {size} px images only: use its `image_size` {size}, "
-                "or a timm model (timm interpolates position embeddings)"
-            )
-        kwargs |= sized
-        _check_size(arch, lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs))
-        if not pretrained:
-            module = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-            return ZooModel(module, image_size if sized else size)
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        filename = weights.url.rsplit("/", 1)[-1]
-        try:
-            module = torchvision.models.get_model(name, weights=weights)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated file a RuntimeError
-            raise _offline(arch, weights.url, filename, str(hub), e) from None
-        t = weights.transforms()
-        zm = ZooModel(module, int(getattr(t, "crop_size", [size])[0]), tuple(t.mean), tuple(t.std))
+        zm = _torchvision_model(arch, name, num_classes, pretrained, image_size, sized)
     elif zoo == "timm":
-        timm = _timm()
-        if not timm.is_model(name):
-            raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
-        _check_size(arch, lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, **sized))
-        if not pretrained:
-            module = timm.create_model(name, pretrained=False, num_classes=num_classes, **sized)
-            return ZooModel(module, image_size if sized else default_input_size(arch))
-        cfg = timm.models.get_pretrained_cfg(name)
-        hub_id = getattr(cfg, "hf_hub_id", None) or name
-        try:
-            if not _hub_cached(hub_id) and not _hub_reachable():
-                raise ConnectionError("the Hugging Face hub cannot be reached")  # at once, not after its retries
-            with _quiet_hub():
-                module = timm.create_model(name, pretrained=True, **sized)
-        except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
-            # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
-            raise DataError(
-                f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
-                f"is network run `huggingface-cli download {hub_id} model.safetensors` and copy the "
-                f"Hugging Face cache (HF_HOME) here, or fetch https://huggingface.co/{hub_id} "
-                "model.safetensors and pass that file as `weights`"
-            ) from None
-        cfg = module.pretrained_cfg
-        size = image_size if sized else int(cfg.get("input_size", (3, 224, 224))[-1])
-        zm = ZooModel(module, size, tuple(cfg["mean"]), tuple(cfg["std"]))
+        zm = _timm_model(arch, name, num_classes, pretrained, image_size, sized)
     else:
         raise ArgumentError(f"unknown model zoo {zoo!r} in `arch`: use {' or '.join(z + ':NAME' for z in ZOOS)}")
+    if not pretrained:
+        return zm
     if classes_of(zm.module) != num_classes:
         replace_classifier(zm.module, num_classes)
         zm.notes.append(f"classifier replaced: {num_classes} classes (pretrained for another count)")
@@ -217,6 +166,75 @@ def _timm_filtered(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
     except Exception:  # a file of another layout: the shape check below says where it differs
         return tensors
     return out if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()) else tensors
+
+
+def _torchvision_model(
+    arch: str, name: str, num_classes: int, pretrained: bool, image_size: int | None, sized: dict[str, int]
+) -> ZooModel:
+    """:func:`zoo_model` for torchvision (the classifier swap left to it)."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ArgumentError(
+            f"unknown torchvision classifier {name!r} in `arch`: e.g. "
+            f"{', '.join([k for k in known if k.startswith(('resnet', 'vgg'))][:3])}; see "
+            "torchvision.models.list_models()"
+        )
+    size = default_input_size(arch)
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    if sized and pretrained:
+        raise ArgumentError(
+            f"torchvision's pretrained {name} is for {size} px images only: use its `image_size` {size}, "
+            "or a timm model (timm interpolates position embeddings)"
+        )
+    kwargs |= sized
+    _check_size(arch, lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs))
+    if not pretrained:
+        module = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        return ZooModel(module, image_size if sized else size)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = weights.url.rsplit("/", 1)[-1]
+    try:
+        module = torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated file a RuntimeError
+        raise _offline(arch, weights.url, filename, str(hub), e) from None
+    t = weights.transforms()
+    zm = ZooModel(module, int(getattr(t, "crop_size", [size])[0]), tuple(t.mean), tuple(t.std))
+    return zm
+
+
+def _timm_model(
+    arch: str, name: str, num_classes: int, pretrained: bool, image_size: int | None, sized: dict[str, int]
+) -> ZooModel:
+    """:func:`zoo_model` for timm (the classifier swap left to it)."""
+    timm = _timm()
+    if not timm.is_model(name):
+        raise ArgumentError(f"unknown timm model {name!r} in `arch`: see timm.list_models()")
+    _check_size(arch, lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, **sized))
+    if not pretrained:
+        module = timm.create_model(name, pretrained=False, num_classes=num_classes, **sized)
+        return ZooModel(module, image_size if sized else default_input_size(arch))
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) or name
+    try:
+        if not _hub_cached(hub_id) and not _hub_reachable():
+            raise ConnectionError("the Hugging Face hub cannot be reached")  # at once, not after its retries
+        with _quiet_hub():
+            module = timm.create_model(name, pretrained=True, **sized)
+    except Exception as e:  # huggingface_hub's offline errors have no common base below Exception
+        # the hub cache is a tree of hashed snapshots, not a folder to drop a file into
+        raise DataError(
+            f"cannot download the pretrained weights of {arch} ({type(e).__name__}): where there "
+            f"is network run `huggingface-cli download {hub_id} model.safetensors` and copy the "
+            f"Hugging Face cache (HF_HOME) here, or fetch https://huggingface.co/{hub_id} "
+            "model.safetensors and pass that file as `weights`"
+        ) from None
+    cfg = module.pretrained_cfg
+    size = image_size if sized else int(cfg.get("input_size", (3, 224, 224))[-1])
+    zm = ZooModel(module, size, tuple(cfg["mean"]), tuple(cfg["std"]))
+    return zm
 
 
 def _size_kwargs(arch: str, image_size: int | None) -> dict[str, int]:

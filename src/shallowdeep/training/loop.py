@@ -252,19 +252,8 @@ def fit(
             if log is not None and results:
                 log(f"the compiled step is ready: compiled from epoch {epoch + 1}")
         step, label = eager if eager is not None else stepped, f"epoch {epoch + 1}/{recipe.epochs}"
-        loss, images = _train_epoch(
-            model,
-            step,
-            mode,
-            train_batches(epoch),
-            opt,
-            runtime,
-            epoch,
-            recipe.epochs,
-            progress,
-            label,
-            recipe.clip_grad_norm,
-        )
+        batches, n, clip = train_batches(epoch), recipe.epochs, recipe.clip_grad_norm
+        loss, images = _train_epoch(model, step, mode, batches, opt, runtime, epoch, n, progress, label, clip)
         rate = images / max(time.perf_counter() - t0, 1e-9)  # after the loss's synchronisation: all stepped
         schedule.step()
         runtime.end_epoch(model)
