@@ -237,3 +237,18 @@ def test_vit_sdn_through_train_analyze_export_predict_explain(tmp_path):
     p = run_cli("explain", str(run))
     assert p.returncode == 0, p.stderr
     assert "guided Grad-CAM" in (run / "report" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "shape,layout,prefix,pool", [((6, 8), TOKENS, 1, "mean"), ((6, 8), TOKENS, 1, "cls"), ((3, 3, 8), HWC, 0, "mean")]
+)
+def test_the_engines_folded_token_head_computes_the_heads_logits(shape, layout, prefix, pool):
+    from shallowdeep.inference.engine import _inference_head
+
+    head = make_head(shape, 5, layout, prefix, pool).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained norm: scale and shift away from 1 and 0
+        head.norm.weight.copy_(1 + 0.3 * torch.randn(8, generator=g))
+        head.norm.bias.copy_(0.3 * torch.randn(8, generator=g))
+        x = torch.randn(4, *shape, generator=g)
+        torch.testing.assert_close(_inference_head(head, 0.5)(x), head(x) * 0.5, rtol=1e-5, atol=1e-6)

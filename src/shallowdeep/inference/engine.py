@@ -33,7 +33,8 @@ from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule
 from ..models.adapter import quiet
 from ..models.costs import output_costs
-from ..models.heads import ICHead
+from ..models.heads import ICHead, TokenHead
+from ..models.layout import HWC
 from ..models.sdn import SDN
 
 
@@ -55,8 +56,8 @@ class EngineResult:
 
 
 def _inference_head(head: nn.Module, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An :class:`ICHead` as a plain function for inference, with as few ops as we found (any other
-    head, a token head, as itself: a norm, a mean and one matrix product leave nothing to fold).
+    """An :class:`ICHead` as a plain function for inference, with as few ops as we found (a
+    :class:`TokenHead`: :func:`_inference_token_head`; any other head as itself).
 
     At batch 1 on a CPU each extra op costs far more between convolutions than alone (its code is
     cold), so the mixed pooling is two contiguous reductions per statistic and the mixing weight and
@@ -64,6 +65,8 @@ def _inference_head(head: nn.Module, scale: float = 1.0) -> Callable[[torch.Tens
     ``logits = (a W) max_r(x) + ((1 - a) / r^2 W) sum_r(x) + b``. ``scale`` (1 / temperature) is
     folded into W and b as well.
     """
+    if isinstance(head, TokenHead):
+        return _inference_token_head(head, scale)
     if not isinstance(head, ICHead):
         return _scaled(head, scale)
     w = head.linear.weight.detach() * scale
@@ -89,6 +92,22 @@ def _inference_head(head: nn.Module, scale: float = 1.0) -> Callable[[torch.Tens
         return torch.addmm(torch.addmm(b, sm.view(n, -1), w_sum), mx.view(n, -1), w_max)
 
     return forward
+
+
+def _inference_token_head(head: TokenHead, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A :class:`TokenHead` for batch 1: the LayerNorm's scale and shift folded into the linear layer
+    (``W (g * n + b) + c = (W g) n + (W b + c)``, the mean commuting with both), and for the class
+    token only that token normalised (LayerNorm is per token). ``scale`` is folded in as well."""
+    w = head.linear.weight.detach()
+    g, beta = head.norm.weight.detach(), head.norm.bias.detach()
+    w_t = ((w * g) * scale).t().contiguous()
+    b = (w @ beta + head.linear.bias.detach()) * scale
+    dims, eps, p = (w.shape[1],), head.norm.eps, head.prefix
+    if head.layout == HWC:
+        return lambda x: torch.addmm(b, nn.functional.layer_norm(x, dims, eps=eps).mean((1, 2)), w_t)
+    if head.pool == "cls":
+        return lambda x: torch.addmm(b, nn.functional.layer_norm(x[:, 0], dims, eps=eps), w_t)
+    return lambda x: torch.addmm(b, nn.functional.layer_norm(x, dims, eps=eps)[:, p:].mean(1), w_t)
 
 
 # what the entry points take (see EarlyExitEngine.images)
