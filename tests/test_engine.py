@@ -14,6 +14,7 @@ from shallowdeep.data import batches
 from shallowdeep.inference.collect import collect
 from shallowdeep.inference.engine import EarlyExitEngine, _inference_head
 from shallowdeep.models import list_archs
+from shallowdeep.models.costs import output_costs
 from shallowdeep.models.sdn import build_sdn
 from shallowdeep.runs import engine_from_run
 
@@ -30,6 +31,23 @@ def safe_thresholds(record: ExitRecord, n: int, margin: float = 1e-4) -> list[fl
         if i + 1 < len(conf):
             qs.append(float((conf[i] + conf[i + 1]) / 2))
     return qs
+
+
+def assert_engine_equals_records(sdn, x: torch.Tensor, batch_sizes, margin: float) -> None:
+    """The engine's exits and predictions equal the record simulation of ``sdn``'s outputs on ``x``,
+    at thresholds spread over the ICs' confidences (none within ``margin`` of one), per batch size."""
+    with torch.no_grad():
+        outs = sdn(x)
+    costs = output_costs(sdn)
+    n = len(x)
+    rec = ExitRecord.from_arrays(torch.stack(outs, 1), np.zeros(n, dtype=np.int64), costs.outputs, costs.cnn)
+    for q in safe_thresholds(rec, 3, margin=margin):
+        sim = early_exit(rec, q)
+        eng = EarlyExitEngine(sdn, q)
+        for bs in batch_sizes:
+            res = eng.classify(x, batch_size=bs, normalized=True)
+            assert res.exits.tolist() == sim.exits.tolist()
+            assert res.predictions.tolist() == sim.predictions.tolist()
 
 
 def images(data, split="test", limit=None):

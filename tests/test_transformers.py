@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import run_cli
-from test_engine import safe_thresholds
+from test_engine import assert_engine_equals_records
 from torch import nn
 
-from shallowdeep.analysis import early_exit
-from shallowdeep.analysis.record import ExitRecord
 from shallowdeep.core.errors import UserError
-from shallowdeep.inference.engine import EarlyExitEngine
 from shallowdeep.models.convert import build_model, candidates, chain_of, to_sdn
 from shallowdeep.models.costs import output_costs
 from shallowdeep.models.heads import ICHead, TokenHead, make_head
@@ -128,17 +124,7 @@ def test_engine_exits_equal_the_records_on_a_vit_and_a_swin():
         for h in sdn.heads:  # spread the random ICs' confidences
             nn.init.normal_(h.linear.weight, 0.0, 3.0 / h.linear.in_features**0.5)
         x = torch.randn(12, 3, size, size, generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            outs = sdn(x)
-        costs = output_costs(sdn)
-        rec = ExitRecord.from_arrays(torch.stack(outs, 1), np.zeros(12, dtype=np.int64), costs.outputs, costs.cnn)
-        for q in safe_thresholds(rec, 3, margin=1e-4):
-            sim = early_exit(rec, q)
-            eng = EarlyExitEngine(sdn, q)
-            for bs in (1, 5):
-                res = eng.classify(x, batch_size=bs, normalized=True)
-                assert res.exits.tolist() == sim.exits.tolist()
-                assert res.predictions.tolist() == sim.predictions.tolist()
+        assert_engine_equals_records(sdn, x, (1, 5), margin=1e-4)
 
 
 def test_a_model_without_any_block_end_says_how_to_declare_blocks():

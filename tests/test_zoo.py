@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
-from test_engine import safe_thresholds
+from test_engine import assert_engine_equals_records, safe_thresholds
 from torch import nn
 
 import shallowdeep
@@ -110,18 +110,7 @@ def test_place_is_the_closest_free_cut_by_brute_force():
 def test_engine_exits_agree_with_records_on_zoo_models(zoo, name):
     sdn = to_sdn(zoo_module(zoo, name), 64).eval()
     x = torch.randn(20, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        outs = sdn(x)
-    from shallowdeep.analysis.record import ExitRecord
-
-    costs = output_costs(sdn)
-    rec = ExitRecord.from_arrays(torch.stack(outs, 1), np.zeros(20, dtype=np.int64), costs.outputs, costs.cnn)
-    for q in safe_thresholds(rec, 3, margin=1e-3):
-        sim = early_exit(rec, q)
-        eng = EarlyExitEngine(sdn, q)
-        for bs in (1, 8):
-            res = eng.classify(x, batch_size=bs, normalized=True)
-            assert res.exits.tolist() == sim.exits.tolist() and res.predictions.tolist() == sim.predictions.tolist()
+    assert_engine_equals_records(sdn, x, (1, 8), margin=1e-3)
 
 
 def test_non_square_features_get_a_pooled_head():

@@ -63,10 +63,13 @@ class TokenHead(nn.Module):
                 f"the feature {list(feature_shape)} has no class token to pool: use the `token_pool` mean"
             )
         self.feature_shape, self.layout, self.prefix, self.pool = tuple(feature_shape), layout, prefix, pool
-        self.pooled: tuple[int, ...] = (0, 1) if layout == HWC else (0,)
         channels = feature_shape[-1]
         self.norm = nn.LayerNorm(channels)
         self.linear = _linear(channels, num_classes)
+
+    @property
+    def pooled(self) -> tuple[int, ...]:
+        return (0, 1) if self.layout == HWC else (0,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)

@@ -70,7 +70,7 @@ def shape_layout(shape: tuple[int, ...]) -> str:
     return FLAT
 
 
-def _vote(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | None:
+def _vote(gm: fx.GraphModule, node: fx.Node, last: int) -> str | None:
     """What one layer that reads (or made) a 3-axis feature says about its channel axis."""
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
@@ -95,7 +95,7 @@ def _vote(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | 
     return None
 
 
-def _made(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | None:
+def _made(gm: fx.GraphModule, node: fx.Node, last: int) -> str | None:
     """What the layer that made a 3-axis feature says about its channel axis."""
     if _permute(node) == (0, 2, 3, 1):
         return HWC
@@ -104,7 +104,7 @@ def _made(gm: fx.GraphModule, node: fx.Node, channels: int, last: int) -> str | 
     if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Linear):
         m = gm.get_submodule(str(node.target))
         return HWC if m.out_features == last else None
-    return _vote(gm, node, channels, last)  # norms and convolutions keep the layout they read
+    return _vote(gm, node, last)  # norms and convolutions keep the layout they read
 
 
 def _permute(node: fx.Node) -> tuple[int, ...] | None:
@@ -122,13 +122,13 @@ def graph_layout(gm: fx.GraphModule, node: fx.Node, shape: tuple[int, ...]) -> s
     its consumers' vote, else its producer's, else :func:`shape_layout`."""
     if len(shape) != 3:
         return shape_layout(shape)
-    channels, last = shape[0], shape[-1]
+    last = shape[-1]
 
     def first(votes: Iterable[str | None]) -> str | None:
         return next((v for v in votes if v is not None), None)
 
     readers = [u for u in node.users if not reads_shape_only(u)]
-    votes = [_vote(gm, u, channels, last) for u in readers] + [_made(gm, node, channels, last)]
+    votes = [_vote(gm, u, last) for u in readers] + [_made(gm, node, last)]
     return first(votes) or shape_layout(shape)
 
 
