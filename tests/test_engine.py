@@ -292,13 +292,18 @@ def shallowdeep_load(run):
         ("patience:2", False),
         ("patience:2", True),
         ("patience:3", False),
+        ("ztw", False),
+        ("entropy+E", False),
+        ("patience:2+E", False),
     ],
 )
 @pytest.mark.parametrize("which", ["random", "trained"])
 def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random_sdn, trained_sdn, digits):
-    """The engine carries out each rule for real (temperatures folded into the heads); its exits and
-    answers equal the record simulation of analysis.rules, batch 1 and batched."""
+    """The engine carries out each rule for real (temperatures folded into the heads, ZTW's ensemble
+    carried between stages); its exits and answers equal the record simulation of analysis.rules,
+    batch 1 and batched."""
     from shallowdeep import output_costs
+    from shallowdeep.analysis.ensemble import ensembled, fit_ensemble
     from shallowdeep.analysis.rules import (
         fit_temperatures,
         rule_exits,
@@ -317,7 +322,9 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
 
     rule = ExitRule.parse(rule_text, temperature)
     temps = fit_temperatures(collect(sdn, digits, "val")) if temperature else None
+    ens = fit_ensemble(collect(sdn, digits, "val")) if rule.ensembled else None
     r = scaled(record, temps) if temps is not None else record
+    r = ensembled(r, ens) if ens is not None else r
     fixed = rule_thresholds(r, rule)
     if fixed is not None:
         qs = [float(fixed[0])]
@@ -332,9 +339,9 @@ def test_every_exit_rule_runs_as_simulated(rule_text, temperature, which, random
                 qs.append(float((sc[i] + sc[i + 1]) / 2))
     assert qs
     for q in qs:
-        sim = rule_exits(record, rule, q, "most_confident", temps)
+        sim = rule_exits(record, rule, q, "most_confident", temps, ens)
         temperatures = None if temps is None else temps.tolist()
-        eng = EarlyExitEngine(sdn, rule.calibrated(q, temperatures, "most_confident"))
+        eng = EarlyExitEngine(sdn, rule.calibrated(q, temperatures, "most_confident", ens))
         for batch_size in (1, 64):
             res = eng.classify(x, batch_size=batch_size, normalized=True)
             assert res.exits.tolist() == sim.exits.tolist(), (rule_text, q, batch_size)

@@ -11,16 +11,28 @@ import pytest
 import torch
 
 from shallowdeep.analysis import ExitRecord
+from shallowdeep.analysis.ensemble import ensembled, fit_ensemble
 from shallowdeep.analysis.rules import fit_temperatures, rule_exits, rule_scores, scaled
 from shallowdeep.core.errors import UserError
-from shallowdeep.core.exit_rule import ExitRule
+from shallowdeep.core.exit_rule import ExitRule, GeometricEnsemble
 from shallowdeep.data import normalize
 from shallowdeep.inference.engine import EarlyExitEngine
 
-# every rule the tool knows, raw and temperature-scaled, under both fallbacks
+# every rule the tool knows, raw, temperature-scaled and ensembled, under both fallbacks
 TABLE = [
     (text, fallback)
-    for text in ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2", "patience:3+T", "patience:4")
+    for text in (
+        "max_softmax",
+        "max_softmax+T",
+        "entropy",
+        "entropy+T",
+        "patience:2",
+        "patience:3+T",
+        "patience:4",
+        "ztw",
+        "entropy+E",
+        "patience:2+E",
+    )
     for fallback in ("most_confident", "final")
 ]
 
@@ -44,10 +56,11 @@ def three_runtimes(tiny_runs, tmp_path_factory):
         logits = torch.stack(sdn(x), dim=1)
     costs = output_costs(sdn)
     record = ExitRecord.from_arrays(logits, data.test.labels[:150], costs.outputs, costs.cnn)
-    temps = fit_temperatures(collect(sdn, data, "val"))
+    val = collect(sdn, data, "val")
+    temps, ensemble = fit_temperatures(val), fit_ensemble(val)
     out = tmp_path_factory.mktemp("rule-export") / "export"
     export_engine(EarlyExitEngine(sdn, 0.5), out, ExportInfo(data.mean, data.std))
-    return sdn, x, raw.numpy(), record, temps, out  # images are stored uint8 [N, H, W, 3], as deployed
+    return sdn, x, raw.numpy(), record, (temps, ensemble), out  # images are uint8 [N, H, W, 3], as deployed
 
 
 def _thresholds(record: ExitRecord, rule: ExitRule) -> list[float]:
@@ -65,16 +78,17 @@ def _thresholds(record: ExitRecord, rule: ExitRule) -> list[float]:
 def test_every_rule_decides_alike_in_records_engine_and_deployment(three_runtimes, text, fallback):
     from shallowdeep.inference import deploy
 
-    sdn, x, nhwc, record, temps, export = three_runtimes
+    sdn, x, nhwc, record, (temps, ensemble), export = three_runtimes
     rule = ExitRule.parse(text)
     t = temps.tolist() if rule.temperature else None
-    scored = scaled(record, temps) if rule.temperature else record
+    ens = ensemble if rule.ensembled else None
+    scored = scaled(record, temps) if rule.temperature else ensembled(record, ens) if ens else record
     manifest_path = export / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     seen_exits: set[int] = set()
     for q in _thresholds(scored, rule):
-        calibrated = rule.calibrated(q, t, fallback)
-        sim = rule_exits(record, rule, q, fallback, temps if rule.temperature else None)
+        calibrated = rule.calibrated(q, t, fallback, ens)
+        sim = rule_exits(record, rule, q, fallback, temps if rule.temperature else None, ens)
         engine = EarlyExitEngine(sdn, calibrated)
         manifest["exit"] = engine.rule.to_json()
         manifest_path.write_text(json.dumps(manifest))
@@ -94,6 +108,26 @@ def test_an_exit_rule_round_trips_and_refuses_what_is_not_one():
     assert ExitRule.from_json(json.loads(json.dumps(rule.to_json()))) == rule
     assert rule.label == "patience:2+T" and rule.per_ic(3) == [0.5, 0.5, 0.75]
     assert ExitRule(thresholds=(0.3,)).per_ic(4) == [0.3] * 4
+    ens = GeometricEnsemble(((1.0,), (0.5, 2.0)), ((0.0, 0.1, -0.1), (0.0, 0.2, 0.3)))
+    ztw = ExitRule.parse("ztw").calibrated([0.7], None, "final", ens)
+    assert ExitRule.from_json(json.loads(json.dumps(ztw.to_json()))) == ztw
+    assert ztw.label == "max_softmax+E" and ztw.fitted_ensemble(2) == ens
+    ens_json = ens.to_json()
+    for bad, pattern in (
+        ({"name": "max_softmax", "temperature": True, "ensembled": True}, "leave out \\+T"),
+        ({"name": "max_softmax", "ensemble": ens_json}, "belongs to a \\+E rule"),
+        ({"name": "max_softmax", "ensembled": 1}, "true or false"),
+        ({"name": "max_softmax", "ensembled": True, "ensemble": {"weights": [[1.0]]}}, "weights and biases"),
+        ({"name": "max_softmax", "ensembled": True, "ensemble": ens_json | {"weights": [[1.0], [1.0]]}}, "m \\+ 1"),
+        ({"name": "max_softmax", "ensembled": True, "ensemble": ens_json | {"weights": [[-1.0], [0.5, 2.0]]}}, ">= 0"),
+        ({"name": "max_softmax", "ensembled": True, "ensemble": ens_json | {"biases": [[0.0], [1.0]]}}, "per class"),
+    ):
+        with pytest.raises(UserError, match=pattern):
+            ExitRule.from_json(bad)
+    with pytest.raises(UserError, match="no fitted ensemble"):
+        ExitRule.parse("entropy+E").calibrated([0.5], None, "final").fitted_ensemble(2)
+    with pytest.raises(UserError, match="leave out \\+T"):
+        ExitRule.parse("entropy+T+E")
     for bad, pattern in (
         ({"name": "softmin"}, "unknown exit rule"),
         ({"name": "patience", "k": 0}, "K >= 1"),

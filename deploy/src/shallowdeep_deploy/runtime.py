@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DataError, MissingExtraError, RunFolderError, UserError
-from .exit_rule import ExitRule, exit_scores, softmax
+from .exit_rule import ExitRule, exit_scores, log_softmax, softmax
 from .images import fit_image, open_rgb
 
 FORMAT = "shallowdeep-export/2"
@@ -91,6 +91,9 @@ class Manifest:
         try:
             rule = _exit_rule(m)
             rule.per_ic(n - 1), rule.scales(n)  # one threshold per IC, one temperature per output
+            ensemble = rule.fitted_ensemble(n)
+            if ensemble is not None and ensemble.num_classes != len(classes):
+                raise ArgumentError(f"an ensemble of {ensemble.num_classes} classes for {len(classes)}")
         except UserError as e:
             raise ValueError(f"exit: {e}") from None
         costs = _floats(m.get("relative_costs"), "relative_costs", n, n)
@@ -146,6 +149,7 @@ class Deployment:
         self.rule = manifest.rule
         self.thresholds = self.rule.per_ic(len(sessions) - 1)
         self.temperatures = self.rule.scales(len(sessions))
+        self.ensemble = self.rule.fitted_ensemble(len(sessions))
         self.relative_costs = np.asarray(manifest.relative_costs, np.float64)
 
     @property
@@ -180,12 +184,17 @@ class Deployment:
         best_pred = np.zeros(n, np.int64)
         prev = np.full(n, -1, np.int64)
         run = np.zeros(n)
+        logps = np.zeros((n, 0, len(self.classes)))  # the outputs so far, for an ensemble
         h = x
         for k, sess in enumerate(self.sessions):
             if not len(active):
                 break
             outs = self._run(k, sess, h)
-            p = softmax(outs[-1] / self.temperatures[k])
+            z = outs[-1] / self.temperatures[k]
+            if self.ensemble is not None:
+                logps = np.concatenate([logps, log_softmax(z)[:, None]], 1)
+                z = self.ensemble.logits(logps, k)
+            p = softmax(z)
             conf, pred = p.max(1), p.argmax(1)
             if k == last:
                 if self.rule.fallback == "most_confident":
@@ -203,7 +212,7 @@ class Deployment:
             keep = ~out
             h = np.ascontiguousarray(outs[0][keep])
             active, best_conf, best_pred = active[keep], best_conf[keep], best_pred[keep]
-            prev, run = prev[keep], run[keep]
+            prev, run, logps = prev[keep], run[keep], logps[keep]
         return Classified(preds, exits, confs, self.classes)
 
     def _run(self, k: int, sess: Any, h: np.ndarray) -> list[np.ndarray]:

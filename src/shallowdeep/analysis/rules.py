@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..core.exit_rule import ExitRule, exit_scores
+from ..core.exit_rule import ExitRule, GeometricEnsemble, exit_scores
 from ..core.io import JSONObject
 from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
+from .ensemble import ensembled, fit_ensemble
 from .record import ExitRecord
 from .reliability import reliability
 
-DEFAULT_RULES = ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2")
+DEFAULT_RULES = ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2", "max_softmax+E")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,6 +72,25 @@ def scaled(record: ExitRecord, temps: np.ndarray) -> ExitRecord:
     )
 
 
+def rule_records(
+    rule: ExitRule,
+    records: tuple[ExitRecord, ...],
+    temperatures: np.ndarray | None = None,
+    ensemble: GeometricEnsemble | None = None,
+) -> tuple[ExitRecord, ...]:
+    """The records a rule runs on: as they are, temperature-scaled for a +T rule, the ensemble's for a
+    +E rule (``ensemble`` fitted on the validation record by the caller)."""
+    if rule.temperature:
+        if temperatures is None:
+            raise ArgumentError(f"the {rule.label} rule needs per-output temperatures")
+        return tuple(scaled(r, temperatures) for r in records)
+    if rule.ensembled:
+        if ensemble is None:
+            raise ArgumentError(f"the {rule.label} rule needs an ensemble fitted on the validation record")
+        return tuple(ensembled(r, ensemble) for r in records)
+    return records
+
+
 # --------------------------------------------------------------------------------------------------
 # scores
 
@@ -108,6 +128,7 @@ class RuleResult:
     curve: Sweep
     calibration: Calibration
     temperatures: list[float] | None
+    val_curve: Sweep | None = None  # the validation sweep: what cost budgets choose on
 
     def to_json(self) -> JSONObject:
         return {
@@ -122,12 +143,13 @@ class RuleResult:
 @dataclass(frozen=True)
 class RuleComparison:
     """Every rule side by side, with the per-output temperatures and ECE before and after scaling
-    (test record)."""
+    (test record), and the geometric ensemble the +E rules run (fitted on the validation record)."""
 
     results: list[RuleResult]
     temperatures: list[float]  # per output, fitted on the validation record
     ece_before: list[float]
     ece_after: list[float]
+    ensemble: GeometricEnsemble | None = None
 
     def to_json(self) -> JSONObject:
         return {
@@ -135,6 +157,7 @@ class RuleComparison:
             "temperatures": self.temperatures,
             "ece_before": self.ece_before,
             "ece_after": self.ece_after,
+            "ensemble": None if self.ensemble is None else self.ensemble.to_json(),
         }
 
 
@@ -144,6 +167,7 @@ def rule_calibration(
     rule: ExitRule,
     temperatures: np.ndarray | None = None,
     *,
+    ensemble: GeometricEnsemble | None = None,
     max_drop: float = 0.01,
     budget: float | None = None,
     fallback: str = "most_confident",
@@ -151,11 +175,14 @@ def rule_calibration(
 ) -> Calibration:
     """One rule's threshold (or, with ``per_ic``, thresholds per IC; ``"auto"``: if cross-validation
     favours them) chosen on the validation record and reported on the test record;
-    ``temperatures`` (per output) serve the +T rules."""
-    if rule.temperature:
-        if temperatures is None:
-            raise ArgumentError(f"the {rule.label} rule needs per-output temperatures")
-        val, test = scaled(val, temperatures), scaled(test, temperatures) if test is not None else None
+    ``temperatures`` (per output) serve the +T rules, ``ensemble`` the +E ones (fitted on ``val``
+    when not given)."""
+    if rule.ensembled and ensemble is None:
+        ensemble = fit_ensemble(val)
+    if test is None:
+        (val,) = rule_records(rule, (val,), temperatures, ensemble)
+    else:
+        val, test = rule_records(rule, (val, test), temperatures, ensemble)
     return calibrate(
         val,
         test,
@@ -178,23 +205,32 @@ def compare_rules(
     budget: float | None = None,
     fallback: str = "most_confident",
 ) -> RuleComparison:
-    """Each rule's sweep on the test record and its threshold chosen on the validation record."""
+    """Each rule's sweep on the test record and its threshold chosen on the validation record (the
+    temperatures and the ensemble fitted once, on the validation record)."""
     temps = fit_temperatures(val)
-    test_t = scaled(test, temps)
+    ensemble = fit_ensemble(val) if any(r.ensembled for r in rules) else None
     results = []
     for rule in rules:
-        t = test_t if rule.temperature else test
-        cal = rule_calibration(val, test, rule, temps, max_drop=max_drop, budget=budget, fallback=fallback)
+        v, t = rule_records(rule, (val, test), temps, ensemble)
+        cal = rule_calibration(
+            val, test, rule, temps, ensemble=ensemble, max_drop=max_drop, budget=budget, fallback=fallback
+        )
+        th = rule_thresholds(t, rule)
         results.append(
             RuleResult(
                 rule,
-                sweep(t, rule_thresholds(t, rule), fallback, rule_scores(t, rule)),
+                sweep(t, th, fallback, rule_scores(t, rule)),
                 cal,
                 temps.tolist() if rule.temperature else None,
+                sweep(v, th, fallback, rule_scores(v, rule)),
             )
         )
     return RuleComparison(
-        results, temps.tolist(), [r.ece for r in reliability(test)], [r.ece for r in reliability(test_t)]
+        results,
+        temps.tolist(),
+        [r.ece for r in reliability(test)],
+        [r.ece for r in reliability(scaled(test, temps))],
+        ensemble,
     )
 
 
@@ -204,7 +240,10 @@ def rule_exits(
     threshold: float,
     fallback: str = "most_confident",
     temperatures: np.ndarray | None = None,
+    ensemble: GeometricEnsemble | None = None,
 ):
     """Early exits of ``rule`` at ``threshold`` (the simulation the engine must match)."""
     r = scaled(record, temperatures) if temperatures is not None else record
+    if ensemble is not None:
+        r = ensembled(r, ensemble)
     return early_exit(r, threshold, fallback, rule_scores(r, rule))

@@ -272,9 +272,11 @@ def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules:
         test,
         rule,
         np.asarray(temps) if temps else None,
+        ensemble=rules.ensemble,
         max_drop=o.max_drop,
         fallback=o.fallback,
         per_ic=per_ic,
         **goal,
     )
-    return EngineChoice(rule.calibrated(cal.exit_thresholds, temps, o.fallback), o.thresholds, cal)
+    ensemble = rules.ensemble if rule.ensembled else None
+    return EngineChoice(rule.calibrated(cal.exit_thresholds, temps, o.fallback, ensemble), o.thresholds, cal)

@@ -185,8 +185,9 @@ class EarlyExitEngine:
         given = _as_rule(rule, fallback)
         self.thresholds = given.per_ic(len(sdn.positions))
         self.temperatures = given.scales(sdn.num_outputs)
+        ensemble = given.fitted_ensemble(sdn.num_outputs)
         # the rule as carried out, spelled out: one threshold per IC, one temperature per output
-        self.rule = given.calibrated(self.thresholds, self.temperatures, given.fallback)
+        self.rule = given.calibrated(self.thresholds, self.temperatures, given.fallback, ensemble)
         if precision not in ("fp32", "bf16"):
             raise ArgumentError(f"`precision` is fp32 or bf16, not {precision!r}")
         self.device = torch.device(device) if device is not None else next(sdn.parameters()).device
@@ -199,6 +200,18 @@ class EarlyExitEngine:
         # decisions in float64 on the CPU (as the records); on a GPU float32: no float64 on the device
         self._dtype = torch.float32 if self.device.type == "cuda" else torch.float64
         self._build_stages(fold_bn)
+        # ZTW's ensemble as per-output weight and bias tensors (None: the outputs as they are)
+        self._ensemble = (
+            None
+            if ensemble is None
+            else [
+                (
+                    torch.tensor(w, dtype=self._dtype, device=self.device).view(1, -1, 1),
+                    torch.tensor(b, dtype=self._dtype, device=self.device),
+                )
+                for w, b in zip(ensemble.weights, ensemble.biases)
+            ]
+        )
         self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
         self.mean, self.std = _channel_stats(mean, std)
 
@@ -387,7 +400,12 @@ class EarlyExitEngine:
         (temperatures applied). At IC ``ic``: (prediction, max softmax, whether each input leaves),
         the rule's per-input state in ``rows`` updated. At the final classifier (``ic`` None):
         (prediction, confidence, the output that answered), the fallback applied."""
-        p = torch.softmax(z.to(self._dtype), dim=1)
+        z = z.to(self._dtype)
+        if self._ensemble is not None:  # the ensemble of this output and those before it
+            rows.logps = torch.cat([rows.logps, torch.log_softmax(z, 1).unsqueeze(1)], 1)
+            w, b = self._ensemble[rows.logps.shape[1] - 1]
+            z = (rows.logps * w).sum(1) + b
+        p = torch.softmax(z, dim=1)
         conf, pred = p.max(dim=1)
         if ic is None:
             answered = torch.full_like(pred, self.num_outputs - 1)
@@ -487,6 +505,7 @@ class EarlyExitEngine:
             torch.zeros(n, dtype=torch.int64, device=dev),
             torch.full((n,), -1, dtype=torch.int64, device=dev),
             torch.zeros(n, dtype=dt, device=dev),
+            None if self._ensemble is None else torch.zeros((n, 0, self.sdn.num_classes), dtype=dt, device=dev),
         )
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
@@ -551,19 +570,29 @@ class _Rows:
     best_k: torch.Tensor
     prev: torch.Tensor
     run: torch.Tensor
+    logps: torch.Tensor | None  # an ensemble's: the log-softmax of every output so far [N, outputs, C]
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def take(self, mask: torch.Tensor, mask_cpu: torch.Tensor) -> _Rows:
-        return _Rows(self.h[mask], self.idx[mask_cpu], *(getattr(self, f)[mask] for f in _STATE))
+        return _Rows(self.h[mask], self.idx[mask_cpu], *(_index(getattr(self, f), mask) for f in _STATE))
 
     def rows(self, start: int, stop: int | None = None) -> _Rows:
         """Inputs ``start:stop`` as views (no copy of the feature maps)."""
-        return _Rows(self.h[start:stop], self.idx[start:stop], *(getattr(self, f)[start:stop] for f in _STATE))
+        part = slice(start, stop)
+        return _Rows(self.h[part], self.idx[part], *(_index(getattr(self, f), part) for f in _STATE))
 
 
-_STATE = ("best_conf", "best_pred", "best_k", "prev", "run")
+_STATE = ("best_conf", "best_pred", "best_k", "prev", "run", "logps")
+
+
+def _index(state: torch.Tensor | None, index: torch.Tensor | slice) -> torch.Tensor | None:
+    return None if state is None else state[index]
+
+
+def _cat(states: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if states[0] is None else torch.cat(states)  # type: ignore[arg-type]
 
 
 def _pop(queue: list[_Rows], n: int) -> _Rows:
@@ -582,7 +611,7 @@ def _pop(queue: list[_Rows], n: int) -> _Rows:
     return _Rows(
         torch.cat([p.h for p in parts]),
         torch.cat([p.idx for p in parts]),
-        *(torch.cat([getattr(p, f) for p in parts]) for f in _STATE),
+        *(_cat([getattr(p, f) for p in parts]) for f in _STATE),
     )
 
 
