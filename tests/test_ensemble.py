@@ -77,3 +77,21 @@ def test_an_ensembled_record_keeps_everything_but_the_logits():
     assert np.allclose(e.logits[:, 2], want, rtol=0, atol=1e-12)
     empty = fit_ensemble(rec.subset(np.zeros(50, bool)))
     assert empty.weights[2] == (0.0, 0.0, 1.0)
+
+
+def test_accuracy_at_fixed_costs_is_chosen_on_validation_and_read_on_test():
+    from shallowdeep.analysis.early_exit import Sweep
+    from shallowdeep.analysis.tradeoff import curve_area, tradeoff
+
+    q = np.array([0.9, 0.7, 0.5, 0.3])
+    counts = np.zeros((4, 2), np.int64)
+    val = Sweep(q, np.array([0.90, 0.85, 0.80, 0.60]), np.array([0.95, 0.7, 0.45, 0.2]), counts)
+    test = Sweep(q, np.array([0.88, 0.86, 0.70, 0.65]), np.array([0.9, 0.72, 0.5, 0.22]), counts)
+    t = tradeoff(val, test, (0.1, 0.25, 0.5, 0.75, 1.0))
+    assert [p.threshold for p in t.points] == [None, 0.3, 0.5, 0.7, 0.9]
+    # test figures of the validation's choice, even where another threshold did better on test
+    assert [p.test_accuracy for p in t.points] == [None, 0.65, 0.70, 0.86, 0.88]
+    assert t.points[2].test_cost == 0.5
+    # the area: 0 below cost 0.22, then the running best test accuracy up to cost 1
+    want = 0.65 * (0.5 - 0.22) + 0.70 * (0.72 - 0.5) + 0.86 * (0.9 - 0.72) + 0.88 * (1 - 0.9)
+    assert abs(t.auc - want) < 1e-12 and abs(curve_area(test) - want) < 1e-12

@@ -518,6 +518,15 @@ def _overthinking_line(a: Any, are: str = "") -> str:
     )
 
 
+def _tradeoff_text(t: Any) -> str:
+    """A rule's test accuracy at the fixed costs (chosen on validation) and its curve's area."""
+    if t is None:
+        return ""
+    acc = "/".join("-" if p.test_accuracy is None else f"{100 * p.test_accuracy:.1f}" for p in t.points)
+    costs = "/".join(f"{100 * p.budget:.0f}" for p in t.points)
+    return f"at {costs}% cost {acc}%, area {t.auc:.4f}"
+
+
 def _print_analysis(a: Any, args: argparse.Namespace) -> None:
     """What ``analyze`` prints: the calibrated early exits, the engine's rule, each rule, overthinking."""
     if a.num_outputs > 1:
@@ -555,7 +564,7 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
         cal = res.calibration
         print(
             f"  rule {res.rule.label:<15} q={cal.threshold:.4g}: test accuracy {100 * cal.test.accuracy:.2f}% "
-            f"at {100 * cal.test.relative_cost:.1f}% of the CNN's cost"
+            f"at {100 * cal.test.relative_cost:.1f}% of the CNN's cost; {_tradeoff_text(res.tradeoff)}"
         )
     if a.num_outputs > 1:
         print(f"overthinking: {_overthinking_line(a)}")
@@ -922,9 +931,12 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     a.add_argument(
         "--rules",
         help="exit rules to compare: max_softmax, entropy, patience:K, each optionally +T "
-        "(temperature-scaled) (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2)",
+        "(temperature-scaled) or +E (Zero Time Waste's ensemble of the outputs so far, fitted on validation); "
+        "ztw = max_softmax+E (default: max_softmax,max_softmax+T,entropy,entropy+T,patience:2,max_softmax+E)",
     )
-    a.add_argument("--rule", default="max_softmax", help="the exit rule predict uses (default max_softmax)")
+    a.add_argument(
+        "--rule", default="max_softmax", help="the exit rule predict uses (default max_softmax; ztw: the ensemble)"
+    )
     a.add_argument(
         "--thresholds",
         choices=("auto", "per-ic", "single"),

@@ -17,6 +17,7 @@ from .early_exit import (
     reference_protocol,
     sweep,
 )
+from .ensemble import ensembled, fit_ensemble
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
@@ -28,8 +29,15 @@ from .rules import (
     rule_calibration,
 )
 from .summary import AnalysisOptions, BackdoorSpec, EngineChoice, RunAnalysis, analyze
+from .tradeoff import COST_FRACTIONS, CostPoint, Tradeoff, tradeoff
 
 __all__ = [
+    "COST_FRACTIONS",
+    "CostPoint",
+    "Tradeoff",
+    "ensembled",
+    "fit_ensemble",
+    "tradeoff",
     "DEFAULT_RULES",
     "ExitRule",
     "RuleComparison",

@@ -20,6 +20,7 @@ from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
 from .ensemble import ensembled, fit_ensemble
 from .record import ExitRecord
 from .reliability import reliability
+from .tradeoff import Tradeoff, tradeoff
 
 DEFAULT_RULES = ("max_softmax", "max_softmax+T", "entropy", "entropy+T", "patience:2", "max_softmax+E")
 
@@ -128,7 +129,7 @@ class RuleResult:
     curve: Sweep
     calibration: Calibration
     temperatures: list[float] | None
-    val_curve: Sweep | None = None  # the validation sweep: what cost budgets choose on
+    tradeoff: Tradeoff | None = None  # accuracy at fixed costs (validation chooses), the curve's area
 
     def to_json(self) -> JSONObject:
         return {
@@ -137,6 +138,7 @@ class RuleResult:
             "calibration": self.calibration.to_json(),
             "temperatures": self.temperatures,
             "curve": self.curve.to_json(),
+            "tradeoff": None if self.tradeoff is None else self.tradeoff.to_json(),
         }
 
 
@@ -216,15 +218,9 @@ def compare_rules(
             val, test, rule, temps, ensemble=ensemble, max_drop=max_drop, budget=budget, fallback=fallback
         )
         th = rule_thresholds(t, rule)
-        results.append(
-            RuleResult(
-                rule,
-                sweep(t, th, fallback, rule_scores(t, rule)),
-                cal,
-                temps.tolist() if rule.temperature else None,
-                sweep(v, th, fallback, rule_scores(v, rule)),
-            )
-        )
+        curve = sweep(t, th, fallback, rule_scores(t, rule))
+        at_costs = tradeoff(sweep(v, th, fallback, rule_scores(v, rule)), curve)
+        results.append(RuleResult(rule, curve, cal, temps.tolist() if rule.temperature else None, at_costs))
     return RuleComparison(
         results,
         temps.tolist(),

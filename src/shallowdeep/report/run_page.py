@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ..analysis import BackdoorResult, Calibration, Confusion, RunAnalysis
+from ..analysis import BackdoorResult, Calibration, Confusion, RuleComparison, RunAnalysis
 from ..core.words import counted
 from ..runs.meta import RunMeta
 
@@ -356,14 +356,36 @@ def _rules_section(analysis: RunAnalysis, fig: _Figures) -> str:
     return (
         '<section id="rules"><h2>Exit rules compared</h2><p>Each rule exits at the first IC whose score reaches '
         "the threshold: max softmax; certainty 1 - H/log C (entropy); patience:k, k consecutive ICs agreeing. "
-        "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). Each "
+        "+T: on logits divided by one temperature per output, fitted on the validation split (NLL). +E: on "
+        "Zero Time Waste's geometric ensemble of the outputs so far (weights and class biases fitted on the "
+        "validation split by maximum likelihood; ztw = max_softmax+E). Each "
         f"threshold is chosen on the validation split (cheapest within {100 * cal.rule.get('max_drop', 0):.1f} "
         "points of the final output) and reported on the test split.</p>"
         + _table(head, rows)
         + fig.img("rules", "accuracy against cost of every exit rule")
+        + _tradeoff_table(rc)
         + "<h3>Temperature scaling</h3>"
         + _table(["output", "temperature (fitted on val)", "ECE before (test)", "ECE after (test)"], temps)
         + "</section>"
+    )
+
+
+def _tradeoff_table(rc: RuleComparison) -> str:
+    """Every rule at 25/50/75/100 % of the CNN's cost and its curve's area (the way ZTW's tables read)."""
+    rows = []
+    for r in rc.results:
+        if r.tradeoff is None:
+            continue
+        cells = [_pct(p.test_accuracy) if p.test_accuracy is not None else "out of reach" for p in r.tradeoff.points]
+        rows.append([r.rule.label, *cells, f"{r.tradeoff.auc:.4f}"])
+    if not rows:
+        return ""
+    budgets = [f"test accuracy at {100 * p.budget:.0f}% cost" for p in rc.results[0].tradeoff.points]  # type: ignore[union-attr]
+    return (
+        "<h3>Accuracy at fixed costs</h3><p>Per rule, the threshold most accurate on the validation split "
+        "within each cost (relative to the CNN's), its test accuracy, and the area under the test "
+        "accuracy-cost curve (best accuracy reachable at each cost, 0 below the cheapest threshold, "
+        "costs 0 to 1).</p>" + _table(["rule", *budgets, "area under the curve"], rows)
     )
 
 
