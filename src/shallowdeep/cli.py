@@ -732,10 +732,11 @@ def _add_train(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         "--mode",
         choices=MODES,
         help="required for a new run (a --config file may give it; --resume takes the run's): cnn: plain CNN; "
-        "ic-only: ICs on a frozen CNN run (--from); sdn: from scratch",
+        "ic-only: ICs on a frozen CNN run (--from); sdn: from scratch; mixed: the whole SDN on a trained CNN "
+        "run (--from), backbone unfrozen (Kubaty et al. 2024)",
     )
     t.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
-    t.add_argument("--from", dest="from_run", metavar="RUN", help="the trained CNN run (for --mode ic-only)")
+    t.add_argument("--from", dest="from_run", metavar="RUN", help="the trained CNN run (for --mode ic-only or mixed)")
     t.add_argument(
         "--config",
         metavar="FILE",
@@ -753,10 +754,10 @@ def _add_train(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
 def _recipe_flags(t: argparse.ArgumentParser) -> None:
     """Train: the recipe's flags (default: the paper's for the mode)."""
     r = t.add_argument_group("recipe (default: the paper's for the mode)")
-    r.add_argument("--epochs", type=int, help="epochs (paper: 100, ic-only 25); default milestones scale with it")
+    r.add_argument("--epochs", type=int, help="epochs (paper: 100, ic-only 25; mixed 25); default milestones scale with it")
     r.add_argument("--batch-size", type=int, help="batch size (paper: 128)")
-    r.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="paper: sgd (adam for ic-only)")
-    r.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1 SGD, 1e-3 Adam for ic-only)")
+    r.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="paper: sgd (adam for ic-only; mixed too)")
+    r.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1 SGD, 1e-3 Adam for ic-only; mixed too)")
     r.add_argument("--momentum", type=float, help="SGD momentum (paper: 0.9)")
     r.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
     r.add_argument("--weight-decay", type=float, help="weight decay (paper: 5e-4 VGG/WRN, 1e-4 ResNet/MobileNet)")
@@ -774,6 +775,16 @@ def _recipe_flags(t: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--clip-grad-norm", type=float, metavar="NORM", help="clip the gradients' global norm to NORM (paper: off)"
+    )
+    r.add_argument(
+        "--distill",
+        type=float,
+        metavar="WEIGHT",
+        help="distil the final output (detached) into every IC: each IC's loss is (1 - WEIGHT) x cross-entropy "
+        "+ WEIGHT x T^2 x KL (default 0: off; ic-only, sdn, mixed)",
+    )
+    r.add_argument(
+        "--distill-temperature", type=float, metavar="T", help="the distillation's softmax temperature (default 3)"
     )
 
 

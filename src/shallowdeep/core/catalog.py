@@ -5,7 +5,9 @@ keeps the two in step."""
 from __future__ import annotations
 
 # the training modes (training.modes builds them) and the reference code's seed: one definition each
-MODES = ("cnn", "ic-only", "sdn")
+MODES = ("cnn", "ic-only", "sdn", "mixed")
+# the modes that start from a trained CNN (a CNN run, or a zoo model's trained weights)
+FROM_CNN_MODES = ("ic-only", "mixed")
 DEFAULT_SEED = 1221
 # how an IC head on transformer tokens reduces them: their mean (the default) or the class token
 TOKEN_POOLS = ("mean", "cls")

@@ -12,6 +12,7 @@ import torch
 
 from ..analysis.record import ExitRecord
 from ..compute.distributed import current
+from ..core.catalog import FROM_CNN_MODES
 from ..core.errors import RunFolderError, UserError
 from ..data import Dataset, load_dataset
 from ..data.poison import Backdoor, triggered_split
@@ -36,7 +37,7 @@ def backdoor_of(run: str | Path) -> Backdoor | None:
     cfg = folder.meta().config
     if cfg.backdoor:
         return Backdoor.from_json(cfg.backdoor)
-    if cfg.mode == "ic-only" and cfg.from_run and RunFolder(cfg.from_run).exists():
+    if cfg.mode in FROM_CNN_MODES and cfg.from_run and RunFolder(cfg.from_run).exists():
         return backdoor_of(cfg.from_run)
     return None
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..compute import distributed
-from ..core.catalog import DEFAULT_SEED, TOKEN_POOLS
+from ..core.catalog import DEFAULT_SEED, FROM_CNN_MODES, TOKEN_POOLS
 from ..core.errors import ArgumentError, RunFolderError, UserError
 from ..core.fields import check_fields
 from ..core.io import JSONObject, remove_stale_temps, sha256_file
@@ -31,7 +31,7 @@ from ..models.convert import build_model, module_arch, module_cnn
 from ..models.costs import output_costs
 from ..models.sdn import SDN
 from ..models.zoo import is_zoo_name
-from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, pick_device
+from ..training import EpochResult, Recipe, Runtime, default_recipe, epoch_seed, fit, make_mode, mode_of, pick_device
 from .checkpoint import CheckpointWriter
 from .folder import RunFolder
 from .meta import DataMeta, ModelMeta, RunConfig, RunMeta
@@ -91,6 +91,8 @@ class TrainConfig:
     label_smoothing: float | None = None
     schedule: str | None = None
     clip_grad_norm: float | None = None
+    distill: float | None = None
+    distill_temperature: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, skip=("module",))  # a module is checked where it is built
@@ -128,12 +130,12 @@ def _resolve(cfg: TrainConfig, previous: RunMeta | None) -> RunConfig:
     r = _merged(cfg, previous)
     _check_values(r, user_module=cfg.module is not None)
     zoo = bool(r["arch"]) and is_zoo_name(r["arch"])
-    if r["mode"] == "ic-only" and not r["from_run"] and zoo and (r["pretrained"] or r["weights"]):
-        pass  # the ICs of a trained zoo backbone, frozen as it comes
-    elif r["mode"] == "ic-only":
+    if r["mode"] in FROM_CNN_MODES and not r["from_run"] and zoo and (r["pretrained"] or r["weights"]):
+        pass  # on a trained zoo backbone, as it comes
+    elif r["mode"] in FROM_CNN_MODES:
         _from_cnn_run(r)
     elif r["from_run"]:
-        raise ArgumentError("`from_run` is only for the ic-only `mode`")
+        raise ArgumentError(f"`from_run` is only for the `mode` {' or '.join(FROM_CNN_MODES)}")
     if not r["arch"]:
         raise ArgumentError(f"`arch` is required: choose one of {', '.join(list_archs())}")
     if not r["data"]:
@@ -185,20 +187,21 @@ def _check_values(r: dict[str, Any], user_module: bool) -> None:
         if r["token_pool"] not in TOKEN_POOLS:
             raise ArgumentError(f"`token_pool` is {' or '.join(TOKEN_POOLS)}, not {r['token_pool']!r}")
         if r["mode"] == "cnn":
-            raise ArgumentError("`token_pool` chooses how the ICs pool tokens: for the ic-only or sdn `mode`")
+            raise ArgumentError("`token_pool` chooses how the ICs pool tokens: for the ic-only, sdn or mixed `mode`")
 
 
 def _from_cnn_run(r: dict[str, Any]) -> None:
-    """An ic-only run takes its architecture and data from a finished CNN run (``from_run``)."""
+    """An ic-only or mixed run takes its architecture and data from a finished CNN run (``from_run``)."""
+    mode = r["mode"]
     if not r["from_run"]:
         raise ArgumentError(
-            "ic-only training needs `from_run`, a finished CNN run (or a zoo `arch` with "
+            f"{mode} training needs `from_run`, a finished CNN run (or a zoo `arch` with "
             "`pretrained` or `weights` whose classifier fits the data)"
         )
     src = RunFolder(r["from_run"]).meta()
     if src.model.kind != "cnn":
         raise ArgumentError(
-            f"`from_run` {r['from_run']} is not a CNN run (kind {src.model.kind!r}): ic-only needs a run "
+            f"`from_run` {r['from_run']} is not a CNN run (kind {src.model.kind!r}): {mode} needs a run "
             "trained in mode cnn"
         )
     if not src.complete:
@@ -207,13 +210,13 @@ def _from_cnn_run(r: dict[str, Any]) -> None:
         theirs = getattr(src.config, key)
         if r[key] is not None and key in ("arch", "data") and r[key] != theirs:
             raise ArgumentError(
-                f"`{key}` {r[key]} contradicts the CNN run's {theirs}: leave it out (ic-only uses the CNN's)"
+                f"`{key}` {r[key]} contradicts the CNN run's {theirs}: leave it out ({mode} uses the CNN's)"
             )
         if r[key] is None:
             r[key] = theirs
     for key in ("pretrained", "weights"):
         if r[key]:
-            raise ArgumentError(f"`{key}` contradicts `from_run`: ic-only uses the CNN run's weights")
+            raise ArgumentError(f"`{key}` contradicts `from_run`: {mode} uses the CNN run's weights")
     r["ic_cuts"] = r["ic_cuts"] or None
 
 
@@ -223,10 +226,10 @@ def _backdoor_asked(cfg: TrainConfig, previous: RunMeta | None, mode: str) -> JS
         if cfg.backdoor is not None and not previous.config.backdoor:
             raise ArgumentError(f"{cfg.out} holds a different run (not backdoored): choose another `out`")
         return previous.config.backdoor
-    if cfg.backdoor is not None and mode == "ic-only":
+    if cfg.backdoor is not None and mode in FROM_CNN_MODES:
         raise ArgumentError(
-            "`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); ic-only trains "
-            "the ICs of a (backdoored) CNN run on clean data"
+            f"`backdoor` poisons the training of a CNN or SDN (mode cnn or sdn); {mode} trains "
+            "on a (backdoored) CNN run with clean data"
         )
     return cfg.backdoor
 
@@ -246,7 +249,9 @@ def _recipe(cfg: TrainConfig, r: RunConfig, previous: RunMeta | None) -> Recipe:
         asked["milestones"] = tuple(asked["milestones"])
     elif asked.get("schedule") == "cosine":
         asked["milestones"] = ()  # the paper's milestones belong to its multistep schedule
-    return replace(recipe, **asked).check()
+    recipe = replace(recipe, **asked).check()
+    mode_of(r.mode, recipe)  # a mode refuses what it cannot train (distilling into a CNN's no ICs)
+    return recipe
 
 
 def _check_out(out: Path, resume: bool) -> RunMeta | None:
@@ -389,11 +394,11 @@ def _set_up(
     if norm is not None:  # pretrained weights expect their own normalisation
         data = replace(data, mean=norm[0], std=norm[1])
     model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean")
-    if r.mode == "ic-only" and r.from_run and previous is not None:
+    if r.mode in FROM_CNN_MODES and r.from_run and previous is not None:
         theirs = sha256_file(RunFolder(r.from_run).require_weights())
         if theirs != previous.from_run_weights_sha256:
             raise RunFolderError(
-                f"the CNN run {r.from_run} changed since this ic-only run started (its weights "
+                f"the CNN run {r.from_run} changed since this {r.mode} run started (its weights "
                 "differ): train the ICs again into a new folder"
             )
     if cnn.num_classes != data.num_classes or cnn.image_size != data.image_size:
@@ -472,7 +477,7 @@ def _started_meta(setup: _Setup, previous: RunMeta | None, place: Any) -> RunMet
         setup_seconds=previous.setup_seconds if previous is not None else 0.0,
         time_parts=dict(previous.time_parts) if previous is not None else {},
     )
-    if r.mode == "ic-only" and r.from_run:
+    if r.mode in FROM_CNN_MODES and r.from_run:
         kept = previous.from_run_weights_sha256 if previous is not None else None
         meta.from_run_weights_sha256 = kept or sha256_file(RunFolder(r.from_run).require_weights())
     return meta
@@ -545,7 +550,7 @@ class _Training:
         try:
             fit(
                 s.model,
-                make_mode(s.config.mode, s.recipe.label_smoothing),
+                mode_of(s.config.mode, s.recipe),
                 s.recipe,
                 train_batches,
                 lambda: batches(resident, "val", eval_batch, device=s.device, shard=shard),
@@ -622,8 +627,8 @@ def warm_compile(cfg: TrainConfig) -> bool:
     if not may_compile(cfg):
         return False
     device = torch.device(str(pick_device(cfg.device)))
-    ic_only = cfg.mode == "ic-only"
-    r = _resolve(replace(cfg, mode="sdn" if ic_only else cfg.mode, from_run=None, resume=False), None)
+    ic_only, from_cnn = cfg.mode == "ic-only", cfg.mode in FROM_CNN_MODES
+    r = _resolve(replace(cfg, mode="sdn" if from_cnn else cfg.mode, from_run=None, resume=False), None)
     r.mode = cfg.mode
     recipe = _recipe(cfg, r, None)
     data = _load_data(r, new=True)
@@ -642,7 +647,7 @@ def warm_compile(cfg: TrainConfig) -> bool:
     resident = probe.to(device) if device.type == "cuda" else probe
     fit(
         model,
-        make_mode(r.mode, recipe.label_smoothing),
+        mode_of(r.mode, recipe),
         recipe,
         _train_batches(resident, recipe, runtime, device, r.seed, (0, 1)),
         lambda: [],
@@ -697,7 +702,7 @@ def _build_cnn(
         model = build_from(previous.model, cfg.module)
         cnn = model.cnn if isinstance(model, SDN) else model
         return cnn, (previous.data.mean, previous.data.std)
-    if r.mode == "ic-only" and r.from_run:
+    if r.mode in FROM_CNN_MODES and r.from_run:
         trained = RunFolder(r.from_run).meta().data
         return load(r.from_run), (trained.mean, trained.std)
     if cfg.module is not None:
@@ -711,7 +716,7 @@ def _build_cnn(
         cuts=r.ic_cuts,
         fractions=r.ic_fractions,
     )
-    if r.mode == "ic-only" and zm is not None and zm.notes:
+    if r.mode in FROM_CNN_MODES and zm is not None and zm.notes:
         raise ArgumentError(
             f"the {r.arch} weights classify another number of classes than the data's "
             f"{data.num_classes} ({zm.notes[0]}): fine-tune it first (`mode` cnn) and train the ICs "

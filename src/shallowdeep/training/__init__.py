@@ -1,7 +1,7 @@
 """Training: the paper's modes and recipes plugged into one plain loop, with speed as a runtime around it."""
 
 from .loop import EpochResult, epoch_seed, evaluate, fit, train_one_epoch
-from .modes import IC_CAPS, MODES, CNNMode, ICOnlyMode, Mode, Objective, SDNMode, make_mode
+from .modes import IC_CAPS, MODES, CNNMode, ICOnlyMode, MixedMode, Mode, Objective, SDNMode, make_mode, mode_of
 from .recipe import OPTIMIZERS, WEIGHT_DECAY, Recipe, default_recipe, make_optimizer, make_schedule
 from .runtime import COMPILE_PAYBACK_STEPS, PRECISIONS, Runtime, pick_device
 
@@ -25,6 +25,8 @@ __all__ = [
     "evaluate",
     "fit",
     "make_mode",
+    "mode_of",
+    "MixedMode",
     "make_optimizer",
     "make_schedule",
     "pick_device",

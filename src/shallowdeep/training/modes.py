@@ -1,5 +1,6 @@
-"""The paper's three training modes as small objects: which parameters learn, which modules stay in
-eval mode, and how the outputs' losses combine (spec section 5)."""
+"""The training modes as small objects: which parameters learn, which modules stay in eval mode, and
+how the outputs' losses combine: the paper's three (spec section 5) and the mixed regime of Kubaty
+et al. (2024); each IC loss optionally distilled from the network's own final output."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch.nn import functional as F
 from ..core.catalog import MODES
 from ..core.errors import ArgumentError
 from ..models.sdn import outputs_of
+from .recipe import Recipe
 
 IC_CAPS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
 
@@ -19,6 +21,8 @@ class Mode:
 
     name = ""
     label_smoothing = 0.0
+    distill = 0.0  # the distillation term's share of each IC's loss (see Recipe)
+    distill_temperature = 1.0
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return list(model.parameters())
@@ -34,9 +38,23 @@ class Mode:
         raise NotImplementedError
 
     def weighted_loss(self, outputs: list[torch.Tensor], y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_i weights[i] * CE(outputs[i], y)``; ``weights`` is a tensor so that a compiled step
-        takes each epoch's weights as an input instead of recompiling for new constants."""
-        return (weights * torch.stack([self.ce(o, y).float() for o in outputs])).sum()
+        """``sum_i weights[i] * loss_i``: ``CE(outputs[i], y)``, for the ICs mixed with distillation from
+        the final output when ``distill`` > 0; ``weights`` is a tensor so that a compiled step takes each
+        epoch's weights as an input instead of recompiling for new constants."""
+        losses = [self.ce(o, y).float() for o in outputs]
+        if self.distill > 0 and len(outputs) > 1:
+            teacher = outputs[-1].detach()  # the teacher's logits never carry gradient
+            a = self.distill
+            ics = [(1 - a) * ce + a * self.distilled(o, teacher) for ce, o in zip(losses[:-1], outputs)]
+            losses = [*ics, losses[-1]]
+        return (weights * torch.stack(losses)).sum()
+
+    def distilled(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean (Hinton et al. 2015)."""
+        t = self.distill_temperature
+        log_s = F.log_softmax(student.float() / t, dim=1)
+        log_t = F.log_softmax(teacher.float() / t, dim=1)
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * (t * t)
 
     def loss(self, outputs: list[torch.Tensor], y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
         """This epoch's training loss of ``outputs`` (the mode's combination of cross-entropies)."""
@@ -93,6 +111,14 @@ class SDNMode(Mode):
         return self.weights(n_outputs - 1, epoch, epochs) + [1.0]
 
 
+class MixedMode(SDNMode):
+    """The mixed regime (Kubaty et al. 2024): from a trained CNN, the whole SDN (backbone unfrozen,
+    new ICs) trained jointly with the SDN loss of :class:`SDNMode`, whose growing IC weights start
+    at 0.01, so the new heads pull on the trained backbone gently at first."""
+
+    name = "mixed"
+
+
 class Objective(nn.Module):
     """A model and its mode's loss as one module, ``forward(x, y, weights) -> loss``: what the
     runtime wraps (compile, CUDA graphs, DDP), so one compiled graph covers the outputs' losses and
@@ -107,11 +133,21 @@ class Objective(nn.Module):
         return self.mode.weighted_loss(outputs_of(self.model, x), y, weights)
 
 
-def make_mode(name: str, label_smoothing: float = 0.0) -> Mode:
-    """The mode object for ``"cnn"``, ``"ic-only"`` or ``"sdn"``."""
-    modes = {"cnn": CNNMode, "ic-only": ICOnlyMode, "sdn": SDNMode}
+def make_mode(
+    name: str, label_smoothing: float = 0.0, distill: float = 0.0, distill_temperature: float = 1.0
+) -> Mode:
+    """The mode object for ``"cnn"``, ``"ic-only"``, ``"sdn"`` or ``"mixed"``, with the recipe's
+    label smoothing and IC distillation (weight and temperature; see :class:`~.recipe.Recipe`)."""
+    modes = {"cnn": CNNMode, "ic-only": ICOnlyMode, "sdn": SDNMode, "mixed": MixedMode}
     if name not in modes:
         raise ArgumentError(f"unknown `mode` {name!r}: choose one of {', '.join(MODES)}")
+    if distill and name == "cnn":
+        raise ArgumentError("`distill` distils the final output into the ICs: a CNN has none (mode ic-only, sdn or mixed)")
     mode = modes[name]()
-    mode.label_smoothing = label_smoothing
+    mode.label_smoothing, mode.distill, mode.distill_temperature = label_smoothing, distill, distill_temperature
     return mode
+
+
+def mode_of(name: str, recipe: Recipe) -> Mode:
+    """The mode object of a run: ``name`` with its recipe's loss settings."""
+    return make_mode(name, recipe.label_smoothing, recipe.distill, recipe.distill_temperature)

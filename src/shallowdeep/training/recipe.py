@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from ..core.catalog import MODES
 from ..core.errors import ArgumentError
 from ..core.fields import check_fields
 from ..core.io import JSONObject
@@ -24,7 +25,10 @@ class Recipe:
     """Every hyperparameter of a training run. ``schedule`` ``multistep`` multiplies the rate by
     ``gamma`` at each of the 0-based ``milestones``; ``cosine`` decays it to 0 along a half cosine
     over the epochs after the warm-up; ``warmup_epochs`` ramp it up linearly first.
-    ``clip_grad_norm`` (0: off) clips the gradients' global norm before each step, as ViT recipes do."""
+    ``clip_grad_norm`` (0: off) clips the gradients' global norm before each step, as ViT recipes do.
+    ``distill`` (0: off) mixes each IC's loss with distillation from the network's own final output:
+    ``(1 - distill) * CE(IC, y) + distill * T^2 * KL(softmax(final / T) || softmax(IC / T))`` with
+    ``T = distill_temperature`` and the final output detached (a teacher, never a student)."""
 
     epochs: int
     batch_size: int = 128
@@ -39,6 +43,8 @@ class Recipe:
     label_smoothing: float = 0.0
     schedule: str = "multistep"
     clip_grad_norm: float = 0.0
+    distill: float = 0.0
+    distill_temperature: float = 3.0
 
     def check(self) -> Recipe:
         """Refuse values no training can use, naming the argument; returns ``self``."""
@@ -61,6 +67,8 @@ class Recipe:
         finite("gamma", 0.0, lo_open=True)
         finite("label_smoothing", 0.0, 1.0)
         finite("clip_grad_norm", 0.0)
+        finite("distill", 0.0, 1.0)
+        finite("distill_temperature", 0.0, lo_open=True)
         if self.schedule not in SCHEDULES:
             raise ArgumentError(f"unknown `schedule` {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.schedule == "cosine" and self.milestones:
@@ -110,14 +118,14 @@ def default_recipe(mode: str, arch: str, epochs: int | None = None) -> Recipe:
     """The paper's recipe for ``mode`` (spec section 5). With other ``epochs`` the milestones keep
     their fraction of training (a recipe given explicit milestones keeps them)."""
     wd = WEIGHT_DECAY.get(arch, 5e-4)
-    if mode == "ic-only":
+    if mode in ("ic-only", "mixed"):  # ICs (and, mixed, the whole network) on a trained CNN
         base, milestones = 25, (15,)
         r = Recipe(epochs=base, optimizer="adam", lr=1e-3, weight_decay=wd, milestones=milestones)
     elif mode in ("cnn", "sdn"):
         base, milestones = 100, (35, 60, 85)
         r = Recipe(epochs=base, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=wd, milestones=milestones)
     else:
-        raise ArgumentError(f"unknown `mode` {mode!r}: choose one of cnn, ic-only, sdn")
+        raise ArgumentError(f"unknown `mode` {mode!r}: choose one of {', '.join(MODES)}")
     if epochs is not None and epochs != base:
         if epochs < 1:
             raise ArgumentError(f"`epochs` must be at least 1, got {epochs}")
