@@ -232,6 +232,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .workflows import compare_runs
+
+    rules = [r for r in args.rules.split(",") if r.strip()] if args.rules is not None else None
+    done = compare_runs(args.runs, rules, args.chart, device=_device(args))
+    if args.json:
+        print(json.dumps([r.to_json() | {"curve": None} for r in done.rows], indent=2))
+        return 0
+    costs = [f"{100 * p.budget:.0f}%" for p in done.rows[0].tradeoff.points]
+    print(f"| run | mode | rule | final | {' | '.join(costs)} | area |")
+    print("|" + "---|" * (5 + len(costs)))
+    for r in done.rows:
+        acc = [("-" if p.test_accuracy is None else f"{100 * p.test_accuracy:.2f}") for p in r.tradeoff.points]
+        print(
+            f"| {r.run} | {r.mode} | {r.rule} | {100 * r.final_accuracy:.2f} | {' | '.join(acc)} | "
+            f"{r.tradeoff.auc:.4f} |"
+        )
+    print("test accuracy (%) at each share of the CNN's cost, thresholds chosen on validation")
+    if done.chart is not None:
+        print(f"chart: {done.chart}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("architectures:")
     for name, doc in ARCHITECTURES.items():
@@ -711,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub, shared)
     _add_list(sub, shared)
     _add_analyze(sub, shared)
+    _add_compare(sub, shared)
     _add_predict(sub, shared)
     _add_explain(sub, shared)
     _add_reproduce(sub, shared)
@@ -754,7 +778,9 @@ def _add_train(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
 def _recipe_flags(t: argparse.ArgumentParser) -> None:
     """Train: the recipe's flags (default: the paper's for the mode)."""
     r = t.add_argument_group("recipe (default: the paper's for the mode)")
-    r.add_argument("--epochs", type=int, help="epochs (paper: 100, ic-only 25; mixed 25); default milestones scale with it")
+    r.add_argument(
+        "--epochs", type=int, help="epochs (paper: 100, ic-only 25; mixed 25); default milestones scale with it"
+    )
     r.add_argument("--batch-size", type=int, help="batch size (paper: 128)")
     r.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="paper: sgd (adam for ic-only; mixed too)")
     r.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1 SGD, 1e-3 Adam for ic-only; mixed too)")
@@ -905,6 +931,23 @@ def _add_export(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     ex.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     ex.set_defaults(func=cmd_export)
+
+
+def _add_compare(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``compare`` command and its flags."""
+    c = sub.add_parser(
+        "compare",
+        parents=[shared["device"]],
+        help="several SDN runs' methods side by side: accuracy at 25/50/75/100%% cost, curve areas",
+        description="Compare SDN runs of one data set (e.g. sdn, mixed, ic-only, with or without --distill) "
+        "under exit rules: per run and rule, the test accuracy at 25, 50, 75 and 100%% of the CNN's cost "
+        "(each threshold chosen on the validation split) and the area under the test accuracy-cost curve.",
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="SDN run folders trained on the same data set")
+    c.add_argument("--rules", help="exit rules, comma-separated (default max_softmax,ztw; see analyze --rules)")
+    c.add_argument("--chart", metavar="FILE.svg", help="also draw every run's curves into this SVG file")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON")
+    c.set_defaults(func=cmd_compare)
 
 
 def _add_list(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:

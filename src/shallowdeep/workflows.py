@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, RunAnalysis, analyze
+from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, ExitRule, RunAnalysis, analyze
+from .analysis.methods import MethodRow, RunRecords, compare_methods
 from .compute import distributed
 from .compute.devices import pick_device
 from .core.errors import ArgumentError, RunFolderError, UserError
-from .core.io import JSONObject, read_json
+from .core.io import JSONObject, read_json, write_bytes
 from .core.stopwatch import Stopwatch
 from .data import Dataset
 from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
@@ -371,3 +372,56 @@ def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Pa
     meta = folder.meta()
     info = ExportInfo(meta.data.mean, meta.data.std, meta.data.class_names, sha256_file(folder.weights))
     return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)
+
+
+@dataclass(frozen=True)
+class ComparedRuns:
+    """What :func:`compare_runs` made: a row per run and rule, and the chart's file (if asked for)."""
+
+    rows: list[MethodRow]
+    chart: Path | None
+
+
+def compare_runs(
+    runs: list[str | Path],
+    rules: list[str] | None = None,
+    chart: str | Path | None = None,
+    *,
+    fallback: str = "most_confident",
+    device: str = "cpu",
+    log: Log = None,
+) -> ComparedRuns:
+    """Several SDN runs of one data set side by side (e.g. sdn, mixed and ic-only on one backbone):
+    each run's records (collected once, cached in the run), every rule's accuracy at 25/50/75/100 %
+    of the CNN's cost chosen on validation, and the area under its test curve; ``chart`` an SVG
+    file of every curve. Nothing but the records' cache and ``chart`` is written."""
+    parsed = [ExitRule.parse(r) for r in (rules if rules is not None else ("max_softmax", "ztw"))]
+    pick_device(str(device))
+    chart_path = _check_chart(chart) if chart is not None else None
+    named: list[RunRecords] = []
+    for run in runs:
+        folder = RunFolder(run)
+        meta = folder.meta()
+        if folder.kind() != "sdn":
+            raise RunFolderError(f"{run} is a plain CNN run: compare SDN runs (ic-only, sdn or mixed)")
+        recs = run_records(run, ("val", "test"), device=device, log=log)
+        mode = meta.config.mode + (f" +distill {meta.recipe.distill:g}" if meta.recipe.distill else "")
+        named.append(RunRecords(Path(run).name or str(run), mode, recs["val"], recs["test"]))
+    rows = compare_methods(named, parsed, fallback)
+    if chart_path is not None:
+        from .report.figures import methods_svg
+
+        write_bytes(chart_path, methods_svg(rows))
+    return ComparedRuns(rows, chart_path)
+
+
+def _check_chart(chart: str | Path) -> Path:
+    """The chart's path, checked before anything is collected or written."""
+    path = Path(chart)
+    if path.suffix.lower() != ".svg":
+        raise ArgumentError(f"`chart` {path} is an SVG file: name it *.svg")
+    if path.is_dir() or path.is_symlink():
+        raise ArgumentError(f"`chart` {path} is a folder or a link: name a new or existing SVG file")
+    if not path.parent.is_dir():
+        raise ArgumentError(f"`chart` {path}: its folder {path.parent} does not exist")
+    return path

@@ -395,3 +395,33 @@ def figures(
 
 # --------------------------------------------------------------------------------------------------
 # the page
+
+
+def methods_svg(rows: list[Any]) -> bytes:
+    """``shallowdeep compare``'s chart (the SVG file's bytes): the test accuracy-cost curve of every
+    run (colour) under every rule (line style), with the points the fixed costs chose on validation."""
+    _style()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    runs = list(dict.fromkeys(r.run for r in rows))
+    rules = list(dict.fromkeys(r.rule for r in rows))
+    styles = ["-", "--", ":", "-."]
+    for r in rows:
+        color, ls = f"C{runs.index(r.run) % 10}", styles[rules.index(r.rule) % len(styles)]
+        c = r.curve
+        order = np.argsort(c.relative_cost)
+        label = f"{r.run} ({r.mode}), {r.rule}: area {r.tradeoff.auc:.3f}"
+        ax.plot(c.relative_cost[order], 100 * c.accuracy[order], ls=ls, lw=1.2, color=color, label=label)
+        pts = [(p.test_cost, 100 * p.test_accuracy) for p in r.tradeoff.points if p.test_accuracy is not None]
+        if pts:
+            ax.scatter(*zip(*pts), s=14, color=color, zorder=3)
+    for b in (0.25, 0.5, 0.75, 1.0):
+        ax.axvline(b, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("average cost / plain CNN cost (dots: the fixed costs' thresholds, chosen on validation)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

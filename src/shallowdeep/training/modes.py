@@ -133,16 +133,16 @@ class Objective(nn.Module):
         return self.mode.weighted_loss(outputs_of(self.model, x), y, weights)
 
 
-def make_mode(
-    name: str, label_smoothing: float = 0.0, distill: float = 0.0, distill_temperature: float = 1.0
-) -> Mode:
+def make_mode(name: str, label_smoothing: float = 0.0, distill: float = 0.0, distill_temperature: float = 1.0) -> Mode:
     """The mode object for ``"cnn"``, ``"ic-only"``, ``"sdn"`` or ``"mixed"``, with the recipe's
     label smoothing and IC distillation (weight and temperature; see :class:`~.recipe.Recipe`)."""
     modes = {"cnn": CNNMode, "ic-only": ICOnlyMode, "sdn": SDNMode, "mixed": MixedMode}
     if name not in modes:
         raise ArgumentError(f"unknown `mode` {name!r}: choose one of {', '.join(MODES)}")
     if distill and name == "cnn":
-        raise ArgumentError("`distill` distils the final output into the ICs: a CNN has none (mode ic-only, sdn or mixed)")
+        raise ArgumentError(
+            "`distill` distils the final output into the ICs: a CNN has none (mode ic-only, sdn or mixed)"
+        )
     mode = modes[name]()
     mode.label_smoothing, mode.distill, mode.distill_temperature = label_smoothing, distill, distill_temperature
     return mode
