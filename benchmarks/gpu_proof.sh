@@ -8,6 +8,10 @@
 #          default on one GPU), then the batch-512 rows (eager and compiled, bf16) with what is left of
 #          ${BUDGET:-570} s (ROWS512=0: not them; ROWS_AFTER: other rows instead); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
 #          folder's name) and continues from .data/ in a later call;
+#   methods: one call for issue 30: ResNet-56 on the CIFAR-10 JPEGs, a CNN (${CNN_EPOCHS:-30} epochs), then
+#           ic-only, mixed and mixed --distill 0.5 from it (${IC_EPOCHS:-8} each) and an SDN from scratch
+#           (${SDN_EPOCHS:-30}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
+#           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 9 minutes on an H200;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -97,6 +101,22 @@ if [ "$part" = engine ]; then
 fi
 if [ ! -d "$DATA/train" ]; then
   mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"
+fi
+if [ "$part" = methods ]; then
+  if [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
+  M=runs/methods; A=${ARCH:-resnet56}; SD="python3 -m shallowdeep"
+  $SD train --quiet --mode cnn --arch "$A" --data "imagefolder:$DATA" --epochs "${CNN_EPOCHS:-30}" --out $M/cnn 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode ic-only --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/ic-only 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/mixed 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --distill 0.5 --out $M/mixed-distill 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode sdn --arch "$A" --data "imagefolder:$DATA" --epochs "${SDN_EPOCHS:-30}" --out $M/sdn 2>&1 | tee -a "$OUT/methods.log"
+  for r in ic-only mixed mixed-distill sdn; do $SD analyze $M/$r --device "${DEV:-cuda}" 2>&1 | tee -a "$OUT/methods.log"; done
+  $SD compare $M/sdn $M/ic-only $M/mixed $M/mixed-distill --rules max_softmax,ztw --chart "$OUT/compare.svg" \
+    --device "${DEV:-cuda}" 2>&1 | tee "$OUT/compare.md"
+  for f in $M/*/run.json; do python3 -c "import json; m=json.load(open('$f')); print('$f', m['status'], 'wall', round(m['wall_seconds'], 1), 's, last val acc', [round(a, 4) for a in m['epochs'][-1]['val_acc']])" | tee -a "$OUT/methods.log"; done
+  exit 0
 fi
 if [ ! -d runs/repro ]; then for t in .data/runs-cnn.tgz .data/runs-sdn.tgz; do [ -f "$t" ] && tar -xzf "$t"; done; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"

@@ -263,7 +263,7 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     (
         "--from with --mode sdn",
         T[:-4] + ["--mode", "sdn", "--from", "{cnn}", "--out", "{tmp}/out"],
-        "--from is only for the ic-only --mode",
+        "--from is only for the --mode ic-only or mixed",
         None,
         "{tmp}/out",
     ),

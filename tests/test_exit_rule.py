@@ -117,6 +117,7 @@ def test_an_exit_rule_round_trips_and_refuses_what_is_not_one():
         ({"name": "max_softmax", "temperature": True, "ensembled": True}, "leave out \\+T"),
         ({"name": "max_softmax", "ensemble": ens_json}, "belongs to a \\+E rule"),
         ({"name": "max_softmax", "ensembled": 1}, "true or false"),
+        ({"name": "max_softmax", "ensembled": True, "temperatures": [1.0, 2.0]}, "all 1"),
         ({"name": "max_softmax", "ensembled": True, "ensemble": {"weights": [[1.0]]}}, "weights and biases"),
         ({"name": "max_softmax", "ensembled": True, "ensemble": ens_json | {"weights": [[1.0], [1.0]]}}, "m \\+ 1"),
         ({"name": "max_softmax", "ensembled": True, "ensemble": ens_json | {"weights": [[-1.0], [0.5, 2.0]]}}, ">= 0"),

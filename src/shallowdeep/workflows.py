@@ -399,14 +399,16 @@ def compare_runs(
     pick_device(str(device))
     chart_path = _check_chart(chart) if chart is not None else None
     named: list[RunRecords] = []
-    for run in runs:
+    names = [Path(run).name or str(run) for run in runs]
+    names = [n if names.count(n) == 1 else str(run) for n, run in zip(names, runs)]  # two runs named alike: paths
+    for run, name in zip(runs, names):
         folder = RunFolder(run)
         meta = folder.meta()
         if folder.kind() != "sdn":
             raise RunFolderError(f"{run} is a plain CNN run: compare SDN runs (ic-only, sdn or mixed)")
         recs = run_records(run, ("val", "test"), device=device, log=log)
         mode = meta.config.mode + (f" +distill {meta.recipe.distill:g}" if meta.recipe.distill else "")
-        named.append(RunRecords(Path(run).name or str(run), mode, recs["val"], recs["test"]))
+        named.append(RunRecords(name, mode, recs["val"], recs["test"]))
     rows = compare_methods(named, parsed, fallback)
     if chart_path is not None:
         from .report.figures import methods_svg

@@ -153,6 +153,8 @@ class ExitRule:
             raise ArgumentError(f"`ensemble` is a GeometricEnsemble, got {type(self.ensemble).__name__}")
         if self.temperatures is not None:
             object.__setattr__(self, "temperatures", _numbers(self.temperatures, "temperatures", True))
+            if self.ensembled and any(t != 1.0 for t in self.temperatures):
+                raise ArgumentError("an ensemble (+E) fits its own scale of each output: its `temperatures` are all 1")
         if self.thresholds is not None:
             object.__setattr__(self, "thresholds", _numbers(self.thresholds, "threshold", False))
 
