@@ -9,7 +9,7 @@
 #          ${BUDGET:-570} s (ROWS512=0: not them; ROWS_AFTER: other rows instead); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
 #          folder's name) and continues from .data/ in a later call;
 #   methods: one call for issue 30: ResNet-56 on the CIFAR-10 JPEGs, a CNN (${CNN_EPOCHS:-30} epochs), then
-#           ic-only, mixed and mixed --distill 0.5 from it (${IC_EPOCHS:-8} each) and an SDN from scratch
+#           ic-only, mixed, mixed --distill 0.5 and mixed --cascade from it (${IC_EPOCHS:-8} each), an SDN from scratch
 #           (${SDN_EPOCHS:-30}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
 #           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 9 minutes on an H200;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
@@ -111,9 +111,10 @@ if [ "$part" = methods ]; then
   $SD train --quiet --mode ic-only --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/ic-only 2>&1 | tee -a "$OUT/methods.log"
   $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/mixed 2>&1 | tee -a "$OUT/methods.log"
   $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --distill 0.5 --out $M/mixed-distill 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --cascade --out $M/mixed-cascade 2>&1 | tee -a "$OUT/methods.log"
   $SD train --quiet --mode sdn --arch "$A" --data "imagefolder:$DATA" --epochs "${SDN_EPOCHS:-30}" --out $M/sdn 2>&1 | tee -a "$OUT/methods.log"
-  for r in ic-only mixed mixed-distill sdn; do $SD analyze $M/$r --device "${DEV:-cuda}" 2>&1 | tee -a "$OUT/methods.log"; done
-  $SD compare $M/sdn $M/ic-only $M/mixed $M/mixed-distill --rules max_softmax,ztw --chart "$OUT/compare.svg" \
+  for r in ic-only mixed mixed-distill mixed-cascade sdn; do $SD analyze $M/$r --device "${DEV:-cuda}" 2>&1 | tee -a "$OUT/methods.log"; done
+  $SD compare $M/sdn $M/ic-only $M/mixed $M/mixed-distill $M/mixed-cascade --rules max_softmax,ztw --chart "$OUT/compare.svg" \
     --device "${DEV:-cuda}" 2>&1 | tee "$OUT/compare.md"
   for f in $M/*/run.json; do python3 -c "import json; m=json.load(open('$f')); print('$f', m['status'], 'wall', round(m['wall_seconds'], 1), 's, last val acc', [round(a, 4) for a in m['epochs'][-1]['val_acc']])" | tee -a "$OUT/methods.log"; done
   exit 0

@@ -113,3 +113,113 @@ def test_compare_puts_runs_and_rules_side_by_side(copy_run, tiny_runs, tmp_path,
         assert main(["compare", *args]) == 2
         assert pattern in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def _cascaded(seed: int = 0) -> SDN:
+    """A small SDN with cascade links of random (non-zero) weights, as a trained one has."""
+    from shallowdeep.models.sdn import build_sdn
+
+    torch.manual_seed(seed)
+    sdn = SDN(build_sdn("small", 10, 32).cnn, cascade=True).eval()
+    with torch.no_grad():
+        for link in sdn.cascades:
+            link.weight.normal_(0, 0.3)
+            link.bias.normal_(0, 0.3)
+    return sdn
+
+
+def test_a_cascade_link_never_sends_gradient_to_the_previous_ic():
+    sdn = _cascaded().train()
+    x = torch.randn(4, 3, 32, 32)
+    outs = sdn(x)
+    outs[1].sum().backward()  # IC 1 alone: it reads IC 0's logits through its link
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in sdn.heads[0].parameters())
+    assert (
+        torch.count_nonzero(sdn.cascades[0].weight.grad) > 0
+        and torch.count_nonzero(sdn.heads[1].linear.weight.grad) > 0
+    )
+    plain = SDN(sdn.cnn, heads=list(sdn.heads), cascade=False)
+    fresh = SDN(sdn.cnn, heads=list(sdn.heads), cascade=True)  # links start at zero: the plain ICs
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(plain(x), fresh(x)))
+        assert not torch.equal(plain(x)[2], sdn(x)[2])
+
+
+def test_a_cascaded_sdn_exits_alike_in_records_engine_and_deployment(tmp_path, tiny_runs):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from shallowdeep import output_costs
+    from shallowdeep.analysis.record import ExitRecord
+    from shallowdeep.analysis.rules import rule_exits
+    from shallowdeep.core.exit_rule import ExitRule
+    from shallowdeep.data import normalize
+    from shallowdeep.inference import deploy
+    from shallowdeep.inference.engine import EarlyExitEngine
+    from shallowdeep.inference.export import ExportInfo, export_engine
+    from shallowdeep.runs import run_data
+
+    trained = shallowdeep.load(tiny_runs / "ic")  # trained ICs: confidences that spread the exits
+    sdn = SDN(trained.cnn, heads=list(trained.heads), cascade=True).eval()
+    with torch.no_grad():
+        for link in sdn.cascades:
+            link.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(link.bias)))
+            link.bias.normal_(0, 0.1)
+    data = run_data(tiny_runs / "ic")
+    raw, mean, std = data.test.images[:120], data.mean, data.std
+    x = normalize(raw, mean, std).contiguous()
+    with torch.no_grad():
+        logits = torch.stack(sdn(x), 1)
+    costs = output_costs(sdn)
+    record = ExitRecord.from_arrays(logits, np.zeros(len(x), np.int64), costs.outputs, costs.cnn)
+    temps = np.array([1.3, 0.8, 1.1, 2.0, 1.0])
+    z = record.logits[:, :-1] / temps[None, :-1, None]
+    p = np.exp(z - z.max(-1, keepdims=True))
+    conf = np.sort((p / p.sum(-1, keepdims=True)).max(-1).ravel())
+    gaps = [(conf[i + 1] - conf[i], i) for i in range(len(conf) - 1)]
+    # thresholds midway in the widest gaps of each third of the ICs' confidences (rounding cannot flip them)
+    thirds = [
+        max(g for g in gaps if lo * len(conf) <= g[1] < hi * len(conf))
+        for lo, hi in ((0.3, 0.5), (0.5, 0.7), (0.7, 0.9))
+    ]
+    qs = [float((conf[i] + conf[i + 1]) / 2) for _, i in thirds]
+    rule = ExitRule.parse("max_softmax+T")
+    export_engine(EarlyExitEngine(sdn, 0.5), tmp_path / "export", ExportInfo(mean, std))
+    manifest_path = tmp_path / "export" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert len(manifest["cascade"]) == len(sdn.positions) - 1
+    seen = set()
+    for q in qs:
+        calibrated = rule.calibrated(q, temps.tolist(), "most_confident")
+        sim = rule_exits(record, rule, q, "most_confident", temps)
+        engine = EarlyExitEngine(sdn, calibrated)
+        for bs in (1, 32):
+            res = engine.classify(x, batch_size=bs, normalized=True)
+            assert res.exits.tolist() == sim.exits.tolist(), (q, bs)
+            assert res.predictions.tolist() == sim.predictions.tolist(), (q, bs)
+        manifest["exit"] = engine.rule.to_json()
+        manifest_path.write_text(json.dumps(manifest))
+        deployed = deploy.load(tmp_path / "export").classify(raw.numpy())
+        assert (
+            deployed.exits.tolist() == sim.exits.tolist() and deployed.predictions.tolist() == sim.predictions.tolist()
+        )
+        seen |= set(sim.exits.tolist())
+    assert len(seen) > 2, seen
+    manifest["cascade"][0]["weight"] = manifest["cascade"][0]["weight"][:-1]  # a link of the wrong shape
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"cascade\[0\]\.weight"):
+        deploy.load(tmp_path / "export")
+
+
+def test_cascade_trains_records_itself_and_loads(tiny_runs, tmp_path):
+    out = tmp_path / "cascade"
+    train_run(
+        TrainConfig(out=str(out), mode="ic-only", from_run=str(tiny_runs / "cnn"), epochs=1, cascade=True), **QUIET
+    )
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["model"]["cascade"] is True and meta["config"]["cascade"] is True
+    sdn = shallowdeep.load(out)
+    assert sdn.cascade and len(sdn.cascades) == len(sdn.positions) - 1
+    assert any(torch.count_nonzero(link.weight) > 0 for link in sdn.cascades), "the links learned nothing"
+    with pytest.raises(UserError, match="links the ICs of an SDN"):
+        train_run(TrainConfig(out=str(tmp_path / "c"), mode="cnn", arch="small", data="digits", cascade=True), **QUIET)

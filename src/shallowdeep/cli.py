@@ -810,6 +810,13 @@ def _recipe_flags(t: argparse.ArgumentParser) -> None:
         "+ WEIGHT x T^2 x KL (default 0: off; ic-only, sdn, mixed)",
     )
     r.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="Zero Time Waste's cascade: every IC after the first also reads the previous IC's logits "
+        "(detached), through a linear link that starts at zero (ic-only, sdn, mixed)",
+    )
+    r.add_argument(
         "--distill-temperature", type=float, metavar="T", help="the distillation's softmax temperature (default 3)"
     )
 

@@ -408,6 +408,7 @@ def compare_runs(
             raise RunFolderError(f"{run} is a plain CNN run: compare SDN runs (ic-only, sdn or mixed)")
         recs = run_records(run, ("val", "test"), device=device, log=log)
         mode = meta.config.mode + (f" +distill {meta.recipe.distill:g}" if meta.recipe.distill else "")
+        mode += " +cascade" if meta.model.cascade else ""
         named.append(RunRecords(name, mode, recs["val"], recs["test"]))
     rows = compare_methods(named, parsed, fallback)
     if chart_path is not None:

@@ -69,6 +69,8 @@ class Manifest:
     classes: tuple[str, ...]
     rule: ExitRule
     relative_costs: tuple[float, ...]
+    # ZTW's cascade links: per IC after the first, (weight [C, C], bias [C]) from the previous IC's logits
+    links: tuple[tuple[tuple[tuple[float, ...], ...], tuple[float, ...]], ...] | None = None
 
     @classmethod
     def from_json(cls, raw: Any) -> Manifest:
@@ -99,7 +101,21 @@ class Manifest:
         costs = _floats(m.get("relative_costs"), "relative_costs", n, n)
         if any(c < 0 for c in costs):
             raise ValueError(f"relative_costs must be numbers >= 0, got {list(costs)}")
-        return cls(stages, size, mean, std, tuple(classes), rule, costs)  # type: ignore[arg-type]
+        links = _links(m.get("cascade"), n - 2, len(classes))
+        return cls(stages, size, mean, std, tuple(classes), rule, costs, links)  # type: ignore[arg-type]
+
+
+def _links(v: Any, count: int, c: int) -> Any:
+    """The manifest's cascade links (absent: none): ``count`` objects of a ``[c, c]`` weight and a bias."""
+    if v is None:
+        return None
+    out = []
+    for k, link in enumerate(_list(v, "cascade", count, count)):
+        link = _object(link, f"cascade[{k}]")
+        rows = _list(link.get("weight"), f"cascade[{k}].weight", c, c)
+        weight = tuple(_floats(r, f"cascade[{k}].weight row", c, c) for r in rows)
+        out.append((weight, _floats(link.get("bias"), f"cascade[{k}].bias", c, c)))
+    return tuple(out)
 
 
 MAX_STAGES, MAX_CLASSES = 1024, 1_000_000
@@ -150,6 +166,7 @@ class Deployment:
         self.thresholds = self.rule.per_ic(len(sessions) - 1)
         self.temperatures = self.rule.scales(len(sessions))
         self.ensemble = self.rule.fitted_ensemble(len(sessions))
+        self.links = [None] + [(np.asarray(w, np.float64).T, np.asarray(b)) for w, b in manifest.links or []]
         self.relative_costs = np.asarray(manifest.relative_costs, np.float64)
 
     @property
@@ -185,12 +202,17 @@ class Deployment:
         prev = np.full(n, -1, np.int64)
         run = np.zeros(n)
         logps = np.zeros((n, 0, len(self.classes)))  # the outputs so far, for an ensemble
+        prev_raw = np.zeros((n, len(self.classes)))  # the previous IC's raw logits, for a cascade link
         h = x
         for k, sess in enumerate(self.sessions):
             if not len(active):
                 break
             outs = self._run(k, sess, h)
-            z = outs[-1] / self.temperatures[k]
+            raw = outs[-1]
+            if k < len(self.links) and self.links[k] is not None:  # the cascade link from the previous IC
+                raw = raw + prev_raw @ self.links[k][0] + self.links[k][1]
+            prev_raw = raw
+            z = raw / self.temperatures[k]
             if self.ensemble is not None:
                 logps = np.concatenate([logps, log_softmax(z)[:, None]], 1)
                 z = self.ensemble.logits(logps, k)
@@ -212,7 +234,7 @@ class Deployment:
             keep = ~out
             h = np.ascontiguousarray(outs[0][keep])
             active, best_conf, best_pred = active[keep], best_conf[keep], best_pred[keep]
-            prev, run, logps = prev[keep], run[keep], logps[keep]
+            prev, run, logps, prev_raw = prev[keep], run[keep], logps[keep], prev_raw[keep]
         return Classified(preds, exits, confs, self.classes)
 
     def _run(self, k: int, sess: Any, h: np.ndarray) -> list[np.ndarray]:

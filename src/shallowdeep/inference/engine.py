@@ -237,6 +237,12 @@ class EarlyExitEngine:
         one_heads = [_inference_head(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
         batch_heads = [_scaled(h, 1.0 / t) for h, t in zip(sdn.heads, temps)]
         self._one_heads, self._batch_heads = one_heads, batch_heads  # what each path runs (benchmarks time them)
+        # ZTW's cascade links, temperatures folded: IC k's scaled logits gain
+        # (W T_{k-1} / T_k) z_{k-1} + b / T_k from IC k - 1's scaled logits z_{k-1}
+        self._links: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(sdn.positions)
+        for k, link in enumerate(sdn.cascades or [], start=1):
+            w, b = link.weight.detach(), link.bias.detach()
+            self._links[k] = ((w * (temps[k - 1] / temps[k])).t().contiguous(), (b / temps[k]).clone())
         # stage k: (its blocks, its IC index or None for the final classifier)
         self._stages: list[tuple[list[nn.Module], int | None]] = []
         self._stage_fns_one, self._stage_fns = [], []
@@ -336,10 +342,18 @@ class EarlyExitEngine:
 
         return fn
 
-    def _call_stage(self, k: int, h: torch.Tensor, one: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage ``k`` on ``h``: with the batch-1 heads when ``one``."""
+    def _call_stage(
+        self, k: int, h: torch.Tensor, one: bool = False, prev: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage ``k`` on ``h``: with the batch-1 heads when ``one``; ``prev``, the previous IC's
+        logits, feeds a cascade link."""
         h, z = (self._stage_fns_one if one else self._stage_fns)[k](h)
-        return (h.clone(), z.clone()) if self._copy_out else (h, z)
+        if self._copy_out:
+            h, z = h.clone(), z.clone()
+        link = self._links[k] if k < len(self._links) else None
+        if link is not None:
+            z = torch.addmm(link[1], prev.to(link[0].dtype), link[0]) + z  # type: ignore[union-attr]
+        return h, z
 
     @torch.inference_mode()
     def _one(self, x: torch.Tensor) -> tuple[int, int, float, int]:
@@ -353,9 +367,9 @@ class EarlyExitEngine:
         rows = self._new_rows(x.contiguous(), 0)
         if self.pipelined:
             return self._one_pipelined(rows)
-        h = rows.h
+        h, z = rows.h, None
         for s_k, (_, ic) in enumerate(self._stages):
-            h, z = self._call_stage(s_k, h, one=True)
+            h, z = self._call_stage(s_k, h, one=True, prev=z)
             pred, conf, answer = self._decide(z, rows, ic)
             if ic is None:
                 return int(pred), self.num_outputs - 1, float(conf), int(answer)
@@ -371,7 +385,7 @@ class EarlyExitEngine:
         pending = self._read_back(self._decide(z, rows, self._stages[0][1]))
         for s_k in range(n):
             if s_k + 1 < n:  # queue the next stage (and its decision) before waiting for this one's
-                h, z = self._call_stage(s_k + 1, h, one=True)
+                h, z = self._call_stage(s_k + 1, h, one=True, prev=z)
                 following = self._read_back(self._decide(z, rows, self._stages[s_k + 1][1]))
             host, event = pending
             if event is not None:
@@ -506,6 +520,7 @@ class EarlyExitEngine:
             torch.full((n,), -1, dtype=torch.int64, device=dev),
             torch.zeros(n, dtype=dt, device=dev),
             None if self._ensemble is None else torch.zeros((n, 0, self.sdn.num_classes), dtype=dt, device=dev),
+            None,
         )
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
@@ -513,7 +528,10 @@ class EarlyExitEngine:
         h, n = rows.h, len(rows)
         if pad is not None and pad > n:  # a bucketed shape: zero rows, dropped again below
             h = torch.cat([h, h.new_zeros((pad - n, *h.shape[1:]))])
-        h, z = self._call_stage(k, h)
+        prev = rows.prev_z
+        if prev is not None and pad is not None and pad > n:
+            prev = torch.cat([prev, prev.new_zeros((pad - n, *prev.shape[1:]))])
+        h, z = self._call_stage(k, h, prev=prev)
         h, z = h[:n], z[:n]
         pred, conf, answer = self._decide(z, rows, ic)
         if ic is None:  # the final classifier: everyone left answers
@@ -526,6 +544,8 @@ class EarlyExitEngine:
             out.put(rows.idx[leave_cpu], pred[leave], ic, conf[leave], torch.full_like(pred[leave], ic))
         if n_out < n:
             rows.h = h
+            if self._links[-1] is not None:  # the next IC's cascade link reads these logits
+                rows.prev_z = z
             queues[k + 1].append(rows.take(~leave, ~leave_cpu) if n_out else rows)
 
     @torch.inference_mode()
@@ -533,9 +553,9 @@ class EarlyExitEngine:
         """Every IC's max softmax for ``x`` (see :meth:`images`), as this engine computes it:
         ``[N, ICs]`` (float64). Useful to choose thresholds that produce a given exit pattern."""
         x = self.images(x, normalized)
-        out, h = [], x
+        out, h, z = [], x, None
         for s_k in range(len(self._stages) - 1):  # every IC's stage, with its batch-1 head
-            h, z = self._call_stage(s_k, h, one=True)
+            h, z = self._call_stage(s_k, h, one=True, prev=z)
             out.append(torch.softmax(z.double(), dim=1).max(dim=1)[0])
         return torch.stack(out, 1).cpu() if out else torch.zeros(x.shape[0], 0, dtype=torch.float64)
 
@@ -571,6 +591,7 @@ class _Rows:
     prev: torch.Tensor
     run: torch.Tensor
     logps: torch.Tensor | None  # an ensemble's: the log-softmax of every output so far [N, outputs, C]
+    prev_z: torch.Tensor | None  # a cascade's: the previous IC's logits (temperature applied) [N, C]
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -584,7 +605,7 @@ class _Rows:
         return _Rows(self.h[part], self.idx[part], *(_index(getattr(self, f), part) for f in _STATE))
 
 
-_STATE = ("best_conf", "best_pred", "best_k", "prev", "run", "logps")
+_STATE = ("best_conf", "best_pred", "best_k", "prev", "run", "logps", "prev_z")
 
 
 def _index(state: torch.Tensor | None, index: torch.Tensor | slice) -> torch.Tensor | None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.errors import ArgumentError
 from ..core.io import JSONObject, temp_folder, write_json
+from ..models.sdn import SDN
 from .engine import EarlyExitEngine
 
 FORMAT = "shallowdeep-export/2"  # 2: the exit entry is an ExitRule
@@ -189,4 +190,13 @@ def _manifest(engine: EarlyExitEngine, files: list[JSONObject], info: ExportInfo
         "exit": engine.rule.to_json(),  # spelled out: one threshold per IC, one temperature per output
         "relative_costs": [float(c) for c in engine.relative_costs],
         "weights_sha256": info.weights_sha256,
-    }
+    } | ({"cascade": _links(sdn)} if sdn.cascades is not None else {})
+
+
+def _links(sdn: SDN) -> list[JSONObject]:
+    """ZTW's cascade links as the runtime applies them: raw logits of IC k plus ``W z + b`` from IC
+    k - 1's raw logits (outside the graphs: a C x C map, next to nothing beside a stage)."""
+    return [
+        {"weight": link.weight.detach().double().tolist(), "bias": link.bias.detach().double().tolist()}
+        for link in sdn.cascades or []
+    ]

@@ -32,7 +32,10 @@ class SDN(nn.Module):
     The outputs are ordered by depth: IC 0 … IC k-1, then the CNN's own final classifier. The CNN's
     modules are shared, not copied: ``sdn.cnn`` is the very network the SDN was made from.
     ``token_pool`` is how heads on tokens reduce them (``mean`` or ``cls``; default: what the CNN's
-    source recorded, else ``mean``).
+    source recorded, else ``mean``). With ``cascade`` (Zero Time Waste's cascade connections) every
+    IC after the first also reads the previous IC's logits, detached: IC k's logits are its head's
+    plus ``cascades[k - 1](logits of IC k - 1)``, a linear map that starts at zero (the plain IC),
+    which is ZTW's concatenation of the previous output before the head's linear layer.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class SDN(nn.Module):
         positions: Sequence[int] | None = None,
         heads: Sequence[nn.Module] | None = None,
         token_pool: str | None = None,
+        cascade: bool = False,
     ) -> None:
         super().__init__()
         positions = tuple(cnn.ic_positions if positions is None else positions)
@@ -65,6 +69,8 @@ class SDN(nn.Module):
         if len(heads) != len(positions):
             raise ValueError("one head per IC position")
         self.heads = nn.ModuleList(heads)
+        self.cascade = bool(cascade)
+        self.cascades = nn.ModuleList(_cascade_link(cnn) for _ in positions[1:]) if cascade else None
 
     @property
     def num_outputs(self) -> int:
@@ -85,11 +91,11 @@ class SDN(nn.Module):
 
     def ic_parameters(self) -> list[nn.Parameter]:
         """The parameters that the CNN does not have."""
-        return list(self.heads.parameters())
+        return list(self.heads.parameters()) + (list(self.cascades.parameters()) if self.cascades else [])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.cnn.check_input(x)
-        outputs, x = run_blocks(self.cnn.stem, self.cnn.blocks, self.positions, self.heads, x)
+        outputs, x = run_blocks(self.cnn.stem, self.cnn.blocks, self.positions, self.heads, x, self.cascades)
         outputs.append(self.cnn.head(x))
         return outputs
 
@@ -110,23 +116,40 @@ class CutSDN(nn.Module):
         self.blocks = nn.ModuleList(sdn.cnn.blocks[: sdn.positions[k] + 1])
         self.positions = sdn.positions[: k + 1]
         self.heads = nn.ModuleList(sdn.heads[: k + 1])
+        self.cascades = None if sdn.cascades is None else nn.ModuleList(sdn.cascades[:k])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.cnn_check(x)
-        return run_blocks(self.stem, self.blocks, self.positions, self.heads, x)[0]
+        return run_blocks(self.stem, self.blocks, self.positions, self.heads, x, self.cascades)[0]
+
+
+def _cascade_link(cnn: CNN) -> nn.Linear:
+    link = nn.Linear(cnn.num_classes, cnn.num_classes)
+    nn.init.zeros_(link.weight)
+    nn.init.zeros_(link.bias)
+    return link.to(next(cnn.parameters()).device)
 
 
 def run_blocks(
-    stem: nn.Module, blocks: Sequence[nn.Module], positions: Sequence[int], heads: Sequence[nn.Module], x: torch.Tensor
+    stem: nn.Module,
+    blocks: Sequence[nn.Module],
+    positions: Sequence[int],
+    heads: Sequence[nn.Module],
+    x: torch.Tensor,
+    cascades: Sequence[nn.Module] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run ``stem`` and ``blocks`` on ``x``; return each IC's logits and the last block's output."""
+    """Run ``stem`` and ``blocks`` on ``x``; return each IC's logits and the last block's output
+    (with ``cascades``, IC k's logits plus its link from IC k - 1's, detached)."""
     outputs: list[torch.Tensor] = []
     k = 0
     x = stem(x)
     for i, block in enumerate(blocks):
         x = block(x)
         if k < len(positions) and positions[k] == i:
-            outputs.append(heads[k](x))
+            z = heads[k](x)
+            if cascades is not None and k > 0:
+                z = z + cascades[k - 1](outputs[-1].detach())  # the previous IC learns nothing from IC k
+            outputs.append(z)
             k += 1
     return outputs, x
 

@@ -41,6 +41,7 @@ class ModelMeta:
     image_size: int
     ic_positions: tuple[int, ...] = ()
     source: JSONObject | None = None
+    cascade: bool = False  # ZTW's cascade links between the ICs
 
     @classmethod
     def of(cls, model: CNN | SDN) -> ModelMeta:
@@ -51,7 +52,8 @@ class ModelMeta:
         source = cnn.source
         if isinstance(model, SDN) and source is not None:  # how its token heads pool, to rebuild them
             source = source | {"token_pool": model.token_pool}
-        return cls(kind, cnn.arch, cnn.num_classes, cnn.image_size, positions, source)
+        cascade = isinstance(model, SDN) and model.cascade
+        return cls(kind, cnn.arch, cnn.num_classes, cnn.image_size, positions, source, cascade)
 
     def to_json(self) -> JSONObject:
         d = {
@@ -61,7 +63,11 @@ class ModelMeta:
             "image_size": self.image_size,
             "ic_positions": list(self.ic_positions),
         }
-        return d | ({"source": self.source} if self.source is not None else {})
+        return (
+            d
+            | ({"source": self.source} if self.source is not None else {})
+            | ({"cascade": True} if self.cascade else {})
+        )
 
     @classmethod
     def from_json(cls, d: Any) -> ModelMeta:
@@ -80,7 +86,10 @@ class ModelMeta:
         source = d.get("source")
         if source is not None and not isinstance(source, dict):
             raise MetaError("the model's source is not an object")
-        return cls(d["kind"], d["arch"], d["num_classes"], d["image_size"], tuple(pos), source)
+        cascade = d.get("cascade", False)
+        if not isinstance(cascade, bool) or (cascade and d["kind"] != "sdn"):
+            raise MetaError(f"cascade {cascade!r} is not true or false (true only for an SDN)")
+        return cls(d["kind"], d["arch"], d["num_classes"], d["image_size"], tuple(pos), source, cascade)
 
 
 @dataclass
@@ -102,6 +111,7 @@ class RunConfig:
     data_mode: str | None = None
     backdoor: JSONObject | None = None  # Backdoor.to_json() once resolved
     token_pool: str | None = None  # how IC heads on tokens pool them (None: mean)
+    cascade: bool | None = None  # ZTW's cascade links between the ICs (None: none)
 
     def to_json(self) -> JSONObject:
         return {f.name: getattr(self, f.name) for f in fields(self)}

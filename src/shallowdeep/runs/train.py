@@ -76,6 +76,7 @@ class TrainConfig:
     ic_fractions: tuple[float, ...] | None = None
     data_mode: str | None = None  # "memory", "stream" or None (chosen by the data's size)
     token_pool: str | None = None  # IC heads on tokens: "mean" (None) or "cls"
+    cascade: bool | None = None  # ZTW's cascade links between the ICs
     module: nn.Module | None = None  # the Python API's own classifier (never recorded as code)
     # recipe: None keeps the paper's value for the mode
     epochs: int | None = None
@@ -117,6 +118,7 @@ _RECORDED = (
     "ic_fractions",
     "data_mode",
     "token_pool",
+    "cascade",
 )
 
 
@@ -183,6 +185,8 @@ def _check_values(r: dict[str, Any], user_module: bool) -> None:
         )
     if r["data_mode"] not in (None, "memory", "stream"):
         raise ArgumentError(f"`data_mode` is memory or stream, not {r['data_mode']!r}")
+    if r["cascade"] and r["mode"] == "cnn":
+        raise ArgumentError("`cascade` links the ICs of an SDN: for the ic-only, sdn or mixed `mode`")
     if r["token_pool"] is not None:
         if r["token_pool"] not in TOKEN_POOLS:
             raise ArgumentError(f"`token_pool` is {' or '.join(TOKEN_POOLS)}, not {r['token_pool']!r}")
@@ -393,7 +397,7 @@ def _set_up(
     cnn, norm = _build_cnn(cfg, r, previous, data, run)
     if norm is not None:  # pretrained weights expect their own normalisation
         data = replace(data, mean=norm[0], std=norm[1])
-    model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean")
+    model: nn.Module = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean", cascade=bool(r.cascade))
     if r.mode in FROM_CNN_MODES and r.from_run and previous is not None:
         theirs = sha256_file(RunFolder(r.from_run).require_weights())
         if theirs != previous.from_run_weights_sha256:
@@ -639,7 +643,7 @@ def warm_compile(cfg: TrainConfig) -> bool:
         return False
     torch.manual_seed(r.seed)
     cnn, _ = _build_cnn(cfg, r, None, data, None)
-    model = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean")
+    model = cnn if r.mode == "cnn" else SDN(cnn, token_pool=r.token_pool or "mean", cascade=bool(r.cascade))
     if ic_only:
         cnn.eval()  # as a finished CNN run is loaded
     one = torch.arange(recipe.batch_size)

@@ -50,13 +50,13 @@ def build_from(meta: ModelMeta, module: torch.nn.Module | None = None) -> CNN | 
             cnn = chain_cnn(chain, list(source["cuts"]), meta.arch, {k: v for k, v in source.items() if k != "cuts"})
         except ArgumentError as e:
             raise RunFolderError(f"the module given does not match this run ({e})") from None
-        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions)
+        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions, cascade=meta.cascade)
     try:
         cuts = list(source["cuts"]) if source is not None else None
         cnn, _ = build_model(meta.arch, meta.num_classes, meta.image_size, cuts=cuts)
         if source is not None:
             cnn.source = source
-        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions)
+        return cnn if meta.kind == "cnn" else SDN(cnn, meta.ic_positions, cascade=meta.cascade)
     except (KeyError, TypeError, ValueError, ArgumentError) as e:
         raise RunFolderError(
             f"run.json lacks a valid architecture description ({e}): the run folder is damaged"
