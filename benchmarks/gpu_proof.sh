@@ -8,10 +8,10 @@
 #          default on one GPU), then the batch-512 rows (eager and compiled, bf16) with what is left of
 #          ${BUDGET:-570} s (ROWS512=0: not them; ROWS_AFTER: other rows instead); each stage folder comes back as $OUT/TAG-ARCH-STAGE.tgz (TAG: the
 #          folder's name) and continues from .data/ in a later call;
-#   methods: one call for issue 30: ResNet-56 on the CIFAR-10 JPEGs, a CNN (${CNN_EPOCHS:-30} epochs), then
-#           ic-only, mixed, mixed --distill 0.5 and mixed --cascade from it (${IC_EPOCHS:-8} each), an SDN from scratch
-#           (${SDN_EPOCHS:-30}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
-#           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 9 minutes on an H200;
+#   methods: one call for issue 30: ResNet-56 on the CIFAR-10 JPEGs, a CNN (${CNN_EPOCHS:-25} epochs), then
+#           ic-only, mixed, mixed --distill 0.5 and mixed --cascade from it (${IC_EPOCHS:-6} each), an SDN from scratch
+#           (${SDN_EPOCHS:-25}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
+#           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 8 minutes on an H200 (estimated from the H100 reproduction's epoch times, not measured);
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -107,12 +107,12 @@ if [ "$part" = methods ]; then
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
   M=runs/methods; A=${ARCH:-resnet56}; SD="python3 -m shallowdeep"
-  $SD train --quiet --mode cnn --arch "$A" --data "imagefolder:$DATA" --epochs "${CNN_EPOCHS:-30}" --out $M/cnn 2>&1 | tee -a "$OUT/methods.log"
-  $SD train --quiet --mode ic-only --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/ic-only 2>&1 | tee -a "$OUT/methods.log"
-  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --out $M/mixed 2>&1 | tee -a "$OUT/methods.log"
-  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --distill 0.5 --out $M/mixed-distill 2>&1 | tee -a "$OUT/methods.log"
-  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-8}" --cascade --out $M/mixed-cascade 2>&1 | tee -a "$OUT/methods.log"
-  $SD train --quiet --mode sdn --arch "$A" --data "imagefolder:$DATA" --epochs "${SDN_EPOCHS:-30}" --out $M/sdn 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode cnn --arch "$A" --data "imagefolder:$DATA" --epochs "${CNN_EPOCHS:-25}" --out $M/cnn 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode ic-only --from $M/cnn --epochs "${IC_EPOCHS:-6}" --out $M/ic-only 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-6}" --out $M/mixed 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-6}" --distill 0.5 --out $M/mixed-distill 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode mixed --from $M/cnn --epochs "${IC_EPOCHS:-6}" --cascade --out $M/mixed-cascade 2>&1 | tee -a "$OUT/methods.log"
+  $SD train --quiet --mode sdn --arch "$A" --data "imagefolder:$DATA" --epochs "${SDN_EPOCHS:-25}" --out $M/sdn 2>&1 | tee -a "$OUT/methods.log"
   for r in ic-only mixed mixed-distill mixed-cascade sdn; do $SD analyze $M/$r --device "${DEV:-cuda}" 2>&1 | tee -a "$OUT/methods.log"; done
   $SD compare $M/sdn $M/ic-only $M/mixed $M/mixed-distill $M/mixed-cascade --rules max_softmax,ztw --chart "$OUT/compare.svg" \
     --device "${DEV:-cuda}" 2>&1 | tee "$OUT/compare.md"
