@@ -288,6 +288,16 @@ def _point(
     )
 
 
+def most_accurate_within(s: Sweep, budget: float) -> int | None:
+    """The index of the swept threshold most accurate within a cost ``budget`` (ties to the higher
+    threshold); ``None`` when none fits."""
+    ok = s.relative_cost <= budget + 1e-12
+    if not ok.any():
+        return None
+    order = np.lexsort((-s.thresholds, -s.accuracy))  # best accuracy first, then higher threshold
+    return int(next(i for i in order if ok[i]))
+
+
 def _choose_single(
     s: Sweep, final_acc: float, max_drop: float | None, budget: float | None
 ) -> tuple[int, dict[str, float]]:
@@ -296,14 +306,13 @@ def _choose_single(
     the higher accuracy, then the higher threshold."""
     q, acc, cost = s.thresholds, s.accuracy, s.relative_cost
     if budget is not None:
-        ok = cost <= budget + 1e-12
-        if not ok.any():
+        best = most_accurate_within(s, budget)
+        if best is None:
             raise ArgumentError(
                 f"no threshold keeps the cost within a `budget` of {budget:.3f} of the CNN's "
                 f"(cheapest: {cost.min():.3f}): raise it"
             )
-        order = np.lexsort((-q, -acc))  # best accuracy first, then higher threshold
-        rule = {"budget": float(budget)}
+        return best, {"budget": float(budget)}
     else:
         drop = 0.01 if max_drop is None else max_drop
         ok = acc >= final_acc - drop - 1e-12

@@ -198,6 +198,20 @@ def rule_calibration(
     )
 
 
+def _rule_result(
+    rule: ExitRule, v: ExitRecord, t: ExitRecord, temps: np.ndarray, fallback: str, **goal: float | None
+) -> RuleResult:
+    """One rule on the records it runs on (``v``, ``t``: already scaled or ensembled): each record
+    scored and swept once, the validation sweep serving the calibration and the fixed costs alike."""
+    th = rule_thresholds(t, rule)
+    v_scores, t_scores = rule_scores(v, rule), rule_scores(t, rule)
+    val_curve, curve = sweep(v, th, fallback, v_scores), sweep(t, th, fallback, t_scores)
+    cal = calibrate(
+        v, t, fallback=fallback, thresholds=th, swept=val_curve, val_scores=v_scores, test_scores=t_scores, **goal
+    )
+    return RuleResult(rule, curve, cal, temps.tolist() if rule.temperature else None, tradeoff(val_curve, curve))
+
+
 def compare_rules(
     val: ExitRecord,
     test: ExitRecord,
@@ -214,13 +228,7 @@ def compare_rules(
     results = []
     for rule in rules:
         v, t = rule_records(rule, (val, test), temps, ensemble)
-        cal = rule_calibration(
-            val, test, rule, temps, ensemble=ensemble, max_drop=max_drop, budget=budget, fallback=fallback
-        )
-        th = rule_thresholds(t, rule)
-        curve = sweep(t, th, fallback, rule_scores(t, rule))
-        at_costs = tradeoff(sweep(v, th, fallback, rule_scores(v, rule)), curve)
-        results.append(RuleResult(rule, curve, cal, temps.tolist() if rule.temperature else None, at_costs))
+        results.append(_rule_result(rule, v, t, temps, fallback, max_drop=max_drop, budget=budget))
     return RuleComparison(
         results,
         temps.tolist(),

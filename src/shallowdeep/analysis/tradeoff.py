@@ -4,12 +4,12 @@ under the test accuracy-cost curve."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..core.io import JSONObject
-from .early_exit import Sweep
+from .early_exit import Sweep, most_accurate_within
 
 COST_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -25,12 +25,7 @@ class CostPoint:
     test_cost: float | None
 
     def to_json(self) -> JSONObject:
-        return {
-            "budget": self.budget,
-            "threshold": self.threshold,
-            "test_accuracy": self.test_accuracy,
-            "test_cost": self.test_cost,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -63,13 +58,10 @@ def tradeoff(val_curve: Sweep, test_curve: Sweep, fractions: tuple[float, ...] =
     ``test_curve``: the same thresholds swept on the two splits) and the test curve's area."""
     points = []
     for b in fractions:
-        fits = np.flatnonzero(val_curve.relative_cost <= b + 1e-12)
-        if not len(fits):
+        i = most_accurate_within(val_curve, b)  # calibrate's budget rule, on validation
+        if i is None:
             points.append(CostPoint(b, None, None, None))
             continue
-        # the most accurate on validation; ties to the cheaper, then the higher threshold
-        key = np.lexsort((-val_curve.thresholds[fits], val_curve.relative_cost[fits], -val_curve.accuracy[fits]))
-        i = int(fits[key[0]])
         points.append(
             CostPoint(
                 b, float(val_curve.thresholds[i]), float(test_curve.accuracy[i]), float(test_curve.relative_cost[i])

@@ -525,12 +525,9 @@ class EarlyExitEngine:
 
     def _run_stage(self, k: int, rows: _Rows, queues: list[list[_Rows]], out: _Results, pad: int | None) -> None:
         ic = self._stages[k][1]
-        h, n = rows.h, len(rows)
-        if pad is not None and pad > n:  # a bucketed shape: zero rows, dropped again below
-            h = torch.cat([h, h.new_zeros((pad - n, *h.shape[1:]))])
-        prev = rows.prev_z
-        if prev is not None and pad is not None and pad > n:
-            prev = torch.cat([prev, prev.new_zeros((pad - n, *prev.shape[1:]))])
+        n = len(rows)
+        # a bucketed shape: zero rows, dropped again below
+        h, prev = _padded(rows.h, pad), None if rows.prev_z is None else _padded(rows.prev_z, pad)
         h, z = self._call_stage(k, h, prev=prev)
         h, z = h[:n], z[:n]
         pred, conf, answer = self._decide(z, rows, ic)
@@ -606,6 +603,13 @@ class _Rows:
 
 
 _STATE = ("best_conf", "best_pred", "best_k", "prev", "run", "logps", "prev_z")
+
+
+def _padded(t: torch.Tensor, pad: int | None) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``pad`` rows (``None``, or no more rows than it has: ``t``)."""
+    if pad is None or pad <= len(t):
+        return t
+    return torch.cat([t, t.new_zeros((pad - len(t), *t.shape[1:]))])
 
 
 def _index(state: torch.Tensor | None, index: torch.Tensor | slice) -> torch.Tensor | None:
