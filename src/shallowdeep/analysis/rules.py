@@ -16,7 +16,7 @@ import numpy as np
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule, GeometricEnsemble, exit_scores
 from ..core.io import JSONObject
-from .early_exit import Calibration, Sweep, calibrate, early_exit, sweep
+from .early_exit import Calibration, EarlyExit, Sweep, calibrate, early_exit, sweep
 from .ensemble import ensembled, fit_ensemble
 from .record import ExitRecord
 from .reliability import reliability
@@ -241,13 +241,21 @@ def compare_rules(
 def rule_exits(
     record: ExitRecord,
     rule: ExitRule,
-    threshold: float,
+    threshold: float | list[float],
     fallback: str = "most_confident",
     temperatures: np.ndarray | None = None,
     ensemble: GeometricEnsemble | None = None,
-):
+) -> EarlyExit:
     """Early exits of ``rule`` at ``threshold`` (the simulation the engine must match)."""
     r = scaled(record, temperatures) if temperatures is not None else record
     if ensemble is not None:
         r = ensembled(r, ensemble)
     return early_exit(r, threshold, fallback, rule_scores(r, rule))
+
+
+def calibrated_exits(record: ExitRecord, rule: ExitRule) -> EarlyExit:
+    """Early exits of a calibrated ``rule`` (its thresholds, temperatures, ensemble and fallback) on
+    ``record``: what the engine and the deployed runtime decide for those inputs."""
+    temps = np.asarray(rule.temperatures) if rule.temperature and rule.temperatures is not None else None
+    ensemble = rule.fitted_ensemble(record.num_outputs)
+    return rule_exits(record, rule, rule.per_ic(record.num_outputs - 1), rule.fallback, temps, ensemble)

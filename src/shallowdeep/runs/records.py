@@ -14,11 +14,18 @@ from ..analysis.record import ExitRecord
 from ..compute.distributed import current
 from ..core.catalog import FROM_CNN_MODES
 from ..core.errors import RunFolderError, UserError
+from ..core.io import JSONObject
 from ..data import Dataset, load_dataset
+from ..data.corruption import Corruption, corrupt
 from ..data.poison import Backdoor, triggered_split
+from ..data.sets import ImageSet
+from ..data.unfamiliar import load_unfamiliar
 from ..inference.collect import collect
 from .folder import RunFolder
 from .weights import load
+
+OOD_PREFIX = "ood-"
+CORRUPTION_SEED = 0  # every run's corrupted test split is the same images (noise included)
 
 
 def run_data(run: str | Path) -> Dataset:
@@ -43,16 +50,43 @@ def backdoor_of(run: str | Path) -> Backdoor | None:
 
 
 def _same_inputs(rec: ExitRecord, data: Dataset | None, split: str) -> bool:
-    """Whether a cached record still describes ``data``'s split (same ids and labels); without the
-    data at hand, trust the cache (it is keyed by the weights)."""
-    if data is None or "+" in split:
+    """Whether a cached record still describes ``data``'s split (same ids and labels; a corrupted
+    split, its clean split's); without the data at hand, trust the cache (it is keyed by the weights).
+    A triggered split holds some of its split's inputs and an unfamiliar one is checked by its count."""
+    if data is None or split.endswith("+trigger"):
         return True
-    s = data.split(split)
+    if split.startswith(OOD_PREFIX):
+        source = rec.meta.get("ood")
+        return isinstance(source, str) and len(load_unfamiliar(source, data.image_size)) == rec.num_inputs
+    s = data.split(split.split("+")[0])
     return (
         len(s) == rec.num_inputs
         and np.array_equal(s.ids.numpy(), rec.ids)
         and np.array_equal(s.labels.numpy(), rec.labels)
     )
+
+
+def _source(run: str | Path, data: Dataset, split: str, ood: str | None) -> tuple[Dataset, str, JSONObject]:
+    """The data set and split a derived record is collected from, and what its record's metadata says
+    of it: ``SPLIT+trigger`` (the run's backdoor pasted on), ``test+FAMILY-SEVERITY`` (a corruption,
+    seeded), ``ood-…`` (the unfamiliar inputs of ``ood`` in place of the test split)."""
+    if split.startswith(OOD_PREFIX):
+        if ood is None:
+            raise RunFolderError(f"the record {split} needs its unfamiliar inputs (`ood`)")
+        return replace(data, test=load_unfamiliar(ood, data.image_size)), "test", {"ood": ood}
+    if "+" not in split:
+        return data, split, {}
+    base, variant = split.split("+", 1)
+    if variant == "trigger":
+        b = backdoor_of(run)
+        if b is None:
+            raise RunFolderError(f"{run} has no backdoor: there is no triggered split")
+        return replace(data, **{base: triggered_split(data, base, b)}), base, {}
+    family, _, severity = variant.rpartition("-")
+    c = Corruption(family, int(severity) if severity.isdigit() else 0)
+    s = data.split(base)
+    corrupted = ImageSet(corrupt(s.images, c, CORRUPTION_SEED), s.labels, s.ids)
+    return replace(data, **{base: corrupted}), base, {"corruption": {"family": c.family, "severity": c.severity}}
 
 
 def run_records(
@@ -63,11 +97,14 @@ def run_records(
     data: Dataset | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
+    ood: str | None = None,
 ) -> dict[str, ExitRecord]:
     """The records of a run's splits, cached in ``RUN/records/`` and reused while the weights are
     the same (the cache stores the weights' SHA-256) and, when ``data`` is given, the split's ids and
     labels still match. ``"test+trigger"`` is the test split's non-target inputs with the run's
-    backdoor trigger pasted on (true labels kept)."""
+    backdoor trigger pasted on (true labels kept); ``"test+jpeg-3"`` the test split corrupted
+    (:mod:`~shallowdeep.data.corruption`, seeded); ``unfamiliar_key(ood)`` the unfamiliar inputs of
+    ``ood`` (:func:`~shallowdeep.data.unfamiliar.load_unfamiliar`)."""
     folder = RunFolder(run)
     meta = folder.meta()
     sha = folder.weights_sha256()
@@ -86,13 +123,7 @@ def run_records(
             model = load(run, device)
         if data is None:
             data = run_data(run)
-        source, base = data, split
-        if split.endswith("+trigger"):
-            b = backdoor_of(run)
-            if b is None:
-                raise RunFolderError(f"{run} has no backdoor: there is no triggered split")
-            base = split.split("+")[0]
-            source = replace(data, **{base: triggered_split(data, base, b)})
+        source, base, about = _source(run, data, split, ood)
         if log is not None:
             log(f"collecting the {split} record ({len(source.split(base))} inputs)")
         started = time.perf_counter()
@@ -102,7 +133,7 @@ def run_records(
             base,
             device=device,
             progress=log is not None,
-            meta={"weights_sha256": sha, "run": meta.config.arch, "split_name": split},
+            meta={"weights_sha256": sha, "run": meta.config.arch, "split_name": split, **about},
         )
         if log is not None:
             seconds = time.perf_counter() - started
