@@ -515,12 +515,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         thresholds=args.thresholds.replace("-", "_"),
         log=None if args.quiet else print,
         module=_user_module(args),
+        corruptions=args.corruptions,
+        ood=args.ood,
     )
     if not place.main:
         return 0
     if not args.quiet:
         _print_analysis(done.analysis, args)
+        _print_shifts(done.analysis)
     print(f"report: {done.html}\nfigures: {done.json}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .inference.attack import SlowdownAttack
+    from .runs.attacks import attack_run
+
+    attack = SlowdownAttack(
+        args.norm, args.epsilon, args.steps, args.step_size, args.universal, args.craft_inputs, args.seed
+    )
+    done = attack_run(
+        args.run, attack, split=args.split, inputs=args.inputs, device=_device(args), log=None if args.quiet else print
+    )
+    final = done.record.num_outputs - 1
+    print(
+        f"{done.record.num_inputs} {args.split} inputs attacked ({attack.label}) in {done.seconds:.1f} s; "
+        f"record: {done.path}; `shallowdeep analyze {args.run}` reports the exits on them "
+        f"(final output {100 * done.record.accuracy()[final]:.2f}% right on them)"
+    )
     return 0
 
 
@@ -595,6 +617,27 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
         print(
             f"a CNN run has no ICs: no overthinking or early exits to measure (train them: `shallowdeep train "
             f"--mode ic-only --from {args.run} --out RUN`)"
+        )
+
+
+def _print_shifts(a: Any) -> None:
+    """What ``analyze`` prints of attacked, corrupted and unfamiliar inputs (one line each)."""
+    for x in a.shifts:
+        c, t = x.clean, x.shifted
+        kept = "no clean saving to keep" if x.saving_kept is None else f"{100 * x.saving_kept:.0f}% of the saving kept"
+        print(
+            f"{x.kind} {x.name} ({x.inputs} inputs): early exits {100 * t.accuracy:.2f}% "
+            f"(final {100 * t.final_accuracy:.2f}%) at {100 * t.relative_cost:.1f}% of the cost; clean "
+            f"{100 * c.accuracy:.2f}% at {100 * c.relative_cost:.1f}%: {kept}; "
+            f"{x.bound}: {'holds' if x.holds else 'BROKEN'}"
+        )
+    for u in a.unfamiliar:
+        aucs = " ".join("-" if v is None else f"{v:.3f}" for v in u.confidence_auroc)
+        conf = "-" if u.confusion_auroc is None else f"{u.confusion_auroc:.3f}"
+        print(
+            f"unfamiliar {u.source} ({u.inputs} inputs): {100 * u.unfamiliar.relative_cost:.1f}% of the cost "
+            f"(test {100 * u.test.relative_cost:.1f}%), {100 * u.unfamiliar.exit_shares[-1]:.1f}% run to the end "
+            f"(test {100 * u.test.exit_shares[-1]:.1f}%); AUROC of each output's confidence {aucs}, of confusion {conf}"
         )
 
 
@@ -734,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub, shared)
     _add_list(sub, shared)
     _add_analyze(sub, shared)
+    _add_attack(sub, shared)
     _add_compare(sub, shared)
     _add_predict(sub, shared)
     _add_explain(sub, shared)
@@ -1006,7 +1050,53 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         "every IC (single, the paper's), or per-IC where 5-fold cross-validation on the validation "
         "split says they beat one threshold on held-out inputs (auto, the default)",
     )
+    a.add_argument(
+        "--corruptions",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="also measure the exits on the test split corrupted (seeded): all (the default with the flag: "
+        "gaussian_noise, gaussian_blur, jpeg, contrast, brightness, pixelate at severities 1-5, CIFAR-10-C's), "
+        "or families and family:severity pairs, comma-separated (jpeg,contrast:3)",
+    )
+    a.add_argument(
+        "--ood",
+        metavar="DATA",
+        help="also measure where unfamiliar inputs exit and how well each output's confidence tells them "
+        "from the test split (AUROC): a data set name (digits, imagefolder:PATH) or a folder of images",
+    )
     a.set_defaults(func=cmd_analyze)
+
+
+def _add_attack(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``attack`` command and its flags."""
+    at = sub.add_parser(
+        "attack",
+        parents=[shared["device"], shared["quiet"]],
+        help="DeepSloth's slowdown attack on an SDN run: attacked inputs' exit records for analyze",
+        description="Perturb a split's images so that every IC grows unsure and inputs run to the end "
+        "(Hong et al., ICLR 2021: PGD towards the uniform answer at every IC), and record every output "
+        "on them in RUN/records/ beside the clean records; `shallowdeep analyze RUN` then reports how "
+        "much of the saving survives. Defaults are DeepSloth's: linf 8/256 (0.03125), 30 steps of 0.002 "
+        "per input, 20 steps of 0.005 universal; l2 1.0, 30 (universal 20) steps of 0.1.",
+    )
+    at.add_argument("run", help="an SDN run folder")
+    at.add_argument("--norm", choices=("linf", "l2"), default="linf", help="the perturbation's norm (default linf)")
+    at.add_argument("--epsilon", type=float, help="the bound, in pixels of [0, 1] (default: DeepSloth's)")
+    at.add_argument("--steps", type=int, help="gradient steps (default: DeepSloth's)")
+    at.add_argument("--step-size", type=float, help="step length, in pixels of [0, 1] (default: DeepSloth's)")
+    at.add_argument(
+        "--universal",
+        action="store_true",
+        help="one perturbation for every input, crafted on training images (saved in RUN/attacks/)",
+    )
+    at.add_argument(
+        "--craft-inputs", type=int, default=128, help="training images a universal perturbation is crafted on"
+    )
+    at.add_argument("--split", choices=("test", "val"), default="test", help="the split attacked (default test)")
+    at.add_argument("--inputs", type=int, help="attack only the split's first N inputs (default: all)")
+    at.add_argument("--seed", type=int, default=0, help="seed of the random start (default 0)")
+    at.set_defaults(func=cmd_attack)
 
 
 def _add_predict(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:

@@ -25,7 +25,10 @@ from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import JSONObject, read_json, write_bytes
 from .core.stopwatch import Stopwatch
 from .data import Dataset
+from .data.corruption import parse_corruptions
+from .data.unfamiliar import unfamiliar_key
 from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
+from .runs.attacks import attacked_records
 from .runs.precompile import CompiledBeside, compiles_beside
 from .runs.weights import load
 
@@ -57,10 +60,16 @@ def analyze_run(
     thresholds: str = "auto",
     log: Log = None,
     module: torch.nn.Module | None = None,
+    corruptions: str | None = None,
+    ood: str | None = None,
 ) -> AnalyzedRun:
     """Collect (or reuse) a run's records, analyze them (options: :class:`~shallowdeep.analysis.AnalysisOptions`),
     write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
-    a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`)."""
+    a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`).
+    An SDN's report also says how its exits fare on the run's attacked test records (``attack``), on
+    the test split corrupted by ``corruptions`` (``"all"`` or ``"jpeg,contrast:3"``:
+    :func:`~shallowdeep.data.corruption.parse_corruptions`) and on the unfamiliar inputs of ``ood``
+    (a data set name or an image folder)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
@@ -76,9 +85,12 @@ def analyze_run(
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
+    shifted = _shifted_splits(meta, corruptions, ood)  # checked before anything is collected
     clock.lap("data")
     model = load(run, device, module=module) if module is not None else None  # else loaded if a record is missing
-    records = run_records(run, splits, model=model, data=data, device=device, log=log)
+    records = run_records(run, splits + shifted, model=model, data=data, device=device, log=log, ood=ood)
+    if meta.model.kind == "sdn":
+        records |= {str(r.meta["split_name"]): r for r in attacked_records(run)}
     clock.lap("records")
     if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
         return AnalyzedRun(out / "report.html", out / "report.json", None)
@@ -104,6 +116,19 @@ def analyze_run(
         laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
         log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
     return AnalyzedRun(out / "report.html", out / "report.json", analysis)
+
+
+def _shifted_splits(meta: RunMeta, corruptions: str | None, ood: str | None) -> tuple[str, ...]:
+    """The record names of the corrupted test splits and of the unfamiliar inputs asked for (an SDN's
+    only: they measure its exits)."""
+    if (corruptions or ood) and meta.model.kind != "sdn":
+        raise ArgumentError("corrupted and unfamiliar inputs measure an SDN's exits: this run is a CNN")
+    named = tuple(f"test+{c.label}" for c in parse_corruptions(corruptions)) if corruptions else ()
+    if ood is not None:
+        if not isinstance(ood, str) or not ood.strip():
+            raise ArgumentError("`ood` is a data set name or an image folder")
+        named += (unfamiliar_key(ood),)
+    return named
 
 
 def _report_page(

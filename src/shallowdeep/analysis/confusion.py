@@ -29,7 +29,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
+def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
     """Area under the ROC curve of ``score`` for finding ``positive`` (ties count half)."""
     npos, nneg = int(positive.sum()), int((~positive).sum())
     if npos == 0 or nneg == 0:
@@ -127,7 +127,7 @@ def confusion(record: ExitRecord, stats: tuple[float, float] | ExitRecord | None
         beyond_w = (values[wrong] > mr) if higher_means_error else (values[wrong] < mr)
         beyond_r = (values[right] < mw) if higher_means_error else (values[right] > mw)
         return Separation(
-            auroc=_auroc(values if higher_means_error else -values, wrong),
+            auroc=auroc(values if higher_means_error else -values, wrong),
             mean_correct=None if np.isnan(mr) else float(mr),
             mean_wrong=None if np.isnan(mw) else float(mw),
             wrong_beyond_correct_mean=int(beyond_w.sum()) if right.any() else None,

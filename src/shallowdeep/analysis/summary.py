@@ -18,6 +18,7 @@ from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
 from .rules import DEFAULT_RULES, RuleComparison, compare_rules, rule_calibration
+from .shift import ShiftedExits, Unfamiliar, shifted_exits, unfamiliar_exits
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class RunAnalysis:
     backdoor: BackdoorResult | None = None
     rules: RuleComparison | None = None
     engine: EngineChoice | None = None  # an SDN's: the rule predict runs
+    shifts: list[ShiftedExits] = field(default_factory=list)  # attacked and corrupted test inputs
+    unfamiliar: list[Unfamiliar] = field(default_factory=list)
 
     def to_json(self) -> JSONObject:
         ee: JSONObject = {
@@ -149,6 +152,10 @@ class RunAnalysis:
             d["rules"] = self.rules.to_json()
         if self.engine is not None:
             ee["engine"] = self.engine.to_json()
+        if self.shifts:
+            d["shifts"] = [x.to_json() for x in self.shifts]
+        if self.unfamiliar:
+            d["unfamiliar"] = [x.to_json() for x in self.unfamiliar]
         return d
 
 
@@ -236,7 +243,8 @@ def analyze(
     engine = _engine_choice(val, test, o, rules)  # per-IC thresholds are cross-validated: the slow part
     if clock is not None:
         clock.lap("calibration")
-    return replace(analysis, engine=engine)
+    shifts, unfamiliar = _shifts(records, engine)
+    return replace(analysis, engine=engine, shifts=shifts, unfamiliar=unfamiliar)
 
 
 def _output_rows(val: ExitRecord, test: ExitRecord) -> list[OutputRow]:
@@ -280,3 +288,19 @@ def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules:
     )
     ensemble = rules.ensemble if rule.ensembled else None
     return EngineChoice(rule.calibrated(cal.exit_thresholds, temps, o.fallback, ensemble), o.thresholds, cal)
+
+
+def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> tuple[list[ShiftedExits], list[Unfamiliar]]:
+    """The engine's exits on every shifted record (told apart by what its metadata says it holds:
+    an ``attack``, a ``corruption``, ``ood`` inputs), in the order of ``records``."""
+    test, shifts, unfamiliar = records["test"], [], []
+    goal = engine.calibration.rule
+    for name, rec in records.items():
+        if isinstance(rec.meta.get("ood"), str):
+            unfamiliar.append(unfamiliar_exits(test, rec, engine.rule, rec.meta["ood"]))
+            continue
+        for kind in ("attack", "corruption"):
+            if isinstance(rec.meta.get(kind), dict):
+                setting = rec.meta[kind]
+                shifts.append(shifted_exits(test, rec, engine.rule, goal, name=name, kind=kind, setting=setting))
+    return shifts, unfamiliar

@@ -286,6 +286,28 @@ def fig_exits(cal: Calibration, names: list[str], title: str) -> str:
     return _svg(fig)
 
 
+def fig_shifted_exits(analysis: RunAnalysis, names: list[str]) -> str:
+    """Where inputs leave at the engine's thresholds: the clean test split beside every attacked and
+    corrupted copy of it (severities 3 and 5 of a corruption, to keep the bars readable) and every
+    unfamiliar set."""
+    plt = _plt()
+    groups = [("clean test", analysis.shifts[0].clean if analysis.shifts else analysis.unfamiliar[0].test)]
+    for x in analysis.shifts:
+        if x.kind == "attack" or x.setting.get("severity") in (3, 5):
+            groups.append((x.name.removeprefix("test+"), x.shifted))
+    groups += [(f"unfamiliar: {u.source}"[:40], u.unfamiliar) for u in analysis.unfamiliar]
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    x, width = np.arange(len(names)), 0.8 / len(groups)
+    for j, (label, summary) in enumerate(groups):
+        ax.bar(x + (j - (len(groups) - 1) / 2) * width, 100 * np.asarray(summary.exit_shares), width, label=label)
+    ax.set_xticks(x, [n if n != "final" else "no IC exit" for n in names])
+    ax.set_xlabel("where inputs leave (the thresholds predict uses)")
+    ax.set_ylabel("inputs (%)")
+    ax.legend(frameon=False, fontsize=6.5, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return _svg(fig)
+
+
 def fig_rules(comparison) -> str:
     """Accuracy against cost of every exit rule on the test record, with its validation-chosen point."""
     plt = _plt()
@@ -388,6 +410,8 @@ def figures(
         figs["destructive"] = fig_destructive(o)
     if analysis.rules is not None:
         figs["rules"] = fig_rules(analysis.rules)
+    if analysis.shifts or analysis.unfamiliar:
+        figs["shifted_exits"] = fig_shifted_exits(analysis, names)
     if o.examples_only_first:
         figs["only_first"] = fig_image_grid(images, [("IC 1", o.examples_only_first)], test, classes, [0])
     return figs

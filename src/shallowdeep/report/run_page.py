@@ -146,6 +146,8 @@ def render_html(
     )
     if analysis.rules is not None:
         sections.append(_rules_section(analysis, fig))
+    if analysis.shifts or analysis.unfamiliar:
+        sections.append(_shifts_section(analysis, fig))
     if classes is not None and len(classes) <= 200:
         sections.append(_classes_section(analysis, classes))
     sections += list(extra_sections)
@@ -154,6 +156,52 @@ def render_html(
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
     )
+
+
+def _shifts_section(analysis: RunAnalysis, fig: _Figures) -> str:
+    """Attacked, corrupted and unfamiliar inputs: what the calibrated exits cost and keep on them."""
+    rows = [
+        [
+            x.name.removeprefix("test+"),
+            x.kind,
+            x.inputs,
+            f"{_pct(x.shifted.accuracy)} ({_pct(x.shifted.final_accuracy)})",
+            f"{100 * x.shifted.relative_cost:.1f}%",
+            f"{_pct(x.clean.accuracy)} at {100 * x.clean.relative_cost:.1f}%",
+            "n/a" if x.saving_kept is None else f"{100 * x.saving_kept:.0f}%",
+            "holds" if x.holds else "BROKEN",
+        ]
+        for x in analysis.shifts
+    ]
+    parts = ['<section id="shifts"><h2>Attacked, corrupted and unfamiliar inputs</h2>']
+    if rows:
+        bound = html.escape(analysis.shifts[0].bound)
+        parts.append(
+            "<p>The exits <code>predict</code> makes (the engine's rule and thresholds, chosen on clean "
+            "validation inputs) on shifted copies of test inputs, beside the same inputs clean. Saving kept: "
+            "the shifted inputs' saving over the clean ones'. Bound: the calibration's promise "
+            f"({bound}), checked on the shifted inputs.</p>"
+        )
+        headers = ["inputs", "kind", "count", "early exits (final)", "cost", "clean", "saving kept", "bound"]
+        parts.append(_table(headers, rows))
+    if analysis.unfamiliar:
+        parts.append(
+            "<p>Unfamiliar inputs: what they cost and how well each output's confidence (max softmax) and the "
+            "confusion metric tell them from the test split (AUROC; 0.5 is chance).</p>"
+        )
+        urows = [
+            [
+                u.source,
+                u.inputs,
+                f"{100 * u.unfamiliar.relative_cost:.1f}% (test {100 * u.test.relative_cost:.1f}%)",
+                " ".join("n/a" if v is None else f"{v:.3f}" for v in u.confidence_auroc),
+                "n/a" if u.confusion_auroc is None else f"{u.confusion_auroc:.3f}",
+            ]
+            for u in analysis.unfamiliar
+        ]
+        parts.append(_table(["source", "count", "cost", "confidence AUROC per output", "confusion AUROC"], urows))
+    parts.append(fig.img("shifted_exits", "where clean, shifted and unfamiliar inputs exit"))
+    return "".join(parts) + "</section>"
 
 
 def _summary_section(analysis: RunAnalysis, engine: tuple[str, Calibration] | None) -> str:
