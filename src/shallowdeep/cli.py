@@ -46,6 +46,7 @@ _LIBRARY_NAMES = {
     "cuts": "ic_cuts",
     "fractions": "ic_fractions",
     "module": "import_module",
+    "window": "drift_window",
 }
 
 
@@ -656,6 +657,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     meta = RunFolder(args.run).meta().data
     size = engine.sdn.image_size
     chunk = max(args.batch_size, 64)
+    monitor = engine.monitor(window=args.drift_window) if engine.profile is not None else None  # checked first
 
     def batches():  # files decoded a chunk at a time: memory does not grow with the number of images
         for i in range(0, len(files), chunk):
@@ -674,7 +676,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_predictions(rows, engine, float(res["relative_cost"].mean()))
+    if monitor is not None:
+        _print_drift(monitor, res, args)
     return 0
+
+
+def _print_drift(monitor: Any, res: dict[str, Any], args: argparse.Namespace) -> None:
+    """The drift monitor's line for every window of the images that exits unlike the validation
+    split (on standard error under ``--json``, so the JSON stays whole)."""
+    for check in monitor.observe(res["exits"].numpy(), res["confidence"].numpy()):
+        if check.drifted:
+            print(check.line(), file=sys.stderr if args.json else sys.stdout)
 
 
 def _prediction_rows(files: list[Path], res: dict[str, torch.Tensor], meta: Any, last: int) -> list[JSONObject]:
@@ -1122,6 +1134,14 @@ def _add_predict(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     )
     pr.add_argument("--resize", action="store_true", help="resize images whose size differs from the model's")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument(
+        "--drift-window",
+        type=int,
+        default=500,
+        metavar="N",
+        help="test every N images' exits against the validation split's (chi-square, false alarms at 1e-3 "
+        "per window) and print a line when they differ (default 500; the run's calibrated rule only)",
+    )
     pr.set_defaults(func=cmd_predict)
 
 

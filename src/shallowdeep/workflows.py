@@ -111,7 +111,7 @@ def analyze_run(
     if analysis.engine is not None:  # the engine's rule, chosen on the validation split, tied to these weights
         # after the report: a report that cannot be written leaves the calibration it had
         sha = str(records["test"].meta.get("weights_sha256"))
-        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule)
+        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule, analysis.engine.profile)
     if log is not None:
         laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
         log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
@@ -395,7 +395,7 @@ def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Pa
     folder = RunFolder(run)
     engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
     meta = folder.meta()
-    info = ExportInfo(meta.data.mean, meta.data.std, meta.data.class_names, sha256_file(folder.weights))
+    info = ExportInfo(meta.data.mean, meta.data.std, meta.data.class_names, sha256_file(folder.weights), engine.profile)
     return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)
 
 

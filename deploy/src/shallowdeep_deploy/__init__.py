@@ -18,6 +18,8 @@ _LAZY = {
     "Classified": "runtime",
     "ExportError": "runtime",
     "UserError": "errors",
+    "DriftMonitor": "drift",
+    "ExitProfile": "drift",
 }
 __all__ = list(_LAZY)
 

@@ -5,6 +5,9 @@
     result = model.classify(images)                 # uint8 RGB [N, H, W, 3] (or image paths)
     result.predictions, result.exits, result.confidence, result.classes
 
+``model.monitor()`` says when a window of inputs exits differently from the validation split
+(:mod:`shallowdeep_deploy.drift`).
+
 This distribution (``pip install shallowdeep-deploy``: numpy, onnxruntime, onnx, Pillow) imports no
 torch (tested in an environment without it). Inputs run stage by stage; after each IC the inputs that
 exit leave the batch (compaction), the rest go on.
@@ -22,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, DataError, MissingExtraError, RunFolderError, UserError
+from .drift import ALPHA, WINDOW, DriftMonitor, ExitProfile
+from .errors import ArgumentError, DataError, MissingExtraError, NotCalibratedError, RunFolderError, UserError
 from .exit_rule import ExitRule, exit_scores, log_softmax, softmax
 from .images import fit_image, open_rgb
 
@@ -71,6 +75,7 @@ class Manifest:
     relative_costs: tuple[float, ...]
     # ZTW's cascade links: per IC after the first, (weight [C, C], bias [C]) from the previous IC's logits
     links: tuple[tuple[tuple[tuple[float, ...], ...], tuple[float, ...]], ...] | None = None
+    profile: ExitProfile | None = None  # the validation split's exits: the drift monitor's reference
 
     @classmethod
     def from_json(cls, raw: Any) -> Manifest:
@@ -102,7 +107,21 @@ class Manifest:
         if any(c < 0 for c in costs):
             raise ValueError(f"relative_costs must be numbers >= 0, got {list(costs)}")
         links = _links(m.get("cascade"), n - 2, len(classes))
-        return cls(stages, size, mean, std, tuple(classes), rule, costs, links)  # type: ignore[arg-type]
+        profile = _profile(m.get("drift"), n)
+        return cls(stages, size, mean, std, tuple(classes), rule, costs, links, profile)  # type: ignore[arg-type]
+
+
+def _profile(v: Any, outputs: int) -> ExitProfile | None:
+    """The manifest's exit profile (absent in exports made before it: no drift monitor)."""
+    if v is None:
+        return None
+    try:
+        profile = ExitProfile.from_json(v)
+    except UserError as e:
+        raise ValueError(f"drift: {e}") from None
+    if len(profile.exit_counts) != outputs:
+        raise ValueError(f"drift: an exit profile of {len(profile.exit_counts)} outputs for {outputs} stages")
+    return profile
 
 
 def _links(v: Any, count: int, c: int) -> Any:
@@ -172,6 +191,17 @@ class Deployment:
     @property
     def num_outputs(self) -> int:
         return len(self.sessions)
+
+    def monitor(self, window: int = WINDOW, alpha: float = ALPHA) -> DriftMonitor:
+        """A drift monitor against the validation split's exits stored in the manifest: feed it each
+        result's ``exits`` and ``confidence`` (:meth:`DriftMonitor.observe`); see
+        :mod:`shallowdeep_deploy.drift` for the test."""
+        if self.manifest.profile is None:
+            raise NotCalibratedError(
+                f"{self.folder} holds no validation exit profile (exported before drift monitors): "
+                "analyze the run and export it again"
+            )
+        return DriftMonitor(self.manifest.profile, window, alpha)
 
     def preprocess(self, images: np.ndarray | Sequence[str | Path]) -> np.ndarray:
         """uint8 RGB ``[N, H, W, 3]`` (or image paths) -> normalised float32 ``[N, 3, S, S]``."""

@@ -238,6 +238,14 @@ def compare_rules(
     )
 
 
+def rule_view(
+    record: ExitRecord, temperatures: np.ndarray | None = None, ensemble: GeometricEnsemble | None = None
+) -> ExitRecord:
+    """The record as a rule sees it: logits divided by ``temperatures``, then ZTW's ``ensemble``."""
+    r = scaled(record, temperatures) if temperatures is not None else record
+    return ensembled(r, ensemble) if ensemble is not None else r
+
+
 def rule_exits(
     record: ExitRecord,
     rule: ExitRule,
@@ -247,15 +255,28 @@ def rule_exits(
     ensemble: GeometricEnsemble | None = None,
 ) -> EarlyExit:
     """Early exits of ``rule`` at ``threshold`` (the simulation the engine must match)."""
-    r = scaled(record, temperatures) if temperatures is not None else record
-    if ensemble is not None:
-        r = ensembled(r, ensemble)
+    r = rule_view(record, temperatures, ensemble)
     return early_exit(r, threshold, fallback, rule_scores(r, rule))
+
+
+def _calibrated_view(record: ExitRecord, rule: ExitRule) -> ExitRecord:
+    temps = np.asarray(rule.temperatures) if rule.temperature and rule.temperatures is not None else None
+    return rule_view(record, temps, rule.fitted_ensemble(record.num_outputs))
 
 
 def calibrated_exits(record: ExitRecord, rule: ExitRule) -> EarlyExit:
     """Early exits of a calibrated ``rule`` (its thresholds, temperatures, ensemble and fallback) on
     ``record``: what the engine and the deployed runtime decide for those inputs."""
-    temps = np.asarray(rule.temperatures) if rule.temperature and rule.temperatures is not None else None
-    ensemble = rule.fitted_ensemble(record.num_outputs)
-    return rule_exits(record, rule, rule.per_ic(record.num_outputs - 1), rule.fallback, temps, ensemble)
+    r = _calibrated_view(record, rule)
+    return early_exit(r, rule.per_ic(record.num_outputs - 1), rule.fallback, rule_scores(r, rule))
+
+
+def answer_confidence(record: ExitRecord, rule: ExitRule, exits: EarlyExit) -> np.ndarray:
+    """Per input, the confidence the engine reports with its answer under the calibrated ``rule``:
+    the max softmax of the output it left at; of an input no IC let out, the most confident
+    output's (fallback ``most_confident``) or the final output's."""
+    conf = _calibrated_view(record, rule).confidence
+    last = record.num_outputs - 1
+    fell = conf.max(1) if rule.fallback == "most_confident" else conf[:, last]
+    left = conf[np.arange(record.num_inputs), np.minimum(exits.exits, last)]
+    return np.where(exits.exits == last, fell, left)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.drift import ExitProfile, exit_profile
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule
 from ..core.io import JSONObject
 from .confusion import auroc, confusion_scores
 from .early_exit import EarlyExit
 from .record import ExitRecord
-from .rules import calibrated_exits
+from .rules import answer_confidence, calibrated_exits
 
 KINDS = ("attack", "corruption")
 
@@ -171,3 +172,10 @@ def unfamiliar_exits(test: ExitRecord, unfamiliar: ExitRecord, rule: ExitRule, s
         confidence_auroc=[auroc(conf[:, i], familiar) for i in range(test.num_outputs)],
         confusion_auroc=auroc(confused, ~familiar),
     )
+
+
+def validation_profile(val: ExitRecord, rule: ExitRule) -> ExitProfile:
+    """The validation split's exits and answer confidences under the calibrated ``rule``: what the
+    drift monitor of the engine and of the deployed runtime compares today's inputs with."""
+    exits = calibrated_exits(val, rule)
+    return exit_profile(exits.exits, answer_confidence(val, rule, exits), val.relative_costs)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..core.drift import ExitProfile
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule, check_fallback
 from ..core.io import JSONObject
@@ -18,7 +19,7 @@ from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
 from .rules import DEFAULT_RULES, RuleComparison, compare_rules, rule_calibration
-from .shift import ShiftedExits, Unfamiliar, shifted_exits, unfamiliar_exits
+from .shift import ShiftedExits, Unfamiliar, shifted_exits, unfamiliar_exits, validation_profile
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,15 @@ class EngineChoice:
     rule: ExitRule
     thresholds: str
     calibration: Calibration
+    profile: ExitProfile  # the validation split's exits under the rule: what the drift monitor tests against
 
     def to_json(self) -> JSONObject:
-        return {"rule": self.rule.label, "thresholds": self.thresholds, "calibration": self.calibration.to_json()}
+        return {
+            "rule": self.rule.label,
+            "thresholds": self.thresholds,
+            "calibration": self.calibration.to_json(),
+            "exit_profile": self.profile.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -287,7 +294,8 @@ def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules:
         **goal,
     )
     ensemble = rules.ensemble if rule.ensembled else None
-    return EngineChoice(rule.calibrated(cal.exit_thresholds, temps, o.fallback, ensemble), o.thresholds, cal)
+    chosen = rule.calibrated(cal.exit_thresholds, temps, o.fallback, ensemble)
+    return EngineChoice(chosen, o.thresholds, cal, validation_profile(val, chosen))
 
 
 def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> tuple[list[ShiftedExits], list[Unfamiliar]]:

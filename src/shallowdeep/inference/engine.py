@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import ArgumentError
+from ..core.drift import ALPHA, WINDOW, DriftMonitor, ExitProfile
+from ..core.errors import ArgumentError, NotCalibratedError
 from ..core.exit_rule import ExitRule
 from ..models.adapter import quiet
 from ..models.costs import output_costs
@@ -168,6 +169,7 @@ class EarlyExitEngine:
         pipelined: bool | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        profile: ExitProfile | None = None,
     ) -> None:
         """``rule``: a calibrated :class:`ExitRule`, or a max-softmax threshold (one for every IC, or
         one per IC) with its ``fallback`` (default ``most_confident``). The rule's temperatures
@@ -179,7 +181,8 @@ class EarlyExitEngine:
         batch 1 one stage ahead: stage k+1 is queued on the device before stage k's exit decision,
         computed on the device, is read back, so the device never idles while the host decides; an
         input that exits wastes one queued stage. ``mean`` and ``std`` (per RGB channel) normalise
-        uint8 images (:func:`engine_from_run` gives the run's)."""
+        uint8 images (:func:`engine_from_run` gives the run's). ``profile``: the validation split's
+        exits under ``rule`` (calibration.json's), which :meth:`monitor` tests today's inputs against."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         given = _as_rule(rule, fallback)
@@ -214,6 +217,18 @@ class EarlyExitEngine:
         )
         self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
         self.mean, self.std = _channel_stats(mean, std)
+        self.profile = profile
+
+    def monitor(self, window: int = WINDOW, alpha: float = ALPHA) -> DriftMonitor:
+        """A drift monitor for this engine's answers: feed it each result's ``exits`` and
+        ``confidence`` (:meth:`DriftMonitor.observe`); it says when a window of ``window`` inputs
+        exits differently from the validation split (false alarms at rate ``alpha`` per window)."""
+        if self.profile is None:
+            raise NotCalibratedError(
+                "this engine has no validation exit profile (its rule is not the run's calibrated one, "
+                "or the run was analyzed before profiles were kept): analyze the run and use its calibrated rule"
+            )
+        return DriftMonitor(self.profile, window, alpha)
 
     @property
     def fallback(self) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.drift import ExitProfile
 from ..core.errors import ArgumentError
 from ..core.io import JSONObject, temp_folder, write_json
 from ..models.sdn import SDN
@@ -71,6 +72,7 @@ class ExportInfo:
     std: tuple[float, ...]
     classes: list[str] | None = None
     weights_sha256: str | None = None
+    profile: ExitProfile | None = None  # the validation split's exits: the deployed drift monitor's reference
 
 
 def export_engine(engine: EarlyExitEngine, out: str | Path, info: ExportInfo, opset: int = DEFAULT_OPSET) -> Path:
@@ -180,17 +182,30 @@ def _static_dims(path: Path, shapes: list[tuple[int, ...]]) -> None:
 
 def _manifest(engine: EarlyExitEngine, files: list[JSONObject], info: ExportInfo, opset: int) -> JSONObject:
     sdn = engine.sdn
-    return {
-        "format": FORMAT,
-        "arch": sdn.arch,
-        "opset": opset,
-        "stages": files,
-        "input": {"size": sdn.image_size, "layout": "NHWC uint8 RGB", "mean": list(info.mean), "std": list(info.std)},
-        "classes": list(info.classes or [str(i) for i in range(sdn.num_classes)]),
-        "exit": engine.rule.to_json(),  # spelled out: one threshold per IC, one temperature per output
-        "relative_costs": [float(c) for c in engine.relative_costs],
-        "weights_sha256": info.weights_sha256,
-    } | ({"cascade": _links(sdn)} if sdn.cascades is not None else {})
+    return (
+        {
+            "format": FORMAT,
+            "arch": sdn.arch,
+            "opset": opset,
+            "stages": files,
+            "input": {
+                "size": sdn.image_size,
+                "layout": "NHWC uint8 RGB",
+                "mean": list(info.mean),
+                "std": list(info.std),
+            },
+            "classes": list(info.classes or [str(i) for i in range(sdn.num_classes)]),
+            "exit": engine.rule.to_json(),  # spelled out: one threshold per IC, one temperature per output
+            "relative_costs": [float(c) for c in engine.relative_costs],
+            "weights_sha256": info.weights_sha256,
+        }
+        | ({"cascade": _links(sdn)} if sdn.cascades is not None else {})
+        | _drift(info)
+    )
+
+
+def _drift(info: ExportInfo) -> JSONObject:
+    return {"drift": info.profile.to_json()} if info.profile is not None else {}
 
 
 def _links(sdn: SDN) -> list[JSONObject]:

@@ -1,6 +1,6 @@
 """Run folders: the file names of a run, training into one, its records and its calibration."""
 
-from .calibration import engine_from_run, read_calibration, read_exit_rule, save_calibration
+from .calibration import engine_from_run, read_calibration, read_exit_profile, read_exit_rule, save_calibration
 from .folder import CALIBRATION, CHECKPOINT, RUN_JSON, WEIGHTS, RunFolder
 from .meta import FORMAT, DataMeta, ModelMeta, RunConfig, RunMeta
 from .records import backdoor_of, run_data, run_records
@@ -26,6 +26,7 @@ __all__ = [
     "load",
     "load_weights",
     "read_calibration",
+    "read_exit_profile",
     "read_exit_rule",
     "read_tensors",
     "run_data",

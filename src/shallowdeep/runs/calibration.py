@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.early_exit import Calibration
+from ..core.drift import ExitProfile
 from ..core.errors import ArgumentError, NotCalibratedError, RunFolderError
 from ..core.exit_rule import ExitRule
 from ..core.io import JSONObject, read_json
@@ -17,13 +18,17 @@ from .folder import RunFolder
 from .weights import load
 
 
-def save_calibration(run: str | Path, calibration: Calibration, weights_sha256: str, rule: ExitRule) -> Path:
+def save_calibration(
+    run: str | Path, calibration: Calibration, weights_sha256: str, rule: ExitRule, profile: ExitProfile | None = None
+) -> Path:
     """Write the threshold chosen on the validation split for these weights and the exit rule that
-    carries it out (with its thresholds, temperatures and fallback); return the file."""
+    carries it out (with its thresholds, temperatures and fallback), and the validation split's
+    exits under it (``profile``, for the drift monitor); return the file."""
     folder = RunFolder(run)
+    extra = {"exit_profile": profile.to_json()} if profile is not None else {}
     folder.write_json(
         folder.calibration,
-        calibration.to_json() | {"weights_sha256": weights_sha256, "exit_rule": rule.to_json()},
+        calibration.to_json() | {"weights_sha256": weights_sha256, "exit_rule": rule.to_json()} | extra,
     )
     return folder.calibration
 
@@ -39,8 +44,9 @@ def _rule_of(d: JSONObject, cal: Calibration) -> ExitRule:
     return ExitRule.from_json(raw)
 
 
-def _read(run: str | Path) -> tuple[Calibration, ExitRule]:
-    """The run's calibration and exit rule, refused if missing, malformed or made for other weights."""
+def _read(run: str | Path) -> tuple[Calibration, ExitRule, ExitProfile | None]:
+    """The run's calibration, exit rule and exit profile (``None`` in a file made before profiles),
+    refused if missing, malformed or made for other weights."""
     folder = RunFolder(run)
     if not folder.calibration.is_file():
         raise NotCalibratedError(f"{run} has no calibrated threshold: analyze the run first")
@@ -49,7 +55,8 @@ def _read(run: str | Path) -> tuple[Calibration, ExitRule]:
         raise NotCalibratedError(f"{folder.calibration} was calibrated for other weights: analyze the run again")
     try:
         cal = Calibration.from_json(d)
-        return cal, _rule_of(d, cal)
+        profile = ExitProfile.from_json(d["exit_profile"]) if "exit_profile" in d else None
+        return cal, _rule_of(d, cal), profile
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} is damaged ({e}): analyze the run again") from None
 
@@ -62,6 +69,12 @@ def read_calibration(run: str | Path) -> Calibration:
 def read_exit_rule(run: str | Path) -> ExitRule:
     """The run's calibrated exit rule (thresholds, temperatures, fallback), refused as :func:`read_calibration`."""
     return _read(run)[1]
+
+
+def read_exit_profile(run: str | Path) -> ExitProfile | None:
+    """The validation split's exits under the run's calibrated rule (``None``: calibrated before
+    profiles were kept; analyze again), refused as :func:`read_calibration`."""
+    return _read(run)[2]
 
 
 def engine_from_run(
@@ -81,10 +94,11 @@ def engine_from_run(
     model = load(run, device, module=module)
     data = folder.meta().data
     assert isinstance(model, SDN)
+    profile = None  # the validation split's exits: they describe the calibrated rule only
     if threshold is None:
-        rule = read_exit_rule(run)  # one read of the file, one hash of the weights
-        if fallback is not None:
-            rule = replace(rule, fallback=fallback)
+        _, rule, profile = _read(run)  # one read of the file, one hash of the weights
+        if fallback is not None and fallback != rule.fallback:
+            rule, profile = replace(rule, fallback=fallback), None
     else:
         if fallback is None and folder.calibration.is_file():
             try:
@@ -93,6 +107,6 @@ def engine_from_run(
                 pass  # no usable calibration: the default fallback
         rule = ExitRule(thresholds=(threshold,), fallback=fallback or "most_confident")
     try:
-        return EarlyExitEngine(model, rule, device=device, mean=data.mean, std=data.std)
+        return EarlyExitEngine(model, rule, device=device, mean=data.mean, std=data.std, profile=profile)
     except ArgumentError as e:
         raise RunFolderError(f"{folder.calibration} does not fit this model ({e}): analyze the run again") from None
