@@ -26,7 +26,7 @@ from .core.io import JSONObject, read_json, write_bytes
 from .core.stopwatch import Stopwatch
 from .data import Dataset
 from .data.corruption import parse_corruptions
-from .data.unfamiliar import unfamiliar_key
+from .data.unfamiliar import check_unfamiliar, unfamiliar_key
 from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.attacks import attacked_records
 from .runs.precompile import CompiledBeside, compiles_beside
@@ -125,8 +125,7 @@ def _shifted_splits(meta: RunMeta, corruptions: str | None, ood: str | None) -> 
         raise ArgumentError("corrupted and unfamiliar inputs measure an SDN's exits: this run is a CNN")
     named = tuple(f"test+{c.label}" for c in parse_corruptions(corruptions)) if corruptions else ()
     if ood is not None:
-        if not isinstance(ood, str) or not ood.strip():
-            raise ArgumentError("`ood` is a data set name or an image folder")
+        check_unfamiliar(ood)
         named += (unfamiliar_key(ood),)
     return named
 

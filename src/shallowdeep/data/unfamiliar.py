@@ -22,26 +22,33 @@ def unfamiliar_key(spec: str) -> str:
     return "ood-" + hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def load_unfamiliar(spec: str, image_size: int, root: str | Path | None = None) -> ImageSet:
-    """The images of ``spec`` at ``image_size`` px: a registered data set name (``digits``,
-    ``imagefolder:PATH``, …: its test split, never downloaded) or a folder (every image in it,
-    recursively). Labels are all 0: unfamiliar inputs have no class of the run's."""
+def check_unfamiliar(spec: str) -> list[Path] | None:
+    """An OOD source checked before anything is collected: a folder's image files (at most
+    :data:`MAX_INPUTS`), or ``None`` for a data set name that parses."""
     if not isinstance(spec, str) or not spec.strip():
         raise ArgumentError("`ood` names a data set or a folder of images, got nothing")
     folder = Path(spec).expanduser()
     if folder.is_dir():
         paths = image_paths([folder])
         if len(paths) > MAX_INPUTS:
-            raise ArgumentError(
-                f"`ood` folder {folder} holds {len(paths):,} images, more than {MAX_INPUTS:,}: give a smaller one"
-            )
+            raise ArgumentError(f"`ood` folder {folder} holds {len(paths):,} images, over {MAX_INPUTS:,}: use fewer")
+        return paths
+    try:
+        parse_data_name(spec)
+    except ArgumentError:
+        raise ArgumentError(
+            f"`ood` {spec!r} is neither a folder of images nor a data set name (digits, imagefolder:PATH, …)"
+        ) from None
+    return None
+
+
+def load_unfamiliar(spec: str, image_size: int, root: str | Path | None = None) -> ImageSet:
+    """The images of ``spec`` at ``image_size`` px: a registered data set name (``digits``,
+    ``imagefolder:PATH``, …: its test split, never downloaded) or a folder (every image in it,
+    recursively). Labels are all 0: unfamiliar inputs have no class of the run's."""
+    paths = check_unfamiliar(spec)
+    if paths is not None:
         images = decode_cached(paths, image_size)
     else:
-        try:
-            parse_data_name(spec)
-        except ArgumentError:
-            raise ArgumentError(
-                f"`ood` {spec!r} is neither a folder of images nor a data set name (digits, imagefolder:PATH, …)"
-            ) from None
         images = load_dataset(spec, root, image_size, download=False).test.images.numpy()
     return as_set(images, np.zeros(len(images), np.int64))
