@@ -630,7 +630,7 @@ def _print_shifts(a: Any) -> None:
             f"{x.kind} {x.name} ({x.inputs} inputs): early exits {100 * t.accuracy:.2f}% "
             f"(final {100 * t.final_accuracy:.2f}%) at {100 * t.relative_cost:.1f}% of the cost; clean "
             f"{100 * c.accuracy:.2f}% at {100 * c.relative_cost:.1f}%: {kept}; "
-            f"{x.bound}: {'holds' if x.holds else 'BROKEN'}"
+            f"{x.bound}: {'holds' if x.holds else 'broken'} (clean: {'holds' if x.clean_holds else 'broken'})"
         )
     for u in a.unfamiliar:
         aucs = " ".join("-" if v is None else f"{v:.3f}" for v in u.confidence_auroc)

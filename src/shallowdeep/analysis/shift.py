@@ -74,8 +74,8 @@ class ShiftedExits:
 
     ``kind`` is ``attack`` or ``corruption``; ``setting`` the attack's or corruption's parameters;
     ``saving_kept`` the share of the clean saving left (``None`` when the clean inputs saved nothing);
-    ``bound`` the calibration's promise (an accuracy drop or a cost budget) and ``holds`` whether the
-    shifted inputs keep it."""
+    ``bound`` the calibration's promise (an accuracy drop or a cost budget, made on validation),
+    ``holds`` whether the shifted inputs keep it and ``clean_holds`` whether the same inputs clean do."""
 
     name: str
     kind: str
@@ -86,6 +86,7 @@ class ShiftedExits:
     saving_kept: float | None
     bound: str
     holds: bool
+    clean_holds: bool
 
     def to_json(self) -> JSONObject:
         return {
@@ -98,6 +99,7 @@ class ShiftedExits:
             "saving_kept": self.saving_kept,
             "bound": self.bound,
             "holds": self.holds,
+            "clean_holds": self.clean_holds,
         }
 
 
@@ -128,7 +130,8 @@ def shifted_exits(
     s = summarize(shifted, calibrated_exits(shifted, rule))
     kept = s.saving / c.saving if c.saving > 1e-9 else None
     bound, holds = _bound(calibration_rule, s)
-    return ShiftedExits(name, kind, setting, shifted.num_inputs, c, s, kept, bound, holds)
+    clean_holds = _bound(calibration_rule, c)[1]
+    return ShiftedExits(name, kind, setting, shifted.num_inputs, c, s, kept, bound, holds, clean_holds)
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ def _shifts_section(analysis: RunAnalysis, fig: _Figures) -> str:
             f"{100 * x.shifted.relative_cost:.1f}%",
             f"{_pct(x.clean.accuracy)} at {100 * x.clean.relative_cost:.1f}%",
             "n/a" if x.saving_kept is None else f"{100 * x.saving_kept:.0f}%",
-            "holds" if x.holds else "BROKEN",
+            f"{'holds' if x.holds else 'broken'} (clean: {'holds' if x.clean_holds else 'broken'})",
         ]
         for x in analysis.shifts
     ]
