@@ -65,11 +65,9 @@ def analyze_run(
 ) -> AnalyzedRun:
     """Collect (or reuse) a run's records, analyze them (options: :class:`~shallowdeep.analysis.AnalysisOptions`),
     write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
-    a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`).
-    An SDN's report also says how its exits fare on the run's attacked test records (``attack``), on
-    the test split corrupted by ``corruptions`` (``"all"`` or ``"jpeg,contrast:3"``:
-    :func:`~shallowdeep.data.corruption.parse_corruptions`) and on the unfamiliar inputs of ``ood``
-    (a data set name or an image folder)."""
+    a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`). An
+    SDN's also covers its attacked records, the test split under ``corruptions`` (``"all"``, ``"jpeg,
+    contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
@@ -89,8 +87,7 @@ def analyze_run(
     clock.lap("data")
     model = load(run, device, module=module) if module is not None else None  # else loaded if a record is missing
     records = run_records(run, splits + shifted, model=model, data=data, device=device, log=log, ood=ood)
-    if meta.model.kind == "sdn":
-        records |= {str(r.meta["split_name"]): r for r in attacked_records(run)}
+    records |= {str(r.meta["split_name"]): r for r in attacked_records(run)} if meta.model.kind == "sdn" else {}
     clock.lap("records")
     if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
         return AnalyzedRun(out / "report.html", out / "report.json", None)
@@ -101,21 +98,22 @@ def analyze_run(
     page, result = _report_page(folder, meta, analysis, records, data, clock)
     clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
-    result |= {
-        "weights_sha256": meta.weights_sha256,
-        "options": options.to_json(),
-        "wall_seconds": time.perf_counter() - started,
-        "time_parts": clock.parts,
-    }
+    result |= {"weights_sha256": meta.weights_sha256, "options": options.to_json()}
+    result |= {"wall_seconds": time.perf_counter() - started, "time_parts": clock.parts}
     _write_report(folder, out, result, page)
-    if analysis.engine is not None:  # the engine's rule, chosen on the validation split, tied to these weights
-        # after the report: a report that cannot be written leaves the calibration it had
-        sha = str(records["test"].meta.get("weights_sha256"))
-        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule, analysis.engine.profile)
+    _save_engine(run, analysis, records)  # after the report: one that cannot be written leaves the calibration
     if log is not None:
         laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
         log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
     return AnalyzedRun(out / "report.html", out / "report.json", analysis)
+
+
+def _save_engine(run: str | Path, analysis: RunAnalysis, records: dict[str, ExitRecord]) -> None:
+    """The engine's rule, chosen on the validation split and tied to these weights, with the
+    validation split's exit profile (an SDN's; a CNN has no engine)."""
+    if analysis.engine is not None:
+        sha = str(records["test"].meta.get("weights_sha256"))
+        save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule, analysis.engine.profile)
 
 
 def _shifted_splits(meta: RunMeta, corruptions: str | None, ood: str | None) -> tuple[str, ...]:

@@ -250,8 +250,7 @@ def analyze(
     engine = _engine_choice(val, test, o, rules)  # per-IC thresholds are cross-validated: the slow part
     if clock is not None:
         clock.lap("calibration")
-    shifts, unfamiliar = _shifts(records, engine)
-    return replace(analysis, engine=engine, shifts=shifts, unfamiliar=unfamiliar)
+    return replace(analysis, engine=engine, **_shifts(records, engine))
 
 
 def _output_rows(val: ExitRecord, test: ExitRecord) -> list[OutputRow]:
@@ -298,9 +297,10 @@ def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules:
     return EngineChoice(chosen, o.thresholds, cal, validation_profile(val, chosen))
 
 
-def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> tuple[list[ShiftedExits], list[Unfamiliar]]:
+def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> dict[str, list]:
     """The engine's exits on every shifted record (told apart by what its metadata says it holds:
-    an ``attack``, a ``corruption``, ``ood`` inputs), in the order of ``records``."""
+    an ``attack``, a ``corruption``, ``ood`` inputs), in the order of ``records``: ``RunAnalysis``'s
+    ``shifts`` and ``unfamiliar``."""
     test, shifts, unfamiliar = records["test"], [], []
     goal = engine.calibration.rule
     for name, rec in records.items():
@@ -311,4 +311,4 @@ def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> tuple[list[
             if isinstance(rec.meta.get(kind), dict):
                 setting = rec.meta[kind]
                 shifts.append(shifted_exits(test, rec, engine.rule, goal, name=name, kind=kind, setting=setting))
-    return shifts, unfamiliar
+    return {"shifts": shifts, "unfamiliar": unfamiliar}

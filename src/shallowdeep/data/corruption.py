@@ -37,9 +37,10 @@ class Corruption:
 
     def __post_init__(self) -> None:
         if self.family not in SEVERITIES:
-            raise ArgumentError(f"unknown corruption {self.family!r}: choose among {', '.join(FAMILIES)}")
+            families = ", ".join(FAMILIES)
+            raise ArgumentError(f"unknown corruption {self.family!r} in `corruptions`: choose among {families}")
         if isinstance(self.severity, bool) or self.severity not in range(1, 6):
-            raise ArgumentError(f"a corruption's severity is 1..5, got {self.severity!r}")
+            raise ArgumentError(f"a corruption's severity (`corruptions` FAMILY:N) is 1..5, not {self.severity!r}")
 
     @property
     def label(self) -> str:

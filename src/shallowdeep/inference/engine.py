@@ -180,9 +180,8 @@ class EarlyExitEngine:
         which the throughput engine's buckets keep to a few. ``pipelined`` (default: on CUDA) runs
         batch 1 one stage ahead: stage k+1 is queued on the device before stage k's exit decision,
         computed on the device, is read back, so the device never idles while the host decides; an
-        input that exits wastes one queued stage. ``mean`` and ``std`` (per RGB channel) normalise
-        uint8 images (:func:`engine_from_run` gives the run's). ``profile``: the validation split's
-        exits under ``rule`` (calibration.json's), which :meth:`monitor` tests today's inputs against."""
+        input that exits wastes one queued stage. ``mean``, ``std`` (per RGB channel) normalise uint8
+        images; ``profile``: see :meth:`monitor` (:func:`engine_from_run` gives the run's)."""
         if not isinstance(sdn, SDN):
             raise ArgumentError("early exits need an SDN (a model with internal classifiers), not a plain CNN")
         given = _as_rule(rule, fallback)
@@ -216,8 +215,7 @@ class EarlyExitEngine:
             ]
         )
         self.pipelined = self.device.type == "cuda" if pipelined is None else bool(pipelined)
-        self.mean, self.std = _channel_stats(mean, std)
-        self.profile = profile
+        self.mean, self.std, self.profile = *_channel_stats(mean, std), profile
 
     def monitor(self, window: int = WINDOW, alpha: float = ALPHA) -> DriftMonitor:
         """A drift monitor for this engine's answers: feed it each result's ``exits`` and
