@@ -12,6 +12,10 @@
 #           ic-only, mixed, mixed --distill 0.5 and mixed --cascade from it (${IC_EPOCHS:-6} each), an SDN from scratch
 #           (${SDN_EPOCHS:-25}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
 #           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 8 minutes on an H200 (estimated from the H100 reproduction's epoch times, not measured);
+#   robustness: one call for issue 31: a ResNet-56 SDN from scratch (${SDN_EPOCHS:-30} epochs) on the
+#           CIFAR-10 JPEGs, analyzed; DeepSloth per input (linf, l2) and universal (linf) on ${INPUTS:-all}
+#           test inputs, `analyze --corruptions`, then benchmarks/drift_monitor.py; into $OUT/robustness.log;
+#           not yet run on a GPU (tested on the CPU with ARCH=small SDN_EPOCHS=1 INPUTS=256 DEV=cpu);
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -101,6 +105,20 @@ if [ "$part" = engine ]; then
 fi
 if [ ! -d "$DATA/train" ]; then
   mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"
+fi
+if [ "$part" = robustness ]; then
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
+  R=runs/robust/sdn; SD="python3 -m shallowdeep"; D="--device ${DEV:-cuda}"; L="$OUT/robustness.log"
+  N=${INPUTS:+--inputs $INPUTS}
+  [ -f $R/model.safetensors ] || $SD train --quiet --mode sdn --arch "${ARCH:-resnet56}" --data "imagefolder:$DATA" \
+    --epochs "${SDN_EPOCHS:-30}" $D --out $R 2>&1 | tee -a "$L"
+  $SD analyze $R $D --quiet 2>&1 | tee -a "$L"
+  for a in "" "--universal" "--norm l2"; do $SD attack $R $D $N $a 2>&1 | grep -v Warning | tee -a "$L"; done
+  $SD analyze $R $D --corruptions 2>&1 | grep -v "^  rule\|collecting\|collected" | tee -a "$L"
+  python3 benchmarks/drift_monitor.py $R 2>&1 | tee -a "$L"
+  cp $R/report/report.json "$OUT/robustness-report.json"
+  exit 0
 fi
 if [ "$part" = methods ]; then
   if [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi

@@ -782,7 +782,7 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
     (
         "analyze --corruptions jpeg:9",
         ["analyze", "{ic}", "--corruptions", "jpeg:9"],
-        "a corruption's severity is 1..5",
+        "is 1..5, not 9",
         None,
         None,
     ),
