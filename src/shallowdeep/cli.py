@@ -233,6 +233,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .runs.latency import check_latency_out, latency_file, profile_export, profile_run, write_latency
+
+    target = Path(args.target)
+    export = (target / "manifest.json").is_file()
+    runtime = args.runtime or ("onnx" if export else "torch")
+    if export and runtime == "torch":
+        raise UserError("an export runs in onnxruntime: profile it with --runtime onnx, or profile its run")
+    out = check_latency_out(args.out or latency_file(target))
+    if export:
+        profile = profile_export(target, _device(args), args.batch, args.repeats)
+    else:
+        profile = profile_run(target, runtime, _device(args), args.batch, args.repeats)
+    write_latency(profile, out)
+    print(f"{profile.describe()}, median (p95) ms per input over {profile.repeats} repeats:")
+    for k, s in enumerate(profile.stages):
+        name = f"stage {k + 1}" + (" (final)" if k == len(profile.stages) - 1 else "")
+        print(f"  {name:<16} {s.p50:9.4f} ({s.p95:.4f})")
+    plain, full = profile.plain_ms(), float(profile.cumulative_ms()[-1])
+    print(f"  no exit: {full:.4f} ms; the network without ICs: {plain:.4f} ms")
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .workflows import compare_runs
 
@@ -518,6 +542,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         module=_user_module(args),
         corruptions=args.corruptions,
         ood=args.ood,
+        latency_budget=args.latency_budget,
+        latency_percentile=args.latency_percentile,
+        latency=args.latency,
     )
     if not place.main:
         return 0
@@ -601,11 +628,12 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
                 f"{'per-IC' if cv['per_ic_wins'] else 'one threshold'} chosen"
             )
         budget_point = a.calibrated_budget is not None and args.rule == "max_softmax"
+        point = "--latency-budget" if a.engine.latency is not None else "--budget" if budget_point else "--max-drop"
         print(
             f"predict uses the {a.engine.rule.label} rule at "
-            f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} "
-            f"({'the --budget point' if budget_point else 'the --max-drop point'})"
+            f"{'per-IC thresholds ' if len(qs) > 1 else 'q='}{' '.join(f'{q:.4g}' for q in qs)} (the {point} point)"
         )
+        _print_latency(a.engine.latency)
     for res in a.rules.results if a.rules is not None else []:
         cal = res.calibration
         print(
@@ -618,6 +646,21 @@ def _print_analysis(a: Any, args: argparse.Namespace) -> None:
         print(
             f"a CNN run has no ICs: no overthinking or early exits to measure (train them: `shallowdeep train "
             f"--mode ic-only --from {args.run} --out RUN`)"
+        )
+
+
+def _print_latency(lat: Any) -> None:
+    """The latency calibration's lines: expected latency on both splits, the FLOP-calibrated beside."""
+    if lat is None:
+        return
+    stat = lat.budget.statistic
+    print(
+        f"  latency budget {lat.budget.ms:g} ms ({stat}) on {lat.device}; the network without ICs {lat.plain_ms:.4g} ms"
+    )
+    for name, e in (("validation", lat.val), ("test", lat.test), ("test, FLOP-calibrated", lat.flops)):
+        print(
+            f"  expected {name}: accuracy {100 * e.accuracy:.2f}%, mean {e.mean_ms:.4g} ms, "
+            f"{'p95' if stat == 'mean' else stat} {e.percentile_ms:.4g} ms"
         )
 
 
@@ -667,8 +710,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size == 1:  # latency: one image at a time through the batch-1 path
         parts = [engine.classify(x, batch_size=1) for x in batches()]
-    else:  # throughput: the re-batching engine
-        parts = list(engine.stream(batches(), args.batch_size))
+        seconds = [float(p.seconds or 0.0) for p in parts]
+    else:  # throughput: the re-batching engine, timed without the decoding
+        parts = [engine.classify(x, batch_size=args.batch_size) for x in batches()]
+        seconds = [float(p.seconds or 0.0) / max(len(p), 1) for p in parts for _ in range(len(p))]
     fields = ("predictions", "exits", "confidence", "relative_cost", "answered")
     res = {f: torch.cat([getattr(p, f) for p in parts]) for f in fields}
     rows = _prediction_rows(files, res, meta, engine.num_outputs - 1)
@@ -676,9 +721,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_predictions(rows, engine, float(res["relative_cost"].mean()))
+        print(_realised_latency(args, seconds, res["exits"].numpy()))
     if monitor is not None:
         _print_drift(monitor, res, args)
     return 0
+
+
+def _realised_latency(args: argparse.Namespace, seconds: list[float], exits: Any) -> str:
+    """The engine's measured time per image, beside what the run's latency profile expects for these
+    exits when it profiles this path (same runtime, batch and device kind)."""
+    import numpy as np
+
+    from .runs.latency import latency_file, read_latency
+
+    ms = np.asarray(seconds) * 1e3
+    line = (
+        f"realised latency: {ms.mean():.4g} ms per image (median {np.median(ms):.4g}, p95 {np.percentile(ms, 95):.4g})"
+    )
+    path = latency_file(args.run)
+    if path.is_file():
+        try:
+            prof = read_latency(path, args.run)
+        except UserError:
+            return line + f"; {path} is not usable: profile the run again"
+        same = prof.runtime == "torch" and prof.batch == args.batch_size
+        if same and prof.device.startswith("cuda") == _device(args).startswith("cuda"):
+            line += f"; expected from {path}: {float(prof.cumulative_ms()[exits].mean()):.4g} ms"
+    return line
 
 
 def _print_drift(monitor: Any, res: dict[str, Any], args: argparse.Namespace) -> None:
@@ -787,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, shared)
     _add_info(sub, shared)
     _add_export(sub, shared)
+    _add_profile(sub, shared)
     _add_list(sub, shared)
     _add_analyze(sub, shared)
     _add_attack(sub, shared)
@@ -996,6 +1066,27 @@ def _add_export(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     ex.set_defaults(func=cmd_export)
 
 
+def _add_profile(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``profile`` command and its flags."""
+    pr = sub.add_parser(
+        "profile",
+        parents=[shared["device"]],
+        help="measure every stage's latency on this machine (latency.json, for analyze --latency-budget)",
+        description="Time each stage of a calibrated SDN run (its blocks, IC head and exit decision) on the path "
+        "you will deploy: batch 1, or the throughput engine at --batch B; warm-up dropped, the device "
+        "synchronised, median, p95 and p99 over repeats; the network without ICs beside. A run is timed on its "
+        "validation images; an export (onnxruntime only) on seeded random images of its size.",
+    )
+    pr.add_argument("target", metavar="RUN-or-EXPORT", help="a calibrated SDN run folder, or an export folder")
+    pr.add_argument(
+        "--runtime", choices=("torch", "onnx"), help="the torch engine (a run's default) or onnxruntime (an export's)"
+    )
+    pr.add_argument("--batch", type=int, default=1, help="1: one input at a time (default); B: batches of B")
+    pr.add_argument("--repeats", type=int, default=50, help="timed passes per stage (default 50)")
+    pr.add_argument("--out", help="the profile's file (default RUN-or-EXPORT/latency.json)")
+    pr.set_defaults(func=cmd_profile)
+
+
 def _add_compare(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     """The ``compare`` command and its flags."""
     c = sub.add_parser(
@@ -1077,6 +1168,20 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         help="also measure where unfamiliar inputs exit and how well each output's confidence tells them "
         "from the test split (AUROC): a data set name (digits, imagefolder:PATH) or a folder of images",
     )
+    a.add_argument(
+        "--latency-budget",
+        type=float,
+        metavar="MS",
+        help="choose the engine's thresholds for the best validation accuracy whose expected latency on the "
+        "profiled device fits MS milliseconds (measured stage times, RUN/latency.json from `profile`, not FLOPs)",
+    )
+    a.add_argument(
+        "--latency-percentile",
+        type=int,
+        choices=(50, 95, 99),
+        help="the budget bounds this percentile of the inputs' latency instead of the mean",
+    )
+    a.add_argument("--latency", metavar="FILE", help="the latency profile (default RUN/latency.json)")
     a.set_defaults(func=cmd_analyze)
 
 

@@ -18,17 +18,20 @@ import numpy as np
 import torch
 
 from .analysis import DEFAULT_RULES, AnalysisOptions, BackdoorSpec, ExitRecord, ExitRule, RunAnalysis, analyze
+from .analysis.latency import LatencyBudget
 from .analysis.methods import MethodRow, RunRecords, compare_methods
 from .compute import distributed
 from .compute.devices import pick_device
 from .core.errors import ArgumentError, RunFolderError, UserError
 from .core.io import JSONObject, read_json, write_bytes
+from .core.latency import LatencyProfile
 from .core.stopwatch import Stopwatch
 from .data import Dataset
 from .data.corruption import parse_corruptions
 from .data.unfamiliar import check_unfamiliar, unfamiliar_key
 from .runs import RunFolder, RunMeta, TrainConfig, backdoor_of, run_data, run_records, save_calibration
 from .runs.attacks import attacked_records
+from .runs.latency import latency_file, read_latency
 from .runs.precompile import CompiledBeside, compiles_beside
 from .runs.weights import load
 
@@ -62,16 +65,24 @@ def analyze_run(
     module: torch.nn.Module | None = None,
     corruptions: str | None = None,
     ood: str | None = None,
+    latency_budget: float | None = None,
+    latency_percentile: int | None = None,
+    latency: str | Path | None = None,
 ) -> AnalyzedRun:
     """Collect (or reuse) a run's records, analyze them (options: :class:`~shallowdeep.analysis.AnalysisOptions`),
     write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
     a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`). An
     SDN's also covers its attacked records, the test split under ``corruptions`` (``"all"``, ``"jpeg,
-    contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder)."""
+    contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder). With
+    ``latency_budget`` (milliseconds; ``latency_percentile``: 50, 95 or 99, else the mean) the
+    engine's thresholds are chosen for it from the stage times in ``latency`` (default RUN/latency.json)."""
     started = time.perf_counter()
     # every argument is checked before anything is collected or written
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
-    options = AnalysisOptions(max_drop, budget, fallback, compared, rule, thresholds)
+    if latency_budget is None and (latency_percentile is not None or latency is not None):
+        raise ArgumentError("a `latency_percentile` or `latency` file serves a `latency_budget`: give one")
+    budget_ms = None if latency_budget is None else LatencyBudget(latency_budget, latency_percentile)
+    options = AnalysisOptions(max_drop, budget, fallback, compared, rule, thresholds, budget_ms)
     pick_device(str(device))  # a device that does not exist: one line now, not PyTorch's error mid-collection
     folder = RunFolder(run)
     meta = folder.meta()
@@ -84,6 +95,7 @@ def analyze_run(
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
     shifted = _shifted_splits(meta, corruptions, ood)  # checked before anything is collected
+    profile = _latency_profile(run, meta, latency) if budget_ms is not None else None
     clock.lap("data")
     model = load(run, device, module=module) if module is not None else None  # else loaded if a record is missing
     records = run_records(run, splits + shifted, model=model, data=data, device=device, log=log, ood=ood)
@@ -94,7 +106,7 @@ def analyze_run(
     if log is not None:
         log("analyzing the records and drawing the report")
     spec = BackdoorSpec(backdoor.target, backdoor.to_json()) if backdoor is not None else None
-    analysis = analyze(records, options, backdoor=spec, clock=clock)
+    analysis = analyze(records, options, backdoor=spec, clock=clock, latency=profile)
     page, result = _report_page(folder, meta, analysis, records, data, clock)
     clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
@@ -114,6 +126,13 @@ def _save_engine(run: str | Path, analysis: RunAnalysis, records: dict[str, Exit
     if analysis.engine is not None:
         sha = str(records["test"].meta.get("weights_sha256"))
         save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule, analysis.engine.profile)
+
+
+def _latency_profile(run: str | Path, meta: RunMeta, path: str | Path | None) -> LatencyProfile:
+    """The stage times a latency budget is calibrated against: an SDN run's, measured by ``profile``."""
+    if meta.model.kind != "sdn":
+        raise ArgumentError("a `latency_budget` chooses an SDN's exit thresholds: this run is a CNN")
+    return read_latency(latency_file(run) if path is None else path, run)
 
 
 def _shifted_splits(meta: RunMeta, corruptions: str | None, ood: str | None) -> tuple[str, ...]:

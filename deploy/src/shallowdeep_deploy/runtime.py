@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import platform
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from .drift import ALPHA, WINDOW, DriftMonitor, ExitProfile
 from .errors import ArgumentError, DataError, MissingExtraError, NotCalibratedError, RunFolderError, UserError
 from .exit_rule import ExitRule, exit_scores, log_softmax, softmax
 from .images import fit_image, open_rgb
+from .latency import LatencyProfile, processor_name, stage_latency
 
 FORMAT = "shallowdeep-export/2"
 FORMAT_1 = "shallowdeep-export/1"  # the exit entry before ExitRule; still loads
@@ -47,6 +50,7 @@ class Classified:
     exits: np.ndarray
     confidence: np.ndarray
     classes: list[str]
+    seconds: float | None = None  # the stages' and decisions' wall time (decoding and preprocessing not included)
 
     def labels(self) -> list[str]:
         return [self.classes[i] for i in self.predictions]
@@ -76,6 +80,7 @@ class Manifest:
     # ZTW's cascade links: per IC after the first, (weight [C, C], bias [C]) from the previous IC's logits
     links: tuple[tuple[tuple[tuple[float, ...], ...], tuple[float, ...]], ...] | None = None
     profile: ExitProfile | None = None  # the validation split's exits: the drift monitor's reference
+    arch: str = "model"  # the exported network's name (a latency profile names it)
 
     @classmethod
     def from_json(cls, raw: Any) -> Manifest:
@@ -108,7 +113,8 @@ class Manifest:
             raise ValueError(f"relative_costs must be numbers >= 0, got {list(costs)}")
         links = _links(m.get("cascade"), n - 2, len(classes))
         profile = _profile(m.get("drift"), n)
-        return cls(stages, size, mean, std, tuple(classes), rule, costs, links, profile)  # type: ignore[arg-type]
+        arch = m.get("arch") if isinstance(m.get("arch"), str) and 0 < len(m["arch"]) <= 200 else "model"
+        return cls(stages, size, mean, std, tuple(classes), rule, costs, links, profile, arch)  # type: ignore[arg-type]
 
 
 def _profile(v: Any, outputs: int) -> ExitProfile | None:
@@ -172,6 +178,44 @@ def _stage_file(st: Any, k: int) -> StageFile:
     return StageFile(file, tuple(outputs), digest)
 
 
+@dataclass
+class _State:
+    """What the exit decision keeps per active input between stages: the inputs still running, the
+    most confident answer so far (the fallback), the patience run, the outputs so far (an ensemble)
+    and the previous IC's raw logits (a cascade link)."""
+
+    active: np.ndarray
+    best_conf: np.ndarray
+    best_pred: np.ndarray
+    prev: np.ndarray
+    run: np.ndarray
+    logps: np.ndarray
+    prev_raw: np.ndarray
+
+    @classmethod
+    def start(cls, n: int, classes: int) -> _State:
+        return cls(
+            np.arange(n),
+            np.full(n, -1.0),
+            np.zeros(n, np.int64),
+            np.full(n, -1, np.int64),
+            np.zeros(n),
+            np.zeros((n, 0, classes)),
+            np.zeros((n, classes)),
+        )
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Only the inputs of ``mask`` go on."""
+        for name in ("active", "best_conf", "best_pred", "prev", "run", "logps", "prev_raw"):
+            setattr(self, name, getattr(self, name)[mask])
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime as ort
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__}
+
+
 class Deployment:
     """An export loaded into onnxruntime sessions (see the module docstring)."""
 
@@ -226,46 +270,89 @@ class Deployment:
         preds = np.zeros(n, np.int64)
         exits = np.full(n, last, np.int64)
         confs = np.zeros(n, np.float64)
-        active = np.arange(n)
-        best_conf = np.full(n, -1.0)
-        best_pred = np.zeros(n, np.int64)
-        prev = np.full(n, -1, np.int64)
-        run = np.zeros(n)
-        logps = np.zeros((n, 0, len(self.classes)))  # the outputs so far, for an ensemble
-        prev_raw = np.zeros((n, len(self.classes)))  # the previous IC's raw logits, for a cascade link
-        h = x
+        state, h = _State.start(n, len(self.classes)), x
+        started = time.perf_counter()
         for k, sess in enumerate(self.sessions):
-            if not len(active):
+            if not len(state.active):
                 break
             outs = self._run(k, sess, h)
-            raw = outs[-1]
-            if k < len(self.links) and self.links[k] is not None:  # the cascade link from the previous IC
-                raw = raw + prev_raw @ self.links[k][0] + self.links[k][1]
-            prev_raw = raw
-            z = raw / self.temperatures[k]
-            if self.ensemble is not None:
-                logps = np.concatenate([logps, log_softmax(z)[:, None]], 1)
-                z = self.ensemble.logits(logps, k)
-            p = softmax(z)
-            conf, pred = p.max(1), p.argmax(1)
+            out, pred, conf = self._decide(k, state, outs[-1])
+            idx = state.active[out]
+            preds[idx], confs[idx] = pred[out], conf[out]
             if k == last:
-                if self.rule.fallback == "most_confident":
-                    use = best_conf >= conf
-                    pred, conf = np.where(use, best_pred, pred), np.where(use, best_conf, conf)
-                preds[active], confs[active] = pred, conf
                 break
-            score, run = exit_scores(self.rule, p, pred, last, prev, run)
-            prev = pred
-            out = score >= self.thresholds[k]
-            better = conf > best_conf
-            best_conf, best_pred = np.where(better, conf, best_conf), np.where(better, pred, best_pred)
-            idx = active[out]
-            preds[idx], exits[idx], confs[idx] = pred[out], k, conf[out]
-            keep = ~out
-            h = np.ascontiguousarray(outs[0][keep])
-            active, best_conf, best_pred = active[keep], best_conf[keep], best_pred[keep]
-            prev, run, logps, prev_raw = prev[keep], run[keep], logps[keep], prev_raw[keep]
-        return Classified(preds, exits, confs, self.classes)
+            exits[idx] = k
+            h = np.ascontiguousarray(outs[0][~out])
+            state.keep(~out)
+        return Classified(preds, exits, confs, self.classes, time.perf_counter() - started)
+
+    def _decide(self, k: int, state: _State, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The numpy runtime's exit decision at stage ``k`` from its raw logits, for every path:
+        (whether each active input leaves, prediction, confidence); ``state`` updated. At the last
+        stage every input leaves, the fallback applied."""
+        if k < len(self.links) and self.links[k] is not None:  # the cascade link from the previous IC
+            raw = raw + state.prev_raw @ self.links[k][0] + self.links[k][1]
+        state.prev_raw = raw
+        z = raw / self.temperatures[k]
+        if self.ensemble is not None:
+            state.logps = np.concatenate([state.logps, log_softmax(z)[:, None]], 1)
+            z = self.ensemble.logits(state.logps, k)
+        p = softmax(z)
+        conf, pred = p.max(1), p.argmax(1)
+        last = self.num_outputs - 1
+        if k == last:
+            if self.rule.fallback == "most_confident":
+                use = state.best_conf >= conf
+                pred, conf = np.where(use, state.best_pred, pred), np.where(use, state.best_conf, conf)
+            return np.ones(len(pred), bool), pred, conf
+        score, state.run = exit_scores(self.rule, p, pred, last, state.prev, state.run)
+        state.prev = pred
+        better = conf > state.best_conf
+        state.best_conf, state.best_pred = (
+            np.where(better, conf, state.best_conf),
+            np.where(better, pred, state.best_pred),
+        )
+        return score >= self.thresholds[k], pred, conf
+
+    def profile(self, images: np.ndarray | Sequence[str | Path], batch: int = 1, repeats: int = 50) -> LatencyProfile:
+        """Every stage's time per input on this machine (its graph and the exit decision), measured
+        ``repeats`` times at ``batch`` after one warm-up (the stages see full batches: none leaves),
+        and the plain network's (every stage's graph without decisions; the ICs' heads included, an
+        export has no graph without them); see :mod:`shallowdeep_deploy.latency`."""
+        x = self.preprocess(images)
+        if not 1 <= batch <= len(x) or not 1 <= repeats <= 100_000:
+            raise ArgumentError(f"profiling needs 1 <= `batch` <= {len(x)} images and 1..100000 `repeats`")
+        times: list[list[float]] = [[] for _ in self.sessions]
+        plain: list[float] = []
+        for r in range(repeats + 1):
+            start = (r * batch) % (len(x) - batch + 1)
+            h, state, total = x[start : start + batch], _State.start(batch, len(self.classes)), 0.0
+            for k, sess in enumerate(self.sessions):
+                t0 = time.perf_counter()
+                outs = self._run(k, sess, h)
+                t1 = time.perf_counter()
+                self._decide(k, state, outs[-1])
+                t2 = time.perf_counter()
+                h, total = outs[0], total + (t1 - t0)
+                if r:  # the first pass warms up
+                    times[k].append((t2 - t0) / batch)
+            if r:
+                plain.append(total / batch)
+        return LatencyProfile(
+            self.manifest.arch,
+            self._device(),
+            "onnx",
+            _versions(),
+            batch,
+            repeats,
+            tuple(stage_latency(t) for t in times),
+            stage_latency(plain),
+        )
+
+    def _device(self) -> str:
+        """Where the stages run: the processor, or the first execution provider that is not the CPU's."""
+        provider = (self.sessions[0].get_providers() or ["CPUExecutionProvider"])[0]
+        return processor_name() if provider == "CPUExecutionProvider" else f"onnxruntime {provider}"
 
     def _run(self, k: int, sess: Any, h: np.ndarray) -> list[np.ndarray]:
         """Stage ``k`` on ``h``; an onnxruntime failure becomes the export's error."""

@@ -10,11 +10,13 @@ from ..core.drift import ExitProfile
 from ..core.errors import ArgumentError
 from ..core.exit_rule import ExitRule, check_fallback
 from ..core.io import JSONObject
+from ..core.latency import LatencyProfile
 from ..core.outputs import output_names
 from ..core.stopwatch import Stopwatch
 from .backdoor import BackdoorResult, backdoor_figures
 from .confusion import Confusion, confusion
 from .early_exit import Calibration, ReferenceProtocol, Sweep, calibrate, early_exit, reference_protocol, sweep
+from .latency import LatencyBudget, LatencyCalibration, latency_calibration, timed
 from .overthinking import Overthinking, overthinking
 from .record import ExitRecord
 from .reliability import ClassAccuracy, Reliability, per_class, reliability
@@ -46,6 +48,7 @@ class AnalysisOptions:
     rules: tuple[str, ...] = DEFAULT_RULES
     rule: str = "max_softmax"
     thresholds: str = "auto"
+    latency: LatencyBudget | None = None  # the engine's thresholds for a latency budget (needs a profile)
     # parsed once in __post_init__: the rules compared (the engine's always among them), the engine's
     compared: tuple[ExitRule, ...] = field(init=False, repr=False, compare=False)
     chosen: ExitRule = field(init=False, repr=False, compare=False)
@@ -77,6 +80,7 @@ class AnalysisOptions:
             "rules": [r.label for r in self.compared],
             "rule": self.chosen.label,
             "thresholds": self.thresholds,
+            "latency": None if self.latency is None else self.latency.to_json(),
         }
 
 
@@ -89,14 +93,16 @@ class EngineChoice:
     thresholds: str
     calibration: Calibration
     profile: ExitProfile  # the validation split's exits under the rule: what the drift monitor tests against
+    latency: LatencyCalibration | None = None  # chosen for a latency budget: its expected latency, its curves
 
     def to_json(self) -> JSONObject:
-        return {
+        d = {
             "rule": self.rule.label,
             "thresholds": self.thresholds,
             "calibration": self.calibration.to_json(),
             "exit_profile": self.profile.to_json(),
         }
+        return d | ({"latency": self.latency.to_json()} if self.latency is not None else {})
 
 
 @dataclass(frozen=True)
@@ -200,13 +206,17 @@ def analyze(
     fallback: str = "most_confident",
     backdoor: BackdoorSpec | None = None,
     clock: Stopwatch | None = None,
+    latency: LatencyProfile | None = None,
 ) -> RunAnalysis:
     """Every analysis from a run's ``"train"``, ``"val"`` and ``"test"`` records (train only
     normalises confusion): the outputs, early exits, overthinking, confusion, reliability; for an
     SDN the exit rules compared and the engine's rule calibrated; with ``backdoor`` (and a
     ``"test+trigger"`` record) the backdoor's figures. ``options`` (or ``max_drop``, ``budget``,
-    ``fallback``) say how; ``clock`` gets the ``analyses`` and the engine's ``calibration`` parts."""
+    ``fallback``) say how; ``clock`` gets the ``analyses`` and the engine's ``calibration`` parts;
+    ``latency`` (the run's measured stage times) serves the options' latency budget."""
     o = options if options is not None else AnalysisOptions(max_drop, budget, fallback)
+    if o.latency is not None and latency is None:
+        raise ArgumentError("a `latency_budget` needs the run's measured stage times: profile the run first")
     val, test = records["val"], records["test"]
     o = _feasible_rules(o, test.num_outputs - 1) if test.num_outputs > 1 else o
     curves = {"val": sweep(val, fallback=o.fallback), "test": sweep(test, fallback=o.fallback)}
@@ -247,10 +257,10 @@ def analyze(
         clock.lap("analyses")
     if rules is None:
         return analysis
-    engine = _engine_choice(val, test, o, rules)  # per-IC thresholds are cross-validated: the slow part
+    engine = _engine_choice(val, test, o, rules, latency)  # per-IC thresholds are cross-validated: the slow part
     if clock is not None:
         clock.lap("calibration")
-    return replace(analysis, engine=engine, **_shifts(records, engine))
+    return replace(analysis, engine=engine, **_shifts(records, engine, latency))
 
 
 def _output_rows(val: ExitRecord, test: ExitRecord) -> list[OutputRow]:
@@ -273,10 +283,13 @@ def _backdoor(
     return backdoor_figures(records["test"], records["test+trigger"], spec.target, spec.trigger, threshold, fallback)
 
 
-def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules: RuleComparison) -> EngineChoice:
+def _engine_choice(
+    val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules: RuleComparison, latency: LatencyProfile | None
+) -> EngineChoice:
     """The engine's rule, its thresholds chosen on validation. With a budget, the operating point is
     the budget's for max softmax (the max-drop one stays in the report); another rule is calibrated
-    at the max-drop point (a budget may be out of patience's reach)."""
+    at the max-drop point (a budget may be out of patience's reach). With a latency budget, any
+    rule's thresholds are chosen for it (:mod:`.latency`)."""
     rule = o.chosen
     temps = rules.temperatures if rule.temperature else None
     goal = {"budget": o.budget} if o.budget is not None and rule.label == "max_softmax" else {}
@@ -293,16 +306,45 @@ def _engine_choice(val: ExitRecord, test: ExitRecord, o: AnalysisOptions, rules:
         **goal,
     )
     ensemble = rules.ensemble if rule.ensembled else None
+    lat = None
+    if o.latency is not None and latency is not None:
+        lat = latency_calibration(
+            val,
+            test,
+            latency,
+            o.latency,
+            rule,
+            temperatures=np.asarray(temps) if temps else None,
+            ensemble=ensemble,
+            fallback=o.fallback,
+            per_ic=per_ic,
+            flop_thresholds=cal.exit_thresholds,
+        )
+        cal = replace(lat.calibration, rule=_latency_goal(o.latency, lat.plain_ms))
     chosen = rule.calibrated(cal.exit_thresholds, temps, o.fallback, ensemble)
-    return EngineChoice(chosen, o.thresholds, cal, validation_profile(val, chosen))
+    return EngineChoice(chosen, o.thresholds, cal, validation_profile(val, chosen), lat)
 
 
-def _shifts(records: dict[str, ExitRecord], engine: EngineChoice) -> dict[str, list]:
+def _latency_goal(budget: LatencyBudget, plain_ms: float) -> dict[str, float]:
+    """A latency calibration's goal as calibration.json records it: the budget in milliseconds, its
+    percentile (0: the mean) and the same budget relative to the plain network's time."""
+    return {
+        "latency_budget_ms": budget.ms,
+        "latency_percentile": float(budget.percentile or 0),
+        "budget": budget.ms / plain_ms,
+    }
+
+
+def _shifts(records: dict[str, ExitRecord], engine: EngineChoice, latency: LatencyProfile | None) -> dict[str, list]:
     """The engine's exits on every shifted record (told apart by what its metadata says it holds:
     an ``attack``, a ``corruption``, ``ood`` inputs), in the order of ``records``: ``RunAnalysis``'s
-    ``shifts`` and ``unfamiliar``."""
+    ``shifts`` and ``unfamiliar``. Thresholds chosen for a latency budget are checked against it:
+    the records' costs in measured milliseconds."""
     test, shifts, unfamiliar = records["test"], [], []
     goal = engine.calibration.rule
+    if engine.latency is not None and latency is not None:
+        records = {k: timed(r, latency) for k, r in records.items()}
+        test = records["test"]
     for name, rec in records.items():
         if isinstance(rec.meta.get("ood"), str):
             unfamiliar.append(unfamiliar_exits(test, rec, engine.rule, rec.meta["ood"]))

@@ -34,3 +34,12 @@ def native_bf16(device: torch.device) -> bool:
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a latency profile names it: the GPU's name, or the processor's."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    from ..core.latency import processor_name
+
+    return processor_name()

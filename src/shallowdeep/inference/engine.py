@@ -20,6 +20,7 @@ confident output (``"most_confident"``, the reference's) or the final output (``
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class EngineResult:
     confidence: torch.Tensor
     relative_cost: torch.Tensor
     answered: torch.Tensor | None = None
+    seconds: float | None = None  # :meth:`EarlyExitEngine.classify`'s wall time, the device synchronised
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -575,13 +577,19 @@ class EarlyExitEngine:
         x = self.images(x, normalized)
         if batch_size < 1:
             raise ArgumentError(f"batch size must be at least 1, got {batch_size}")
+        _sync(self.device)
+        started = time.perf_counter()
         if batch_size == 1:
             rows = [self._one(x[i : i + 1]) for i in range(x.shape[0])]
             preds, exits, answered = (torch.tensor([r[j] for r in rows], dtype=torch.int64) for j in (0, 1, 3))
             confs = torch.tensor([r[2] for r in rows], dtype=torch.float64)
-            return EngineResult(preds, exits, confs, self.relative_costs[exits], answered)
-        chunks = (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
-        return _concat(list(self.stream(chunks, batch_size, normalized=True)), self.relative_costs)
+            res = EngineResult(preds, exits, confs, self.relative_costs[exits], answered)
+        else:
+            chunks = (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
+            res = _concat(list(self.stream(chunks, batch_size, normalized=True)), self.relative_costs)
+        _sync(self.device)
+        res.seconds = time.perf_counter() - started
+        return res
 
 
 # --------------------------------------------------------------------------------------------------
@@ -700,6 +708,11 @@ class _Results:
         )
         self.base += n
         return res
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _concat(parts: list[EngineResult], relative_costs: torch.Tensor) -> EngineResult:

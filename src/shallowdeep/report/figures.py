@@ -111,6 +111,30 @@ def fig_accuracy_cost(curves: dict[str, Sweep], analysis: RunAnalysis) -> str:
     return _svg(fig)
 
 
+def fig_latency(analysis: RunAnalysis) -> str:
+    """Accuracy against expected latency on the profiled device (measured stage times) beside
+    accuracy against FLOPs, the latency-calibrated point marked on both."""
+    lat = analysis.engine.latency  # type: ignore[union-attr]
+    plt = _plt()
+    fig, (a_ms, a_fl) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    for split, style in (("val", "--"), ("test", "-")):
+        c = lat.curves[split]
+        a_ms.plot(c.relative_cost * lat.plain_ms, c.accuracy * 100, style, lw=1.4, label=f"{split}")
+        f = analysis.curves[split]
+        a_fl.plot(f.relative_cost, f.accuracy * 100, style, lw=1.4, label=f"{split}")
+    stat = lat.budget.statistic
+    shown = lat.test.mean_ms if stat == "mean" else lat.test.percentile_ms
+    a_ms.scatter([shown], [lat.test.accuracy * 100], c="tab:red", zorder=4, label="chosen (test)")
+    a_ms.axvline(lat.budget.ms, color="tab:red", lw=0.8, ls=":", label=f"budget {lat.budget.ms:g} ms")
+    a_ms.set_xlabel(f"expected {stat} latency per input (ms)")
+    a_fl.set_xlabel("average cost / plain CNN cost (FLOPs)")
+    for ax in (a_ms, a_fl):
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8)
+    return _svg(fig)
+
+
 def fig_overthinking(o: Overthinking) -> str:
     plt = _plt()
     k = o.num_outputs
@@ -410,6 +434,8 @@ def figures(
         figs["destructive"] = fig_destructive(o)
     if analysis.rules is not None:
         figs["rules"] = fig_rules(analysis.rules)
+    if analysis.engine is not None and analysis.engine.latency is not None:
+        figs["latency"] = fig_latency(analysis)
     if analysis.shifts or analysis.unfamiliar:
         figs["shifted_exits"] = fig_shifted_exits(analysis, names)
     if o.examples_only_first:

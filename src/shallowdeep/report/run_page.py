@@ -11,6 +11,7 @@ import html
 from typing import Any
 
 from ..analysis import BackdoorResult, Calibration, Confusion, RuleComparison, RunAnalysis
+from ..analysis.latency import LatencyCalibration
 from ..core.words import counted
 from ..runs.meta import RunMeta
 
@@ -146,6 +147,8 @@ def render_html(
     )
     if analysis.rules is not None:
         sections.append(_rules_section(analysis, fig))
+    if analysis.engine is not None and analysis.engine.latency is not None:
+        sections.append(_latency_section(analysis.engine.latency, fig))
     if analysis.shifts or analysis.unfamiliar:
         sections.append(_shifts_section(analysis, fig))
     if classes is not None and len(classes) <= 200:
@@ -155,6 +158,26 @@ def render_html(
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body>" + "\n".join(x for x in sections if x) + "</body></html>\n"
+    )
+
+
+def _latency_section(lat: LatencyCalibration, fig: _Figures) -> str:
+    """The thresholds chosen for a latency budget: expected latency on both splits, FLOPs' beside."""
+    stat = lat.budget.statistic
+    other = "p95" if stat == "mean" else stat
+    rows = [
+        [name, _pct(e.accuracy), f"{e.mean_ms:.4g}", f"{e.percentile_ms:.4g}", " ".join(map(str, e.exit_counts))]
+        for name, e in (("validation", lat.val), ("test", lat.test), ("test, FLOP-calibrated", lat.flops))
+    ]
+    return (
+        '<section id="latency"><h2>Thresholds for a latency budget</h2><p>The engine\'s thresholds were chosen '
+        f"for the best validation accuracy whose expected {stat} latency fits {lat.budget.ms:g} ms, from the stage "
+        f"times measured with {html.escape(lat.device)} (the network without ICs: {lat.plain_ms:.4g} ms). An "
+        "input's expected time is the time of the stages it runs. Beside: the thresholds the FLOP-based "
+        "calibration (the max-drop point) would run, on the same device.</p>"
+        + _table(["split", "accuracy", "mean ms", f"{other} ms", "exits per output"], rows)
+        + fig.img("latency", "accuracy against expected latency and against FLOPs")
+        + "</section>"
     )
 
 
