@@ -71,6 +71,28 @@ def _edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(obj))
 
 
+def _latency(ctx, arch: str = "small", p50: float = 1.0) -> None:
+    """A latency profile of five stages at ``{tmp}/l.json``."""
+    stage = {"p50_ms": p50, "p95_ms": 2.0, "p99_ms": 3.0}
+    profile = {
+        "format": "shallowdeep-latency/1",
+        "arch": arch,
+        "device": "cpu",
+        "runtime": "torch",
+        "versions": {},
+        "batch": 1,
+        "repeats": 5,
+        "stages": [stage] * 5,
+        "plain": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0},
+    }
+    (ctx["tmp"] / "l.json").write_text(json.dumps(profile))
+
+
+def _calibrate_goal(ctx) -> None:
+    """The copy calibrated for a latency budget."""
+    _calibrate(ctx, rule={"latency_budget_ms": 1.0, "latency_percentile": 0.0, "budget": 0.5})
+
+
 def _set(path, *keys, value=None, delete=False):
     def change(obj):
         d = obj
@@ -195,6 +217,10 @@ SETUPS = {
     "cfg_fractions_words": lambda ctx: (ctx["tmp"] / "c.json").write_text('{"arch": "small", "ic_fractions": ["a"]}'),
     "cfg_list_yaml": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("- a\n- b\n"),
     "cfg_bad_yaml": lambda ctx: (ctx["tmp"] / "c.yaml").write_text("a: [1, 2\n"),
+    "latency_not_profile": lambda ctx: (ctx["tmp"] / "l.json").write_text('{"format": "x"}'),
+    "latency_other_arch": lambda ctx: _latency(ctx, arch="resnet56"),
+    "latency_negative": lambda ctx: _latency(ctx, p50=-1.0),
+    "cal_latency_goal": lambda ctx: _calibrate_goal(ctx),
     "demo_nonempty": lambda ctx: ((ctx["tmp"] / "d").mkdir(), (ctx["tmp"] / "d" / "mine.txt").write_text("keep")),
 }
 
@@ -801,6 +827,90 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
         None,
     ),
     ("analyze --ood a folder without images", ["analyze", "{ic}", "--ood", "{tmp}"], "no images", None, None),
+    # ---- profile and latency budgets
+    ("profile a CNN run", ["profile", "{cnn}"], "is a plain CNN run", None, None),
+    ("profile --batch 0", ["profile", "{ic}", "--batch", "0"], "--batch must lie in 1..4096", None, None),
+    ("profile --repeats 0", ["profile", "{ic}", "--repeats", "0"], "--repeats must lie in 1..", None, None),
+    ("profile --runtime tf", ["profile", "{ic}", "--runtime", "tf"], "invalid choice: 'tf'", None, None),
+    ("profile --out not json", ["profile", "{ic}", "--out", "{tmp}/p.txt"], "should be a .json file", None, None),
+    (
+        "profile --out in a missing folder",
+        ["profile", "{ic}", "--out", "{tmp}/none/p.json"],
+        "lies in a folder that does not exist",
+        None,
+        "{tmp}/none",
+    ),
+    ("profile a missing folder", ["profile", "{tmp}/none"], "is not a run folder", None, None),
+    (
+        "analyze --latency-budget without a profile",
+        ["analyze", "{ic}", "--latency-budget", "5"],
+        "latency.json does not exist (profile",
+        None,
+        None,
+    ),
+    (
+        "analyze --latency-budget 0",
+        ["analyze", "{ic}", "--latency-budget", "0"],
+        "positive number of milliseconds",
+        None,
+        None,
+    ),
+    (
+        "analyze --latency-percentile alone",
+        ["analyze", "{ic}", "--latency-percentile", "95"],
+        "serves a --latency-budget",
+        None,
+        None,
+    ),
+    (
+        "analyze --latency-percentile 90",
+        ["analyze", "{ic}", "--latency-budget", "5", "--latency-percentile", "90"],
+        "invalid choice: 90",
+        None,
+        None,
+    ),
+    (
+        "analyze --latency not a profile",
+        ["analyze", "{ic}", "--latency-budget", "5", "--latency", "{tmp}/l.json"],
+        "is not a usable latency profile",
+        "latency_not_profile",
+        None,
+    ),
+    (
+        "analyze --latency of another network",
+        ["analyze", "{ic}", "--latency-budget", "5", "--latency", "{tmp}/l.json"],
+        "profiles a resnet56, not this run's small",
+        "latency_other_arch",
+        None,
+    ),
+    (
+        "analyze --latency with negative times",
+        ["analyze", "{ic}", "--latency-budget", "5", "--latency", "{tmp}/l.json"],
+        "times are finite milliseconds >= 0",
+        "latency_negative",
+        None,
+    ),
+    (
+        "analyze --latency-budget on a CNN run",
+        ["analyze", "{cnn}", "--latency-budget", "5"],
+        "chooses an SDN's exit thresholds: this run is a CNN",
+        None,
+        None,
+    ),
+    (
+        "export --quantize int4",
+        ["export", "{ic}", "--out", "{tmp}/e", "--quantize", "int4"],
+        "invalid choice",
+        None,
+        None,
+    ),
+    (
+        "export --quantize of a latency-calibrated run",
+        ["export", "{ic_copy}", "--out", "{tmp}/e", "--quantize", "int8"],
+        "chosen for a latency budget",
+        "cal_latency_goal",
+        "{tmp}/e",
+    ),
     # ---- attack
     ("attack a CNN run", ["attack", "{cnn}"], "is a CNN run: a slowdown attack needs an SDN", None, None),
     ("attack a missing folder", ["attack", "{tmp}/none"], "is not a run folder", None, None),

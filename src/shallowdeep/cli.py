@@ -226,10 +226,18 @@ def _print_cuts(args: argparse.Namespace, classes: int, image_size: int) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .workflows import export_run
 
-    out = export_run(args.run, args.out, args.opset)
+    out = export_run(args.run, args.out, args.opset, args.quantize)
     print(
         f"exported to {out} (manifest.json + one ONNX graph per stage); run it with shallowdeep.inference.deploy.load"
     )
+    if args.quantize:
+        q = json.loads((out / "manifest.json").read_text())["quantization"]
+        for name in ("fp32", "int8"):
+            v, t = q[name]["val"], q[name]["test"]
+            test = f"; test {100 * t['accuracy']:.2f}% at {100 * t['relative_cost']:.1f}%" if t else ""
+            print(
+                f"  {name} early exits: validation {100 * v['accuracy']:.2f}% at {100 * v['relative_cost']:.1f}%{test}"
+            )
     return 0
 
 
@@ -238,6 +246,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     export = (target / "manifest.json").is_file()
+    if not export:
+        from .runs import RunFolder
+
+        RunFolder(target).meta()  # not a run: said before anything else
     runtime = args.runtime or ("onnx" if export else "torch")
     if export and runtime == "torch":
         raise UserError("an export runs in onnxruntime: profile it with --runtime onnx, or profile its run")
@@ -1063,6 +1075,12 @@ def _add_export(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     ex.add_argument("--out", required=True, help="the export folder to create")
     ex.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    ex.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="INT8 stages (ONNX Runtime static quantization, calibrated on validation images) with the exit "
+        "thresholds re-calibrated on the quantized stages' outputs",
+    )
     ex.set_defaults(func=cmd_export)
 
 

@@ -402,17 +402,28 @@ def _pictures(images: Any) -> Any:
     return images.numpy() if isinstance(images, torch.Tensor) else _Pictures(images)
 
 
-def export_run(run: str | Path, out: str | Path, opset: int | None = None) -> Path:
-    """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.inference.export`)."""
+def export_run(run: str | Path, out: str | Path, opset: int | None = None, quantize: str | None = None) -> Path:
+    """Export a calibrated SDN run as ONNX stages + ``manifest.json`` (see :mod:`shallowdeep.inference.export`);
+    ``quantize="int8"``: INT8 stages, thresholds re-calibrated on them (:mod:`shallowdeep.runs.quantized`)."""
     from .core.io import sha256_file
     from .inference.export import DEFAULT_OPSET, ExportInfo, export_engine
     from .runs import engine_from_run
 
+    if quantize not in (None, "int8"):
+        raise ArgumentError(f"`quantize` is int8 (or left out: fp32), not {quantize!r}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError(f"`out` {out} exists and is not an empty folder: choose another")
     folder = RunFolder(run)
     engine = engine_from_run(run)  # refuses a plain CNN or an uncalibrated run, saying what to do
     meta = folder.meta()
     info = ExportInfo(meta.data.mean, meta.data.std, meta.data.class_names, sha256_file(folder.weights), engine.profile)
-    return export_engine(engine, out, info, DEFAULT_OPSET if opset is None else opset)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if quantize is None:
+        return export_engine(engine, out, info, opset)
+    from .runs.quantized import quantized_export
+
+    return quantized_export(run, out, engine, info, opset)
 
 
 @dataclass(frozen=True)

@@ -314,6 +314,23 @@ class Deployment:
         )
         return score >= self.thresholds[k], pred, conf
 
+    def outputs(self, images: np.ndarray | Sequence[str | Path], batch: int = 256) -> np.ndarray:
+        """Every output's logits for every input, no exit taken: ``[N, outputs, classes]``, as the
+        SDN computes them (cascade links applied, temperatures not): an exit record of this export."""
+        x = self.preprocess(images)
+        parts = []
+        for i in range(0, len(x), batch):
+            h, prev, outs = x[i : i + batch], None, []
+            for k, sess in enumerate(self.sessions):
+                got = self._run(k, sess, h)
+                raw = got[-1]
+                if prev is not None and k < len(self.links) and self.links[k] is not None:
+                    raw = raw + prev @ self.links[k][0] + self.links[k][1]
+                outs.append(raw)
+                h, prev = got[0], raw
+            parts.append(np.stack(outs, 1))
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_outputs, len(self.classes)), np.float32)
+
     def profile(self, images: np.ndarray | Sequence[str | Path], batch: int = 1, repeats: int = 50) -> LatencyProfile:
         """Every stage's time per input on this machine (its graph and the exit decision), measured
         ``repeats`` times at ``batch`` after one warm-up (the stages see full batches: none leaves),
