@@ -73,7 +73,7 @@ def _edit_json(path: Path, change) -> None:
 
 def _latency(ctx, arch: str = "small", p50: float = 1.0) -> None:
     """A latency profile of five stages at ``{tmp}/l.json``."""
-    stage = {"p50_ms": p50, "p95_ms": 2.0, "p99_ms": 3.0}
+    stage = {"p50_ms": p50, "p95_ms": 2.0, "p99_ms": 3.0, "mean_ms": 1.5}
     profile = {
         "format": "shallowdeep-latency/1",
         "arch": arch,
@@ -83,7 +83,7 @@ def _latency(ctx, arch: str = "small", p50: float = 1.0) -> None:
         "batch": 1,
         "repeats": 5,
         "stages": [stage] * 5,
-        "plain": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0},
+        "plain": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0, "mean_ms": 4.5},
     }
     (ctx["tmp"] / "l.json").write_text(json.dumps(profile))
 

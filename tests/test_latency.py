@@ -17,8 +17,9 @@ from shallowdeep.core.latency import LatencyProfile, StageLatency, stage_latency
 
 
 def _profile(stage_ms: list[float], plain_ms: float, arch: str = "small") -> LatencyProfile:
-    stages = tuple(StageLatency(t, 1.5 * t, 2 * t) for t in stage_ms)
-    return LatencyProfile(arch, "cpu: test", "torch", {}, 1, 10, stages, StageLatency(plain_ms, plain_ms, plain_ms))
+    stages = tuple(StageLatency(t, 1.5 * t, 2 * t, 1.1 * t) for t in stage_ms)
+    plain = StageLatency(plain_ms, plain_ms, plain_ms, plain_ms)
+    return LatencyProfile(arch, "cpu: test", "torch", {}, 1, 10, stages, plain)
 
 
 def _record(n: int = 600, outputs: int = 4, seed: int = 0) -> ExitRecord:
@@ -35,21 +36,23 @@ def _record(n: int = 600, outputs: int = 4, seed: int = 0) -> ExitRecord:
 def test_a_profile_round_trips_and_refuses_damage():
     p = _profile([1.0, 2.0, 3.0, 4.0], 8.0)
     assert LatencyProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
-    assert p.cumulative_ms().tolist() == [1.0, 3.0, 6.0, 10.0]
+    assert p.cumulative_ms(50).tolist() == [1.0, 3.0, 6.0, 10.0]
+    assert p.cumulative_ms() == pytest.approx([1.1, 3.3, 6.6, 11.0])  # the means
     assert p.cumulative_ms(95).tolist() == [1.5, 4.5, 9.0, 15.0]
     for damage in (
         {"format": "other"},
         {"stages": [p.to_json()["stages"][0]]},  # one stage: not an SDN
         {"batch": 0},
         {"runtime": "tensorflow"},
-        {"plain": {"p50_ms": 2.0, "p95_ms": 1.0, "p99_ms": 3.0}},  # percentiles out of order
-        {"stages": [{"p50_ms": float("nan"), "p95_ms": 1.0, "p99_ms": 1.0}] * 4},
+        {"plain": {"p50_ms": 2.0, "p95_ms": 1.0, "p99_ms": 3.0, "mean_ms": 2.0}},  # percentiles out of order
+        {"plain": {"p50_ms": 2.0, "p95_ms": 2.0, "p99_ms": 3.0}},  # no mean
+        {"stages": [{"p50_ms": float("nan"), "p95_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0}] * 4},
         {"versions": {"torch": 2}},
     ):
         with pytest.raises(UserError):
             LatencyProfile.from_json(p.to_json() | damage)
     s = stage_latency(np.linspace(0.001, 0.002, 101))  # seconds in, milliseconds out
-    assert (s.p50, s.p95, s.p99) == pytest.approx((1.5, 1.95, 1.99))
+    assert (s.p50, s.p95, s.p99, s.mean) == pytest.approx((1.5, 1.95, 1.99, 1.5))
 
 
 def test_latency_thresholds_are_the_most_accurate_within_the_budget():
@@ -60,14 +63,14 @@ def test_latency_thresholds_are_the_most_accurate_within_the_budget():
     rule = ExitRule()
     qs = np.linspace(0, 1, 101)
     for budget in (LatencyBudget(3.5), LatencyBudget(4.5, 95)):
-        pct = budget.percentile or 50
+        pct = budget.percentile
         lat = latency_calibration(val, test, prof, budget, rule)
         tv = timed(val, prof, pct)
         best = None
         for q in qs:
             e = early_exit(tv, float(q))
             ms = tv.costs[e.exits]
-            spent = ms.mean() if budget.percentile is None else np.percentile(ms, pct, method="inverted_cdf")
+            spent = ms.mean() if pct is None else np.percentile(ms, pct, method="inverted_cdf")
             if spent <= budget.ms + 1e-9 and (best is None or e.accuracy > best):
                 best = e.accuracy
         spent = lat.val.mean_ms if budget.percentile is None else lat.val.percentile_ms
@@ -149,6 +152,8 @@ def test_int8_export_recalibrates_and_its_runtime_matches_its_record(copy_run, t
     q = manifest["quantization"]
     assert q["calibration_split"] == "val" and q["int8"]["val"] and q["fp32"]["val"]
     model = deploy.load(out)  # the stage hashes were rewritten for the INT8 graphs
+    with pytest.raises(UserError, match="not in this onnxruntime"):
+        deploy.load(out, providers=["NoSuchExecutionProvider"])
     graph = (out / "stage0.onnx").read_bytes()
     assert b"QuantizeLinear" in graph and b"DequantizeLinear" in graph
     record = ExitRecord.load(out / "records" / "test.safetensors")

@@ -259,12 +259,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         profile = profile_run(target, runtime, _device(args), args.batch, args.repeats)
     write_latency(profile, out)
-    print(f"{profile.describe()}, median (p95) ms per input over {profile.repeats} repeats:")
+    print(f"{profile.describe()}, ms per input over {profile.repeats} repeats: mean, median (p95)")
     for k, s in enumerate(profile.stages):
         name = f"stage {k + 1}" + (" (final)" if k == len(profile.stages) - 1 else "")
-        print(f"  {name:<16} {s.p50:9.4f} ({s.p95:.4f})")
+        print(f"  {name:<16} {s.mean:9.4f} {s.p50:9.4f} ({s.p95:.4f})")
     plain, full = profile.plain_ms(), float(profile.cumulative_ms()[-1])
-    print(f"  no exit: {full:.4f} ms; the network without ICs: {plain:.4f} ms")
+    print(f"  no exit: {full:.4f} ms on average; the network without ICs: {plain:.4f} ms")
     print(f"written to {out}")
     return 0
 
@@ -1186,6 +1186,12 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         help="also measure where unfamiliar inputs exit and how well each output's confidence tells them "
         "from the test split (AUROC): a data set name (digits, imagefolder:PATH) or a folder of images",
     )
+    _latency_flags(a)
+    a.set_defaults(func=cmd_analyze)
+
+
+def _latency_flags(a: argparse.ArgumentParser) -> None:
+    """``analyze``'s flags for thresholds chosen against measured time."""
     a.add_argument(
         "--latency-budget",
         type=float,
@@ -1200,7 +1206,6 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         help="the budget bounds this percentile of the inputs' latency instead of the mean",
     )
     a.add_argument("--latency", metavar="FILE", help="the latency profile (default RUN/latency.json)")
-    a.set_defaults(func=cmd_analyze)
 
 
 def _add_attack(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:

@@ -73,24 +73,18 @@ def analyze_run(
     write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
     a run of the user's own module is rebuilt around ``module`` (:func:`~shallowdeep.runs.load`). An
     SDN's also covers its attacked records, the test split under ``corruptions`` (``"all"``, ``"jpeg,
-    contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder). With
-    ``latency_budget`` (milliseconds; ``latency_percentile``: 50, 95 or 99, else the mean) the
-    engine's thresholds are chosen for it from the stage times in ``latency`` (default RUN/latency.json)."""
-    started = time.perf_counter()
-    # every argument is checked before anything is collected or written
+    contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder); the
+    engine's thresholds fit a ``latency_budget`` (ms, its mean or ``latency_percentile``) by ``latency``'s
+    stage times (default RUN/latency.json)."""
+    started = time.perf_counter()  # every argument is checked before anything is collected or written
+    budget_ms = _latency_budget(latency_budget, latency_percentile, latency)
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
-    if latency_budget is None and (latency_percentile is not None or latency is not None):
-        raise ArgumentError("a `latency_percentile` or `latency` file serves a `latency_budget`: give one")
-    budget_ms = None if latency_budget is None else LatencyBudget(latency_budget, latency_percentile)
     options = AnalysisOptions(max_drop, budget, fallback, compared, rule, thresholds, budget_ms)
     pick_device(str(device))  # a device that does not exist: one line now, not PyTorch's error mid-collection
-    folder = RunFolder(run)
-    meta = folder.meta()
+    folder, meta = RunFolder(run), RunFolder(run).meta()
     out = Path(out) if out else folder.report
     _check_report_folder(folder, out)
-    # where the analysis's time went (report.json's time_parts): the data set, the records (collected
-    # or read from the cache), the analyses, the engine's calibration, the figures, the page
-    clock = Stopwatch()
+    clock = Stopwatch()  # report.json's time_parts: data, records, analyses, calibration, figures, page
     data = run_data(run)  # for the image grids and class names; the model loads only if a record is missing
     backdoor = backdoor_of(run)
     splits = ANALYZED_SPLITS + (("test+trigger",) if backdoor is not None else ())
@@ -110,14 +104,18 @@ def analyze_run(
     page, result = _report_page(folder, meta, analysis, records, data, clock)
     clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
-    result |= {"weights_sha256": meta.weights_sha256, "options": options.to_json()}
-    result |= {"wall_seconds": time.perf_counter() - started, "time_parts": clock.parts}
+    result |= {"weights_sha256": meta.weights_sha256, "options": options.to_json(), "time_parts": clock.parts}
+    result["wall_seconds"] = time.perf_counter() - started
     _write_report(folder, out, result, page)
     _save_engine(run, analysis, records)  # after the report: one that cannot be written leaves the calibration
-    if log is not None:
-        laps = ", ".join(f"{k} {v:.1f} s" for k, v in clock.parts.items())
-        log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
+    _log_done(log, result)
     return AnalyzedRun(out / "report.html", out / "report.json", analysis)
+
+
+def _log_done(log: Log, result: JSONObject) -> None:
+    if log is not None:
+        laps = ", ".join(f"{k} {v:.1f} s" for k, v in result["time_parts"].items())
+        log(f"analyzed in {result['wall_seconds']:.1f} s ({laps})")
 
 
 def _save_engine(run: str | Path, analysis: RunAnalysis, records: dict[str, ExitRecord]) -> None:
@@ -126,6 +124,12 @@ def _save_engine(run: str | Path, analysis: RunAnalysis, records: dict[str, Exit
     if analysis.engine is not None:
         sha = str(records["test"].meta.get("weights_sha256"))
         save_calibration(run, analysis.engine.calibration, sha, analysis.engine.rule, analysis.engine.profile)
+
+
+def _latency_budget(ms: float | None, percentile: int | None, path: str | Path | None) -> LatencyBudget | None:
+    if ms is None and (percentile is not None or path is not None):
+        raise ArgumentError("a `latency_percentile` or `latency` file serves a `latency_budget`: give one")
+    return None if ms is None else LatencyBudget(ms, percentile)
 
 
 def _latency_profile(run: str | Path, meta: RunMeta, path: str | Path | None) -> LatencyProfile:

@@ -4,8 +4,8 @@ An early-exit input's time is the time of the stages it ran: stage k is the bloc
 IC's head and the exit decision (the last stage: the rest of the network and the final classifier).
 A :class:`LatencyProfile` holds each stage's time per input, measured on one device with one
 runtime (torch or onnxruntime) for one path (batch 1, or the throughput engine at batch B, where a
-stage's time per input is its batch's time over B), as the median and the 95th and 99th
-percentiles over repeats, and the plain network's time beside it (every block and the final
+stage's time per input is its batch's time over B), as the median, the 95th and 99th
+percentiles and the mean over repeats, and the plain network's time beside it (every block and the final
 classifier, no IC). numpy and the standard library only: the torch engine and the torch-free
 runtime write the same file.
 """
@@ -32,18 +32,19 @@ MAX_STAGES = 1024
 
 @dataclass(frozen=True)
 class StageLatency:
-    """One stage's milliseconds per input: median, 95th and 99th percentile over the repeats."""
+    """One stage's milliseconds per input: median, 95th and 99th percentile and mean over the repeats."""
 
     p50: float
     p95: float
     p99: float
+    mean: float
 
-    def at(self, percentile: int) -> float:
-        """The time at one of :data:`PERCENTILES`."""
-        return {50: self.p50, 95: self.p95, 99: self.p99}[percentile]
+    def at(self, percentile: int | None) -> float:
+        """The time at one of :data:`PERCENTILES`, or (``None``) the mean."""
+        return self.mean if percentile is None else {50: self.p50, 95: self.p95, 99: self.p99}[percentile]
 
     def to_json(self) -> JSONObject:
-        return {"p50_ms": self.p50, "p95_ms": self.p95, "p99_ms": self.p99}
+        return {"p50_ms": self.p50, "p95_ms": self.p95, "p99_ms": self.p99, "mean_ms": self.mean}
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,12 @@ class LatencyProfile:
     def num_outputs(self) -> int:
         return len(self.stages)
 
-    def cumulative_ms(self, percentile: int = 50) -> np.ndarray:
+    def cumulative_ms(self, percentile: int | None = None) -> np.ndarray:
         """Per output, the milliseconds an input that leaves there spends: its stages' times summed
-        (each stage at ``percentile``)."""
+        (each stage's mean, or its time at ``percentile``: a sum of means is the mean of the sum)."""
         return np.cumsum([s.at(_percentile(percentile)) for s in self.stages])
 
-    def plain_ms(self, percentile: int = 50) -> float:
+    def plain_ms(self, percentile: int | None = None) -> float:
         return self.plain.at(_percentile(percentile))
 
     def describe(self) -> str:
@@ -130,8 +131,8 @@ class LatencyProfile:
         )
 
 
-def _percentile(p: int) -> int:
-    if p not in PERCENTILES:
+def _percentile(p: int | None) -> int | None:
+    if p is not None and p not in PERCENTILES:
         raise ArgumentError(f"a latency percentile is one of {', '.join(map(str, PERCENTILES))}, got {p!r}")
     return p
 
@@ -144,8 +145,8 @@ def _whole(v: Any, what: str) -> int:
 
 def _stage(v: Any, what: str) -> StageLatency:
     if not isinstance(v, dict):
-        raise ArgumentError(f"a latency profile's `{what}` is an object of p50_ms, p95_ms, p99_ms")
-    ms = [v.get(f"p{p}_ms") for p in PERCENTILES]
+        raise ArgumentError(f"a latency profile's `{what}` is an object of p50_ms, p95_ms, p99_ms, mean_ms")
+    ms = [v.get(f"p{p}_ms") for p in PERCENTILES] + [v.get("mean_ms")]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in ms):
         raise ArgumentError(f"a latency profile's `{what}` times are finite milliseconds >= 0, got {ms!r}")
     if not ms[0] <= ms[1] <= ms[2]:
@@ -159,7 +160,7 @@ def stage_latency(seconds: Any) -> StageLatency:
     if not len(t):
         raise ArgumentError("a stage's latency needs at least one measured time")
     p50, p95, p99 = (float(v) for v in np.percentile(t, PERCENTILES))
-    return StageLatency(p50, max(p95, p50), max(p99, p95, p50))
+    return StageLatency(p50, max(p95, p50), max(p99, p95, p50), float(t.mean()))
 
 
 def processor_name() -> str:

@@ -412,6 +412,13 @@ def load(folder: str | Path, providers: Sequence[str] | None = None, threads: in
         raise ArgumentError(f"`threads` must be an integer in 1..1024, got {threads!r}")
     if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
         raise ArgumentError(f"`providers` must be a list of onnxruntime provider names, got {providers!r}")
+    available = ort.get_available_providers()
+    missing = [p for p in providers or () if p not in available]
+    if missing:
+        raise ArgumentError(
+            f"`providers` {', '.join(missing)} not in this onnxruntime (it has {', '.join(available)}): "
+            "install onnxruntime-gpu for CUDAExecutionProvider, or leave `providers` out (CPU)"
+        )
     folder = Path(folder)
     manifest = _read_manifest(folder)
     opts = ort.SessionOptions()

@@ -8,6 +8,7 @@ mean latency within b times the plain network's". A percentile budget (the 95th:
 inputs answer within it) cannot be written as a mean, so it is swept apart: the share of inputs
 leaving at or before each output is known at every threshold, and the latency at a percentile is
 that of the first output where the share reaches it (each stage at its measured percentile time).
+A mean budget uses each stage's mean time: on a noisy machine the mean lies well above the median.
 Per-IC thresholds are chosen for mean budgets only (their search trades mean cost).
 """
 
@@ -104,9 +105,9 @@ def _ms_curve(s: Sweep, plain_ms: float) -> JSONObject:
     }
 
 
-def timed(record: ExitRecord, profile: LatencyProfile, percentile: int = 50) -> ExitRecord:
-    """``record`` with each output's cost the milliseconds of an input leaving there (stages at
-    ``percentile``) and the plain network's as the reference."""
+def timed(record: ExitRecord, profile: LatencyProfile, percentile: int | None = None) -> ExitRecord:
+    """``record`` with each output's cost the milliseconds of an input leaving there (its stages'
+    mean times, or their times at ``percentile``) and the plain network's as the reference."""
     if profile.num_outputs != record.num_outputs:
         raise ArgumentError(
             f"the latency profile has {profile.num_outputs} stages, the run {record.num_outputs} outputs: "
@@ -152,12 +153,12 @@ def latency_calibration(
     """The ``rule``'s thresholds (per IC where ``per_ic`` says so and the budget is a mean) for the
     best validation accuracy whose expected latency on ``profile``'s device fits ``budget``;
     ``flop_thresholds`` (the FLOP-calibrated ones of the same rule) are reported beside."""
-    pct = 50 if budget.percentile is None else budget.percentile
+    pct = budget.percentile
     v, t = (timed(r, profile, pct) for r in (val, test))
     v, t = rule_records(rule, (v, t), temperatures, ensemble)
     th, vs, ts = rule_thresholds(v, rule), rule_scores(v, rule), rule_scores(t, rule)
     curves = {"val": sweep(v, th, fallback, vs), "test": sweep(t, th, fallback, ts)}
-    if budget.percentile is not None:
+    if pct is not None:
         curves = {k: percentile_sweep(c, r, pct) for (k, c), r in zip(curves.items(), (v, t))}
         per_ic = False
     rel = budget.ms / v.cnn_cost

@@ -222,15 +222,8 @@ def analyze(
     curves = {"val": sweep(val, fallback=o.fallback), "test": sweep(test, fallback=o.fallback)}
     calibrated = calibrate(val, test, max_drop=o.max_drop, fallback=o.fallback, swept=curves["val"])
 
-    def per_ic(**goal: float) -> Calibration:
-        return calibrate(val, test, fallback=o.fallback, swept=curves["val"], per_ic=True, **goal)
-
-    def at_budget(per: bool) -> Calibration | None:
-        if o.budget is None:
-            return None
-        if per:
-            return per_ic(budget=o.budget)
-        return calibrate(val, test, budget=o.budget, fallback=o.fallback, swept=curves["val"])
+    def at(per: bool, **goal: float) -> Calibration:
+        return calibrate(val, test, fallback=o.fallback, swept=curves["val"], per_ic=per, **goal)
 
     sdn = test.num_outputs > 1
     # the rules are compared at the max-drop operating point (a budget may be out of reach of patience)
@@ -241,9 +234,9 @@ def analyze(
         outputs=_output_rows(val, test),
         fallback=o.fallback,
         calibrated=calibrated,
-        calibrated_budget=at_budget(False),
-        per_ic=per_ic(max_drop=o.max_drop),
-        per_ic_budget=at_budget(True),
+        calibrated_budget=None if o.budget is None else at(False, budget=o.budget),
+        per_ic=at(True, max_drop=o.max_drop),
+        per_ic_budget=None if o.budget is None else at(True, budget=o.budget),
         reference=reference_protocol(test, o.max_drop, o.fallback),
         curves=curves,
         overthinking=overthinking(test),

@@ -34,12 +34,12 @@ def profile_engine(engine: EarlyExitEngine, images: torch.Tensor, batch: int = 1
     """Every stage's time per input (its blocks, its head, the exit decision; the first stage also
     normalises the uint8 images, as every entry point does) and the plain network's, on ``images``
     (uint8 ``[N, H, W, 3]``, N >= ``batch``; repeats cycle through them) at ``batch``, over
-    ``repeats`` after ``max(3, repeats // 10)`` warm-up passes."""
+    ``repeats`` after ``max(10, repeats // 5)`` warm-up passes."""
     if not 1 <= batch <= len(images):
         raise ArgumentError(f"profiling at `batch` {batch} needs 1..{len(images)} (the images given)")
     if not 1 <= repeats <= MAX_REPEATS:
         raise ArgumentError(f"`repeats` must lie in 1..{MAX_REPEATS}, got {repeats}")
-    warm = max(3, repeats // 10)
+    warm = max(10, repeats // 5)  # oneDNN builds its kernels on the first calls of each shape
     stages: list[list[float]] = [[] for _ in engine._stages]
     plain: list[float] = []
     for r in range(warm + repeats):
