@@ -16,6 +16,10 @@
 #           CIFAR-10 JPEGs, analyzed; DeepSloth per input (linf, l2) and universal (linf) on ${INPUTS:-all}
 #           test inputs, `analyze --corruptions`, then benchmarks/drift_monitor.py; into $OUT/robustness.log;
 #           not yet run on a GPU (tested on the CPU with ARCH=small SDN_EPOCHS=1 INPUTS=256 DEV=cpu);
+#   latency: one call for issue 32: a ResNet-56 SDN (${SDN_EPOCHS:-10} epochs) profiled on the GPU (batch 1 and
+#           ${BATCH:-256}), `analyze --latency-budget` at half the no-exit time, then benchmarks/bench_latency.py
+#           (speed: the CUDA engine's stages beside fp32/INT8 ONNX on the CPU; calibration, paired realised
+#           latency, INT8); into $OUT/latency.log; tested on the CPU with ARCH=small SDN_EPOCHS=1 DEV=cpu;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -23,7 +27,7 @@
 # $OUT/runs-cnn.tgz and runs-sdn.tgz, so a later call on a fresh machine can continue from them
 # (copy them into .data/ and carry .data).
 set -uo pipefail
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src:deploy/src PYTHONUNBUFFERED=1  # the deploy runtime is its own distribution
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DATA=/tmp/cifar10-jpeg
 part=${1:-part1}
@@ -118,6 +122,25 @@ if [ "$part" = robustness ]; then
   $SD analyze $R $D --corruptions 2>&1 | grep -v "^  rule\|collecting\|collected" | tee -a "$L"
   python3 benchmarks/drift_monitor.py $R 2>&1 | tee -a "$L"
   cp $R/report/report.json "$OUT/robustness-report.json"
+  exit 0
+fi
+if [ "$part" = latency ]; then
+  # issue 32 on a GPU: a ResNet-56 SDN (${SDN_EPOCHS:-10} epochs), its stages profiled on the GPU at batch 1
+  # and ${BATCH:-256}, thresholds for a latency budget (half of the no-exit time), the benchmark's two parts
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ort', o.__version__, o.get_available_providers())"
+    date -u; } | tee -a "$OUT/device.txt"
+  R=runs/latency/sdn; SD="python3 -m shallowdeep"; D="--device ${DEV:-cuda}"; L="$OUT/latency.log"
+  [ -f $R/model.safetensors ] || $SD train --quiet --mode sdn --arch "${ARCH:-resnet56}" --data "imagefolder:$DATA" \
+    --epochs "${SDN_EPOCHS:-10}" $D --out $R 2>&1 | tee -a "$L"
+  $SD analyze $R $D --quiet 2>&1 | tee -a "$L"
+  $SD profile $R $D --batch "${BATCH:-256}" --out "$OUT/latency-batch${BATCH:-256}.json" 2>&1 | tee -a "$L"
+  $SD profile $R $D --out $R/latency.json 2>&1 | tee -a "$L" && cp $R/latency.json "$OUT/latency-batch1.json"
+  python3 benchmarks/bench_latency.py speed --archs "${ARCH:-resnet56}" $D --batch "${BATCH:-256}" --reps 30 2>&1 | grep -v Warn | tee -a "$L"
+  timeout "${CAL_SECONDS:-240}" python3 benchmarks/bench_latency.py calibration --run $R $D --inputs 1000 2>&1 | grep -v Warn | tee -a "$L"
+  # last: INT8 export (in the calibration part) refuses a run calibrated for a latency budget
+  MS=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); print(sum(s['mean_ms'] for s in p['stages']) / 2)" $R/latency.json)
+  $SD analyze $R $D --latency-budget "$MS" 2>&1 | grep -A4 "predict uses" | tee -a "$L"
   exit 0
 fi
 if [ "$part" = methods ]; then

@@ -55,6 +55,9 @@ _API = {
     "engine_from_run": "runs",
     "analyze_run": "workflows",
     "export_run": "workflows",
+    "profile_run": "runs.latency",
+    "write_latency": "runs.latency",
+    "LatencyProfile": "core.latency",
     # errors
     "UserError": "core.errors",
 }

@@ -63,11 +63,11 @@ class LatencyProfile:
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
-            raise ArgumentError(f"a latency profile's `runtime` is torch or onnx, not {self.runtime!r}")
+            raise ArgumentError(f"a latency profile's runtime is torch or onnx, not {self.runtime!r}")
         if not 2 <= len(self.stages) <= MAX_STAGES:
             raise ArgumentError(f"a latency profile has 2..{MAX_STAGES} stages, got {len(self.stages)}")
         if not (isinstance(self.batch, int) and 1 <= self.batch <= 1 << 20 and self.repeats >= 1):
-            raise ArgumentError("a latency profile's `batch` and `repeats` are whole numbers >= 1")
+            raise ArgumentError("a latency profile's batch and repeats are whole numbers >= 1")
 
     @property
     def num_outputs(self) -> int:
@@ -112,13 +112,13 @@ class LatencyProfile:
             raise ArgumentError(f"a latency profile is a JSON object of format {FORMAT}, got {got!r}")
         stages = d.get("stages")
         if not isinstance(stages, list) or not 2 <= len(stages) <= MAX_STAGES:
-            raise ArgumentError(f"a latency profile's `stages` is a list of 2..{MAX_STAGES} stage times")
+            raise ArgumentError(f"a latency profile's stages is a list of 2..{MAX_STAGES} stage times")
         versions = d.get("versions")
         if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
-            raise ArgumentError("a latency profile's `versions` maps names to version strings")
+            raise ArgumentError("a latency profile's versions maps names to version strings")
         for key in ("arch", "device", "runtime"):
             if not isinstance(d.get(key), str) or not d[key] or len(d[key]) > 1000:
-                raise ArgumentError(f"a latency profile's `{key}` is a non-empty string, got {d.get(key)!r}")
+                raise ArgumentError(f"a latency profile's {key} is a non-empty string, got {d.get(key)!r}")
         return cls(
             d["arch"],
             d["device"],
@@ -139,18 +139,18 @@ def _percentile(p: int | None) -> int | None:
 
 def _whole(v: Any, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ArgumentError(f"a latency profile's `{what}` is a whole number >= 1, got {v!r}")
+        raise ArgumentError(f"a latency profile's {what} is a whole number >= 1, got {v!r}")
     return v
 
 
 def _stage(v: Any, what: str) -> StageLatency:
     if not isinstance(v, dict):
-        raise ArgumentError(f"a latency profile's `{what}` is an object of p50_ms, p95_ms, p99_ms, mean_ms")
+        raise ArgumentError(f"a latency profile's {what} is an object of p50_ms, p95_ms, p99_ms, mean_ms")
     ms = [v.get(f"p{p}_ms") for p in PERCENTILES] + [v.get("mean_ms")]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in ms):
-        raise ArgumentError(f"a latency profile's `{what}` times are finite milliseconds >= 0, got {ms!r}")
+        raise ArgumentError(f"a latency profile's {what} times are finite milliseconds >= 0, got {ms!r}")
     if not ms[0] <= ms[1] <= ms[2]:
-        raise ArgumentError(f"a latency profile's `{what}` percentiles are not in increasing order: {ms!r}")
+        raise ArgumentError(f"a latency profile's {what} percentiles are not in increasing order: {ms!r}")
     return StageLatency(*(float(x) for x in ms))
 
 
