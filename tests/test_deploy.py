@@ -148,5 +148,7 @@ def test_the_deploy_distribution_installs_and_classifies_without_torch(calibrate
     want, last = engine.classify(images), engine.num_outputs - 1
     assert [row["class_index"] for row in rows] == want.predictions.tolist()
     assert [row["exit"] for row in rows] == ["final" if e == last else f"IC {e + 1}" for e in want.exits.tolist()]
+    lines = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env).stdout.splitlines()
+    assert len(lines) == len(images) + 1 and lines[-1].startswith("realised latency: "), lines[-2:]
     bad = subprocess.run(cmd[:2] + [str(tmp_path / "nothing"), str(folder)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "is not" in bad.stderr, bad.stderr

@@ -818,6 +818,21 @@ def _print_predictions(rows: list[JSONObject], engine: Any, mean_cost: float) ->
     print(f"threshold {q}, fallback {engine.fallback}; average cost {100 * mean_cost:.1f}% of the CNN{accuracy}")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serving.app import Limits, serve_run
+    except ImportError:
+        raise MissingExtraError("serving needs fastapi, uvicorn and prometheus-client", "serve") from None
+    if not (args.max_images >= 1 and args.max_bytes >= 1 and 0 < args.timeout <= 3600):
+        raise UserError("--max-images and --max-bytes must be at least 1, --timeout in (0, 3600] seconds")
+    limits = Limits(args.max_bytes, args.max_images, timeout=args.timeout)
+    print(f"serving {args.run} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /metrics)")
+    sys.stdout.flush()
+    batching = dict(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1e3, max_queued=args.max_queued)
+    serve_run(args.run, args.host, args.port, _device(args), limits, **batching)
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from .workflows import analyze_run, explain_run
 
@@ -875,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub, shared)
     _add_predict(sub, shared)
     _add_explain(sub, shared)
+    _add_serve(sub, shared)
     _add_reproduce(sub, shared)
     _add_demo(sub, shared)
     return p
@@ -1271,6 +1287,30 @@ def _add_predict(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
         "per window) and print a line when they differ (default 500; the run's calibrated rule only)",
     )
     pr.set_defaults(func=cmd_predict)
+
+
+def _add_serve(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
+    """The ``serve`` command and its flags."""
+    sv = sub.add_parser(
+        "serve",
+        parents=[shared["device"]],
+        help="serve the run's early exits over HTTP (POST /predict, GET /health, GET /metrics)",
+        description="An HTTP service (FastAPI on uvicorn) of a calibrated SDN run: requests are batched between "
+        "the stages, each answered as soon as its input exits. Needs the serve extra "
+        "(pip install 'shallowdeep[serve]').",
+    )
+    sv.add_argument("run", help="a calibrated SDN run folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--max-batch", type=int, default=32, help="a stage runs at this many inputs (default 32)")
+    sv.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="or when its oldest input has waited this long (default 5)"
+    )
+    sv.add_argument("--max-queued", type=int, default=1024, help="inputs in flight before 503s (default 1024)")
+    sv.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
+    sv.add_argument("--max-bytes", type=int, default=8 << 20, help="bytes per request (default 8 MiB)")
+    sv.add_argument("--timeout", type=float, default=10.0, help="seconds a request may wait (default 10)")
+    sv.set_defaults(func=cmd_serve)
 
 
 def _add_explain(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:

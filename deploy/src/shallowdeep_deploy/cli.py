@@ -32,15 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def classify(args: argparse.Namespace) -> list[dict]:
-    """The rows ``classify`` prints."""
+def classify(args: argparse.Namespace) -> tuple[list[dict], float]:
+    """The rows ``classify`` prints, and the seconds the stages and decisions took."""
     from .runtime import load
 
     files = image_paths(args.paths)
     model = load(args.export, threads=args.threads)
     res = model.classify([str(f) for f in files])
     last = model.num_outputs - 1
-    return [
+    rows = [
         {
             "file": str(f),
             "class_index": int(p),
@@ -50,13 +50,14 @@ def classify(args: argparse.Namespace) -> list[dict]:
         }
         for f, p, e, c in zip(files, res.predictions, res.exits, res.confidence)
     ]
+    return rows, float(res.seconds or 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and status 2 for bad input, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        rows = classify(args)
+        rows, seconds = classify(args)
     except UserError as e:
         print(f"shallowdeep-deploy {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             print(f"{r['file']}: {r['class']} (at {r['exit']}, confidence {r['confidence']:.3f})")
+        per = 1e3 * seconds / max(len(rows), 1)
+        print(f"realised latency: {per:.4g} ms per image in one batch of {len(rows)} (decoding not included)")
     return 0
 
 

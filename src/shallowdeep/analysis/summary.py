@@ -336,7 +336,8 @@ def _shifts(records: dict[str, ExitRecord], engine: EngineChoice, latency: Laten
     test, shifts, unfamiliar = records["test"], [], []
     goal = engine.calibration.rule
     if engine.latency is not None and latency is not None:
-        records = {k: timed(r, latency) for k, r in records.items()}
+        pct = engine.latency.budget.percentile  # the times the goal's relative budget was computed with
+        records = {k: timed(r, latency, pct) for k, r in records.items()}
         test = records["test"]
     for name, rec in records.items():
         if isinstance(rec.meta.get("ood"), str):

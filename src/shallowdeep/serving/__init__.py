@@ -1,0 +1,1 @@
+"""Serving early exits over HTTP: requests batched between the engine's stages (``shallowdeep serve``)."""

@@ -1,0 +1,175 @@
+"""Dynamic batching across requests, re-formed between exits: the serving side of the throughput engine.
+
+Requests arrive one at a time; their images join the first stage's queue. One worker thread runs the
+stages: a stage runs when its queue holds ``max_batch`` inputs (the deepest such stage first, as the
+throughput engine does), or when the oldest input waiting before it arrived ``max_wait`` ago; the
+inputs that exit there are answered at once (their future resolves), the rest join the next stage's
+queue. So an easy request leaves after the first stage while the hard ones go on, and every stage
+still runs on batches. The stage, the exit decision and the queue moves are the engine's own
+(:meth:`EarlyExitEngine._run_stage`): one implementation of the rule for every torch path.
+
+The number of inputs in flight is bounded (``max_queued``): beyond it :meth:`submit` raises
+:class:`Overloaded` (the service answers 503). :meth:`close` stops taking inputs and answers those
+already queued before the thread ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.errors import ArgumentError, UserError
+from ..inference.engine import EarlyExitEngine, _pop, _Rows
+
+
+class Overloaded(UserError):
+    """More inputs than the queues may hold: try again later."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One input's answer: class index, the output it exited at (the last: no IC exit), the output
+    whose prediction was returned, its confidence and the relative cost it paid."""
+
+    prediction: int
+    exit: int
+    answered: int
+    confidence: float
+    relative_cost: float
+
+
+@dataclass
+class _Slot:
+    future: Future
+    arrived: float
+
+
+class _Out:
+    """What :meth:`EarlyExitEngine._run_stage` puts its exits into: here, each input's future."""
+
+    def __init__(self, batcher: StageBatcher) -> None:
+        self.batcher = batcher
+
+    def put(self, idx: torch.Tensor, pred: torch.Tensor, exit_: int, conf: torch.Tensor, ans: torch.Tensor) -> None:
+        b = self.batcher
+        cost = float(b.engine.relative_costs[exit_])
+        for i, p, c, a in zip(idx.tolist(), pred.tolist(), conf.tolist(), ans.tolist()):
+            slot = b._slots.pop(i)
+            slot.future.set_result(Answer(int(p), exit_, int(a), float(c), cost))
+        b.exits[exit_] += len(idx)
+
+
+class StageBatcher:
+    """Dynamic batching of single requests into the engine's stages (see the module docstring)."""
+
+    def __init__(
+        self, engine: EarlyExitEngine, max_batch: int = 32, max_wait: float = 0.005, max_queued: int = 1024
+    ) -> None:
+        if not 1 <= max_batch <= 4096:
+            raise ArgumentError(f"`max_batch` must lie in 1..4096, got {max_batch}")
+        if not 0 <= max_wait <= 10:
+            raise ArgumentError(f"`max_wait` is in seconds, 0..10, got {max_wait}")
+        if not 1 <= max_queued <= 1 << 20:  # below max_batch: the stages run when their inputs are due
+            raise ArgumentError(f"`max_queued` must lie in 1..{1 << 20}, got {max_queued}")
+        self.engine, self.max_batch, self.max_wait, self.max_queued = engine, max_batch, max_wait, max_queued
+        self.queues: list[list[_Rows]] = [[] for _ in engine._stages]
+        self.exits = [0] * engine.num_outputs  # inputs answered per output
+        self.batches = [0] * engine.num_outputs  # stage batches run per stage
+        self._slots: dict[int, _Slot] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="shallowdeep-stages", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------ the client side
+    def submit(self, images: np.ndarray) -> list[Future]:
+        """Queue uint8 RGB images ``[N, H, W, 3]``; one future per image, resolving to an :class:`Answer`."""
+        x = self.engine.images(images).contiguous(memory_format=torch.channels_last)
+        with self._cond:
+            if self._closing or self._failed is not None:
+                raise Overloaded("the service is shutting down: try another replica or later")
+            if len(self._slots) + len(x) > self.max_queued:
+                raise Overloaded(f"{len(self._slots)} inputs are queued (at most {self.max_queued}): try again shortly")
+            start, now = self._next, time.monotonic()
+            self._next += len(x)
+            futures = [Future() for _ in range(len(x))]
+            for i, f in enumerate(futures):
+                self._slots[start + i] = _Slot(f, now)
+            self.queues[0].append(self.engine._new_rows(x, start))
+            self._cond.notify()
+        return futures
+
+    def depths(self) -> list[int]:
+        """Inputs waiting before each stage."""
+        with self._cond:
+            return [sum(map(len, q)) for q in self.queues]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._slots)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Take no more inputs, answer the queued ones, stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------------------ the worker side
+    def _next_stage(self) -> int | None:
+        """The stage to run now (deepest full queue, else the deepest whose oldest input is due;
+        closing: any non-empty queue, deepest first), or ``None`` after waiting a while."""
+        while True:
+            sizes = [sum(map(len, q)) for q in self.queues]
+            full = [k for k, n in enumerate(sizes) if n >= self.max_batch]
+            if full:
+                return full[-1]
+            waiting = [k for k, n in enumerate(sizes) if n]
+            if not waiting:
+                if self._closing:
+                    return None
+                self._cond.wait(0.1)
+                continue
+            if self._closing:
+                return waiting[-1]
+            now = time.monotonic()
+            oldest = {k: min(self._slots[int(r.idx.min())].arrived for r in self.queues[k]) for k in waiting}
+            due = [k for k in waiting if now - oldest[k] >= self.max_wait]
+            if due:
+                return due[-1]
+            self._cond.wait(max(1e-4, min(oldest.values()) + self.max_wait - now))
+
+    def _work(self) -> None:
+        out = _Out(self)
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cond:
+                        k = self._next_stage()
+                        if k is None:
+                            return
+                        rows = _pop(self.queues[k], self.max_batch)
+                    moved: list[list[_Rows]] = [[] for _ in self.queues]
+                    # outside the lock, so requests keep arriving; only this thread touches taken rows
+                    self.engine._run_stage(k, rows, moved, out, None)
+                    with self._cond:
+                        self.batches[k] += 1
+                        if k + 1 < len(self.queues):
+                            self.queues[k + 1].extend(moved[k + 1])
+        except BaseException as e:  # a stage that fails fails every input in flight, not the thread silently
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._failed = error
+            for slot in self._slots.values():
+                slot.future.set_exception(error)
+            self._slots.clear()
+            self.queues = [[] for _ in self.queues]
