@@ -184,9 +184,16 @@ def create_app(engine: EarlyExitEngine, classes: list[str], limits: Limits | Non
         metrics.requests.labels("200").inc()
         return {"results": [_row(a, classes, names) for a in answers], "server_ms": ms}
 
+    _info_routes(app, state, metrics)
+    return app
+
+
+def _info_routes(app: FastAPI, state: dict[str, StageBatcher], metrics: _Metrics) -> None:
+    """``GET /health`` and ``GET /metrics``."""
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "outputs": len(names), "in_flight": state["batcher"].in_flight}
+        return {"status": "ok", "outputs": len(metrics.outputs), "in_flight": state["batcher"].in_flight}
 
     @app.get("/metrics")
     async def prometheus():
@@ -195,8 +202,6 @@ def create_app(engine: EarlyExitEngine, classes: list[str], limits: Limits | Non
         for k, d in enumerate(state["batcher"].depths()):
             metrics.depth.labels(str(k + 1)).set(d)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def _row(a: Answer, classes: list[str], names: list[str]) -> dict:
