@@ -20,6 +20,12 @@
 #           ${BATCH:-256}), `analyze --latency-budget` at half the no-exit time, then benchmarks/bench_latency.py
 #           (speed: the CUDA engine's stages beside fp32/INT8 ONNX on the CPU; calibration, paired realised
 #           latency, INT8); into $OUT/latency.log; tested on the CPU with ARCH=small SDN_EPOCHS=1 DEV=cpu;
+#   concurrent: one call for issue 35: the ResNet-56 reproduction shortened (CNN ${CNN_EPOCHS:-20}, IC-only
+#           ${IC_EPOCHS:-5}, SDN ${SDN_EPOCHS:-20} epochs) with `--max-concurrent 1` (one stage after another,
+#           compiled ahead) and with the default (2 per GPU, each stage its own process), same seed; wall
+#           times, accuracies and the schedule into $OUT/concurrent.log; about 5 minutes on an H100
+#           (estimated from the H100 reproduction's epoch times); tested on the CPU with
+#           DATA_SPEC=digits ARCH=small CNN_EPOCHS=1 IC_EPOCHS=1 SDN_EPOCHS=1 DEV=cpu;
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -141,6 +147,23 @@ if [ "$part" = latency ]; then
   # last: INT8 export (in the calibration part) refuses a run calibrated for a latency budget
   MS=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); print(sum(s['mean_ms'] for s in p['stages']) / 2)" $R/latency.json)
   $SD analyze $R $D --latency-budget "$MS" 2>&1 | grep -A4 "predict uses" | tee -a "$L"
+  exit 0
+fi
+if [ "$part" = concurrent ]; then
+  # issue 35 on a GPU: the same shortened reproduction one stage at a time, then several at once
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
+  if [ -z "${DATA_SPEC:-}" ] && [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
+  SPEC=${DATA_SPEC:-imagefolder:$DATA}; C="$OUT/concurrent.log"
+  E="--cnn-epochs ${CNN_EPOCHS:-20} --ic-epochs ${IC_EPOCHS:-5} --sdn-epochs ${SDN_EPOCHS:-20}"
+  for k in 1 default; do
+    K=""; [ "$k" = default ] || K="--max-concurrent $k"
+    rm -rf "runs/concurrent-$k"; t0=$(date +%s.%N)
+    timeout "${REPRO_SECONDS:-270}" python3 -m shallowdeep reproduce --data "$SPEC" --archs "${ARCH:-resnet56}" $E \
+      --device "${DEV:-cuda}" --out "runs/concurrent-$k" $K --quiet 2>&1 | grep -v Warning > "$OUT/concurrent-$k.txt"
+    echo "max-concurrent $k: exit ${PIPESTATUS[0]}, $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)") s" | tee -a "$C"
+    grep -E "^\| ${ARCH:-resnet56} |took|^- .*(cnn|sdn|ic-only).* s" "runs/concurrent-$k/reproduction.md" | tee -a "$C"
+  done
   exit 0
 fi
 if [ "$part" = methods ]; then

@@ -1236,6 +1236,27 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
         "{tmp}/r",
     ),
     (
+        "reproduce --max-concurrent 0",
+        ["reproduce", "--data", "digits", "--max-concurrent", "0", "--out", "{tmp}/r"],
+        "--max-concurrent must be a whole number in 1..64, got 0",
+        None,
+        "{tmp}/r",
+    ),
+    (
+        "reproduce --gpus on the CPU",
+        ["reproduce", "--data", "digits", "--device", "cpu", "--gpus", "0", "--out", "{tmp}/r"],
+        "--gpus needs a CUDA device, but the reproduction runs on cpu",
+        None,
+        "{tmp}/r",
+    ),
+    (
+        "reproduce --gpus not numbers",
+        ["reproduce", "--data", "digits", "--gpus", "a,b", "--out", "{tmp}/r"],
+        "--gpus takes GPU numbers separated by commas",
+        None,
+        "{tmp}/r",
+    ),
+    (
         "reproduce --device meta",
         ["reproduce", "--data", "digits", "--device", "meta", "--out", "{tmp}/r"],
         "--device 'meta' is not supported",

@@ -485,6 +485,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_list(text: str | None) -> list[int] | None:
+    """``--gpus 0,1`` as numbers."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--gpus takes GPU numbers separated by commas (such as 0,1), got {text!r}") from None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduction import reproduce
 
@@ -515,6 +525,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         compile=args.compile,
         seed=args.seed,
         stages=stages,
+        max_concurrent=args.max_concurrent,
+        gpus=_gpu_list(args.gpus),
         log=log,
         progress=not args.quiet,
     )
@@ -1343,10 +1355,12 @@ def _add_reproduce(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None
         description="Per architecture: CNN (100 epochs), IC-only SDN from it (25), SDN from scratch "
         "(100), both SDNs analyzed with thresholds calibrated on validation; then "
         "reproduction.md, reproduction.json and index.html in --out. A killed reproduction "
-        "continues where it stopped when run again with the same arguments. On one "
-        "GPU, a background process compiles the stages' training steps (a stage trains "
-        "eagerly until its step is compiled) and another analyzes the IC-only SDN while "
-        "the SDN trains.",
+        "continues where it stopped when run again with the same arguments. Stages that "
+        "do not depend on each other (the CNN and the SDN from scratch, other architectures) "
+        "run at once, each in its own process, up to --max-concurrent (default 2 per GPU, 1 "
+        "on the CPU). With --max-concurrent 1 on one GPU, a background process compiles the "
+        "stages' training steps (a stage trains eagerly until its step is compiled) and "
+        "another analyzes the IC-only SDN while the SDN trains.",
     )
     rp.add_argument("--data", required=True, help=f"data set: {', '.join(DATASETS)} (imagefolder as imagefolder:PATH)")
     rp.add_argument("--out", required=True, help="folder for every run and the table")
@@ -1370,6 +1384,17 @@ def _add_reproduce(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the training steps (default: as train decides per stage)",
+    )
+    rp.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="stages run at once, each in its own process (default: 1 on the CPU, 2 per GPU); "
+        "1 runs them one after another in this process",
+    )
+    rp.add_argument(
+        "--gpus",
+        help="comma-separated GPUs to spread the stages over (default: every visible GPU; numbers "
+        "counted within CUDA_VISIBLE_DEVICES)",
     )
     rp.set_defaults(func=cmd_reproduce)
 

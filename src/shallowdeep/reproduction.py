@@ -8,14 +8,19 @@ analyzed in another while the SDN trains. Knows no command-line flag.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .compute.devices import pick_device
-from .core.errors import ArgumentError
+from .core.errors import ArgumentError, StageError, UserError
 from .core.io import JSONObject, lies_inside, read_json
+from .core.schedule import DONE, FAILED, NOT_RUN, Slot, Task, TaskRun, run_tasks
 from .data import reuse_loaded
 from .reproduction_table import Reproduction, TableRow
 from .runs import RunFolder, TrainConfig
@@ -67,7 +72,12 @@ def _stage(
             log(f"{out} is finished: kept")
     else:
         train_run(TrainConfig(out=str(out), **cfg), **hooks)
-    meta = folder.meta()
+    return _stage_times(out)
+
+
+def _stage_times(out: Path) -> tuple[float, float, JSONObject | None]:
+    """A trained stage's wall seconds over every call, the part in epochs, how it trained (see :func:`_stage`)."""
+    meta = RunFolder(out).meta()
     epochs = float(sum(meta.epoch_seconds()))
     return meta.wall_seconds or epochs, epochs, meta.runtime
 
@@ -86,6 +96,8 @@ def reproduce(
     compile: bool | None = None,
     seed: int | None = None,
     stages: tuple[str, ...] = STAGES,
+    max_concurrent: int | None = None,
+    gpus: list[int] | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> Reproduction:
@@ -93,8 +105,9 @@ def reproduce(
     analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
     ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
     run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
-    only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones."""
-    from . import report
+    only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones.
+    ``max_concurrent`` stages that do not depend on each other run at once, each in its own process
+    (default :data:`CONCURRENT_PER_DEVICE`), spread over ``gpus`` (default: every visible GPU) on CUDA."""
     from .compute.distributed import join
 
     started = time.perf_counter()
@@ -104,12 +117,16 @@ def reproduce(
     place, dev = join(str(pick_device(device)))
     if not place.main:
         log, progress = None, False
+    concurrent, slots = _concurrency(dev, max_concurrent, gpus, place.enabled)
     out.mkdir(parents=True, exist_ok=True)
-    result = Reproduction(data, dev, epochs, paper_claims=dict(PAPER_CLAIMS))
+    result = Reproduction(data, dev, epochs, paper_claims=dict(PAPER_CLAIMS), max_concurrent=concurrent)
 
     publish = _publisher(out, result, started)
     common = {"data": data, "data_root": data_root, "image_size": image_size, "device": device}
     common |= {"precision": precision, "compile": compile, "seed": seed}
+    if concurrent > 1:
+        _run_concurrently(_Concurrent(out, dev, concurrent, slots, result, publish, log), archs, stages, epochs, common)
+        return _finished(result, publish, log)
     # the stages this call trains anew get their steps compiled in a background process, in training
     # order, and each trains eagerly until its step is in the compiler's cache (one process on one
     # GPU; under torchrun no stage compiles by default)
@@ -124,7 +141,14 @@ def reproduce(
         compiled = beside.finish()
         if compiled is not None:
             result.compiled_ahead = compiled
-    if place.main:
+    return _finished(result, publish if place.main else None, log)
+
+
+def _finished(result: Reproduction, publish: Callable[[], None] | None, log: Log) -> Reproduction:
+    """The table written (by the main process) and logged."""
+    from . import report
+
+    if publish is not None:
         publish()
     if log is not None:
         log(report.reproduction_markdown(result))
@@ -293,9 +317,12 @@ class _ArchStages:
 
     def train(self, kind: str, cfg: dict[str, Any]) -> None:
         """Train stage ``kind`` (see :func:`_stage`), its step compiled beside it if planned."""
-        self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage(
-            self.base / kind, cfg, self.log, self.progress, self.beside
-        )
+        _stage(self.base / kind, cfg, self.log, self.progress, self.beside)
+        self.record_trained(kind)
+
+    def record_trained(self, kind: str) -> None:
+        """Stage ``kind``'s times and runtime from its finished run folder."""
+        self.seconds[kind], self.in_epochs[kind], self.runtimes[kind] = _stage_times(self.base / kind)
 
     def analyze(self, kind: str, beside_next: bool = False) -> None:
         """Analyze stage ``kind``: keep an analysis of these weights, else analyze it here, or, with
@@ -436,3 +463,195 @@ def _compile_ahead_plan(
                 if may_compile(cfg):
                     plan.append((f"{arch}/{kind}", cfg))
     return plan
+
+
+# stages run at once per device by default. CPU: 1, measured on the 2-core development VM (two
+# stages at once share its cores, and each child keeps the parent's thread count so that its weights
+# equal the sequential ones bit for bit, see docs/reproduction.md); CUDA: 2 per GPU, not yet measured
+# on a GPU (benchmarks/gpu_proof.sh has the row that measures it): a stage's step is bound by kernel
+# launches, so a second process fills the GPU's idle time between them
+CONCURRENT_PER_DEVICE = {"cpu": 1, "cuda": 2}
+
+
+def _concurrency(
+    dev: str, max_concurrent: int | None, gpus: list[int] | None, distributed: bool
+) -> tuple[int, list[Slot]]:
+    """How many stages run at once, and the devices (slots) they are spread over, checked."""
+    if max_concurrent is not None and not (
+        isinstance(max_concurrent, int) and not isinstance(max_concurrent, bool) and 1 <= max_concurrent <= 64
+    ):
+        raise ArgumentError(f"`max_concurrent` must be a whole number in 1..64, got {max_concurrent!r}")
+    kind = dev.split(":")[0]
+    if distributed:
+        if (max_concurrent or 1) > 1 or gpus:
+            raise ArgumentError(
+                "`max_concurrent` and `gpus` do not apply under torchrun (every rank trains each stage in "
+                "shards): leave them out, or run without torchrun"
+            )
+        return 1, []
+    if kind != "cuda":
+        if gpus:
+            raise ArgumentError(f"`gpus` needs a CUDA device, but the reproduction runs on {dev}: leave `gpus` out")
+        return max_concurrent or CONCURRENT_PER_DEVICE.get(kind, 1), [Slot(dev)]
+    ids = _gpu_ids(dev, gpus)
+    # a child sees one GPU; its number in the parent's CUDA_VISIBLE_DEVICES (or the machine's)
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    slots = [Slot(f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": visible[i] if visible else str(i)}) for i in ids]
+    return max_concurrent or CONCURRENT_PER_DEVICE["cuda"] * len(ids), slots
+
+
+def _gpu_ids(dev: str, gpus: list[int] | None) -> list[int]:
+    """The GPUs a CUDA reproduction spreads its stages over: ``gpus`` checked, or ``dev``'s own
+    index, or every visible one."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if gpus is None:
+        index = torch.device(dev).index
+        return [index] if index is not None else list(range(count))
+    bad = [g for g in gpus if not (isinstance(g, int) and not isinstance(g, bool) and 0 <= g < count)]
+    if bad or not gpus or len(set(gpus)) != len(gpus):
+        raise ArgumentError(
+            f"`gpus` must name distinct visible GPUs in 0..{count - 1}, got {gpus!r}: "
+            "give numbers such as 0,1 (counted within CUDA_VISIBLE_DEVICES)"
+        )
+    return list(gpus)
+
+
+@dataclass
+class _Concurrent:
+    """What a concurrent reproduction shares between its architectures: where it writes, the device,
+    how many stages run at once and where, the table and its writer, the log."""
+
+    out: Path
+    dev: str
+    max_concurrent: int
+    slots: list[Slot]
+    result: Reproduction
+    publish: Callable[[], None]
+    log: Log
+
+
+def _run_concurrently(
+    c: _Concurrent, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any]
+) -> None:
+    """Every architecture's stages as one dependency graph (CNN → IC-only → its analysis; SDN → its
+    analysis), independent stages in child processes at once (:func:`~shallowdeep.core.schedule.run_tasks`);
+    finished stages and kept analyses are not run again. A failed stage stops only what needs it; the
+    table holds the rest, then :class:`StageError` names it."""
+    import torch
+
+    threads = torch.get_num_threads()  # the children's too: the same weights as one after another
+    per_arch, tasks = {}, []
+    for arch in archs:
+        one = _ArchStages(c.out, arch, c.dev, True, CompiledBeside([], c.log), c.result.rows, c.publish, c.log, False)
+        per_arch[arch] = one
+        tasks += _arch_tasks(one, stages, epochs, {"arch": arch, **common}, threads, bool(c.slots[0].env))
+    if c.log is not None:
+        where = ", ".join(s.name for s in c.slots)
+        c.log(f"{len(tasks)} stages and analyses to run, at most {c.max_concurrent} at once on {where}")
+    runs = run_tasks(tasks, c.slots, c.max_concurrent, c.log, lambda run: _task_ended(per_arch, run, c.log))
+    order = {(a, k): i for i, (a, k) in enumerate((a, k) for a in archs for k in ("ic-only", "sdn"))}
+    c.result.rows.sort(key=lambda r: order[(r.arch, r.kind)])
+    c.result.schedule = runs
+    c.publish()
+    failed = [r for r in runs if r.status == FAILED]
+    if failed:
+        skipped = [r.name for r in runs if r.status == NOT_RUN]
+        said = "; ".join(f"{r.name} failed ({r.why})" for r in failed)
+        raise StageError(
+            f"{said}; not run for it: {', '.join(skipped) or 'nothing'}; every other stage finished and is kept: "
+            "fix the cause and run the same reproduction again"
+        )
+
+
+def _arch_tasks(
+    one: _ArchStages,
+    stages: tuple[str, ...],
+    epochs: dict[str, int],
+    common: dict[str, Any],
+    threads: int,
+    one_gpu_each: bool,
+) -> list[Task]:
+    """One architecture's tasks: each stage not finished yet, each analysis not kept; what is
+    finished or kept goes into the table now."""
+    tasks: list[Task] = []
+    if one_gpu_each:  # a child sees its one GPU only, as cuda
+        common = {**common, "device": "cuda"}
+    keep = ("seed", "device", "precision", "compile")
+    configs = {
+        "cnn": {**common, "mode": "cnn", "epochs": epochs["cnn"]},
+        "ic-only": {"mode": "ic-only", "from_run": str(one.base / "cnn"), "epochs": epochs["ic-only"]}
+        | {k: common[k] for k in keep},
+        "sdn": {**common, "mode": "sdn", "epochs": epochs["sdn"]},
+    }
+    for kind in ("cnn", "ic-only", "sdn"):
+        if kind not in stages:
+            continue
+        name, run = f"{one.arch}/{kind}", one.base / kind
+        if RunFolder(run).finished():
+            one.record_trained(kind)
+            if one.log is not None:
+                one.log(f"{run} is finished: kept")
+        else:
+            needs = (
+                (f"{one.arch}/cnn",)
+                if kind == "ic-only" and "cnn" in stages and not RunFolder(one.base / "cnn").finished()
+                else ()
+            )
+            tasks.append(_child_task(name, {"train": str(run), "cfg": configs[kind], "threads": threads}, needs))
+        if kind == "cnn":
+            continue
+        trained_here = bool(tasks) and tasks[-1].name == name
+        if not trained_here and kept_analysis(run) is not None:
+            one.analyze(kind)  # kept: its row now
+            continue
+        spec = {"analyze": str(run), "device": common["device"] or one.dev, "threads": threads}
+        tasks.append(_child_task(f"{one.arch}/analyze {kind}", spec, (name,) if trained_here else ()))
+    return tasks
+
+
+def _child_task(name: str, spec: JSONObject, needs: tuple[str, ...]) -> Task:
+    """A task whose child process runs :func:`_task_child` on ``spec``."""
+    code = "import sys; from shallowdeep.reproduction import _task_child; _task_child(sys.argv[1])"
+    return Task(name, ["-c", code, json.dumps(spec)], needs)
+
+
+def _task_ended(per_arch: dict[str, _ArchStages], run: TaskRun, log: Log) -> None:
+    """A task of :func:`_run_concurrently` ended: its times (and, an analysis, its row) into the table."""
+    arch, _, what = run.name.partition("/")
+    one = per_arch[arch]
+    if run.status != DONE:
+        if log is not None:
+            log(f"{run.name} {run.status}: {run.why}")
+        return
+    if what.startswith("analyze "):
+        kind = what.removeprefix("analyze ")
+        json_path = kept_analysis(one.base / kind)
+        if json_path is None:  # the child said it analyzed: its report must be there
+            raise RuntimeError(f"{one.base / kind} has no analysis after its task ended")
+        one.seconds[what] = run.seconds or 0.0
+        one._add_row(kind, json_path)
+    else:
+        one.record_trained(what)
+
+
+def _task_child(spec_json: str) -> None:
+    """In a child process of :func:`_run_concurrently`: train one stage, or analyze one, as the
+    sequential pipeline does; one line per epoch on stdout (the parent prefixes it)."""
+    import torch
+
+    from .core.children import end_with_parent
+
+    end_with_parent()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    spec = json.loads(spec_json)
+    torch.set_num_threads(int(spec["threads"]))
+    try:
+        if "train" in spec:
+            _stage(Path(spec["train"]), spec["cfg"], print, False)
+        else:
+            analyze_run(spec["analyze"], device=spec["device"], log=print)
+    except UserError as error:  # one line, as the command line gives it (the parent shows the last line)
+        print(error, file=sys.stderr)
+        sys.exit(2)

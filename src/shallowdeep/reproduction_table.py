@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .core.io import JSONObject
+from .core.schedule import TaskRun
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _engine_point(engine: JSONObject | None) -> EnginePoint | None:
 @dataclass
 class Reproduction:
     """A reproduction's table so far: the data set, the device, each stage's epochs, the rows, the
-    paper's claims beside them; this call's wall time and the steps compiled in the background."""
+    paper's claims beside them; this call's wall time and the steps compiled in the background; how
+    many stages could run at once and, when several could, when each ran and where (``schedule``)."""
 
     data: str
     device: str
@@ -131,6 +133,13 @@ class Reproduction:
     note: str = "thresholds chosen on the validation split, reported on the test split"
     call_seconds: float | None = None
     compiled_ahead: list[JSONObject] | None = None
+    max_concurrent: int = 1
+    schedule: list[TaskRun] | None = None
+
+    def ran_together(self) -> list[tuple[TaskRun, list[str]]]:
+        """Each scheduled task that ran, with the names of those that ran while it did."""
+        ran = [t for t in self.schedule or [] if t.seconds is not None]
+        return [(t, [o.name for o in ran if o is not t and t.overlaps(o)]) for t in ran]
 
     def first_row_per_arch(self) -> list[TableRow]:
         """One row per architecture: what its rows share (stage times, how each stage trained)."""
@@ -146,4 +155,7 @@ class Reproduction:
             d["call_seconds"] = self.call_seconds
         if self.compiled_ahead is not None:
             d["compiled_ahead"] = self.compiled_ahead
+        d["max_concurrent"] = self.max_concurrent
+        if self.schedule is not None:
+            d["schedule"] = [t.to_json() for t in self.schedule]
         return d

@@ -10,8 +10,26 @@ from pathlib import Path
 from typing import Any
 
 
-def python_child(args: list[str], **popen: Any) -> subprocess.Popen:
-    """Start ``python ARGS`` (e.g. ``["-m", "shallowdeep.runs.precompile", ...]``) with stdin closed."""
+def python_child(args: list[str], env_extra: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start ``python ARGS`` (e.g. ``["-m", "shallowdeep.runs.precompile", ...]``) with stdin closed,
+    ``env_extra`` added to this process's environment."""
     here = str(Path(__file__).resolve().parents[2])
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    env |= env_extra or {}
     return subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL, env=env, **popen)
+
+
+def end_with_parent(every: float = 0.5) -> None:
+    """In a child: exit as soon as the parent process is gone (killed, even by SIGKILL), so that no
+    orphan keeps writing into a run folder that a later call resumes."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()

@@ -12,12 +12,18 @@ from shallowdeep_deploy.errors import (
     render_names,
 )
 
+
+class StageError(UserError):
+    """A stage of a pipeline (``reproduce``) failed; the stages that needed it did not run, the rest finished."""
+
+
 __all__ = [
     "ArgumentError",
     "DataError",
     "MissingExtraError",
     "NotCalibratedError",
     "RunFolderError",
+    "StageError",
     "UserError",
     "render_names",
 ]

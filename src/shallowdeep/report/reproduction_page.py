@@ -81,6 +81,8 @@ def _reproduction_sections(result: Reproduction) -> list[tuple[str, list[str]]]:
         out.append((lead, []))
     if result.compiled_ahead:
         out.append((_compiled_ahead_text(result.compiled_ahead), []))
+    if result.schedule is not None:
+        out.append(_schedule_section(result))
     medians = [
         f"{r.arch} {r.kind} {r.median_epoch_seconds:.2f} s" for r in result.rows if r.median_epoch_seconds is not None
     ]
@@ -109,6 +111,21 @@ def _stage_times(result: Reproduction) -> list[str]:
             + f"; total {total:.1f} s ({total / 60:.1f} min)"
         )
     return stages
+
+
+def _schedule_section(result: Reproduction) -> tuple[str, list[str]]:
+    """When each stage and analysis of this call ran (seconds from the start), where, beside which."""
+    lead = (
+        f"Stages run at once, at most {result.max_concurrent}, each in its own process "
+        "(this call; seconds from its start):"
+    )
+    items = [
+        f"{t.name} on {t.slot}: {t.started:.1f}-{t.ended:.1f} s ({t.seconds:.1f} s)"
+        + (f", beside {', '.join(others)}" if others else ", alone")
+        for t, others in result.ran_together()
+    ]
+    items += [f"{t.name}: {t.status} ({t.why})" for t in result.schedule or [] if t.status in ("failed", "not run")]
+    return lead, items or ["nothing to run: every stage and analysis was kept"]
 
 
 def _compiled_ahead_text(rows: list[JSONObject]) -> str:
