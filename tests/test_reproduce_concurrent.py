@@ -145,3 +145,28 @@ def test_bad_concurrency_is_refused_before_any_write(tmp_path, kwargs, pattern):
     with pytest.raises(UserError, match=pattern):
         reproduce("digits", tmp_path / "r", ["small"], device="cpu", log=None, **kwargs)
     assert not (tmp_path / "r").exists()
+
+
+def test_on_cuda_each_stage_sees_one_gpu_numbered_as_the_parent_sees_it(monkeypatch):
+    """No GPU here: the device count faked, the slots a CUDA reproduction would use."""
+    import torch
+
+    from shallowdeep import reproduction
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    k, slots = reproduction._concurrency("cuda", None, None, False)
+    assert k == 6 and [(s.name, dict(s.env)) for s in slots] == [
+        (f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(3)
+    ]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # the parent's 0..2 are the machine's 4, 6, 7
+    k, slots = reproduction._concurrency("cuda", 3, [2, 0], False)
+    assert k == 3 and [dict(s.env)["CUDA_VISIBLE_DEVICES"] for s in slots] == ["7", "4"]
+    k, slots = reproduction._concurrency("cuda:1", None, None, False)
+    assert k == 2 and [s.name for s in slots] == ["cuda:1"]
+    for bad in ([3], [0, 0], []):
+        with pytest.raises(UserError, match="gpus must name distinct visible GPUs in 0..2"):
+            reproduction._concurrency("cuda", None, bad, False)
+    with pytest.raises(UserError, match="do not apply under torchrun"):
+        reproduction._concurrency("cuda", 2, None, True)
+    assert reproduction._concurrency("cuda", None, None, True) == (1, [])
