@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .compute.devices import pick_device
+from .core.children import last_words
 from .core.errors import ArgumentError, StageError, UserError
 from .core.io import JSONObject, lies_inside, read_json
 from .core.schedule import DONE, FAILED, NOT_RUN, Slot, Task, TaskRun, run_tasks
@@ -360,7 +361,7 @@ class _ArchStages:
             kind, here, process = self.pending.pop(0)
             t0 = time.perf_counter()
             status = process.wait()
-            why = _last_words(process, status)
+            why = last_words(process.said, status)
             json_path = kept_analysis(self.base / kind) if status == 0 else None
             if json_path is None:
                 if self.log is not None:
@@ -423,14 +424,6 @@ def _analysis_process(run: Path, pipeline_seconds: float, device: str) -> Any:
     )
     process.said = said
     return process
-
-
-def _last_words(process: Any, status: int) -> str:
-    """The last line a finished :func:`_analysis_process` wrote to stderr (its error), or its exit status."""
-    with process.said as said:
-        said.seek(0)
-        lines = [line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else f"exit status {status}"
 
 
 def _analyze_beside(run: str | Path, pipeline_seconds: float, device: str = "cpu") -> Path:
@@ -589,7 +582,8 @@ def _arch_tasks(
         if kind not in stages:
             continue
         name, run = f"{one.arch}/{kind}", one.base / kind
-        if RunFolder(run).finished():
+        trained_here = not RunFolder(run).finished()
+        if not trained_here:
             one.record_trained(kind)
             if one.log is not None:
                 one.log(f"{run} is finished: kept")
@@ -602,7 +596,6 @@ def _arch_tasks(
             tasks.append(_child_task(name, {"train": str(run), "cfg": configs[kind], "threads": threads}, needs))
         if kind == "cnn":
             continue
-        trained_here = bool(tasks) and tasks[-1].name == name
         if not trained_here and kept_analysis(run) is not None:
             one.analyze(kind)  # kept: its row now
             continue

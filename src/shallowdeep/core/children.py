@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def python_child(args: list[str], env_extra: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
@@ -17,6 +17,15 @@ def python_child(args: list[str], env_extra: dict[str, str] | None = None, **pop
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     env |= env_extra or {}
     return subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL, env=env, **popen)
+
+
+def last_words(said: IO[bytes], status: int) -> str:
+    """The last line a finished child wrote to ``said`` (the temporary file that took its stderr;
+    closed here), or its exit status when it wrote nothing."""
+    with said:
+        said.seek(0)
+        lines = [x.strip() for x in said.read().decode(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else f"exit status {status}"
 
 
 def end_with_parent(every: float = 0.5) -> None:

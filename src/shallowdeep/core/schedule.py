@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
-from .children import python_child
+from .children import last_words, python_child
 from .io import JSONObject
 
 Log = Callable[[str], None] | None
@@ -91,10 +91,7 @@ class _Running:
     def last_words(self, status: int) -> str:
         """The last line the child wrote to stderr, or its exit status."""
         self.relay.join(timeout=5)
-        with self.said as said:
-            said.seek(0)
-            lines = [x.strip() for x in said.read().decode(errors="replace").splitlines() if x.strip()]
-        return lines[-1][:300] if lines else f"exit status {status}"
+        return last_words(self.said, status)
 
     def stop(self) -> None:
         """End the child (and wait for it)."""
