@@ -22,6 +22,13 @@ def key_paths(obj, prefix=(), depth=None):
             yield from key_paths(v, (*prefix, k), depth)
 
 
+def parent_of(doc, path: tuple):
+    """The object holding the last key of ``path`` in ``doc``."""
+    for k in path[:-1]:
+        doc = doc[k]
+    return doc
+
+
 def damaged(doc: dict, depth=None, values=WRONG, only=None):
     """Every damaged version of ``doc``: (key path, what was done, the document): each key (down to
     ``depth`` levels; with ``only``, the paths it accepts) deleted, and each value replaced by each
@@ -30,9 +37,7 @@ def damaged(doc: dict, depth=None, values=WRONG, only=None):
     for path in list(key_paths(doc, depth=depth)):
         if only is not None and not only(path):
             continue
-        node = doc
-        for k in path[:-1]:
-            node = node[k]
+        node = parent_of(doc, path)
         key, old = path[-1], node[path[-1]]
         if isinstance(node, list):
             node.pop(key)
