@@ -133,6 +133,38 @@ def test_digits_embedded_default(digits):
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
 
 
+def test_digits_come_from_the_cache_after_the_first_load_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
+    """The cached table gives scikit-learn's pixels and labels; a later process reads it without
+    importing scikit-learn; a truncated or wrong-shaped entry is built again, never trusted."""
+    import os
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setenv("SHALLOWDEEP_CACHE", str(tmp_path))
+    d = load_digits()
+    want = (torch.as_tensor(d.images, dtype=torch.float32) * (255.0 / 16.0)).round().to(torch.uint8)
+    first = load_dataset("digits", image_size=8)
+    (entry,) = tmp_path.glob("digits-*.npy")
+    every = torch.cat([first.train.images, first.val.images, first.test.images])[..., 0]
+    ids = torch.cat([first.train.ids, first.val.ids, first.test.ids])
+    assert torch.equal(every, want[ids]) and torch.equal(
+        torch.cat([first.train.labels, first.val.labels, first.test.labels]), torch.as_tensor(d.target)[ids]
+    )
+    probe = "import sys; from shallowdeep.data import load_dataset as f; f('digits'); print('sklearn' in sys.modules)"
+    env = os.environ | {"SHALLOWDEEP_CACHE": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "False", child.stderr
+    for damage in (entry.read_bytes()[:100], None):
+        if damage is None:
+            np.save(entry, np.zeros((1797, 64), np.uint8), allow_pickle=False)
+        else:
+            entry.write_bytes(damage)
+        again = load_dataset("digits", image_size=8)
+        assert torch.equal(again.test.images, first.test.images) and np.load(entry).shape == (1797, 65)
+
+
 def test_validation_split_fixed_and_disjoint(digits):
     again = load_dataset("digits")
     assert torch.equal(again.val.ids, digits.val.ids) and torch.equal(again.test.ids, digits.test.ids)

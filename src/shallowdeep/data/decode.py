@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -204,13 +205,23 @@ def decode_cached(paths: list[Path], size: int | None) -> np.ndarray:
         st = os.stat(p)
         where = folders.get(p.parent) or folders.setdefault(p.parent, str(p.parent.resolve()))
         h.update(f"{os.path.join(where, p.name)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    cache = _cache_dir() / f"{h.hexdigest()[:32]}.npy"
+    return cached_array(h.hexdigest()[:32], lambda: _decode(paths, size))
+
+
+def cached_array(
+    key: str, build: Callable[[], np.ndarray], valid: Callable[[np.ndarray], bool] | None = None
+) -> np.ndarray:
+    """The array stored under ``key`` in the cache folder (plain .npy, no pickle) when it loads and is
+    ``valid`` (when given); else ``build()``, stored for the next call (best effort: a read-only home still works)."""
+    cache = _cache_dir() / f"{key}.npy"
     if cache.is_file():
         try:
-            return np.load(cache, allow_pickle=False)
+            arr = np.load(cache, allow_pickle=False)
+            if valid is None or valid(arr):
+                return arr
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt below
-    arr = _decode(paths, size)
+    arr = build()
     try:
         from ..core.io import atomic_write
 

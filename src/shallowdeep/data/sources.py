@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core.catalog import DATASETS
 from ..core.errors import DataError
 from ..core.images import IMAGE_SUFFIXES
-from .decode import decode_cached, first_size
+from .decode import cached_array, decode_cached, first_size
 from .registry import default_root, downloads_allowed, register_dataset, requested_mode
 from .sets import Dataset, ImageSet, as_set, finish, resize
 from .streamed import StreamSet
@@ -233,13 +234,15 @@ def tinyimagenet(root: Path | None, arg: str | None, image_size: int | None) -> 
 
 @register_dataset("digits", DATASETS["digits"], (10, 32))
 def digits(root: Path | None, arg: str | None, image_size: int | None) -> Dataset:
-    from sklearn.datasets import load_digits
+    from importlib.metadata import version
 
-    d = load_digits()
-    x = torch.as_tensor(d.images, dtype=torch.float32) * (255.0 / 16.0)  # [1797, 8, 8]
+    # read from the decoded cache after the first call: importing scikit-learn costs a second or more in
+    # every process, which every command on the default data set would pay again
+    table = torch.as_tensor(cached_array(f"digits-scikit-learn-{version('scikit-learn')}", _digits_table, _is_digits))
+    x = table[:, :64].reshape(-1, 8, 8).float() * (255.0 / 16.0)  # [1797, 8, 8]
     x = x.round().to(torch.uint8)[..., None].expand(-1, -1, -1, 3)
     images = resize(x, image_size or 32)
-    labels = torch.as_tensor(d.target, dtype=torch.int64)
+    labels = table[:, 64].to(torch.int64)
     # digits has no official split: a fixed 20 % test split, then validation from the rest
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
     n_test = len(labels) // 5
@@ -249,3 +252,18 @@ def digits(root: Path | None, arg: str | None, image_size: int | None) -> Datase
     return finish(
         "digits", [str(i) for i in range(10)], whole.subset(train_idx), whole.subset(test_idx), None, flip=False
     )
+
+
+def _digits_table() -> np.ndarray:
+    """scikit-learn's digits as one uint8 table: a row per image, its 64 pixel values (0-16), then its label."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.concatenate([d.images.reshape(len(d.target), 64), d.target[:, None]], axis=1).astype(np.uint8)
+
+
+def _is_digits(table: np.ndarray) -> bool:
+    """A cached digits table has the shape, type and value ranges that scikit-learn's digits have."""
+    if table.dtype != np.uint8 or table.shape != (1797, 65):
+        return False
+    return int(table[:, :64].max()) <= 16 and int(table[:, 64].max()) <= 9
