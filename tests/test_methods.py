@@ -223,3 +223,77 @@ def test_cascade_trains_records_itself_and_loads(tiny_runs, tmp_path):
     assert any(torch.count_nonzero(link.weight) > 0 for link in sdn.cascades), "the links learned nothing"
     with pytest.raises(UserError, match="links the ICs of an SDN"):
         train_run(TrainConfig(out=str(tmp_path / "c"), mode="cnn", arch="small", data="digits", cascade=True), **QUIET)
+
+
+def test_reproduce_methods_trains_each_on_the_cnn_and_tables_them_side_by_side(tiny_runs, tmp_path):
+    """mixed, ztw (cascaded ICs on the frozen CNN) and distill as stages of one reproduction: each
+    trained from the reproduction's CNN with its own settings, analyzed, a row each, and the methods
+    table's figures are each run's own report (thresholds chosen on validation); a second call with
+    one more method keeps the three and trains only the new one."""
+    import shutil
+
+    from shallowdeep.reproduction import _check_same_stage, reproduce
+
+    out = tmp_path / "rep"
+    shutil.copytree(tiny_runs / "cnn", out / "small" / "cnn")  # the CNN stage, finished (3 epochs)
+    epochs = {"cnn": 3, "mixed": 1, "ztw": 1, "distill": 1, "ic-only": 1}
+    said: list[str] = []
+    got = reproduce("digits", out, ["small"], epochs=epochs, methods=("mixed", "ztw", "distill"), log=said.append)
+    assert [r.kind for r in got.rows] == ["mixed", "ztw", "distill"] and got.methods == ["mixed", "ztw", "distill"]
+    metas = {k: json.loads((out / "small" / k / "run.json").read_text()) for k in ("mixed", "ztw", "distill")}
+    assert [metas[k]["config"]["mode"] for k in metas] == ["mixed", "ic-only", "ic-only"]
+    assert [bool(metas[k]["config"].get("cascade")) for k in metas] == [False, True, False]
+    assert [metas[k]["recipe"]["distill"] for k in metas] == [0.0, 0.0, 0.5]
+    assert metas["distill"]["recipe"]["distill_temperature"] == 3.0
+    assert all(metas[k]["config"]["from_run"] == str(out / "small" / "cnn") for k in metas)
+    md = (out / "reproduction.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| small | ") and "max_softmax" in line.split("|")[3]]
+    assert len(table) == 6, md  # three methods under two rules
+    for row in got.rows:
+        report = json.loads((out / "small" / row.kind / "report" / "report.json").read_text())
+        want = {x["label"]: x["tradeoff"] for x in report["rules"]["results"]}
+        assert {t.rule for t in row.tradeoffs} == set(want)
+        for t in row.tradeoffs:
+            assert t.budgets == [0.25, 0.5, 0.75, 1.0] and t.auc == want[t.rule]["auc"]
+            assert t.test_accuracy == [p["test_accuracy"] for p in want[t.rule]["points"]]
+        ensemble = next(t for t in row.tradeoffs if t.rule == "max_softmax+E")
+        cells = f"| small | {row.kind} | max_softmax+E | {100 * row.final_test_accuracy:.2f}% | "
+        assert cells in md and f"{ensemble.auc:.4f} |" in md
+    assert json.loads((out / "reproduction.json").read_text())["methods"] == ["mixed", "ztw", "distill"]
+    said.clear()
+    again = reproduce(
+        "digits", out, ["small"], epochs=epochs, methods=("ic-only", "mixed", "ztw", "distill"), log=said.append
+    )
+    assert [r.kind for r in again.rows] == ["ic-only", "mixed", "ztw", "distill"]
+    for k in ("mixed", "ztw", "distill"):
+        assert (
+            f"{out / 'small' / k} is finished: kept" in said
+            and json.loads((out / "small" / k / "run.json").read_text()) == metas[k]
+        )
+    # a stage folder holding another method's run is refused, naming what differs
+    with pytest.raises(UserError, match=r"cascade True \(asked: False\), distill 0.0 \(asked: 0.5\)"):
+        _check_same_stage(out / "small" / "ztw", "digits", "small", "distill", 1)
+
+
+def test_a_concurrent_reproduction_of_methods_runs_each_after_the_cnn_and_its_analysis_after_it(tmp_path):
+    from shallowdeep.reproduction import _arch_tasks, _ArchStages, _checked_stages
+    from shallowdeep.runs.precompile import CompiledBeside
+
+    stages = _checked_stages(("sdn", "ztw", "mixed"), None)
+    assert stages == ("cnn", "mixed", "ztw", "sdn")  # training order, the CNN added for the methods on it
+    one = _ArchStages(tmp_path, "small", "cpu", True, CompiledBeside([], None), [], lambda: None, None, False)
+    common = {"arch": "small", "data": "digits", "data_root": None, "image_size": None, "device": "cpu"}
+    common |= {"precision": None, "compile": None, "seed": None}
+    epochs = {"cnn": 2, "mixed": 1, "ztw": 1, "sdn": 1}
+    tasks = {t.name: t for t in _arch_tasks(one, stages, epochs, common, 1, False)}
+    assert list(tasks) == ["small/cnn"] + [f"small/{w}{k}" for k in ("mixed", "ztw", "sdn") for w in ("", "analyze ")]
+    assert tasks["small/mixed"].needs == ("small/cnn",) and tasks["small/ztw"].needs == ("small/cnn",)
+    assert tasks["small/sdn"].needs == () and tasks["small/analyze ztw"].needs == ("small/ztw",)
+    ztw = json.loads(tasks["small/ztw"].args[-1])["cfg"]
+    assert ztw == {"mode": "ic-only", "epochs": 1, "cascade": True, "from_run": str(tmp_path / "small" / "cnn"),
+                   "seed": None, "device": "cpu", "precision": None, "compile": None}  # fmt: skip
+    for bad in (("sdn", "sdn"), ("sdn", "finetune"), ()):
+        with pytest.raises(UserError, match=".?methods.? must name distinct methods"):
+            _checked_stages(bad, None)
+    with pytest.raises(UserError, match=r"unknown or no stage in .?stages.? \(cnn\): choose from sdn"):
+        _checked_stages(("sdn",), ("cnn",))

@@ -499,19 +499,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduction import reproduce
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    epochs = {
-        k: v
-        for k, v in (("cnn", args.cnn_epochs), ("ic-only", args.ic_epochs), ("sdn", args.sdn_epochs))
-        if v is not None
-    }
-    for flag, v in (
-        ("--cnn-epochs", args.cnn_epochs),
-        ("--ic-epochs", args.ic_epochs),
-        ("--sdn-epochs", args.sdn_epochs),
-    ):
+    # the IC-training stages on the frozen CNN share --ic-epochs; the mixed one has its own
+    by_flag = (
+        ("--cnn-epochs", args.cnn_epochs, ("cnn",)),
+        ("--ic-epochs", args.ic_epochs, ("ic-only", "ztw", "distill")),
+        ("--mixed-epochs", args.mixed_epochs, ("mixed",)),
+        ("--sdn-epochs", args.sdn_epochs, ("sdn",)),
+    )
+    epochs = {k: v for _, v, kinds in by_flag if v is not None for k in kinds}
+    for flag, v, _ in by_flag:
         if v is not None and v < 1:
             raise UserError(f"{flag} must be at least 1, got {v}")
-    stages = tuple(x.strip() for x in args.stages.split(",") if x.strip())
+    methods = tuple(x.strip() for x in args.methods.split(",") if x.strip())
+    stages = None if args.stages is None else tuple(x.strip() for x in args.stages.split(",") if x.strip())
     log = None if args.quiet else print
     reproduce(
         args.data,
@@ -524,6 +524,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile=args.compile,
         seed=args.seed,
+        methods=methods,
         stages=stages,
         max_concurrent=args.max_concurrent,
         gpus=_gpu_list(args.gpus),
@@ -1353,7 +1354,8 @@ def _add_reproduce(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None
         parents=[shared["device"], shared["quiet"], shared["data"]],
         help="the paper's pipeline per architecture, then one table beside the paper's claims",
         description="Per architecture: CNN (100 epochs), IC-only SDN from it (25), SDN from scratch "
-        "(100), both SDNs analyzed with thresholds calibrated on validation; then "
+        "(100), both SDNs analyzed with thresholds calibrated on validation (--methods adds mixed, ztw "
+        "and distill SDNs, and the table compares them); then "
         "reproduction.md, reproduction.json and index.html in --out. A killed reproduction "
         "continues where it stopped when run again with the same arguments. Stages that "
         "do not depend on each other (the CNN and the SDN from scratch, other architectures) "
@@ -1366,12 +1368,21 @@ def _add_reproduce(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None
     rp.add_argument("--out", required=True, help="folder for every run and the table")
     rp.add_argument("--archs", default="resnet56", help="comma-separated architectures (default resnet56)")
     rp.add_argument(
+        "--methods",
+        default="ic-only,sdn",
+        help="comma-separated SDN methods, one stage and table row each (default the paper's: ic-only,sdn); "
+        "also mixed (the whole SDN trained on the CNN), ztw (ZTW's cascaded ICs on the frozen CNN) and "
+        "distill (IC-only heads distilled from the CNN's output, weight 0.5, T 3); the methods table reads "
+        "each at 25/50/75/100 %% of the CNN's cost under max softmax and ZTW's ensemble",
+    )
+    rp.add_argument(
         "--stages",
-        default="cnn,ic-only,sdn",
-        help="comma-separated stages to run (default all: cnn,ic-only,sdn); ic-only needs a finished cnn",
+        help="comma-separated stages to run now (default all: cnn, if a method is built on it, and the "
+        "methods); a method built on the CNN needs a finished cnn",
     )
     rp.add_argument("--cnn-epochs", type=int, help="CNN epochs (paper: 100)")
-    rp.add_argument("--ic-epochs", type=int, help="IC-only epochs (paper: 25)")
+    rp.add_argument("--ic-epochs", type=int, help="IC-only epochs, also of ztw and distill (paper: 25)")
+    rp.add_argument("--mixed-epochs", type=int, help="mixed epochs (default 25)")
     rp.add_argument("--sdn-epochs", type=int, help="SDN epochs (paper: 100)")
     rp.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED})")
     rp.add_argument(

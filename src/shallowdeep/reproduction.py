@@ -1,5 +1,6 @@
 """The paper's pipeline, end to end: ``reproduce`` trains every stage of each architecture (CNN,
-IC-only SDN, SDN from scratch), analyzes both SDNs and writes one table of the results.
+IC-only SDN, SDN from scratch, and the later methods asked for: mixed, ztw, distill), analyzes each
+SDN and writes one table of the results, the methods side by side.
 
 Composed from :mod:`~shallowdeep.workflows` (analysis of a run) and the run folders; the stages'
 steps compile in a background process (:mod:`~shallowdeep.runs.precompile`) and the IC-only SDN is
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .compute.devices import pick_device
+from .core.catalog import FROM_CNN_MODES
 from .core.children import last_words
 from .core.errors import ArgumentError, StageError, UserError
 from .core.io import JSONObject, lies_inside, read_json
@@ -28,8 +30,39 @@ from .runs import RunFolder, TrainConfig
 from .runs.precompile import CompiledBeside, compiles_beside
 from .workflows import Log, analyze_run, kept_analysis
 
-PAPER_EPOCHS = {"cnn": 100, "ic-only": 25, "sdn": 100}
-STAGES = tuple(PAPER_EPOCHS)  # in the order they run
+
+@dataclass(frozen=True)
+class StageKind:
+    """What one stage of a reproduction trains: the training mode, the settings beyond it (the
+    ``TrainConfig`` fields of ZTW's cascades or of distillation) and its epochs by default."""
+
+    mode: str
+    epochs: int
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def from_cnn(self) -> bool:
+        """Trained on the reproduction's CNN stage (``from_run``), not from scratch."""
+        return self.mode in FROM_CNN_MODES
+
+
+# every stage a reproduction can train, in the order one architecture's stages run: the CNN, the
+# methods built on it, then the SDN from scratch. The paper's are cnn, ic-only (25 epochs) and sdn
+# (100); the others use the recipes of their modes (docs/methods.md): mixed 25 epochs on the CNN;
+# ztw: ZTW's cascaded ICs on the frozen CNN (ZTW trains its ICs on a frozen trained backbone), read
+# with ZTW's ensemble rule; distill: IC-only heads distilled from the CNN's final output (0.5, T = 3)
+STAGE_KINDS = {
+    "cnn": StageKind("cnn", 100),
+    "ic-only": StageKind("ic-only", 25),
+    "mixed": StageKind("mixed", 25),
+    "ztw": StageKind("ic-only", 25, (("cascade", True),)),
+    "distill": StageKind("ic-only", 25, (("distill", 0.5), ("distill_temperature", 3.0))),
+    "sdn": StageKind("sdn", 100),
+}
+PAPER_EPOCHS = {k: s.epochs for k, s in STAGE_KINDS.items()}
+STAGES = tuple(STAGE_KINDS)  # in the order they run
+METHODS = tuple(k for k in STAGES if k != "cnn")  # the SDN-producing stages, one table row each
+PAPER_METHODS = ("ic-only", "sdn")
 # what the paper claims (spec sections 7-9), printed beside the measured figures
 PAPER_CLAIMS = {
     "early_exit": "average cost down by more than 50 % on CIFAR-10 and CIFAR-100 (about 25 % on Tiny ImageNet) "
@@ -96,7 +129,8 @@ def reproduce(
     precision: str | None = None,
     compile: bool | None = None,
     seed: int | None = None,
-    stages: tuple[str, ...] = STAGES,
+    methods: tuple[str, ...] = PAPER_METHODS,
+    stages: tuple[str, ...] | None = None,
     max_concurrent: int | None = None,
     gpus: list[int] | None = None,
     log: Log = print,
@@ -104,7 +138,10 @@ def reproduce(
 ) -> Reproduction:
     """The paper's pipeline per architecture: CNN, IC-only SDN from it, SDN from scratch, both SDNs
     analyzed (thresholds calibrated on validation); then one table as ``reproduction.md``,
-    ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. Every stage is its own
+    ``reproduction.json`` and ``index.html`` (linking every report) in ``out``. ``methods`` (of
+    :data:`METHODS`; default the paper's ic-only and sdn) are the SDNs it trains, each a row of the
+    table and of its methods table (accuracy at 25/50/75/100 % of the CNN's cost and the curve's
+    area, per exit rule); the CNN stage comes with any method built on it. Every stage is its own
     run folder, so a killed reproduction resumes where it stopped. ``stages`` runs part of it (e.g.
     only ``("sdn",)`` when time is short); a later call with every stage keeps the finished ones.
     ``max_concurrent`` stages that do not depend on each other run at once, each in its own process
@@ -113,6 +150,7 @@ def reproduce(
 
     started = time.perf_counter()
     out = Path(out)
+    stages = _checked_stages(methods, stages)
     epochs = _checked_request(data, out, archs, stages, epochs)
     # under torchrun every rank trains and collects its shard of each stage; rank 0 analyzes and writes
     place, dev = join(str(pick_device(device)))
@@ -120,7 +158,9 @@ def reproduce(
         log, progress = None, False
     concurrent, slots = _concurrency(dev, max_concurrent, gpus, place.enabled)
     out.mkdir(parents=True, exist_ok=True)
-    result = Reproduction(data, dev, epochs, paper_claims=dict(PAPER_CLAIMS), max_concurrent=concurrent)
+    result = Reproduction(
+        data, dev, epochs, paper_claims=dict(PAPER_CLAIMS), max_concurrent=concurrent, methods=list(methods)
+    )
 
     publish = _publisher(out, result, started)
     common = {"data": data, "data_root": data_root, "image_size": image_size, "device": device}
@@ -136,8 +176,7 @@ def reproduce(
     try:
         for arch in archs:
             one = _ArchStages(out, arch, dev, place.main, beside, result.rows, publish, log, progress)
-            after = _analysis_beside("sdn" in stages, out / arch / "sdn", dev, place.enabled)
-            _run_stages(one, stages, epochs, {"arch": arch, **common}, after)
+            _run_stages(one, stages, epochs, {"arch": arch, **common}, place.enabled)
     finally:
         compiled = beside.finish()
         if compiled is not None:
@@ -172,12 +211,15 @@ def _publisher(out: Path, result: Reproduction, started: float) -> Callable[[], 
 
 def _check_same_stage(out: Path, data: str, arch: str, stage: str, epochs: int) -> None:
     """A stage found in ``out`` is kept (or resumed) only if it is the one asked for: the same mode,
-    epochs and, trained from scratch, data set and architecture (an IC-only stage: from this
-    reproduction's CNN)."""
-    meta = RunFolder(out).meta()
+    epochs, cascades and distillation and, trained from scratch, data set and architecture (a stage
+    built on the CNN: from this reproduction's CNN)."""
+    meta, kind = RunFolder(out).meta(), STAGE_KINDS[stage]
     have: dict[str, Any] = {"mode": meta.config.mode, "epochs": meta.recipe.epochs}
-    want: dict[str, Any] = {"mode": stage, "epochs": epochs}
-    if stage == "ic-only":
+    want: dict[str, Any] = {"mode": kind.mode, "epochs": epochs}
+    settings = dict(kind.settings)
+    have["cascade"], want["cascade"] = bool(meta.config.cascade), bool(settings.get("cascade"))
+    have["distill"], want["distill"] = meta.recipe.distill, settings.get("distill", 0.0)
+    if kind.from_cnn:
         have["from"] = str(Path(meta.config.from_run or "").resolve())
         want["from"] = str((out.parent / "cnn").resolve())
     else:
@@ -237,11 +279,6 @@ def _checked_request(
     for a in archs:
         if a not in list_archs():
             raise ArgumentError(f"unknown architecture {a!r} in `archs`: choose from {', '.join(list_archs())}")
-    unknown = [x for x in stages if x not in STAGES]
-    if unknown or not stages:
-        raise ArgumentError(
-            f"unknown or no stage in `stages` ({', '.join(unknown) or 'none given'}): choose from {', '.join(STAGES)}"
-        )
     strange = sorted(set(epochs or {}) - set(STAGES))
     if strange:
         raise ArgumentError(f"`epochs` names unknown stages ({', '.join(map(str, strange))}): use {', '.join(STAGES)}")
@@ -257,37 +294,69 @@ def _checked_request(
         for stage in stages:
             if RunFolder(out / a / stage).exists():
                 _check_same_stage(out / a / stage, data, a, stage, epochs[stage])
-    if "ic-only" in stages and "cnn" not in stages:
+    on_cnn = [k for k in stages if STAGE_KINDS[k].from_cnn]
+    if on_cnn and "cnn" not in stages:
         for a in archs:
             if not RunFolder(out / a / "cnn").finished():
                 raise ArgumentError(
-                    f"the ic-only stage needs a finished CNN in {out / a / 'cnn'}: add the cnn stage to `stages`"
+                    f"the {on_cnn[0]} stage needs a finished CNN in {out / a / 'cnn'}: add the cnn stage to `stages`"
                 )
     return epochs
 
 
+def _checked_stages(methods: tuple[str, ...], stages: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The stages of the asked ``methods`` (each known, none twice) that this call runs, in training
+    order: ``stages`` when given (each one of them, or the CNN they build on), else all of them."""
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ArgumentError(
+            f"`methods` must name distinct methods of {', '.join(METHODS)}, "
+            f"got {', '.join(map(str, methods)) or 'none'}"
+        )
+    have = ("cnn",) * any(STAGE_KINDS[m].from_cnn for m in methods) + methods
+    if stages is None:
+        return tuple(k for k in STAGES if k in have)
+    stages = tuple(stages)
+    unknown = [x for x in stages if x not in have]
+    if unknown or not stages:
+        raise ArgumentError(
+            f"unknown or no stage in `stages` ({', '.join(map(str, unknown)) or 'none given'}): choose from "
+            f"{', '.join(k for k in STAGES if k in have)} (the stages of `methods`)"
+        )
+    return tuple(k for k in STAGES if k in stages)
+
+
 def _run_stages(
-    one: _ArchStages, stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any], beside_next: Any
+    one: _ArchStages, stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any], distributed: bool
 ) -> None:
-    """One architecture's stages in order. The IC-only SDN is analyzed before the SDN from scratch
-    trains: the paper's central results (overthinking, early exits of a trained CNN) exist even if
-    the last stage is cut short."""
+    """One architecture's stages in order (:data:`STAGES`), each SDN analyzed before the next stage
+    trains (beside it, in a background process, where :func:`_analysis_beside` says): the paper's
+    central results (overthinking, early exits of a trained CNN) exist even if the last stage is cut short."""
     if "cnn" in stages:
-        one.train("cnn", {**common, "mode": "cnn", "epochs": epochs["cnn"]})
-    if "ic-only" in stages:
-        keep = ("seed", "device", "precision", "compile")
-        cnn_run = str(one.base / "cnn")
-        cfg = {"mode": "ic-only", "from_run": cnn_run, "epochs": epochs["ic-only"]} | {k: common[k] for k in keep}
-        one.train("ic-only", cfg)
-        one.analyze("ic-only", beside_next=beside_next)
-    if "sdn" in stages:
+        one.train("cnn", _stage_config(one.base, "cnn", epochs, common))
+    sdns = [k for k in stages if k != "cnn"]
+    for i, kind in enumerate(sdns):
         try:
-            one.train("sdn", {**common, "mode": "sdn", "epochs": epochs["sdn"]})
-        except BaseException:  # the analysis beside it finishes its report; the stage's error goes on
+            one.train(kind, _stage_config(one.base, kind, epochs, common))
+        except BaseException:  # the analyses beside it finish their reports; the stage's error goes on
             one.wait_background()
             raise
         one.finish_background()
-        one.analyze("sdn")
+        later = one.base / sdns[i + 1] if i + 1 < len(sdns) else None
+        one.analyze(kind, beside_next=later is not None and _analysis_beside(later, one.dev, distributed))
+    one.finish_background()
+
+
+def _stage_config(base: Path, kind: str, epochs: dict[str, int], common: dict[str, Any]) -> dict[str, Any]:
+    """The training request of stage ``kind`` in architecture folder ``base``: a stage built on the
+    CNN takes its architecture and data from the CNN stage and keeps only how it runs."""
+    k = STAGE_KINDS[kind]
+    cfg = {"mode": k.mode, "epochs": epochs[kind], **dict(k.settings)}
+    if not k.from_cnn:
+        return {**common, **cfg}
+    keep = ("seed", "device", "precision", "compile")
+    return cfg | {"from_run": str(base / "cnn")} | {x: common[x] for x in keep}
 
 
 class _ArchStages:
@@ -393,10 +462,11 @@ class _ArchStages:
 ANALYSIS_BESIDE_ON = ("cuda",)
 
 
-def _analysis_beside(next_trains: bool, next_stage: Path, dev: str, distributed: bool) -> bool:
-    """Whether to analyze a stage in the background: the next stage trains in this call, on a device
-    of :data:`ANALYSIS_BESIDE_ON`, in one process (under torchrun every rank collects its shard)."""
-    if not next_trains or distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
+def _analysis_beside(next_stage: Path, dev: str, distributed: bool) -> bool:
+    """Whether to analyze a stage in the background while ``next_stage`` trains: it is not finished
+    yet, the device is of :data:`ANALYSIS_BESIDE_ON`, and one process runs (under torchrun every rank
+    collects its shard)."""
+    if distributed or dev.split(":")[0] not in ANALYSIS_BESIDE_ON:
         return False
     return not RunFolder(next_stage).finished()
 
@@ -443,16 +513,17 @@ def _compile_ahead_plan(
 ) -> list[tuple[str, Any]]:
     """The stages to compile in the background, in the order this call trains them, each as
     ``(name, TrainConfig)``: every stage it trains as a new run that would compile. A stage resumed
-    keeps its recorded settings and is not planned. An ic-only stage names its arch and data (its CNN
-    run may not exist yet)."""
+    keeps its recorded settings and is not planned. A stage built on the CNN names its arch and data
+    (its CNN run may not exist yet)."""
     from .runs.train import may_compile
 
     plan = []
     for arch in archs:
-        for kind in ("cnn", "ic-only", "sdn"):
-            folder = RunFolder(out / arch / kind)
-            if kind in stages and not folder.exists():  # trained anew in this call
-                cfg = TrainConfig(out=str(folder.path), mode=kind, arch=arch, epochs=epochs[kind], **common)
+        for kind in stages:
+            folder, k = RunFolder(out / arch / kind), STAGE_KINDS[kind]
+            if not folder.exists():  # trained anew in this call
+                more = {"mode": k.mode, "arch": arch, "epochs": epochs[kind], **dict(k.settings)}
+                cfg = TrainConfig(out=str(folder.path), **more, **common)
                 if may_compile(cfg):
                     plan.append((f"{arch}/{kind}", cfg))
     return plan
@@ -528,10 +599,11 @@ class _Concurrent:
 def _run_concurrently(
     c: _Concurrent, archs: list[str], stages: tuple[str, ...], epochs: dict[str, int], common: dict[str, Any]
 ) -> None:
-    """Every architecture's stages as one dependency graph (CNN → IC-only → its analysis; SDN → its
-    analysis), independent stages in child processes at once (:func:`~shallowdeep.core.schedule.run_tasks`);
-    finished stages and kept analyses are not run again. A failed stage stops only what needs it; the
-    table holds the rest, then :class:`StageError` names it."""
+    """Every architecture's stages as one dependency graph (CNN → each method built on it → its
+    analysis; SDN → its analysis), independent stages in child processes at once
+    (:func:`~shallowdeep.core.schedule.run_tasks`); finished stages and kept analyses are not run
+    again. A failed stage stops only what needs it; the table holds the rest, then
+    :class:`StageError` names it."""
     import torch
 
     threads = torch.get_num_threads()  # the children's too: the same weights as one after another
@@ -544,7 +616,7 @@ def _run_concurrently(
         where = ", ".join(s.name for s in c.slots)
         c.log(f"{len(tasks)} stages and analyses to run, at most {c.max_concurrent} at once on {where}")
     runs = run_tasks(tasks, c.slots, c.max_concurrent, c.log, lambda run: _task_ended(per_arch, run, c.log))
-    order = {(a, k): i for i, (a, k) in enumerate((a, k) for a in archs for k in ("ic-only", "sdn"))}
+    order = {(a, k): i for i, (a, k) in enumerate((a, k) for a in archs for k in METHODS)}
     c.result.rows.sort(key=lambda r: order[(r.arch, r.kind)])
     c.result.schedule = runs
     c.publish()
@@ -571,16 +643,8 @@ def _arch_tasks(
     tasks: list[Task] = []
     if one_gpu_each:  # a child sees its one GPU only, as cuda
         common = {**common, "device": "cuda"}
-    keep = ("seed", "device", "precision", "compile")
-    configs = {
-        "cnn": {**common, "mode": "cnn", "epochs": epochs["cnn"]},
-        "ic-only": {"mode": "ic-only", "from_run": str(one.base / "cnn"), "epochs": epochs["ic-only"]}
-        | {k: common[k] for k in keep},
-        "sdn": {**common, "mode": "sdn", "epochs": epochs["sdn"]},
-    }
-    for kind in ("cnn", "ic-only", "sdn"):
-        if kind not in stages:
-            continue
+    cnn_later = "cnn" in stages and not RunFolder(one.base / "cnn").finished()
+    for kind in stages:
         name, run = f"{one.arch}/{kind}", one.base / kind
         trained_here = not RunFolder(run).finished()
         if not trained_here:
@@ -588,12 +652,9 @@ def _arch_tasks(
             if one.log is not None:
                 one.log(f"{run} is finished: kept")
         else:
-            needs = (
-                (f"{one.arch}/cnn",)
-                if kind == "ic-only" and "cnn" in stages and not RunFolder(one.base / "cnn").finished()
-                else ()
-            )
-            tasks.append(_child_task(name, {"train": str(run), "cfg": configs[kind], "threads": threads}, needs))
+            needs = (f"{one.arch}/cnn",) if STAGE_KINDS[kind].from_cnn and cnn_later else ()
+            cfg = _stage_config(one.base, kind, epochs, common)
+            tasks.append(_child_task(name, {"train": str(run), "cfg": cfg, "threads": threads}, needs))
         if kind == "cnn":
             continue
         if not trained_here and kept_analysis(run) is not None:

@@ -43,9 +43,33 @@ class EnginePoint:
     test_relative_cost: float
 
 
+@dataclass(frozen=True)
+class RuleTradeoff:
+    """One exit rule on a row's SDN, read as ZTW's tables read: the test accuracy at fixed shares of
+    the CNN's cost (each threshold chosen on validation; None where no threshold fits the budget)
+    and the area under the test accuracy-cost curve."""
+
+    rule: str
+    budgets: list[float]
+    test_accuracy: list[float | None]
+    auc: float
+
+    @classmethod
+    def from_report(cls, result: JSONObject) -> RuleTradeoff:
+        """From one entry of report.json's ``rules.results``."""
+        points = result["tradeoff"]["points"]
+        return cls(
+            result["label"],
+            [p["budget"] for p in points],
+            [p["test_accuracy"] for p in points],
+            result["tradeoff"]["auc"],
+        )
+
+
 @dataclass
 class TableRow:
-    """One analyzed SDN (``kind`` ``ic-only`` or ``sdn``) of one architecture. The ``stage_*`` maps
+    """One analyzed SDN of one architecture (``kind``: its stage, a method of the reproduction, such
+    as ``ic-only``, ``sdn`` or ``mixed``), its exit rules' trade-offs beside. The ``stage_*`` maps
     are its architecture's, shared by its rows and filled in as the stages finish: wall seconds per
     stage and analysis, the part in epochs, an analysis's own time in the background, how each
     stage trained (run.json's runtime)."""
@@ -65,6 +89,7 @@ class TableRow:
     median_epoch_seconds: float | None
     runtime: JSONObject
     report: str
+    tradeoffs: list[RuleTradeoff] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_epoch_seconds: dict[str, float] = field(default_factory=dict)
     stage_background_seconds: dict[str, float] = field(default_factory=dict)
@@ -102,6 +127,7 @@ class TableRow:
             epoch_s[len(epoch_s) // 2] if epoch_s else None,
             runtime,
             str(report.relative_to(out)) if report.is_relative_to(out) else str(report),
+            [RuleTradeoff.from_report(x) for x in (r.get("rules") or {}).get("results", [])],
         )
 
     def to_json(self) -> JSONObject:
@@ -135,6 +161,7 @@ class Reproduction:
     compiled_ahead: list[JSONObject] | None = None
     max_concurrent: int = 1
     schedule: list[TaskRun] | None = None
+    methods: list[str] = field(default_factory=lambda: ["ic-only", "sdn"])
 
     def ran_together(self) -> list[tuple[TaskRun, list[str]]]:
         """Each scheduled task that ran, with the names of those that ran while it did."""
@@ -149,7 +176,8 @@ class Reproduction:
         return list(seen.values())
 
     def to_json(self) -> JSONObject:
-        d = {"data": self.data, "device": self.device, "epochs": self.epochs, "rows": [r.to_json() for r in self.rows]}
+        d = {"data": self.data, "device": self.device, "epochs": self.epochs, "methods": self.methods}
+        d["rows"] = [r.to_json() for r in self.rows]
         d |= {"paper_claims": self.paper_claims, "note": self.note}
         if self.call_seconds is not None:
             d["call_seconds"] = self.call_seconds

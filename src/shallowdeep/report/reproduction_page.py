@@ -23,8 +23,7 @@ def reproduction_markdown(result: Reproduction) -> str:
     lines = [
         f"# Reproduction on {result.data} ({result.device})",
         "",
-        f"Epochs: CNN {result.epochs['cnn']}, IC-only {result.epochs['ic-only']}, SDN {result.epochs['sdn']}; "
-        f"{result.note}.",
+        f"Epochs: {_epochs_text(result)}; {result.note}.",
         "",
         "| network | SDN | final acc. | early exit: acc. / cost (val-calibrated q) | what predict uses "
         "(val-chosen): acc. / cost | reference protocol (q chosen on "
@@ -41,9 +40,43 @@ def reproduction_markdown(result: Reproduction) -> str:
             f"{_p(r.destructive_share)} | "
             f"{_auc(r.confusion_auroc)} / {_auc(r.confidence_auroc)} |"
         )
+    methods = _methods_rows(result)
+    if methods:
+        lines += ["", METHODS_LEAD, "", "| " + " | ".join(METHODS_HEAD) + " |", "|---" * len(METHODS_HEAD) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in methods]
     for lead, items in _reproduction_sections(result):
         lines += ["", lead] + ([""] + [f"- {i}" for i in items] if items else [])
     return "\n".join(lines) + "\n"
+
+
+_STAGE_NAMES = {"cnn": "CNN", "ic-only": "IC-only", "sdn": "SDN"}
+
+
+def _epochs_text(result: Reproduction) -> str:
+    """Each stage's epochs: the CNN's (when a method is built on it: all but the SDN from scratch) and each method's."""
+    on_cnn = any(m != "sdn" for m in result.methods)
+    kinds = [k for k in result.epochs if k in result.methods or (k == "cnn" and on_cnn)]
+    return ", ".join(f"{_STAGE_NAMES.get(k, k)} {result.epochs[k]}" for k in kinds)
+
+
+METHODS_LEAD = (
+    "Methods side by side, as ZTW's tables read: test accuracy at 25/50/75/100 % of the CNN's cost (each "
+    "threshold chosen on validation) and the area under the test accuracy-cost curve, under max softmax "
+    "and under ZTW's geometric ensemble (max_softmax+E, fitted on validation):"
+)
+METHODS_HEAD = ("network", "method", "exit rule", "final acc.", "25 %", "50 %", "75 %", "100 %", "area")
+SHOWN_RULES = ("max_softmax", "max_softmax+E")
+
+
+def _methods_rows(result: Reproduction) -> list[list[str]]:
+    """The cells of the methods table: each row's SDN under each of :data:`SHOWN_RULES` it was analyzed with."""
+    out = []
+    for r in result.rows:
+        for t in r.tradeoffs:
+            if t.rule in SHOWN_RULES:
+                at = [_p(a, 2) for a in t.test_accuracy]
+                out.append([r.arch, r.kind, t.rule, _p(r.final_test_accuracy, 2), *at, f"{t.auc:.4f}"])
+    return out
 
 
 def _reproduction_sections(result: Reproduction) -> list[tuple[str, list[str]]]:
@@ -200,6 +233,15 @@ def reproduction_html(result: Reproduction) -> str:
             "",
         )
     )
+    methods = _methods_rows(result)
+    if methods:
+        cells = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in row)}</tr>" for row in methods)
+        heads = "".join(f"<th>{html.escape(h)}</th>" for h in METHODS_HEAD)
+        methods_html = (
+            f"<p>{html.escape(METHODS_LEAD)}</p><table><thead><tr>{heads}</tr></thead><tbody>{cells}</tbody></table>"
+        )
+    else:
+        methods_html = ""
     sections = "".join(
         f"<p>{html.escape(lead)}</p>"
         + (f"<ul>{''.join(f'<li>{html.escape(i)}</li>' for i in items)}</ul>" if items else "")
@@ -211,5 +253,5 @@ def reproduction_html(result: Reproduction) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style></head><body>"
         f"<h1>Reproduction on {html.escape(result.data)} ({html.escape(result.device)})</h1>"
         f"<p>{html.escape(result.note)}.</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
-        f"</tbody></table>{sections}</body></html>\n"
+        f"</tbody></table>{methods_html}{sections}</body></html>\n"
     )
