@@ -297,3 +297,64 @@ def test_a_concurrent_reproduction_of_methods_runs_each_after_the_cnn_and_its_an
             _checked_stages(bad, None)
     with pytest.raises(UserError, match=r"unknown or no stage in .?stages.? \(cnn\): choose from sdn"):
         _checked_stages(("sdn",), ("cnn",))
+
+
+def test_a_separate_teacher_run_is_distilled_from_frozen_and_checked(tiny_runs, tmp_path):
+    """ic-only heads distilled from the CNN run given as a separate teacher equal those distilled from
+    the network's own final output (the frozen CNN's) bit for bit on the CPU; the teacher's path and
+    weights digest are recorded; a teacher without distillation, of other data, for a CNN, or not a
+    finished run is refused before anything is written."""
+    from shallowdeep.core.io import sha256_file
+    from shallowdeep.runs import RunFolder
+
+    cnn = tiny_runs / "cnn"
+    base = dict(mode="ic-only", from_run=str(cnn), epochs=1, distill=0.5)
+    train_run(TrainConfig(out=str(tmp_path / "own"), **base), **QUIET)
+    train_run(TrainConfig(out=str(tmp_path / "sep"), teacher=str(cnn), **base), **QUIET)
+    own, sep = shallowdeep.load(tmp_path / "own").state_dict(), shallowdeep.load(tmp_path / "sep").state_dict()
+    assert own.keys() == sep.keys() and all(torch.equal(own[k], sep[k]) for k in own)
+    meta = json.loads((tmp_path / "sep" / "run.json").read_text())
+    assert meta["config"]["teacher"] == str(cnn.resolve())
+    assert meta["teacher_weights_sha256"] == sha256_file(RunFolder(cnn).require_weights())
+    assert "teacher_weights_sha256" not in json.loads((tmp_path / "own" / "run.json").read_text())
+    # where the two differ (mixed: the own final output moves as the backbone trains; the teacher stays)
+    mixed = dict(base, mode="mixed")
+    train_run(TrainConfig(out=str(tmp_path / "m-own"), **mixed), **QUIET)
+    train_run(TrainConfig(out=str(tmp_path / "m-sep"), teacher=str(cnn), **mixed), **QUIET)
+    own, sep = shallowdeep.load(tmp_path / "m-own").state_dict(), shallowdeep.load(tmp_path / "m-sep").state_dict()
+    assert not all(torch.equal(own[k], sep[k]) for k in own)
+    small = tmp_path / "cnn16"
+    train_run(TrainConfig(out=str(small), mode="cnn", arch="small", data="digits", image_size=16, epochs=1), **QUIET)
+    (tmp_path / "empty").mkdir()
+    for name, cfg, said in (
+        ("no-distill", {**base, "distill": None, "teacher": str(cnn)}, "give distill above 0 too"),
+        ("other-size", {**base, "teacher": str(small)}, "give a teacher trained on the same data"),
+        ("cnn", {"mode": "cnn", "arch": "small", "data": "digits", "teacher": str(cnn)}, "for the ic-only, sdn or"),
+        ("not-a-run", {**base, "teacher": str(tmp_path / "empty")}, "run.json"),
+    ):
+        with pytest.raises(UserError, match=said):
+            train_run(TrainConfig(out=str(tmp_path / name), **cfg), **QUIET)
+        assert not (tmp_path / name).exists()
+
+
+def test_the_objective_distils_from_its_teacher_and_no_gradient_reaches_it(tiny_runs):
+    from shallowdeep.models import build_cnn
+    from shallowdeep.training.modes import Objective, outputs_of
+
+    student = shallowdeep.load(tiny_runs / "ic")
+    torch.manual_seed(0)
+    teacher = build_cnn("small", 10, 32)
+    teacher.eval().requires_grad_(False)
+    mode = make_mode("sdn", distill=0.5, distill_temperature=3.0)
+    student.train()
+    x, y, w = torch.randn(8, 3, 32, 32), torch.arange(8) % 10, torch.ones(5)
+    objective = Objective(student, mode, teacher).train()
+    assert not teacher.training  # a teacher stays in eval mode
+    loss = objective(x, y, w)
+    loss.backward()
+    with torch.no_grad():
+        outs, target = outputs_of(student, x), teacher(x)
+        assert torch.equal(loss.detach(), mode.weighted_loss(outs, y, w, target))
+        assert not torch.equal(loss.detach(), mode.weighted_loss(outs, y, w))  # not the own final output
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.heads.parameters())

@@ -986,6 +986,12 @@ def _recipe_flags(t: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--distill-temperature", type=float, metavar="T", help="the distillation's softmax temperature (default 3)"
     )
+    r.add_argument(
+        "--teacher",
+        metavar="RUN",
+        help="with --distill: a finished run (CNN or SDN, same data) whose final output the ICs distil from, "
+        "frozen (default: the network's own final output)",
+    )
 
 
 def _speed_flags(t: argparse.ArgumentParser) -> None:

@@ -112,6 +112,7 @@ class RunConfig:
     backdoor: JSONObject | None = None  # Backdoor.to_json() once resolved
     token_pool: str | None = None  # how IC heads on tokens pool them (None: mean)
     cascade: bool | None = None  # ZTW's cascade links between the ICs (None: none)
+    teacher: str | None = None  # a separate run the ICs distil from (None: the network's own final output)
 
     def to_json(self) -> JSONObject:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -196,6 +197,7 @@ class RunMeta:
     from_run_weights_sha256: str | None = None
     weights_sha256: str | None = None
     costs: JSONObject | None = None
+    teacher_weights_sha256: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -225,7 +227,7 @@ class RunMeta:
             "setup_seconds": self.setup_seconds,
             "time_parts": self.time_parts,
         }
-        optional = ("from_run_weights_sha256", "weights_sha256", "costs")
+        optional = ("from_run_weights_sha256", "weights_sha256", "costs", "teacher_weights_sha256")
         return d | {k: getattr(self, k) for k in optional if getattr(self, k) is not None}
 
     @classmethod
@@ -259,6 +261,7 @@ class RunMeta:
             _text(d.get("from_run_weights_sha256")),
             _text(d.get("weights_sha256")),
             d["costs"] if isinstance(d.get("costs"), dict) else None,
+            _text(d.get("teacher_weights_sha256")),
         )
 
 

@@ -77,6 +77,7 @@ class TrainConfig:
     data_mode: str | None = None  # "memory", "stream" or None (chosen by the data's size)
     token_pool: str | None = None  # IC heads on tokens: "mean" (None) or "cls"
     cascade: bool | None = None  # ZTW's cascade links between the ICs
+    teacher: str | None = None  # a finished run the ICs distil from (with `distill`); None: the own final output
     module: nn.Module | None = None  # the Python API's own classifier (never recorded as code)
     # recipe: None keeps the paper's value for the mode
     epochs: int | None = None
@@ -119,6 +120,7 @@ _RECORDED = (
     "data_mode",
     "token_pool",
     "cascade",
+    "teacher",
 )
 
 
@@ -158,7 +160,7 @@ def _merged(cfg: TrainConfig, previous: RunMeta | None) -> dict[str, Any]:
         asked = getattr(cfg, key)
         if key in ("ic_cuts", "ic_fractions") and asked is not None:
             asked = list(asked)  # as JSON keeps it
-        if key in ("from_run", "data_root", "weights") and asked is not None:
+        if key in ("from_run", "data_root", "weights", "teacher") and asked is not None:
             asked = str(Path(asked).resolve())  # the run must still find it from another folder
         if previous is not None and asked is not None and prev.get(key) != asked:
             raise ArgumentError(
@@ -187,6 +189,8 @@ def _check_values(r: dict[str, Any], user_module: bool) -> None:
         raise ArgumentError(f"`data_mode` is memory or stream, not {r['data_mode']!r}")
     if r["cascade"] and r["mode"] == "cnn":
         raise ArgumentError("`cascade` links the ICs of an SDN: for the ic-only, sdn or mixed `mode`")
+    if r["teacher"] and r["mode"] == "cnn":
+        raise ArgumentError("`teacher` is what the ICs distil from: for the ic-only, sdn or mixed `mode`")
     if r["token_pool"] is not None:
         if r["token_pool"] not in TOKEN_POOLS:
             raise ArgumentError(f"`token_pool` is {' or '.join(TOKEN_POOLS)}, not {r['token_pool']!r}")
@@ -327,6 +331,8 @@ class _Setup:
     start_epoch: int = 0
     history: list[JSONObject] = field(default_factory=list)
     restore: Callable[[torch.optim.Optimizer], None] | None = None
+    teacher: nn.Module | None = None  # the separate run the ICs distil from, frozen
+    teacher_sha256: str | None = None
 
 
 def train_run(
@@ -411,9 +417,39 @@ def _set_up(
             f"{data.num_classes} at {data.image_size} px"
         )
     setup = _Setup(r, recipe, runtime, data, model, device)
+    setup.teacher, setup.teacher_sha256 = _teacher(r, recipe, data, previous)
     _resume_state(setup, previous, run, place.main)
     clock.add("setup_model", t)  # the CNN built, loaded or downloaded, and a checkpoint read
     return setup
+
+
+def _teacher(
+    r: RunConfig, recipe: Recipe, data: Dataset, previous: RunMeta | None
+) -> tuple[nn.Module | None, str | None]:
+    """The separate run whose final output the ICs distil from (``teacher``), loaded frozen in eval
+    mode, and its weights' digest: a finished run of the same data set, classes, image size and
+    normalisation, asked with ``distill`` above 0; a resumed run's teacher must be unchanged."""
+    if r.teacher is None:
+        return None, None
+    if recipe.distill <= 0:
+        raise ArgumentError("`teacher` is what the ICs distil from: give `distill` above 0 too")
+    meta = RunFolder(r.teacher).meta()
+    if not meta.complete:
+        raise ArgumentError(f"the `teacher` run {r.teacher} has not finished training: resume it first")
+    theirs = (meta.config.data, meta.model.num_classes, meta.model.image_size, meta.data.mean, meta.data.std)
+    if theirs != (r.data, data.num_classes, data.image_size, tuple(data.mean), tuple(data.std)):
+        raise ArgumentError(
+            f"the `teacher` run {r.teacher} takes {meta.config.data} ({meta.model.num_classes} classes at "
+            f"{meta.model.image_size} px), this run {r.data} ({data.num_classes} at {data.image_size} px) or "
+            "normalises its images otherwise: give a teacher trained on the same data"
+        )
+    digest = sha256_file(RunFolder(r.teacher).require_weights())
+    if previous is not None and digest != previous.teacher_weights_sha256:
+        raise RunFolderError(
+            f"the teacher run {r.teacher} changed since this run started (its weights differ): train "
+            "again into a new folder"
+        )
+    return load(r.teacher).requires_grad_(False), digest
 
 
 def _load_data(r: RunConfig, new: bool) -> Dataset:
@@ -484,6 +520,7 @@ def _started_meta(setup: _Setup, previous: RunMeta | None, place: Any) -> RunMet
     if r.mode in FROM_CNN_MODES and r.from_run:
         kept = previous.from_run_weights_sha256 if previous is not None else None
         meta.from_run_weights_sha256 = kept or sha256_file(RunFolder(r.from_run).require_weights())
+    meta.teacher_weights_sha256 = setup.teacher_sha256
     return meta
 
 
@@ -567,6 +604,7 @@ class _Training:
                 progress=progress,
                 log=log,
                 compile_ready=compile_ready,
+                teacher=s.teacher,
             )
         except (UserError, OSError) as e:  # a file the data loader met mid-run, a full disk: the run can go on
             self.writer.wait(raise_error=False)
@@ -613,8 +651,8 @@ def may_compile(cfg: TrainConfig) -> bool:
     """Whether :func:`warm_compile` may compile anything for ``cfg``, decided without reading data:
     a paper network, neither poisoned nor a user's module, on a device where its run would compile
     given steps enough (by default one CUDA device)."""
-    if cfg.arch not in list_archs() or cfg.backdoor is not None or cfg.module is not None:
-        return False
+    if cfg.arch not in list_archs() or cfg.backdoor is not None or cfg.module is not None or cfg.teacher:
+        return False  # (a teacher's forward would be part of the step: none is loaded ahead)
     return Runtime.default(
         torch.device(str(pick_device(cfg.device))), cfg.precision, cfg.compile, steps=sys.maxsize
     ).compile

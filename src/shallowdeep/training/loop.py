@@ -225,6 +225,7 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     compile_ready: Callable[[], bool] | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` from ``start_epoch`` to ``recipe.epochs``, validating every output each epoch.
 
@@ -235,10 +236,11 @@ def fit(
     process is compiling into the compiler's on-disk cache: asked before each epoch, and until it
     says yes the epochs train the same step eagerly instead of compiling it here (the compiled step
     then loads from the cache in seconds, and the epochs meanwhile were not lost to waiting).
+    ``teacher``: a separate trained network whose final output the ICs distil from (``recipe.distill``).
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     params = mode.parameters(model)  # first: ic-only freezes the backbone, which DDP's wrapping reads
-    stepped = runtime.prepare(Objective(model, mode))
+    stepped = runtime.prepare(Objective(model, mode, teacher))
     # torch.compile compiles at the first call: the module it wraps steps eagerly until then
     eager = getattr(stepped, "_orig_mod", None) if compile_ready is not None and runtime.compile else None
     opt, schedule = _optimiser(params, recipe, runtime, start_epoch, restore)

@@ -37,13 +37,16 @@ class Mode:
         """Every output's weight in this epoch's loss (ICs first, final last)."""
         raise NotImplementedError
 
-    def weighted_loss(self, outputs: list[torch.Tensor], y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def weighted_loss(
+        self, outputs: list[torch.Tensor], y: torch.Tensor, weights: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``sum_i weights[i] * loss_i``: ``CE(outputs[i], y)``, for the ICs mixed with distillation from
-        the final output when ``distill`` > 0; ``weights`` is a tensor so that a compiled step takes each
-        epoch's weights as an input instead of recompiling for new constants."""
+        the final output (or from ``teacher``, a separate network's logits) when ``distill`` > 0;
+        ``weights`` is a tensor so that a compiled step takes each epoch's weights as an input instead
+        of recompiling for new constants."""
         losses = [self.ce(o, y).float() for o in outputs]
         if self.distill > 0 and len(outputs) > 1:
-            teacher = outputs[-1].detach()  # the teacher's logits never carry gradient
+            teacher = (outputs[-1] if teacher is None else teacher).detach()  # a teacher's logits carry no gradient
             a = self.distill
             ics = [(1 - a) * ce + a * self.distilled(o, teacher) for ce, o in zip(losses[:-1], outputs)]
             losses = [*ics, losses[-1]]
@@ -124,13 +127,24 @@ class Objective(nn.Module):
     runtime wraps (compile, CUDA graphs, DDP), so one compiled graph covers the outputs' losses and
     their backward too, not only the network (the loss of an SDN is 2 x outputs small kernels)."""
 
-    def __init__(self, model: nn.Module, mode: Mode) -> None:
+    def __init__(self, model: nn.Module, mode: Mode, teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.mode = mode
+        self.teacher = teacher  # a separate trained network the ICs distil from (frozen, in eval mode)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.mode.weighted_loss(outputs_of(self.model, x), y, weights)
+        target = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = outputs_of(self.teacher, x)[-1]
+        return self.mode.weighted_loss(outputs_of(self.model, x), y, weights, target)
+
+    def train(self, mode: bool = True) -> Objective:
+        super().train(mode)
+        if self.teacher is not None:  # a teacher answers as it was trained: fixed BN statistics, no dropout
+            self.teacher.eval()
+        return self
 
 
 def make_mode(name: str, label_smoothing: float = 0.0, distill: float = 0.0, distill_temperature: float = 1.0) -> Mode:
