@@ -12,6 +12,10 @@
 #           ic-only, mixed, mixed --distill 0.5 and mixed --cascade from it (${IC_EPOCHS:-6} each), an SDN from scratch
 #           (${SDN_EPOCHS:-25}), same seed; each analyzed, then `compare` (accuracy at 25/50/75/100 % cost,
 #           max_softmax and ztw) into $OUT/compare.md and compare.svg; about 8 minutes on an H200 (estimated from the H100 reproduction's epoch times, not measured);
+#   reproduce-methods: issue 30 as one `reproduce --methods ic-only,mixed,ztw,distill,sdn` (CNN ${CNN_EPOCHS:-25},
+#           the methods on it ${IC_EPOCHS:-6}, SDN ${SDN_EPOCHS:-25} epochs; stages at once by the CUDA default)
+#           into $OUT/reproduction.md (the methods table); tested on the CPU with DATA_SPEC=digits ARCH=small
+#           CNN_EPOCHS=1 IC_EPOCHS=1 SDN_EPOCHS=1 DEV=cpu; a killed call resumes from runs-reproduce-methods.tgz;
 #   robustness: one call for issue 31: a ResNet-56 SDN from scratch (${SDN_EPOCHS:-30} epochs) on the
 #           CIFAR-10 JPEGs, analyzed; DeepSloth per input (linf, l2) and universal (linf) on ${INPUTS:-all}
 #           test inputs, `analyze --corruptions`, then benchmarks/drift_monitor.py; into $OUT/robustness.log;
@@ -164,6 +168,22 @@ if [ "$part" = concurrent ]; then
     echo "max-concurrent $k: exit ${PIPESTATUS[0]}, $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)") s" | tee -a "$C"
     grep -E "^\| ${ARCH:-resnet56} |took|^- .*(cnn|sdn|ic-only).* s" "runs/concurrent-$k/reproduction.md" | tee -a "$C"
   done
+  exit 0
+fi
+if [ "$part" = reproduce-methods ]; then
+  # issue 30 through the product's own path: every method a stage of one reproduction, the methods table
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } | tee -a "$OUT/device.txt"
+  if [ -z "${DATA_SPEC:-}" ] && [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
+  R=runs/reproduce-methods; t0=$(date +%s.%N)
+  if [ ! -d $R ] && [ -f .data/runs-reproduce-methods.tgz ]; then tar -xzf .data/runs-reproduce-methods.tgz; fi
+  timeout "${REPRO_SECONDS:-570}" python3 -m shallowdeep reproduce --data "${DATA_SPEC:-imagefolder:$DATA}" \
+    --archs "${ARCH:-resnet56}" --methods ic-only,mixed,ztw,distill,sdn --cnn-epochs "${CNN_EPOCHS:-25}" \
+    --ic-epochs "${IC_EPOCHS:-6}" --mixed-epochs "${IC_EPOCHS:-6}" --sdn-epochs "${SDN_EPOCHS:-25}" \
+    --device "${DEV:-cuda}" --out $R --quiet 2>&1 | grep -v Warning | tee "$OUT/reproduce-methods.log"
+  echo "exit ${PIPESTATUS[0]}, $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)") s" | tee -a "$OUT/reproduce-methods.log"
+  cp $R/reproduction.md $R/reproduction.json "$OUT/" 2>/dev/null
+  tar -czf "$OUT/runs-reproduce-methods.tgz" --exclude=records $R  # a later call continues from it
   exit 0
 fi
 if [ "$part" = methods ]; then
