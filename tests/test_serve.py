@@ -173,3 +173,30 @@ def test_shutdown_under_load_answers_what_was_accepted(served):
             server.server.should_exit = True
             codes = [f.result() for f in sent]
     assert codes.count(200) >= 1 and all(code in (200, None) for code in codes), codes
+
+
+def test_a_quiet_batcher_runs_a_partial_batch_at_once_and_a_busy_one_waits_to_fill_it(served):
+    """No input arrived while the last stage ran: nobody else is sending, so a lone input runs at once
+    (a wait of max_wait could only delay it); after a stage that saw arrivals, a partial batch waits
+    for max_wait to gather more. Both answer what the engine answers."""
+    import time
+
+    from shallowdeep.serving.batcher import StageBatcher
+
+    engine, _, images = served
+    want = engine.classify(images[:2])
+    batcher = StageBatcher(engine, max_batch=16, max_wait=0.6)
+    try:
+        t0 = time.monotonic()
+        first = batcher.submit(images[:1])[0].result(timeout=30)
+        quiet = time.monotonic() - t0
+        with batcher._cond:
+            batcher._last_arrived_busy = 1  # as after a stage during which requests came in
+        t0 = time.monotonic()
+        second = batcher.submit(images[1:2])[0].result(timeout=30)
+        busy = time.monotonic() - t0
+    finally:
+        batcher.close()
+    assert quiet < 0.3 <= 0.6 <= busy + 0.05, (quiet, busy)
+    assert [first.prediction, second.prediction] == want.predictions.tolist()
+    assert [first.exit, second.exit] == want.exits.tolist()

@@ -1323,7 +1323,11 @@ def _add_serve(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     sv.add_argument("--max-batch", type=int, default=32, help="a stage runs at this many inputs (default 32)")
     sv.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="or when its oldest input has waited this long (default 5)"
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="or when its oldest input has waited this long, if inputs arrived while the last stage ran "
+        "(else at once; default 5)",
     )
     sv.add_argument("--max-queued", type=int, default=1024, help="inputs in flight before 503s (default 1024)")
     sv.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")

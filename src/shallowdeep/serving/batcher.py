@@ -2,7 +2,9 @@
 
 Requests arrive one at a time; their images join the first stage's queue. One worker thread runs the
 stages: a stage runs when its queue holds ``max_batch`` inputs (the deepest such stage first, as the
-throughput engine does), or when the oldest input waiting before it arrived ``max_wait`` ago; the
+throughput engine does), or when the oldest input waiting before it arrived ``max_wait`` ago, or at
+once when no input arrived while the last stage ran (then nobody else is sending, and a wait could
+only delay the inputs queued: a quiet service answers at once, a busy one fills its batches); the
 inputs that exit there are answered at once (their future resolves), the rest join the next stage's
 queue. So an easy request leaves after the first stage while the hard ones go on, and every stage
 still runs on batches. The stage, the exit decision and the queue moves are the engine's own
@@ -82,6 +84,9 @@ class StageBatcher:
         self.batches = [0] * engine.num_outputs  # stage batches run per stage
         self._slots: dict[int, _Slot] = {}
         self._next = 0
+        # inputs that arrived while the last stage ran: none means nobody else is sending now, so a
+        # stage waiting to fill its batch would only delay the inputs it holds (see _next_stage)
+        self._busy, self._arrived_busy, self._last_arrived_busy = False, 0, 0
         self._cond = threading.Condition()
         self._closing = False
         self._failed: BaseException | None = None
@@ -103,6 +108,7 @@ class StageBatcher:
             for i, f in enumerate(futures):
                 self._slots[start + i] = _Slot(f, now)
             self.queues[0].append(self.engine._new_rows(x, start))
+            self._arrived_busy += len(x) if self._busy else 0
             self._cond.notify()
         return futures
 
@@ -124,8 +130,10 @@ class StageBatcher:
 
     # ------------------------------------------------------------------------------ the worker side
     def _next_stage(self) -> int | None:
-        """The stage to run now (deepest full queue, else the deepest whose oldest input is due;
-        closing: any non-empty queue, deepest first), or ``None`` after waiting a while."""
+        """The stage to run now (deepest full queue, else the deepest whose oldest input is due, and
+        every queue is due when no input arrived while the last stage ran: waiting could only gather
+        inputs nobody is sending; closing: any non-empty queue, deepest first), or ``None`` after
+        waiting a while."""
         while True:
             sizes = [sum(map(len, q)) for q in self.queues]
             full = [k for k, n in enumerate(sizes) if n >= self.max_batch]
@@ -137,7 +145,7 @@ class StageBatcher:
                     return None
                 self._cond.wait(0.1)
                 continue
-            if self._closing:
+            if self._closing or not self._last_arrived_busy:
                 return waiting[-1]
             now = time.monotonic()
             oldest = {k: min(self._slots[int(r.idx.min())].arrived for r in self.queues[k]) for k in waiting}
@@ -156,10 +164,12 @@ class StageBatcher:
                         if k is None:
                             return
                         rows = _pop(self.queues[k], self.max_batch)
+                        self._busy, self._arrived_busy = True, 0
                     moved: list[list[_Rows]] = [[] for _ in self.queues]
                     # outside the lock, so requests keep arriving; only this thread touches taken rows
                     self.engine._run_stage(k, rows, moved, out, None)
                     with self._cond:
+                        self._busy, self._last_arrived_busy = False, self._arrived_busy
                         self.batches[k] += 1
                         if k + 1 < len(self.queues):
                             self.queues[k + 1].extend(moved[k + 1])
