@@ -158,8 +158,9 @@ def reproduce(
         log, progress = None, False
     concurrent, slots = _concurrency(dev, max_concurrent, gpus, place.enabled)
     out.mkdir(parents=True, exist_ok=True)
+    asked = {k: epochs[k] for k in _checked_stages(methods, None)}  # the table states the epochs of its stages
     result = Reproduction(
-        data, dev, epochs, paper_claims=dict(PAPER_CLAIMS), max_concurrent=concurrent, methods=list(methods)
+        data, dev, asked, paper_claims=dict(PAPER_CLAIMS), max_concurrent=concurrent, methods=list(methods)
     )
 
     publish = _publisher(out, result, started)

@@ -53,10 +53,8 @@ _STAGE_NAMES = {"cnn": "CNN", "ic-only": "IC-only", "sdn": "SDN"}
 
 
 def _epochs_text(result: Reproduction) -> str:
-    """Each stage's epochs: the CNN's (when a method is built on it: all but the SDN from scratch) and each method's."""
-    on_cnn = any(m != "sdn" for m in result.methods)
-    kinds = [k for k in result.epochs if k in result.methods or (k == "cnn" and on_cnn)]
-    return ", ".join(f"{_STAGE_NAMES.get(k, k)} {result.epochs[k]}" for k in kinds)
+    """Each stage's epochs (the reproduction records those of its methods' stages)."""
+    return ", ".join(f"{_STAGE_NAMES.get(k, k)} {n}" for k, n in result.epochs.items())
 
 
 METHODS_LEAD = (
