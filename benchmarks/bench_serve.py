@@ -1,13 +1,14 @@
 """The early-exit service against the same service with no exit, under a bounded load on 127.0.0.1.
 
-Both are ``shallowdeep serve`` (FastAPI on uvicorn, a process each) on the same run and the same
-batching; the no-exit one serves a copy of the run with every threshold above 1, so each input runs every stage
-(it still pays the IC heads: the plain network's own time is lower, see ``profile``'s last line).
+Both are ``shallowdeep serve`` (FastAPI on uvicorn, a process each) on the same run (or, ``--runtime
+onnx``, on its export: the torch-free onnxruntime stages) and the same batching; the no-exit one
+serves a copy with every threshold above 1, so each input runs every stage (it still pays the IC
+heads: the plain network's own time is lower, see ``profile``'s last line).
 The load generator sends ``--requests`` single-image requests (PNG, the run's test images) from
 ``--concurrency`` client threads, with a time limit, and stops by itself; it reports requests per
 second, p50/p95/p99 latency, failed requests, and the p50 split by the output each input exited at.
 
-    python benchmarks/bench_serve.py RUN [--requests 400] [--concurrency 1 4 16] [--max-batch 16]
+    python benchmarks/bench_serve.py RUN [--requests 400] [--concurrency 1 4 16] [--max-batch 16] [--runtime onnx]
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def _no_exit_copy(run: str, tmp: str) -> str:
     return str(dst)
 
 
+def _export(run: str, tmp: str) -> tuple[str, str]:
+    """The run exported (its calibrated rule), and a copy of the export whose thresholds lie above 1."""
+    from shallowdeep.workflows import export_run
+
+    out = export_run(run, Path(tmp) / "export")
+    dst = Path(tmp) / "export-no-exit"
+    shutil.copytree(out, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["exit"]["thresholds"] = [2.0] * len(manifest["exit"]["thresholds"])
+    manifest.pop("drift", None)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return str(out), str(dst)
+
+
 def load(url: str, pngs: list[bytes], requests: int, concurrency: int, limit_s: float, names: list[str]) -> dict:
     """``requests`` POSTs from ``concurrency`` threads (stopping at ``limit_s``): rate and latencies.
     One keep-alive connection per thread with TCP_NODELAY: without it the body waits on the
@@ -118,6 +133,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--limit-s", type=float, default=60.0, help="each load stops after this many seconds")
+    ap.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: serve the run's export")
     args = ap.parse_args()
     engine = engine_from_run(args.run)
     pngs = []
@@ -125,11 +141,17 @@ def main() -> None:
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    print(f"machine: {processor_name()}; run {args.run}; max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms")
+    print(
+        f"machine: {processor_name()}; run {args.run}, {args.runtime}; max_batch {args.max_batch}, "
+        f"max_wait {args.max_wait_ms} ms"
+    )
     batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
     names = output_names(engine.num_outputs)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"early exits": args.run, "no exit": _no_exit_copy(args.run, tmp)}
+        if args.runtime == "onnx":
+            runs = dict(zip(("early exits", "no exit"), _export(args.run, tmp)))
+        else:
+            runs = {"early exits": args.run, "no exit": _no_exit_copy(args.run, tmp)}
         for c in args.concurrency:
             for name, run in runs.items():
                 proc, url = _serve(run, batching)

@@ -1191,6 +1191,35 @@ ROWS: list[tuple[str, list[str], str, str | None, str | None]] = [
         None,
     ),
     ("predict a missing run", ["predict", "{tmp}/none", "{file}"], "is not a run folder", None, None),
+    # ---- serve
+    (
+        "serve a folder that is neither a run nor an export",
+        ["serve", "{tmp}"],
+        "is neither a run folder (run.json) nor an export (manifest.json)",
+        None,
+        None,
+    ),
+    (
+        "serve --replicas without --ray",
+        ["serve", "{ic}", "--replicas", "3"],
+        "--replicas, --replica-cpus and --ray-address serve on Ray",
+        None,
+        None,
+    ),
+    (
+        "serve --ray with no replica",
+        ["serve", "{tmp}", "--ray", "--replicas", "0"],
+        "--replicas must be an integer",
+        None,
+        None,
+    ),
+    (
+        "serve on a port that does not exist",
+        ["serve", "{tmp}", "--port", "70000"],
+        "--port must lie in 0..65535",
+        None,
+        None,
+    ),
     # ---- explain
     ("explain a plain CNN run", ["explain", "{cnn}"], "is a plain CNN run", None, None),
     ("explain --max 0", ["explain", "{ic}", "--max", "0"], "--max must be at least 1", None, None),

@@ -63,7 +63,7 @@ def served(tiny_runs, tmp_path_factory):
     cal["exit_rule"]["thresholds"] = [float(np.quantile(conf, 0.6))]
     path.write_text(json.dumps(cal))
     engine = engine_from_run(run)
-    return engine, RunFolder(run).meta().data.class_names, data.test.images.numpy()
+    return engine, RunFolder(run).meta().data.class_names, data.test.images.numpy(), run
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -77,41 +77,83 @@ def _png(a: np.ndarray) -> bytes:
 def _app(served, **kw):
     from shallowdeep.serving.app import Limits, create_app
 
-    engine, classes, _ = served
+    engine, classes, *_ = served
     limits = kw.pop("limits", Limits(max_bytes=1 << 20, max_images=8, timeout=20))
     return create_app(engine, classes, limits, **kw)
 
 
+def _post_all(c, images: np.ndarray, order: list[int], threads: int) -> dict[int, dict]:
+    def one(i: int) -> tuple[int, dict]:
+        r = c.post("/predict", content=_png(images[i]), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        return i, r.json()["results"][0]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(one, order))
+
+
+def _assert_answers(got: dict[int, dict], want, threshold: float, n: int) -> None:
+    """The service's exit and class for each of the first ``n`` inputs equal ``want``'s, except where a
+    confidence lies within 1e-6 of the threshold (another batch's rounding may decide it otherwise)."""
+    for i in range(n):
+        near = abs(float(want.confidence[i]) - threshold) < 1e-6
+        assert near or (got[i]["exit"], got[i]["class_index"]) == (int(want.exits[i]), int(want.predictions[i])), i
+
+
 def test_answers_equal_the_engine_whatever_the_order_and_concurrency(served):
-    engine, _, images = served
+    engine, _, images, _ = served
     n = 96
     want = engine.classify(images[:n], batch_size=32)
     order = np.random.default_rng(0).permutation(n)
     with Server(_app(served, max_batch=8, max_wait=0.004)) as s, httpx.Client(base_url=s.url, timeout=30) as c:
-
-        def one(i: int) -> tuple[int, dict]:
-            r = c.post("/predict", content=_png(images[i]), headers={"Content-Type": "image/png"})
-            assert r.status_code == 200, r.text
-            return i, r.json()["results"][0]
-
-        with ThreadPoolExecutor(16) as pool:
-            got = dict(pool.map(one, order.tolist()))
+        got = _post_all(c, images, order.tolist(), 16)
         several = c.post("/predict", json={"images": [base64.b64encode(_png(images[i])).decode() for i in range(5)]})
         metrics = c.get("/metrics").text
-    q = engine.thresholds[0]
-    for i in range(n):
-        near = abs(float(want.confidence[i]) - q) < 1e-6
-        assert near or (got[i]["exit"], got[i]["class_index"]) == (int(want.exits[i]), int(want.predictions[i])), i
+    _assert_answers(got, want, engine.thresholds[0], n)
     assert len({g["exit"] for g in got.values()}) > 1, "the test needs inputs leaving at different outputs"
     assert [r["exit"] for r in several.json()["results"]] == want.exits[:5].tolist()
     assert 'shallowdeep_requests_total{status="200"} 97.0' in metrics
     assert "shallowdeep_queue_depth" in metrics and "shallowdeep_exits_total" in metrics
 
 
+@pytest.fixture(scope="module")
+def exported(served, tmp_path_factory):
+    """The served run's export (ONNX stages, the same calibrated rule), loaded in onnxruntime."""
+    from shallowdeep.inference import deploy
+    from shallowdeep.workflows import export_run
+
+    out = export_run(served[3], tmp_path_factory.mktemp("serve-export") / "export")
+    return out, deploy.load(out)
+
+
+def test_an_export_is_served_by_the_torch_free_runtime_with_its_answers(served, exported):
+    """``serve EXPORT``: the onnxruntime stages batched between exits answer what the export's own
+    ``classify`` answers, for inputs sent in shuffled order from 12 threads."""
+    from shallowdeep.inference.deploy import Deployment
+    from shallowdeep.serving.app import Limits, build_app, load_served
+
+    _, classes, images, _ = served
+    folder, deployment = exported
+    n = 64
+    want = deployment.classify(images[:n])
+    app = build_app(folder, limits=Limits(max_bytes=1 << 20, max_images=8, timeout=20), max_batch=8, max_wait=0.004)
+    order = np.random.default_rng(1).permutation(n).tolist()
+    with Server(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        got = _post_all(c, images, order, 12)
+        health = c.get("/health").json()
+    _assert_answers(got, want, deployment.thresholds[0], n)
+    for i in range(n):
+        assert got[i]["class"] == classes[got[i]["class_index"]]
+        assert got[i]["relative_cost"] == pytest.approx(float(deployment.relative_costs[got[i]["exit"]]))
+    assert len({g["exit"] for g in got.values()}) > 1, "the test needs inputs leaving at different outputs"
+    assert health == {"status": "ok", "outputs": deployment.num_outputs, "in_flight": 0}
+    assert isinstance(load_served(folder)[0], Deployment)  # the export path, not the run's torch engine
+
+
 def test_malformed_requests_get_4xx_and_one_line_json_while_it_keeps_serving(served):
     from shallowdeep.serving.app import Limits
 
-    _, _, images = served
+    _, _, images, _ = served
     good = _png(images[0])
     limits = Limits(max_bytes=8192, max_images=2, timeout=20)
     with Server(_app(served, limits=limits)) as s, httpx.Client(base_url=s.url, timeout=30) as c:
@@ -137,7 +179,7 @@ def test_malformed_requests_get_4xx_and_one_line_json_while_it_keeps_serving(ser
 
 
 def test_overload_is_503_with_retry_after_and_nothing_accepted_is_lost(served):
-    _, _, images = served
+    _, _, images, _ = served
     # a stage waits for 64 inputs or 0.5 s, and at most 8 may be queued: a burst of 24 overflows
     with (
         Server(_app(served, max_batch=64, max_wait=0.5, max_queued=8)) as s,
@@ -157,7 +199,7 @@ def test_overload_is_503_with_retry_after_and_nothing_accepted_is_lost(served):
 
 
 def test_shutdown_under_load_answers_what_was_accepted(served):
-    _, _, images = served
+    _, _, images, _ = served
     server = Server(_app(served, max_batch=64, max_wait=0.3))
     with server, httpx.Client(base_url=server.url, timeout=30) as c:
 
@@ -183,7 +225,7 @@ def test_a_quiet_batcher_runs_a_partial_batch_at_once_and_a_busy_one_waits_to_fi
 
     from shallowdeep.serving.batcher import StageBatcher
 
-    engine, _, images = served
+    engine, _, images, _ = served
     want = engine.classify(images[:2])
     batcher = StageBatcher(engine, max_batch=16, max_wait=0.6)
     try:
@@ -200,3 +242,64 @@ def test_a_quiet_batcher_runs_a_partial_batch_at_once_and_a_busy_one_waits_to_fi
     assert quiet < 0.3 <= 0.6 <= busy + 0.05, (quiet, busy)
     assert [first.prediction, second.prediction] == want.predictions.tolist()
     assert [first.exit, second.exit] == want.exits.tolist()
+
+
+def test_serve_ray_runs_replicas_that_answer_as_the_export_and_stops_on_sigint(served, exported):
+    """``shallowdeep serve EXPORT --ray --replicas 2``: the command starts a local Ray instance with two
+    replicas (each with its own batcher) behind Ray's proxy on 127.0.0.1, answers as the export does,
+    and on SIGINT deletes the deployment and stops that Ray instance."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    _, _, images, _ = served
+    folder, deployment = exported
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    # Ray's sockets live under its temporary folder, and a socket path may hold only 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="sd-ray-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "shallowdeep", "serve", str(folder), "--ray", "--replicas", "2", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        n, url = 24, f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not any("on Ray, 2 replicas" in line for line in lines):  # printed once every replica runs
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            got = _post_all(c, images, list(range(n)), 8)
+        _assert_answers(got, deployment.classify(images[:n]), deployment.thresholds[0], n)
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ray; from ray import serve; ray.init(address='auto', logging_level='error'); "
+                "print(serve.status().applications['shallowdeep'].deployments['shallowdeep'].replica_states)",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "'RUNNING': 2" in status.stdout, status.stdout + status.stderr[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        reader.join(30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-2000:]
+    assert "on Ray, 2 replicas" in out and "Traceback" not in out, out[-2000:]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/health", timeout=2)

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -47,6 +48,8 @@ _LIBRARY_NAMES = {
     "fractions": "ic_fractions",
     "module": "import_module",
     "window": "drift_window",
+    "cpus_per_replica": "replica_cpus",
+    "address": "ray_address",
 }
 
 
@@ -838,12 +841,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MissingExtraError("serving needs fastapi, uvicorn and prometheus-client", "serve") from None
     if not (args.max_images >= 1 and args.max_bytes >= 1 and 0 < args.timeout <= 3600):
         raise UserError("--max-images and --max-bytes must be at least 1, --timeout in (0, 3600] seconds")
+    if not args.ray and (args.replicas, args.ray_address, args.replica_cpus) != (None, None, None):
+        raise UserError("--replicas, --replica-cpus and --ray-address serve on Ray: add --ray")
     limits = Limits(args.max_bytes, args.max_images, timeout=args.timeout)
-    print(f"serving {args.run} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /metrics)")
-    sys.stdout.flush()
     batching = dict(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1e3, max_queued=args.max_queued)
-    serve_run(args.run, args.host, args.port, _device(args), limits, **batching)
+    where = f"on http://{args.host}:{args.port} (POST /predict, GET /health, GET /metrics)"
+    if args.ray:
+        from .serving.replicas import serve_ray
+
+        replicas = 2 if args.replicas is None else args.replicas
+        ready = _say(f"serving {args.run} on Ray, {counted(replicas, 'replica')}, {where}; Ctrl-C stops it")
+        options = dict(host=args.host, port=args.port, device=_device(args), limits=limits, address=args.ray_address)
+        options["cpus_per_replica"] = 1.0 if args.replica_cpus is None else args.replica_cpus
+        serve_ray(args.run, replicas, on_ready=ready, **options, **batching)
+        return 0
+    serve_run(
+        args.run, args.host, args.port, _device(args), limits, on_ready=_say(f"serving {args.run} {where}"), **batching
+    )
     return 0
+
+
+def _say(line: str) -> Callable[[], None]:
+    """A callback printing ``line`` at once (a service's log is read while it runs)."""
+
+    def say() -> None:
+        print(line, flush=True)
+
+    return say
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -1313,12 +1337,13 @@ def _add_serve(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     sv = sub.add_parser(
         "serve",
         parents=[shared["device"]],
-        help="serve the run's early exits over HTTP (POST /predict, GET /health, GET /metrics)",
-        description="An HTTP service (FastAPI on uvicorn) of a calibrated SDN run: requests are batched between "
-        "the stages, each answered as soon as its input exits. Needs the serve extra "
-        "(pip install 'shallowdeep[serve]').",
+        help="serve a run's (or an export's) early exits over HTTP (POST /predict, GET /health, GET /metrics)",
+        description="An HTTP service (FastAPI on uvicorn) of a calibrated SDN run (torch engine) or of its export "
+        "(the torch-free onnxruntime stages): requests are batched between the stages, each answered as soon as "
+        "its input exits. Needs the serve extra (pip install 'shallowdeep[serve]'); --ray runs replicas on Ray "
+        "Serve (the ray extra).",
     )
-    sv.add_argument("run", help="a calibrated SDN run folder")
+    sv.add_argument("run", help="a calibrated SDN run folder, or an export (a folder with manifest.json)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     sv.add_argument("--max-batch", type=int, default=32, help="a stage runs at this many inputs (default 32)")
@@ -1333,6 +1358,18 @@ def _add_serve(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     sv.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
     sv.add_argument("--max-bytes", type=int, default=8 << 20, help="bytes per request (default 8 MiB)")
     sv.add_argument("--timeout", type=float, default=10.0, help="seconds a request may wait (default 10)")
+    sv.add_argument("--ray", action="store_true", help="serve on Ray Serve: several replicas behind Ray's proxy")
+    sv.add_argument("--replicas", type=int, help="with --ray: replicas, each with its own batcher (default 2)")
+    sv.add_argument(
+        "--replica-cpus",
+        type=float,
+        help="with --ray: CPUs Ray reserves for each replica (default 1; fractions share a core)",
+    )
+    sv.add_argument(
+        "--ray-address",
+        help="with --ray: a running Ray cluster to join (auto, HOST:6379 or ray://HOST:10001; default: start "
+        "Ray on this machine for the service's lifetime)",
+    )
     sv.set_defaults(func=cmd_serve)
 
 

@@ -16,6 +16,8 @@ _LAZY = {
     "load": "runtime",
     "Deployment": "runtime",
     "Classified": "runtime",
+    "Pending": "runtime",
+    "Exits": "runtime",
     "ExportError": "runtime",
     "UserError": "errors",
     "DriftMonitor": "drift",

@@ -180,23 +180,26 @@ def _stage_file(st: Any, k: int) -> StageFile:
 
 @dataclass
 class _State:
-    """What the exit decision keeps per active input between stages: the inputs still running, the
-    most confident answer so far (the fallback), the patience run, the outputs so far (an ensemble)
-    and the previous IC's raw logits (a cascade link)."""
+    """What the exit decision keeps per active input between stages: the inputs still running (the
+    caller's ids), the most confident answer so far (the fallback) and the output that gave it, the
+    patience run, the outputs so far (an ensemble) and the previous IC's raw logits (a cascade link)."""
 
     active: np.ndarray
     best_conf: np.ndarray
     best_pred: np.ndarray
+    best_out: np.ndarray
     prev: np.ndarray
     run: np.ndarray
     logps: np.ndarray
     prev_raw: np.ndarray
 
     @classmethod
-    def start(cls, n: int, classes: int) -> _State:
+    def start(cls, ids: np.ndarray, classes: int) -> _State:
+        n = len(ids)
         return cls(
-            np.arange(n),
+            ids,
             np.full(n, -1.0),
+            np.zeros(n, np.int64),
             np.zeros(n, np.int64),
             np.full(n, -1, np.int64),
             np.zeros(n),
@@ -204,10 +207,56 @@ class _State:
             np.zeros((n, classes)),
         )
 
-    def keep(self, mask: np.ndarray) -> None:
-        """Only the inputs of ``mask`` go on."""
-        for name in ("active", "best_conf", "best_pred", "prev", "run", "logps", "prev_raw"):
-            setattr(self, name, getattr(self, name)[mask])
+    def part(self, index: np.ndarray | slice) -> _State:
+        """The inputs of ``index`` (a mask or a slice)."""
+        return _State(*(getattr(self, f)[index] for f in _STATE_FIELDS))
+
+    @staticmethod
+    def concat(parts: Sequence[_State]) -> _State:
+        return _State(*(np.concatenate([getattr(p, f) for p in parts]) for f in _STATE_FIELDS))
+
+
+_STATE_FIELDS = ("active", "best_conf", "best_pred", "best_out", "prev", "run", "logps", "prev_raw")
+
+
+@dataclass
+class Pending:
+    """Inputs of an export before one stage: their features ``h`` and exit state (with the caller's
+    ids). :meth:`Deployment.start` makes them, :meth:`Deployment.step` runs a stage on them."""
+
+    h: np.ndarray
+    state: _State
+
+    def __len__(self) -> int:
+        return len(self.state.active)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.state.active
+
+    def rows(self, start: int, stop: int | None = None) -> Pending:
+        """Inputs ``start:stop`` (views)."""
+        part = slice(start, stop)
+        return Pending(self.h[part], self.state.part(part))
+
+    @staticmethod
+    def concat(parts: Sequence[Pending]) -> Pending:
+        """One batch of several (in their order)."""
+        if len(parts) == 1:
+            return parts[0]
+        return Pending(np.concatenate([p.h for p in parts]), _State.concat([p.state for p in parts]))
+
+
+@dataclass(frozen=True)
+class Exits:
+    """The inputs that left at one stage: their ids, predictions, confidences, and the output whose
+    prediction each got (``output`` itself, or an earlier IC by the most-confident fallback)."""
+
+    output: int
+    ids: np.ndarray
+    predictions: np.ndarray
+    confidence: np.ndarray
+    answered: np.ndarray
 
 
 def _versions() -> dict[str, str]:
@@ -265,31 +314,41 @@ class Deployment:
 
     def classify(self, images: np.ndarray | Sequence[str | Path]) -> Classified:
         """Classify a batch with real exits: each input stops at the first IC its rule lets out."""
-        x = self.preprocess(images)
-        n, last = x.shape[0], self.num_outputs - 1
-        preds = np.zeros(n, np.int64)
-        exits = np.full(n, last, np.int64)
-        confs = np.zeros(n, np.float64)
-        state, h = _State.start(n, len(self.classes)), x
-        started = time.perf_counter()
-        for k, sess in enumerate(self.sessions):
-            if not len(state.active):
-                break
-            outs = self._run(k, sess, h)
-            out, pred, conf = self._decide(k, state, outs[-1])
-            idx = state.active[out]
-            preds[idx], confs[idx] = pred[out], conf[out]
-            if k == last:
-                break
-            exits[idx] = k
-            h = np.ascontiguousarray(outs[0][~out])
-            state.keep(~out)
+        rows: Pending | None = self.start(images)
+        n = len(rows)
+        preds, exits, confs = np.zeros(n, np.int64), np.full(n, self.num_outputs - 1, np.int64), np.zeros(n)
+        started, k = time.perf_counter(), 0
+        while rows is not None:
+            out, rows = self.step(k, rows)
+            preds[out.ids], exits[out.ids], confs[out.ids] = out.predictions, k, out.confidence
+            k += 1
         return Classified(preds, exits, confs, self.classes, time.perf_counter() - started)
 
-    def _decide(self, k: int, state: _State, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def start(self, images: np.ndarray | Sequence[str | Path], ids: np.ndarray | None = None) -> Pending:
+        """Images (as :meth:`preprocess` takes them) before the first stage; ``ids`` name them in the
+        :class:`Exits` that :meth:`step` gives (default ``0..N-1``)."""
+        x = self.preprocess(images)
+        ids = np.arange(len(x)) if ids is None else np.asarray(ids, np.int64)
+        if ids.shape != (len(x),):
+            raise ArgumentError(f"`ids` must name each of the {len(x)} images once, got shape {list(ids.shape)}")
+        return Pending(x, _State.start(ids, len(self.classes)))
+
+    def step(self, k: int, rows: Pending) -> tuple[Exits, Pending | None]:
+        """Stage ``k`` on ``rows`` (inputs before it): the inputs that leave there, and the rest before
+        stage ``k + 1`` (``None`` when none are left). A server re-batches between the steps."""
+        if not 0 <= k < self.num_outputs or not len(rows):
+            raise ArgumentError(f"`k` must name a stage, 0..{self.num_outputs - 1}, for a non-empty batch")
+        got = self._run(k, self.sessions[k], rows.h)
+        leave, pred, conf, answered = self._decide(k, rows.state, got[-1])
+        out = Exits(k, rows.ids[leave], pred[leave], conf[leave], answered[leave])
+        if leave.all():
+            return out, None
+        return out, Pending(np.ascontiguousarray(got[0][~leave]), rows.state.part(~leave))
+
+    def _decide(self, k: int, state: _State, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The numpy runtime's exit decision at stage ``k`` from its raw logits, for every path:
-        (whether each active input leaves, prediction, confidence); ``state`` updated. At the last
-        stage every input leaves, the fallback applied."""
+        (whether each active input leaves, prediction, confidence, the output that answered);
+        ``state`` updated. At the last stage every input leaves, the fallback applied."""
         if k < len(self.links) and self.links[k] is not None:  # the cascade link from the previous IC
             raw = raw + state.prev_raw @ self.links[k][0] + self.links[k][1]
         state.prev_raw = raw
@@ -301,18 +360,19 @@ class Deployment:
         conf, pred = p.max(1), p.argmax(1)
         last = self.num_outputs - 1
         if k == last:
+            answered = np.full(len(pred), k)
             if self.rule.fallback == "most_confident":
                 use = state.best_conf >= conf
                 pred, conf = np.where(use, state.best_pred, pred), np.where(use, state.best_conf, conf)
-            return np.ones(len(pred), bool), pred, conf
+                answered = np.where(use, state.best_out, answered)
+            return np.ones(len(pred), bool), pred, conf, answered
         score, state.run = exit_scores(self.rule, p, pred, last, state.prev, state.run)
         state.prev = pred
         better = conf > state.best_conf
-        state.best_conf, state.best_pred = (
-            np.where(better, conf, state.best_conf),
-            np.where(better, pred, state.best_pred),
-        )
-        return score >= self.thresholds[k], pred, conf
+        state.best_conf = np.where(better, conf, state.best_conf)
+        state.best_pred = np.where(better, pred, state.best_pred)
+        state.best_out = np.where(better, k, state.best_out)
+        return score >= self.thresholds[k], pred, conf, np.full(len(pred), k)
 
     def outputs(self, images: np.ndarray | Sequence[str | Path], batch: int = 256) -> np.ndarray:
         """Every output's logits for every input, no exit taken: ``[N, outputs, classes]``, as the
@@ -343,7 +403,7 @@ class Deployment:
         plain: list[float] = []
         for r in range(repeats + 1):
             start = (r * batch) % (len(x) - batch + 1)
-            h, state, total = x[start : start + batch], _State.start(batch, len(self.classes)), 0.0
+            h, state, total = x[start : start + batch], _State.start(np.arange(batch), len(self.classes)), 0.0
             for k, sess in enumerate(self.sessions):
                 t0 = time.perf_counter()
                 outs = self._run(k, sess, h)

@@ -79,8 +79,7 @@ def profile_export(
 def _deployment(folder: Path, device: torch.device):
     from ..inference import deploy
 
-    providers = ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return deploy.load(folder, providers=providers)
+    return deploy.load_for(folder, device.type)
 
 
 def check_latency_out(path: str | Path) -> Path:

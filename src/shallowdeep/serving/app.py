@@ -21,17 +21,24 @@ import base64
 import binascii
 import io
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..core.errors import UserError
+from ..core.errors import RunFolderError, UserError
 from ..core.outputs import output_names
-from ..inference.engine import EarlyExitEngine
-from .batcher import Answer, Overloaded, StageBatcher
+from .batcher import Overloaded, StageBatcher
+from .stages import Answer, Stages, stages_of
+
+if TYPE_CHECKING:
+    from ..inference.deploy import Deployment
+    from ..inference.engine import EarlyExitEngine
 
 MAX_HEADER_BYTES = 16 << 10
 
@@ -129,18 +136,22 @@ class _Metrics:
         self.outputs, self.stages = outputs, stages
 
 
-def create_app(engine: EarlyExitEngine, classes: list[str], limits: Limits | None = None, **batching):
-    """The FastAPI app serving ``engine`` (its batcher started with the app, closed after its last
-    request); ``batching``: :class:`StageBatcher`'s ``max_batch``, ``max_wait``, ``max_queued``."""
+def create_app(
+    model: EarlyExitEngine | Deployment, classes: list[str], limits: Limits | None = None, **batching
+) -> FastAPI:
+    """The FastAPI app serving ``model``, a run's torch engine or a loaded export (its batcher started
+    with the app, closed after its last request); ``batching``: :class:`StageBatcher`'s
+    ``max_batch``, ``max_wait``, ``max_queued``."""
     limits = limits or Limits()
-    names = output_names(engine.num_outputs)
-    metrics = _Metrics(names, len(engine._stages))
-    monitor = engine.monitor() if engine.profile is not None else None
+    stages: Stages = stages_of(model)
+    names = output_names(stages.num_stages)
+    metrics = _Metrics(names, stages.num_stages)
+    monitor = stages.monitor()
     state: dict[str, StageBatcher] = {}
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = StageBatcher(engine, **batching)
+        state["batcher"] = StageBatcher(stages, **batching)
         yield
         state.pop("batcher").close()  # uvicorn has answered every request by now: the queues are empty
 
@@ -169,7 +180,7 @@ def create_app(engine: EarlyExitEngine, classes: list[str], limits: Limits | Non
             if len(body) > limits.max_bytes:
                 return error(413, f"a body of more than {limits.max_bytes} bytes")
         try:
-            images = _images(bytes(body), request.headers.get("content-type", ""), engine.sdn.image_size, limits)
+            images = _images(bytes(body), request.headers.get("content-type", ""), stages.image_size, limits)
             futures = state["batcher"].submit(images)
         except BadRequest as e:
             return error(e.status, str(e))
@@ -225,21 +236,58 @@ def _observe(metrics: _Metrics, monitor, answers: list[Answer], ms: float) -> No
             metrics.drift.labels("drifted" if check.drifted else "ok").inc()
 
 
-def serve_run(
-    run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", limits: Limits | None = None, **batching
-) -> None:
-    """Serve a calibrated SDN run's early exits with uvicorn until interrupted (SIGINT/SIGTERM: what
-    is queued is answered first)."""
-    import uvicorn
+def load_served(target: str | Path, device: str = "cpu") -> tuple[EarlyExitEngine | Deployment, list[str]]:
+    """What ``target`` serves and its class names: a calibrated run's torch engine, or an export's
+    onnxruntime stages (a folder with ``manifest.json``: the torch-free deploy runtime)."""
+    target = Path(target)
+    if (target / "manifest.json").is_file():  # torch is not imported for an export served on the CPU
+        from ..inference import deploy
 
+        model = deploy.load_for(target, "cpu" if device == "cpu" else _device_type(device))
+        return model, list(model.classes)
     from ..runs import RunFolder, engine_from_run
 
-    if not 0 <= port <= 65535:
-        raise UserError(f"`port` must lie in 0..65535, got {port}")
-    engine = engine_from_run(run, device=device)
-    classes = RunFolder(run).meta().data.class_names
-    StageBatcher(engine, **batching).close()  # the batching settings checked before the server starts
-    app = create_app(engine, classes, limits, **batching)
+    if target.is_dir() and not (target / "run.json").is_file():
+        raise RunFolderError(
+            f"{target} is neither a run folder (run.json) nor an export (manifest.json): serve a calibrated run "
+            "or its export (shallowdeep export)"
+        )
+    engine = engine_from_run(target, device=device)
+    return engine, RunFolder(target).meta().data.class_names
+
+
+def _device_type(device: str) -> str:
+    from ..compute.devices import pick_device
+
+    return pick_device(device).type
+
+
+def build_app(target: str | Path, device: str = "cpu", limits: Limits | None = None, **batching) -> FastAPI:
+    """The app of :func:`create_app` for a run or an export (see :func:`load_served`); the batching
+    settings are checked here, before any server starts."""
+    model, classes = load_served(target, device)
+    StageBatcher(model, **batching).close()
+    return create_app(model, classes, limits, **batching)
+
+
+def serve_run(
+    target: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    limits: Limits | None = None,
+    on_ready: Callable[[], None] | None = None,
+    **batching,
+) -> None:
+    """Serve a calibrated run's (or an export's) early exits with uvicorn until interrupted
+    (SIGINT/SIGTERM: what is queued is answered first); ``on_ready`` is called once the model is
+    loaded and the settings checked, before the server starts."""
+    import uvicorn
+
+    check_port(port)
+    app = build_app(target, device, limits, **batching)
+    if on_ready is not None:
+        on_ready()
     uvicorn.run(
         app,
         host=host,
@@ -247,3 +295,9 @@ def serve_run(
         log_level="warning",
         timeout_graceful_shutdown=int(limits.timeout) + 5 if limits else 15,
     )
+
+
+def check_port(port: int) -> None:
+    """A TCP port number, or the one-line error."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"`port` must lie in 0..65535, got {port}")

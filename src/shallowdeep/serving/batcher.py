@@ -7,8 +7,9 @@ once when no input arrived while the last stage ran (then nobody else is sending
 only delay the inputs queued: a quiet service answers at once, a busy one fills its batches); the
 inputs that exit there are answered at once (their future resolves), the rest join the next stage's
 queue. So an easy request leaves after the first stage while the hard ones go on, and every stage
-still runs on batches. The stage, the exit decision and the queue moves are the engine's own
-(:meth:`EarlyExitEngine._run_stage`): one implementation of the rule for every torch path.
+still runs on batches. The stage and the exit decision are the runtime's own (:mod:`.stages`: the
+torch engine's ``_run_stage`` or the deploy runtime's ``step``): one implementation of each rule per
+runtime.
 
 The number of inputs in flight is bounded (``max_queued``): beyond it :meth:`submit` raises
 :class:`Overloaded` (the service answers 503). :meth:`close` stops taking inputs and answers those
@@ -21,28 +22,22 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..core.errors import ArgumentError, UserError
-from ..inference.engine import EarlyExitEngine, _pop, _Rows
+from .stages import Answer, Rows, Stages, stages_of
+
+if TYPE_CHECKING:
+    from ..inference.deploy import Deployment
+    from ..inference.engine import EarlyExitEngine
+
+__all__ = ["Answer", "Overloaded", "StageBatcher"]
 
 
 class Overloaded(UserError):
     """More inputs than the queues may hold: try again later."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One input's answer: class index, the output it exited at (the last: no IC exit), the output
-    whose prediction was returned, its confidence and the relative cost it paid."""
-
-    prediction: int
-    exit: int
-    answered: int
-    confidence: float
-    relative_cost: float
 
 
 @dataclass
@@ -51,26 +46,16 @@ class _Slot:
     arrived: float
 
 
-class _Out:
-    """What :meth:`EarlyExitEngine._run_stage` puts its exits into: here, each input's future."""
-
-    def __init__(self, batcher: StageBatcher) -> None:
-        self.batcher = batcher
-
-    def put(self, idx: torch.Tensor, pred: torch.Tensor, exit_: int, conf: torch.Tensor, ans: torch.Tensor) -> None:
-        b = self.batcher
-        cost = float(b.engine.relative_costs[exit_])
-        for i, p, c, a in zip(idx.tolist(), pred.tolist(), conf.tolist(), ans.tolist()):
-            slot = b._slots.pop(i)
-            slot.future.set_result(Answer(int(p), exit_, int(a), float(c), cost))
-        b.exits[exit_] += len(idx)
-
-
 class StageBatcher:
-    """Dynamic batching of single requests into the engine's stages (see the module docstring)."""
+    """Dynamic batching of single requests into the stages of a torch engine or a loaded export (see
+    the module docstring)."""
 
     def __init__(
-        self, engine: EarlyExitEngine, max_batch: int = 32, max_wait: float = 0.005, max_queued: int = 1024
+        self,
+        model: EarlyExitEngine | Deployment | Stages,
+        max_batch: int = 32,
+        max_wait: float = 0.005,
+        max_queued: int = 1024,
     ) -> None:
         if not 1 <= max_batch <= 4096:
             raise ArgumentError(f"`max_batch` must lie in 1..4096, got {max_batch}")
@@ -78,10 +63,12 @@ class StageBatcher:
             raise ArgumentError(f"`max_wait` is in seconds, 0..10, got {max_wait}")
         if not 1 <= max_queued <= 1 << 20:  # below max_batch: the stages run when their inputs are due
             raise ArgumentError(f"`max_queued` must lie in 1..{1 << 20}, got {max_queued}")
-        self.engine, self.max_batch, self.max_wait, self.max_queued = engine, max_batch, max_wait, max_queued
-        self.queues: list[list[_Rows]] = [[] for _ in engine._stages]
-        self.exits = [0] * engine.num_outputs  # inputs answered per output
-        self.batches = [0] * engine.num_outputs  # stage batches run per stage
+        self.stages = model if hasattr(model, "new_rows") else stages_of(model)  # type: ignore[arg-type]
+        self.max_batch, self.max_wait, self.max_queued = max_batch, max_wait, max_queued
+        n = self.stages.num_stages
+        self.queues: list[list[Rows]] = [[] for _ in range(n)]
+        self.exits = [0] * n  # inputs answered per output
+        self.batches = [0] * n  # stage batches run per stage
         self._slots: dict[int, _Slot] = {}
         self._next = 0
         # inputs that arrived while the last stage ran: none means nobody else is sending now, so a
@@ -96,21 +83,28 @@ class StageBatcher:
     # ------------------------------------------------------------------------------ the client side
     def submit(self, images: np.ndarray) -> list[Future]:
         """Queue uint8 RGB images ``[N, H, W, 3]``; one future per image, resolving to an :class:`Answer`."""
-        x = self.engine.images(images).contiguous(memory_format=torch.channels_last)
         with self._cond:
-            if self._closing or self._failed is not None:
-                raise Overloaded("the service is shutting down: try another replica or later")
-            if len(self._slots) + len(x) > self.max_queued:
-                raise Overloaded(f"{len(self._slots)} inputs are queued (at most {self.max_queued}): try again shortly")
+            self._refuse(len(images))
             start, now = self._next, time.monotonic()
-            self._next += len(x)
-            futures = [Future() for _ in range(len(x))]
+            self._next += len(images)
+        # preprocessed outside the lock (their ids reserved), so other requests and the worker go on
+        rows = self.stages.new_rows(images, start)
+        with self._cond:
+            self._refuse(len(rows))  # again: others may have queued meanwhile
+            futures = [Future() for _ in range(len(rows))]
             for i, f in enumerate(futures):
                 self._slots[start + i] = _Slot(f, now)
-            self.queues[0].append(self.engine._new_rows(x, start))
-            self._arrived_busy += len(x) if self._busy else 0
+            self.queues[0].append(rows)
+            self._arrived_busy += len(rows) if self._busy else 0
             self._cond.notify()
         return futures
+
+    def _refuse(self, n: int) -> None:
+        """Raise :class:`Overloaded` when ``n`` more inputs may not be queued now (under the lock)."""
+        if self._closing or self._failed is not None:
+            raise Overloaded("the service is shutting down: try another replica or later")
+        if len(self._slots) + n > self.max_queued:
+            raise Overloaded(f"{len(self._slots)} inputs are queued (at most {self.max_queued}): try again shortly")
 
     def depths(self) -> list[int]:
         """Inputs waiting before each stage."""
@@ -148,33 +142,48 @@ class StageBatcher:
             if self._closing or not self._last_arrived_busy:
                 return waiting[-1]
             now = time.monotonic()
-            oldest = {k: min(self._slots[int(r.idx.min())].arrived for r in self.queues[k]) for k in waiting}
+            first = self.stages.first_id
+            oldest = {k: min(self._slots[first(r)].arrived for r in self.queues[k]) for k in waiting}
             due = [k for k in waiting if now - oldest[k] >= self.max_wait]
             if due:
                 return due[-1]
             self._cond.wait(max(1e-4, min(oldest.values()) + self.max_wait - now))
 
     def _work(self) -> None:
-        out = _Out(self)
         try:
-            with torch.inference_mode():
-                while True:
-                    with self._cond:
-                        k = self._next_stage()
-                        if k is None:
-                            return
-                        rows = _pop(self.queues[k], self.max_batch)
-                        self._busy, self._arrived_busy = True, 0
-                    moved: list[list[_Rows]] = [[] for _ in self.queues]
-                    # outside the lock, so requests keep arriving; only this thread touches taken rows
-                    self.engine._run_stage(k, rows, moved, out, None)
-                    with self._cond:
-                        self._busy, self._last_arrived_busy = False, self._arrived_busy
-                        self.batches[k] += 1
-                        if k + 1 < len(self.queues):
-                            self.queues[k + 1].extend(moved[k + 1])
+            while True:
+                with self._cond:
+                    k = self._next_stage()
+                    if k is None:
+                        return
+                    rows = self._pop(self.queues[k])
+                    self._busy, self._arrived_busy = True, 0
+                # outside the lock, so requests keep arriving; only this thread touches taken rows
+                answers, rest = self.stages.run(k, rows)
+                with self._cond:
+                    for i, answer in answers:
+                        self._slots.pop(i).future.set_result(answer)
+                        self.exits[answer.exit] += 1
+                    self._busy, self._last_arrived_busy = False, self._arrived_busy
+                    self.batches[k] += 1
+                    if rest is not None:
+                        self.queues[k + 1].append(rest)
         except BaseException as e:  # a stage that fails fails every input in flight, not the thread silently
             self._fail(e)
+
+    def _pop(self, queue: list[Rows]) -> Rows:
+        """The first ``max_batch`` inputs of a queue (or all it holds) as one batch; the rest stay
+        queued (a batch split at the cut: its tail stays first in line)."""
+        parts, got = [], 0
+        while queue and got < self.max_batch:
+            r = queue.pop(0)
+            if got + len(r) > self.max_batch:
+                cut = self.max_batch - got
+                queue.insert(0, r.rows(cut))
+                r = r.rows(0, cut)
+            parts.append(r)
+            got += len(r)
+        return parts[0] if len(parts) == 1 else self.stages.concat(parts)
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
