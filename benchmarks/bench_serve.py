@@ -14,6 +14,7 @@ second, p50/p95/p99 latency, failed requests, and the p50 split by the output ea
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import shutil
@@ -44,13 +45,16 @@ def _serve(run: str, batching: list[str]) -> tuple[subprocess.Popen, str]:
     sock.close()
     cmd = [sys.executable, "-m", "shallowdeep", "serve", run, "--port", str(port), *batching]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
                 return proc, f"http://127.0.0.1:{port}"
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not start")
 
@@ -84,7 +88,6 @@ def load(url: str, pngs: list[bytes], requests: int, concurrency: int, limit_s: 
     """``requests`` POSTs from ``concurrency`` threads (stopping at ``limit_s``): rate and latencies.
     One keep-alive connection per thread with TCP_NODELAY: without it the body waits on the
     headers' delayed ACK (40 ms on Linux), which would hide everything measured here."""
-    import http.client
     import json
 
     host, port = url.removeprefix("http://").split(":")
@@ -134,6 +137,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--limit-s", type=float, default=60.0, help="each load stops after this many seconds")
     ap.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: serve the run's export")
+    ap.add_argument("--replicas", type=int, help="serve on Ray Serve with this many replicas (serve --ray)")
+    ap.add_argument("--replica-cpus", type=float, default=1.0, help="with --replicas: CPUs Ray reserves for each")
     args = ap.parse_args()
     engine = engine_from_run(args.run)
     pngs = []
@@ -143,9 +148,11 @@ def main() -> None:
         pngs.append(buf.getvalue())
     print(
         f"machine: {processor_name()}; run {args.run}, {args.runtime}; max_batch {args.max_batch}, "
-        f"max_wait {args.max_wait_ms} ms"
+        f"max_wait {args.max_wait_ms} ms" + (f"; Ray Serve, {args.replicas} replicas" if args.replicas else "")
     )
     batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
+    if args.replicas:
+        batching += ["--ray", "--replicas", str(args.replicas), "--replica-cpus", str(args.replica_cpus)]
     names = output_names(engine.num_outputs)
     with tempfile.TemporaryDirectory() as tmp:
         if args.runtime == "onnx":

@@ -104,20 +104,24 @@ def start_ray(
 
 
 def serve_ray(target: str | Path, replicas: int = 2, **options) -> None:
-    """Serve on Ray until interrupted, then stop the deployment (the replicas answer what they hold)
-    and the Ray instance this call started."""
+    """Serve on Ray until interrupted (SIGINT or SIGTERM), then stop the deployment (the replicas
+    answer what they hold) and the Ray instance this call started."""
+    import signal
+    import threading
+
     import ray
 
     started_here = not ray.is_initialized() and options.get("address") is None
     start_ray(target, replicas, **options)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop, as Ctrl-C
     try:
-        import time
-
-        while True:
-            time.sleep(1)
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop_ray(started_here)
 
 
