@@ -129,6 +129,7 @@ def exported(served, tmp_path_factory):
 def test_an_export_is_served_by_the_torch_free_runtime_with_its_answers(served, exported):
     """``serve EXPORT``: the onnxruntime stages batched between exits answer what the export's own
     ``classify`` answers, for inputs sent in shuffled order from 12 threads."""
+    from shallowdeep.core.outputs import output_names
     from shallowdeep.inference.deploy import Deployment
     from shallowdeep.serving.app import Limits, build_app, load_served
 
@@ -142,9 +143,13 @@ def test_an_export_is_served_by_the_torch_free_runtime_with_its_answers(served, 
         got = _post_all(c, images, order, 12)
         health = c.get("/health").json()
     _assert_answers(got, want, deployment.thresholds[0], n)
+    ref, names = served[0].classify(images[:n]), output_names(deployment.num_outputs)  # the torch engine's
     for i in range(n):
+        near = abs(float(want.confidence[i]) - deployment.thresholds[0]) < 1e-6
+        assert near or got[i]["answered_by"] == names[int(ref.answered[i])], i  # the fallback's pick too
         assert got[i]["class"] == classes[got[i]["class_index"]]
         assert got[i]["relative_cost"] == pytest.approx(float(deployment.relative_costs[got[i]["exit"]]))
+    assert any(got[i]["answered_by"] != names[got[i]["exit"]] for i in range(n)), "no fallback pick to check"
     assert len({g["exit"] for g in got.values()}) > 1, "the test needs inputs leaving at different outputs"
     assert health == {"status": "ok", "outputs": deployment.num_outputs, "in_flight": 0}
     assert isinstance(load_served(folder)[0], Deployment)  # the export path, not the run's torch engine
