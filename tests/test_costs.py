@@ -83,3 +83,29 @@ def test_costs_do_not_change_training_mode():
     sdn = build_sdn("small", 10, 32).train()
     output_costs(sdn)
     assert sdn.training
+
+
+def test_a_model_is_counted_once_until_its_layers_change(monkeypatch):
+    """The second count of the same model object is the first one's, with nothing run; a model whose
+    IC head was replaced is counted again and gets the new head's figures."""
+    import copy
+
+    from shallowdeep.models import costs as costs_module
+
+    sdn = build_sdn("resnet56", 10, 32)
+    first = output_costs(sdn)
+    counted: list[str] = []
+    real = costs_module._count
+    monkeypatch.setattr(costs_module, "_count", lambda m, c: counted.append(c) or real(m, c))
+    assert output_costs(sdn) is first and counted == []
+    sdn.heads[0] = copy.deepcopy(sdn.heads[0])  # another module object in the same place
+    assert output_costs(sdn).outputs == first.outputs and counted == ["torch"]
+    x = sdn.cnn.stem(torch.zeros(1, 3, 32, 32))
+    for block in sdn.cnn.blocks[: sdn.positions[0] + 1]:
+        x = block(x)
+    c, h, w = x.shape[1:]
+    sdn.heads[0] = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, padding=1, bias=False), sdn.heads[0])
+    dearer = output_costs(sdn)
+    assert counted == ["torch", "torch"]
+    assert dearer.outputs[0] - first.outputs[0] == pytest.approx(2 * c * c * 9 * h * w)
+    assert output_costs(sdn, "reference") is not dearer and counted[-1] == "reference"

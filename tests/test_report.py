@@ -212,3 +212,31 @@ def test_a_short_trainings_chart_marks_its_points():
 
     circle = re.compile(r'<path id="[^"]+" d="M [^"]*C ')  # a round marker's defined path (ticks are lines)
     assert circle.search(svg(1)) and circle.search(svg(2)) and not circle.search(svg(5))
+
+
+def test_analyze_without_html_writes_the_same_analysis_and_calibration_and_no_page(
+    sdn_run, tmp_path, capsys, monkeypatch
+):
+    """``analyze --no-html``: report.json and calibration.json as a full analysis writes them, no
+    figure drawn, the older report.html removed; a reproduction does not keep such an analysis (its
+    table links each report's page)."""
+    import shutil
+
+    from shallowdeep import report as report_mod
+    from shallowdeep.workflows import analyze_run, kept_analysis
+
+    run = Path(shutil.copytree(sdn_run, tmp_path / "copy"))
+    full = analyze_run(run)
+    assert full.html is not None and full.html.is_file() and kept_analysis(run) is not None
+    with_page, calibration = json.loads(full.json.read_text()), json.loads((run / "calibration.json").read_text())
+    (run / "calibration.json").unlink()
+    monkeypatch.setattr(report_mod, "figures", lambda *a, **k: pytest.fail("a figure was drawn"))
+    assert main(["analyze", str(run), "--no-html", "--quiet"]) == 0
+    assert "(no report.html)" in capsys.readouterr().out
+    assert not (run / "report" / "report.html").exists()
+    bare = json.loads((run / "report" / "report.json").read_text())
+    timed = ("time_parts", "wall_seconds", "meta_line")
+    assert {k: v for k, v in bare.items() if k not in timed} == {k: v for k, v in with_page.items() if k not in timed}
+    assert list(bare["time_parts"]) == ["data", "records", "analyses", "calibration", "page"]
+    assert json.loads((run / "calibration.json").read_text()) == calibration
+    assert kept_analysis(run) is None

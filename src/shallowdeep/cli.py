@@ -573,13 +573,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         latency_budget=args.latency_budget,
         latency_percentile=args.latency_percentile,
         latency=args.latency,
+        html=not args.no_html,
     )
     if not place.main:
         return 0
     if not args.quiet:
         _print_analysis(done.analysis, args)
         _print_shifts(done.analysis)
-    print(f"report: {done.html}\nfigures: {done.json}")
+    print(f"report: {done.html}\nfigures: {done.json}" if done.html else f"analysis: {done.json} (no report.html)")
     return 0
 
 
@@ -1200,6 +1201,12 @@ def _add_analyze(sub: Any, shared: dict[str, argparse.ArgumentParser]) -> None:
     )
     a.add_argument("run", help="an SDN run folder")
     a.add_argument("--out", help="report folder (default RUN/report)")
+    a.add_argument(
+        "--no-html",
+        action="store_true",
+        help="write report.json and the calibration only: no figures and no report.html (drawing them is most "
+        "of a small run's analysis; an older report.html is removed)",
+    )
     a.add_argument(
         "--max-drop",
         type=float,

@@ -45,7 +45,7 @@ class AnalyzedRun:
     """What :func:`analyze_run` made: the report's page and JSON, and the typed analysis they show
     (``None`` on a torchrun rank that only helped collect the records)."""
 
-    html: Path
+    html: Path | None  # None: analyzed with ``html=False``
     json: Path
     analysis: RunAnalysis | None
 
@@ -68,6 +68,7 @@ def analyze_run(
     latency_budget: float | None = None,
     latency_percentile: int | None = None,
     latency: str | Path | None = None,
+    html: bool = True,
 ) -> AnalyzedRun:
     """Collect (or reuse) a run's records, analyze them (options: :class:`~shallowdeep.analysis.AnalysisOptions`),
     write the engine's ``calibration.json`` (SDN runs) and the report (``report.html``, ``report.json``);
@@ -75,7 +76,8 @@ def analyze_run(
     SDN's also covers its attacked records, the test split under ``corruptions`` (``"all"``, ``"jpeg,
     contrast:3"``) and the unfamiliar inputs of ``ood`` (a data set name or an image folder); the
     engine's thresholds fit a ``latency_budget`` (ms, its mean or ``latency_percentile``) by ``latency``'s
-    stage times (default RUN/latency.json)."""
+    stage times (default RUN/latency.json). ``html=False`` writes ``report.json`` and the calibration
+    only (no figures, no page: most of a small run's analysis time), and removes an older page."""
     started = time.perf_counter()  # every argument is checked before anything is collected or written
     budget_ms = _latency_budget(latency_budget, latency_percentile, latency)
     compared = tuple(rules) if rules is not None else DEFAULT_RULES
@@ -96,12 +98,14 @@ def analyze_run(
     records |= {str(r.meta["split_name"]): r for r in attacked_records(run)} if meta.model.kind == "sdn" else {}
     clock.lap("records")
     if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
-        return AnalyzedRun(out / "report.html", out / "report.json", None)
+        return AnalyzedRun(out / "report.html" if html else None, out / "report.json", None)
     if log is not None:
         log("analyzing the records and drawing the report")
     spec = BackdoorSpec(backdoor.target, backdoor.to_json()) if backdoor is not None else None
     analysis = analyze(records, options, backdoor=spec, clock=clock, latency=profile)
-    page, result = _report_page(folder, meta, analysis, records, data, clock)
+    explained = _kept_explanation(folder)  # an earlier explain's section and entry, kept in the report
+    result = _report_json(folder, meta, analysis, records, clock.parts["analyses"], explained)
+    page = _report_page(folder, meta, analysis, records, data, clock, result, explained) if html else None
     clock.lap("page")  # the HTML (figures embedded), the engine's calibration.json
     # what this report was made from and with, so a reproduction run again can keep it
     result |= {"weights_sha256": meta.weights_sha256, "options": options.to_json(), "time_parts": clock.parts}
@@ -109,7 +113,7 @@ def analyze_run(
     _write_report(folder, out, result, page)
     _save_engine(run, analysis, records)  # after the report: one that cannot be written leaves the calibration
     _log_done(log, result)
-    return AnalyzedRun(out / "report.html", out / "report.json", analysis)
+    return AnalyzedRun(out / "report.html" if html else None, out / "report.json", analysis)
 
 
 def _log_done(log: Log, result: JSONObject) -> None:
@@ -151,6 +155,39 @@ def _shifted_splits(meta: RunMeta, corruptions: str | None, ood: str | None) -> 
     return named
 
 
+def _meta_line(meta: RunMeta, records: dict[str, ExitRecord], analyses_seconds: float) -> str:
+    cfg = meta.config
+    return (
+        f"{cfg.arch} trained in mode {cfg.mode} on {cfg.data}; {records['test'].num_inputs} test, "
+        f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
+        f"{analyses_seconds:.2f}s"
+    )
+
+
+def _report_json(
+    folder: RunFolder,
+    meta: RunMeta,
+    analysis: RunAnalysis,
+    records: dict[str, ExitRecord],
+    analyses_seconds: float,
+    explained: tuple[str, JSONObject] | None,
+) -> JSONObject:
+    """report.json's body: the analysis, the example images' ids, a kept explanation's entry."""
+    cfg, test = meta.config, records["test"]
+    names = [r.output for r in analysis.outputs]
+    o = analysis.overthinking
+    result: JSONObject = {"run": str(folder.path.resolve()), "arch": cfg.arch, "data": cfg.data, "mode": cfg.mode}
+    result |= {"meta_line": _meta_line(meta, records, analyses_seconds), **analysis.to_json()}
+    result["images"] = {
+        "first_correct": {n: [int(test.ids[i]) for i in idx] for n, idx in zip(names, o.examples_first_correct)},
+        "only_first_ic": [int(test.ids[i]) for i in o.examples_only_first],
+        "note": "test-split ids (positions in the data set's test split)",
+    }
+    if explained is not None:
+        result["explanations"] = explained[1]
+    return result
+
+
 def _report_page(
     folder: RunFolder,
     meta: RunMeta,
@@ -158,45 +195,31 @@ def _report_page(
     records: dict[str, ExitRecord],
     data: Dataset,
     clock: Stopwatch,
-) -> tuple[str, JSONObject]:
-    """The report's HTML and report.json's body (the analysis, the example images' ids, a kept explanation)."""
+    result: JSONObject,
+    explained: tuple[str, JSONObject] | None,
+) -> str:
+    """The report's HTML, its figures drawn from the same analysis as ``result`` (report.json)."""
     from . import report
 
-    cfg, test = meta.config, records["test"]
-    meta_line = (
-        f"{cfg.arch} trained in mode {cfg.mode} on {cfg.data}; {test.num_inputs} test, "
-        f"{records['val'].num_inputs} validation, {records['train'].num_inputs} training inputs; analyses took "
-        f"{clock.parts['analyses']:.2f}s"
-    )
+    test = records["test"]
     classes = data.meta.get("class_names", data.classes)
     figures = report.figures(analysis, test, _pictures(data.test.images), classes, meta.epochs)
     clock.lap("figures")
     names = [r.output for r in analysis.outputs]
-    o = analysis.overthinking
-    result: JSONObject = {"run": str(folder.path.resolve()), "arch": cfg.arch, "data": cfg.data, "mode": cfg.mode}
-    result |= {"meta_line": meta_line, **analysis.to_json()}
-    result["images"] = {
-        "first_correct": {n: [int(test.ids[i]) for i in idx] for n, idx in zip(names, o.examples_first_correct)},
-        "only_first_ic": [int(test.ids[i]) for i in o.examples_only_first],
-        "note": "test-split ids (positions in the data set's test split)",
-    }
     extra = [report.backdoor_section(analysis.backdoor, names, classes)] if analysis.backdoor is not None else []
-    explained = _kept_explanation(folder)
     if explained is not None:
         extra.append(explained[0])
-        result["explanations"] = explained[1]
     engine = analysis.engine
-    page = report.render_html(
+    return report.render_html(
         analysis,
         figures,
         f"shallowdeep report: {folder.path.name}",
-        meta_line,
+        str(result["meta_line"]),
         extra,
         run_meta=meta,
         classes=list(classes),
         engine=(engine.rule.label, engine.calibration) if engine is not None else None,
     )
-    return page, result
 
 
 def _kept_explanation(folder: RunFolder) -> tuple[str, JSONObject] | None:
@@ -230,18 +253,24 @@ def _check_report_folder(folder: RunFolder, out: Path) -> None:
         raise ArgumentError(f"the report cannot be written in {there} (not a writable folder): choose another `out`")
 
 
-def _write_report(folder: RunFolder, out: Path, result: JSONObject, page: str) -> None:
-    """report.json and report.html: in the run (through its link checks) or in a folder of the user's."""
+def _write_report(folder: RunFolder, out: Path, result: JSONObject, page: str | None) -> None:
+    """report.json and report.html (``page`` None: an older report.html removed, so no page shows
+    another analysis): in the run (through its link checks) or in a folder of the user's."""
     if out == folder.report:
         folder.subfolder(out)
         folder.write_json(out / "report.json", result)
-        folder.write_bytes(out / "report.html", page.encode())
-        return
-    from .core.io import write_bytes, write_json
+        if page is not None:
+            folder.write_bytes(out / "report.html", page.encode())
+    else:
+        from .core.io import write_bytes, write_json
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", result)
-    write_bytes(out / "report.html", page.encode())
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "report.json", result)
+        if page is not None:
+            write_bytes(out / "report.html", page.encode())
+    old = out / "report.html"
+    if page is None and (old.is_file() or old.is_symlink()):
+        old.unlink()  # a link itself, never what it points to
 
 
 # analyze_run's own defaults: what `reproduce` analyzes with, read from one place
@@ -259,8 +288,8 @@ def kept_analysis(run: str | Path) -> Path | None:
     (and the engine's calibration is there), else ``None``: analyzing again would give the same."""
     folder = RunFolder(run)
     path = folder.report / "report.json"
-    if not (path.is_file() and folder.calibration.is_file()):
-        return None
+    if not (path.is_file() and (folder.report / "report.html").is_file() and folder.calibration.is_file()):
+        return None  # a reproduction links each report's page
     try:
         rep, weights = read_json(path), folder.meta().weights_sha256
     except UserError:

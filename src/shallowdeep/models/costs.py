@@ -12,6 +12,7 @@ reproduces the reference's figures by counting grouped convolutions as dense.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,13 @@ def flops(module: nn.Module, x: torch.Tensor, convention: str = "torch") -> tupl
     return counter.get_total_flops(), y
 
 
-@torch.no_grad()
+# counts already made, per model object: an engine is built per calibration, a run's records and its
+# engine count the same model (counting runs every layer under FlopCounterMode, about 40 % of
+# building an engine on the CPU); the key holds every module's identity and type and every
+# parameter's shape, so a model whose layers were replaced is counted again
+_COUNTED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Costs]] = weakref.WeakKeyDictionary()
+
+
 def output_costs(model: SDN | CNN, convention: str = "torch") -> Costs:
     """Count the FLOPs of one input through ``model``: per output cumulative, and the plain CNN's.
 
@@ -70,6 +77,25 @@ def output_costs(model: SDN | CNN, convention: str = "torch") -> Costs:
     """
     if convention not in CONVENTIONS:
         raise ArgumentError(f"unknown FLOP `convention` {convention!r}: choose one of {', '.join(CONVENTIONS)}")
+    key = (convention, _structure(model))
+    known = _COUNTED.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    costs = _count(model, convention)
+    _COUNTED[model] = (key, costs)
+    return costs
+
+
+def _structure(model: SDN | CNN) -> tuple:
+    """What a count depends on: the input size, the IC positions, the modules and parameter shapes."""
+    cnn = model.cnn if isinstance(model, SDN) else model
+    positions = tuple(model.positions) if isinstance(model, SDN) else ()
+    modules = tuple((id(m), type(m)) for m in model.modules())
+    return cnn.image_size, positions, modules, tuple(tuple(p.shape) for p in model.parameters())
+
+
+@torch.no_grad()
+def _count(model: SDN | CNN, convention: str) -> Costs:
     cnn = model.cnn if isinstance(model, SDN) else model
     positions = model.positions if isinstance(model, SDN) else ()
     heads = list(model.heads) if isinstance(model, SDN) else []
