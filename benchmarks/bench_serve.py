@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--limit-s", type=float, default=60.0, help="each load stops after this many seconds")
     ap.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: serve the run's export")
+    ap.add_argument("--device", default="cpu", help="where the services run their stages (serve --device)")
     ap.add_argument("--replicas", type=int, help="serve on Ray Serve with this many replicas (serve --ray)")
     ap.add_argument("--replica-cpus", type=float, default=1.0, help="with --replicas: CPUs Ray reserves for each")
     args = ap.parse_args()
@@ -147,10 +148,11 @@ def main() -> None:
         Image.fromarray(a).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     print(
-        f"machine: {processor_name()}; run {args.run}, {args.runtime}; max_batch {args.max_batch}, "
+        f"machine: {processor_name()}; run {args.run}, {args.runtime} on {args.device}; max_batch {args.max_batch}, "
         f"max_wait {args.max_wait_ms} ms" + (f"; Ray Serve, {args.replicas} replicas" if args.replicas else "")
     )
     batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
+    batching += ["--device", args.device]
     if args.replicas:
         batching += ["--ray", "--replicas", str(args.replicas), "--replica-cpus", str(args.replica_cpus)]
     names = output_names(engine.num_outputs)

@@ -30,6 +30,12 @@
 #           times, accuracies and the schedule into $OUT/concurrent.log; about 5 minutes on an H100
 #           (estimated from the H100 reproduction's epoch times); tested on the CPU with
 #           DATA_SPEC=digits ARCH=small CNN_EPOCHS=1 IC_EPOCHS=1 SDN_EPOCHS=1 DEV=cpu;
+#   serve: one call for issue 33 on a GPU: a ${ARCH:-resnet56} SDN (${SDN_EPOCHS:-10} epochs) on the CIFAR-10
+#           JPEGs, analyzed (--no-html), then benchmarks/bench_serve.py at concurrency ${CONCURRENCY:-1 16 64}
+#           (${REQUESTS:-2000} requests, --max-batch ${MAX_BATCH:-64}): the CUDA torch engine's service and
+#           its export's (onnxruntime's CUDA provider where it has one, else the CPU's), each beside its
+#           no-exit copy; into $OUT/serve.log; tested on the CPU with DATA_SPEC=digits ARCH=small SDN_EPOCHS=1
+#           DEV=cpu REQUESTS=200 CONCURRENCY="1 16";
 #   engine: the engine benchmarks alone (no data): the throughput engine like with like, eager fp32,
 #           compiled (CUDA graphs per stage and bucket; batch 1 pipelined, then not) and bf16,
 #           about 4 x ${ENGINE_SECONDS:-150} s.
@@ -184,6 +190,25 @@ if [ "$part" = reproduce-methods ]; then
   echo "exit ${PIPESTATUS[0]}, $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)") s" | tee -a "$OUT/reproduce-methods.log"
   cp $R/reproduction.md $R/reproduction.json "$OUT/" 2>/dev/null
   tar -czf "$OUT/runs-reproduce-methods.tgz" --exclude=records $R  # a later call continues from it
+  exit 0
+fi
+if [ "$part" = serve ]; then
+  DEV=${DEV:-cuda}; S=runs/serve-sdn
+  if [ -z "${DATA_SPEC:-}" ] && [ ! -d "$DATA/train" ]; then mkdir -p "$DATA" && tar -xJf .data/cifar10-jpeg.tar.xz -C "$DATA"; fi
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnxruntime', o.__version__, o.get_available_providers())"
+    date -u; } | tee -a "$OUT/device.txt" "$OUT/serve.log"
+  python3 -m shallowdeep train --quiet --mode sdn --arch "${ARCH:-resnet56}" --data "${DATA_SPEC:-imagefolder:$DATA}" \
+    --epochs "${SDN_EPOCHS:-10}" --device "$DEV" --out $S 2>&1 | grep -v Warning | tee -a "$OUT/serve.log"
+  python3 -m shallowdeep analyze $S --device "$DEV" --no-html 2>&1 | grep -v Warning | tee -a "$OUT/serve.log"
+  ORT_DEV=cpu  # the export's sessions on CUDA only where this onnxruntime has the provider
+  python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" && ORT_DEV=$DEV
+  for rt in torch onnx; do
+    d=$DEV; [ $rt = onnx ] && d=$ORT_DEV
+    timeout "${SERVE_SECONDS:-200}" python3 benchmarks/bench_serve.py $S --runtime $rt --device "$d" \
+      --requests "${REQUESTS:-2000}" --concurrency ${CONCURRENCY:-1 16 64} --max-batch "${MAX_BATCH:-64}" \
+      --max-wait-ms 2 2>&1 | grep -v Warning | tee -a "$OUT/serve.log"
+  done
   exit 0
 fi
 if [ "$part" = methods ]; then
