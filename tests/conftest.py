@@ -185,6 +185,26 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """The command run in this process (``shallowdeep.cli.main``), its stdout and stderr captured, as
+    :func:`run_cli` returns them. For long happy paths made of several commands, where a fresh
+    interpreter per command would cost its imports (3-4 s each on the 2-core VM); what a user sees of
+    a command in its own process (one line on stderr, exit status 2, no traceback, the entry point)
+    is tested with :func:`run_cli`."""
+    import contextlib
+    import io
+
+    from shallowdeep.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own exits (bad flags, --help)
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(["shallowdeep", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def fake_compile(monkeypatch) -> list[int]:
     """``torch.compile`` replaced by a wrapper that compiles nothing (the real one costs a minute on

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from shallowdeep.analysis import ExitRecord, ExitRule
 from shallowdeep.analysis.early_exit import early_exit
@@ -100,17 +100,17 @@ def test_a_profile_of_another_network_is_refused():
 
 def test_profile_analyze_with_a_budget_and_predict_report_latency(copy_run, tmp_path):
     run = copy_run("ic")
-    assert run_cli("analyze", str(run), "--quiet").returncode == 0
+    assert run_main("analyze", str(run), "--quiet").returncode == 0
     for batch in ("1", "16"):
-        r = run_cli("profile", str(run), "--repeats", "5", "--batch", batch)
+        r = run_main("profile", str(run), "--repeats", "5", "--batch", batch)
         assert r.returncode == 0, r.stderr
     prof = LatencyProfile.from_json(json.loads((run / "latency.json").read_text()))
     assert prof.batch == 16 and prof.num_outputs == 5 and prof.arch == "small"
-    r = run_cli("profile", str(run), "--repeats", "5")
+    r = run_main("profile", str(run), "--repeats", "5")
     assert r.returncode == 0 and "stage 5 (final)" in r.stdout
     prof = LatencyProfile.from_json(json.loads((run / "latency.json").read_text()))
     budget = float(prof.cumulative_ms()[1])  # reachable: every input out by IC 2
-    r = run_cli("analyze", str(run), "--latency-budget", f"{budget:.6f}")
+    r = run_main("analyze", str(run), "--latency-budget", f"{budget:.6f}")
     assert r.returncode == 0, r.stderr
     assert "the --latency-budget point" in r.stdout and "expected test" in r.stdout
     cal = json.loads((run / "calibration.json").read_text())
@@ -123,7 +123,7 @@ def test_profile_analyze_with_a_budget_and_predict_report_latency(copy_run, tmp_
     assert 'id="latency"' in (run / "report" / "report.html").read_text()
     images = tmp_path / "imgs"
     _pngs(run, images)
-    r = run_cli("predict", str(run), str(images), "--batch-size", "1")
+    r = run_main("predict", str(run), str(images), "--batch-size", "1")
     assert r.returncode == 0 and "realised latency" in r.stdout and "expected from" in r.stdout, r.stdout
 
 

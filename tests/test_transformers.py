@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 from test_engine import assert_engine_equals_records
 from torch import nn
 
@@ -202,7 +202,7 @@ def test_vit_sdn_through_train_analyze_export_predict_explain(tmp_path):
         "--clip-grad-norm", "1", "--label-smoothing", "0.1", "--token-pool", "cls", "--out", str(run), "--quiet",
     ]  # fmt: skip
     for args in (train, ["analyze", str(run)], ["export", str(run), "--out", str(tmp_path / "exp")]):
-        p = run_cli(*args)
+        p = run_main(*args)
         assert p.returncode == 0, p.stderr
     meta = json.loads((run / "run.json").read_text())
     assert meta["model"]["source"]["token_pool"] == "cls" and meta["recipe"]["schedule"] == "cosine"
@@ -217,10 +217,10 @@ def test_vit_sdn_through_train_analyze_export_predict_explain(tmp_path):
     from PIL import Image
 
     Image.fromarray(images[0].numpy()).save(tmp_path / "one.png")
-    p = run_cli("predict", str(run), str(tmp_path / "one.png"))
+    p = run_main("predict", str(run), str(tmp_path / "one.png"))
     assert p.returncode == 0 and "one.png" in p.stdout, p.stderr
     pytest.importorskip("pytorch_grad_cam")
-    p = run_cli("explain", str(run))
+    p = run_main("explain", str(run))
     assert p.returncode == 0, p.stderr
     assert "guided Grad-CAM" in (run / "report" / "report.html").read_text()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 from test_engine import assert_engine_equals_records, safe_thresholds
 from torch import nn
 
@@ -445,7 +445,9 @@ def test_zoo_cnn_then_ic_only_on_a_streamed_folder_analyze_predict(tmp_path):
 
 
 def test_info_lists_cut_points(tmp_path):
-    r = run_cli("info", "--arch", "torchvision:resnet18", "--data", "cifar10", "--image-size", "64", "--cuts", "--json")
+    r = run_main(
+        "info", "--arch", "torchvision:resnet18", "--data", "cifar10", "--image-size", "64", "--cuts", "--json"
+    )
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
     rel = [c["relative"] for c in obj["cuts"]]
