@@ -100,7 +100,7 @@ def analyze_run(
     if not distributed.current().main:  # under torchrun the other ranks helped collect; rank 0 writes
         return AnalyzedRun(out / "report.html" if html else None, out / "report.json", None)
     if log is not None:
-        log("analyzing the records and drawing the report")
+        log("analyzing the records" + (" and drawing the report" if html else ""))
     spec = BackdoorSpec(backdoor.target, backdoor.to_json()) if backdoor is not None else None
     analysis = analyze(records, options, backdoor=spec, clock=clock, latency=profile)
     explained = _kept_explanation(folder)  # an earlier explain's section and entry, kept in the report
