@@ -33,6 +33,7 @@ from torch import nn
 from ..core.drift import ALPHA, WINDOW, DriftMonitor, ExitProfile
 from ..core.errors import ArgumentError, NotCalibratedError
 from ..core.exit_rule import ExitRule
+from ..core.queues import take
 from ..models.adapter import quiet
 from ..models.costs import output_costs
 from ..models.heads import ICHead, TokenHead
@@ -622,6 +623,15 @@ class _Rows:
         part = slice(start, stop)
         return _Rows(self.h[part], self.idx[part], *(_index(getattr(self, f), part) for f in _STATE))
 
+    @staticmethod
+    def concat(parts: list[_Rows]) -> _Rows:
+        """Several batches before one stage as one, in their order."""
+        return _Rows(
+            torch.cat([p.h for p in parts]),
+            torch.cat([p.idx for p in parts]),
+            *(_cat([getattr(p, f) for p in parts]) for f in _STATE),
+        )
+
 
 _STATE = ("best_conf", "best_pred", "best_k", "prev", "run", "logps", "prev_z")
 
@@ -643,22 +653,7 @@ def _cat(states: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 def _pop(queue: list[_Rows], n: int) -> _Rows:
     """The first ``n`` inputs of a queue (or all it holds) as one batch; the rest stay queued."""
-    parts, got = [], 0
-    while queue and got < n:
-        r = queue.pop(0)
-        if got + len(r) > n:  # split: the head goes now, the tail stays first in line (views, no copies)
-            cut = n - got
-            queue.insert(0, r.rows(cut))
-            r = r.rows(0, cut)
-        parts.append(r)
-        got += len(r)
-    if len(parts) == 1:
-        return parts[0]
-    return _Rows(
-        torch.cat([p.h for p in parts]),
-        torch.cat([p.idx for p in parts]),
-        *(_cat([getattr(p, f) for p in parts]) for f in _STATE),
-    )
+    return take(queue, n, _Rows.concat)
 
 
 def _buckets(batch_size: int) -> list[int]:

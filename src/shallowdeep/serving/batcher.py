@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.errors import ArgumentError, UserError
+from ..core.queues import take
 from .stages import Answer, Rows, Stages, stages_of
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class StageBatcher:
             raise ArgumentError(f"`max_wait` is in seconds, 0..10, got {max_wait}")
         if not 1 <= max_queued <= 1 << 20:  # below max_batch: the stages run when their inputs are due
             raise ArgumentError(f"`max_queued` must lie in 1..{1 << 20}, got {max_queued}")
-        self.stages = model if hasattr(model, "new_rows") else stages_of(model)  # type: ignore[arg-type]
+        self.stages = stages_of(model)
         self.max_batch, self.max_wait, self.max_queued = max_batch, max_wait, max_queued
         n = self.stages.num_stages
         self.queues: list[list[Rows]] = [[] for _ in range(n)]
@@ -156,7 +157,7 @@ class StageBatcher:
                     k = self._next_stage()
                     if k is None:
                         return
-                    rows = self._pop(self.queues[k])
+                    rows = take(self.queues[k], self.max_batch, self.stages.concat)
                     self._busy, self._arrived_busy = True, 0
                 # outside the lock, so requests keep arriving; only this thread touches taken rows
                 answers, rest = self.stages.run(k, rows)
@@ -170,20 +171,6 @@ class StageBatcher:
                         self.queues[k + 1].append(rest)
         except BaseException as e:  # a stage that fails fails every input in flight, not the thread silently
             self._fail(e)
-
-    def _pop(self, queue: list[Rows]) -> Rows:
-        """The first ``max_batch`` inputs of a queue (or all it holds) as one batch; the rest stay
-        queued (a batch split at the cut: its tail stays first in line)."""
-        parts, got = [], 0
-        while queue and got < self.max_batch:
-            r = queue.pop(0)
-            if got + len(r) > self.max_batch:
-                cut = self.max_batch - got
-                queue.insert(0, r.rows(cut))
-                r = r.rows(0, cut)
-            parts.append(r)
-            got += len(r)
-        return parts[0] if len(parts) == 1 else self.stages.concat(parts)
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..core.queues import Batch as Rows  # inputs in flight before one stage (the runtime's own type)
+
 if TYPE_CHECKING:
     from ..inference.deploy import Deployment, DriftMonitor
     from ..inference.engine import EarlyExitEngine
@@ -29,14 +31,6 @@ class Answer:
     answered: int
     confidence: float
     relative_cost: float
-
-
-class Rows(Protocol):
-    """Inputs in flight before one stage (the runtime's own type)."""
-
-    def __len__(self) -> int: ...
-
-    def rows(self, start: int, stop: int | None = None) -> Rows: ...
 
 
 class Stages(Protocol):
@@ -61,8 +55,10 @@ class Stages(Protocol):
         """A drift monitor against the validation split's exits, or None when there is no profile."""
 
 
-def stages_of(model: EarlyExitEngine | Deployment) -> Stages:
-    """The batcher's view of a torch engine or of a loaded export."""
+def stages_of(model: EarlyExitEngine | Deployment | Stages) -> Stages:
+    """The batcher's view of a torch engine or of a loaded export (a :class:`Stages` as it is)."""
+    if isinstance(model, (TorchStages, ExportStages)):
+        return model
     from ..inference.engine import EarlyExitEngine
 
     return TorchStages(model) if isinstance(model, EarlyExitEngine) else ExportStages(model)
@@ -89,13 +85,13 @@ class TorchStages:
         moved: list[list[Any]] = [[] for _ in range(self.num_stages)]
         with torch.inference_mode():
             self.engine._run_stage(k, rows, moved, _Collect(got, self.costs), None)
-        rest = moved[k + 1] if k + 1 < self.num_stages else []
-        return got, self.concat(rest) if rest else None
+        rest = moved[k + 1] if k + 1 < self.num_stages else []  # _run_stage moves at most one batch on
+        return got, rest[0] if rest else None
 
     def concat(self, parts: list[Any]) -> Any:
-        from ..inference.engine import _pop
+        from ..inference.engine import _Rows
 
-        return _pop(list(parts), sum(map(len, parts)))
+        return _Rows.concat(parts)
 
     def first_id(self, rows: Any) -> int:
         return int(rows.idx.min())
